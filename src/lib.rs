@@ -1,0 +1,20 @@
+//! esptun: a userspace IKEv2 (RFC 7296) / ESP (RFC 4303) VPN gateway.
+//!
+//! ```text
+//!   UDP 500/4500 <-> control thread: sans-IO IKE core (ike) driven by control/
+//!                        | SaSink: install/update/remove Child SAs
+//!                        v
+//!   TUN <-> ESP workers, one per core (dataplane/, esp/) <-> UDP 4500 (RFC 3948)
+//! ```
+//!
+//! Module map (the sans-IO modules never read the clock or the OS RNG; callers
+//! pass `now` and a [`crypto::Random`] in):
+//! - [`wire`]: the IKEv2 codec, no crypto, no state.
+//! - [`crypto`]: PRFs, key derivation, key exchange groups, SK payload protection.
+//! - [`auth`]: AUTH payload computation and signature verification.
+//! - [`inspect`]: reading pcap captures and printing the IKE exchanges in them.
+
+pub mod auth;
+pub mod crypto;
+pub mod inspect;
+pub mod wire;
