@@ -1,0 +1,414 @@
+//! Protection of the SK and SKF payloads: AES-CBC with HMAC-SHA-2 (RFC 7296 §3.14),
+//! AES-GCM-16 (RFC 5282) and ChaCha20-Poly1305 (RFC 7634).
+//!
+//! The authenticated part of a message is everything in front of the IV (header,
+//! the SK/SKF generic header and, for SKF, the fragment numbers): the AEAD's
+//! associated data, or, with CBC, the start of what the ICV covers (which goes on
+//! through IV and ciphertext).
+
+use super::suite::{AEAD_ICV_LEN, Encr, Integ};
+use super::{CryptoError, Random, Secret};
+use crate::wire::payload::{Payload, SkPayload, decode_chain, encode_chain, first_type};
+use crate::wire::{DecodeError, EncodeError, Header, Message, Reader, Writer};
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::cipher::{
+    AES_128, AES_256, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext,
+    UnboundCipherKey,
+};
+use aws_lc_rs::hmac;
+use subtle::ConstantTimeEq;
+
+/// Why an SK or SKF payload could not be built or opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkError {
+    /// Too short to hold IV, one cipher block (or the pad length) and ICV.
+    #[error("encrypted payload of {0} bytes is too short")]
+    Truncated(usize),
+    /// The ciphertext is not a whole number of cipher blocks.
+    #[error("ciphertext of {0} bytes is not a multiple of the block size")]
+    NotBlockAligned(usize),
+    /// ICV or AEAD tag did not verify.
+    #[error("integrity check failed")]
+    IntegrityCheckFailed,
+    /// The pad length points before the start of the plaintext.
+    #[error("pad length {0} exceeds the decrypted data")]
+    BadPadding(u8),
+    /// The decrypted payloads did not decode.
+    #[error("decrypted payloads: {0}")]
+    Decode(#[from] DecodeError),
+    /// The message was too large to encode.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The cipher could not be keyed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// The keys protecting one direction of an IKE SA (SK_e and SK_a of one side).
+pub struct SkKey {
+    encr: Encr,
+    cipher: Cipher,
+    /// AEAD IVs are a counter: unique per key, which is all RFC 5282 §3.1 asks.
+    next_iv: u64,
+}
+
+enum Cipher {
+    Aead {
+        key: LessSafeKey,
+        salt: [u8; 4],
+    },
+    Cbc {
+        encrypt: EncryptingKey,
+        decrypt: DecryptingKey,
+        integ: Integ,
+        mac: hmac::Key,
+    },
+}
+
+impl SkKey {
+    /// Keys one direction from SK_e (salt included for AEAD) and SK_a (empty for AEAD).
+    pub fn new(
+        encr: Encr,
+        integ: Option<Integ>,
+        sk_e: &Secret,
+        sk_a: &Secret,
+    ) -> Result<Self, CryptoError> {
+        let expect = |what, key: &Secret, expected: usize| {
+            if key.len() == expected {
+                Ok(())
+            } else {
+                Err(CryptoError::KeyLength {
+                    what,
+                    actual: key.len(),
+                    expected,
+                })
+            }
+        };
+        expect("encryption", sk_e, encr.key_material_len())?;
+        let cipher = match (encr, integ) {
+            (Encr::AesCbc { key_len }, Some(integ)) => {
+                expect("integrity", sk_a, integ.key_len())?;
+                let alg = if key_len == 16 { &AES_128 } else { &AES_256 };
+                let unbound = || {
+                    UnboundCipherKey::new(alg, sk_e.expose())
+                        .map_err(|_| CryptoError::Unsupported(format!("{encr} key")))
+                };
+                Cipher::Cbc {
+                    encrypt: EncryptingKey::cbc(unbound()?)
+                        .map_err(|_| CryptoError::Unsupported(encr.to_string()))?,
+                    decrypt: DecryptingKey::cbc(unbound()?)
+                        .map_err(|_| CryptoError::Unsupported(encr.to_string()))?,
+                    integ,
+                    mac: hmac::Key::new(integ.algorithm(), sk_a.expose()),
+                }
+            }
+            (Encr::AesCbc { .. }, None) => {
+                return Err(CryptoError::Unsupported("AES-CBC without integrity".into()));
+            }
+            (aead_encr, _) => {
+                let alg = match aead_encr {
+                    Encr::AesGcm16 { key_len: 16 } => &aead::AES_128_GCM,
+                    Encr::AesGcm16 { .. } => &aead::AES_256_GCM,
+                    _ => &aead::CHACHA20_POLY1305,
+                };
+                let (key, salt) = sk_e.expose().split_at(sk_e.len() - 4);
+                let key = UnboundKey::new(alg, key)
+                    .map_err(|_| CryptoError::Unsupported(encr.to_string()))?;
+                Cipher::Aead {
+                    key: LessSafeKey::new(key),
+                    salt: salt.try_into().unwrap_or_default(),
+                }
+            }
+        };
+        Ok(Self {
+            encr,
+            cipher,
+            next_iv: 0,
+        })
+    }
+
+    fn icv_len(&self) -> usize {
+        match &self.cipher {
+            Cipher::Aead { .. } => AEAD_ICV_LEN,
+            Cipher::Cbc { integ, .. } => integ.icv_len(),
+        }
+    }
+
+    /// Padding plus the pad-length octet needed after `plain_len` bytes of payloads.
+    fn padding_len(&self, plain_len: usize) -> usize {
+        let block = self.encr.block_len();
+        block - plain_len % block
+    }
+
+    /// IV + padded ciphertext + ICV for `plain_len` bytes of payloads.
+    pub fn sealed_len(&self, plain_len: usize) -> usize {
+        self.encr.iv_len() + plain_len + self.padding_len(plain_len) + self.icv_len()
+    }
+
+    /// The largest payload chunk whose sealed form fits in `available` bytes (0 if none).
+    pub fn max_plain_len(&self, available: usize) -> usize {
+        let room = available.saturating_sub(self.encr.iv_len() + self.icv_len());
+        let block = self.encr.block_len();
+        (room - room % block).saturating_sub(1)
+    }
+
+    /// The SK body (IV, payloads, padding, pad length, ICV) for `plain`, not yet sealed.
+    pub(super) fn unsealed_body(&self, plain: &[u8]) -> Vec<u8> {
+        let iv_len = self.encr.iv_len();
+        let pad = self.padding_len(plain.len());
+        let mut body = vec![0u8; self.sealed_len(plain.len())];
+        body[iv_len..iv_len + plain.len()].copy_from_slice(plain);
+        // Padding octets stay zero; the last one counts them.
+        body[iv_len + plain.len() + pad - 1] = (pad - 1) as u8;
+        body
+    }
+
+    /// Encrypts in place the body that starts at `body_start` and runs to the end of
+    /// `msg` (as laid out by [`SkKey::sealed_len`]), filling in IV and ICV.
+    pub fn seal_in_place(
+        &mut self,
+        msg: &mut [u8],
+        body_start: usize,
+        rng: &mut dyn Random,
+    ) -> Result<(), CryptoError> {
+        let icv_len = self.icv_len();
+        let iv_len = self.encr.iv_len();
+        let icv_start = msg.len() - icv_len;
+        let failed = || CryptoError::Unsupported(format!("{} encryption", self.encr));
+        match &self.cipher {
+            Cipher::Aead { key, salt } => {
+                let iv = self.next_iv.to_be_bytes();
+                self.next_iv += 1;
+                let (aad, rest) = msg.split_at_mut(body_start);
+                let (iv_slot, rest) = rest.split_at_mut(iv_len);
+                iv_slot.copy_from_slice(&iv);
+                let (plain, icv) = rest.split_at_mut(rest.len() - icv_len);
+                let tag = key
+                    .seal_in_place_separate_tag(nonce(salt, &iv), Aad::from(&*aad), plain)
+                    .map_err(|_| failed())?;
+                icv.copy_from_slice(tag.as_ref());
+            }
+            Cipher::Cbc { encrypt, mac, .. } => {
+                let mut iv = [0u8; 16];
+                rng.fill(&mut iv);
+                msg[body_start..body_start + iv_len].copy_from_slice(&iv);
+                encrypt
+                    .less_safe_encrypt(
+                        &mut msg[body_start + iv_len..icv_start],
+                        EncryptionContext::Iv128(iv.into()),
+                    )
+                    .map_err(|_| failed())?;
+                let tag = hmac::sign(mac, &msg[..icv_start]);
+                msg[icv_start..].copy_from_slice(&tag.as_ref()[..icv_len]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies and decrypts the body of the last `body_len` bytes of `msg`; returns
+    /// the payload bytes without padding.
+    pub fn open(&self, msg: &[u8], body_len: usize) -> Result<Vec<u8>, SkError> {
+        let iv_len = self.encr.iv_len();
+        let icv_len = self.icv_len();
+        let block = self.encr.block_len();
+        if body_len > msg.len() || body_len < iv_len + block + icv_len {
+            return Err(SkError::Truncated(body_len));
+        }
+        let body_start = msg.len() - body_len;
+        let icv_start = msg.len() - icv_len;
+        let iv = &msg[body_start..body_start + iv_len];
+        let ciphertext = &msg[body_start + iv_len..icv_start];
+        let mut plain = match &self.cipher {
+            Cipher::Aead { key, salt } => {
+                let mut in_out = msg[body_start + iv_len..].to_vec();
+                let iv: [u8; 8] = iv.try_into().map_err(|_| SkError::Truncated(body_len))?;
+                let len = key
+                    .open_in_place(nonce(salt, &iv), Aad::from(&msg[..body_start]), &mut in_out)
+                    .map_err(|_| SkError::IntegrityCheckFailed)?
+                    .len();
+                in_out.truncate(len);
+                in_out
+            }
+            Cipher::Cbc { decrypt, mac, .. } => {
+                if ciphertext.len() % block != 0 {
+                    return Err(SkError::NotBlockAligned(ciphertext.len()));
+                }
+                let tag = hmac::sign(mac, &msg[..icv_start]);
+                if !bool::from(tag.as_ref()[..icv_len].ct_eq(&msg[icv_start..])) {
+                    return Err(SkError::IntegrityCheckFailed);
+                }
+                let iv: [u8; 16] = iv.try_into().map_err(|_| SkError::Truncated(body_len))?;
+                let mut in_out = ciphertext.to_vec();
+                decrypt
+                    .decrypt(&mut in_out, DecryptionContext::Iv128(iv.into()))
+                    .map_err(|_| SkError::IntegrityCheckFailed)?;
+                in_out
+            }
+        };
+        let pad = plain.last().copied().ok_or(SkError::Truncated(body_len))?;
+        let keep = plain
+            .len()
+            .checked_sub(usize::from(pad) + 1)
+            .ok_or(SkError::BadPadding(pad))?;
+        plain.truncate(keep);
+        Ok(plain)
+    }
+}
+
+fn nonce(salt: &[u8; 4], iv: &[u8; 8]) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..4].copy_from_slice(salt);
+    n[4..].copy_from_slice(iv);
+    Nonce::assume_unique_for_key(n)
+}
+
+/// Encodes a payload chain on its own, as the plaintext of SK or SKF.
+pub(super) fn encode_inner(inner: &[Payload]) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer::new();
+    encode_chain(inner, &mut w);
+    w.finish()
+}
+
+/// Builds `HDR, SK {inner}` and encrypts it.
+pub fn seal_message(
+    key: &mut SkKey,
+    header: &Header,
+    inner: &[Payload],
+    rng: &mut dyn Random,
+) -> Result<Vec<u8>, SkError> {
+    let plain = encode_inner(inner)?;
+    let body = key.unsealed_body(&plain);
+    let body_len = body.len();
+    let message = Message {
+        header: header.clone(),
+        payloads: vec![Payload::Sk(SkPayload {
+            first_payload: first_type(inner),
+            data: body,
+        })],
+    };
+    let mut bytes = message.encode()?;
+    let body_start = bytes.len() - body_len;
+    key.seal_in_place(&mut bytes, body_start, rng)?;
+    Ok(bytes)
+}
+
+/// Verifies and decrypts the SK payload that ends `datagram`, then decodes the
+/// payloads inside it.
+pub fn open_message(key: &SkKey, datagram: &[u8], sk: &SkPayload) -> Result<Vec<Payload>, SkError> {
+    let plain = key.open(datagram, sk.data.len())?;
+    Ok(decode_chain(sk.first_payload, &mut Reader::new(&plain))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SeededRandom;
+    use crate::wire::payload::{NotifyPayload, VendorPayload};
+    use crate::wire::{ExchangeType, Flags, IkeSpi, NotifyType};
+
+    fn header() -> Header {
+        Header {
+            spi_i: IkeSpi(1),
+            spi_r: IkeSpi(2),
+            minor_version: 0,
+            exchange: ExchangeType::INFORMATIONAL,
+            flags: Flags::new(true, false),
+            message_id: 5,
+        }
+    }
+
+    fn inner() -> Vec<Payload> {
+        vec![
+            Payload::Notify(NotifyPayload::new(NotifyType::INITIAL_CONTACT, vec![])),
+            Payload::Vendor(VendorPayload {
+                id: b"esptun".to_vec(),
+            }),
+        ]
+    }
+
+    fn keys(encr: Encr, integ: Option<Integ>) -> (SkKey, SkKey) {
+        let e = Secret::new((0..encr.key_material_len() as u8).collect());
+        let a = Secret::new(vec![7; integ.map_or(0, Integ::key_len)]);
+        (
+            SkKey::new(encr, integ, &e, &a).unwrap(),
+            SkKey::new(encr, integ, &e, &a).unwrap(),
+        )
+    }
+
+    fn suites() -> Vec<(Encr, Option<Integ>)> {
+        vec![
+            (Encr::AesCbc { key_len: 16 }, Some(Integ::HmacSha256)),
+            (Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha384)),
+            (Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha512)),
+            (Encr::AesGcm16 { key_len: 16 }, None),
+            (Encr::AesGcm16 { key_len: 32 }, None),
+            (Encr::ChaCha20Poly1305, None),
+        ]
+    }
+
+    #[test]
+    fn every_suite_round_trips_and_detects_tampering() {
+        let mut rng = SeededRandom::new(1);
+        for (encr, integ) in suites() {
+            let (mut tx, rx) = keys(encr, integ);
+            let bytes = seal_message(&mut tx, &header(), &inner(), &mut rng).unwrap();
+            let msg = Message::decode(&bytes).unwrap();
+            let Payload::Sk(sk) = &msg.payloads[0] else {
+                panic!("no SK")
+            };
+            assert_eq!(open_message(&rx, &bytes, sk).unwrap(), inner(), "{encr}");
+            for at in [0, 17, 30, bytes.len() / 2, bytes.len() - 1] {
+                let mut bad = bytes.clone();
+                bad[at] ^= 0x40;
+                assert_eq!(
+                    rx.open(&bad, sk.data.len()),
+                    Err(SkError::IntegrityCheckFailed),
+                    "{encr} byte {at}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn aead_ivs_never_repeat() {
+        let mut rng = SeededRandom::new(1);
+        let (mut tx, _) = keys(Encr::AesGcm16 { key_len: 16 }, None);
+        let a = seal_message(&mut tx, &header(), &inner(), &mut rng).unwrap();
+        let b = seal_message(&mut tx, &header(), &inner(), &mut rng).unwrap();
+        assert_ne!(a[32..40], b[32..40]);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn short_and_misaligned_bodies_are_rejected() {
+        let (_, rx) = keys(Encr::AesCbc { key_len: 16 }, Some(Integ::HmacSha256));
+        let msg = vec![0u8; 100];
+        assert_eq!(rx.open(&msg, 40), Err(SkError::Truncated(40)));
+        assert_eq!(rx.open(&msg, 200), Err(SkError::Truncated(200)));
+        assert_eq!(
+            rx.open(&msg, 16 + 17 + 16),
+            Err(SkError::NotBlockAligned(17))
+        );
+    }
+
+    #[test]
+    fn wrong_key_lengths_are_refused() {
+        let e = Secret::new(vec![0; 16]);
+        assert!(matches!(
+            SkKey::new(Encr::AesGcm16 { key_len: 16 }, None, &e, &Secret::default()),
+            Err(CryptoError::KeyLength { expected: 20, .. })
+        ));
+    }
+
+    #[test]
+    fn max_plain_len_fits_exactly() {
+        for (encr, integ) in suites() {
+            let (k, _) = keys(encr, integ);
+            for available in [64, 100, 1000, 1219] {
+                let n = k.max_plain_len(available);
+                assert!(k.sealed_len(n) <= available, "{encr} {available}");
+                assert!(k.sealed_len(n + 1) > available, "{encr} {available}");
+            }
+        }
+    }
+}
