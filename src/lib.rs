@@ -14,6 +14,8 @@
 //! - [`auth`]: AUTH payload computation and signature verification.
 //! - [`inspect`]: reading pcap captures and printing the IKE exchanges in them.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod crypto;
 pub mod inspect;

@@ -55,9 +55,14 @@ pub enum AuthError {
 /// Proof that a peer's AUTH payload verified.
 #[derive(Debug)]
 pub struct Verified {
+    method: AuthMethod,
+}
+
+impl Verified {
     /// The method the peer authenticated with.
-    pub method: AuthMethod,
-    _private: (),
+    pub fn method(&self) -> AuthMethod {
+        self.method
+    }
 }
 
 /// What we hold to check a peer's AUTH payload.
@@ -72,7 +77,13 @@ pub enum Credential<'a> {
 /// The octets an AUTH payload covers (RFC 7296 §2.15): the sender's first message
 /// (IKE_SA_INIT request or response), the other side's nonce, and
 /// prf(SK_px, RestOfIDPayload) of the sender's ID.
-pub fn signed_octets(first_message: &[u8], peer_nonce: &[u8], prf: Prf, sk_p: &Secret, id: &IdPayload) -> Vec<u8> {
+pub fn signed_octets(
+    first_message: &[u8],
+    peer_nonce: &[u8],
+    prf: Prf,
+    sk_p: &Secret,
+    id: &IdPayload,
+) -> Vec<u8> {
     let maced_id = prf.compute(sk_p.expose(), &[&id.body()]);
     [first_message, peer_nonce, maced_id.expose()].concat()
 }
@@ -84,7 +95,12 @@ pub fn psk_auth_data(prf: Prf, psk: &Secret, signed_octets: &[u8]) -> Secret {
 }
 
 /// Checks a peer's AUTH payload over its signed octets with our credential for it.
-pub fn verify(auth: &AuthPayload, signed_octets: &[u8], prf: Prf, credential: Credential<'_>) -> Result<Verified, AuthError> {
+pub fn verify(
+    auth: &AuthPayload,
+    signed_octets: &[u8],
+    prf: Prf,
+    credential: Credential<'_>,
+) -> Result<Verified, AuthError> {
     let method = auth.method;
     let wrong = || AuthError::WrongCredential { method };
     match (method, credential) {
@@ -98,12 +114,21 @@ pub fn verify(auth: &AuthPayload, signed_octets: &[u8], prf: Prf, credential: Cr
         (_, Credential::PublicKey(key)) => {
             let (scheme, sig) = match method {
                 AuthMethod::RSA_SIG => (SignatureScheme::RsaPkcs1(Hash::Sha1), &auth.data[..]),
-                AuthMethod::ECDSA_SHA256_P256 => (SignatureScheme::EcdsaFixed(Hash::Sha256), &auth.data[..]),
-                AuthMethod::ECDSA_SHA384_P384 => (SignatureScheme::EcdsaFixed(Hash::Sha384), &auth.data[..]),
-                AuthMethod::ECDSA_SHA512_P521 => (SignatureScheme::EcdsaFixed(Hash::Sha512), &auth.data[..]),
+                AuthMethod::ECDSA_SHA256_P256 => {
+                    (SignatureScheme::EcdsaFixed(Hash::Sha256), &auth.data[..])
+                }
+                AuthMethod::ECDSA_SHA384_P384 => {
+                    (SignatureScheme::EcdsaFixed(Hash::Sha384), &auth.data[..])
+                }
+                AuthMethod::ECDSA_SHA512_P521 => {
+                    (SignatureScheme::EcdsaFixed(Hash::Sha512), &auth.data[..])
+                }
                 AuthMethod::DIGITAL_SIGNATURE => {
                     let ds = auth.parse_digital_signature()?;
-                    (SignatureScheme::from_algorithm_identifier(ds.algorithm)?, ds.signature)
+                    (
+                        SignatureScheme::from_algorithm_identifier(ds.algorithm)?,
+                        ds.signature,
+                    )
                 }
                 other => return Err(AuthError::UnsupportedMethod(other)),
             };
@@ -111,7 +136,7 @@ pub fn verify(auth: &AuthPayload, signed_octets: &[u8], prf: Prf, credential: Cr
         }
         (_, Credential::Psk(_)) => return Err(wrong()),
     }
-    Ok(Verified { method, _private: () })
+    Ok(Verified { method })
 }
 
 #[cfg(test)]
@@ -124,11 +149,19 @@ mod tests {
         let id = IdPayload {
             id: Identity::Fqdn("left.example".into()),
         };
-        let octets = signed_octets(b"message-1", b"nonce-r", Prf::HmacSha256, &Secret::from_slice(b"sk_pi"), &id);
+        let octets = signed_octets(
+            b"message-1",
+            b"nonce-r",
+            Prf::HmacSha256,
+            &Secret::from_slice(b"sk_pi"),
+            &id,
+        );
         let psk = Secret::from_slice(b"correct horse");
         let auth = AuthPayload {
             method: AuthMethod::SHARED_KEY_MIC,
-            data: psk_auth_data(Prf::HmacSha256, &psk, &octets).expose().to_vec(),
+            data: psk_auth_data(Prf::HmacSha256, &psk, &octets)
+                .expose()
+                .to_vec(),
         };
         assert!(verify(&auth, &octets, Prf::HmacSha256, Credential::Psk(&psk)).is_ok());
         let other = Secret::from_slice(b"battery staple");

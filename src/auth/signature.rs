@@ -6,10 +6,11 @@ use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use std::fmt;
 use x509_parser::der_parser::oid::Oid;
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_HASH_SHA1, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521, OID_NIST_HASH_SHA256,
-    OID_NIST_HASH_SHA384, OID_NIST_HASH_SHA512, OID_PKCS1_RSAENCRYPTION, OID_PKCS1_RSASSAPSS, OID_PKCS1_SHA1WITHRSA,
-    OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA, OID_SIG_ECDSA_WITH_SHA256,
-    OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ECDSA_WITH_SHA512, OID_SIG_ED25519,
+    OID_EC_P256, OID_HASH_SHA1, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
+    OID_NIST_HASH_SHA256, OID_NIST_HASH_SHA384, OID_NIST_HASH_SHA512, OID_PKCS1_RSAENCRYPTION,
+    OID_PKCS1_RSASSAPSS, OID_PKCS1_SHA1WITHRSA, OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA,
+    OID_PKCS1_SHA512WITHRSA, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384,
+    OID_SIG_ECDSA_WITH_SHA512, OID_SIG_ED25519,
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::signature_algorithm::RsaSsaPssParams;
@@ -87,10 +88,16 @@ impl SignatureScheme {
     /// The scheme named by a DER AlgorithmIdentifier from an RFC 7427 AUTH payload.
     pub fn from_algorithm_identifier(der: &[u8]) -> Result<Self, AuthError> {
         let unsupported = |what: String| AuthError::UnsupportedAlgorithm(what);
-        let (rest, alg) = AlgorithmIdentifier::from_der(der)
-            .map_err(|_| unsupported(format!("undecodable AlgorithmIdentifier {}", hex::encode(der))))?;
+        let (rest, alg) = AlgorithmIdentifier::from_der(der).map_err(|_| {
+            unsupported(format!(
+                "undecodable AlgorithmIdentifier {}",
+                hex::encode(der)
+            ))
+        })?;
         if !rest.is_empty() {
-            return Err(unsupported("trailing bytes after AlgorithmIdentifier".into()));
+            return Err(unsupported(
+                "trailing bytes after AlgorithmIdentifier".into(),
+            ));
         }
         let oid = &alg.algorithm;
         let scheme = [
@@ -118,7 +125,9 @@ impl SignatureScheme {
             .ok_or_else(|| unsupported("RSASSA-PSS without parameters".into()))?;
         let hash = Hash::from_oid(params.hash_algorithm_oid())
             .filter(|h| *h != Hash::Sha1)
-            .ok_or_else(|| unsupported(format!("RSASSA-PSS hash {}", params.hash_algorithm_oid())))?;
+            .ok_or_else(|| {
+                unsupported(format!("RSASSA-PSS hash {}", params.hash_algorithm_oid()))
+            })?;
         let mgf_hash = params
             .mask_gen_algorithm()
             .ok()
@@ -161,8 +170,8 @@ pub struct PublicKey {
 impl PublicKey {
     /// The public key of a DER certificate.
     pub fn from_certificate(der: &[u8]) -> Result<Self, AuthError> {
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|e| AuthError::BadCertificate(format!("undecodable: {e}")))?;
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| AuthError::BadCertificate(format!("undecodable: {e}")))?;
         Self::from_spki(cert.public_key())
     }
 
@@ -190,7 +199,9 @@ impl PublicKey {
                 return Err(AuthError::UnsupportedAlgorithm(format!("EC curve {curve}")));
             }
         } else {
-            return Err(AuthError::UnsupportedAlgorithm(format!("public key algorithm {alg}")));
+            return Err(AuthError::UnsupportedAlgorithm(format!(
+                "public key algorithm {alg}"
+            )));
         };
         Ok(Self {
             kind,
@@ -204,7 +215,12 @@ impl PublicKey {
     }
 
     /// Checks `signature` over `message` made with `scheme` by this key's owner.
-    pub fn verify(&self, scheme: SignatureScheme, message: &[u8], signature: &[u8]) -> Result<(), AuthError> {
+    pub fn verify(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), AuthError> {
         use Hash::*;
         use KeyKind::*;
         use SignatureScheme::*;
@@ -266,7 +282,9 @@ mod tests {
 
     #[test]
     fn rejects_unknown_or_malformed_identifiers() {
-        assert!(SignatureScheme::from_algorithm_identifier(&[0x30, 0x03, 0x06, 0x01, 0x00]).is_err());
+        assert!(
+            SignatureScheme::from_algorithm_identifier(&[0x30, 0x03, 0x06, 0x01, 0x00]).is_err()
+        );
         assert!(SignatureScheme::from_algorithm_identifier(&[0x30, 0x09]).is_err());
         // PSS with salt 20 for SHA-256 is not something we verify.
         let pss_salt20 = hex::decode(

@@ -52,6 +52,10 @@ pub struct SkKey {
     next_iv: u64,
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "two keys per IKE SA; a box would only add an indirection"
+)]
 enum Cipher {
     Aead {
         key: LessSafeKey,

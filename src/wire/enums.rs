@@ -12,7 +12,11 @@ macro_rules! registry {
         pub struct $name(pub $repr);
 
         impl $name {
-            $($(#[$cdoc])* pub const $konst: Self = Self($val);)*
+            $(
+                $(#[$cdoc])*
+                #[doc = concat!("Registry value ", stringify!($val), ".")]
+                pub const $konst: Self = Self($val);
+            )*
 
             /// The registry name of this value, if it has one.
             pub fn name(self) -> Option<&'static str> {

@@ -63,7 +63,8 @@ pub fn summarize(payloads: &[Payload]) -> String {
     format!("[{}]", parts.join(" "))
 }
 
-fn short_name(p: &Payload) -> String {
+/// strongSwan-style short name of one payload, e.g. `No` or `N(COOKIE)`.
+pub fn short_name(p: &Payload) -> String {
     match p {
         Payload::Notify(n) => format!("N({})", n.notify_type),
         Payload::Skf(f) => format!("EF({}/{})", f.fragment_number, f.total_fragments),

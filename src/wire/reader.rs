@@ -22,23 +22,45 @@ pub struct DecodeError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeErrorKind {
     /// Fewer bytes remain than the field needs.
-    Truncated { needed: usize, available: usize },
+    Truncated {
+        /// Bytes the field needs.
+        needed: usize,
+        /// Bytes left.
+        available: usize,
+    },
     /// A length field is outside what the structure allows.
     BadLength {
+        /// The length the field declares.
         length: usize,
+        /// The smallest length allowed.
         min: usize,
+        /// The largest length allowed.
         max: usize,
     },
     /// A count or length disagrees with the bytes actually present.
-    Mismatch { declared: usize, actual: usize },
+    Mismatch {
+        /// What the count or length field says.
+        declared: usize,
+        /// What the bytes hold.
+        actual: usize,
+    },
     /// A field holds a value the RFC forbids.
-    BadValue { value: u64 },
+    BadValue {
+        /// The forbidden value.
+        value: u64,
+    },
     /// Bytes follow the last structure where none may.
-    Trailing { count: usize },
+    Trailing {
+        /// How many bytes are left over.
+        count: usize,
+    },
     /// An unknown payload has the critical bit set (RFC 7296 §2.5).
     UnsupportedCritical(PayloadType),
     /// The header's major version is not 2.
-    UnsupportedVersion { major: u8 },
+    UnsupportedVersion {
+        /// The major version the header carries.
+        major: u8,
+    },
 }
 
 impl fmt::Display for DecodeErrorKind {
