@@ -1,12 +1,13 @@
-//! IKE message costs: decoding a real IKE_AUTH request, and opening an SK payload
+//! IKE message costs: decoding a real IKE_AUTH request and its decrypted payloads,
+//! and opening an SK payload
 //! with each suite (`cargo bench --bench ike`).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use esptun::crypto::sk::{open_message, seal_message};
 use esptun::crypto::{Encr, Integ, Secret, SeededRandom, SkKey};
-use esptun::inspect::udp_datagrams;
-use esptun::wire::payload::{NoncePayload, Payload, VendorPayload};
-use esptun::wire::{ExchangeType, Flags, Header, IkeSpi, Message, NON_ESP_MARKER};
+use esptun::inspect::{KeyLog, udp_datagrams};
+use esptun::wire::payload::{NoncePayload, Payload, VendorPayload, decode_chain};
+use esptun::wire::{ExchangeType, Flags, Header, IkeSpi, Message, NON_ESP_MARKER, Reader};
 use std::hint::black_box;
 
 /// The IKE_AUTH request of the `gcm` vector (frame 3): 1002 bytes, encrypted.
@@ -26,6 +27,23 @@ fn decode(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.bench_function("IKE_AUTH request", |b| {
         b.iter(|| Message::decode(black_box(&bytes)).expect("decodes"))
+    });
+    // The payloads inside its SK payload: IDs, certificate, AUTH, SA, TS, notifies.
+    let keys =
+        KeyLog::parse("gcm", include_str!("../tests/vectors/gcm/keys.json")).expect("key file");
+    let sa = &keys.ike_sas[0];
+    let key =
+        SkKey::new(Encr::AesGcm16 { key_len: 16 }, None, &sa.sk_ei, &sa.sk_ai).expect("keys fit");
+    let message = Message::decode(&bytes).expect("decodes");
+    let Some(Payload::Sk(sk)) = message.payloads.last() else {
+        unreachable!("IKE_AUTH is encrypted")
+    };
+    let inner = key.open(&bytes, sk.data.len()).expect("opens");
+    group.throughput(Throughput::Bytes(inner.len() as u64));
+    group.bench_function("IKE_AUTH request, decrypted payloads", |b| {
+        b.iter(|| {
+            decode_chain(sk.first_payload, &mut Reader::new(black_box(&inner))).expect("decodes")
+        })
     });
     group.finish();
 }

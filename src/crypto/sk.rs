@@ -415,4 +415,78 @@ mod tests {
             }
         }
     }
+
+    /// Opens `aad | iv | ciphertext | tag` as an SK payload after `aad`. The SK
+    /// format reads the last plaintext octet as the pad length, so the vector's
+    /// plaintext comes back without its last `pad + 1` octets.
+    fn open_aead_vector(
+        encr: Encr,
+        key_salt: &str,
+        aad: &str,
+        iv: &str,
+        ct_tag: &str,
+        plain: &[u8],
+    ) {
+        let key = SkKey::new(
+            encr,
+            None,
+            &Secret::new(hex::decode(key_salt).unwrap()),
+            &Secret::default(),
+        )
+        .unwrap();
+        let msg = hex::decode(format!("{aad}{iv}{ct_tag}")).unwrap();
+        let body_len = msg.len() - aad.len() / 2;
+        let pad = usize::from(*plain.last().unwrap());
+        assert_eq!(
+            key.open(&msg, body_len).unwrap(),
+            plain[..plain.len() - pad - 1]
+        );
+        let mut tampered = msg.clone();
+        tampered[0] ^= 1; // the AAD is authenticated too
+        assert_eq!(
+            key.open(&tampered, body_len),
+            Err(SkError::IntegrityCheckFailed)
+        );
+    }
+
+    #[test]
+    fn chacha20_poly1305_rfc8439_aead_vector() {
+        // RFC 8439 §2.8.2; its 12-octet nonce is the RFC 7634 salt (4) and IV (8).
+        let plain = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+        open_aead_vector(
+            Encr::ChaCha20Poly1305,
+            "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f07000000",
+            "50515253c0c1c2c3c4c5c6c7",
+            "4041424344454647",
+            "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b61161ae10b594f09e26a7e902ecbd0600691",
+            plain,
+        );
+    }
+
+    #[test]
+    fn aes_gcm_vectors_from_the_gcm_specification() {
+        // McGrew & Viega, "The Galois/Counter Mode of Operation", test cases 4 (AES-128)
+        // and 16 (AES-256): 60-octet plaintext, 20-octet AAD, 96-bit IV = salt | IV.
+        let plain = hex::decode(
+            "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+        )
+        .unwrap();
+        let aad = "feedfacedeadbeeffeedfacedeadbeefabaddad2";
+        open_aead_vector(
+            Encr::AesGcm16 { key_len: 16 },
+            "feffe9928665731c6d6a8f9467308308cafebabe",
+            aad,
+            "facedbaddecaf888",
+            "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e0915bc94fbc3221a5db94fae95ae7121a47",
+            &plain,
+        );
+        open_aead_vector(
+            Encr::AesGcm16 { key_len: 32 },
+            "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308cafebabe",
+            aad,
+            "facedbaddecaf888",
+            "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f66276fc6ece0f4e1768cddf8853bb2d551b",
+            &plain,
+        );
+    }
 }

@@ -266,7 +266,7 @@ pub fn encode_chain(payloads: &[Payload], w: &mut Writer) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::NotifyType;
+    use crate::wire::{CertEncoding, NotifyType};
 
     fn decode(first: PayloadType, bytes: &[u8]) -> Result<Vec<Payload>, DecodeError> {
         decode_chain(first, &mut Reader::new(bytes))
@@ -332,6 +332,85 @@ mod tests {
             [Payload::Sk(SkPayload {
                 first_payload: PayloadType::IDI,
                 data: vec![1, 2]
+            })]
+        );
+    }
+
+    /// Every decoded payload type with the smallest body it accepts.
+    const MIN_BODIES: [(PayloadType, usize); 17] = [
+        (PayloadType::SA, 8),
+        (PayloadType::KE, 4),
+        (PayloadType::IDI, 4),
+        (PayloadType::IDR, 4),
+        (PayloadType::CERT, 1),
+        (PayloadType::CERTREQ, 1),
+        (PayloadType::AUTH, 4),
+        (PayloadType::NONCE, 16),
+        (PayloadType::NOTIFY, 4),
+        (PayloadType::DELETE, 4),
+        (PayloadType::VENDOR_ID, 0),
+        (PayloadType::TSI, 4),
+        (PayloadType::TSR, 4),
+        (PayloadType::SK, 0),
+        (PayloadType::CP, 4),
+        (PayloadType::EAP, 4),
+        (PayloadType::SKF, 4),
+    ];
+
+    fn with_header(body: &[u8], length: u16) -> Vec<u8> {
+        let mut bytes = vec![0, 0];
+        bytes.extend(length.to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn every_payload_rejects_bad_lengths_and_short_bodies_by_name() {
+        for (t, min) in MIN_BODIES {
+            let name = payload_name(t);
+            // A length below the generic header's own four octets.
+            let e = decode(t, &with_header(&[], 3)).unwrap_err();
+            assert!(
+                matches!(e.kind, DecodeErrorKind::BadLength { length: 3, .. }),
+                "{name}: {e}"
+            );
+            assert_eq!(e.what, name);
+            // A length past the end of the datagram.
+            let e = decode(t, &with_header(&[0; 4], 9)).unwrap_err();
+            assert!(
+                matches!(e.kind, DecodeErrorKind::Truncated { .. }),
+                "{name}: {e}"
+            );
+            // A body one octet shorter than the payload's fixed part.
+            if min > 0 {
+                let body = vec![0; min - 1];
+                let e = decode(t, &with_header(&body, 4 + body.len() as u16));
+                assert!(e.is_err(), "{name} accepted a {}-octet body", min - 1);
+            }
+        }
+    }
+
+    #[test]
+    fn cert_certreq_and_vendor_keep_their_bytes() {
+        let cases = [
+            (PayloadType::CERT, vec![4, 0x30, 0x82]),
+            (PayloadType::CERTREQ, vec![4, 1, 2, 3]),
+            (PayloadType::VENDOR_ID, vec![b'x'; 3]),
+        ];
+        for (t, body) in cases {
+            let bytes = with_header(&body, 4 + body.len() as u16);
+            let payloads = decode(t, &bytes).unwrap();
+            assert_eq!(payloads[0].payload_type(), t);
+            let mut w = Writer::new();
+            encode_chain(&payloads, &mut w);
+            assert_eq!(w.finish().unwrap(), bytes);
+        }
+        let cert = decode(PayloadType::CERT, &with_header(&[4, 0x30], 6)).unwrap();
+        assert_eq!(
+            cert,
+            [Payload::Cert(CertPayload {
+                encoding: CertEncoding::X509_CERT_SIG,
+                data: vec![0x30]
             })]
         );
     }
