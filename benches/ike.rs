@@ -1,6 +1,5 @@
 //! IKE message costs: decoding a real IKE_AUTH request and its decrypted payloads,
-//! and opening an SK payload
-//! with each suite (`cargo bench --bench ike`).
+//! and opening an SK payload with each suite (`cargo bench --bench ike`).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use esptun::crypto::sk::{open_message, seal_message};

@@ -202,22 +202,30 @@ fn assert_child(
         nonces.1,
     )
     .unwrap();
-    assert_eq!(
-        keys.encr_i, logged.encryption_initiator,
-        "ESP encryption key i->r"
-    );
-    assert_eq!(
-        keys.encr_r, logged.encryption_responder,
-        "ESP encryption key r->i"
-    );
-    assert_eq!(
-        keys.integ_i, logged.integrity_initiator,
-        "ESP integrity key i->r"
-    );
-    assert_eq!(
-        keys.integ_r, logged.integrity_responder,
-        "ESP integrity key r->i"
-    );
+    for (what, ours, expected) in [
+        (
+            "ESP encryption key i->r",
+            &keys.encr_i,
+            &logged.encryption_initiator,
+        ),
+        (
+            "ESP encryption key r->i",
+            &keys.encr_r,
+            &logged.encryption_responder,
+        ),
+        (
+            "ESP integrity key i->r",
+            &keys.integ_i,
+            &logged.integrity_initiator,
+        ),
+        (
+            "ESP integrity key r->i",
+            &keys.integ_r,
+            &logged.integrity_responder,
+        ),
+    ] {
+        assert_eq!(ours, expected, "{what}");
+    }
     // Each side names the SPI it receives on: the responder's is left-to-right.
     let offered = request
         .iter()
