@@ -12,11 +12,13 @@
 //! - [`wire`]: the IKEv2 codec, no crypto, no state.
 //! - [`crypto`]: PRFs, key derivation, key exchange groups, SK payload protection.
 //! - [`auth`]: AUTH payload computation and signature verification.
+//! - [`ike`]: the IKE engine (proposals so far).
 //! - [`inspect`]: reading pcap captures and printing the IKE exchanges in them.
 
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod crypto;
+pub mod ike;
 pub mod inspect;
 pub mod wire;

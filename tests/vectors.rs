@@ -416,3 +416,28 @@ fn rekeyed_child_sa_uses_pfs_only_in_the_pfs_profile() {
     assert!(!key_log("gcm-pfs").child_sas[1].pfs_g_ir.is_empty());
     assert!(!key_log("cbc").child_sas[1].pfs_g_ir.is_empty());
 }
+
+#[test]
+fn our_responder_choice_matches_strongswans() {
+    use esptun::ike::proposal;
+    for (profile, configured) in [
+        ("gcm", "aes128gcm16-prfsha256-x25519"),
+        ("gcm-pfs", "aes128gcm16-prfsha256-x25519"),
+        ("cbc", "aes256-sha256-modp2048"),
+    ] {
+        let messages = ike_messages(profile);
+        let offered = match &messages[0].message.payloads[0] {
+            Payload::Sa(sa) => &sa.proposals,
+            other => panic!("{profile}: IKE_SA_INIT starts with {other:?}"),
+        };
+        let ours = proposal::parse_all(&[configured.to_owned()], ProtocolId::IKE).unwrap();
+        let mut ours_chosen = proposal::select(&ours, offered).expect("a common proposal");
+        let mut theirs_chosen = first_proposal(&messages[1].message.payloads)
+            .unwrap()
+            .clone();
+        assert_eq!(ours_chosen.number, theirs_chosen.number, "{profile}");
+        ours_chosen.transforms.sort_by_key(|t| (t.kind, t.id));
+        theirs_chosen.transforms.sort_by_key(|t| (t.kind, t.id));
+        assert_eq!(ours_chosen, theirs_chosen, "{profile}");
+    }
+}
