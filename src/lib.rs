@@ -12,7 +12,7 @@
 //! - [`wire`]: the IKEv2 codec, no crypto, no state.
 //! - [`crypto`]: PRFs, key derivation, key exchange groups, SK payload protection.
 //! - [`auth`]: AUTH payload computation and signature verification.
-//! - [`ike`]: the IKE engine (proposals so far).
+//! - [`ike`]: the IKE engine (proposals, message IDs and retransmission so far).
 //! - [`inspect`]: reading pcap captures and printing the IKE exchanges in them.
 
 #![warn(missing_docs)]
