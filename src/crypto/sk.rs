@@ -234,7 +234,7 @@ impl SkKey {
                 in_out
             }
             Cipher::Cbc { decrypt, mac, .. } => {
-                if ciphertext.len() % block != 0 {
+                if !ciphertext.len().is_multiple_of(block) {
                     return Err(SkError::NotBlockAligned(ciphertext.len()));
                 }
                 let tag = hmac::sign(mac, &msg[..icv_start]);

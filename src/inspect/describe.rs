@@ -160,7 +160,7 @@ fn certificate(der: &[u8]) -> Value {
 
 fn cert_req(c: &CertReqPayload) -> Value {
     let mut v = json!({ "encoding": c.encoding.to_string() });
-    if c.encoding == CertEncoding::X509_CERT_SIG && c.authorities.len() % 20 == 0 {
+    if c.encoding == CertEncoding::X509_CERT_SIG && c.authorities.len().is_multiple_of(20) {
         v["ca_key_hashes"] = c.ca_hashes().map(|h| Value::from(hex::encode(h))).collect();
     } else {
         v["data"] = short_hex(&c.authorities).into();
@@ -183,7 +183,7 @@ fn notify(n: &NotifyPayload) -> Value {
     };
     match n.notify_type {
         _ if n.data.is_empty() => {}
-        NotifyType::SIGNATURE_HASH_ALGORITHMS if n.data.len() % 2 == 0 => {
+        NotifyType::SIGNATURE_HASH_ALGORITHMS if n.data.len().is_multiple_of(2) => {
             v["hashes"] = u16s()
                 .map(|h| Value::from(HashAlgorithm(h).to_string()))
                 .collect();

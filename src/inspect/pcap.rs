@@ -230,7 +230,7 @@ fn read_pcapng(capture: &[u8], frames: &mut Frames) -> Result<(), CaptureError> 
         };
         let block_type = c.u32("block header")?;
         let total = c.u32("block header")? as usize;
-        if total < 12 || total % 4 != 0 {
+        if total < 12 || !total.is_multiple_of(4) {
             return Err(CaptureError::BadBlock {
                 offset: at,
                 what: "length not a multiple of 4 of at least 12",
