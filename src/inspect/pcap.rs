@@ -1,10 +1,13 @@
-//! Reading UDP datagrams out of pcap and pcapng captures.
+//! Reading the UDP datagrams out of a pcap or pcapng capture.
 //!
-//! Captures are input from anywhere: every length is checked against the bytes
-//! present, the only allocations are copies of bytes the file holds, and a file
-//! that is not a capture, or is cut short, is a one-line [`CaptureError`].
+//! A capture is hostile input: every length is checked against the bytes present, no
+//! buffer is sized from a length field before its bytes are there, and a file that is
+//! not a capture or is cut short is a one-line [`CaptureError`]. Frames that are not UDP
+//! over IP, or are malformed, or were cut short by the snap length, are not errors: a
+//! capture holds all sorts of traffic, so they are skipped.
 
-use etherparse::{EtherType, NetSlice, SlicedPacket, TransportSlice, UdpSlice};
+use etherparse::{EtherType, IpNumber, Ipv6ExtensionSlice, NetSlice, SlicedPacket};
+use etherparse::{TransportSlice, UdpSlice};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -13,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 pub struct UdpDatagram {
     /// 1-based number of the frame that carried it (its last fragment, if fragmented).
     pub frame: usize,
-    /// Capture time, in nanoseconds since the Unix epoch.
+    /// When it was captured, in nanoseconds since the Unix epoch (0 in a Simple Packet Block).
     pub timestamp_ns: u64,
     /// Source address and port.
     pub src: SocketAddr,
@@ -24,38 +27,45 @@ pub struct UdpDatagram {
 }
 
 /// Why a capture could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CaptureError {
+    /// The file is too short to hold any capture's magic number.
+    #[error("not a pcap or pcapng file (only {len} bytes long)")]
+    TooShort {
+        /// The file's length in bytes.
+        len: usize,
+    },
     /// The file starts with neither a pcap nor a pcapng magic number.
-    #[error("not a pcap or pcapng file (it starts with {0})")]
-    NotACapture(String),
-    /// A header or record runs past the end of the file.
-    #[error("truncated capture: {what} at byte {offset} is cut short")]
+    #[error("not a pcap or pcapng file (starts with {magic:#010x})")]
+    NotACapture {
+        /// The first four bytes, in file order.
+        magic: u32,
+    },
+    /// The file ends inside its pcap file header or first pcapng section header.
+    #[error("truncated capture: the {len}-byte file ends inside its header")]
+    TruncatedHeader {
+        /// The file's length in bytes.
+        len: usize,
+    },
+    /// The file ends inside a record or block.
+    #[error("truncated capture: frame {frame} at byte {offset} is cut short")]
     Truncated {
-        /// What was being read.
-        what: &'static str,
-        /// Where it starts in the file.
+        /// 1-based number of the frame being read when the bytes ran out.
+        frame: usize,
+        /// Where its record or block starts in the file.
         offset: usize,
     },
+    /// Frames on a link layer this reader does not decode, and no datagram found elsewhere.
+    #[error("unsupported link type {0} (Ethernet, NULL/LOOP, raw IP and Linux SLL/SLL2 are read)")]
+    UnsupportedLinkType(u32),
     /// A pcapng block is malformed.
-    #[error("malformed pcapng block at byte {offset}: {what}")]
+    #[error("bad pcapng block at byte {offset}: {what}")]
     BadBlock {
         /// Where the block starts in the file.
         offset: usize,
         /// What is wrong with it.
         what: &'static str,
     },
-    /// A packet refers to a pcapng interface that was never described.
-    #[error("packet at byte {offset} names undescribed interface {interface}")]
-    UnknownInterface {
-        /// Where the packet block starts.
-        offset: usize,
-        /// The interface number it names.
-        interface: u32,
-    },
-    /// The link layer is not one this reader decodes.
-    #[error("unsupported link type {0}")]
-    UnsupportedLinkType(u32),
 }
 
 const PCAP_MAGIC_US: u32 = 0xa1b2_c3d4;
@@ -63,727 +73,812 @@ const PCAP_MAGIC_NS: u32 = 0xa1b2_3c4d;
 const PCAPNG_SHB: u32 = 0x0a0d_0d0a;
 const PCAPNG_BYTE_ORDER_MAGIC: u32 = 0x1a2b_3c4d;
 const PCAPNG_IDB: u32 = 1;
+const PCAPNG_OPB: u32 = 2;
 const PCAPNG_SPB: u32 = 3;
 const PCAPNG_EPB: u32 = 6;
+const OPT_ENDOFOPT: u16 = 0;
 const IF_TSRESOL: u16 = 9;
-
-const LINKTYPE_NULL: u32 = 0;
-const LINKTYPE_ETHERNET: u32 = 1;
-const LINKTYPE_RAW: u32 = 101;
-const LINKTYPE_LOOP: u32 = 108;
-const LINKTYPE_LINUX_SLL: u32 = 113;
-const LINKTYPE_IPV4: u32 = 228;
-const LINKTYPE_IPV6: u32 = 229;
-const LINKTYPE_LINUX_SLL2: u32 = 276;
-const SLL2_HEADER_LEN: usize = 20;
+const IF_TSOFFSET: u16 = 14;
+/// ARPHRD types whose SLL protocol field is not an EtherType: FRAD, 802.11 radiotap, netlink.
+const ARPHRD_NOT_ETHERTYPE: [u16; 3] = [770, 803, 824];
+/// AF_INET, and AF_INET6 as Linux, the BSDs and Darwin number it.
+const NULL_IP_FAMILIES: [u32; 5] = [2, 10, 24, 28, 30];
+/// The largest IP payload a fragment offset and length can describe.
+const MAX_REASSEMBLED: usize = 65_535;
+/// Real datagrams need at most ~120 fragments; more is an attack on the reassembly cost.
+const MAX_FRAGMENTS: usize = 256;
+/// Linux forgets fragments after 30 s; this keeps a reused IP ID from joining stale ones.
+const FRAGMENT_TIMEOUT_NS: u64 = 60_000_000_000;
 
 /// Reads every UDP datagram from a pcap or pcapng capture, in file order.
 pub fn udp_datagrams(capture: &[u8]) -> Result<Vec<UdpDatagram>, CaptureError> {
-    let magic = capture
-        .get(..4)
-        .ok_or(CaptureError::Truncated {
-            what: "file header",
-            offset: 0,
-        })?
-        .try_into()
-        .map(u32::from_le_bytes)
-        .unwrap_or_default();
-    let mut frames = Frames::default();
-    if magic == PCAPNG_SHB {
-        read_pcapng(capture, &mut frames)?;
-    } else if [PCAP_MAGIC_US, PCAP_MAGIC_NS]
-        .iter()
-        .any(|m| magic == *m || magic == m.swap_bytes())
-    {
-        read_pcap(capture, &mut frames)?;
-    } else {
-        return Err(CaptureError::NotACapture(hex_prefix(capture)));
+    let magic: [u8; 4] = array(capture, 0).ok_or(CaptureError::TooShort { len: capture.len() })?;
+    let mut out = Extractor::default();
+    match u32::from_le_bytes(magic) {
+        PCAPNG_SHB => out.pcapng(capture)?,
+        PCAP_MAGIC_US => out.pcap(capture, Order(false), 6)?,
+        PCAP_MAGIC_NS => out.pcap(capture, Order(false), 9)?,
+        m if m.swap_bytes() == PCAP_MAGIC_US => out.pcap(capture, Order(true), 6)?,
+        m if m.swap_bytes() == PCAP_MAGIC_NS => out.pcap(capture, Order(true), 9)?,
+        _ => {
+            return Err(CaptureError::NotACapture {
+                magic: u32::from_be_bytes(magic),
+            });
+        }
     }
-    Ok(frames.datagrams)
-}
-
-fn hex_prefix(bytes: &[u8]) -> String {
-    format!("0x{}", hex::encode(&bytes[..bytes.len().min(8)]))
-}
-
-/// A cursor over the file in one byte order.
-struct Cursor<'a> {
-    data: &'a [u8],
-    at: usize,
-    big_endian: bool,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], CaptureError> {
-        let bytes = self
-            .at
-            .checked_add(len)
-            .and_then(|end| self.data.get(self.at..end))
-            .ok_or(CaptureError::Truncated {
-                what,
-                offset: self.at,
-            })?;
-        self.at += len;
-        Ok(bytes)
-    }
-
-    fn u16(&mut self, what: &'static str) -> Result<u16, CaptureError> {
-        let b: [u8; 2] = self.take(2, what)?.try_into().unwrap_or_default();
-        Ok(if self.big_endian {
-            u16::from_be_bytes(b)
-        } else {
-            u16::from_le_bytes(b)
-        })
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<u32, CaptureError> {
-        let b: [u8; 4] = self.take(4, what)?.try_into().unwrap_or_default();
-        Ok(if self.big_endian {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        })
-    }
-
-    fn is_empty(&self) -> bool {
-        self.at >= self.data.len()
+    match out.unsupported {
+        Some(link_type) if out.datagrams.is_empty() => {
+            Err(CaptureError::UnsupportedLinkType(link_type))
+        }
+        _ => Ok(out.datagrams),
     }
 }
 
-fn read_pcap(capture: &[u8], frames: &mut Frames) -> Result<(), CaptureError> {
-    let magic_le = u32::from_le_bytes(capture[..4].try_into().unwrap_or_default());
-    let mut c = Cursor {
-        data: capture,
-        at: 4,
-        big_endian: magic_le != PCAP_MAGIC_US && magic_le != PCAP_MAGIC_NS,
+/// The byte order a capture's header fields were written in: big-endian if true.
+#[derive(Clone, Copy)]
+struct Order(bool);
+
+impl Order {
+    fn u16(self, bytes: &[u8], at: usize) -> Option<u16> {
+        let v = u16::from_le_bytes(array(bytes, at)?);
+        Some(if self.0 { v.swap_bytes() } else { v })
+    }
+
+    fn u32(self, bytes: &[u8], at: usize) -> Option<u32> {
+        let v = u32::from_le_bytes(array(bytes, at)?);
+        Some(if self.0 { v.swap_bytes() } else { v })
+    }
+
+    fn u64(self, bytes: &[u8], at: usize) -> Option<u64> {
+        let v = u64::from_le_bytes(array(bytes, at)?);
+        Some(if self.0 { v.swap_bytes() } else { v })
+    }
+}
+
+/// `N` bytes at `at`, if the slice holds them (no arithmetic that could overflow).
+fn array<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
+    bytes.get(at..)?.get(..N)?.try_into().ok()
+}
+
+/// Seconds per timestamp tick: 10^-n or 2^-n.
+#[derive(Clone, Copy)]
+enum Resolution {
+    Decimal(u8),
+    Binary(u8),
+}
+
+/// Nanoseconds since the epoch, saturating rather than wrapping on absurd values.
+fn nanos(ticks: u64, resolution: Resolution, offset_s: i64) -> u64 {
+    let ticks = u128::from(ticks);
+    let ns = match resolution {
+        Resolution::Decimal(n) if n <= 9 => ticks * 10u128.pow(9 - u32::from(n)),
+        Resolution::Decimal(n) => 10u128
+            .checked_pow(u32::from(n - 9))
+            .map_or(0, |divisor| ticks / divisor),
+        Resolution::Binary(n) => (ticks * 1_000_000_000) >> n.min(127),
     };
-    let magic = if c.big_endian {
-        magic_le.swap_bytes()
-    } else {
-        magic_le
-    };
-    let units_per_second = if magic == PCAP_MAGIC_NS {
-        1_000_000_000
-    } else {
-        1_000_000
-    };
-    c.take(16, "file header")?; // version, thiszone, sigfigs, snaplen
-    // The upper bits may carry the FCS length (pcap-linktype(7)).
-    let link_type = c.u32("file header")? & 0x0fff_ffff;
-    check_link_type(link_type)?;
-    while !c.is_empty() {
-        let record = c.at;
-        let cut = |what| {
-            move |_| CaptureError::Truncated {
-                what,
-                offset: record,
-            }
-        };
-        c.take(16, "").map_err(cut("record header"))?;
-        c.at = record;
-        let seconds = c.u32("")?;
-        let fraction = c.u32("")?;
-        let captured = c.u32("")?;
-        c.u32("")?; // original length
-        let data = c.take(captured as usize, "").map_err(cut("record"))?;
-        let ns = u64::from(seconds) * 1_000_000_000 + scale(fraction.into(), units_per_second);
-        frames.frame(link_type, ns, data);
-    }
-    Ok(())
+    let ns = i128::try_from(ns).unwrap_or(i128::MAX) + i128::from(offset_s) * 1_000_000_000;
+    u64::try_from(ns.max(0)).unwrap_or(u64::MAX)
 }
 
-/// A pcapng interface: link type and timestamp units per second.
+/// The link layers this reader finds IP in.
+#[derive(Clone, Copy)]
+enum Link {
+    Ethernet,
+    Null,
+    Ip,
+    Sll,
+    Sll2,
+}
+
+fn link(link_type: u32) -> Option<Link> {
+    match link_type {
+        1 => Some(Link::Ethernet),
+        0 | 108 => Some(Link::Null),
+        101 | 228 | 229 => Some(Link::Ip),
+        113 => Some(Link::Sll),
+        276 => Some(Link::Sll2),
+        _ => None,
+    }
+}
+
+/// A pcapng interface, as its Interface Description Block describes it.
 #[derive(Clone, Copy)]
 struct Interface {
     link_type: u32,
-    units_per_second: u128,
+    snaplen: u32,
+    resolution: Resolution,
+    offset_s: i64,
 }
 
-fn read_pcapng(capture: &[u8], frames: &mut Frames) -> Result<(), CaptureError> {
-    let mut interfaces: Vec<Interface> = Vec::new();
-    let mut at = 0;
-    let mut big_endian = false;
-    while at < capture.len() {
-        let head = capture.get(at..at + 12).ok_or(CaptureError::Truncated {
-            what: "block header",
-            offset: at,
-        })?;
-        let block_type = u32::from_le_bytes(head[..4].try_into().unwrap_or_default());
-        if block_type == PCAPNG_SHB {
-            let order = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
-            big_endian = match order {
-                PCAPNG_BYTE_ORDER_MAGIC => false,
-                o if o.swap_bytes() == PCAPNG_BYTE_ORDER_MAGIC => true,
-                _ => {
-                    return Err(CaptureError::BadBlock {
-                        offset: at,
-                        what: "bad byte-order magic",
-                    });
-                }
-            };
-            interfaces.clear();
-        }
-        let mut c = Cursor {
-            data: capture,
-            at,
-            big_endian,
-        };
-        let block_type = c.u32("block header")?;
-        let total = c.u32("block header")? as usize;
-        if total < 12 || !total.is_multiple_of(4) {
-            return Err(CaptureError::BadBlock {
-                offset: at,
-                what: "length not a multiple of 4 of at least 12",
-            });
-        }
-        let block = capture.get(at..at + total).ok_or(CaptureError::Truncated {
-            what: "block",
-            offset: at,
-        })?;
-        let mut trailer = Cursor {
-            data: block,
-            at: total - 4,
-            big_endian,
-        };
-        if trailer.u32("block trailer")? as usize != total {
-            return Err(CaptureError::BadBlock {
-                offset: at,
-                what: "trailing length differs from the leading one",
-            });
-        }
-        let mut body = Cursor {
-            data: &block[..total - 4],
-            at: 8,
-            big_endian,
-        };
-        let short = |_| CaptureError::BadBlock {
-            offset: at,
-            what: "body shorter than its fields",
-        };
-        match block_type {
-            PCAPNG_IDB => {
-                let link_type = u32::from(body.u16("").map_err(short)?);
-                check_link_type(link_type)?;
-                body.take(6, "").map_err(short)?; // reserved, snaplen
-                interfaces.push(Interface {
-                    link_type,
-                    units_per_second: tsresol(&mut body).map_err(short)?,
-                });
+fn interface(body: &[u8], order: Order) -> Result<Interface, &'static str> {
+    let short = "interface description shorter than its fields";
+    let mut iface = Interface {
+        link_type: u32::from(order.u16(body, 0).ok_or(short)?),
+        snaplen: order.u32(body, 4).ok_or(short)?,
+        resolution: Resolution::Decimal(6),
+        offset_s: 0,
+    };
+    let mut at = 8;
+    while let Some(code) = order.u16(body, at) {
+        let len = usize::from(order.u16(body, at + 2).ok_or(short)?);
+        let value = body.get(at + 4..).and_then(|v| v.get(..len));
+        match (code, value.ok_or("option runs past the end of its block")?) {
+            (OPT_ENDOFOPT, _) => break,
+            (IF_TSRESOL, &[r]) if r & 0x80 == 0 => iface.resolution = Resolution::Decimal(r),
+            (IF_TSRESOL, &[r]) => iface.resolution = Resolution::Binary(r & 0x7f),
+            (IF_TSOFFSET, v) => {
+                // A signed count of seconds, in two's complement.
+                iface.offset_s = order.u64(v, 0).ok_or("if_tsoffset is not 8 bytes")? as i64;
             }
-            PCAPNG_EPB | PCAPNG_SPB => {
-                let (interface, ticks, captured) = if block_type == PCAPNG_EPB {
-                    let interface = body.u32("").map_err(short)?;
-                    let high = body.u32("").map_err(short)?;
-                    let low = body.u32("").map_err(short)?;
-                    let captured = body.u32("").map_err(short)?;
-                    body.u32("").map_err(short)?; // original length
-                    (
-                        interface,
-                        u64::from(high) << 32 | u64::from(low),
-                        captured as usize,
-                    )
-                } else {
-                    let original = body.u32("").map_err(short)? as usize;
-                    (0, 0, original.min(body.data.len() - body.at))
-                };
-                let iface =
-                    *interfaces
-                        .get(interface as usize)
-                        .ok_or(CaptureError::UnknownInterface {
-                            offset: at,
-                            interface,
-                        })?;
-                let data = body.take(captured, "").map_err(short)?;
-                let ns = scale(ticks.into(), iface.units_per_second);
-                frames.frame(iface.link_type, ns, data);
-            }
-            _ => {} // statistics, name resolution, custom blocks: nothing to show
-        }
-        at += total;
-    }
-    Ok(())
-}
-
-/// Units per second from an IDB's options (if_tsresol; microseconds without it).
-fn tsresol(options: &mut Cursor<'_>) -> Result<u128, CaptureError> {
-    let mut units = 1_000_000;
-    while !options.is_empty() {
-        let code = options.u16("option")?;
-        let len = usize::from(options.u16("option")?);
-        let value = options.take(len.next_multiple_of(4), "option")?;
-        match (code, value.first()) {
-            (0, _) => break,
-            (IF_TSRESOL, Some(&r)) if r & 0x80 == 0 && r <= 19 => units = 10u128.pow(r.into()),
-            (IF_TSRESOL, Some(&r)) if r & 0x80 != 0 && r & 0x7f <= 63 => units = 1 << (r & 0x7f),
             _ => {}
         }
+        at += 4 + len.next_multiple_of(4);
     }
-    Ok(units)
+    Ok(iface)
 }
 
-/// `ticks` at `units_per_second`, in nanoseconds (saturating).
-fn scale(ticks: u128, units_per_second: u128) -> u64 {
-    u64::try_from(ticks * 1_000_000_000 / units_per_second.max(1)).unwrap_or(u64::MAX)
-}
-
-fn check_link_type(link_type: u32) -> Result<(), CaptureError> {
-    match link_type {
-        LINKTYPE_NULL | LINKTYPE_ETHERNET | LINKTYPE_RAW | LINKTYPE_LOOP | LINKTYPE_LINUX_SLL
-        | LINKTYPE_IPV4 | LINKTYPE_IPV6 | LINKTYPE_LINUX_SLL2 => Ok(()),
-        other => Err(CaptureError::UnsupportedLinkType(other)),
+/// Etherparse slices from the link layer down; `None` when the frame holds no usable IP.
+fn slice(link: Link, data: &[u8]) -> Option<SlicedPacket<'_>> {
+    match link {
+        Link::Ethernet => SlicedPacket::from_ethernet(data).ok(),
+        Link::Ip => SlicedPacket::from_ip(data).ok(),
+        Link::Null => {
+            // The family is in the capturing host's byte order, which the file does not say.
+            let family: [u8; 4] = array(data, 0)?;
+            let families = [u32::from_le_bytes(family), u32::from_be_bytes(family)];
+            if !families.iter().any(|f| NULL_IP_FAMILIES.contains(f)) {
+                return None;
+            }
+            SlicedPacket::from_ip(data.get(4..)?).ok()
+        }
+        // etherparse's own SLL parser refuses ARPHRD_LOOPBACK and ARPHRD_NONE (tun, VTI),
+        // which is where `tcpdump -i any` sees a local IKE daemon's traffic.
+        Link::Sll => cooked(data, 2, 14, 16),
+        Link::Sll2 => cooked(data, 8, 0, 20),
     }
 }
 
-/// Source, destination, protocol and identification of a fragmented IP datagram.
-type FragmentKey = (IpAddr, IpAddr, u8, u32);
+fn cooked(data: &[u8], arphrd: usize, protocol: usize, len: usize) -> Option<SlicedPacket<'_>> {
+    if ARPHRD_NOT_ETHERTYPE.contains(&u16::from_be_bytes(array(data, arphrd)?)) {
+        return None;
+    }
+    let protocol = EtherType(u16::from_be_bytes(array(data, protocol)?));
+    SlicedPacket::from_ether_type(protocol, data.get(len..)?).ok()
+}
+
+/// One piece of a fragmented UDP datagram.
+struct Fragment<'a> {
+    id: u32,
+    offset: usize,
+    more: bool,
+    data: &'a [u8],
+}
+
+/// A fragmented datagram is named by its addresses and IP ID (the protocol is always UDP).
+type FragmentKey = (IpAddr, IpAddr, u32);
+
+/// The pieces of one datagram so far, borrowed from the capture and sorted by offset.
+struct Pending<'a> {
+    first_ns: u64,
+    end: Option<usize>,
+    pieces: Vec<(usize, &'a [u8])>,
+}
 
 /// The datagrams found so far, and the fragments still waiting for the rest.
 #[derive(Default)]
-struct Frames {
-    count: usize,
+struct Extractor<'a> {
+    frames: usize,
     datagrams: Vec<UdpDatagram>,
-    fragments: HashMap<FragmentKey, Fragments>,
+    pending: HashMap<FragmentKey, Pending<'a>>,
+    /// The first link type seen on a frame that could not be decoded.
+    unsupported: Option<u32>,
 }
 
-/// The pieces of one fragmented IP payload, as (offset, bytes).
-#[derive(Default)]
-struct Fragments {
-    pieces: Vec<(usize, Vec<u8>)>,
-    total: Option<usize>,
-}
+impl<'a> Extractor<'a> {
+    fn pcap(&mut self, capture: &'a [u8], order: Order, decimals: u8) -> Result<(), CaptureError> {
+        let len = capture.len();
+        // The top four bits may carry an FCS length (pcap-linktype(7)); IP lengths skip the FCS.
+        let link_type = order
+            .u32(capture, 20)
+            .ok_or(CaptureError::TruncatedHeader { len })?;
+        let link_type = link_type & 0x0fff_ffff;
+        let link = link(link_type).ok_or(CaptureError::UnsupportedLinkType(link_type))?;
+        let units = 10u64.pow(u32::from(decimals));
+        let mut at = 24;
+        while let Some(rest) = capture.get(at..).filter(|r| !r.is_empty()) {
+            let cut = self.truncated(at);
+            let word = |i: usize| order.u32(rest, 4 * i).ok_or(cut);
+            let (seconds, fraction, captured) = (word(0)?, word(1)?, word(2)?);
+            word(3)?; // the original length, unused but part of the record header
+            // The snap length is not enforced: writers get it wrong, and the bytes are there.
+            let data = rest.get(16..).and_then(|r| r.get(..captured as usize));
+            let data = data.ok_or(cut)?;
+            let ticks = u64::from(seconds) * units + u64::from(fraction);
+            self.frame(link, nanos(ticks, Resolution::Decimal(decimals), 0), data);
+            at += 16 + data.len();
+        }
+        Ok(())
+    }
 
-impl Fragments {
-    /// The whole payload, once the pieces cover 0..total without a gap.
-    fn assemble(&mut self) -> Option<Vec<u8>> {
-        let total = self.total?;
-        self.pieces.sort_by_key(|(offset, _)| *offset);
+    fn pcapng(&mut self, capture: &'a [u8]) -> Result<(), CaptureError> {
+        let mut order = Order(false);
+        let mut interfaces: Vec<Interface> = Vec::new();
+        let mut at = 0;
+        while let Some(rest) = capture.get(at..).filter(|r| !r.is_empty()) {
+            let cut = match at {
+                0 => CaptureError::TruncatedHeader { len: capture.len() },
+                _ => self.truncated(at),
+            };
+            let bad = |what| CaptureError::BadBlock { offset: at, what };
+            // The section header's type reads the same in both orders; its magic says which.
+            if Order(false).u32(rest, 0).ok_or(cut)? == PCAPNG_SHB {
+                order = match Order(false).u32(rest, 8).ok_or(cut)? {
+                    PCAPNG_BYTE_ORDER_MAGIC => Order(false),
+                    m if m.swap_bytes() == PCAPNG_BYTE_ORDER_MAGIC => Order(true),
+                    _ => return Err(bad("section header without a byte-order magic")),
+                };
+                interfaces.clear();
+            }
+            let (Some(block_type), Some(total)) = (order.u32(rest, 0), order.u32(rest, 4)) else {
+                return Err(cut);
+            };
+            if total < 12 || !total.is_multiple_of(4) {
+                return Err(bad("length is not a multiple of 4 of at least 12"));
+            }
+            let block = rest.get(..total as usize).ok_or(cut)?;
+            let body = block.get(8..block.len() - 4).unwrap_or_default();
+            if order.u32(block, block.len() - 4) != Some(total) {
+                return Err(bad("trailing length differs from the leading one"));
+            }
+            let lost = bad("packet on an interface its section does not describe");
+            match block_type {
+                PCAPNG_SHB if order.u16(body, 4) != Some(1) || body.len() < 16 => {
+                    return Err(bad("section header is not pcapng version 1"));
+                }
+                PCAPNG_IDB => interfaces.push(interface(body, order).map_err(bad)?),
+                PCAPNG_EPB | PCAPNG_OPB => {
+                    let short = bad("packet block too short");
+                    let word = |i: usize| order.u32(body, 4 * i).ok_or(short);
+                    let index = match block_type {
+                        PCAPNG_EPB => word(0)?,
+                        _ => order.u16(body, 0).ok_or(short)?.into(),
+                    };
+                    let (high, low, captured) = (word(1)?, word(2)?, word(3)?);
+                    let data = body.get(20..).and_then(|d| d.get(..captured as usize));
+                    let data = data.ok_or(bad("captured length runs past the block"))?;
+                    let iface = *interfaces.get(index as usize).ok_or(lost)?;
+                    let ticks = u64::from(high) << 32 | u64::from(low);
+                    self.frame_on(iface, nanos(ticks, iface.resolution, iface.offset_s), data);
+                }
+                PCAPNG_SPB => {
+                    let iface = *interfaces.first().ok_or(lost)?;
+                    let original = order.u32(body, 0).ok_or(bad("packet block too short"))?;
+                    // No captured length here: the snap length and the padding bound it.
+                    let snaplen = Some(iface.snaplen).filter(|&s| s != 0).unwrap_or(u32::MAX);
+                    let len = original.min(snaplen) as usize;
+                    let data = body.get(4..).unwrap_or_default();
+                    self.frame_on(iface, 0, data.get(..len).unwrap_or(data));
+                }
+                // Statistics, name resolution, decryption secrets, custom blocks: no datagrams.
+                _ => {}
+            }
+            at += block.len();
+        }
+        Ok(())
+    }
+
+    fn truncated(&self, offset: usize) -> CaptureError {
+        let frame = self.frames + 1;
+        CaptureError::Truncated { frame, offset }
+    }
+
+    fn frame_on(&mut self, iface: Interface, timestamp_ns: u64, data: &'a [u8]) {
+        match link(iface.link_type) {
+            Some(link) => self.frame(link, timestamp_ns, data),
+            None => {
+                self.frames += 1;
+                self.unsupported.get_or_insert(iface.link_type);
+            }
+        }
+    }
+
+    fn frame(&mut self, link: Link, timestamp_ns: u64, data: &'a [u8]) {
+        self.frames += 1;
+        // Not IP, malformed, or cut short by the snap length: nothing to show.
+        let Some(packet) = slice(link, data) else {
+            return;
+        };
+        let (src, dst, frag) = match &packet.net {
+            Some(NetSlice::Ipv4(ip)) => {
+                let h = ip.header();
+                let frag =
+                    (h.is_fragmenting_payload() && h.protocol() == IpNumber::UDP).then(|| {
+                        Fragment {
+                            id: u32::from(h.identification()),
+                            offset: usize::from(h.fragments_offset().byte_offset()),
+                            more: h.more_fragments(),
+                            data: ip.payload().payload,
+                        }
+                    });
+                (h.source_addr().into(), h.destination_addr().into(), frag)
+            }
+            Some(NetSlice::Ipv6(ip)) => {
+                let frag = ip
+                    .extensions()
+                    .clone()
+                    .into_iter()
+                    .find_map(|ext| match ext {
+                        Ipv6ExtensionSlice::Fragment(f)
+                            if f.is_fragmenting_payload() && f.next_header() == IpNumber::UDP =>
+                        {
+                            Some(Fragment {
+                                id: f.identification(),
+                                offset: usize::from(f.fragment_offset().byte_offset()),
+                                more: f.more_fragments(),
+                                data: ip.payload().payload,
+                            })
+                        }
+                        _ => None,
+                    });
+                let h = ip.header();
+                (h.source_addr().into(), h.destination_addr().into(), frag)
+            }
+            _ => return,
+        };
+        let (ports, payload) = match (frag, &packet.transport) {
+            (None, Some(TransportSlice::Udp(udp))) => (
+                (udp.source_port(), udp.destination_port()),
+                udp.payload().to_vec(),
+            ),
+            (Some(f), _) => {
+                let Some(mut whole) = self.reassemble((src, dst, f.id), f, timestamp_ns) else {
+                    return;
+                };
+                let Ok(udp) = UdpSlice::from_slice(&whole) else {
+                    return;
+                };
+                let (ports, len) = (
+                    (udp.source_port(), udp.destination_port()),
+                    udp.payload().len(),
+                );
+                whole.drain(..udp.header_len());
+                whole.truncate(len);
+                (ports, whole)
+            }
+            _ => return,
+        };
+        self.datagrams.push(UdpDatagram {
+            frame: self.frames,
+            timestamp_ns,
+            src: SocketAddr::new(src, ports.0),
+            dst: SocketAddr::new(dst, ports.1),
+            payload,
+        });
+    }
+
+    /// Adds a fragment; returns the IP payload once every byte of it has arrived.
+    fn reassemble(&mut self, key: FragmentKey, f: Fragment<'a>, now_ns: u64) -> Option<Vec<u8>> {
+        let end = f.offset + f.data.len();
+        // All but the last fragment carry a multiple of 8 bytes (RFC 791, RFC 8200 §4.5).
+        let aligned = !f.more || f.data.len().is_multiple_of(8);
+        if f.data.is_empty() || end > MAX_REASSEMBLED || !aligned {
+            return None;
+        }
+        let fresh = || Pending {
+            first_ns: now_ns,
+            end: None,
+            pieces: Vec::new(),
+        };
+        let p = self.pending.entry(key).or_insert_with(fresh);
+        if now_ns.saturating_sub(p.first_ns) > FRAGMENT_TIMEOUT_NS
+            || p.pieces.len() >= MAX_FRAGMENTS
+        {
+            *p = fresh();
+        }
+        match (p.end, f.more) {
+            // Past the known end, or a second, different end: a broken or hostile sender.
+            (Some(known), _) if end > known => return None,
+            (Some(known), false) if end != known => return None,
+            (None, false) if p.pieces.iter().any(|(o, d)| o + d.len() > end) => return None,
+            (None, false) => p.end = Some(end),
+            _ => {}
+        }
+        let at = p.pieces.partition_point(|(o, _)| *o <= f.offset);
+        p.pieces.insert(at, (f.offset, f.data));
+        let total = p.end?;
         let mut covered = 0;
-        for (offset, bytes) in &self.pieces {
+        for (offset, data) in &p.pieces {
             if *offset > covered {
                 return None;
             }
-            covered = covered.max(offset + bytes.len());
+            covered = covered.max(offset + data.len());
         }
         if covered < total {
             return None;
         }
+        // The union of the pieces is exactly 0..total, so this copies no more than they hold.
         let mut whole = vec![0; total];
-        for (offset, bytes) in &self.pieces {
-            let end = (offset + bytes.len()).min(total);
-            if *offset < end {
-                whole[*offset..end].copy_from_slice(&bytes[..end - offset]);
+        for (offset, data) in self.pending.remove(&key)?.pieces {
+            if let Some(slot) = whole.get_mut(offset..offset + data.len()) {
+                slot.copy_from_slice(data);
             }
         }
         Some(whole)
     }
 }
 
-impl Frames {
-    fn frame(&mut self, link_type: u32, timestamp_ns: u64, data: &[u8]) {
-        self.count += 1;
-        let sliced = match link_type {
-            LINKTYPE_ETHERNET => SlicedPacket::from_ethernet(data),
-            LINKTYPE_LINUX_SLL => SlicedPacket::from_linux_sll(data),
-            LINKTYPE_LINUX_SLL2 => match data.get(SLL2_HEADER_LEN..) {
-                Some(rest) => SlicedPacket::from_ether_type(
-                    EtherType(u16::from_be_bytes([data[0], data[1]])),
-                    rest,
-                ),
-                None => return,
-            },
-            // A 4-byte address family in host order; the IP version nibble says the same.
-            LINKTYPE_NULL | LINKTYPE_LOOP => match data.get(4..) {
-                Some(rest) => SlicedPacket::from_ip(rest),
-                None => return,
-            },
-            _ => SlicedPacket::from_ip(data),
-        };
-        // Not IP, or cut short by the snap length: not a datagram we can show.
-        let Ok(packet) = sliced else { return };
-        let (src, dst, fragment) = match &packet.net {
-            Some(NetSlice::Ipv4(ip)) => {
-                let h = ip.header();
-                let fragment = h.is_fragmenting_payload().then(|| {
-                    let offset = usize::from(h.fragments_offset().value()) * 8;
-                    (
-                        h.protocol().0,
-                        u32::from(h.identification()),
-                        offset,
-                        h.more_fragments(),
-                    )
-                });
-                (
-                    IpAddr::from(h.source_addr()),
-                    IpAddr::from(h.destination_addr()),
-                    fragment,
-                )
-            }
-            Some(NetSlice::Ipv6(ip)) => {
-                let fragment = ip
-                    .extensions()
-                    .clone()
-                    .into_iter()
-                    .find_map(|ext| match ext {
-                        etherparse::Ipv6ExtensionSlice::Fragment(f)
-                            if f.is_fragmenting_payload() =>
-                        {
-                            Some((
-                                ip.payload().ip_number.0,
-                                f.identification(),
-                                usize::from(f.fragment_offset().value()) * 8,
-                                f.more_fragments(),
-                            ))
-                        }
-                        _ => None,
-                    });
-                let h = ip.header();
-                (
-                    IpAddr::from(h.source_addr()),
-                    IpAddr::from(h.destination_addr()),
-                    fragment,
-                )
-            }
-            _ => return,
-        };
-        match fragment {
-            None => {
-                if let Some(TransportSlice::Udp(udp)) = &packet.transport {
-                    self.push(timestamp_ns, src, dst, udp);
-                }
-            }
-            Some((protocol, id, offset, more)) => {
-                if protocol != etherparse::IpNumber::UDP.0 {
-                    return;
-                }
-                let Some(payload) = packet.net.as_ref().and_then(|n| n.ip_payload_ref()) else {
-                    return;
-                };
-                let key = (src, dst, protocol, id);
-                let entry = self.fragments.entry(key).or_default();
-                entry.pieces.push((offset, payload.payload.to_vec()));
-                if !more {
-                    entry.total = Some(offset + payload.payload.len());
-                }
-                if let Some(whole) = entry.assemble() {
-                    self.fragments.remove(&key);
-                    if let Ok(udp) = UdpSlice::from_slice(&whole) {
-                        self.push(timestamp_ns, src, dst, &udp);
-                    }
-                }
-            }
-        }
-    }
-
-    fn push(&mut self, timestamp_ns: u64, src: IpAddr, dst: IpAddr, udp: &UdpSlice<'_>) {
-        self.datagrams.push(UdpDatagram {
-            frame: self.count,
-            timestamp_ns,
-            src: SocketAddr::new(src, udp.source_port()),
-            dst: SocketAddr::new(dst, udp.destination_port()),
-            payload: udp.payload().to_vec(),
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::PacketBuilder;
+    use etherparse::{Ethernet2Header, PacketBuilderStep, UdpHeader, VlanId};
+    use etherparse::{IpFragOffset, Ipv4Header, Ipv6FragmentHeader, Ipv6Header, PacketBuilder};
 
     const VECTOR: &[u8] = include_bytes!("../../tests/vectors/gcm/capture.pcap");
+    const A4: [u8; 4] = [192, 0, 2, 1];
+    const B4: [u8; 4] = [192, 0, 2, 2];
+    const A6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const B6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
-    fn udp_v4(payload: &[u8]) -> Vec<u8> {
-        let builder = PacketBuilder::ethernet2([1; 6], [2; 6])
-            .ipv4([192, 0, 2, 1], [192, 0, 2, 2], 64)
-            .udp(500, 4500);
-        let mut out = Vec::new();
-        builder.write(&mut out, payload).unwrap();
-        out
+    fn build(step: PacketBuilderStep<UdpHeader>, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        step.write(&mut frame, payload).unwrap();
+        frame
     }
 
-    fn pcap(big_endian: bool, magic: u32, link_type: u32, frames: &[&[u8]]) -> Vec<u8> {
-        let u32b = |v: u32| {
-            if big_endian {
-                v.to_be_bytes()
-            } else {
-                v.to_le_bytes()
-            }
-        };
-        let u16b = |v: u16| {
-            if big_endian {
-                v.to_be_bytes()
-            } else {
-                v.to_le_bytes()
-            }
-        };
-        let mut out = Vec::new();
-        out.extend(u32b(magic));
-        out.extend(u16b(2));
-        out.extend(u16b(4));
-        out.extend([0; 8]);
-        out.extend(u32b(65535));
-        out.extend(u32b(link_type));
+    fn eth() -> PacketBuilderStep<Ethernet2Header> {
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+    }
+
+    /// Ethernet/IPv4/UDP 500 -> 4500.
+    fn eth4(payload: &[u8]) -> Vec<u8> {
+        let ip = eth().ipv4(A4, B4, 64);
+        build(ip.udp(500, 4500), payload)
+    }
+
+    /// Ethernet/IPv6/UDP 4500 -> 4500.
+    fn eth6(payload: &[u8]) -> Vec<u8> {
+        let ip = eth().ipv6(A6, B6, 64);
+        build(ip.udp(4500, 4500), payload)
+    }
+
+    fn words(be: bool, words: &[u32]) -> Vec<u8> {
+        let bytes = |w: &u32| if be { w.to_be_bytes() } else { w.to_le_bytes() };
+        words.iter().flat_map(bytes).collect()
+    }
+
+    /// Two consecutive u16 fields as one u32 word in the file's byte order.
+    fn pair(be: bool, first: u16, second: u16) -> u32 {
+        let (high, low) = if be { (first, second) } else { (second, first) };
+        u32::from(high) << 16 | u32::from(low)
+    }
+
+    /// A classic pcap (version 2.4); frame `i` is at 1_700_000_000 + i seconds and 250 units.
+    fn pcap(be: bool, magic: u32, link_type: u32, frames: &[&[u8]]) -> Vec<u8> {
+        let mut out = words(be, &[magic, pair(be, 2, 4), 0, 0, 65535, link_type]);
         for (i, f) in frames.iter().enumerate() {
-            out.extend(u32b(1_700_000_000 + i as u32));
-            out.extend(u32b(250));
-            out.extend(u32b(f.len() as u32));
-            out.extend(u32b(f.len() as u32));
+            let len = f.len() as u32;
+            out.extend(words(be, &[1_700_000_000 + i as u32, 250, len, len]));
             out.extend_from_slice(f);
         }
         out
     }
 
-    fn block(block_type: u32, body: &[u8]) -> Vec<u8> {
-        let total = (12 + body.len().next_multiple_of(4)) as u32;
-        let mut out = Vec::new();
-        out.extend(block_type.to_le_bytes());
-        out.extend(total.to_le_bytes());
+    fn block(be: bool, block_type: u32, body: &[u8]) -> Vec<u8> {
+        let total = 12 + body.len().next_multiple_of(4);
+        let mut out = words(be, &[block_type, total as u32]);
         out.extend_from_slice(body);
-        out.resize(total as usize - 4, 0);
-        out.extend(total.to_le_bytes());
+        out.resize(total - 4, 0);
+        out.extend(words(be, &[total as u32]));
         out
     }
 
-    fn pcapng(interfaces: &[(u16, Option<u8>)], packets: &[(u32, u64, &[u8])]) -> Vec<u8> {
-        let mut shb = PCAPNG_BYTE_ORDER_MAGIC.to_le_bytes().to_vec();
-        shb.extend([1, 0, 0, 0]); // version 1.0
-        shb.extend(u64::MAX.to_le_bytes()); // section length unknown
-        let mut out = block(PCAPNG_SHB, &shb);
-        out.extend(block(0x0000_0bad, b"custom"));
-        for (link_type, resol) in interfaces {
-            let mut idb = link_type.to_le_bytes().to_vec();
-            idb.extend([0, 0]);
-            idb.extend(65535u32.to_le_bytes());
-            if let Some(r) = resol {
-                idb.extend(IF_TSRESOL.to_le_bytes());
-                idb.extend(1u16.to_le_bytes());
-                idb.extend([*r, 0, 0, 0]);
-                idb.extend([0; 4]); // opt_endofopt
+    fn shb(be: bool) -> Vec<u8> {
+        let body = [PCAPNG_BYTE_ORDER_MAGIC, pair(be, 1, 0), u32::MAX, u32::MAX];
+        block(be, PCAPNG_SHB, &words(be, &body))
+    }
+
+    fn idb(be: bool, link_type: u16, options: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = words(be, &[pair(be, link_type, 0), 0]);
+        for (code, value) in options {
+            body.extend(words(be, &[pair(be, *code, value.len() as u16)]));
+            body.extend_from_slice(value);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        block(be, PCAPNG_IDB, &body)
+    }
+
+    fn epb(be: bool, interface: u32, ticks: u64, data: &[u8]) -> Vec<u8> {
+        let len = data.len() as u32;
+        let mut body = words(
+            be,
+            &[interface, (ticks >> 32) as u32, ticks as u32, len, len],
+        );
+        body.extend_from_slice(data);
+        block(be, PCAPNG_EPB, &body)
+    }
+
+    /// A little-endian then a big-endian section; five UDP frames, one per packet block.
+    fn sample_pcapng() -> Vec<u8> {
+        let nano_plus_100s: [(u16, &[u8]); 2] =
+            [(IF_TSRESOL, &[9]), (IF_TSOFFSET, &100i64.to_le_bytes())];
+        let le = [
+            shb(false),
+            idb(false, 1, &[]),
+            idb(false, 101, &nano_plus_100s),
+            block(false, 0x0000_0bad, b"custom block"),
+            epb(false, 0, 1_500_000, &eth4(b"one")),
+            epb(false, 1, 123, &eth6(b"two")[14..]),
+        ];
+        // Darwin's AF_INET6, from a big-endian host.
+        let null = [&30u32.to_be_bytes()[..], &eth6(b"four")[14..]].concat();
+        let five = eth4(b"five");
+        let mut spb = words(true, &[five.len() as u32]);
+        spb.extend(five);
+        let be = [
+            shb(true),
+            idb(true, 1, &[(IF_TSRESOL, &[0x80 | 10])]),
+            idb(true, 108, &[]),
+            epb(true, 0, 3 << 10, &eth4(b"three")),
+            epb(true, 1, 5, &null),
+            block(true, PCAPNG_SPB, &spb),
+        ];
+        [le.concat(), be.concat()].concat()
+    }
+
+    /// `payload` over IPv4 (Ethernet) or IPv6 (raw IP), split into `size`-byte fragments.
+    fn fragments(v6: bool, payload: &[u8], size: usize) -> Vec<Vec<u8>> {
+        let whole = if v6 { eth6(payload) } else { eth4(payload) };
+        let udp = &whole[if v6 { 54 } else { 34 }..];
+        let frame = |(i, chunk): (usize, &[u8])| {
+            let more = (i + 1) * size < udp.len();
+            let offset = IpFragOffset::try_new((i * size / 8) as u16).unwrap();
+            let mut f = Vec::new();
+            if v6 {
+                let h = Ipv6Header {
+                    payload_length: (8 + chunk.len()) as u16,
+                    next_header: IpNumber::IPV6_FRAGMENTATION_HEADER,
+                    source: A6,
+                    destination: B6,
+                    ..Default::default()
+                };
+                h.write(&mut f).unwrap();
+                let frag = Ipv6FragmentHeader::new(IpNumber::UDP, offset, more, 0xdead_beef);
+                frag.write(&mut f).unwrap();
+            } else {
+                let mut h = Ipv4Header::new(chunk.len() as u16, 64, IpNumber::UDP, A4, B4).unwrap();
+                (h.identification, h.more_fragments, h.fragment_offset) = (77, more, offset);
+                h.header_checksum = h.calc_header_checksum();
+                f.extend_from_slice(&whole[..14]);
+                h.write(&mut f).unwrap();
             }
-            out.extend(block(PCAPNG_IDB, &idb));
-        }
-        for (interface, ticks, data) in packets {
-            let mut epb = interface.to_le_bytes().to_vec();
-            epb.extend(((ticks >> 32) as u32).to_le_bytes());
-            epb.extend((*ticks as u32).to_le_bytes());
-            epb.extend((data.len() as u32).to_le_bytes());
-            epb.extend((data.len() as u32).to_le_bytes());
-            epb.extend_from_slice(data);
-            out.extend(block(PCAPNG_EPB, &epb));
-        }
-        out
+            [f, chunk.to_vec()].concat()
+        };
+        udp.chunks(size).enumerate().map(frame).collect()
+    }
+
+    fn payloads(d: &[UdpDatagram]) -> Vec<&[u8]> {
+        d.iter().map(|d| d.payload.as_slice()).collect()
     }
 
     #[test]
-    fn reads_the_strongswan_vector() {
-        let datagrams = udp_datagrams(VECTOR).unwrap();
-        assert_eq!(datagrams.len(), 38);
-        let first = &datagrams[0];
-        assert_eq!(first.frame, 1);
-        assert_eq!(first.src, "192.0.2.1:500".parse().unwrap());
-        assert_eq!(first.dst, "192.0.2.2:500".parse().unwrap());
-        // Frame 1 is 274 bytes on the wire: Ethernet 14, IPv4 20, UDP 8.
-        assert_eq!(first.payload.len(), 274 - 42);
+    fn reads_the_gcm_vector() {
+        let d = udp_datagrams(VECTOR).unwrap();
+        assert_eq!(d.len(), 38);
+        assert!(d.iter().enumerate().all(|(i, d)| d.frame == i + 1));
+        assert_eq!(d[0].src, "192.0.2.1:500".parse().unwrap());
+        assert_eq!(d[0].dst, "192.0.2.2:500".parse().unwrap());
+        // 274 bytes on the wire: Ethernet 14, IPv4 20, UDP 8.
+        assert_eq!(d[0].payload.len(), 274 - 42);
+        assert_eq!(d[0].timestamp_ns, 1_795_344_601_481_137_000);
+        assert_eq!(d[37].payload.len(), 103 - 42);
+        let hosts = ["192.0.2.1", "192.0.2.2"].map(|h| h.parse::<IpAddr>().unwrap());
         assert!(
-            datagrams[2..]
-                .iter()
-                .all(|d| d.src.port() == 4500 && d.dst.port() == 4500)
+            d.iter()
+                .all(|d| hosts.contains(&d.src.ip()) && hosts.contains(&d.dst.ip()))
         );
-        assert!(
-            datagrams
-                .windows(2)
-                .all(|w| w[0].timestamp_ns <= w[1].timestamp_ns)
-        );
+        assert!(d.iter().all(|d| [500, 4500].contains(&d.dst.port())));
     }
 
     #[test]
     fn classic_pcap_in_both_byte_orders_and_resolutions() {
-        let frame = udp_v4(b"hello");
-        for big_endian in [false, true] {
+        let frame = eth4(b"hello");
+        for be in [false, true] {
             for (magic, ns) in [(PCAP_MAGIC_US, 250_000), (PCAP_MAGIC_NS, 250)] {
-                let d =
-                    udp_datagrams(&pcap(big_endian, magic, LINKTYPE_ETHERNET, &[&frame])).unwrap();
-                assert_eq!(d.len(), 1);
-                assert_eq!(d[0].payload, b"hello");
+                let d = udp_datagrams(&pcap(be, magic, 1, &[&frame, &frame])).unwrap();
+                assert_eq!(payloads(&d), [b"hello", b"hello"]);
+                assert_eq!(d[1].frame, 2);
                 assert_eq!(d[0].timestamp_ns, 1_700_000_000_000_000_000 + ns);
             }
         }
     }
 
     #[test]
-    fn pcapng_with_two_interfaces_and_a_timestamp_resolution() {
-        let eth = udp_v4(b"on ethernet");
-        let raw = &eth[14..]; // the same datagram without its Ethernet header
-        let capture = pcapng(
-            &[
-                (LINKTYPE_ETHERNET as u16, None),
-                (LINKTYPE_RAW as u16, Some(9)),
-            ],
-            &[(0, 1_500_000, &eth), (1, 2_000_000_123, raw)],
+    fn pcapng_sections_interfaces_and_resolutions() {
+        let d = udp_datagrams(&sample_pcapng()).unwrap();
+        let expected: [&[u8]; 5] = [b"one", b"two", b"three", b"four", b"five"];
+        assert_eq!(payloads(&d), expected);
+        let frames: Vec<usize> = d.iter().map(|d| d.frame).collect();
+        assert_eq!(frames, [1, 2, 3, 4, 5]);
+        let times: Vec<u64> = d.iter().map(|d| d.timestamp_ns).collect();
+        assert_eq!(
+            times,
+            [1_500_000_000, 100_000_000_123, 3_000_000_000, 5_000, 0]
         );
-        let d = udp_datagrams(&capture).unwrap();
-        assert_eq!(d.len(), 2);
-        assert_eq!((d[0].frame, d[1].frame), (1, 2));
-        assert_eq!(d[0].timestamp_ns, 1_500_000_000);
-        assert_eq!(d[1].timestamp_ns, 2_000_000_123);
-        assert_eq!(d[1].payload, b"on ethernet");
+        assert_eq!(d[1].src, SocketAddr::new(A6.into(), 4500));
     }
 
     #[test]
-    fn cooked_loopback_and_vlan_link_layers() {
-        let eth = udp_v4(b"x");
-        let ip = &eth[14..];
-        let mut sll = vec![0, 0, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0, 0x08, 0x00];
-        sll.extend_from_slice(ip);
-        let mut sll2 = vec![
-            0x08, 0x00, 0, 0, 0, 0, 0, 1, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0,
+    fn cooked_null_and_raw_ip_link_layers() {
+        let (ip4, ip6) = (&eth4(b"v4")[14..], &eth6(b"v6")[14..]);
+        let ether = [0, 0, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0, 0x08, 0x00];
+        let sll = [&ether[..], ip4].concat();
+        // ARPHRD_LOOPBACK (772), which etherparse's LinuxSllSlice refuses.
+        let loopback = [0, 0, 0x03, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x86, 0xdd];
+        let sll_lo = [&loopback[..], ip6].concat();
+        // SLL2 on ARPHRD_NONE (0xfffe), as on a tun or VTI device.
+        let none = [
+            0x08, 0, 0, 0, 0, 0, 0, 7, 0xff, 0xfe, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         ];
-        sll2.extend_from_slice(ip);
-        let mut null = 2u32.to_le_bytes().to_vec();
-        null.extend_from_slice(ip);
-        let mut vlan = eth[..12].to_vec();
-        vlan.extend([0x81, 0x00, 0x00, 0x07]);
-        vlan.extend_from_slice(&eth[12..]);
-        for (link_type, frame) in [
-            (LINKTYPE_LINUX_SLL, &sll),
-            (LINKTYPE_LINUX_SLL2, &sll2),
-            (LINKTYPE_NULL, &null),
-            (LINKTYPE_ETHERNET, &vlan),
-        ] {
+        let sll2 = [&none[..], ip4].concat();
+        let null_le = [&2u32.to_le_bytes()[..], ip4].concat();
+        let loop_be = [&10u32.to_be_bytes()[..], ip6].concat();
+        let cases: [(u32, &[u8], &[u8]); 9] = [
+            (113, &sll, b"v4"),
+            (113, &sll_lo, b"v6"),
+            (276, &sll2, b"v4"),
+            (0, &null_le, b"v4"),
+            (108, &loop_be, b"v6"),
+            (101, ip4, b"v4"),
+            (101, ip6, b"v6"),
+            (228, ip4, b"v4"),
+            (229, ip6, b"v6"),
+        ];
+        for (link_type, frame, payload) in cases {
             let d = udp_datagrams(&pcap(false, PCAP_MAGIC_US, link_type, &[frame])).unwrap();
-            assert_eq!(d.len(), 1, "link type {link_type}");
-            assert_eq!(d[0].dst.port(), 4500);
+            assert_eq!(payloads(&d), [payload], "link type {link_type}");
         }
     }
 
-    /// Splits an IPv4/UDP datagram into fragments of at most `size` payload bytes.
-    fn fragments_v4(udp_payload: &[u8], size: usize) -> Vec<Vec<u8>> {
-        let whole = udp_v4(udp_payload);
-        let ip_payload = &whole[34..];
-        ip_payload
-            .chunks(size)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let mut header = etherparse::Ipv4Header::new(
-                    chunk.len() as u16,
-                    64,
-                    etherparse::IpNumber::UDP,
-                    [192, 0, 2, 1],
-                    [192, 0, 2, 2],
-                )
-                .unwrap();
-                header.identification = 77;
-                header.more_fragments = (i + 1) * size < ip_payload.len();
-                header.fragment_offset =
-                    etherparse::IpFragOffset::try_new((i * size / 8) as u16).unwrap();
-                header.header_checksum = header.calc_header_checksum();
-                let mut frame = whole[..14].to_vec();
-                header.write(&mut frame).unwrap();
-                frame.extend_from_slice(chunk);
-                frame
-            })
-            .collect()
+    #[test]
+    fn vlan_tagged_ethernet() {
+        let id = |v| VlanId::try_new(v).unwrap();
+        let single = build(eth().single_vlan(id(7)).ipv4(A4, B4, 64).udp(1, 2), b"1q");
+        let double = build(
+            eth().double_vlan(id(7), id(8)).ipv6(A6, B6, 64).udp(1, 2),
+            b"qinq",
+        );
+        let d = udp_datagrams(&pcap(false, PCAP_MAGIC_US, 1, &[&single, &double])).unwrap();
+        assert_eq!(payloads(&d), [&b"1q"[..], b"qinq"]);
     }
 
     #[test]
-    fn ip_fragments_are_reassembled_in_any_order() {
+    fn ip_fragments_are_reassembled() {
         let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-        let mut frames = fragments_v4(&payload, 1480);
-        assert_eq!(frames.len(), 3);
-        frames.swap(0, 2);
-        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-        let d = udp_datagrams(&pcap(false, PCAP_MAGIC_US, LINKTYPE_ETHERNET, &refs)).unwrap();
-        assert_eq!(d.len(), 1);
-        assert_eq!(d[0].payload, payload);
-        assert_eq!(d[0].frame, 3);
-        // A missing fragment yields nothing rather than a hole.
-        let d = udp_datagrams(&pcap(false, PCAP_MAGIC_US, LINKTYPE_ETHERNET, &refs[..2])).unwrap();
-        assert!(d.is_empty());
-    }
-
-    #[test]
-    fn non_udp_frames_are_skipped() {
-        let mut tcp = Vec::new();
-        PacketBuilder::ethernet2([1; 6], [2; 6])
-            .ipv6([1; 16], [2; 16], 64)
-            .tcp(1, 2, 3, 4)
-            .write(&mut tcp, b"tcp")
-            .unwrap();
-        let arp_ish = [0u8; 20];
-        let d = udp_datagrams(&pcap(
-            false,
-            PCAP_MAGIC_US,
-            LINKTYPE_ETHERNET,
-            &[&tcp, &arp_ish],
-        ))
-        .unwrap();
-        assert!(d.is_empty());
-    }
-
-    #[test]
-    fn errors_are_typed_and_name_the_place() {
-        assert!(matches!(
-            udp_datagrams(b"hello world, not a capture"),
-            Err(CaptureError::NotACapture(_))
-        ));
-        assert!(matches!(
-            udp_datagrams(b""),
-            Err(CaptureError::Truncated { .. })
-        ));
-        assert_eq!(
-            udp_datagrams(&VECTOR[..30]),
-            Err(CaptureError::Truncated {
-                what: "record header",
-                offset: 24
-            })
-        );
-        assert_eq!(
-            udp_datagrams(&VECTOR[..100]),
-            Err(CaptureError::Truncated {
-                what: "record",
-                offset: 24
-            })
-        );
-        assert_eq!(
-            udp_datagrams(&pcap(false, PCAP_MAGIC_US, 147, &[])),
-            Err(CaptureError::UnsupportedLinkType(147))
-        );
-        let mut ng = pcapng(&[(1, None)], &[(0, 0, &udp_v4(b"x"))]);
-        let last = ng.len() - 4;
-        ng[last] ^= 4;
-        assert!(matches!(
-            udp_datagrams(&ng),
-            Err(CaptureError::BadBlock { .. })
-        ));
-        let ng = pcapng(&[], &[(0, 0, &udp_v4(b"x"))]);
-        assert!(matches!(
-            udp_datagrams(&ng),
-            Err(CaptureError::UnknownInterface { interface: 0, .. })
-        ));
-    }
-
-    #[test]
-    fn hostile_captures_never_panic() {
-        for len in 0..VECTOR.len().min(2000) {
-            let _ = udp_datagrams(&VECTOR[..len]);
+        for (v6, link_type) in [(false, 1), (true, 101)] {
+            let mut frames = fragments(v6, &payload, 1232);
+            assert_eq!(frames.len(), 3);
+            frames.swap(0, 2);
+            frames.insert(1, frames[0].clone()); // a duplicate changes nothing
+            let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            let d = udp_datagrams(&pcap(false, PCAP_MAGIC_US, link_type, &frames)).unwrap();
+            assert_eq!(payloads(&d), [&payload[..]]);
+            assert_eq!((d[0].frame, d[0].dst.port()), (4, 4500));
+            // Without its middle piece the datagram never appears.
+            let d = udp_datagrams(&pcap(false, PCAP_MAGIC_US, link_type, &frames[..3])).unwrap();
+            assert!(d.is_empty());
         }
-        let ng = pcapng(&[(1, Some(6))], &[(0, 5, &udp_v4(b"payload"))]);
+    }
+
+    #[test]
+    fn frames_without_a_whole_udp_datagram_are_skipped() {
+        let (mut tcp, mut icmp) = (Vec::new(), Vec::new());
+        let ip = eth().ipv6(A6, B6, 64);
+        ip.tcp(1, 2, 3, 4).write(&mut tcp, b"tcp").unwrap();
+        let ip = eth().ipv4(A4, B4, 64);
+        ip.icmpv4_echo_request(1, 1)
+            .write(&mut icmp, b"ping")
+            .unwrap();
+        let udp = eth4(b"kept");
+        let snapped = &udp[..udp.len() - 2];
+        let arp = [&[2; 12][..], &[0x08, 0x06], &[0; 28]].concat();
+        let mut keepalive = eth4(&[0xff]);
+        keepalive.resize(60, 0); // Ethernet padding is not payload
+        let frames: [&[u8]; 7] = [&tcp, &icmp, snapped, &arp, &[], &keepalive, &udp];
+        let d = udp_datagrams(&pcap(false, PCAP_MAGIC_US, 1, &frames)).unwrap();
+        assert_eq!(payloads(&d), [&[0xff][..], b"kept"]);
+        assert_eq!((d[0].frame, d[1].frame), (6, 7));
+    }
+
+    #[test]
+    fn errors_are_typed_one_line_messages() {
+        use CaptureError::*;
+        let not = udp_datagrams(b"hello world, not a capture").unwrap_err();
+        assert_eq!(
+            not.to_string(),
+            "not a pcap or pcapng file (starts with 0x68656c6c)"
+        );
+        assert_eq!(udp_datagrams(b""), Err(TooShort { len: 0 }));
+        assert_eq!(
+            udp_datagrams(&VECTOR[..10]),
+            Err(TruncatedHeader { len: 10 })
+        );
+        let cut = udp_datagrams(&VECTOR[..30]).unwrap_err();
+        assert_eq!(
+            cut.to_string(),
+            "truncated capture: frame 1 at byte 24 is cut short"
+        );
+        assert_eq!(udp_datagrams(&VECTOR[..100]), Err(cut));
+        let usb = pcap(false, PCAP_MAGIC_US, 189, &[]);
+        assert_eq!(udp_datagrams(&usb), Err(UnsupportedLinkType(189)));
+        let ng = [shb(false), idb(false, 189, &[]), epb(false, 0, 0, b"usb")].concat();
+        assert_eq!(udp_datagrams(&ng), Err(UnsupportedLinkType(189)));
+        let orphan = [shb(false), epb(false, 0, 0, &eth4(b"x"))].concat();
+        assert!(matches!(udp_datagrams(&orphan), Err(BadBlock { .. })));
+
+        let packet = epb(false, 0, 0, &eth4(b"x"));
+        let good = [shb(false), idb(false, 1, &[]), packet.clone()].concat();
+        let (at, real) = (good.len() - packet.len(), packet.len() as u32);
+        let with_lengths = |leading: u32, trailing: u32| {
+            let mut ng = good.clone();
+            ng[at + 4..at + 8].copy_from_slice(&leading.to_le_bytes());
+            ng.splice(ng.len() - 4.., trailing.to_le_bytes());
+            udp_datagrams(&ng)
+        };
+        for (leading, trailing) in [(real + 1, real + 1), (8, 8), (real, real - 4)] {
+            let e = with_lengths(leading, trailing).unwrap_err();
+            assert!(matches!(e, BadBlock { offset, .. } if offset == at), "{e}");
+        }
+        let beyond = with_lengths(real + 4, real);
+        assert_eq!(
+            beyond,
+            Err(Truncated {
+                frame: 1,
+                offset: at
+            })
+        );
+        for e in [
+            not,
+            cut,
+            BadBlock {
+                offset: 0,
+                what: "x",
+            },
+            UnsupportedLinkType(1),
+        ] {
+            assert!(!e.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn hostile_input_never_panics_or_outgrows_itself() {
+        let payload: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
+        let frags = fragments(false, &payload, 600);
+        let frags: Vec<&[u8]> = frags.iter().map(Vec::as_slice).collect();
+        let fragmented = pcap(true, PCAP_MAGIC_NS, 1, &frags);
+        let samples = [sample_pcapng(), fragmented, VECTOR[..1500].to_vec()];
+        let check = |bytes: &[u8]| {
+            if let Ok(d) = udp_datagrams(bytes) {
+                assert!(d.iter().map(|d| d.payload.len()).sum::<usize>() <= bytes.len());
+            }
+        };
+        for sample in &samples {
+            (0..=sample.len()).for_each(|len| check(&sample[..len]));
+        }
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..5000 {
+        let mut next = || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            let base = if state & 1 == 0 {
-                &VECTOR[..600]
-            } else {
-                &ng[..]
-            };
-            let mut bytes = base.to_vec();
-            for k in 0..4 {
-                let at = (state >> (k * 16)) as usize % bytes.len();
-                bytes[at] = (state >> (k * 8)) as u8;
+            state
+        };
+        for i in 0..4000 {
+            let mut bytes = samples[i % samples.len()].clone();
+            for _ in 0..1 + next() % 6 {
+                let at = next() as usize % bytes.len();
+                bytes[at] = next() as u8;
             }
-            let _ = udp_datagrams(&bytes);
+            check(&bytes);
         }
     }
 }
