@@ -4,6 +4,7 @@
 //! Verification returns a [`Verified`] proof that only this module can create,
 //! so code that needs an authenticated peer cannot be reached without one.
 
+pub mod identity;
 pub mod signature;
 
 use crate::crypto::{Prf, Secret};
