@@ -441,3 +441,34 @@ fn our_responder_choice_matches_strongswans() {
         assert_eq!(ours_chosen, theirs_chosen, "{profile}");
     }
 }
+
+#[test]
+fn strongswan_certificates_validate_and_its_certreq_names_our_ca_hash() {
+    use esptun::auth::x509::{TrustAnchors, check_identity, validate_chain};
+
+    // 2027-01-01: inside the validity of the captures' test PKI (issued 2026-11-22).
+    const NOW: u64 = 1_798_761_600;
+    for profile in ["gcm", "gcm-pfs", "cbc"] {
+        let anchors = TrustAnchors::new(vec![pem_certificate(profile, "ca")]).unwrap();
+        for (name, id) in [("left", "left.example"), ("right", "right.example")] {
+            let leaf = pem_certificate(profile, name);
+            assert!(
+                validate_chain(&leaf, &[], &anchors, NOW).is_ok(),
+                "{profile} {name}"
+            );
+            let id = esptun::auth::identity::parse(id).unwrap();
+            assert!(check_identity(&id, &leaf).is_ok(), "{profile} {name}");
+        }
+        let messages = ike_messages(profile);
+        let certreq = messages[1]
+            .message
+            .payloads
+            .iter()
+            .find_map(|p| match p {
+                Payload::CertReq(c) => Some(c),
+                _ => None,
+            })
+            .expect("CERTREQ in the IKE_SA_INIT response");
+        assert_eq!(certreq.authorities, anchors.certreq_hashes(), "{profile}");
+    }
+}

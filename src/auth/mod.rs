@@ -5,7 +5,9 @@
 //! so code that needs an authenticated peer cannot be reached without one.
 
 pub mod identity;
+pub mod private_key;
 pub mod signature;
+pub mod x509;
 
 use crate::crypto::{Prf, Secret};
 use crate::wire::payload::{AuthPayload, IdPayload};
@@ -45,6 +47,20 @@ pub enum AuthError {
     /// The shared-key MAC did not match.
     #[error("pre-shared key AUTH does not match")]
     PskMismatch,
+    /// Our private key could not be read or used.
+    #[error("private key: {0}")]
+    BadKey(String),
+    /// The peer's certificate chain does not lead to a trusted CA, or is not valid now.
+    #[error("certificate not trusted: {0}")]
+    UntrustedChain(String),
+    /// The identity the peer claims is not in its certificate.
+    #[error("identity {id} does not match the certificate ({certificate})")]
+    IdMismatch {
+        /// The claimed identity.
+        id: String,
+        /// The certificate's subject and alternative names.
+        certificate: String,
+    },
     /// A certificate could not be used.
     #[error("certificate: {0}")]
     BadCertificate(String),

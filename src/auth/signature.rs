@@ -47,6 +47,27 @@ impl Hash {
         })
     }
 
+    /// The RFC 7427 hash algorithm number (SIGNATURE_HASH_ALGORITHMS).
+    pub fn rfc7427_id(self) -> u16 {
+        match self {
+            Self::Sha1 => 1,
+            Self::Sha256 => 2,
+            Self::Sha384 => 3,
+            Self::Sha512 => 4,
+        }
+    }
+
+    /// The hash for an RFC 7427 number; None for unknown ones and for 5 ("Identity").
+    pub fn from_rfc7427_id(id: u16) -> Option<Self> {
+        Some(match id {
+            1 => Self::Sha1,
+            2 => Self::Sha256,
+            3 => Self::Sha384,
+            4 => Self::Sha512,
+            _ => return None,
+        })
+    }
+
     fn output_len(self) -> u32 {
         match self {
             Self::Sha1 => 20,
@@ -212,6 +233,11 @@ impl PublicKey {
     /// The kind of key.
     pub fn kind(&self) -> KeyKind {
         self.kind
+    }
+
+    /// The key as the signature algorithms take it.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// Checks `signature` over `message` made with `scheme` by this key's owner.

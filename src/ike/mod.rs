@@ -1,10 +1,32 @@
 //! The sans-IO IKE engine: proposals, exchanges and IKE SA state, driven by an
 //! explicit clock and an injected random generator.
+//!
+//! The driver owns sockets and timers and talks to an [`Endpoint`] in one grammar:
+//! `handle(now, local, remote, datagram)` for each IKE datagram (without the non-ESP
+//! marker), `handle_timeout(now)` when [`Endpoint::poll_timeout`] is reached, and after
+//! either of them drains [`Endpoint::poll_transmit`] then [`Endpoint::poll_event`].
+//! Transmits come before events so a datagram is on the wire before its SA is reported.
 
+mod endpoint;
+mod error;
 pub mod exchange;
+mod ike_sa;
+mod natd;
 pub mod proposal;
+mod task;
+pub mod ts;
 
+pub use endpoint::{Endpoint, Settings};
+pub use error::Error;
+
+use crate::auth::private_key::PrivateKey;
+use crate::auth::x509::TrustAnchors;
+use crate::crypto::{Encr, IkeKeys, IkeSuite, Integ, Secret};
+use crate::wire::payload::{Identity, Payload, Proposal, TsRange};
+use crate::wire::{ExchangeType, IkeSpi, NotifyType};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Add;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A point on the driver's monotonic clock: the time since the driver started.
@@ -19,4 +41,257 @@ impl Add<Duration> for Instant {
     fn add(self, rhs: Duration) -> Self {
         Self(self.0.saturating_add(rhs))
     }
+}
+
+/// One connection as the engine sees it: who we are, whom we accept, what we offer.
+#[derive(Debug)]
+pub struct Policy {
+    /// Name for logs and events.
+    pub name: String,
+    /// Our addresses for this connection; empty matches any.
+    pub local_addrs: Vec<IpAddr>,
+    /// The peer's addresses; empty accepts any peer.
+    pub remote_addrs: Vec<IpAddr>,
+    /// IKE proposals in our order of preference.
+    pub proposals: Vec<Proposal>,
+    /// UDP-encapsulate (float to the NAT-T port) even without NAT.
+    pub encap: bool,
+    /// Largest IP datagram an IKE message or fragment may make (RFC 7383).
+    pub fragment_size: usize,
+    /// How we authenticate.
+    pub local: LocalAuth,
+    /// How the peer must authenticate.
+    pub remote: RemoteAuth,
+    /// The Child SAs to negotiate; the first one is created with the IKE SA.
+    pub children: Vec<ChildPolicy>,
+}
+
+/// Our identity and credential.
+#[derive(Debug)]
+pub enum LocalAuth {
+    /// Signature with a private key, sending its certificate chain.
+    Pubkey {
+        /// Our identity (IDi or IDr).
+        id: Identity,
+        /// Leaf certificate first, then intermediates, DER.
+        certs: Vec<Vec<u8>>,
+        /// The leaf's private key.
+        key: Arc<PrivateKey>,
+    },
+    /// Pre-shared key.
+    Psk {
+        /// Our identity.
+        id: Identity,
+        /// The shared key.
+        psk: Secret,
+    },
+}
+
+/// The identity and credential we demand from the peer.
+#[derive(Debug)]
+pub enum RemoteAuth {
+    /// Signature by a certificate that chains to one of `anchors`.
+    Pubkey {
+        /// The identity the peer must claim; None accepts any that its certificate holds.
+        id: Option<Identity>,
+        /// The CAs we trust for this peer.
+        anchors: Arc<TrustAnchors>,
+    },
+    /// Pre-shared key.
+    Psk {
+        /// The identity the peer must claim; None accepts any.
+        id: Option<Identity>,
+        /// The shared key.
+        psk: Secret,
+    },
+}
+
+impl LocalAuth {
+    /// Our identity.
+    pub fn id(&self) -> &Identity {
+        match self {
+            Self::Pubkey { id, .. } | Self::Psk { id, .. } => id,
+        }
+    }
+}
+
+impl RemoteAuth {
+    /// The identity the peer must claim, if one is configured.
+    pub fn id(&self) -> Option<&Identity> {
+        match self {
+            Self::Pubkey { id, .. } | Self::Psk { id, .. } => id.as_ref(),
+        }
+    }
+}
+
+/// One Child SA to negotiate.
+#[derive(Debug, Clone)]
+pub struct ChildPolicy {
+    /// Name for logs and events.
+    pub name: String,
+    /// Our side's selectors; empty means our IKE address.
+    pub local_ts: Vec<TsRange>,
+    /// The peer's side; empty means the peer's IKE address.
+    pub remote_ts: Vec<TsRange>,
+    /// ESP proposals in our order of preference.
+    pub esp_proposals: Vec<Proposal>,
+}
+
+/// A datagram for the driver to send: from `local` (whose port picks the socket;
+/// on the NAT-T port the driver adds the non-ESP marker) to `remote`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Our address and port.
+    pub local: SocketAddr,
+    /// The peer's address and port.
+    pub remote: SocketAddr,
+    /// The IKE message.
+    pub data: Vec<u8>,
+}
+
+/// Something the driver should know, log or act on.
+#[derive(Debug)]
+pub enum Event {
+    /// An IKE message was sent or received (after decryption), for the log.
+    Message(MessageRecord),
+    /// A line for the log about one IKE SA.
+    Log {
+        /// The IKE SA, by its initiator SPI.
+        spi_i: IkeSpi,
+        /// What happened.
+        text: String,
+    },
+    /// An IKE SA was authenticated on both sides.
+    IkeSaUp(Box<IkeSaUp>),
+    /// An IKE SA is gone; its Child SAs with it.
+    IkeSaDown {
+        /// The IKE SA's SPIs.
+        spi_i: IkeSpi,
+        /// The responder SPI (zero if never learned).
+        spi_r: IkeSpi,
+        /// Its connection.
+        connection: String,
+        /// Why.
+        reason: DownReason,
+    },
+    /// A Child SA was negotiated: install it.
+    ChildSaUp(Box<ChildSaUp>),
+    /// A Child SA could not be negotiated; its IKE SA stays up.
+    ChildSaFailed {
+        /// The IKE SA.
+        spi_i: IkeSpi,
+        /// The child's name.
+        child: String,
+        /// The error (ours or the peer's notify).
+        reason: Error,
+    },
+    /// A Child SA was deleted: remove it.
+    ChildSaDown {
+        /// The IKE SA.
+        spi_i: IkeSpi,
+        /// Our inbound SPI.
+        spi_in: u32,
+        /// The peer's inbound SPI (our outbound).
+        spi_out: u32,
+    },
+}
+
+/// Why an IKE SA went down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownReason {
+    /// The peer stopped answering: retransmissions ran out.
+    PeerDead,
+    /// A responder's half-open SA was not completed in time.
+    HalfOpenExpired,
+    /// The peer deleted it.
+    DeletedByPeer,
+    /// We deleted it.
+    DeletedLocally,
+    /// Negotiation failed on our side; the peer was told with `error.notify()`.
+    Failed(Error),
+    /// The peer refused with an error notify.
+    Refused(NotifyType),
+}
+
+/// A message as logged.
+#[derive(Debug, Clone)]
+pub struct MessageRecord {
+    /// The IKE SA, by its initiator SPI.
+    pub spi_i: IkeSpi,
+    /// True for a message we sent.
+    pub sent: bool,
+    /// The exchange.
+    pub exchange: ExchangeType,
+    /// True for a response.
+    pub response: bool,
+    /// Its message ID.
+    pub message_id: u32,
+    /// Total bytes on the wire (all fragments).
+    pub bytes: usize,
+    /// Datagrams it took (more than one when fragmented).
+    pub fragments: usize,
+    /// The peer.
+    pub peer: SocketAddr,
+    /// The payloads, decrypted.
+    pub payloads: Vec<Payload>,
+}
+
+/// A newly authenticated IKE SA.
+#[derive(Debug)]
+pub struct IkeSaUp {
+    /// Initiator SPI.
+    pub spi_i: IkeSpi,
+    /// Responder SPI.
+    pub spi_r: IkeSpi,
+    /// True if we initiated it.
+    pub initiator: bool,
+    /// Its connection.
+    pub connection: String,
+    /// Our address and port.
+    pub local: SocketAddr,
+    /// The peer's address and port.
+    pub remote: SocketAddr,
+    /// Our identity.
+    pub local_id: Identity,
+    /// The peer's authenticated identity.
+    pub remote_id: Identity,
+    /// Negotiated algorithms.
+    pub suite: IkeSuite,
+    /// Its keys, for key logging.
+    pub keys: IkeKeys,
+}
+
+/// A negotiated Child SA, everything a data plane needs.
+#[derive(Debug)]
+pub struct ChildSaUp {
+    /// The IKE SA it belongs to.
+    pub spi_i: IkeSpi,
+    /// Its connection.
+    pub connection: String,
+    /// The child's name.
+    pub child: String,
+    /// Our inbound SPI.
+    pub spi_in: u32,
+    /// The peer's inbound SPI, which we send with.
+    pub spi_out: u32,
+    /// Encryption algorithm.
+    pub encr: Encr,
+    /// Integrity algorithm (None for AEAD).
+    pub integ: Option<Integ>,
+    /// Extended sequence numbers.
+    pub esn: bool,
+    /// Keys for traffic we receive: encryption (with salt) and integrity.
+    pub keys_in: (Secret, Secret),
+    /// Keys for traffic we send.
+    pub keys_out: (Secret, Secret),
+    /// Our selectors.
+    pub local_ts: Vec<TsRange>,
+    /// The peer's selectors.
+    pub remote_ts: Vec<TsRange>,
+    /// True for UDP encapsulation (RFC 3948) on the IKE SA's NAT-T ports.
+    pub encap: bool,
+    /// Our outer address and port.
+    pub local: SocketAddr,
+    /// The peer's outer address and port.
+    pub remote: SocketAddr,
 }

@@ -1,0 +1,82 @@
+//! Why an exchange failed, each cause mapped to the notify it sends in one place.
+
+use crate::auth::AuthError;
+use crate::crypto::CryptoError;
+use crate::crypto::sk::SkError;
+use crate::wire::{DecodeError, KeGroup, NotifyType};
+
+/// An IKE negotiation error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// None of the peer's proposals is acceptable.
+    #[error("no acceptable proposal")]
+    NoProposalChosen,
+    /// The peer's KE payload is for a group other than the one we chose.
+    #[error("key exchange group {offered} not acceptable, {wanted} required")]
+    InvalidKePayload {
+        /// The group the peer sent.
+        offered: KeGroup,
+        /// The group we want.
+        wanted: KeGroup,
+    },
+    /// Authentication of the peer failed.
+    #[error("authentication failed: {0}")]
+    AuthenticationFailed(String),
+    /// No common traffic selectors.
+    #[error("traffic selectors unacceptable")]
+    TsUnacceptable,
+    /// A required payload is missing or one is malformed.
+    #[error("invalid syntax: {0}")]
+    InvalidSyntax(String),
+    /// The peer answered with an error notify.
+    #[error("peer sent {0}")]
+    Notified(NotifyType),
+    /// A cryptographic operation failed on our side.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The notify that tells the peer about this error.
+    pub fn notify(&self) -> NotifyType {
+        match self {
+            Self::NoProposalChosen => NotifyType::NO_PROPOSAL_CHOSEN,
+            Self::InvalidKePayload { .. } => NotifyType::INVALID_KE_PAYLOAD,
+            Self::AuthenticationFailed(_) => NotifyType::AUTHENTICATION_FAILED,
+            Self::TsUnacceptable => NotifyType::TS_UNACCEPTABLE,
+            Self::InvalidSyntax(_) => NotifyType::INVALID_SYNTAX,
+            Self::Notified(n) => *n,
+            Self::Internal(_) => NotifyType::NO_PROPOSAL_CHOSEN,
+        }
+    }
+}
+
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Self {
+        Self::AuthenticationFailed(e.to_string())
+    }
+}
+
+impl From<CryptoError> for Error {
+    fn from(e: CryptoError) -> Self {
+        match e {
+            CryptoError::InvalidPublicValue(_) => Self::InvalidSyntax(e.to_string()),
+            _ => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Self {
+        Self::InvalidSyntax(e.to_string())
+    }
+}
+
+impl From<SkError> for Error {
+    fn from(e: SkError) -> Self {
+        match e {
+            SkError::Decode(d) => d.into(),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

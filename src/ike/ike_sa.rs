@@ -1,0 +1,510 @@
+//! One IKE SA: its state, keys, exchange windows and Child SAs, and the mechanics
+//! every exchange shares (protecting, sending, receiving and logging messages).
+
+use super::exchange::{Incoming, Requester, Responder, Timeout};
+use super::task::Task;
+use super::{DownReason, Error, Event, Instant, MessageRecord, Policy, Settings, Transmit};
+use crate::auth::signature::Hash;
+use crate::crypto::fragment::{Reassembly, seal_fragments};
+use crate::crypto::sk::{open_message, seal_message};
+use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, Random, SkKey};
+use crate::wire::payload::{NotifyPayload, Payload, decode_chain};
+use crate::wire::{ExchangeType, Flags, Header, IkeSpi, Message, Reader};
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Where an IKE SA is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    /// Initiator: IKE_SA_INIT request sent.
+    InitSent,
+    /// Initiator: IKE_AUTH request sent.
+    AuthSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    HalfOpen,
+    /// Both sides authenticated.
+    Established,
+    /// Finished; the endpoint removes it.
+    Dead,
+}
+
+/// A Child SA as the IKE SA remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ChildSa {
+    pub spi_in: u32,
+    pub spi_out: u32,
+}
+
+/// What the endpoint lends an IKE SA while it handles one input.
+pub(super) struct Ctx<'a> {
+    pub now: Instant,
+    pub settings: &'a Settings,
+    pub rng: &'a mut dyn Random,
+    pub out: &'a mut VecDeque<Transmit>,
+    pub events: &'a mut VecDeque<Event>,
+    /// Inbound ESP SPIs in use on this endpoint.
+    pub child_spis: &'a mut HashSet<u32>,
+}
+
+impl Ctx<'_> {
+    /// Seconds since the Unix epoch, for certificate validity.
+    pub fn unix_now(&self) -> u64 {
+        (self.settings.unix_time_at_start + self.now.0).as_secs()
+    }
+
+    /// A fresh inbound ESP SPI (≥ 256: lower values are reserved, RFC 4303 §2.1).
+    pub fn alloc_child_spi(&mut self) -> u32 {
+        loop {
+            let mut b = [0; 4];
+            self.rng.fill(&mut b);
+            let spi = u32::from_be_bytes(b);
+            if spi >= 256 && self.child_spis.insert(spi) {
+                return spi;
+            }
+        }
+    }
+
+    /// A fresh nonce of 32 bytes, enough for every PRF we offer (RFC 7296 §2.10).
+    pub fn nonce(&mut self) -> Vec<u8> {
+        let mut n = vec![0; 32];
+        self.rng.fill(&mut n);
+        n
+    }
+}
+
+/// The outcome of decrypting an incoming SK or SKF message.
+pub(super) enum Unprotected {
+    /// The whole message, decrypted.
+    Complete(Vec<Payload>),
+    /// A fragment was stored; more are needed.
+    Partial,
+    /// Not authentic or not well formed; drop it.
+    Invalid(String),
+}
+
+/// One IKE SA.
+pub(super) struct IkeSa {
+    pub policy: Arc<Policy>,
+    /// Responder: the policies whose addresses match, chosen from by IDs in IKE_AUTH.
+    pub candidates: Vec<Arc<Policy>>,
+    pub initiator: bool,
+    pub spi_i: IkeSpi,
+    pub spi_r: IkeSpi,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: State,
+    pub requester: Requester,
+    pub responder: Responder,
+    /// The exchange our outstanding request belongs to.
+    pub pending: Option<Task>,
+    pub kex: Option<KeyExchange>,
+    pub nonce_i: Vec<u8>,
+    pub nonce_r: Vec<u8>,
+    /// IKE_SA_INIT request and response as sent and received: signed by AUTH.
+    pub init_request: Vec<u8>,
+    pub init_response: Vec<u8>,
+    pub cookie: Option<Vec<u8>>,
+    /// IKE_SA_INIT restarts (COOKIE or INVALID_KE_PAYLOAD), bounded against loops.
+    pub restarts: u8,
+    pub suite: Option<IkeSuite>,
+    pub keys: Option<IkeKeys>,
+    pub sk_in: Option<SkKey>,
+    pub sk_out: Option<SkKey>,
+    pub peer_fragmentation: bool,
+    /// Hashes the peer accepts for RFC 7427 signatures; None if it did not say.
+    pub peer_hashes: Option<Vec<Hash>>,
+    pub nat_detected: bool,
+    /// Fragments of the message being reassembled: (message ID, is response, pieces).
+    pub reassembly: Option<(u32, bool, Reassembly)>,
+    pub children: Vec<ChildSa>,
+    pub half_open_until: Option<Instant>,
+}
+
+impl IkeSa {
+    /// A new IKE SA in its first state; tasks fill in the rest.
+    pub fn new(
+        policy: Arc<Policy>,
+        initiator: bool,
+        spi_i: IkeSpi,
+        local: SocketAddr,
+        remote: SocketAddr,
+        settings: &Settings,
+    ) -> Self {
+        Self {
+            policy,
+            candidates: Vec::new(),
+            initiator,
+            spi_i,
+            spi_r: IkeSpi(0),
+            local,
+            remote,
+            state: if initiator {
+                State::InitSent
+            } else {
+                State::HalfOpen
+            },
+            requester: Requester::new(settings.retransmit, 0),
+            responder: Responder::new(0),
+            pending: None,
+            kex: None,
+            nonce_i: Vec::new(),
+            nonce_r: Vec::new(),
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            cookie: None,
+            restarts: 0,
+            suite: None,
+            keys: None,
+            sk_in: None,
+            sk_out: None,
+            peer_fragmentation: false,
+            peer_hashes: None,
+            nat_detected: false,
+            reassembly: None,
+            children: Vec::new(),
+            half_open_until: None,
+        }
+    }
+
+    /// The header of a message we send.
+    pub fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
+        Header {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            minor_version: 0,
+            exchange,
+            flags: Flags::new(self.initiator, response),
+            message_id,
+        }
+    }
+
+    /// A log line about this SA.
+    pub fn log(&self, ctx: &mut Ctx<'_>, text: impl Into<String>) {
+        ctx.events.push_back(Event::Log {
+            spi_i: self.spi_i,
+            text: text.into(),
+        });
+    }
+
+    /// Ends the SA and reports why.
+    pub fn down(&mut self, ctx: &mut Ctx<'_>, reason: DownReason) {
+        if self.state == State::Dead {
+            return;
+        }
+        self.state = State::Dead;
+        for c in &self.children {
+            ctx.child_spis.remove(&c.spi_in);
+        }
+        ctx.events.push_back(Event::IkeSaDown {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            connection: self.policy.name.clone(),
+            reason,
+        });
+    }
+
+    /// Encodes (IKE_SA_INIT) or encrypts, fragmenting above the policy's size when
+    /// the peer supports it (RFC 7383).
+    fn protect(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        header: &Header,
+        inner: &[Payload],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        if header.exchange == ExchangeType::IKE_SA_INIT {
+            let message = Message {
+                header: header.clone(),
+                payloads: inner.to_vec(),
+            };
+            return Ok(vec![
+                message
+                    .encode()
+                    .map_err(|e| Error::Internal(e.to_string()))?,
+            ]);
+        }
+        let limit = self.fragment_limit(ctx.settings);
+        let fragmentation = self.peer_fragmentation;
+        let key = self
+            .sk_out
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no keys to protect a message".into()))?;
+        let whole = seal_message(key, header, inner, ctx.rng)?;
+        if whole.len() <= limit || !fragmentation {
+            return Ok(vec![whole]);
+        }
+        Ok(seal_fragments(key, header, inner, limit, ctx.rng)?)
+    }
+
+    /// Largest IKE message in one datagram: the fragment size less IP and UDP
+    /// headers and, on the NAT-T port, the non-ESP marker.
+    fn fragment_limit(&self, settings: &Settings) -> usize {
+        let ip = if self.remote.is_ipv4() { 20 } else { 40 };
+        let marker = if self.local.port() == settings.natt_port {
+            4
+        } else {
+            0
+        };
+        self.policy.fragment_size.saturating_sub(ip + 8 + marker)
+    }
+
+    fn transmit(&self, ctx: &mut Ctx<'_>, datagrams: &[Vec<u8>]) {
+        for d in datagrams {
+            ctx.out.push_back(Transmit {
+                local: self.local,
+                remote: self.remote,
+                data: d.clone(),
+            });
+        }
+    }
+
+    fn record(
+        &self,
+        ctx: &mut Ctx<'_>,
+        header: &Header,
+        sent: bool,
+        sizes: &[usize],
+        payloads: &[Payload],
+    ) {
+        ctx.events.push_back(Event::Message(MessageRecord {
+            spi_i: self.spi_i,
+            sent,
+            exchange: header.exchange,
+            response: header.flags.response(),
+            message_id: header.message_id,
+            bytes: sizes.iter().sum(),
+            fragments: sizes.len(),
+            peer: self.remote,
+            payloads: payloads.to_vec(),
+        }));
+    }
+
+    /// Sends a request of `task`'s exchange; returns the datagrams (IKE_SA_INIT keeps them).
+    pub fn send_request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        exchange: ExchangeType,
+        inner: Vec<Payload>,
+        task: Task,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let message_id = self
+            .requester
+            .next_message_id()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let header = self.header(exchange, false, message_id);
+        let datagrams = self.protect(ctx, &header, &inner)?;
+        self.requester
+            .sent(ctx.now, datagrams.clone(), ctx.rng)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.pending = Some(task);
+        let sizes: Vec<usize> = datagrams.iter().map(Vec::len).collect();
+        self.record(ctx, &header, true, &sizes, &inner);
+        self.transmit(ctx, &datagrams);
+        Ok(datagrams)
+    }
+
+    /// Sends the response to request `message_id` and caches it for retransmissions.
+    pub fn send_response(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        exchange: ExchangeType,
+        message_id: u32,
+        inner: Vec<Payload>,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let header = self.header(exchange, true, message_id);
+        let datagrams = self.protect(ctx, &header, &inner)?;
+        self.responder.responded(message_id, datagrams.clone());
+        let sizes: Vec<usize> = datagrams.iter().map(Vec::len).collect();
+        self.record(ctx, &header, true, &sizes, &inner);
+        self.transmit(ctx, &datagrams);
+        Ok(datagrams)
+    }
+
+    /// Sends an error notify as the response to `message_id`.
+    pub fn send_error_response(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        exchange: ExchangeType,
+        message_id: u32,
+        error: &Error,
+    ) {
+        let notify = Payload::Notify(NotifyPayload::new(error.notify(), Vec::new()));
+        if let Err(e) = self.send_response(ctx, exchange, message_id, vec![notify]) {
+            self.log(ctx, format!("cannot send {}: {e}", error.notify()));
+        }
+    }
+
+    /// Verifies and decrypts an SK message or one SKF fragment of it.
+    fn unprotect(&mut self, datagram: &[u8], message: &Message) -> Unprotected {
+        let Some(key) = self.sk_in.as_ref() else {
+            return Unprotected::Invalid("no keys yet".into());
+        };
+        match message.payloads.as_slice() {
+            [Payload::Sk(sk)] => match open_message(key, datagram, sk) {
+                Ok(payloads) => Unprotected::Complete(payloads),
+                Err(e) => Unprotected::Invalid(e.to_string()),
+            },
+            [Payload::Skf(skf)] => {
+                let plaintext = match key.open(datagram, skf.data.len()) {
+                    Ok(p) => p,
+                    Err(e) => return Unprotected::Invalid(e.to_string()),
+                };
+                let id = (message.header.message_id, message.header.flags.response());
+                if self
+                    .reassembly
+                    .as_ref()
+                    .is_none_or(|(m, r, _)| (*m, *r) != id)
+                {
+                    self.reassembly = Some((id.0, id.1, Reassembly::default()));
+                }
+                let Some((_, _, pieces)) = self.reassembly.as_mut() else {
+                    return Unprotected::Partial;
+                };
+                match pieces.add(skf, plaintext) {
+                    Ok(None) => Unprotected::Partial,
+                    Ok(Some(whole)) => {
+                        self.reassembly = None;
+                        match decode_chain(whole.first_payload, &mut Reader::new(&whole.plaintext))
+                        {
+                            Ok(payloads) => Unprotected::Complete(payloads),
+                            Err(e) => Unprotected::Invalid(e.to_string()),
+                        }
+                    }
+                    Err(e) => {
+                        self.reassembly = None;
+                        Unprotected::Invalid(e.to_string())
+                    }
+                }
+            }
+            _ => Unprotected::Invalid("message is not encrypted".into()),
+        }
+    }
+
+    /// Handles a message for this SA (decoded; `datagram` as received).
+    pub fn handle(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        local: SocketAddr,
+        remote: SocketAddr,
+        datagram: &[u8],
+        message: Message,
+    ) {
+        let header = message.header.clone();
+        // The sender's role must be the other one.
+        if header.flags.initiator() == self.initiator {
+            return;
+        }
+        if header.flags.response() {
+            self.handle_response(ctx, datagram, message);
+        } else {
+            self.handle_request(ctx, local, remote, datagram, message);
+        }
+    }
+
+    fn handle_response(&mut self, ctx: &mut Ctx<'_>, datagram: &[u8], message: Message) {
+        let header = message.header.clone();
+        if !self.requester.is_busy() {
+            return;
+        }
+        let payloads = if header.exchange == ExchangeType::IKE_SA_INIT {
+            message.payloads
+        } else {
+            match self.unprotect(datagram, &message) {
+                Unprotected::Complete(p) => p,
+                Unprotected::Partial => return,
+                Unprotected::Invalid(why) => {
+                    self.log(ctx, format!("dropped {} response: {why}", header.exchange));
+                    return;
+                }
+            }
+        };
+        if !self.requester.response(header.message_id) {
+            return;
+        }
+        self.record(ctx, &header, false, &[datagram.len()], &payloads);
+        let Some(task) = self.pending.take() else {
+            return;
+        };
+        task.response(self, ctx, datagram, &header, payloads);
+    }
+
+    fn handle_request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        local: SocketAddr,
+        remote: SocketAddr,
+        datagram: &[u8],
+        message: Message,
+    ) {
+        let header = message.header.clone();
+        match self.responder.incoming(header.message_id) {
+            Incoming::New => {}
+            Incoming::Retransmitted(cached) => {
+                // A fragmented request is answered once, on its first fragment.
+                let first = match message.payloads.as_slice() {
+                    [Payload::Skf(f)] => f.fragment_number == 1,
+                    _ => true,
+                };
+                if first {
+                    let cached = cached.to_vec();
+                    self.transmit(ctx, &cached);
+                }
+                return;
+            }
+            Incoming::OutOfWindow => return,
+        }
+        let payloads = if header.exchange == ExchangeType::IKE_SA_INIT {
+            return;
+        } else {
+            match self.unprotect(datagram, &message) {
+                Unprotected::Complete(p) => p,
+                Unprotected::Partial => return,
+                Unprotected::Invalid(why) => {
+                    self.log(ctx, format!("dropped {} request: {why}", header.exchange));
+                    return;
+                }
+            }
+        };
+        // An authentic request shows where the peer is now (RFC 7296 §2.23: NAT).
+        self.local = local;
+        self.remote = remote;
+        self.record(ctx, &header, false, &[datagram.len()], &payloads);
+        Task::respond(self, ctx, &header, payloads);
+    }
+
+    /// Acts on the clock: retransmission, giving up, half-open expiry.
+    pub fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        if self.half_open_until.is_some_and(|t| ctx.now >= t) && self.state == State::HalfOpen {
+            self.log(ctx, "half-open IKE SA expired");
+            self.down(ctx, DownReason::HalfOpenExpired);
+            return;
+        }
+        match self.requester.timeout(ctx.now, ctx.rng) {
+            Timeout::Idle => {}
+            Timeout::Retransmit(datagrams) => {
+                let datagrams = datagrams.to_vec();
+                self.log(ctx, "retransmitting request");
+                self.transmit(ctx, &datagrams);
+            }
+            Timeout::GiveUp => {
+                self.log(ctx, "giving up after retransmissions");
+                let reason = match self.pending.take() {
+                    Some(Task::Delete) => DownReason::DeletedLocally,
+                    _ => DownReason::PeerDead,
+                };
+                self.down(ctx, reason);
+            }
+        }
+    }
+
+    /// When this SA next needs the clock.
+    pub fn deadline(&self) -> Option<Instant> {
+        let half_open = self
+            .half_open_until
+            .filter(|_| self.state == State::HalfOpen);
+        [self.requester.deadline(), half_open]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}

@@ -1,0 +1,351 @@
+//! IKE_AUTH (RFC 7296 §1.2, §2.15): identities, certificates and AUTH by either
+//! side, with the first Child SA riding along.
+
+use super::super::ike_sa::{Ctx, IkeSa, State};
+use super::super::{DownReason, Error, Event, IkeSaUp, LocalAuth, Policy, RemoteAuth};
+use super::Task;
+use super::child::{self, ChildRequest};
+use crate::auth::x509::{check_identity, validate_chain};
+use crate::auth::{Credential, psk_auth_data, signed_octets, verify};
+use crate::wire::message::notifies;
+use crate::wire::payload::{
+    AuthPayload, CertPayload, CertReqPayload, IdPayload, NotifyPayload, Payload,
+};
+use crate::wire::{AuthMethod, CertEncoding, ExchangeType, NotifyType};
+use std::sync::Arc;
+
+fn id_payload(payloads: &[Payload], initiator: bool) -> Option<&IdPayload> {
+    payloads.iter().find_map(|p| match (p, initiator) {
+        (Payload::IdI(id), true) | (Payload::IdR(id), false) => Some(id),
+        _ => None,
+    })
+}
+
+fn auth_payload(payloads: &[Payload]) -> Option<&AuthPayload> {
+    payloads.iter().find_map(|p| match p {
+        Payload::Auth(a) => Some(a),
+        _ => None,
+    })
+}
+
+/// The certificates a peer sent, leaf first (RFC 7296 §3.6: the first CERT holds the key).
+fn certificates(payloads: &[Payload]) -> Vec<&[u8]> {
+    payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Cert(c) if c.encoding == CertEncoding::X509_CERT_SIG => {
+                Some(c.data.as_slice())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Our ID, certificates and (when we check certificates) CERTREQ.
+fn identity_payloads(policy: &Policy, initiator: bool) -> (IdPayload, Vec<Payload>) {
+    let id = IdPayload {
+        id: policy.local.id().clone(),
+    };
+    let mut out = vec![if initiator {
+        Payload::IdI(id.clone())
+    } else {
+        Payload::IdR(id.clone())
+    }];
+    if let LocalAuth::Pubkey { certs, .. } = &policy.local {
+        out.extend(certs.iter().map(|der| {
+            Payload::Cert(CertPayload {
+                encoding: CertEncoding::X509_CERT_SIG,
+                data: der.clone(),
+            })
+        }));
+    }
+    (id, out)
+}
+
+/// Our AUTH payload over our signed octets.
+fn our_auth(sa: &IkeSa, id: &IdPayload) -> Result<AuthPayload, Error> {
+    let (Some(suite), Some(keys)) = (sa.suite, sa.keys.as_ref()) else {
+        return Err(Error::Internal("AUTH before keys".into()));
+    };
+    let octets = if sa.initiator {
+        signed_octets(&sa.init_request, &sa.nonce_r, suite.prf, &keys.sk_pi, id)
+    } else {
+        signed_octets(&sa.init_response, &sa.nonce_i, suite.prf, &keys.sk_pr, id)
+    };
+    Ok(match &sa.policy.local {
+        LocalAuth::Psk { psk, .. } => AuthPayload {
+            method: AuthMethod::SHARED_KEY_MIC,
+            data: psk_auth_data(suite.prf, psk, &octets).expose().to_vec(),
+        },
+        LocalAuth::Pubkey { key, .. } => key.sign(&octets, sa.peer_hashes.as_deref())?,
+    })
+}
+
+/// Checks the peer's identity, certificate chain and AUTH payload under `policy`.
+fn authenticate_peer(
+    sa: &IkeSa,
+    ctx: &Ctx<'_>,
+    policy: &Policy,
+    id: &IdPayload,
+    payloads: &[Payload],
+) -> Result<(), Error> {
+    let failed = |why: String| Error::AuthenticationFailed(why);
+    let auth = auth_payload(payloads).ok_or_else(|| failed("no AUTH payload".into()))?;
+    if let Some(want) = policy.remote.id().filter(|want| **want != id.id) {
+        return Err(failed(format!(
+            "peer identity {} is not the expected {want}",
+            id.id
+        )));
+    }
+    let (Some(suite), Some(keys)) = (sa.suite, sa.keys.as_ref()) else {
+        return Err(Error::Internal("AUTH before keys".into()));
+    };
+    let octets = if sa.initiator {
+        signed_octets(&sa.init_response, &sa.nonce_i, suite.prf, &keys.sk_pr, id)
+    } else {
+        signed_octets(&sa.init_request, &sa.nonce_r, suite.prf, &keys.sk_pi, id)
+    };
+    match &policy.remote {
+        RemoteAuth::Psk { psk, .. } => {
+            verify(auth, &octets, suite.prf, Credential::Psk(psk))?;
+        }
+        RemoteAuth::Pubkey { anchors, .. } => {
+            let certs = certificates(payloads);
+            let (leaf, intermediates) = certs
+                .split_first()
+                .ok_or_else(|| failed("peer sent no certificate".into()))?;
+            let intermediates: Vec<Vec<u8>> = intermediates.iter().map(|c| c.to_vec()).collect();
+            let key = validate_chain(leaf, &intermediates, anchors, ctx.unix_now())?;
+            check_identity(&id.id, leaf)?;
+            verify(auth, &octets, suite.prf, Credential::PublicKey(&key))?;
+        }
+    }
+    Ok(())
+}
+
+/// Initiator: sends IKE_AUTH with the first Child SA.
+pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), Error> {
+    let policy = sa.policy.clone();
+    let (id, mut payloads) = identity_payloads(&policy, true);
+    payloads.push(Payload::Notify(NotifyPayload::new(
+        NotifyType::INITIAL_CONTACT,
+        Vec::new(),
+    )));
+    if let RemoteAuth::Pubkey { anchors, .. } = &policy.remote {
+        payloads.push(Payload::CertReq(CertReqPayload {
+            encoding: CertEncoding::X509_CERT_SIG,
+            authorities: anchors.certreq_hashes(),
+        }));
+    }
+    if let Some(remote_id) = policy.remote.id() {
+        payloads.push(Payload::IdR(IdPayload {
+            id: remote_id.clone(),
+        }));
+    }
+    payloads.push(Payload::Auth(our_auth(sa, &id)?));
+    let child = child::request(sa, ctx).map(|(req, child_payloads)| {
+        payloads.extend(child_payloads);
+        req
+    });
+    sa.send_request(ctx, ExchangeType::IKE_AUTH, payloads, Task::IkeAuth(child))?;
+    sa.state = State::AuthSent;
+    Ok(())
+}
+
+fn announce(sa: &IkeSa, ctx: &mut Ctx<'_>, remote_id: &IdPayload) {
+    let (Some(suite), Some(keys)) = (sa.suite, sa.keys.clone()) else {
+        return;
+    };
+    sa.log(
+        ctx,
+        format!(
+            "IKE_SA {} established between {} [{}] and {} [{}]",
+            sa.policy.name,
+            sa.local,
+            sa.policy.local.id(),
+            sa.remote,
+            remote_id.id
+        ),
+    );
+    ctx.events.push_back(Event::IkeSaUp(Box::new(IkeSaUp {
+        spi_i: sa.spi_i,
+        spi_r: sa.spi_r,
+        initiator: sa.initiator,
+        connection: sa.policy.name.clone(),
+        local: sa.local,
+        remote: sa.remote,
+        local_id: sa.policy.local.id().clone(),
+        remote_id: remote_id.id.clone(),
+        suite,
+        keys,
+    })));
+}
+
+/// Initiator: takes the IKE_AUTH response.
+pub(super) fn response(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    child: Option<ChildRequest>,
+    payloads: Vec<Payload>,
+) {
+    let release = |ctx: &mut Ctx<'_>| {
+        if let Some(req) = &child {
+            ctx.child_spis.remove(&req.spi_in);
+        }
+    };
+    if auth_payload(&payloads).is_none() {
+        let notify = notifies(&payloads)
+            .find(|n| n.notify_type.is_error())
+            .map_or(NotifyType::INVALID_SYNTAX, |n| n.notify_type);
+        sa.log(ctx, format!("IKE_AUTH refused with {notify}"));
+        release(ctx);
+        sa.down(ctx, DownReason::Refused(notify));
+        return;
+    }
+    let policy = sa.policy.clone();
+    let verdict = id_payload(&payloads, false)
+        .ok_or_else(|| Error::InvalidSyntax("no IDr".into()))
+        .and_then(|id| authenticate_peer(sa, ctx, &policy, id, &payloads).map(|()| id.clone()));
+    let id = match verdict {
+        Ok(id) => id,
+        Err(e) => {
+            sa.log(ctx, format!("responder not authenticated: {e}"));
+            release(ctx);
+            let notify = NotifyPayload::new(e.notify(), Vec::new());
+            if let Err(send) = sa.send_request(
+                ctx,
+                ExchangeType::INFORMATIONAL,
+                vec![Payload::Notify(notify)],
+                Task::Informational,
+            ) {
+                sa.log(ctx, format!("cannot tell the peer: {send}"));
+            }
+            sa.down(ctx, DownReason::Failed(e));
+            return;
+        }
+    };
+    sa.state = State::Established;
+    announce(sa, ctx, &id);
+    let Some(req) = child else {
+        return;
+    };
+    if let Err(e) = child::accept(sa, ctx, &req, &payloads) {
+        ctx.child_spis.remove(&req.spi_in);
+        sa.log(ctx, format!("CHILD_SA {} failed: {e}", req.name));
+        let installed_by_peer = payloads.iter().any(|p| matches!(p, Payload::Sa(_)));
+        ctx.events.push_back(Event::ChildSaFailed {
+            spi_i: sa.spi_i,
+            child: req.name.clone(),
+            reason: e,
+        });
+        if installed_by_peer {
+            // The responder installed what we refuse: ask it to remove it (§1.4.1).
+            let delete = crate::wire::payload::DeletePayload::esp(&[req.spi_in]);
+            if let Err(send) = sa.send_request(
+                ctx,
+                ExchangeType::INFORMATIONAL,
+                vec![Payload::Delete(delete)],
+                Task::Informational,
+            ) {
+                sa.log(ctx, format!("cannot delete the refused CHILD_SA: {send}"));
+            }
+        }
+    }
+}
+
+/// Responder: picks the policy the IDs ask for among those the addresses allow.
+fn choose_policy(
+    sa: &IkeSa,
+    peer: &IdPayload,
+    ours: Option<&IdPayload>,
+    method: AuthMethod,
+) -> Option<Arc<Policy>> {
+    let fits = |p: &Arc<Policy>, strict: bool| {
+        let remote_ok = p.remote.id().is_none_or(|want| *want == peer.id);
+        let local_ok = !strict || ours.is_none_or(|id| *p.local.id() == id.id);
+        let method_ok = matches!(
+            (&p.remote, method),
+            (RemoteAuth::Psk { .. }, AuthMethod::SHARED_KEY_MIC)
+        ) || matches!(&p.remote, RemoteAuth::Pubkey { .. })
+            && method != AuthMethod::SHARED_KEY_MIC;
+        remote_ok && local_ok && method_ok
+    };
+    let candidates = if sa.candidates.is_empty() {
+        std::slice::from_ref(&sa.policy)
+    } else {
+        sa.candidates.as_slice()
+    };
+    candidates
+        .iter()
+        .find(|p| fits(p, true))
+        .or_else(|| candidates.iter().find(|p| fits(p, false)))
+        .cloned()
+}
+
+/// Responder: answers IKE_AUTH.
+pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloads: Vec<Payload>) {
+    let exchange = ExchangeType::IKE_AUTH;
+    let (Some(peer_id), Some(auth)) = (id_payload(&payloads, true), auth_payload(&payloads)) else {
+        let e = Error::InvalidSyntax("IKE_AUTH needs IDi and AUTH".into());
+        sa.log(ctx, e.to_string());
+        sa.send_error_response(ctx, exchange, message_id, &e);
+        sa.down(ctx, DownReason::Failed(e));
+        return;
+    };
+    let wanted_id = id_payload(&payloads, false);
+    let verdict = choose_policy(sa, peer_id, wanted_id, auth.method)
+        .ok_or_else(|| {
+            Error::AuthenticationFailed(format!(
+                "no connection accepts peer identity {}",
+                peer_id.id
+            ))
+        })
+        .and_then(|policy| {
+            authenticate_peer(sa, ctx, &policy, peer_id, &payloads).map(|()| policy)
+        });
+    let policy = match verdict {
+        Ok(p) => p,
+        Err(e) => {
+            sa.log(ctx, format!("peer {} not authenticated: {e}", peer_id.id));
+            sa.send_error_response(ctx, exchange, message_id, &e);
+            sa.down(ctx, DownReason::Failed(e));
+            return;
+        }
+    };
+    sa.policy = policy.clone();
+    let peer_id = peer_id.clone();
+    let (id, mut out) = identity_payloads(&policy, false);
+    match our_auth(sa, &id) {
+        Ok(auth) => out.push(Payload::Auth(auth)),
+        Err(e) => {
+            sa.log(ctx, format!("cannot make our AUTH: {e}"));
+            sa.send_error_response(ctx, exchange, message_id, &e);
+            sa.down(ctx, DownReason::Failed(e));
+            return;
+        }
+    }
+    sa.state = State::Established;
+    sa.half_open_until = None;
+    announce(sa, ctx, &peer_id);
+    match child::respond(sa, ctx, &payloads) {
+        Ok(child_payloads) => out.extend(child_payloads),
+        Err(e) => {
+            let name = policy
+                .children
+                .first()
+                .map_or("", |c| c.name.as_str())
+                .to_owned();
+            sa.log(ctx, format!("CHILD_SA refused: {e}"));
+            out.push(Payload::Notify(NotifyPayload::new(e.notify(), Vec::new())));
+            ctx.events.push_back(Event::ChildSaFailed {
+                spi_i: sa.spi_i,
+                child: name,
+                reason: e,
+            });
+        }
+    }
+    if let Err(e) = sa.send_response(ctx, exchange, message_id, out) {
+        sa.log(ctx, format!("cannot send IKE_AUTH response: {e}"));
+        sa.down(ctx, DownReason::Failed(e));
+    }
+}

@@ -1,0 +1,72 @@
+//! INFORMATIONAL (RFC 7296 §1.4): deletes in both directions, error notifies, and an
+//! empty answer to everything else (liveness checks, MOBIKE address updates) so the
+//! peer keeps the SA.
+
+use super::super::ike_sa::{Ctx, IkeSa, State};
+use super::super::{DownReason, Event};
+use super::Task;
+use crate::wire::payload::{DeletePayload, Payload};
+use crate::wire::{ExchangeType, NotifyType, ProtocolId};
+
+/// Answers an INFORMATIONAL request.
+pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloads: Vec<Payload>) {
+    let mut out = Vec::new();
+    let mut down = None;
+    for p in &payloads {
+        match p {
+            Payload::Delete(d) if d.protocol == ProtocolId::IKE => {
+                down = Some(DownReason::DeletedByPeer);
+            }
+            Payload::Delete(d) if d.protocol == ProtocolId::ESP => {
+                let mut ours = Vec::new();
+                for spi in d
+                    .spis
+                    .iter()
+                    .filter_map(|s| <[u8; 4]>::try_from(s.as_slice()).ok())
+                {
+                    let spi_out = u32::from_be_bytes(spi);
+                    if let Some(i) = sa.children.iter().position(|c| c.spi_out == spi_out) {
+                        let child = sa.children.remove(i);
+                        ctx.child_spis.remove(&child.spi_in);
+                        ours.push(child.spi_in);
+                        ctx.events.push_back(Event::ChildSaDown {
+                            spi_i: sa.spi_i,
+                            spi_in: child.spi_in,
+                            spi_out,
+                        });
+                    }
+                }
+                if !ours.is_empty() {
+                    out.push(Payload::Delete(DeletePayload::esp(&ours)));
+                }
+            }
+            Payload::Notify(n) if n.notify_type.is_error() => {
+                sa.log(ctx, format!("peer reports {}", n.notify_type));
+                if n.notify_type == NotifyType::AUTHENTICATION_FAILED {
+                    down = Some(DownReason::Refused(n.notify_type));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Err(e) = sa.send_response(ctx, ExchangeType::INFORMATIONAL, message_id, out) {
+        sa.log(ctx, format!("cannot answer INFORMATIONAL: {e}"));
+    }
+    if let Some(reason) = down {
+        sa.down(ctx, reason);
+    }
+}
+
+/// Deletes the IKE SA (and with it every Child SA): sends Delete and ends the SA once
+/// the peer answers or retransmissions run out.
+pub(in super::super) fn delete(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    if sa.state != State::Established || sa.requester.is_busy() {
+        sa.down(ctx, DownReason::DeletedLocally);
+        return;
+    }
+    let delete = vec![Payload::Delete(DeletePayload::ike())];
+    if let Err(e) = sa.send_request(ctx, ExchangeType::INFORMATIONAL, delete, Task::Delete) {
+        sa.log(ctx, format!("cannot send Delete: {e}"));
+        sa.down(ctx, DownReason::DeletedLocally);
+    }
+}
