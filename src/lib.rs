@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod config;
 pub mod crypto;
 pub mod ike;
 pub mod inspect;
