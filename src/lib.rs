@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod ike;
 pub mod inspect;

@@ -15,6 +15,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway: negotiate the connections of a configuration file.
+    Run {
+        /// The configuration file (TOML, see README).
+        #[arg(long)]
+        config: PathBuf,
+        /// Also print every IKE message as JSON, decrypted.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Write IKE and ESP keys to this directory as a Wireshark profile.
+        #[arg(long)]
+        keylog: Option<PathBuf>,
+    },
     /// Print every IKE message of a pcap/pcapng capture, decrypted when keys are given.
     Inspect {
         /// The capture (pcap or pcapng).
@@ -30,6 +42,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
+        Command::Run {
+            config,
+            verbose,
+            keylog,
+        } => esptun::control::run(esptun::control::Options {
+            config,
+            verbose,
+            keylog,
+        }),
         Command::Inspect {
             capture,
             keys,

@@ -3,7 +3,7 @@
 
 use crate::auth::signature::SignatureScheme;
 use crate::wire::payload::{
-    AddrRange, CertReqPayload, CpPayload, EapPayload, Identity, NotifyPayload, Payload, Proposal,
+    CertReqPayload, CpPayload, EapPayload, Identity, NotifyPayload, Payload, Proposal,
     TrafficSelector, Transform,
 };
 use crate::wire::{
@@ -210,15 +210,7 @@ fn vendor(id: &[u8]) -> Value {
 fn selector(ts: &TrafficSelector) -> Value {
     match ts {
         TrafficSelector::Range(r) => {
-            let addrs = match r.addrs {
-                AddrRange::V4(a, b) => {
-                    prefix_or_range(u32::from(a).into(), u32::from(b).into(), 32)
-                        .map_or_else(|| format!("{a}..{b}"), |len| format!("{a}/{len}"))
-                }
-                AddrRange::V6(a, b) => prefix_or_range(u128::from(a), u128::from(b), 128)
-                    .map_or_else(|| format!("{a}..{b}"), |len| format!("{a}/{len}")),
-            };
-            let mut v = json!({ "addresses": addrs });
+            let mut v = json!({ "addresses": r.addrs.to_string() });
             if r.ip_protocol != 0 {
                 v["protocol"] = r.ip_protocol.into();
             }
@@ -231,18 +223,6 @@ fn selector(ts: &TrafficSelector) -> Value {
             json!({ "type": ts_type.to_string(), "data": short_hex(body) })
         }
     }
-}
-
-/// The prefix length when `start..=end` is exactly one CIDR block of a `bits`-wide address.
-fn prefix_or_range(start: u128, end: u128, bits: u32) -> Option<u32> {
-    let host = start ^ end;
-    let host_bits = 128 - host.leading_zeros();
-    let mask = if host_bits == 0 {
-        0
-    } else {
-        u128::MAX >> (128 - host_bits)
-    };
-    (host == mask && start & mask == 0 && host_bits <= bits).then_some(bits - host_bits)
 }
 
 fn config(cp: &CpPayload) -> Value {
@@ -306,19 +286,4 @@ fn eap_message(eap: &EapPayload) -> Value {
         v["eap_type"] = t.into();
     }
     v
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_that_are_prefixes_print_as_cidr() {
-        assert_eq!(prefix_or_range(0x0a01_0000, 0x0a01_00ff, 32), Some(24));
-        assert_eq!(prefix_or_range(0, u32::MAX.into(), 32), Some(0));
-        assert_eq!(prefix_or_range(5, 5, 32), Some(32));
-        assert_eq!(prefix_or_range(0x0a01_0001, 0x0a01_00ff, 32), None);
-        assert_eq!(prefix_or_range(0, 2, 32), None);
-        assert_eq!(prefix_or_range(0, u128::MAX, 128), Some(0));
-    }
 }

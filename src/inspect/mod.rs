@@ -27,6 +27,11 @@ const IKE_PORT: u16 = 500;
 /// The NAT-T port, shared by IKE after a marker and by ESP (RFC 3948).
 const NAT_T_PORT: u16 = 4500;
 
+/// Payloads as the JSON that `inspect --json` prints, for the daemon's verbose log.
+pub fn describe_payloads(payloads: &[Payload]) -> Value {
+    Value::Array(payloads.iter().map(describe::payload).collect())
+}
+
 /// Inspects every datagram of a capture sent to or from the IKE ports, in file order.
 pub fn inspect(capture: &[u8], keys: Option<&KeyLog>) -> Result<Vec<Value>, CaptureError> {
     let datagrams = udp_datagrams(capture)?;
@@ -170,7 +175,7 @@ impl Inspector<'_> {
         match decode_chain(first_payload, &mut Reader::new(&plaintext)) {
             Ok(inner) => {
                 v["summary"] = crate::wire::message::summarize(&inner).into();
-                v["decrypted"] = inner.iter().map(describe::payload).collect();
+                v["decrypted"] = describe_payloads(&inner);
             }
             Err(e) => v["error"] = format!("decrypted payloads: {e}").into(),
         }

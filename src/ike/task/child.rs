@@ -242,13 +242,6 @@ fn up(
         (responder_keys, initiator_keys)
     };
     sa.children.push(ChildSa { spi_in, spi_out });
-    sa.log(
-        ctx,
-        format!(
-            "CHILD_SA {name} up: SPIs {spi_in:08x}_i {spi_out:08x}_o, {}",
-            proposal::Notation(chosen)
-        ),
-    );
     ctx.events.push_back(Event::ChildSaUp(Box::new(ChildSaUp {
         spi_i: sa.spi_i,
         connection: sa.policy.name.clone(),

@@ -156,17 +156,6 @@ fn announce(sa: &IkeSa, ctx: &mut Ctx<'_>, remote_id: &IdPayload) {
     let (Some(suite), Some(keys)) = (sa.suite, sa.keys.clone()) else {
         return;
     };
-    sa.log(
-        ctx,
-        format!(
-            "IKE_SA {} established between {} [{}] and {} [{}]",
-            sa.policy.name,
-            sa.local,
-            sa.policy.local.id(),
-            sa.remote,
-            remote_id.id
-        ),
-    );
     ctx.events.push_back(Event::IkeSaUp(Box::new(IkeSaUp {
         spi_i: sa.spi_i,
         spi_r: sa.spi_r,

@@ -22,7 +22,7 @@
 use crate::wire::enums::TsType;
 use crate::wire::reader::{DecodeError, DecodeErrorKind, Reader, Writer};
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const TS_HEADER_LEN: usize = 4;
 const IPV4_TS_LEN: usize = 16;
@@ -73,12 +73,43 @@ pub enum AddrRange {
     V6(Ipv6Addr, Ipv6Addr),
 }
 
+/// The prefix length when `start..=end` is exactly one CIDR block of a `bits`-wide address.
+fn prefix_len(start: u128, end: u128, bits: u32) -> Option<u32> {
+    let host = start ^ end;
+    let host_bits = 128 - host.leading_zeros();
+    let mask = if host_bits == 0 {
+        0
+    } else {
+        u128::MAX >> (128 - host_bits)
+    };
+    (host == mask && start & mask == 0 && host_bits <= bits).then_some(bits - host_bits)
+}
+
+/// As a CIDR prefix (`10.1.0.0/24`) when it is one, else as `start..end`.
+impl fmt::Display for AddrRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (prefix, start, end) = match *self {
+            Self::V4(a, b) => (
+                prefix_len(u32::from(a).into(), u32::from(b).into(), 32),
+                IpAddr::V4(a),
+                IpAddr::V4(b),
+            ),
+            Self::V6(a, b) => (
+                prefix_len(a.into(), b.into(), 128),
+                IpAddr::V6(a),
+                IpAddr::V6(b),
+            ),
+        };
+        match prefix {
+            Some(len) => write!(f, "{start}/{len}"),
+            None => write!(f, "{start}..{end}"),
+        }
+    }
+}
+
 impl fmt::Display for TsRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.addrs {
-            AddrRange::V4(a, b) => write!(f, "{a}..{b}")?,
-            AddrRange::V6(a, b) => write!(f, "{a}..{b}")?,
-        }
+        write!(f, "{}", self.addrs)?;
         if self.ip_protocol != 0 {
             write!(f, "[proto {}", self.ip_protocol)?;
             if (self.start_port, self.end_port) != (0, u16::MAX) {
@@ -262,13 +293,24 @@ mod tests {
     }
 
     #[test]
+    fn ranges_that_are_prefixes_print_as_cidr() {
+        assert_eq!(prefix_len(0x0a01_0000, 0x0a01_00ff, 32), Some(24));
+        assert_eq!(prefix_len(0, u32::MAX.into(), 32), Some(0));
+        assert_eq!(prefix_len(5, 5, 32), Some(32));
+        assert_eq!(prefix_len(0x0a01_0001, 0x0a01_00ff, 32), None);
+        assert_eq!(prefix_len(0, 2, 32), None);
+        assert_eq!(prefix_len(0, u128::MAX, 128), Some(0));
+    }
+
+    #[test]
     fn displays_ranges_readably() {
         let TrafficSelector::Range(r) = sample().selectors[1] else {
             unreachable!()
         };
-        assert_eq!(
-            r.to_string(),
-            "fd00:1::..fd00:1::ffff[proto 6 ports 443-443]"
-        );
+        assert_eq!(r.to_string(), "fd00:1::/112[proto 6 ports 443-443]");
+        let odd = AddrRange::V4([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        assert_eq!(odd.to_string(), "10.0.0.1..10.0.0.2");
+        let host = AddrRange::V6(Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST);
+        assert_eq!(host.to_string(), "::1/128");
     }
 }

@@ -1,0 +1,222 @@
+//! What the daemon prints for each engine event, and the key log it keeps when asked:
+//! a Wireshark profile directory whose `ikev2_decryption_table` and `esp_sa` tables
+//! decrypt a capture of the tunnel.
+
+use crate::crypto::{Encr, Integ, Secret};
+use crate::ike::{ChildSaUp, Event, IkeSaUp, MessageRecord};
+use crate::wire::message::summarize;
+use crate::wire::payload::TsRange;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+fn selectors(list: &[TsRange]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The one line printed for an event.
+pub fn line(event: &Event) -> String {
+    match event {
+        Event::Message(m) => message(m),
+        Event::Log { spi_i, text } => format!("IKE_SA {:016x}: {text}", spi_i.0),
+        Event::IkeSaUp(up) => format!(
+            "IKE_SA {:016x}: ESTABLISHED {} {} [{}] <-> {} [{}] spi_i {:016x} spi_r {:016x} {}",
+            up.spi_i.0,
+            up.connection,
+            up.local,
+            up.local_id,
+            up.remote,
+            up.remote_id,
+            up.spi_i.0,
+            up.spi_r.0,
+            up.suite
+        ),
+        Event::IkeSaDown {
+            spi_i,
+            connection,
+            reason,
+            ..
+        } => format!("IKE_SA {:016x}: DOWN {connection}: {reason:?}", spi_i.0),
+        Event::ChildSaUp(c) => child_up(c),
+        Event::ChildSaFailed {
+            spi_i,
+            child,
+            reason,
+        } => {
+            format!("IKE_SA {:016x}: CHILD_SA {child} FAILED: {reason}", spi_i.0)
+        }
+        Event::ChildSaDown {
+            spi_i,
+            spi_in,
+            spi_out,
+        } => format!(
+            "IKE_SA {:016x}: CHILD_SA DELETED spi_in {spi_in:08x} spi_out {spi_out:08x}",
+            spi_i.0
+        ),
+    }
+}
+
+fn message(m: &MessageRecord) -> String {
+    let kind = if m.response { "response" } else { "request" };
+    let size = if m.fragments > 1 {
+        format!("{} bytes in {} fragments", m.bytes, m.fragments)
+    } else {
+        format!("{} bytes", m.bytes)
+    };
+    let (verb, dir) = if m.sent {
+        ("sent", "to")
+    } else {
+        ("received", "from")
+    };
+    format!(
+        "IKE_SA {:016x}: {verb} {} {kind} {} ({size}) {dir} {} {}",
+        m.spi_i.0,
+        m.exchange,
+        m.message_id,
+        m.peer,
+        summarize(&m.payloads)
+    )
+}
+
+fn child_up(c: &ChildSaUp) -> String {
+    let integ = c.integ.map(|i| format!("/{i}")).unwrap_or_default();
+    format!(
+        "IKE_SA {:016x}: CHILD_SA {}/{} UP spi_in {:08x} spi_out {:08x} {}{integ}{} local_ts {} remote_ts {} {} -> {}{}",
+        c.spi_i.0,
+        c.connection,
+        c.child,
+        c.spi_in,
+        c.spi_out,
+        c.encr,
+        if c.esn { "/ESN" } else { "" },
+        selectors(&c.local_ts),
+        selectors(&c.remote_ts),
+        c.local,
+        c.remote,
+        if c.encap { " (UDP-encapsulated)" } else { "" },
+    )
+}
+
+/// The `-v` record of a message: the line's facts plus every payload, decrypted.
+pub fn json(m: &MessageRecord) -> String {
+    serde_json::json!({
+        "spi_i": format!("{:016x}", m.spi_i.0),
+        "sent": m.sent,
+        "exchange": m.exchange.to_string(),
+        "response": m.response,
+        "message_id": m.message_id,
+        "bytes": m.bytes,
+        "fragments": m.fragments,
+        "peer": m.peer.to_string(),
+        "payloads": crate::inspect::describe_payloads(&m.payloads),
+    })
+    .to_string()
+}
+
+/// Appends IKE and ESP keys to a Wireshark profile directory.
+pub struct KeyLog {
+    ike: File,
+    esp: File,
+}
+
+fn hex(s: &Secret) -> String {
+    hex::encode(s.expose())
+}
+
+impl KeyLog {
+    /// Creates `dir` (a Wireshark profile) with empty tables and decryption turned on.
+    pub fn create(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        fs::write(
+            dir.join("preferences"),
+            "esp.enable_encryption_decode: TRUE\nesp.enable_authentication_check: TRUE\n",
+        )?;
+        let open = |name: &str, header: &str| -> io::Result<File> {
+            let path: PathBuf = dir.join(name);
+            let mut f = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(path)?;
+            writeln!(f, "# {header}, written by esptun --keylog")?;
+            Ok(f)
+        };
+        Ok(Self {
+            ike: open(
+                "ikev2_decryption_table",
+                "Wireshark UAT: IKEv2 decryption table",
+            )?,
+            esp: open("esp_sa", "Wireshark UAT: ESP SAs")?,
+        })
+    }
+
+    /// Records an IKE SA's keys, if Wireshark can decrypt its suite.
+    pub fn ike(&mut self, up: &IkeSaUp) -> io::Result<()> {
+        let encr = match up.suite.encr {
+            Encr::AesCbc { key_len } => format!("AES-CBC-{} [RFC3602]", key_len * 8),
+            Encr::AesGcm16 { key_len } => {
+                format!("AES-GCM-{} with 16 octet ICV [RFC5282]", key_len * 8)
+            }
+            Encr::ChaCha20Poly1305 => {
+                return writeln!(
+                    self.ike,
+                    "# {:016x}: ChaCha20-Poly1305 is not in Wireshark's IKEv2 table",
+                    up.spi_i.0
+                );
+            }
+        };
+        let integ = match up.suite.integ {
+            None => "NONE [RFC4306]",
+            Some(Integ::HmacSha256) => "HMAC_SHA2_256_128 [RFC4868]",
+            Some(Integ::HmacSha384) => "HMAC_SHA2_384_192 [RFC4868]",
+            Some(Integ::HmacSha512) => "HMAC_SHA2_512_256 [RFC4868]",
+        };
+        let k = &up.keys;
+        writeln!(
+            self.ike,
+            "{:016x},{:016x},{},{},\"{encr}\",{},{},\"{integ}\"",
+            up.spi_i.0,
+            up.spi_r.0,
+            hex(&k.sk_ei),
+            hex(&k.sk_er),
+            hex(&k.sk_ai),
+            hex(&k.sk_ar)
+        )?;
+        self.ike.flush()
+    }
+
+    /// Records both directions of a Child SA.
+    pub fn esp(&mut self, c: &ChildSaUp) -> io::Result<()> {
+        let encr = match c.encr {
+            Encr::AesCbc { .. } => "AES-CBC [RFC3602]",
+            Encr::AesGcm16 { .. } => "AES-GCM with 16 octet ICV [RFC4106]",
+            Encr::ChaCha20Poly1305 => "ChaCha20 with Poly1305 [RFC7634]",
+        };
+        let integ = match c.integ {
+            None => "NULL",
+            Some(Integ::HmacSha256) => "HMAC-SHA-256-128 [RFC4868]",
+            Some(Integ::HmacSha384) => "HMAC-SHA-384-192 [RFC4868]",
+            Some(Integ::HmacSha512) => "HMAC-SHA-512-256 [RFC4868]",
+        };
+        let family = if c.local.is_ipv4() { "IPv4" } else { "IPv6" };
+        for (src, dst, spi, (ek, ik)) in [
+            (c.remote.ip(), c.local.ip(), c.spi_in, &c.keys_in),
+            (c.local.ip(), c.remote.ip(), c.spi_out, &c.keys_out),
+        ] {
+            let ik = if ik.is_empty() {
+                String::new()
+            } else {
+                format!("0x{}", hex(ik))
+            };
+            writeln!(
+                self.esp,
+                "\"{family}\",\"{src}\",\"{dst}\",\"0x{spi:08x}\",\"{encr}\",\"0x{}\",\"{integ}\",\"{ik}\"",
+                hex(ek)
+            )?;
+        }
+        self.esp.flush()
+    }
+}
