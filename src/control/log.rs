@@ -39,7 +39,7 @@ pub fn line(event: &Event) -> String {
             connection,
             reason,
             ..
-        } => format!("IKE_SA {:016x}: DOWN {connection}: {reason:?}", spi_i.0),
+        } => format!("IKE_SA {:016x}: DOWN {connection}: {reason}", spi_i.0),
         Event::ChildSaUp(c) => child_up(c),
         Event::ChildSaFailed {
             spi_i,

@@ -213,6 +213,19 @@ pub enum DownReason {
     Refused(NotifyType),
 }
 
+impl std::fmt::Display for DownReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PeerDead => f.write_str("peer not answering"),
+            Self::HalfOpenExpired => f.write_str("half-open SA expired"),
+            Self::DeletedByPeer => f.write_str("deleted by peer"),
+            Self::DeletedLocally => f.write_str("deleted"),
+            Self::Failed(e) => write!(f, "{e} (sent {})", e.notify()),
+            Self::Refused(n) => write!(f, "peer refused with {n}"),
+        }
+    }
+}
+
 /// A message as logged.
 #[derive(Debug, Clone)]
 pub struct MessageRecord {

@@ -220,7 +220,6 @@ pub(super) fn response(
     };
     if let Err(e) = child::accept(sa, ctx, &req, &payloads) {
         ctx.child_spis.remove(&req.spi_in);
-        sa.log(ctx, format!("CHILD_SA {} failed: {e}", req.name));
         let installed_by_peer = payloads.iter().any(|p| matches!(p, Payload::Sa(_)));
         ctx.events.push_back(Event::ChildSaFailed {
             spi_i: sa.spi_i,
@@ -324,7 +323,6 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
                 .first()
                 .map_or("", |c| c.name.as_str())
                 .to_owned();
-            sa.log(ctx, format!("CHILD_SA refused: {e}"));
             out.push(Payload::Notify(NotifyPayload::new(e.notify(), Vec::new())));
             ctx.events.push_back(Event::ChildSaFailed {
                 spi_i: sa.spi_i,

@@ -1,0 +1,347 @@
+#!/bin/bash
+# esptun against strongSwan's charon (kernel-libipsec), each in its own network
+# namespace: every auth method x proposal, esptun initiating and charon initiating,
+# then the failures that must fail cleanly. Root only; traffic stays in the namespaces.
+#
+# usage: tests/interop/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ESPTUN=${ESPTUN:-$HERE/../../target/release/esptun}
+KEEP=0
+while [[ $# -gt 0 ]]; do case $1 in
+    --esptun) ESPTUN=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    *) echo "usage: $0 [--esptun PATH] [--keep]" >&2; exit 2 ;;
+esac; done
+[[ $(id -u) == 0 ]] || { echo "interop: needs root (namespaces)" >&2; exit 1; }
+[[ -x $ESPTUN ]] || { echo "interop: no esptun binary at $ESPTUN (cargo build --release)" >&2; exit 1; }
+command -v charon-systemd >/dev/null || { echo "interop: charon-systemd missing (tests/interop/deps.sh)" >&2; exit 1; }
+
+RUN=$(mktemp -d /tmp/esptun-interop.XXXXXX)
+NS_E=esptun-$$-e          # esptun's namespace
+NS_C=esptun-$$-c          # charon's namespace
+ADDR_E=192.0.2.1 ADDR_C=192.0.2.2
+NETS_E="10.1.0.0/24 fd00:1::/64" NETS_C="10.2.0.0/24 fd00:2::/64"
+PIDS=()
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*"; }
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    ip netns del "$NS_E" 2>/dev/null || true
+    ip netns del "$NS_C" 2>/dev/null || true
+    if (( KEEP )); then log "kept $RUN"; else rm -rf "$RUN"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- namespaces -------------------------------------------------------------
+ip netns add "$NS_E"; ip netns add "$NS_C"
+ip -n "$NS_E" link add eth0 type veth peer name eth0 netns "$NS_C"
+for ns in "$NS_E" "$NS_C"; do ip -n "$ns" link set lo up; done
+ip -n "$NS_E" addr add $ADDR_E/24 dev eth0; ip -n "$NS_C" addr add $ADDR_C/24 dev eth0
+ip -n "$NS_E" link set eth0 up; ip -n "$NS_C" link set eth0 up
+# The protected hosts, on lo: libipsec installs its policies and routes for them.
+ip -n "$NS_E" addr add 10.1.0.1/32 dev lo; ip -n "$NS_E" addr add fd00:1::1/128 dev lo
+ip -n "$NS_C" addr add 10.2.0.1/32 dev lo; ip -n "$NS_C" addr add fd00:2::1/128 dev lo
+for i in $(seq 50); do ip netns exec "$NS_E" ping -c1 -W1 -q $ADDR_C >/dev/null 2>&1 && break; sleep 0.1; done
+
+# --- PKI (openssl, valid from now) -------------------------------------------
+pki() { # dir ecdsa|rsa
+    local d=$1 alg=$2 h
+    mkdir -p "$d"
+    genkey() {
+        if [[ $alg == rsa ]]; then openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out "$1"
+        else openssl genpkey -quiet -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; fi
+    }
+    for ca in ca rogue; do
+        genkey "$d/$ca.key"
+        openssl req -x509 -new -key "$d/$ca.key" -sha256 -days 30 -subj "/O=esptun interop/CN=$ca CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -out "$d/$ca.crt" 2>/dev/null
+    done
+    for h in esptun charon rogue-esptun rogue-charon; do
+        local ca=ca id=$h.example
+        [[ $h == rogue-* ]] && ca=rogue id=${h#rogue-}.example
+        genkey "$d/$h.key"
+        openssl req -new -key "$d/$h.key" -subj "/O=esptun interop/CN=$id" -out "$d/$h.csr" 2>/dev/null
+        printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:%s\n' "$id" >"$d/$h.ext"
+        openssl x509 -req -in "$d/$h.csr" -CA "$d/$ca.crt" -CAkey "$d/$ca.key" -CAcreateserial -sha256 \
+            -days 30 -extfile "$d/$h.ext" -out "$d/$h.crt" 2>/dev/null
+    done
+}
+log "making ECDSA P-256 and RSA-3072 PKIs"
+pki "$RUN/pki-ecdsa" ecdsa
+pki "$RUN/pki-rsa" rsa
+echo "an interop pre-shared key" >"$RUN/psk"
+
+esp_for() { case $1 in
+    aes128gcm16-*) echo aes128gcm16 ;;
+    aes256-sha256-*) echo aes256-sha256 ;;
+    chacha20poly1305-*) echo chacha20poly1305 ;;
+esac; }
+
+toml_list() { local out="" x; for x in "$@"; do out+="\"$x\", "; done; echo "[${out%, }]"; }
+
+# --- esptun side ---------------------------------------------------------------
+# esptun_conf dir auth proposal start [variant]
+esptun_conf() {
+    local d=$1 auth=$2 prop=$3 start=$4 variant=${5:-} p=$RUN/pki-$2 cert=esptun id=esptun.example peer=charon.example
+    local esp; esp=$(esp_for "$prop")
+    # esptun initiating: charon must refuse what esptun presents.
+    [[ $variant == untrusted && $start == true ]] && cert=rogue-esptun
+    [[ $variant == id-mismatch && $start == true ]] && id=someone-else.example
+    # charon initiating: esptun must refuse charon's certificate or identity.
+    [[ $variant == id-mismatch && $start == false ]] && peer=other.example
+    [[ $variant == no-proposal ]] && prop=aes256gcm16-prfsha512-ecp521
+    mkdir -p "$d"
+    {
+        printf '[listen]\naddrs = ["%s"]\n[[connection]]\nname = "interop"\n' $ADDR_E
+        printf 'local_addrs = ["%s"]\nremote_addrs = ["%s"]\nproposals = ["%s"]\nstart = %s\n' $ADDR_E $ADDR_C "$prop" "$start"
+        if [[ $auth == psk ]]; then
+            local psk=$RUN/psk
+            [[ $variant == wrong-psk ]] && { echo "not the same key" >"$d/psk"; psk=$d/psk; }
+            printf 'psk_file = "%s"\n[connection.local]\nauth = "psk"\nid = "%s"\n' "$psk" $id
+            printf '[connection.remote]\nauth = "psk"\nid = "%s"\n' $peer
+        else
+            printf '[connection.local]\nauth = "pubkey"\nid = "%s"\ncerts = ["%s"]\nkey = "%s"\n' $id "$p/$cert.crt" "$p/$cert.key"
+            printf '[connection.remote]\nauth = "pubkey"\nid = "%s"\ncacerts = ["%s"]\n' $peer "$p/ca.crt"
+        fi
+        # shellcheck disable=SC2086
+        printf '[[connection.children]]\nname = "net"\nlocal_ts = %s\nremote_ts = %s\nesp_proposals = ["%s"]\n' \
+            "$(toml_list $NETS_E)" "$(toml_list $NETS_C)" "$esp"
+    } >"$d/esptun.toml"
+}
+
+# --- charon side -----------------------------------------------------------------
+# charon_conf dir auth proposal [variant] [initiator]
+charon_conf() {
+    local d=$1 auth=$2 prop=$3 variant=${4:-} initiator=${5:-} p=$RUN/pki-$2 sub peer=esptun.example cert=charon
+    local esp; esp=$(esp_for "$prop")
+    [[ $variant == no-proposal ]] && prop=aes128-sha256-modp3072 esp=aes128-sha256
+    for sub in x509 x509ca private; do mkdir -p "$d/swanctl/$sub"; done
+    cat >"$d/strongswan.conf" <<CONF
+charon-systemd {
+    load = random nonce openssl aesni aes gcm sha1 sha2 hmac kdf gmp curve25519 x509 pubkey pkcs1 pkcs8 pem constraints kernel-libipsec kernel-netlink socket-default vici
+    load_modular = no
+    install_routes = yes
+    retransmit_tries = 2
+    retransmit_timeout = 1
+    journal {
+        default = -1
+    }
+    filelog {
+        interop {
+            path = $d/charon.log
+            time_format = %H:%M:%S
+            ike_name = yes
+            flush_line = yes
+            default = 1
+            ike = 2
+            enc = 1
+        }
+    }
+    plugins {
+        vici {
+            socket = unix://$d/charon.vici
+        }
+        kernel-libipsec {
+            allow_peer_ts = no
+        }
+        openssl {
+            fips_mode = 0
+        }
+    }
+}
+CONF
+    local local_auth remote_auth secrets
+    if [[ $auth == psk ]]; then
+        local_auth="auth = psk"; remote_auth="auth = psk"
+        secrets="ike-psk { id-1 = charon.example
+            id-2 = esptun.example
+            secret = \"$(cat "$RUN/psk")\" }"
+    else
+        [[ $variant == untrusted && -n $initiator ]] && cert=rogue-charon
+        cp "$p/ca.crt" "$d/swanctl/x509ca/"; cp "$p/$cert.crt" "$d/swanctl/x509/charon.crt"; cp "$p/$cert.key" "$d/swanctl/private/charon.key"
+        local_auth="auth = pubkey
+            certs = charon.crt"
+        remote_auth="auth = pubkey"
+        secrets="private-charon { file = charon.key }"
+    fi
+    cat >"$d/swanctl/swanctl.conf" <<CONF
+connections {
+    interop {
+        version = 2
+        local_addrs = $ADDR_C
+        remote_addrs = $ADDR_E
+        proposals = $prop
+        fragmentation = yes
+        rekey_time = 0
+        reauth_time = 0
+        local {
+            $local_auth
+            id = charon.example
+        }
+        remote {
+            $remote_auth
+            id = $peer
+        }
+        children {
+            net {
+                mode = tunnel
+                local_ts = ${NETS_C// /,}
+                remote_ts = ${NETS_E// /,}
+                esp_proposals = $esp
+                rekey_time = 0
+                start_action = none
+            }
+        }
+    }
+}
+secrets {
+    $secrets
+}
+CONF
+}
+
+sw() { local d=$1 cmd=$2; shift 2; STRONGSWAN_CONF=$d/strongswan.conf swanctl "$cmd" --uri "unix://$d/charon.vici" "$@"; }
+
+start_charon() { # dir
+    local d=$1
+    ip netns exec "$NS_C" env STRONGSWAN_CONF="$d/strongswan.conf" charon-systemd >"$d/charon.stdout" 2>&1 &
+    PIDS+=($!); CHARON_PID=$!
+    for i in $(seq 100); do sw "$d" --stats >/dev/null 2>&1 && break; sleep 0.05; done
+    SWANCTL_DIR=$d/swanctl sw "$d" --load-all --noprompt >"$d/load.log" 2>&1 || { cat "$d/load.log"; return 1; }
+}
+
+start_esptun() { # dir
+    local d=$1
+    ip netns exec "$NS_E" "$ESPTUN" run --config "$d/esptun.toml" --keylog "$d/keys" >"$d/esptun.log" 2>&1 &
+    PIDS+=($!); ESPTUN_PID=$!
+    for i in $(seq 100); do grep -q "listening on $ADDR_E:4500" "$d/esptun.log" 2>/dev/null && return 0; sleep 0.05; done
+    cat "$d/esptun.log"; return 1
+}
+
+stop_all() {
+    kill "$ESPTUN_PID" "$CHARON_PID" 2>/dev/null || true
+    wait "$ESPTUN_PID" "$CHARON_PID" 2>/dev/null || true
+    PIDS=()
+}
+
+# charon's view: "<spi_i> <spi_r> <spi_in> <spi_out> <local_ts> <remote_ts>" once INSTALLED
+charon_sa() {
+    local raw; raw=$(sw "$1" --list-sas --raw 2>/dev/null | tr -d '\n')
+    [[ $raw == *"state=ESTABLISHED"* && $raw == *"state=INSTALLED"* ]] || return 1
+    local spi_i spi_r spi_in spi_out lts rts
+    spi_i=$(grep -o 'initiator-spi=[0-9a-f]*' <<<"$raw" | head -1 | cut -d= -f2)
+    spi_r=$(grep -o 'responder-spi=[0-9a-f]*' <<<"$raw" | head -1 | cut -d= -f2)
+    spi_in=$(grep -o 'spi-in=[0-9a-f]*' <<<"$raw" | head -1 | cut -d= -f2)
+    spi_out=$(grep -o 'spi-out=[0-9a-f]*' <<<"$raw" | head -1 | cut -d= -f2)
+    lts=$(grep -o 'local-ts=\[[^]]*\]' <<<"$raw" | head -1 | sed 's/local-ts=\[//; s/\]//' | tr ' ' '\n' | sort | paste -sd,)
+    rts=$(grep -o 'remote-ts=\[[^]]*\]' <<<"$raw" | head -1 | sed 's/remote-ts=\[//; s/\]//' | tr ' ' '\n' | sort | paste -sd,)
+    echo "$spi_i $spi_r $spi_in $spi_out $lts $rts"
+}
+
+# esptun's view, from its log, in the same order (its in/out and local/remote swapped)
+esptun_sa() {
+    local est child
+    est=$(grep -m1 ' ESTABLISHED ' "$1/esptun.log") || return 1
+    child=$(grep -m1 'CHILD_SA .* UP ' "$1/esptun.log") || return 1
+    local spi_i spi_r spi_in spi_out lts rts
+    spi_i=$(grep -o 'spi_i [0-9a-f]*' <<<"$est" | cut -d' ' -f2)
+    spi_r=$(grep -o 'spi_r [0-9a-f]*' <<<"$est" | cut -d' ' -f2)
+    spi_in=$(grep -o 'spi_in [0-9a-f]*' <<<"$child" | cut -d' ' -f2)
+    spi_out=$(grep -o 'spi_out [0-9a-f]*' <<<"$child" | cut -d' ' -f2)
+    lts=$(grep -o 'local_ts [^ ]*' <<<"$child" | cut -d' ' -f2 | tr ',' '\n' | sort | paste -sd,)
+    rts=$(grep -o 'remote_ts [^ ]*' <<<"$child" | cut -d' ' -f2 | tr ',' '\n' | sort | paste -sd,)
+    echo "$spi_i $spi_r $spi_out $spi_in $rts $lts"
+}
+
+PASSED=0 FAILED=()
+
+pass() { PASSED=$((PASSED + 1)); log "PASS $1${2:+ ($2)}"; }
+fail() { FAILED+=("$1"); log "FAIL $1: $2"; }
+
+show_logs() { # dir
+    echo "----- esptun -----"; tail -n 30 "$1/esptun.log" 2>/dev/null || true
+    echo "----- charon -----"; tail -n 30 "$1/charon.log" 2>/dev/null || true
+}
+
+# run_case initiator auth proposal
+run_case() {
+    local who=$1 auth=$2 prop=$3 name="$1-initiates/$2/$3" d=$RUN/case-$1-$2-$3
+    mkdir -p "$d"
+    esptun_conf "$d" "$auth" "$prop" "$([[ $who == esptun ]] && echo true || echo false)"
+    charon_conf "$d" "$auth" "$prop"
+    start_charon "$d" || { fail "$name" "charon did not start"; stop_all; return; }
+    start_esptun "$d" || { fail "$name" "esptun did not start"; stop_all; return; }
+    if [[ $who == charon ]]; then
+        sw "$d" --initiate --child net --timeout 20 >"$d/initiate.log" 2>&1 || true
+    fi
+    local theirs="" ours=""
+    for i in $(seq 100); do
+        theirs=$(charon_sa "$d" || true); ours=$(esptun_sa "$d" || true)
+        [[ -n $theirs && -n $ours ]] && break
+        sleep 0.1
+    done
+    if [[ -z $theirs || -z $ours ]]; then
+        fail "$name" "not established (charon: '${theirs}', esptun: '${ours}')"; show_logs "$d"
+    elif [[ $theirs != "$ours" ]]; then
+        fail "$name" "views differ: charon '$theirs' vs esptun '$ours'"; show_logs "$d"
+    else
+        local frag=""
+        grep -q 'fragments)' "$d/esptun.log" && frag="IKE_AUTH fragmented"
+        pass "$name" "${frag:+$frag, }SPIs $(cut -d' ' -f3-4 <<<"$ours")"
+    fi
+    stop_all
+}
+
+# run_failure initiator variant auth expected-notify
+run_failure() {
+    local who=$1 variant=$2 auth=$3 notify=$4 prop=aes128gcm16-prfsha256-x25519
+    local name="$1-initiates/$2" d=$RUN/fail-$1-$2
+    mkdir -p "$d"
+    esptun_conf "$d" "$auth" "$prop" "$([[ $who == esptun ]] && echo true || echo false)" "$variant"
+    charon_conf "$d" "$auth" "$prop" "$variant" "$([[ $who == charon ]] && echo yes)"
+    start_charon "$d" || { fail "$name" "charon did not start"; stop_all; return; }
+    start_esptun "$d" || { fail "$name" "esptun did not start"; stop_all; return; }
+    if [[ $who == charon ]]; then
+        sw "$d" --initiate --child net --timeout 10 >"$d/initiate.log" 2>&1 || true
+    fi
+    local ok=""
+    for i in $(seq 60); do
+        if grep -Eq "DOWN interop|refused" "$d/esptun.log" && grep -Eq "$notify" "$d/charon.log"; then ok=1; break; fi
+        sleep 0.1
+    done
+    if [[ -z $ok ]]; then
+        fail "$name" "expected $notify on both sides"; show_logs "$d"
+    elif grep -q ' ESTABLISHED ' "$d/esptun.log" && [[ $variant != untrusted && $variant != id-mismatch ]]; then
+        fail "$name" "esptun reports an established SA"; show_logs "$d"
+    else
+        pass "$name" "esptun: $(grep -E -m1 'DOWN interop|refused' "$d/esptun.log" | sed 's/^IKE_SA [0-9a-f]*: //')"
+    fi
+    stop_all
+}
+
+log "$("$ESPTUN" --version) against charon $(dpkg-query -W -f '${Version}' charon-systemd 2>/dev/null)"
+ONLY=${ONLY:-.}   # a regex over case names, to rerun a few
+for who in esptun charon; do
+    for auth in ecdsa rsa psk; do
+        for prop in aes128gcm16-prfsha256-x25519 aes256-sha256-modp2048 chacha20poly1305-prfsha384-ecp384; do
+            [[ "$who-initiates/$auth/$prop" =~ $ONLY ]] && run_case "$who" "$auth" "$prop"
+        done
+    done
+done
+for who in esptun charon; do
+    [[ "$who-initiates/failures" =~ $ONLY ]] || continue
+    run_failure "$who" untrusted ecdsa 'AUTH_FAILED|AUTHENTICATION_FAILED'
+    run_failure "$who" id-mismatch ecdsa 'AUTH_FAILED|AUTHENTICATION_FAILED|no trusted .* public key found'
+    run_failure "$who" wrong-psk psk 'AUTH_FAILED|AUTHENTICATION_FAILED'
+    run_failure "$who" no-proposal psk 'NO_PROP|received proposals unacceptable'
+done
+
+log "$PASSED passed, ${#FAILED[@]} failed"
+(( ${#FAILED[@]} == 0 )) || { printf '  failed: %s\n' "${FAILED[@]}"; exit 1; }
