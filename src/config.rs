@@ -250,8 +250,8 @@ impl Source<'_> {
                 message: e.message().to_owned(),
             };
         };
-        // Recoverable parsing still gives a tree for files with a syntax error,
-        // so a duplicate key is reported with its table too.
+        // A file with a syntax error still yields a partial tree; a key the error
+        // made unreadable (or a duplicate, which is dropped) gets no path, only a line.
         let (tree, _) = DeTable::parse_recoverable(self.text);
         let mut key = table_path(tree.get_ref(), span.start, "").unwrap_or_default();
         let mut message = e.message().to_owned();
