@@ -1,6 +1,7 @@
 //! The configuration file: TOML shaped like swanctl.conf, parsed straight into the
 //! engine's types. Files it names (certificates, keys, PSKs) are read at load time,
-//! so every error can name the file, the line and the key.
+//! so every error can name the file, the line and the key. The keys are documented
+//! in README "Configuration".
 
 use crate::auth::identity;
 use crate::auth::private_key::PrivateKey;
@@ -8,26 +9,63 @@ use crate::auth::x509::{TrustAnchors, read_certificates};
 use crate::crypto::Secret;
 use crate::ike::{ChildPolicy, LocalAuth, Policy, RemoteAuth, proposal};
 use crate::wire::ProtocolId;
-use crate::wire::payload::{AddrRange, Proposal, TsRange};
+use crate::wire::payload::{AddrRange, Identity, Proposal, TsRange};
 use serde::Deserialize;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// A configuration error: where, which key, what.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{}{}{message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), if key.is_empty() { ": ".to_owned() } else { format!(": {key}: ") })]
+#[error("{}{}{}{message}", file.display(), line_part(*line), key_part(key))]
 pub struct ConfigError {
     /// The configuration file.
     pub file: PathBuf,
-    /// The line, when known.
+    /// The line (1-based), when known.
     pub line: Option<usize>,
-    /// The key, as a path such as `connection[0].local.id`.
+    /// The key as a path such as `connection[0].local.id`; empty when the whole file is meant.
     pub key: String,
     /// What is wrong.
     pub message: String,
+}
+
+fn line_part(line: Option<usize>) -> String {
+    line.map(|l| format!(":{l}")).unwrap_or_default()
+}
+
+fn key_part(key: &str) -> String {
+    if key.is_empty() {
+        ": ".to_owned()
+    } else {
+        format!(": {key}: ")
+    }
+}
+
+/// Where a value came from, so checks done later can still name file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The line (1-based).
+    pub line: usize,
+    /// The key path, such as `connection[0]`.
+    pub key: String,
+}
+
+impl Origin {
+    /// An error about the value at this origin.
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: Some(self.line),
+            key: self.key.clone(),
+            message: message.into(),
+        }
+    }
 }
 
 /// The loaded configuration.
@@ -70,7 +108,12 @@ pub struct Connection {
     pub start: bool,
     /// The peer's IKE port.
     pub remote_port: u16,
+    /// The `[[connection]]` table, for errors found after loading (e.g. when initiating).
+    pub origin: Origin,
 }
+
+/// A list the user wrote, with the span of the whole list (for "must not be empty").
+type List = Spanned<Vec<Spanned<String>>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,15 +123,15 @@ struct RawConfig {
     #[serde(default)]
     ike: RawIke,
     #[serde(default)]
-    connection: Vec<RawConnection>,
+    connection: Vec<Spanned<RawConnection>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawListen {
-    addrs: Option<Vec<Spanned<String>>>,
+    addrs: Option<List>,
     ike_port: Option<u16>,
-    natt_port: Option<u16>,
+    natt_port: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,7 +150,7 @@ struct RawConnection {
     #[serde(default)]
     remote_addrs: Vec<Spanned<String>>,
     remote_port: Option<u16>,
-    proposals: Option<Vec<Spanned<String>>>,
+    proposals: Option<List>,
     start: Option<Spanned<bool>>,
     #[serde(default)]
     encap: bool,
@@ -124,7 +167,7 @@ struct RawConnection {
 struct RawLocal {
     auth: Spanned<String>,
     id: Spanned<String>,
-    certs: Option<Vec<Spanned<String>>>,
+    certs: Option<List>,
     key: Option<Spanned<String>>,
 }
 
@@ -133,7 +176,7 @@ struct RawLocal {
 struct RawRemote {
     auth: Spanned<String>,
     id: Option<Spanned<String>>,
-    cacerts: Option<Vec<Spanned<String>>>,
+    cacerts: Option<List>,
 }
 
 #[derive(Deserialize)]
@@ -144,14 +187,16 @@ struct RawChild {
     local_ts: Vec<Spanned<String>>,
     #[serde(default)]
     remote_ts: Vec<Spanned<String>>,
-    esp_proposals: Option<Vec<Spanned<String>>>,
+    esp_proposals: Option<List>,
     mode: Option<Spanned<String>>,
 }
 
 const DEFAULT_PROPOSALS: [&str; 2] = ["aes128gcm16-prfsha256-x25519", "aes256-sha256-modp2048"];
 const DEFAULT_ESP_PROPOSALS: [&str; 2] = ["aes128gcm16", "aes256gcm16"];
+/// RFC 7383 fragments below the IPv4 minimum reassembly size would not survive every path.
+const FRAGMENT_SIZES: std::ops::RangeInclusive<usize> = 576..=65535;
 
-/// Turns byte offsets into errors with line numbers.
+/// The text being parsed, to turn byte offsets into lines and resolve file names.
 struct Source<'a> {
     text: &'a str,
     file: &'a Path,
@@ -159,10 +204,20 @@ struct Source<'a> {
 
 impl Source<'_> {
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())]
-            .matches('\n')
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
             .count()
             + 1
+    }
+
+    fn origin(&self, span: Range<usize>, key: impl Into<String>) -> Origin {
+        Origin {
+            file: self.file.to_path_buf(),
+            line: self.line(span.start),
+            key: key.into(),
+        }
     }
 
     fn error<T>(
@@ -171,61 +226,80 @@ impl Source<'_> {
         key: impl Into<String>,
         message: impl Into<String>,
     ) -> ConfigError {
-        ConfigError {
-            file: self.file.to_path_buf(),
-            line: Some(self.line(at.span().start)),
-            key: key.into(),
-            message: message.into(),
-        }
+        self.origin(at.span(), key).error(message)
     }
 
-    /// A path relative to the configuration file's directory.
-    fn path(&self, name: &str) -> PathBuf {
-        let dir = self.file.parent().unwrap_or(Path::new(""));
-        dir.join(name)
-    }
-
+    /// Reads a file named in the configuration, relative to the configuration's directory.
     fn read(&self, name: &Spanned<String>, key: &str) -> Result<Vec<u8>, ConfigError> {
-        let path = self.path(name.get_ref());
+        let path = self
+            .file
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(name.get_ref());
         std::fs::read(&path).map_err(|e| self.error(name, key, format!("{}: {e}", path.display())))
     }
 
-    /// Where a serde error points, as `connection[1].children[0].name`: the table
-    /// headers above the line, and the key on it.
-    fn key_at(&self, offset: usize) -> String {
-        let line = self.line(offset);
-        let mut path = String::new();
-        let mut connection = None::<usize>;
-        let mut child = 0;
-        for text in self.text.lines().take(line) {
-            let t = text.trim();
-            if t == "[[connection]]" {
-                connection = Some(connection.map_or(0, |c| c + 1));
-                child = 0;
-                path = format!("connection[{}]", connection.unwrap_or(0));
-            } else if t == "[[connection.children]]" {
-                path = format!("connection[{}].children[{child}]", connection.unwrap_or(0));
-                child += 1;
-            } else if let Some(table) = t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
-                path = match table.strip_prefix("connection.") {
-                    Some(sub) => format!("connection[{}].{sub}", connection.unwrap_or(0)),
-                    None => table.to_owned(),
-                };
-            }
+    /// A toml error with the key path recovered from its span, since serde's own
+    /// messages name only the last key (or, for a missing key, none at all).
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let Some(span) = e.span() else {
+            return ConfigError {
+                file: self.file.to_path_buf(),
+                line: None,
+                key: String::new(),
+                message: e.message().to_owned(),
+            };
+        };
+        // A file with a syntax error still yields a partial tree; a key the error
+        // made unreadable (or a duplicate, which is dropped) gets no path, only a line.
+        let (tree, _) = DeTable::parse_recoverable(self.text);
+        let mut key = table_path(tree.get_ref(), span.start, "").unwrap_or_default();
+        let mut message = e.message().to_owned();
+        if let Some(missing) = backticked(&message, "missing field ") {
+            // The span is the table; the user needs the key to add.
+            key = join(&key, &missing);
+            message = "required key is missing".to_owned();
+        } else if let Some(rest) = message.strip_prefix("unknown field ") {
+            message = format!("unknown key {rest}");
         }
-        let key = self
-            .text
-            .lines()
-            .nth(line - 1)
-            .and_then(|l| l.split_once('='))
-            .map(|(k, _)| k.trim().to_owned())
-            .filter(|k| !k.starts_with('['));
-        match (path.is_empty(), key) {
-            (_, None) => path,
-            (true, Some(k)) => k,
-            (false, Some(k)) => format!("{path}.{k}"),
-        }
+        self.origin(span, key).error(message)
     }
+}
+
+/// `word` in "prefix `word`".
+fn backticked(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?.strip_prefix('`')?;
+    Some(rest.split_once('`')?.0.to_owned())
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// The path of the innermost key or value at `offset`. Keys under a `[table]`
+/// header lie outside the header's span, so every table is searched, not only
+/// those whose span holds the offset.
+fn table_path(table: &DeTable<'_>, offset: usize, prefix: &str) -> Option<String> {
+    table.iter().find_map(|(k, v)| {
+        let path = join(prefix, k.get_ref());
+        value_path(v, offset, &path).or_else(|| k.span().contains(&offset).then_some(path))
+    })
+}
+
+fn value_path(v: &Spanned<DeValue<'_>>, offset: usize, path: &str) -> Option<String> {
+    let inner = match v.get_ref() {
+        DeValue::Table(t) => table_path(t, offset, path),
+        DeValue::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| value_path(item, offset, &format!("{path}[{i}]"))),
+        _ => None,
+    };
+    inner.or_else(|| v.span().contains(&offset).then(|| path.to_owned()))
 }
 
 impl Config {
@@ -243,46 +317,24 @@ impl Config {
     /// Parses `text`; `path` names it in errors and anchors relative file names.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let src = Source { text, file: path };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            ConfigError {
-                file: path.to_path_buf(),
-                line: e.span().map(|_| src.line(offset)),
-                key: e.span().map(|_| src.key_at(offset)).unwrap_or_default(),
-                message: e.message().to_owned(),
-            }
-        })?;
-        let listen = Listen {
-            addrs: match raw.listen.addrs {
-                Some(addrs) => addrs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| ip(&src, a, &format!("listen.addrs[{i}]")))
-                    .collect::<Result<_, _>>()?,
-                None => vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([0u16; 8])],
-            },
-            ike_port: raw.listen.ike_port.unwrap_or(500),
-            natt_port: raw.listen.natt_port.unwrap_or(4500),
-        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+        let listen = listen(&src, raw.listen)?;
         let ike = IkeSettings {
             cookie_threshold: raw.ike.cookie_threshold.unwrap_or(10),
             half_open_timeout: Duration::from_secs(raw.ike.half_open_timeout.unwrap_or(30)),
         };
         let mut connections: Vec<Connection> = Vec::new();
-        for (i, c) in raw.connection.into_iter().enumerate() {
-            let conn = connection(&src, c, &format!("connection[{i}]"))?;
-            if connections
-                .iter()
-                .any(|o| o.policy.name == conn.policy.name)
-            {
-                return Err(ConfigError {
-                    file: path.to_path_buf(),
-                    line: None,
-                    key: format!("connection[{i}].name"),
-                    message: format!("duplicate connection name {:?}", conn.policy.name),
-                });
+        for (i, c) in raw.connection.iter().enumerate() {
+            let key = format!("connection[{i}]");
+            let name = &c.get_ref().name;
+            if connections.iter().any(|o| o.policy.name == *name.get_ref()) {
+                return Err(src.error(
+                    name,
+                    format!("{key}.name"),
+                    format!("duplicate connection name {:?}", name.get_ref()),
+                ));
             }
-            connections.push(conn);
+            connections.push(connection(&src, c, key)?);
         }
         Ok(Self {
             listen,
@@ -292,63 +344,97 @@ impl Config {
     }
 }
 
-fn ip(src: &Source<'_>, s: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
-    s.get_ref()
-        .parse()
-        .map_err(|_| src.error(s, key, format!("{:?} is not an IP address", s.get_ref())))
+fn listen(src: &Source<'_>, raw: RawListen) -> Result<Listen, ConfigError> {
+    let addrs = match &raw.addrs {
+        Some(list) if list.get_ref().is_empty() => {
+            return Err(src.error(
+                list,
+                "listen.addrs",
+                "needs at least one address (omit it for both wildcards)",
+            ));
+        }
+        Some(list) => ips(src, list.get_ref(), "listen.addrs")?,
+        None => vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([0u16; 8])],
+    };
+    let ike_port = raw.ike_port.unwrap_or(500);
+    let natt_port = match &raw.natt_port {
+        Some(p) if *p.get_ref() == ike_port => {
+            return Err(src.error(p, "listen.natt_port", "must differ from ike_port"));
+        }
+        Some(p) => *p.get_ref(),
+        None => 4500,
+    };
+    Ok(Listen {
+        addrs,
+        ike_port,
+        natt_port,
+    })
 }
 
 fn ips(src: &Source<'_>, list: &[Spanned<String>], key: &str) -> Result<Vec<IpAddr>, ConfigError> {
     list.iter()
         .enumerate()
-        .map(|(i, a)| ip(src, a, &format!("{key}[{i}]")))
+        .map(|(i, a)| {
+            a.get_ref().parse().map_err(|_| {
+                src.error(
+                    a,
+                    format!("{key}[{i}]"),
+                    format!("{:?} is not an IP address", a.get_ref()),
+                )
+            })
+        })
         .collect()
 }
 
+/// Proposals numbered from 1 in the order written, or the defaults when the key is absent.
 fn proposals(
     src: &Source<'_>,
-    list: Option<&[Spanned<String>]>,
+    list: Option<&List>,
     defaults: &[&str],
     protocol: ProtocolId,
     key: &str,
 ) -> Result<Vec<Proposal>, ConfigError> {
-    let texts: Vec<String> = match list {
-        Some(l) => l.iter().map(|s| s.get_ref().clone()).collect(),
-        None => defaults.iter().map(|s| (*s).to_owned()).collect(),
+    let Some(list) = list else {
+        let texts: Vec<String> = defaults.iter().map(|s| (*s).to_owned()).collect();
+        return Ok(proposal::parse_all(&texts, protocol).expect("default proposals parse"));
     };
-    for (i, t) in texts.iter().enumerate() {
-        if let (Err(e), Some(l)) = (proposal::parse(t, protocol), list) {
-            return Err(src.error(&l[i], format!("{key}[{i}]"), e.to_string()));
-        }
+    if list.get_ref().is_empty() {
+        return Err(src.error(
+            list,
+            key,
+            "needs at least one proposal (omit it for the defaults)",
+        ));
     }
-    proposal::parse_all(&texts, protocol).map_err(|e| ConfigError {
-        file: src.file.to_path_buf(),
-        line: None,
-        key: key.to_owned(),
-        message: e.to_string(),
-    })
+    list.get_ref()
+        .iter()
+        .zip(1..)
+        .map(|(text, number)| {
+            proposal::parse(text.get_ref(), protocol)
+                .map(|p| Proposal { number, ..p })
+                .map_err(|e| src.error(text, format!("{key}[{}]", number - 1), e.to_string()))
+        })
+        .collect()
 }
 
 /// `10.1.0.0/24`, `fd00::/64` or a single address, as an any-protocol selector.
+/// Host bits are masked off, as strongSwan does.
 fn selector(src: &Source<'_>, s: &Spanned<String>, key: &str) -> Result<TsRange, ConfigError> {
-    let bad = || {
-        src.error(
-            s,
-            key,
-            format!("{:?} is not an address or CIDR prefix", s.get_ref()),
-        )
+    let text = s.get_ref().trim();
+    let bad = || src.error(s, key, format!("{text:?} is not an address or CIDR prefix"));
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) if l.bytes().all(|b| b.is_ascii_digit()) => {
+            (a, Some(l.parse::<u32>().map_err(|_| bad())?))
+        }
+        Some(_) => return Err(bad()),
+        None => (text, None),
     };
-    let (addr, len) = match s.get_ref().split_once('/') {
-        Some((a, l)) => (a, Some(l.parse::<u32>().map_err(|_| bad())?)),
-        None => (s.get_ref().as_str(), None),
-    };
-    let addrs = match addr.trim().parse::<IpAddr>().map_err(|_| bad())? {
+    let addrs = match addr.parse::<IpAddr>().map_err(|_| bad())? {
         IpAddr::V4(a) => {
             let len = len.unwrap_or(32);
             if len > 32 {
                 return Err(bad());
             }
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
             let start = u32::from(a) & mask;
             AddrRange::V4(start.into(), (start | !mask).into())
         }
@@ -357,11 +443,7 @@ fn selector(src: &Source<'_>, s: &Spanned<String>, key: &str) -> Result<TsRange,
             if len > 128 {
                 return Err(bad());
             }
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - len)
-            };
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
             let start = u128::from(a) & mask;
             AddrRange::V6(start.into(), (start | !mask).into())
         }
@@ -385,72 +467,105 @@ fn selectors(
         .collect()
 }
 
-fn identity_at(
-    src: &Source<'_>,
-    s: &Spanned<String>,
-    key: &str,
-) -> Result<crate::wire::payload::Identity, ConfigError> {
+fn identity_at(src: &Source<'_>, s: &Spanned<String>, key: &str) -> Result<Identity, ConfigError> {
     identity::parse(s.get_ref()).map_err(|e| src.error(s, key, e.to_string()))
 }
 
-fn connection(src: &Source<'_>, c: RawConnection, key: &str) -> Result<Connection, ConfigError> {
-    let name = c.name.get_ref().clone();
-    let psk = |want: &Spanned<String>, which: &str| -> Result<Secret, ConfigError> {
-        let file = c.psk_file.as_ref().ok_or_else(|| {
-            src.error(
-                want,
-                format!("{key}.{which}.auth"),
-                "auth = \"psk\" needs psk_file in the connection",
-            )
-        })?;
-        let bytes = src.read(file, &format!("{key}.psk_file"))?;
-        let text = String::from_utf8_lossy(&bytes);
-        let text = text.trim();
-        let secret = match text.strip_prefix("0x") {
-            Some(hex_text) => hex::decode(hex_text).map_err(|_| {
-                src.error(
-                    file,
-                    format!("{key}.psk_file"),
-                    "0x-prefixed PSK is not hex",
-                )
-            })?,
-            None => text.as_bytes().to_vec(),
-        };
-        if secret.is_empty() {
-            return Err(src.error(file, format!("{key}.psk_file"), "the PSK file is empty"));
-        }
-        Ok(Secret::new(secret))
+/// The PSK file's content without surrounding whitespace; `0x...` is hex for a binary key.
+fn read_psk(src: &Source<'_>, file: &Spanned<String>, key: &str) -> Result<Secret, ConfigError> {
+    let bytes = Secret::new(src.read(file, key)?);
+    let text = bytes.expose().trim_ascii();
+    let secret = match text.strip_prefix(b"0x") {
+        Some(digits) => Secret::new(
+            hex::decode(digits).map_err(|_| src.error(file, key, "0x-prefixed PSK is not hex"))?,
+        ),
+        None => Secret::from_slice(text),
     };
+    if secret.is_empty() {
+        return Err(src.error(file, key, "the PSK file is empty"));
+    }
+    Ok(secret)
+}
+
+/// Certificates from every file in `list`, in order; DER.
+fn certificates(src: &Source<'_>, list: &List, key: &str) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let mut certs = Vec::new();
+    for (i, f) in list.get_ref().iter().enumerate() {
+        let k = format!("{key}[{i}]");
+        let bytes = src.read(f, &k)?;
+        certs.extend(read_certificates(&bytes).map_err(|e| src.error(f, &k, e.to_string()))?);
+    }
+    Ok(certs)
+}
+
+/// A non-empty list for `auth = "pubkey"`, else an error at the table or the empty list.
+fn required_list<'a, T>(
+    src: &Source<'_>,
+    list: Option<&'a List>,
+    table: &Spanned<T>,
+    key: &str,
+) -> Result<&'a List, ConfigError> {
+    match list {
+        None => Err(src.error(table, key, "required with auth = \"pubkey\"")),
+        Some(l) if l.get_ref().is_empty() => {
+            Err(src.error(l, key, "needs at least one file with auth = \"pubkey\""))
+        }
+        Some(l) => Ok(l),
+    }
+}
+
+fn check_auth(src: &Source<'_>, auth: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
+    match auth.get_ref().as_str() {
+        "psk" | "pubkey" => Ok(()),
+        other => Err(src.error(
+            auth,
+            key,
+            format!("{other:?}: expected \"pubkey\" or \"psk\""),
+        )),
+    }
+}
+
+fn connection(
+    src: &Source<'_>,
+    c: &Spanned<RawConnection>,
+    key: String,
+) -> Result<Connection, ConfigError> {
+    let origin = src.origin(c.span(), &key);
+    let c = c.get_ref();
     let local = c.local.get_ref();
-    let local_key = format!("{key}.local");
-    let local_auth = match local.auth.get_ref().as_str() {
-        "psk" => LocalAuth::Psk {
-            id: identity_at(src, &local.id, &format!("{local_key}.id"))?,
-            psk: psk(&local.auth, "local")?,
-        },
-        "pubkey" => {
-            let missing = |k: &str| {
-                src.error(
-                    &c.local,
-                    format!("{local_key}.{k}"),
-                    "required with auth = \"pubkey\"",
-                )
-            };
-            let cert_files = local
-                .certs
-                .as_ref()
-                .filter(|l| !l.is_empty())
-                .ok_or_else(|| missing("certs"))?;
-            let mut certs = Vec::new();
-            for (i, f) in cert_files.iter().enumerate() {
-                let k = format!("{local_key}.certs[{i}]");
-                let bytes = src.read(f, &k)?;
-                certs.extend(
-                    read_certificates(&bytes).map_err(|e| src.error(f, &k, e.to_string()))?,
-                );
-            }
-            let key_file = local.key.as_ref().ok_or_else(|| missing("key"))?;
+    let remote = c.remote.get_ref();
+    let (local_key, remote_key) = (format!("{key}.local"), format!("{key}.remote"));
+    check_auth(src, &local.auth, &format!("{local_key}.auth"))?;
+    check_auth(src, &remote.auth, &format!("{remote_key}.auth"))?;
+
+    // Read once even when both sides use it.
+    let psk_side = [(&local.auth, &local_key), (&remote.auth, &remote_key)]
+        .into_iter()
+        .find(|(auth, _)| auth.get_ref() == "psk");
+    let psk = match (psk_side, &c.psk_file) {
+        (None, _) => None,
+        (Some((auth, side)), None) => {
+            return Err(src.error(
+                auth,
+                format!("{side}.auth"),
+                "auth = \"psk\" needs psk_file in the connection",
+            ));
+        }
+        (Some(_), Some(file)) => Some(read_psk(src, file, &format!("{key}.psk_file"))?),
+    };
+
+    let local_id = identity_at(src, &local.id, &format!("{local_key}.id"))?;
+    let local_auth = match psk.clone().filter(|_| local.auth.get_ref() == "psk") {
+        Some(psk) => LocalAuth::Psk { id: local_id, psk },
+        None => {
+            let certs_key = format!("{local_key}.certs");
+            let files = required_list(src, local.certs.as_ref(), &c.local, &certs_key)?;
+            let certs = certificates(src, files, &certs_key)?;
             let k = format!("{local_key}.key");
+            let key_file = local
+                .key
+                .as_ref()
+                .ok_or_else(|| src.error(&c.local, &k, "required with auth = \"pubkey\""))?;
             let private = PrivateKey::from_pem_or_der(&src.read(key_file, &k)?)
                 .map_err(|e| src.error(key_file, &k, e.to_string()))?;
             if !private.matches_certificate(&certs[0]) {
@@ -461,81 +576,52 @@ fn connection(src: &Source<'_>, c: RawConnection, key: &str) -> Result<Connectio
                 ));
             }
             LocalAuth::Pubkey {
-                id: identity_at(src, &local.id, &format!("{local_key}.id"))?,
+                id: local_id,
                 certs,
                 key: Arc::new(private),
             }
         }
-        other => {
-            return Err(src.error(
-                &local.auth,
-                format!("{local_key}.auth"),
-                format!("{other:?}: expected \"pubkey\" or \"psk\""),
-            ));
-        }
     };
-    let remote = c.remote.get_ref();
-    let remote_key = format!("{key}.remote");
+
     let remote_id = match &remote.id {
-        Some(id) if id.get_ref() != "%any" => {
+        Some(id) if id.get_ref().trim() != "%any" => {
             Some(identity_at(src, id, &format!("{remote_key}.id"))?)
         }
         _ => None,
     };
-    let remote_auth = match remote.auth.get_ref().as_str() {
-        "psk" => RemoteAuth::Psk {
-            id: remote_id,
-            psk: psk(&remote.auth, "remote")?,
-        },
-        "pubkey" => {
-            let files = remote
-                .cacerts
-                .as_ref()
-                .filter(|l| !l.is_empty())
-                .ok_or_else(|| {
-                    src.error(
-                        &c.remote,
-                        format!("{remote_key}.cacerts"),
-                        "required with auth = \"pubkey\"",
-                    )
-                })?;
-            let mut cas = Vec::new();
-            for (i, f) in files.iter().enumerate() {
-                let k = format!("{remote_key}.cacerts[{i}]");
-                let bytes = src.read(f, &k)?;
-                cas.extend(read_certificates(&bytes).map_err(|e| src.error(f, &k, e.to_string()))?);
-            }
-            let anchors = TrustAnchors::new(cas).map_err(|e| {
-                src.error(&files[0], format!("{remote_key}.cacerts"), e.to_string())
-            })?;
+    let remote_auth = match psk.filter(|_| remote.auth.get_ref() == "psk") {
+        Some(psk) => RemoteAuth::Psk { id: remote_id, psk },
+        None => {
+            let k = format!("{remote_key}.cacerts");
+            let files = required_list(src, remote.cacerts.as_ref(), &c.remote, &k)?;
+            let anchors = TrustAnchors::new(certificates(src, files, &k)?)
+                .map_err(|e| src.error(files, &k, e.to_string()))?;
             RemoteAuth::Pubkey {
                 id: remote_id,
                 anchors: Arc::new(anchors),
             }
         }
-        other => {
-            return Err(src.error(
-                &remote.auth,
-                format!("{remote_key}.auth"),
-                format!("{other:?}: expected \"pubkey\" or \"psk\""),
-            ));
-        }
     };
+
+    if c.children.is_empty() {
+        // Without a Child SA there is nothing to carry traffic, and IKE_AUTH needs one.
+        return Err(origin.error("needs at least one [[connection.children]]"));
+    }
     let mut children: Vec<ChildPolicy> = Vec::new();
     for (i, ch) in c.children.iter().enumerate() {
         let k = format!("{key}.children[{i}]");
-        if let Some(mode) = ch.mode.as_ref().filter(|m| m.get_ref() != "tunnel") {
-            return Err(src.error(
-                mode,
-                format!("{k}.mode"),
-                format!("{:?}: only \"tunnel\" is supported", mode.get_ref()),
-            ));
-        }
         if children.iter().any(|o| o.name == *ch.name.get_ref()) {
             return Err(src.error(
                 &ch.name,
                 format!("{k}.name"),
                 format!("duplicate child name {:?}", ch.name.get_ref()),
+            ));
+        }
+        if let Some(mode) = ch.mode.as_ref().filter(|m| m.get_ref() != "tunnel") {
+            return Err(src.error(
+                mode,
+                format!("{k}.mode"),
+                format!("{:?}: only \"tunnel\" is supported", mode.get_ref()),
             ));
         }
         children.push(ChildPolicy {
@@ -544,13 +630,14 @@ fn connection(src: &Source<'_>, c: RawConnection, key: &str) -> Result<Connectio
             remote_ts: selectors(src, &ch.remote_ts, &format!("{k}.remote_ts"))?,
             esp_proposals: proposals(
                 src,
-                ch.esp_proposals.as_deref(),
+                ch.esp_proposals.as_ref(),
                 &DEFAULT_ESP_PROPOSALS,
                 ProtocolId::ESP,
                 &format!("{k}.esp_proposals"),
             )?,
         });
     }
+
     let remote_addrs = ips(src, &c.remote_addrs, &format!("{key}.remote_addrs"))?;
     let start = c.start.as_ref().is_some_and(|s| *s.get_ref());
     if let Some(at) = c
@@ -565,11 +652,11 @@ fn connection(src: &Source<'_>, c: RawConnection, key: &str) -> Result<Connectio
         ));
     }
     let fragment_size = match &c.fragment_size {
-        Some(f) if !(576..=65535).contains(f.get_ref()) => {
+        Some(f) if !FRAGMENT_SIZES.contains(f.get_ref()) => {
             return Err(src.error(
                 f,
                 format!("{key}.fragment_size"),
-                "must be within 576..=65535",
+                format!("{} is outside 576..=65535", f.get_ref()),
             ));
         }
         Some(f) => *f.get_ref(),
@@ -577,12 +664,12 @@ fn connection(src: &Source<'_>, c: RawConnection, key: &str) -> Result<Connectio
     };
     Ok(Connection {
         policy: Arc::new(Policy {
-            name,
+            name: c.name.get_ref().clone(),
             local_addrs: ips(src, &c.local_addrs, &format!("{key}.local_addrs"))?,
             remote_addrs,
             proposals: proposals(
                 src,
-                c.proposals.as_deref(),
+                c.proposals.as_ref(),
                 &DEFAULT_PROPOSALS,
                 ProtocolId::IKE,
                 &format!("{key}.proposals"),
@@ -595,5 +682,57 @@ fn connection(src: &Source<'_>, c: RawConnection, key: &str) -> Result<Connectio
         }),
         start,
         remote_port: c.remote_port.unwrap_or(500),
+        origin,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(text: &str) -> Result<AddrRange, ConfigError> {
+        let src = Source {
+            text: "",
+            file: Path::new("t.toml"),
+        };
+        selector(&src, &Spanned::new(0..0, text.to_owned()), "k").map(|t| t.addrs)
+    }
+
+    #[test]
+    fn selectors_mask_host_bits_and_take_single_addresses() {
+        let v4 = |a: &str, b: &str| AddrRange::V4(a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(ts("10.1.2.3/24").unwrap(), v4("10.1.2.0", "10.1.2.255"));
+        assert_eq!(ts("10.1.2.3").unwrap(), v4("10.1.2.3", "10.1.2.3"));
+        assert_eq!(ts("0.0.0.0/0").unwrap(), v4("0.0.0.0", "255.255.255.255"));
+        let v6 = |a: &str, b: &str| AddrRange::V6(a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(
+            ts("::/0").unwrap(),
+            v6("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(ts("fd00::1").unwrap(), v6("fd00::1", "fd00::1"));
+        for bad in [
+            "10.1.0.0/33",
+            "fd00::/129",
+            "10.1.0.0/",
+            "10.1.0.0/+8",
+            "x/8",
+            "",
+        ] {
+            assert!(ts(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_paths_follow_headers_inline_tables_and_dotted_keys() {
+        let text = "[[connection]]\nname = 1\n[connection.local]\nid = 2\n[[connection]]\n\
+                    remote = { id = 3 }\nlocal.auth = 4\n[[connection.children]]\nx = 5\n";
+        let (tree, _) = DeTable::parse_recoverable(text);
+        let at = |needle: &str| table_path(tree.get_ref(), text.find(needle).unwrap(), "");
+        assert_eq!(at("1").as_deref(), Some("connection[0].name"));
+        assert_eq!(at("2").as_deref(), Some("connection[0].local.id"));
+        assert_eq!(at("3").as_deref(), Some("connection[1].remote.id"));
+        assert_eq!(at("4").as_deref(), Some("connection[1].local.auth"));
+        assert_eq!(at("x =").as_deref(), Some("connection[1].children[0].x"));
+        assert_eq!(at("[[connection]]\nr").as_deref(), Some("connection[1]"));
+    }
 }
