@@ -135,12 +135,12 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         let remote = SocketAddr::new(remote_ip, c.remote_port);
         let local_ip = match c.policy.local_addrs.first() {
             Some(ip) => *ip,
-            None => route_source(remote)?,
+            None => route_source(remote).map_err(|e| c.origin.error(e).to_string())?,
         };
         let local = SocketAddr::new(local_ip, listen.ike_port);
         println!("initiating {} {local} -> {remote}", c.policy.name);
         if let Err(e) = endpoint.initiate(now(), index, local, remote) {
-            eprintln!("cannot initiate {}: {e}", c.policy.name);
+            eprintln!("{}", c.origin.error(format!("cannot initiate: {e}")));
         }
     }
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
