@@ -21,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod esp;
 pub mod ike;
 pub mod inspect;
 pub mod wire;

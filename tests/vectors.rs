@@ -472,3 +472,80 @@ fn strongswan_certificates_validate_and_its_certreq_names_our_ca_hash() {
         assert_eq!(certreq.authorities, anchors.certreq_hashes(), "{profile}");
     }
 }
+
+#[test]
+fn every_esp_frame_of_the_captures_opens_with_the_logged_keys() {
+    use esptun::esp::{InboundSa, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6, SaKeys};
+    for profile in PROFILES {
+        let keys = key_log(profile);
+        let capture = std::fs::read(vector_path(profile, "capture.pcap")).unwrap();
+        let mut sas: std::collections::HashMap<u32, InboundSa> = std::collections::HashMap::new();
+        let mut opened = 0;
+        for d in udp_datagrams(&capture).unwrap() {
+            let is_esp = d.src.port() == 4500
+                && d.payload.len() > 8
+                && !d.payload.starts_with(&NON_ESP_MARKER);
+            if !is_esp {
+                continue;
+            }
+            let spi = u32::from_be_bytes(d.payload[..4].try_into().unwrap());
+            let child = keys
+                .child_sas
+                .iter()
+                .find(|c| c.spi_left_to_right == spi || c.spi_right_to_left == spi)
+                .unwrap_or_else(|| panic!("{profile}: no keys for SPI {spi:08x}"));
+            let (encr, integ) = if child.integrity_initiator.is_empty() {
+                let key_len = child.encryption_initiator.len() - 4;
+                (Encr::AesGcm16 { key_len }, None)
+            } else {
+                let key_len = child.encryption_initiator.len();
+                (Encr::AesCbc { key_len }, Some(Integ::HmacSha256))
+            };
+            // The log names keys by the CREATE_CHILD_SA initiator; find which side sent this SA.
+            let sa = sas.entry(spi).or_insert_with(|| {
+                let make = |(encryption, integrity): (&Secret, &Secret)| {
+                    let keys = SaKeys {
+                        spi,
+                        encr,
+                        integ,
+                        esn: false,
+                        encryption,
+                        integrity,
+                    };
+                    InboundSa::new(&keys, 1024).unwrap()
+                };
+                [
+                    (&child.encryption_initiator, &child.integrity_initiator),
+                    (&child.encryption_responder, &child.integrity_responder),
+                ]
+                .into_iter()
+                // A throw-away SA per candidate, so probing leaves no trace in the window.
+                .find(|&keys| make(keys).open(&mut d.payload.clone()).is_ok())
+                .map(make)
+                .unwrap_or_else(|| panic!("{profile}: neither key opens SPI {spi:08x}"))
+            });
+            let mut packet = d.payload.clone();
+            let (range, next_header, seq) = sa
+                .open(&mut packet)
+                .unwrap_or_else(|e| panic!("{profile} frame {}: {e}", d.frame));
+            assert!(seq >= 1);
+            let inner = &packet[range];
+            let version = inner[0] >> 4;
+            match next_header {
+                NEXT_HEADER_IPV4 => assert_eq!(version, 4),
+                NEXT_HEADER_IPV6 => assert_eq!(version, 6),
+                other => panic!("{profile}: next header {other}"),
+            }
+            assert!(
+                etherparse::SlicedPacket::from_ip(inner).is_ok(),
+                "{profile} frame {}",
+                d.frame
+            );
+            // The same frame again is a replay.
+            let mut again = d.payload.clone();
+            assert!(sa.open(&mut again).is_err());
+            opened += 1;
+        }
+        assert!(opened >= 4, "{profile}: {opened} ESP frames");
+    }
+}

@@ -1,0 +1,101 @@
+//! ESP per-packet cost: sealing and opening in place for each suite and packet size,
+//! next to the raw AEAD seal of the crypto crate (`cargo bench --bench esp`).
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use esptun::crypto::{Encr, Integ, Secret};
+use esptun::esp::{HEADROOM, InboundSa, NEXT_HEADER_IPV4, OutboundSa, SaKeys};
+use std::hint::black_box;
+
+const SIZES: [usize; 4] = [64, 512, 1400, 8192];
+const SUITES: [(&str, Encr, Option<Integ>); 4] = [
+    ("aes128gcm16", Encr::AesGcm16 { key_len: 16 }, None),
+    ("aes256gcm16", Encr::AesGcm16 { key_len: 32 }, None),
+    ("chacha20poly1305", Encr::ChaCha20Poly1305, None),
+    (
+        "aes256-sha256",
+        Encr::AesCbc { key_len: 32 },
+        Some(Integ::HmacSha256),
+    ),
+];
+
+fn keys(encr: Encr, integ: Option<Integ>) -> (Secret, Secret) {
+    (
+        Secret::new(vec![0x42; encr.key_material_len()]),
+        Secret::new(vec![0x17; integ.map_or(0, Integ::key_len)]),
+    )
+}
+
+fn seal_open(c: &mut Criterion) {
+    for (name, encr, integ) in SUITES {
+        let (ek, ik) = keys(encr, integ);
+        let sa_keys = SaKeys {
+            spi: 0x1000,
+            encr,
+            integ,
+            esn: false,
+            encryption: &ek,
+            integrity: &ik,
+        };
+        let mut group = c.benchmark_group(format!("esp/{name}"));
+        for size in SIZES {
+            group.throughput(Throughput::Bytes(size as u64));
+            let mut out = OutboundSa::new(&sa_keys).expect("keys");
+            let mut buf = Vec::with_capacity(HEADROOM + size + 64);
+            group.bench_with_input(BenchmarkId::new("seal", size), &size, |b, &size| {
+                b.iter(|| {
+                    buf.clear();
+                    buf.resize(HEADROOM + size, 0);
+                    black_box(
+                        out.seal(&mut buf, HEADROOM, NEXT_HEADER_IPV4)
+                            .expect("seals"),
+                    )
+                })
+            });
+            // Open a fresh packet each time: the replay window refuses repeats.
+            let mut sealer = OutboundSa::new(&sa_keys).expect("keys");
+            let mut inbound = InboundSa::new(&sa_keys, 1024).expect("keys");
+            group.bench_with_input(BenchmarkId::new("seal+open", size), &size, |b, &size| {
+                b.iter(|| {
+                    buf.clear();
+                    buf.resize(HEADROOM + size, 0);
+                    let head = sealer
+                        .seal(&mut buf, HEADROOM, NEXT_HEADER_IPV4)
+                        .expect("seals");
+                    black_box(inbound.open(&mut buf[head..]).expect("opens"))
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+/// The floor: aws-lc-rs AES-128-GCM sealing the same sizes with no ESP around it.
+fn raw_aead(c: &mut Criterion) {
+    let key = LessSafeKey::new(UnboundKey::new(&aead::AES_128_GCM, &[0x42; 16]).expect("key"));
+    let mut group = c.benchmark_group("raw/aes128gcm");
+    for size in SIZES {
+        group.throughput(Throughput::Bytes(size as u64));
+        let mut data = vec![0u8; size];
+        let mut counter = 0u64;
+        group.bench_with_input(BenchmarkId::new("seal", size), &size, |b, _| {
+            b.iter(|| {
+                counter += 1;
+                let mut n = [0u8; 12];
+                n[4..].copy_from_slice(&counter.to_be_bytes());
+                black_box(
+                    key.seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::from(&[0u8; 8]),
+                        &mut data,
+                    )
+                    .expect("seals"),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, seal_open, raw_aead);
+criterion_main!(benches);
