@@ -24,4 +24,5 @@ pub mod crypto;
 pub mod esp;
 pub mod ike;
 pub mod inspect;
+pub mod pki;
 pub mod wire;

@@ -49,28 +49,17 @@ ip -n "$NS_E" addr add 10.1.0.1/32 dev lo; ip -n "$NS_E" addr add fd00:1::1/128 
 ip -n "$NS_C" addr add 10.2.0.1/32 dev lo; ip -n "$NS_C" addr add fd00:2::1/128 dev lo
 for i in $(seq 50); do ip netns exec "$NS_E" ping -c1 -W1 -q $ADDR_C >/dev/null 2>&1 && break; sleep 0.1; done
 
-# --- PKI (openssl, valid from now) -------------------------------------------
+# --- PKI, made by `esptun pki`, so charon also judges the certificates esptun issues ---
 pki() { # dir ecdsa|rsa
-    local d=$1 alg=$2 h
-    mkdir -p "$d"
-    genkey() {
-        if [[ $alg == rsa ]]; then openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out "$1"
-        else openssl genpkey -quiet -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; fi
-    }
-    for ca in ca rogue; do
-        genkey "$d/$ca.key"
-        openssl req -x509 -new -key "$d/$ca.key" -sha256 -days 30 -subj "/O=esptun interop/CN=$ca CA" \
-            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-            -out "$d/$ca.crt" 2>/dev/null
-    done
-    for h in esptun charon rogue-esptun rogue-charon; do
-        local ca=ca id=$h.example
-        [[ $h == rogue-* ]] && ca=rogue id=${h#rogue-}.example
-        genkey "$d/$h.key"
-        openssl req -new -key "$d/$h.key" -subj "/O=esptun interop/CN=$id" -out "$d/$h.csr" 2>/dev/null
-        printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:%s\n' "$id" >"$d/$h.ext"
-        openssl x509 -req -in "$d/$h.csr" -CA "$d/$ca.crt" -CAkey "$d/$ca.key" -CAcreateserial -sha256 \
-            -days 30 -extfile "$d/$h.ext" -out "$d/$h.crt" 2>/dev/null
+    local d=$1 alg=() h
+    [[ $2 == rsa ]] && alg=(--rsa)
+    "$ESPTUN" pki ca --out "$d" "${alg[@]}" >/dev/null
+    "$ESPTUN" pki ca --out "$d/rogue" --cn "rogue CA" "${alg[@]}" >/dev/null
+    for h in esptun charon; do
+        "$ESPTUN" pki host --dir "$d" --id $h.example "${alg[@]}" >/dev/null
+        "$ESPTUN" pki host --dir "$d/rogue" --id $h.example "${alg[@]}" >/dev/null
+        mv "$d/$h.example.crt" "$d/$h.crt"; mv "$d/$h.example.key" "$d/$h.key"
+        mv "$d/rogue/$h.example.crt" "$d/rogue-$h.crt"; mv "$d/rogue/$h.example.key" "$d/rogue-$h.key"
     done
 }
 log "making ECDSA P-256 and RSA-3072 PKIs"
