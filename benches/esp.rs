@@ -40,7 +40,7 @@ fn seal_open(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("esp/{name}"));
         for size in SIZES {
             group.throughput(Throughput::Bytes(size as u64));
-            let mut out = OutboundSa::new(&sa_keys).expect("keys");
+            let out = OutboundSa::new(&sa_keys).expect("keys");
             let mut buf = Vec::with_capacity(HEADROOM + size + 64);
             group.bench_with_input(BenchmarkId::new("seal", size), &size, |b, &size| {
                 b.iter(|| {
@@ -53,7 +53,7 @@ fn seal_open(c: &mut Criterion) {
                 })
             });
             // Open a fresh packet each time: the replay window refuses repeats.
-            let mut sealer = OutboundSa::new(&sa_keys).expect("keys");
+            let sealer = OutboundSa::new(&sa_keys).expect("keys");
             let mut inbound = InboundSa::new(&sa_keys, 1024).expect("keys");
             group.bench_with_input(BenchmarkId::new("seal+open", size), &size, |b, &size| {
                 b.iter(|| {

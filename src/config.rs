@@ -77,7 +77,29 @@ pub struct Config {
     pub ike: IkeSettings,
     /// Connections, in file order.
     pub connections: Vec<Connection>,
+    /// The userspace ESP data plane.
+    pub dataplane: DataplaneSettings,
 }
+
+/// The TUN device and the ESP workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneSettings {
+    /// The TUN device's name.
+    pub tun: String,
+    /// Worker threads (one TUN queue and one socket per family each).
+    pub workers: usize,
+    /// The MTU of the path to peers; the TUN's MTU leaves room for ESP inside it.
+    pub path_mtu: u16,
+    /// Packets the inbound replay window spans.
+    pub replay_window: u64,
+    /// Use virtio-net GSO/GRO on the TUN device when the kernel allows it.
+    pub offload: bool,
+}
+
+/// Path MTUs whose TUN MTU (after the ESP overhead) still carries IPv6 (1280).
+const PATH_MTUS: std::ops::RangeInclusive<u16> = 1400..=65535;
+/// RFC 4303 §3.4.3 asks for at least 32; bigger windows tolerate more reordering.
+const REPLAY_WINDOWS: std::ops::RangeInclusive<u64> = 32..=65536;
 
 /// Sockets to bind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +146,18 @@ struct RawConfig {
     ike: RawIke,
     #[serde(default)]
     connection: Vec<Spanned<RawConnection>>,
+    #[serde(default)]
+    dataplane: RawDataplane,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    tun: Option<Spanned<String>>,
+    workers: Option<Spanned<usize>>,
+    path_mtu: Option<Spanned<u16>>,
+    replay_window: Option<Spanned<u64>>,
+    offload: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -340,8 +374,68 @@ impl Config {
             listen,
             ike,
             connections,
+            dataplane: dataplane(&src, raw.dataplane)?,
         })
     }
+}
+
+fn dataplane(src: &Source<'_>, raw: RawDataplane) -> Result<DataplaneSettings, ConfigError> {
+    let tun = match raw.tun {
+        // IFNAMSIZ is 16 with the terminating NUL.
+        Some(t)
+            if t.get_ref().is_empty()
+                || t.get_ref().len() > 15
+                || t.get_ref().contains(['/', ' ']) =>
+        {
+            return Err(src.error(
+                &t,
+                "dataplane.tun",
+                "must be an interface name of 1 to 15 characters without '/' or spaces",
+            ));
+        }
+        Some(t) => t.into_inner(),
+        None => "esptun0".to_owned(),
+    };
+    let workers = match raw.workers {
+        Some(w) if *w.get_ref() == 0 || *w.get_ref() > 256 => {
+            return Err(src.error(&w, "dataplane.workers", "must be 1 to 256"));
+        }
+        Some(w) => w.into_inner(),
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let path_mtu = match raw.path_mtu {
+        Some(m) if !PATH_MTUS.contains(m.get_ref()) => {
+            return Err(src.error(
+                &m,
+                "dataplane.path_mtu",
+                format!("must be within {}..={}", PATH_MTUS.start(), PATH_MTUS.end()),
+            ));
+        }
+        Some(m) => m.into_inner(),
+        None => 1500,
+    };
+    let replay_window = match raw.replay_window {
+        Some(w) if !REPLAY_WINDOWS.contains(w.get_ref()) => {
+            return Err(src.error(
+                &w,
+                "dataplane.replay_window",
+                format!(
+                    "must be within {}..={}",
+                    REPLAY_WINDOWS.start(),
+                    REPLAY_WINDOWS.end()
+                ),
+            ));
+        }
+        Some(w) => w.into_inner(),
+        None => 1024,
+    };
+    Ok(DataplaneSettings {
+        tun,
+        workers,
+        path_mtu,
+        replay_window,
+        offload: raw.offload.unwrap_or(true),
+    })
 }
 
 fn listen(src: &Source<'_>, raw: RawListen) -> Result<Listen, ConfigError> {

@@ -13,6 +13,8 @@
 //! - [`crypto`]: PRFs, key derivation, key exchange groups, SK payload protection.
 //! - [`auth`]: AUTH payload computation and signature verification.
 //! - [`ike`]: the IKE engine (proposals, message IDs and retransmission so far).
+//! - [`esp`]: sealing and opening ESP packets, the replay window.
+//! - [`dataplane`]: the ESP workers, the TUN device, the ESP sockets (I/O).
 //! - [`inspect`]: reading pcap captures and printing the IKE exchanges in them.
 
 #![warn(missing_docs)]
@@ -21,8 +23,10 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod dataplane;
 pub mod esp;
 pub mod ike;
 pub mod inspect;
+pub mod netio;
 pub mod pki;
 pub mod wire;

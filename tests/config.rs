@@ -93,6 +93,13 @@ local_ts = ["10.1.0.0/24", "fd00:1::/64"]   # CIDR or single address; default []
 remote_ts = ["10.2.0.0/24", "fd00:2::/64"]  # default [] = dynamic (the peer's IKE address)
 esp_proposals = ["aes128gcm16"]       # default ["aes128gcm16", "aes256gcm16"]; parsed with ProtocolId::ESP
 mode = "tunnel"                       # only tunnel is supported; "transport" is a clear error
+
+[dataplane]              # optional: the userspace ESP data plane
+tun = "esptun0"             # TUN device name (default "esptun0")
+workers = 2                 # ESP worker threads (default: one per core)
+path_mtu = 1500             # MTU of the path to peers, 1400..=65535 (default 1500)
+replay_window = 1024        # inbound replay window in packets, 32..=65536 (default 1024)
+offload = true              # TUN GSO/GRO when the kernel allows it (default true)
 "#;
 
 /// The example with the whole line that starts with `prefix` replaced by `with`
@@ -332,7 +339,7 @@ fn mistakes_name_file_line_and_key() {
         (
             "[ike]",
             "[ikee]",
-            "site.toml:6: ikee: unknown key `ikee`, expected one of `listen`, `ike`, `connection`",
+            "site.toml:6: ikee: unknown key `ikee`, expected one of `listen`, `ike`, `connection`, `dataplane`",
         ),
         // Wrong types.
         (
@@ -444,6 +451,21 @@ fn mistakes_name_file_line_and_key() {
             "addrs = []",
             "site.toml:2: listen.addrs: needs at least one address (omit it for both wildcards)",
         ),
+        (
+            "workers =",
+            "workers = 0",
+            "site.toml:38: dataplane.workers: must be 1 to 256",
+        ),
+        (
+            "path_mtu =",
+            "path_mtu = 1280",
+            "site.toml:39: dataplane.path_mtu: must be within 1400..=65535",
+        ),
+        (
+            "tun =",
+            "tun = \"a-name-far-too-long\"",
+            "site.toml:37: dataplane.tun: must be an interface name of 1 to 15 characters without '/' or spaces",
+        ),
         // Syntax.
         (
             "start =",
@@ -485,15 +507,17 @@ fn psk_mistakes_point_at_auth_or_psk_file() {
 #[test]
 fn duplicate_names_and_missing_children_are_errors() {
     let dir = Dir::new("dups");
-    let connection = &EXAMPLE[EXAMPLE.find("[[connection]]").unwrap()..];
+    let connection =
+        &EXAMPLE[EXAMPLE.find("[[connection]]").unwrap()..EXAMPLE.find("[dataplane]").unwrap()];
     assert_eq!(
         dir.load(&format!("{EXAMPLE}{connection}")).unwrap_err(),
-        "site.toml:36: connection[1].name: duplicate connection name \"site-b\""
+        "site.toml:43: connection[1].name: duplicate connection name \"site-b\""
     );
-    let children = &EXAMPLE[EXAMPLE.find("[[connection.children]]").unwrap()..];
+    let children = &EXAMPLE
+        [EXAMPLE.find("[[connection.children]]").unwrap()..EXAMPLE.find("[dataplane]").unwrap()];
     assert_eq!(
         dir.load(&format!("{EXAMPLE}{children}")).unwrap_err(),
-        "site.toml:36: connection[0].children[1].name: duplicate child name \"net\""
+        "site.toml:43: connection[0].children[1].name: duplicate child name \"net\""
     );
     let childless = &EXAMPLE[..EXAMPLE.find("[[connection.children]]").unwrap()];
     assert_eq!(

@@ -7,9 +7,12 @@ mod socket;
 
 use crate::config::Config;
 use crate::crypto::Random;
+use crate::dataplane::Dataplane;
 use crate::ike::{self, Endpoint, Event, Settings};
+use crate::wire::IkeSpi;
 use log::KeyLog;
 use socket::{IkeSocket, Received};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,6 +80,21 @@ fn clocks() -> (std::time::Instant, Duration) {
     (std::time::Instant::now(), unix)
 }
 
+/// RFC 3948 §2.3 suggests 20 seconds: short enough for most NATs' UDP timeouts.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// The control thread's state between events.
+struct Daemon {
+    endpoint: Endpoint,
+    sockets: Vec<Arc<IkeSocket>>,
+    options: Options,
+    keylog: Option<KeyLog>,
+    dataplane: Dataplane,
+    natt_port: u16,
+    /// IKE SAs whose own address is translated: (our address, the peer's).
+    keepalives: HashMap<IkeSpi, (SocketAddr, SocketAddr)>,
+}
+
 async fn serve(config: Config, options: Options) -> Result<(), String> {
     let (start, unix_time_at_start) = clocks();
     let now = move || ike::Instant(start.elapsed());
@@ -85,11 +103,22 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
     for addr in &listen.addrs {
         for port in [listen.ike_port, listen.natt_port] {
             let bound = SocketAddr::new(*addr, port);
-            let socket = IkeSocket::bind(bound).map_err(|e| format!("bind {bound}: {e}"))?;
+            let socket = IkeSocket::bind(bound, port == listen.natt_port)
+                .map_err(|e| format!("bind {bound}: {e}"))?;
             println!("listening on {bound}");
             sockets.push(Arc::new(socket));
         }
     }
+    // After the IKE sockets: the NAT-T port's group must have the control socket first.
+    let dataplane = Dataplane::start(&config.dataplane, &listen)
+        .map_err(|e| format!("data plane ({}): {e}", config.dataplane.tun))?;
+    println!(
+        "data plane: TUN {} (path MTU {}, offload {}), {} workers",
+        config.dataplane.tun,
+        config.dataplane.path_mtu,
+        if dataplane.offload { "on" } else { "off" },
+        config.dataplane.workers
+    );
     let (tx, mut rx) = mpsc::channel::<Received>(1024);
     for socket in &sockets {
         let (socket, tx) = (socket.clone(), tx.clone());
@@ -118,10 +147,18 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         .iter()
         .map(|c| c.policy.clone())
         .collect();
-    let mut endpoint = Endpoint::new(settings, policies, Box::new(OsRandom));
-    let mut keylog = match &options.keylog {
+    let keylog = match &options.keylog {
         Some(dir) => Some(KeyLog::create(dir).map_err(|e| format!("{}: {e}", dir.display()))?),
         None => None,
+    };
+    let mut daemon = Daemon {
+        endpoint: Endpoint::new(settings, policies, Box::new(OsRandom)),
+        sockets,
+        options,
+        keylog,
+        dataplane,
+        natt_port: listen.natt_port,
+        keepalives: HashMap::new(),
     };
     for (index, c) in config
         .connections
@@ -139,41 +176,41 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         };
         let local = SocketAddr::new(local_ip, listen.ike_port);
         println!("initiating {} {local} -> {remote}", c.policy.name);
-        if let Err(e) = endpoint.initiate(now(), index, local, remote) {
+        if let Err(e) = daemon.endpoint.initiate(now(), index, local, remote) {
             eprintln!("{}", c.origin.error(format!("cannot initiate: {e}")));
         }
     }
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut report = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
+    let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
     let mut stopping: Option<tokio::time::Instant> = None;
     loop {
-        flush(
-            &mut endpoint,
-            &sockets,
-            &options,
-            keylog.as_mut(),
-            listen.natt_port,
-        );
+        daemon.flush();
         if stopping.is_some_and(|until| {
-            endpoint.established() == 0 || tokio::time::Instant::now() >= until
+            daemon.endpoint.established() == 0 || tokio::time::Instant::now() >= until
         }) {
+            println!("{}", daemon.dataplane.report());
             return Ok(());
         }
-        let timer = endpoint
+        let timer = daemon
+            .endpoint
             .poll_timeout()
             .map(|t| tokio::time::Instant::from_std(start + t.0));
         let wake = [timer, stopping].into_iter().flatten().min();
         tokio::select! {
-            Some(r) = rx.recv() => handle(&mut endpoint, now(), r, listen.natt_port),
-            () = sleep_until(wake) => endpoint.handle_timeout(now()),
+            Some(r) = rx.recv() => daemon.handle(now(), r),
+            () = sleep_until(wake) => daemon.endpoint.handle_timeout(now()),
+            _ = keepalive.tick() => daemon.send_keepalives(),
+            _ = report.recv() => println!("{}", daemon.dataplane.report()),
             _ = interrupt.recv(), if stopping.is_none() => {
                 println!("interrupted: deleting IKE SAs");
-                endpoint.delete_all(now());
+                daemon.endpoint.delete_all(now());
                 stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
             }
             _ = terminate.recv(), if stopping.is_none() => {
                 println!("terminated: deleting IKE SAs");
-                endpoint.delete_all(now());
+                daemon.endpoint.delete_all(now());
                 stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
             }
         }
@@ -187,73 +224,99 @@ async fn sleep_until(wake: Option<tokio::time::Instant>) {
     }
 }
 
-/// Hands a datagram to the engine; on the NAT-T port only those behind the non-ESP
-/// marker are IKE (RFC 3948 §2.2): the rest is ESP or a NAT keepalive.
-fn handle(endpoint: &mut Endpoint, now: ike::Instant, r: Received, natt_port: u16) {
-    let ike = if r.local.port() == natt_port {
-        match r.data.strip_prefix(&crate::wire::NON_ESP_MARKER) {
-            Some(ike) => ike,
-            // ESP belongs to the data plane (issue 4); keepalives (0xff) carry nothing.
-            None => return,
-        }
-    } else {
-        &r.data
-    };
-    endpoint.handle(now, r.local, r.remote, ike);
-}
-
-/// Sends what the engine queued, then prints its events.
-fn flush(
-    endpoint: &mut Endpoint,
-    sockets: &[Arc<IkeSocket>],
-    options: &Options,
-    mut keylog: Option<&mut KeyLog>,
-    natt_port: u16,
-) {
-    while let Some(t) = endpoint.poll_transmit() {
-        let socket = sockets
-            .iter()
-            .filter(|s| s.bound.port() == t.local.port() && s.bound.is_ipv4() == t.remote.is_ipv4())
-            .find(|s| s.bound.ip() == t.local.ip())
-            .or_else(|| {
-                sockets.iter().find(|s| {
-                    s.bound.port() == t.local.port()
-                        && s.bound.is_ipv4() == t.remote.is_ipv4()
-                        && s.bound.ip().is_unspecified()
-                })
-            });
-        let Some(socket) = socket else {
-            eprintln!("no socket for {} -> {}", t.local, t.remote);
-            continue;
-        };
-        let data = if t.local.port() == natt_port {
-            [&crate::wire::NON_ESP_MARKER[..], &t.data].concat()
+impl Daemon {
+    /// Hands a datagram to the engine; on the NAT-T port only those behind the non-ESP
+    /// marker are IKE (RFC 3948 §2.2). The workers' steering program sends ESP to
+    /// them, so what else arrives here is a keepalive (0xff) and carries nothing.
+    fn handle(&mut self, now: ike::Instant, r: Received) {
+        let ike = if r.local.port() == self.natt_port {
+            match r.data.strip_prefix(&crate::wire::NON_ESP_MARKER) {
+                Some(ike) => ike,
+                None => return,
+            }
         } else {
-            t.data
+            &r.data
         };
-        if let Err(e) = socket.send(&data, t.local.ip(), t.remote) {
-            eprintln!("send {} -> {}: {e}", t.local, t.remote);
+        self.endpoint.handle(now, r.local, r.remote, ike);
+    }
+
+    /// The socket to send from `local` to `remote`: bound to `local`, else the wildcard.
+    fn socket(&self, local: SocketAddr, remote: SocketAddr) -> Option<&IkeSocket> {
+        let candidates = || {
+            self.sockets.iter().filter(move |s| {
+                s.bound.port() == local.port() && s.bound.is_ipv4() == remote.is_ipv4()
+            })
+        };
+        candidates()
+            .find(|s| s.bound.ip() == local.ip())
+            .or_else(|| candidates().find(|s| s.bound.ip().is_unspecified()))
+            .map(|s| &**s)
+    }
+
+    /// RFC 3948 §2.3: one 0xff byte keeps our NAT's mapping for the peer open.
+    fn send_keepalives(&self) {
+        for &(local, remote) in self.keepalives.values() {
+            if let Some(socket) = self.socket(local, remote) {
+                if let Err(e) = socket.send(&[0xff], local.ip(), remote) {
+                    eprintln!("keepalive {local} -> {remote}: {e}");
+                }
+            }
         }
     }
-    while let Some(event) = endpoint.poll_event() {
-        println!("{}", log::line(&event));
-        match &event {
-            Event::Message(m) if options.verbose => println!("{}", log::json(m)),
-            Event::IkeSaUp(up) => {
-                if let Some(k) = keylog.as_deref_mut() {
-                    if let Err(e) = k.ike(up) {
-                        eprintln!("key log: {e}");
+
+    /// Sends what the engine queued, then acts on and prints its events.
+    fn flush(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            let Some(socket) = self.socket(t.local, t.remote) else {
+                eprintln!("no socket for {} -> {}", t.local, t.remote);
+                continue;
+            };
+            let data = if t.local.port() == self.natt_port {
+                [&crate::wire::NON_ESP_MARKER[..], &t.data].concat()
+            } else {
+                t.data
+            };
+            if let Err(e) = socket.send(&data, t.local.ip(), t.remote) {
+                eprintln!("send {} -> {}: {e}", t.local, t.remote);
+            }
+        }
+        while let Some(event) = self.endpoint.poll_event() {
+            println!("{}", log::line(&event));
+            match &event {
+                Event::Message(m) if self.options.verbose => println!("{}", log::json(m)),
+                Event::IkeSaUp(up) => {
+                    if up.behind_nat {
+                        self.keepalives.insert(up.spi_i, (up.local, up.remote));
+                    }
+                    if let Some(k) = self.keylog.as_mut() {
+                        if let Err(e) = k.ike(up) {
+                            eprintln!("key log: {e}");
+                        }
                     }
                 }
-            }
-            Event::ChildSaUp(c) => {
-                if let Some(k) = keylog.as_deref_mut() {
-                    if let Err(e) = k.esp(c) {
-                        eprintln!("key log: {e}");
+                Event::ChildSaUp(c) => {
+                    if let Err(e) = self.dataplane.install(c) {
+                        eprintln!("CHILD_SA {} not installed: {e}", c.child);
+                    }
+                    if let Some(k) = self.keylog.as_mut() {
+                        if let Err(e) = k.esp(c) {
+                            eprintln!("key log: {e}");
+                        }
                     }
                 }
+                Event::ChildSaDown { spi_in, .. } => {
+                    if let Some(line) = self.dataplane.remove(*spi_in) {
+                        println!("{line}");
+                    }
+                }
+                Event::IkeSaDown { spi_i, .. } => {
+                    self.keepalives.remove(spi_i);
+                    for line in self.dataplane.remove_ike_sa(*spi_i) {
+                        println!("{line}");
+                    }
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
 }

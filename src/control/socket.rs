@@ -2,13 +2,11 @@
 //! choose each reply's source address, so a wildcard-bound gateway still answers
 //! from the address the peer used and NAT detection hashes the right one.
 
+use crate::netio::{self, PacketInfo};
 use nix::libc;
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn,
-    SockaddrIn6, SockaddrStorage, bind, recvmsg, sendmsg, setsockopt, socket, sockopt,
-};
+use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg, sendmsg};
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -33,37 +31,10 @@ pub struct Received {
     pub local: SocketAddr,
 }
 
-fn io_error(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
 impl IkeSocket {
-    /// Binds `addr` with packet-info reception on (v6 sockets only take v6).
-    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let family = if addr.is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
-        let fd = socket(
-            family,
-            SockType::Datagram,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(io_error)?;
-        setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(io_error)?;
-        match addr {
-            SocketAddr::V4(a) => {
-                setsockopt(&fd, sockopt::Ipv4PacketInfo, &true).map_err(io_error)?;
-                bind(fd.as_raw_fd(), &SockaddrIn::from(a)).map_err(io_error)?;
-            }
-            SocketAddr::V6(a) => {
-                setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(io_error)?;
-                setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true).map_err(io_error)?;
-                bind(fd.as_raw_fd(), &SockaddrIn6::from(a)).map_err(io_error)?;
-            }
-        }
+    /// Binds `addr`; `reuse_port` for the NAT-T port, whose ESP the workers take.
+    pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<Self> {
+        let fd = netio::bind_udp(addr, reuse_port, false)?;
         let socket = UdpSocket::from_std(std::net::UdpSocket::from(fd))?;
         Ok(Self {
             socket,
@@ -92,28 +63,12 @@ impl IkeSocket {
                 &mut iov,
                 Some(&mut cmsg),
                 MsgFlags::empty(),
-            )
-            .map_err(io_error)?;
-            let mut local_ip = self.bound.ip();
-            for c in msg.cmsgs().map_err(io_error)? {
-                match c {
-                    ControlMessageOwned::Ipv4PacketInfo(pi) => {
-                        local_ip = IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr)));
-                    }
-                    ControlMessageOwned::Ipv6PacketInfo(pi) => {
-                        local_ip = IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr));
-                    }
-                    _ => {}
-                }
-            }
-            let remote = msg.address.and_then(|a| {
-                a.as_sockaddr_in()
-                    .map(|v4| SocketAddr::from((v4.ip(), v4.port())))
-                    .or_else(|| {
-                        a.as_sockaddr_in6()
-                            .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
-                    })
-            });
+            )?;
+            let local_ip = msg
+                .cmsgs()?
+                .find_map(|c| netio::packet_info_address(&c))
+                .unwrap_or(self.bound.ip());
+            let remote = msg.address.as_ref().and_then(netio::socket_addr);
             (msg.bytes, remote, local_ip)
         };
         let remote = remote.ok_or_else(|| io::Error::other("datagram without a source address"))?;
@@ -129,45 +84,19 @@ impl IkeSocket {
     pub fn send(&self, data: &[u8], source: IpAddr, remote: SocketAddr) -> io::Result<()> {
         let iov = [IoSlice::new(data)];
         let fd = self.socket.as_raw_fd();
-        let choose_source = self.bound.ip().is_unspecified() && !source.is_unspecified();
-        let sent = match (remote, source) {
-            (SocketAddr::V4(to), IpAddr::V4(from)) => {
-                let pi = libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from(from).to_be(),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                let cmsg = [ControlMessage::Ipv4PacketInfo(&pi)];
-                let cmsg: &[ControlMessage<'_>] = if choose_source { &cmsg } else { &[] };
-                sendmsg(
-                    fd,
-                    &iov,
-                    cmsg,
-                    MsgFlags::empty(),
-                    Some(&SockaddrIn::from(to)),
-                )
-            }
-            (SocketAddr::V6(to), IpAddr::V6(from)) => {
-                let pi = libc::in6_pktinfo {
-                    ipi6_addr: libc::in6_addr {
-                        s6_addr: from.octets(),
-                    },
-                    ipi6_ifindex: 0,
-                };
-                let cmsg = [ControlMessage::Ipv6PacketInfo(&pi)];
-                let cmsg: &[ControlMessage<'_>] = if choose_source { &cmsg } else { &[] };
-                sendmsg(
-                    fd,
-                    &iov,
-                    cmsg,
-                    MsgFlags::empty(),
-                    Some(&SockaddrIn6::from(to)),
-                )
-            }
-            _ => return Err(io::Error::other("source and destination families differ")),
+        if source.is_ipv4() != remote.is_ipv4() {
+            return Err(io::Error::other("source and destination families differ"));
+        }
+        let info = PacketInfo::new(source);
+        let cmsg = [info.cmsg()];
+        // A socket bound to one address sends from it; a wildcard one is told which.
+        let cmsg = if self.bound.ip().is_unspecified() && !source.is_unspecified() {
+            &cmsg[..]
+        } else {
+            &[]
         };
-        sent.map(|_| ()).map_err(io_error)
+        let to = SockaddrStorage::from(remote);
+        sendmsg(fd, &iov, cmsg, MsgFlags::empty(), Some(&to))?;
+        Ok(())
     }
 }

@@ -17,6 +17,7 @@ use aws_lc_rs::cipher::{
 };
 use aws_lc_rs::hmac;
 use replay::ReplayWindow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use subtle::ConstantTimeEq;
 
 /// SPI and sequence number.
@@ -181,10 +182,12 @@ fn aead_aad(esn: bool, header: &[u8], seq_hi: [u8; 4]) -> ([u8; 12], usize) {
 }
 
 /// An outbound SA: seals packets with consecutive sequence numbers.
+/// Shared by every worker that sends on it: the sequence number is one atomic, so
+/// sealing takes `&self` and no lock.
 pub struct OutboundSa {
     spi: u32,
     esn: bool,
-    next_seq: u64,
+    next_seq: AtomicU64,
     transform: Transform,
 }
 
@@ -202,26 +205,34 @@ impl OutboundSa {
         Ok(Self {
             spi: keys.spi,
             esn: keys.esn,
-            next_seq: 1,
+            next_seq: AtomicU64::new(1),
             transform: Transform::new(keys.encr, keys.integ, keys.encryption, keys.integrity)?,
         })
     }
 
-    /// The bytes sealing adds at the end of a packet of `len` bytes, at most.
-    pub fn max_tailroom(&self) -> usize {
-        self.transform.align() + 2 + self.transform.icv_len()
+    /// The largest inner packet whose ESP packet fits in `room` bytes.
+    pub fn max_payload(&self, room: usize) -> usize {
+        let blocks = room
+            .saturating_sub(ESP_HEADER_LEN + self.transform.iv_len() + self.transform.icv_len());
+        (blocks - blocks % self.transform.align()).saturating_sub(2)
     }
 
     /// Seals the inner packet at `buf[start..]` into ESP in place: the header and IV go
     /// into the headroom before `start`, padding, trailer and ICV are appended.
     /// Returns where the ESP packet begins.
     pub fn seal(
-        &mut self,
+        &self,
         buf: &mut Vec<u8>,
         start: usize,
         next_header: u8,
     ) -> Result<usize, EspError> {
-        let seq = self.next_seq;
+        let iv_len = self.transform.iv_len();
+        let head = start
+            .checked_sub(ESP_HEADER_LEN + iv_len)
+            .ok_or(EspError::NoHeadroom)?;
+        // Relaxed is enough: uniqueness comes from the atomic increment itself. The
+        // counter cannot wrap: 2^64 packets take centuries at any line rate.
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let limit = if self.esn {
             u64::MAX
         } else {
@@ -230,11 +241,6 @@ impl OutboundSa {
         if seq > limit {
             return Err(EspError::SequenceExhausted);
         }
-        let iv_len = self.transform.iv_len();
-        let head = start
-            .checked_sub(ESP_HEADER_LEN + iv_len)
-            .ok_or(EspError::NoHeadroom)?;
-        self.next_seq += 1;
         let payload_len = buf.len() - start;
         let align = self.transform.align();
         let pad = (align - (payload_len + 2) % align) % align;
@@ -422,7 +428,7 @@ mod tests {
     fn every_suite_round_trips_in_place_and_rejects_replays_and_tampering() {
         for (encr, integ) in SUITES {
             for esn in [false, true] {
-                let (mut out, mut inb) = pair(encr, integ, esn);
+                let (out, mut inb) = pair(encr, integ, esn);
                 for len in [0usize, 1, 20, 1400] {
                     let inner: Vec<u8> = (0..len).map(|i| i as u8).collect();
                     let mut buf = vec![0; HEADROOM];
@@ -453,7 +459,7 @@ mod tests {
     #[test]
     fn sequence_numbers_never_wrap() {
         let (mut out, _) = pair(Encr::AesGcm16 { key_len: 16 }, None, false);
-        out.next_seq = u64::from(u32::MAX);
+        out.next_seq = AtomicU64::new(u64::from(u32::MAX));
         let mut buf = vec![0; HEADROOM + 4];
         assert!(out.seal(&mut buf, HEADROOM, 4).is_ok());
         let mut buf = vec![0; HEADROOM + 4];
@@ -461,15 +467,36 @@ mod tests {
             out.seal(&mut buf, HEADROOM, 4).unwrap_err(),
             EspError::SequenceExhausted
         );
+        let mut buf = vec![0; HEADROOM + 4];
         assert_eq!(
-            out.seal(&mut vec![0; 4], 0, 4).unwrap_err(),
+            out.seal(&mut buf, HEADROOM, 4).unwrap_err(),
             EspError::SequenceExhausted
         );
     }
 
     #[test]
+    fn max_payload_is_the_largest_packet_that_fits() {
+        for (encr, integ) in [
+            (Encr::AesGcm16 { key_len: 16 }, None),
+            (Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha512)),
+        ] {
+            let (out, _) = pair(encr, integ, false);
+            for room in [1000, 1001, 1002, 1003, 1452] {
+                let fits = out.max_payload(room);
+                let sealed = |len: usize| {
+                    let mut buf = vec![0; HEADROOM + len];
+                    let head = out.seal(&mut buf, HEADROOM, 4).unwrap();
+                    buf.len() - head
+                };
+                assert!(sealed(fits) <= room, "{encr:?} {room}");
+                assert!(sealed(fits + 1) > room, "{encr:?} {room}");
+            }
+        }
+    }
+
+    #[test]
     fn too_little_headroom_is_an_error() {
-        let (mut out, _) = pair(Encr::AesGcm16 { key_len: 16 }, None, false);
+        let (out, _) = pair(Encr::AesGcm16 { key_len: 16 }, None, false);
         assert_eq!(
             out.seal(&mut vec![0; 20], 4, 4).unwrap_err(),
             EspError::NoHeadroom

@@ -115,6 +115,8 @@ pub(super) struct IkeSa {
     /// Hashes the peer accepts for RFC 7427 signatures; None if it did not say.
     pub peer_hashes: Option<Vec<Hash>>,
     pub nat_detected: bool,
+    /// Our own address is translated: we owe the NAT keepalives (RFC 3948 §2.3).
+    pub behind_nat: bool,
     /// Fragments of the message being reassembled: (message ID, is response, pieces).
     pub reassembly: Option<(u32, bool, Reassembly)>,
     pub children: Vec<ChildSa>,
@@ -161,6 +163,7 @@ impl IkeSa {
             peer_fragmentation: false,
             peer_hashes: None,
             nat_detected: false,
+            behind_nat: false,
             reassembly: None,
             children: Vec::new(),
             half_open_until: None,

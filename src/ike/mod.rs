@@ -264,6 +264,8 @@ pub struct IkeSaUp {
     pub local: SocketAddr,
     /// The peer's address and port.
     pub remote: SocketAddr,
+    /// Our address is translated, so we send NAT keepalives to keep the mapping.
+    pub behind_nat: bool,
     /// Our identity.
     pub local_id: Identity,
     /// The peer's authenticated identity.

@@ -60,6 +60,22 @@ pub fn within(answer: &[TsRange], asked: &[TsRange]) -> bool {
             .all(|a| asked.iter().any(|b| intersect(a, b) == Some(*a)))
 }
 
+/// True if a packet's `addr`, `protocol` and `port` (None for a non-initial
+/// fragment, which only a selector for every port can claim) fall within `ts`.
+pub fn covers(ts: &TsRange, addr: IpAddr, protocol: u8, port: Option<u16>) -> bool {
+    let in_range = match (ts.addrs, addr) {
+        (AddrRange::V4(s, e), IpAddr::V4(a)) => s <= a && a <= e,
+        (AddrRange::V6(s, e), IpAddr::V6(a)) => s <= a && a <= e,
+        _ => false,
+    };
+    in_range
+        && (ts.ip_protocol == 0 || ts.ip_protocol == protocol)
+        && match port {
+            Some(p) => ts.start_port <= p && p <= ts.end_port,
+            None => (ts.start_port, ts.end_port) == (0, u16::MAX),
+        }
+}
+
 fn intersect(a: &TsRange, b: &TsRange) -> Option<TsRange> {
     let ip_protocol = match (a.ip_protocol, b.ip_protocol) {
         (0, p) | (p, 0) => p,
@@ -151,6 +167,27 @@ mod tests {
         assert!(within(&[v4("10.1.0.0", "10.1.0.127")], &asked));
         assert!(!within(&[v4("10.1.0.0", "10.1.1.0")], &asked));
         assert!(!within(&[], &asked));
+    }
+
+    #[test]
+    fn packets_are_covered_by_address_protocol_and_port() {
+        let net = v4("10.1.0.0", "10.1.0.255");
+        let a: IpAddr = "10.1.0.7".parse().unwrap();
+        assert!(covers(&net, a, 6, Some(443)));
+        assert!(covers(&net, a, 6, None));
+        assert!(!covers(&net, "10.1.1.7".parse().unwrap(), 6, Some(443)));
+        assert!(!covers(&net, "fd00::7".parse().unwrap(), 6, Some(443)));
+        let dns = TsRange {
+            ip_protocol: 17,
+            start_port: 53,
+            end_port: 53,
+            ..net
+        };
+        assert!(covers(&dns, a, 17, Some(53)));
+        assert!(!covers(&dns, a, 17, Some(54)));
+        assert!(!covers(&dns, a, 6, Some(53)));
+        // A fragment without ports cannot be proven to be port 53.
+        assert!(!covers(&dns, a, 17, None));
     }
 
     #[test]

@@ -163,6 +163,7 @@ fn announce(sa: &IkeSa, ctx: &mut Ctx<'_>, remote_id: &IdPayload) {
         connection: sa.policy.name.clone(),
         local: sa.local,
         remote: sa.remote,
+        behind_nat: sa.behind_nat,
         local_id: sa.policy.local.id().clone(),
         remote_id: remote_id.id.clone(),
         suite,

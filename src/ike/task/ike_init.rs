@@ -238,6 +238,7 @@ fn peer_capabilities(sa: &mut IkeSa, ctx: &mut Ctx<'_>, header: &Header, payload
         let local_nat = !destination.any(|n| n.data == ours);
         let remote_nat = !source.any(|n| n.data == theirs);
         sa.nat_detected = local_nat || remote_nat;
+        sa.behind_nat = local_nat;
         if local_nat {
             sa.log(ctx, "NAT detected on our side");
         }

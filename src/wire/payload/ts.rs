@@ -85,6 +85,37 @@ fn prefix_len(start: u128, end: u128, bits: u32) -> Option<u32> {
     (host == mask && start & mask == 0 && host_bits <= bits).then_some(bits - host_bits)
 }
 
+impl AddrRange {
+    /// The fewest CIDR prefixes that together cover exactly this range (for routes).
+    pub fn cidrs(&self) -> Vec<(IpAddr, u8)> {
+        let (mut start, end, bits) = match *self {
+            Self::V4(a, b) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32),
+            Self::V6(a, b) => (u128::from(a), u128::from(b), 128),
+        };
+        let to_ip = |v: u128| match bits {
+            32 => IpAddr::V4(Ipv4Addr::from(v as u32)),
+            _ => IpAddr::V6(Ipv6Addr::from(v)),
+        };
+        // The highest address of the aligned block of `h` host bits that starts at `start`.
+        let span = |h: u32| u128::MAX.checked_shr(128 - h).unwrap_or(0);
+        let mut out = Vec::new();
+        loop {
+            // The largest aligned block at `start` that does not pass `end`.
+            let mut host_bits = start.trailing_zeros().min(bits);
+            while span(host_bits) > end - start {
+                host_bits -= 1;
+            }
+            out.push((to_ip(start), (bits - host_bits) as u8));
+            let last = start + span(host_bits);
+            if last >= end {
+                break;
+            }
+            start = last + 1;
+        }
+        out
+    }
+}
+
 /// As a CIDR prefix (`10.1.0.0/24`) when it is one, else as `start..end`.
 impl fmt::Display for AddrRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -235,6 +266,27 @@ impl TsPayload {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ranges_split_into_the_fewest_prefixes() {
+        let v4 = |a: &str, b: &str| AddrRange::V4(a.parse().unwrap(), b.parse().unwrap());
+        let show = |r: AddrRange| {
+            r.cidrs()
+                .iter()
+                .map(|(a, l)| format!("{a}/{l}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(show(v4("10.1.0.0", "10.1.0.255")), ["10.1.0.0/24"]);
+        assert_eq!(show(v4("0.0.0.0", "255.255.255.255")), ["0.0.0.0/0"]);
+        assert_eq!(
+            show(v4("10.0.0.1", "10.0.0.6")),
+            ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]
+        );
+        let all6 = AddrRange::V6("::".parse().unwrap(), Ipv6Addr::from(u128::MAX));
+        assert_eq!(show(all6), ["::/0"]);
+        let host6 = AddrRange::V6("fd00::1".parse().unwrap(), "fd00::1".parse().unwrap());
+        assert_eq!(show(host6), ["fd00::1/128"]);
+    }
+
     use super::*;
 
     fn sample() -> TsPayload {

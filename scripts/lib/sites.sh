@@ -1,0 +1,144 @@
+# Two sites joined by two esptun gateways, in network namespaces (sourced by
+# scripts/demo.sh, scripts/bench-tunnel.sh and tests/e2e/run.sh).
+#
+#   alice host ── alice gw ══ ESP over 192.0.2.0/24, 2001:db8::/64 ══ bob gw ── bob host
+#   10.1.0.2       10.1.0.1                                          10.2.0.1    10.2.0.2
+#   fd00:1::2      fd00:1::1                                         fd00:2::1   fd00:2::2
+#
+# Namespace names carry the caller's PID, so parallel runs never collide; sites_down
+# removes them (callers trap it on EXIT). Traffic never leaves the namespaces.
+
+SITES_ID=${SITES_ID:-esptun-$$}
+NS_AH=$SITES_ID-ah NS_AG=$SITES_ID-ag NS_BG=$SITES_ID-bg NS_BH=$SITES_ID-bh
+WAN_A=192.0.2.1 WAN_B=192.0.2.2 WAN6_A=2001:db8::1 WAN6_B=2001:db8::2
+HOST_A=10.1.0.2 HOST_B=10.2.0.2 HOST6_A=fd00:1::2 HOST6_B=fd00:2::2
+NETS_A="10.1.0.0/24 fd00:1::/64" NETS_B="10.2.0.0/24 fd00:2::/64"
+SITES_PIDS=()
+
+# sites_up: the four namespaces, addressed and routed, waiting until links answer.
+sites_up() {
+    local ns
+    for ns in "$NS_AH" "$NS_AG" "$NS_BG" "$NS_BH"; do
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        # No duplicate address detection: addresses are usable at once.
+        ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+    done
+    _sites_link "$NS_AH" eth0 "$NS_AG" lan 10.1.0.2/24 fd00:1::2/64 10.1.0.1/24 fd00:1::1/64
+    _sites_link "$NS_AG" wan "$NS_BG" wan $WAN_A/24 $WAN6_A/64 $WAN_B/24 $WAN6_B/64
+    _sites_link "$NS_BG" lan "$NS_BH" eth0 10.2.0.1/24 fd00:2::1/64 10.2.0.2/24 fd00:2::2/64
+    for ns in "$NS_AG" "$NS_BG"; do
+        ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+    done
+    ip -n "$NS_AH" route add default via 10.1.0.1
+    ip -n "$NS_AH" -6 route add default via fd00:1::1
+    ip -n "$NS_BH" route add default via 10.2.0.1
+    ip -n "$NS_BH" -6 route add default via fd00:2::1
+    local i
+    for i in $(seq 50); do
+        ip netns exec "$NS_AG" ping -c1 -W1 -q $WAN_B >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "sites: the WAN link does not answer" >&2
+    return 1
+}
+
+# _sites_link ns1 if1 ns2 if2 v4-1 v6-1 v4-2 v6-2
+_sites_link() {
+    ip -n "$1" link add "$2" type veth peer name "$4" netns "$3"
+    ip -n "$1" addr add "$5" dev "$2"; ip -n "$1" addr add "$6" dev "$2" nodad
+    ip -n "$3" addr add "$7" dev "$4"; ip -n "$3" addr add "$8" dev "$4" nodad
+    ip -n "$1" link set "$2" up; ip -n "$3" link set "$4" up
+}
+
+# sites_down: stops what sites_start started, removes the namespaces.
+sites_down() {
+    local pid ns
+    for pid in "${SITES_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${SITES_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    SITES_PIDS=()
+    for ns in "$NS_AH" "$NS_AG" "$NS_BG" "$NS_BH"; do ip netns del "$ns" 2>/dev/null || true; done
+}
+
+_toml_list() { local out="" x; for x in "$@"; do out+="\"$x\", "; done; echo "[${out%, }]"; }
+
+# sites_pki dir esptun: a CA and a certificate for each gateway, by `esptun pki`.
+sites_pki() {
+    "$2" pki ca --out "$1" --cn "esptun demo CA" >/dev/null
+    "$2" pki host --dir "$1" --id alice.example >/dev/null
+    "$2" pki host --dir "$1" --id bob.example >/dev/null
+}
+
+# sites_config dir pki me peer my-wan peer-wan start "my nets" "peer nets" [extra toml for the connection]
+sites_config() {
+    local d=$1 pki=$2 me=$3 peer=$4 start=$7
+    # shellcheck disable=SC2086
+    cat >"$d/$me.toml" <<CONF
+[listen]
+addrs = ["$5"]
+
+[dataplane]
+tun = "esptun0"
+${SITES_DATAPLANE:-}
+
+[[connection]]
+name = "site"
+local_addrs = ["$5"]
+remote_addrs = ["$6"]
+start = $start
+${10:-}
+
+[connection.local]
+auth = "pubkey"
+id = "$me.example"
+certs = ["$pki/$me.example.crt"]
+key = "$pki/$me.example.key"
+
+[connection.remote]
+auth = "pubkey"
+id = "$peer.example"
+cacerts = ["$pki/ca.crt"]
+
+[[connection.children]]
+name = "lan"
+local_ts = $(_toml_list $8)
+remote_ts = $(_toml_list $9)
+esp_proposals = ["${SITES_ESP:-aes128gcm16}"]
+CONF
+}
+
+# sites_start esptun dir [extra toml]: both gateways, bob responding, alice initiating;
+# returns once both have the Child SA up.
+sites_start() {
+    local esptun=$1 d=$2
+    sites_config "$d" "$d/pki" bob alice $WAN_B $WAN_A false "$NETS_B" "$NETS_A" "${3:-}"
+    sites_config "$d" "$d/pki" alice bob $WAN_A $WAN_B true "$NETS_A" "$NETS_B" "${3:-}"
+    ip netns exec "$NS_BG" "$esptun" run --config "$d/bob.toml" >"$d/bob.log" 2>&1 &
+    SITES_PIDS+=($!); BOB_PID=$!
+    _sites_wait "$d/bob.log" "data plane:" || return 1
+    ip netns exec "$NS_AG" "$esptun" run --config "$d/alice.toml" >"$d/alice.log" 2>&1 &
+    SITES_PIDS+=($!); ALICE_PID=$!
+    _sites_wait "$d/alice.log" "CHILD_SA .* UP" && _sites_wait "$d/bob.log" "CHILD_SA .* UP"
+}
+
+_sites_wait() { # log regex
+    local i
+    for i in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "sites: no \"$2\" in $1:" >&2; tail -n 20 "$1" >&2
+    return 1
+}
+
+# sites_report log pid: the gateway's per-SA counters and drops, asked for with SIGUSR1.
+sites_report() {
+    local before
+    before=$(grep -c '^drops:' "$1" || true)
+    kill -USR1 "$2"
+    local i
+    for i in $(seq 50); do
+        [[ $(grep -c '^drops:' "$1" || true) -gt $before ]] && break
+        sleep 0.1
+    done
+    # The last report: its CHILD_SA lines and its drops line.
+    awk '/^CHILD_SA .* in [0-9]+ packets/ {buf = buf $0 "\n"; next}
+         /^drops:/ {last = buf $0; buf = ""} END {print last}' "$1"
+}

@@ -1,0 +1,475 @@
+//! The userspace ESP data plane: worker threads, one per core by default, each
+//! owning one queue of a multi-queue TUN device, one ESP socket per family and
+//! transport, and its buffers.
+//!
+//! Outbound, a worker reads a batch from its TUN queue, finds each packet's Child SA
+//! by its traffic selectors, seals it in place and sends the batch with one
+//! sendmmsg. Outbound SAs are shared (`Arc`) by all workers: their sequence number
+//! is one atomic. Inbound, the kernel steers each ESP packet to the worker that owns
+//! its SPI (a classic BPF program on the sockets, `SPI % workers`), so every replay
+//! window has exactly one owner and the fast path takes no lock. The non-ESP marker
+//! steers IKE on the NAT-T port to the control thread's socket instead.
+//!
+//! The control thread installs and removes SAs with messages that workers apply
+//! between batches.
+
+mod packet;
+mod route;
+mod socket;
+mod worker;
+
+pub use packet::Flow;
+
+use crate::config::{DataplaneSettings, Listen};
+use crate::esp::{InboundSa, OutboundSa, SaKeys};
+use crate::ike::ChildSaUp;
+use crate::wire::IkeSpi;
+use crate::wire::payload::TsRange;
+use crossbeam_channel::Sender;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use route::Routes;
+use socket::{EspSockets, Transport};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+/// Outer IPv6 header, UDP header, ESP header, an 8-byte IV, at most 3 bytes of
+/// padding, pad length, next header and a 16-byte ICV: the TUN MTU leaves room for
+/// this much, so AEAD SAs over either family never need an ICMP error.
+const TUN_MTU_OVERHEAD: u16 = 40 + 8 + 8 + 8 + 3 + 2 + 16;
+
+/// Why a packet was dropped. Each has a counter per worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Outbound: no Child SA's selectors cover it. Inbound: unknown SPI.
+    NoSa,
+    /// Inbound: a sequence number already seen or left of the window.
+    Replay,
+    /// Inbound: the ICV did not verify.
+    BadIcv,
+    /// Inbound: the inner packet is outside the SA's selectors.
+    SelectorMismatch,
+    /// Not parseable: bad IP header, bad ESP padding or next header, truncated.
+    Malformed,
+    /// Outbound: too big for the path with DF set; an ICMP error went back.
+    TooBig,
+    /// Outbound: the SA used up its sequence numbers.
+    Exhausted,
+    /// The kernel refused to send or deliver it.
+    Io,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 8] = [
+        DropReason::NoSa,
+        DropReason::Replay,
+        DropReason::BadIcv,
+        DropReason::SelectorMismatch,
+        DropReason::Malformed,
+        DropReason::TooBig,
+        DropReason::Exhausted,
+        DropReason::Io,
+    ];
+
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::NoSa => "no_sa",
+            DropReason::Replay => "replay",
+            DropReason::BadIcv => "bad_icv",
+            DropReason::SelectorMismatch => "selector_mismatch",
+            DropReason::Malformed => "malformed",
+            DropReason::TooBig => "too_big",
+            DropReason::Exhausted => "exhausted",
+            DropReason::Io => "io",
+        }
+    }
+}
+
+/// A worker's drop counters, read by the control thread.
+#[derive(Default)]
+pub struct Drops([AtomicU64; DropReason::ALL.len()]);
+
+impl Drops {
+    fn count(&self, why: DropReason) {
+        self.0[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, why: DropReason) -> u64 {
+        self.0[why as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Packets and bytes (inner) through one SA direction.
+#[derive(Default)]
+pub struct Traffic {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Traffic {
+    fn add(&self, len: usize) {
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// (packets, bytes) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.packets.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// An outbound Child SA with its policy, shared by every worker.
+pub struct Outbound {
+    sa: OutboundSa,
+    spi: u32,
+    /// Our selectors: the packet's source must be within them.
+    local_ts: Vec<TsRange>,
+    /// The peer's: the packet's destination must be within them.
+    remote_ts: Vec<TsRange>,
+    /// Index into each worker's sockets (all workers open them in the same order).
+    socket: usize,
+    /// Where ESP goes: the peer's NAT-T address and port, or its address for raw ESP.
+    peer: SocketAddr,
+    /// Our outer address, the source of every packet.
+    local: IpAddr,
+    /// The largest inner packet that fits the path MTU once sealed.
+    max_inner: usize,
+    traffic: Traffic,
+}
+
+/// An inbound Child SA, owned by one worker.
+pub struct Inbound {
+    sa: InboundSa,
+    local_ts: Vec<TsRange>,
+    remote_ts: Vec<TsRange>,
+    traffic: Arc<Traffic>,
+}
+
+/// What the control thread tells a worker.
+enum Command {
+    /// Add an outbound SA to the policy table (every worker).
+    Outbound(Arc<Outbound>),
+    /// Take ownership of an inbound SA (the worker its SPI is steered to).
+    Inbound(u32, Box<Inbound>),
+    /// Forget both directions of a Child SA.
+    Remove { spi_in: u32, spi_out: u32 },
+    /// Leave the loop.
+    Stop,
+}
+
+struct WorkerHandle {
+    commands: Sender<Command>,
+    wake: Arc<EventFd>,
+    drops: Arc<Drops>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    fn send(&self, command: Command) {
+        // A worker that is gone has nothing left to update.
+        if self.commands.send(command).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+}
+
+/// One installed Child SA, as the control thread tracks it.
+struct Installed {
+    spi_i: IkeSpi,
+    name: String,
+    spi_out: u32,
+    inbound: Arc<Traffic>,
+    outbound: Arc<Outbound>,
+    routes: Vec<(IpAddr, u8)>,
+}
+
+/// The running data plane: the TUN device, the workers, the installed SAs.
+pub struct Dataplane {
+    settings: DataplaneSettings,
+    tun_index: u32,
+    workers: Vec<WorkerHandle>,
+    sockets: Vec<(Transport, SocketAddr)>,
+    installed: HashMap<u32, Installed>,
+    routes: Routes,
+    /// How many installed SAs route each prefix through the TUN.
+    route_users: HashMap<(IpAddr, u8), usize>,
+    /// Whether the TUN carries virtio-net headers (GSO/GRO).
+    pub offload: bool,
+}
+
+impl Dataplane {
+    /// Creates the TUN device and starts the workers. The control thread must
+    /// already have bound the NAT-T port with SO_REUSEPORT: its socket is the first of
+    /// the port's group, where the steering program sends IKE.
+    pub fn start(settings: &DataplaneSettings, listen: &Listen) -> io::Result<Self> {
+        let n = settings.workers;
+        let mtu = settings.path_mtu - TUN_MTU_OVERHEAD;
+        let build = |offload: bool| {
+            DeviceBuilder::new()
+                .name(&settings.tun)
+                .mtu(mtu)
+                .multi_queue(true)
+                .offload(offload)
+                .tx_queue_len(1000)
+                .enable(false)
+                .build_sync()
+        };
+        let (first, offload) = match build(settings.offload) {
+            Ok(dev) => (dev, settings.offload),
+            Err(e) if settings.offload => {
+                eprintln!("TUN offload unavailable ({e}); using plain reads and writes");
+                (build(false)?, false)
+            }
+            Err(e) => return Err(e),
+        };
+        // No link-local address: the kernel would send router solicitations and MLD
+        // reports into the tunnel, where no policy covers them.
+        let gen_mode = format!("/proc/sys/net/ipv6/conf/{}/addr_gen_mode", settings.tun);
+        if std::path::Path::new(&gen_mode).exists() {
+            std::fs::write(&gen_mode, "1")?;
+        }
+        first.enabled(true)?;
+        let tun_index = first.if_index()?;
+        let mut queues: Vec<SyncDevice> = vec![first];
+        for _ in 1..n {
+            queues.push(queues[0].try_clone()?);
+        }
+        let sockets = socket::addresses(listen);
+        let mut worker_sockets: Vec<EspSockets> = Vec::new();
+        for index in 0..n {
+            worker_sockets.push(EspSockets::open(&sockets, index, n)?);
+        }
+        let mut workers = Vec::new();
+        for (index, (queue, sockets)) in queues.into_iter().zip(worker_sockets).enumerate() {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let wake = Arc::new(EventFd::from_value_and_flags(
+                0,
+                EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+            )?);
+            let drops = Arc::new(Drops::default());
+            queue.set_nonblocking(true)?;
+            let (w_wake, w_drops) = (wake.clone(), drops.clone());
+            // Built on its own thread: the batch headers hold raw pointers (not Send).
+            let thread = std::thread::Builder::new()
+                .name(format!("esp-worker-{index}"))
+                .spawn(move || worker::Worker::new(queue, sockets, rx, w_wake, w_drops).run())?;
+            workers.push(WorkerHandle {
+                commands: tx,
+                wake,
+                drops,
+                thread: Some(thread),
+            });
+        }
+        Ok(Self {
+            settings: settings.clone(),
+            tun_index,
+            workers,
+            sockets,
+            installed: HashMap::new(),
+            routes: Routes::open()?,
+            route_users: HashMap::new(),
+            offload,
+        })
+    }
+
+    /// Installs both directions of a Child SA and routes its remote selectors
+    /// through the TUN.
+    pub fn install(&mut self, c: &ChildSaUp) -> Result<(), String> {
+        let transport = if c.encap {
+            Transport::Udp
+        } else {
+            Transport::Raw
+        };
+        let socket = self
+            .sockets
+            .iter()
+            .position(|&(t, bound)| {
+                t == transport
+                    && bound.is_ipv4() == c.local.is_ipv4()
+                    && (bound.ip() == c.local.ip() || bound.ip().is_unspecified())
+            })
+            .ok_or_else(|| format!("no ESP socket for {}", c.local.ip()))?;
+        let keys = |spi, (encryption, integrity)| SaKeys {
+            spi,
+            encr: c.encr,
+            integ: c.integ,
+            esn: c.esn,
+            encryption,
+            integrity,
+        };
+        let out_sa = OutboundSa::new(&keys(c.spi_out, (&c.keys_out.0, &c.keys_out.1)))
+            .map_err(|e| e.to_string())?;
+        let in_sa = InboundSa::new(
+            &keys(c.spi_in, (&c.keys_in.0, &c.keys_in.1)),
+            self.settings.replay_window,
+        )
+        .map_err(|e| e.to_string())?;
+        let outer_ip = if c.local.is_ipv4() { 20 } else { 40 };
+        let udp = if c.encap { 8 } else { 0 };
+        let room = usize::from(self.settings.path_mtu) - outer_ip - udp;
+        let max_inner = out_sa.max_payload(room);
+        let outbound = Arc::new(Outbound {
+            sa: out_sa,
+            spi: c.spi_out,
+            local_ts: c.local_ts.clone(),
+            remote_ts: c.remote_ts.clone(),
+            socket,
+            peer: if c.encap {
+                c.remote
+            } else {
+                SocketAddr::new(c.remote.ip(), 0)
+            },
+            local: c.local.ip(),
+            max_inner,
+            traffic: Traffic::default(),
+        });
+        let traffic = Arc::new(Traffic::default());
+        let inbound = Box::new(Inbound {
+            sa: in_sa,
+            local_ts: c.local_ts.clone(),
+            remote_ts: c.remote_ts.clone(),
+            traffic: traffic.clone(),
+        });
+        // Inbound first: the peer may send as soon as it has installed its side.
+        self.workers[socket::owner(c.spi_in, self.workers.len())]
+            .send(Command::Inbound(c.spi_in, inbound));
+        for w in &self.workers {
+            w.send(Command::Outbound(outbound.clone()));
+        }
+        let mut routes = Vec::new();
+        for ts in &c.remote_ts {
+            for prefix in ts.addrs.cidrs() {
+                if covers(prefix, c.remote.ip()) {
+                    // Routing the peer itself into the tunnel would loop every ESP packet.
+                    eprintln!(
+                        "not routing {}/{} into {}: it holds the peer {}",
+                        prefix.0,
+                        prefix.1,
+                        self.settings.tun,
+                        c.remote.ip()
+                    );
+                    continue;
+                }
+                let users = self.route_users.entry(prefix).or_default();
+                if *users == 0 {
+                    self.routes
+                        .add(prefix.0, prefix.1, self.tun_index)
+                        .map_err(|e| format!("route {}/{}: {e}", prefix.0, prefix.1))?;
+                }
+                *users += 1;
+                routes.push(prefix);
+            }
+        }
+        self.installed.insert(
+            c.spi_in,
+            Installed {
+                spi_i: c.spi_i,
+                name: c.child.clone(),
+                spi_out: c.spi_out,
+                inbound: traffic,
+                outbound,
+                routes,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a Child SA; returns its final counters line.
+    pub fn remove(&mut self, spi_in: u32) -> Option<String> {
+        let sa = self.installed.remove(&spi_in)?;
+        for w in &self.workers {
+            w.send(Command::Remove {
+                spi_in,
+                spi_out: sa.spi_out,
+            });
+        }
+        for prefix in &sa.routes {
+            let Some(users) = self.route_users.get_mut(prefix) else {
+                continue;
+            };
+            *users -= 1;
+            if *users == 0 {
+                self.route_users.remove(prefix);
+                if let Err(e) = self.routes.delete(prefix.0, prefix.1, self.tun_index) {
+                    eprintln!("remove route {}/{}: {e}", prefix.0, prefix.1);
+                }
+            }
+        }
+        Some(describe(spi_in, &sa))
+    }
+
+    /// Removes every Child SA of an IKE SA; returns their counters lines.
+    pub fn remove_ike_sa(&mut self, spi_i: IkeSpi) -> Vec<String> {
+        let spis: Vec<u32> = self
+            .installed
+            .iter()
+            .filter(|(_, sa)| sa.spi_i == spi_i)
+            .map(|(&spi, _)| spi)
+            .collect();
+        spis.into_iter().filter_map(|s| self.remove(s)).collect()
+    }
+
+    /// Per-SA traffic and the drop counters, one line each.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        let mut sas: Vec<_> = self.installed.iter().collect();
+        sas.sort_by_key(|(spi, _)| **spi);
+        for (spi, sa) in sas {
+            let _ = writeln!(out, "{}", describe(*spi, sa));
+        }
+        let _ = write!(out, "drops:");
+        for why in DropReason::ALL {
+            let total: u64 = self.workers.iter().map(|w| w.drops.get(why)).sum();
+            let _ = write!(out, " {}={total}", why.name());
+        }
+        out
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            w.send(Command::Stop);
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn describe(spi_in: u32, sa: &Installed) -> String {
+    let (in_packets, in_bytes) = sa.inbound.get();
+    let (out_packets, out_bytes) = sa.outbound.traffic.get();
+    format!(
+        "CHILD_SA {} {spi_in:08x}_i {:08x}_o: in {in_packets} packets {in_bytes} bytes, out {out_packets} packets {out_bytes} bytes",
+        sa.name, sa.outbound.spi
+    )
+}
+
+/// True if `prefix` holds `addr`.
+fn covers((net, len): (IpAddr, u8), addr: IpAddr) -> bool {
+    match (net, addr) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}

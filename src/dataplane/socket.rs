@@ -1,0 +1,266 @@
+//! The workers' ESP sockets: UDP on the NAT-T port (RFC 3948), in one SO_REUSEPORT
+//! group with the control thread's socket, and raw IP protocol 50 sockets for ESP
+//! without NAT. Classic BPF programs steer each packet to the worker that owns its
+//! SPI, and IKE (behind the non-ESP marker) to the control thread.
+
+use crate::config::Listen;
+use crate::netio::{self, PacketInfo};
+use nix::libc;
+use nix::sys::socket::{
+    MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrStorage, bind, recvmmsg, sendmmsg,
+    setsockopt, sockopt,
+};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+/// How ESP travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// In UDP on the NAT-T port (RFC 3948).
+    Udp,
+    /// As IP protocol 50.
+    Raw,
+}
+
+/// The sockets every worker opens, in this order: for each listen address, UDP on
+/// the NAT-T port, then raw ESP.
+pub fn addresses(listen: &Listen) -> Vec<(Transport, SocketAddr)> {
+    listen
+        .addrs
+        .iter()
+        .flat_map(|&a| {
+            [
+                (Transport::Udp, SocketAddr::new(a, listen.natt_port)),
+                (Transport::Raw, SocketAddr::new(a, 0)),
+            ]
+        })
+        .collect()
+}
+
+/// The worker whose sockets the steering programs hand packets for `spi`.
+pub fn owner(spi: u32, workers: usize) -> usize {
+    spi as usize % workers
+}
+
+/// One socket of a worker.
+pub struct EspSocket {
+    fd: OwnedFd,
+    /// UDP or raw.
+    pub transport: Transport,
+    /// The address it is bound to.
+    pub bound: SocketAddr,
+}
+
+impl AsFd for EspSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A worker's sockets, in [`addresses`] order.
+pub struct EspSockets(pub Vec<EspSocket>);
+
+nix::setsockopt_impl!(
+    AttachFilter,
+    libc::SOL_SOCKET,
+    libc::SO_ATTACH_FILTER,
+    libc::sock_fprog,
+    sockopt::SetStruct<libc::sock_fprog>
+);
+
+/// SO_ATTACH_FILTER, which nix does not name.
+#[derive(Clone, Copy, Debug)]
+struct AttachFilter;
+
+// Classic BPF opcodes (linux/filter.h).
+const LD_W_ABS: u16 = 0x20;
+const LD_W_IND: u16 = 0x40;
+const LDX_B_MSH: u16 = 0xb1;
+const ALU_MOD_K: u16 = 0x94;
+const ALU_ADD_K: u16 = 0x04;
+const JEQ_K: u16 = 0x15;
+const RET_A: u16 = 0x16;
+const RET_K: u16 = 0x06;
+
+fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+fn program(filter: &mut [libc::sock_filter]) -> libc::sock_fprog {
+    libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    }
+}
+
+/// The NAT-T group's steering: the first four payload bytes are zero for IKE (the
+/// non-ESP marker) and go to socket 0, the control thread's; anything too short to
+/// hold an SPI (keepalives) also yields 0, since a failed load returns 0. ESP goes to
+/// socket 1 + SPI % workers, the owner's.
+fn steer_udp(fd: &OwnedFd, workers: usize) -> io::Result<()> {
+    let mut filter = [
+        insn(LD_W_ABS, 0, 0, 0),
+        insn(JEQ_K, 3, 0, 0),
+        insn(ALU_MOD_K, 0, 0, workers as u32),
+        insn(ALU_ADD_K, 0, 0, 1),
+        insn(RET_A, 0, 0, 0),
+        insn(RET_K, 0, 0, 0),
+    ];
+    setsockopt(fd, sockopt::AttachReusePortCbpf, &program(&mut filter))?;
+    Ok(())
+}
+
+/// A raw ESP socket sees every ESP packet; this keeps those of SPIs `index` owns.
+/// IPv4 raw sockets see the IP header first, IPv6 ones start at the ESP header.
+fn steer_raw(fd: &OwnedFd, v4: bool, index: usize, workers: usize) -> io::Result<()> {
+    let keep = [
+        insn(ALU_MOD_K, 0, 0, workers as u32),
+        insn(JEQ_K, 0, 1, index as u32),
+        insn(RET_K, 0, 0, u32::MAX),
+        insn(RET_K, 0, 0, 0),
+    ];
+    let mut filter: Vec<libc::sock_filter> = if v4 {
+        vec![insn(LDX_B_MSH, 0, 0, 0), insn(LD_W_IND, 0, 0, 0)]
+    } else {
+        vec![insn(LD_W_ABS, 0, 0, 0)]
+    };
+    filter.extend(keep);
+    setsockopt(fd, AttachFilter, &program(&mut filter))?;
+    Ok(())
+}
+
+impl EspSockets {
+    /// Opens worker `index`'s sockets. Workers must open theirs in index order, after
+    /// the control thread bound the NAT-T port: a socket's place in the port's group is
+    /// its bind order.
+    pub fn open(
+        addrs: &[(Transport, SocketAddr)],
+        index: usize,
+        workers: usize,
+    ) -> io::Result<Self> {
+        let mut out = Vec::new();
+        for &(transport, bound) in addrs {
+            let fd = match transport {
+                Transport::Udp => {
+                    let fd = netio::bind_udp(bound, true, true)?;
+                    if index == 0 {
+                        steer_udp(&fd, workers)?;
+                    }
+                    fd
+                }
+                Transport::Raw => {
+                    let domain = if bound.is_ipv4() {
+                        socket2::Domain::IPV4
+                    } else {
+                        socket2::Domain::IPV6
+                    };
+                    let esp = socket2::Protocol::from(libc::IPPROTO_ESP);
+                    let fd =
+                        OwnedFd::from(socket2::Socket::new(domain, socket2::Type::RAW, Some(esp))?);
+                    steer_raw(&fd, bound.is_ipv4(), index, workers)?;
+                    match bound {
+                        SocketAddr::V4(a) => {
+                            setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
+                            bind(fd.as_raw_fd(), &SockaddrIn::from(a))?;
+                        }
+                        SocketAddr::V6(a) => {
+                            setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+                            bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
+                        }
+                    }
+                    fd
+                }
+            };
+            setsockopt(&fd, sockopt::RcvBuf, &(4 << 20))?;
+            setsockopt(&fd, sockopt::SndBuf, &(4 << 20))?;
+            out.push(EspSocket {
+                fd,
+                transport,
+                bound,
+            });
+        }
+        Ok(Self(out))
+    }
+}
+
+/// Reusable headers for batched receive and send.
+pub struct Batch {
+    recv: MultiHeaders<SockaddrStorage>,
+    send: MultiHeaders<SockaddrStorage>,
+}
+
+impl Batch {
+    /// Room for `size` datagrams per call.
+    pub fn new(size: usize) -> Self {
+        Self {
+            recv: MultiHeaders::preallocate(size, None),
+            send: MultiHeaders::preallocate(size, Some(nix::cmsg_space!(libc::in6_pktinfo))),
+        }
+    }
+
+    /// Receives up to `bufs.len()` datagrams without blocking, each into
+    /// `bufs[i][offset..]`; appends (length, sender) per datagram to `meta`.
+    pub fn recv(
+        &mut self,
+        socket: &EspSocket,
+        bufs: &mut [Vec<u8>],
+        offset: usize,
+        meta: &mut Vec<(usize, Option<SocketAddr>)>,
+    ) -> io::Result<()> {
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+            .iter_mut()
+            .map(|b| [IoSliceMut::new(&mut b[offset..])])
+            .collect();
+        let results = recvmmsg(
+            socket.fd.as_raw_fd(),
+            &mut self.recv,
+            iovs.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )?;
+        meta.extend(results.map(|r| (r.bytes, r.address.as_ref().and_then(netio::socket_addr))));
+        Ok(())
+    }
+
+    /// Sends each of `packets` to `to` from `source`, in as few calls as the kernel
+    /// takes; returns how many it refused.
+    pub fn send(
+        &mut self,
+        socket: &EspSocket,
+        packets: &[&[u8]],
+        to: SocketAddr,
+        source: IpAddr,
+    ) -> usize {
+        // Always one control message: the headers were allocated with room for it, and
+        // the kernel rejects room left empty. For a socket bound to `source` it is moot.
+        let info = PacketInfo::new(source);
+        let cmsg = [info.cmsg()];
+        let to = SockaddrStorage::from(to);
+        let mut failed = 0;
+        let mut rest = packets;
+        while !rest.is_empty() {
+            let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|p| [IoSlice::new(p)]).collect();
+            let addrs = vec![Some(to); iovs.len()];
+            match sendmmsg(
+                socket.fd.as_raw_fd(),
+                &mut self.send,
+                &iovs,
+                &addrs,
+                cmsg,
+                MsgFlags::empty(),
+            ) {
+                Ok(results) => {
+                    let sent = results.count().max(1);
+                    rest = &rest[sent.min(rest.len())..];
+                }
+                Err(_) => {
+                    // The first packet was refused (e.g. no route): drop it, go on.
+                    failed += 1;
+                    rest = &rest[1..];
+                }
+            }
+        }
+        failed
+    }
+}
