@@ -51,12 +51,18 @@ _sites_link() {
     ip -n "$1" link set "$2" up; ip -n "$3" link set "$4" up
 }
 
-# sites_down: stops what sites_start started, removes the namespaces.
-sites_down() {
-    local pid ns
+# sites_stop: stops what sites_start started (the gateways delete their SAs).
+sites_stop() {
+    local pid
     for pid in "${SITES_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${SITES_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     SITES_PIDS=()
+}
+
+# sites_down: sites_stop, then removes the namespaces.
+sites_down() {
+    local ns
+    sites_stop
     for ns in "$NS_AH" "$NS_AG" "$NS_BG" "$NS_BH"; do ip netns del "$ns" 2>/dev/null || true; done
 }
 
@@ -107,18 +113,27 @@ esp_proposals = ["${SITES_ESP:-aes128gcm16}"]
 CONF
 }
 
-# sites_start esptun dir [extra toml]: both gateways, bob responding, alice initiating;
-# returns once both have the Child SA up.
+# sites_start esptun dir [initiator] [extra toml]: both gateways, the responder first;
+# the initiator (alice unless told bob) starts the SAs. Returns once both have the
+# Child SA up.
 sites_start() {
-    local esptun=$1 d=$2
-    sites_config "$d" "$d/pki" bob alice $WAN_B $WAN_A false "$NETS_B" "$NETS_A" "${3:-}"
-    sites_config "$d" "$d/pki" alice bob $WAN_A $WAN_B true "$NETS_A" "$NETS_B" "${3:-}"
-    ip netns exec "$NS_BG" "$esptun" run --config "$d/bob.toml" >"$d/bob.log" 2>&1 &
-    SITES_PIDS+=($!); BOB_PID=$!
-    _sites_wait "$d/bob.log" "data plane:" || return 1
-    ip netns exec "$NS_AG" "$esptun" run --config "$d/alice.toml" >"$d/alice.log" 2>&1 &
-    SITES_PIDS+=($!); ALICE_PID=$!
+    local esptun=$1 d=$2 initiator=${3:-alice} a_start=true b_start=false
+    [[ $initiator == bob ]] && { a_start=false; b_start=true; }
+    sites_config "$d" "$d/pki" bob alice $WAN_B $WAN_A $b_start "$NETS_B" "$NETS_A" "${4:-}"
+    sites_config "$d" "$d/pki" alice bob $WAN_A $WAN_B $a_start "$NETS_A" "$NETS_B" "${4:-}"
+    local first=alice second=bob
+    [[ $initiator == alice ]] && { first=bob; second=alice; }
+    _sites_gateway "$esptun" "$d" $first && _sites_wait "$d/$first.log" "data plane:" || return 1
+    _sites_gateway "$esptun" "$d" $second
     _sites_wait "$d/alice.log" "CHILD_SA .* UP" && _sites_wait "$d/bob.log" "CHILD_SA .* UP"
+}
+
+_sites_gateway() { # esptun dir alice|bob: sets ALICE_PID or BOB_PID
+    local ns=$NS_AG
+    [[ $3 == bob ]] && ns=$NS_BG
+    ip netns exec "$ns" "$1" run --config "$2/$3.toml" >"$2/$3.log" 2>&1 &
+    SITES_PIDS+=($!)
+    if [[ $3 == alice ]]; then ALICE_PID=$!; else BOB_PID=$!; fi
 }
 
 _sites_wait() { # log regex

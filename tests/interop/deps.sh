@@ -6,4 +6,5 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends charon-systemd strongswan-swanctl \
-    libcharon-extra-plugins libstrongswan-standard-plugins iproute2 iputils-ping >/dev/null
+    libcharon-extra-plugins libstrongswan-standard-plugins iproute2 iputils-ping \
+    iperf3 netcat-openbsd tcpdump >/dev/null
