@@ -1,7 +1,8 @@
 #!/bin/bash
 # esptun against strongSwan's charon (kernel-libipsec), each in its own network
 # namespace: every auth method x proposal, esptun initiating and charon initiating,
-# then the failures that must fail cleanly. Root only; traffic stays in the namespaces.
+# with pings (and one 200 MB TCP transfer per role) through each tunnel, then the
+# failures that must fail cleanly. Root only; traffic stays in the namespaces.
 #
 # usage: tests/interop/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
 set -euo pipefail
@@ -270,7 +271,7 @@ run_case() {
     if [[ $who == charon ]]; then
         sw "$d" --initiate --child net --timeout 20 >"$d/initiate.log" 2>&1 || true
     fi
-    local theirs="" ours=""
+    local theirs="" ours="" why
     for i in $(seq 100); do
         theirs=$(charon_sa "$d" || true); ours=$(esptun_sa "$d" || true)
         [[ -n $theirs && -n $ours ]] && break
@@ -280,12 +281,34 @@ run_case() {
         fail "$name" "not established (charon: '${theirs}', esptun: '${ours}')"; show_logs "$d"
     elif [[ $theirs != "$ours" ]]; then
         fail "$name" "views differ: charon '$theirs' vs esptun '$ours'"; show_logs "$d"
+    elif ! why=$(traffic "$d" "$auth/$prop"); then
+        fail "$name" "$why"; show_logs "$d"
     else
         local frag=""
         grep -q 'fragments)' "$d/esptun.log" && frag="IKE_AUTH fragmented"
-        pass "$name" "${frag:+$frag, }SPIs $(cut -d' ' -f3-4 <<<"$ours")"
+        pass "$name" "${frag:+$frag, }SPIs $(cut -d' ' -f3-4 <<<"$ours"), $why"
     fi
     stop_all
+}
+
+# traffic dir auth/proposal: pings both families from esptun's protected addresses to
+# charon's; for the first ECDSA suite also a 200 MB TCP transfer whose SHA-256 must
+# match. Prints what passed, or why not (and fails).
+traffic() {
+    local d=$1
+    ip netns exec "$NS_E" ping -c 2 -i 0.2 -W 2 -q -I 10.1.0.1 10.2.0.1 >/dev/null || { echo "IPv4 ping through the tunnel failed"; return 1; }
+    ip netns exec "$NS_E" ping -6 -c 2 -i 0.2 -W 2 -q -I fd00:1::1 fd00:2::1 >/dev/null || { echo "IPv6 ping through the tunnel failed"; return 1; }
+    [[ $2 == ecdsa/aes128gcm16-prfsha256-x25519 ]] || { echo "pings v4/v6"; return 0; }
+    [[ -f $RUN/payload ]] || { head -c 200M /dev/urandom >"$RUN/payload"; sha256sum <"$RUN/payload" | cut -d' ' -f1 >"$RUN/payload.sum"; }
+    ip netns exec "$NS_C" sh -c "nc -l 10.2.0.1 5001 | sha256sum | cut -d' ' -f1 >'$d/received'" &
+    local listener=$! start
+    for _ in $(seq 50); do ip netns exec "$NS_C" ss -ltn | grep -q ":5001" && break; sleep 0.1; done
+    start=$(date +%s%N)
+    timeout 120 ip netns exec "$NS_E" nc -N -s 10.1.0.1 10.2.0.1 5001 <"$RUN/payload" || true
+    wait $listener || true
+    local ms=$((($(date +%s%N) - start) / 1000000))
+    [[ $(cat "$d/received") == "$(cat "$RUN/payload.sum")" ]] || { echo "200 MB transfer: SHA-256 differs"; return 1; }
+    echo "pings v4/v6, 200 MB TCP intact in $ms ms"
 }
 
 # run_failure initiator variant auth expected-notify
