@@ -7,7 +7,7 @@ use crate::auth::identity;
 use crate::auth::private_key::PrivateKey;
 use crate::auth::x509::{TrustAnchors, read_certificates};
 use crate::crypto::Secret;
-use crate::ike::{ChildPolicy, LocalAuth, Policy, RemoteAuth, proposal};
+use crate::ike::{ChildPolicy, Lifetime, Limits, LocalAuth, Policy, RemoteAuth, proposal};
 use crate::wire::ProtocolId;
 use crate::wire::payload::{AddrRange, Identity, Proposal, TsRange};
 use serde::Deserialize;
@@ -223,6 +223,12 @@ struct RawChild {
     remote_ts: Vec<Spanned<String>>,
     esp_proposals: Option<List>,
     mode: Option<Spanned<String>>,
+    rekey_time: Option<u64>,
+    life_time: Option<Spanned<u64>>,
+    rekey_bytes: Option<u64>,
+    life_bytes: Option<Spanned<u64>>,
+    rekey_packets: Option<u64>,
+    life_packets: Option<Spanned<u64>>,
 }
 
 const DEFAULT_PROPOSALS: [&str; 2] = ["aes128gcm16-prfsha256-x25519", "aes256-sha256-modp2048"];
@@ -462,6 +468,39 @@ fn listen(src: &Source<'_>, raw: RawListen) -> Result<Listen, ConfigError> {
         addrs,
         ike_port,
         natt_port,
+    })
+}
+
+/// A child's lifetimes; 0 or absent is unlimited, and a soft limit must lie below
+/// its hard one.
+fn lifetime(src: &Source<'_>, ch: &RawChild, key: &str) -> Result<Lifetime, ConfigError> {
+    let some = |v: Option<u64>| v.filter(|&v| v > 0);
+    let pair = |soft: Option<u64>, hard: &Option<Spanned<u64>>, name: &str| {
+        let soft = some(soft);
+        let hard_v = some(hard.as_ref().map(|h| *h.get_ref()));
+        match (soft, hard_v, hard) {
+            (Some(s), Some(h), Some(at)) if s >= h => Err(src.error(
+                at,
+                format!("{key}.life_{name}"),
+                format!("must exceed rekey_{name} ({s})"),
+            )),
+            _ => Ok((soft, hard_v)),
+        }
+    };
+    let (soft_time, hard_time) = pair(ch.rekey_time, &ch.life_time, "time")?;
+    let (soft_bytes, hard_bytes) = pair(ch.rekey_bytes, &ch.life_bytes, "bytes")?;
+    let (soft_packets, hard_packets) = pair(ch.rekey_packets, &ch.life_packets, "packets")?;
+    Ok(Lifetime {
+        soft: Limits {
+            time: soft_time.map(Duration::from_secs),
+            bytes: soft_bytes,
+            packets: soft_packets,
+        },
+        hard: Limits {
+            time: hard_time.map(Duration::from_secs),
+            bytes: hard_bytes,
+            packets: hard_packets,
+        },
     })
 }
 
@@ -729,6 +768,7 @@ fn connection(
                 ProtocolId::ESP,
                 &format!("{k}.esp_proposals"),
             )?,
+            lifetime: lifetime(src, ch, &k)?,
         });
     }
 

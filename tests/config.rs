@@ -393,6 +393,11 @@ fn mistakes_name_file_line_and_key() {
             "mode = \"transport\"",
             "site.toml:34: connection[0].children[0].mode: \"transport\": only \"tunnel\" is supported",
         ),
+        (
+            "mode =",
+            "rekey_bytes = 1000\nlife_bytes = 1000",
+            "site.toml:35: connection[0].children[0].life_bytes: must exceed rekey_bytes (1000)",
+        ),
         // Files.
         (
             "certs =",

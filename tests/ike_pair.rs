@@ -11,8 +11,8 @@ use esptun::crypto::Secret;
 use esptun::crypto::SeededRandom;
 use esptun::ike::exchange::RetransmitPolicy;
 use esptun::ike::{
-    ChildPolicy, ChildSaUp, DownReason, Endpoint, Event, Instant, LocalAuth, Policy, RemoteAuth,
-    Settings, Transmit,
+    ChildPolicy, ChildSaUp, DownReason, Endpoint, Event, Instant, Lifetime, Limits, LocalAuth,
+    Policy, RemoteAuth, Settings, Transmit,
 };
 use esptun::ike::{Error, proposal};
 use esptun::wire::payload::{AddrRange, TsRange};
@@ -48,6 +48,7 @@ struct Spec {
     remote_ts: Vec<TsRange>,
     encap: bool,
     fragment_size: usize,
+    lifetime: Lifetime,
 }
 
 impl Default for Spec {
@@ -60,6 +61,7 @@ impl Default for Spec {
             remote_ts: vec![cidr("10.2.0.0", "10.2.0.255")],
             encap: false,
             fragment_size: 1280,
+            lifetime: Lifetime::default(),
         }
     }
 }
@@ -96,6 +98,7 @@ fn policy(spec: Spec, left: bool) -> Arc<Policy> {
             local_ts,
             remote_ts,
             esp_proposals: proposal::parse_all(&strings(&spec.esp), ProtocolId::ESP).unwrap(),
+            lifetime: spec.lifetime,
         }],
     })
 }
@@ -757,4 +760,97 @@ fn initiator_refuses_a_responder_with_an_unexpected_identity() {
         ),
         "the responder hears about it"
     );
+}
+
+fn child_downs(events: &[Event]) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaDown { spi_in, .. } => Some(*spi_in),
+            _ => None,
+        })
+        .collect()
+}
+
+fn logs(events: &[Event]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Log { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn child_time_lifetimes_log_soft_then_delete_on_both_sides_at_hard() {
+    let spec = Spec {
+        lifetime: Lifetime {
+            soft: Limits {
+                time: Some(Duration::from_secs(600)),
+                ..Limits::default()
+            },
+            hard: Limits {
+                time: Some(Duration::from_secs(660)),
+                ..Limits::default()
+            },
+        },
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(spec, Spec::default());
+    pair.initiate();
+    // Not drive(): that would run the clock through both lifetimes at once.
+    while !pair.wire.is_empty() {
+        pair.deliver_next();
+    }
+    pair.assert_tunnel();
+    let spi_a = Pair::children(&pair.events_a)[0].spi_in;
+    let spi_b = Pair::children(&pair.events_b)[0].spi_in;
+    assert_eq!(
+        pair.a.poll_timeout(),
+        Some(Instant(Duration::from_secs(600)))
+    );
+    pair.now = Instant(Duration::from_secs(600));
+    pair.a.handle_timeout(pair.now);
+    pair.collect();
+    assert!(
+        logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("soft lifetime (time)"))
+    );
+    assert!(child_downs(&pair.events_a).is_empty());
+    pair.drive();
+    // The hard limit deleted the Child SA on both sides; the IKE SA stays.
+    assert_eq!(child_downs(&pair.events_a), vec![spi_a]);
+    assert_eq!(child_downs(&pair.events_b), vec![spi_b]);
+    assert!(
+        logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("hard lifetime (time)"))
+    );
+    assert_eq!(pair.a.established() + pair.b.established(), 2);
+    assert_eq!(pair.a.poll_timeout(), None);
+}
+
+#[test]
+fn data_plane_reports_end_a_child_sa_on_both_sides() {
+    let mut pair = Pair::psk(Spec::default(), Spec::default());
+    pair.initiate();
+    pair.drive();
+    let spi_a = Pair::children(&pair.events_a)[0].spi_in;
+    let spi_b = Pair::children(&pair.events_b)[0].spi_in;
+    pair.b.expire_child(pair.now, spi_b, false, "bytes");
+    pair.collect();
+    assert!(child_downs(&pair.events_b).is_empty());
+    pair.b.expire_child(pair.now, spi_b, true, "packets");
+    pair.collect();
+    pair.drive();
+    assert_eq!(child_downs(&pair.events_b), vec![spi_b]);
+    assert_eq!(child_downs(&pair.events_a), vec![spi_a]);
+    assert!(
+        logs(&pair.events_b)
+            .iter()
+            .any(|l| l.contains("hard lifetime (packets)"))
+    );
+    assert_eq!(pair.b.established(), 1);
 }

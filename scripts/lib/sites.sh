@@ -110,6 +110,7 @@ name = "lan"
 local_ts = $(_toml_list $8)
 remote_ts = $(_toml_list $9)
 esp_proposals = ["${SITES_ESP:-aes128gcm16}"]
+${SITES_CHILD:-}
 CONF
 }
 

@@ -83,6 +83,10 @@ fn clocks() -> (std::time::Instant, Duration) {
 /// RFC 3948 §2.3 suggests 20 seconds: short enough for most NATs' UDP timeouts.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
+/// How often the data plane's byte and packet counters are held against the Child
+/// SAs' lifetimes (the workers enforce hard limits themselves, per packet).
+const LIFETIME_CHECK: Duration = Duration::from_secs(1);
+
 /// The control thread's state between events.
 struct Daemon {
     endpoint: Endpoint,
@@ -184,6 +188,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut report = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
     let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+    let mut lifetimes = tokio::time::interval(LIFETIME_CHECK);
     let mut stopping: Option<tokio::time::Instant> = None;
     loop {
         daemon.flush();
@@ -202,6 +207,11 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
             Some(r) = rx.recv() => daemon.handle(now(), r),
             () = sleep_until(wake) => daemon.endpoint.handle_timeout(now()),
             _ = keepalive.tick() => daemon.send_keepalives(),
+            _ = lifetimes.tick() => {
+                for (spi_in, hard, cause) in daemon.dataplane.expiries() {
+                    daemon.endpoint.expire_child(now(), spi_in, hard, cause);
+                }
+            }
             _ = report.recv() => println!("{}", daemon.dataplane.report()),
             _ = interrupt.recv(), if stopping.is_none() => {
                 println!("interrupted: deleting IKE SAs");

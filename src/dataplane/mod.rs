@@ -22,7 +22,7 @@ pub use packet::Flow;
 
 use crate::config::{DataplaneSettings, Listen};
 use crate::esp::{InboundSa, OutboundSa, SaKeys};
-use crate::ike::ChildSaUp;
+use crate::ike::{ChildSaUp, Lifetime, Limits};
 use crate::wire::IkeSpi;
 use crate::wire::payload::TsRange;
 use crossbeam_channel::Sender;
@@ -59,8 +59,8 @@ pub enum DropReason {
     Malformed,
     /// Outbound: too big for the path with DF set; an ICMP error went back.
     TooBig,
-    /// Outbound: the SA used up its sequence numbers.
-    Exhausted,
+    /// The SA reached its hard byte or packet lifetime, or used up its sequence numbers.
+    Expired,
     /// The kernel refused to send or deliver it.
     Io,
 }
@@ -74,7 +74,7 @@ impl DropReason {
         DropReason::SelectorMismatch,
         DropReason::Malformed,
         DropReason::TooBig,
-        DropReason::Exhausted,
+        DropReason::Expired,
         DropReason::Io,
     ];
 
@@ -87,7 +87,7 @@ impl DropReason {
             DropReason::SelectorMismatch => "selector_mismatch",
             DropReason::Malformed => "malformed",
             DropReason::TooBig => "too_big",
-            DropReason::Exhausted => "exhausted",
+            DropReason::Expired => "expired",
             DropReason::Io => "io",
         }
     }
@@ -127,6 +127,18 @@ impl Traffic {
             self.bytes.load(Ordering::Relaxed),
         )
     }
+
+    /// Which of `limits` this traffic has reached, if any.
+    fn reached(&self, limits: &Limits) -> Option<&'static str> {
+        let (packets, bytes) = self.get();
+        if limits.packets.is_some_and(|l| packets >= l) {
+            Some("packets")
+        } else if limits.bytes.is_some_and(|l| bytes >= l) {
+            Some("bytes")
+        } else {
+            None
+        }
+    }
 }
 
 /// An outbound Child SA with its policy, shared by every worker.
@@ -145,6 +157,8 @@ pub struct Outbound {
     local: IpAddr,
     /// The largest inner packet that fits the path MTU once sealed.
     max_inner: usize,
+    /// Bytes and packets after which it must not be used.
+    hard: Limits,
     traffic: Traffic,
 }
 
@@ -153,6 +167,7 @@ pub struct Inbound {
     sa: InboundSa,
     local_ts: Vec<TsRange>,
     remote_ts: Vec<TsRange>,
+    hard: Limits,
     traffic: Arc<Traffic>,
 }
 
@@ -192,6 +207,9 @@ struct Installed {
     inbound: Arc<Traffic>,
     outbound: Arc<Outbound>,
     routes: Vec<(IpAddr, u8)>,
+    lifetime: Lifetime,
+    /// Soft and hard limits already reported.
+    reported: (bool, bool),
 }
 
 /// The running data plane: the TUN device, the workers, the installed SAs.
@@ -332,6 +350,7 @@ impl Dataplane {
             },
             local: c.local.ip(),
             max_inner,
+            hard: c.lifetime.hard,
             traffic: Traffic::default(),
         });
         let traffic = Arc::new(Traffic::default());
@@ -339,6 +358,7 @@ impl Dataplane {
             sa: in_sa,
             local_ts: c.local_ts.clone(),
             remote_ts: c.remote_ts.clone(),
+            hard: c.lifetime.hard,
             traffic: traffic.clone(),
         });
         // Inbound first: the peer may send as soon as it has installed its side.
@@ -380,6 +400,8 @@ impl Dataplane {
                 inbound: traffic,
                 outbound,
                 routes,
+                lifetime: c.lifetime,
+                reported: (false, false),
             },
         );
         Ok(())
@@ -418,6 +440,33 @@ impl Dataplane {
             .map(|(&spi, _)| spi)
             .collect();
         spis.into_iter().filter_map(|s| self.remove(s)).collect()
+    }
+
+    /// Child SAs that crossed a soft or hard byte or packet limit since the last call:
+    /// (inbound SPI, hard, which limit). Each limit is reported once.
+    pub fn expiries(&mut self) -> Vec<(u32, bool, &'static str)> {
+        let mut out = Vec::new();
+        for (&spi, sa) in &mut self.installed {
+            let reached = |limits: &Limits| {
+                sa.inbound
+                    .reached(limits)
+                    .or_else(|| sa.outbound.traffic.reached(limits))
+            };
+            if !sa.reported.1 {
+                if let Some(cause) = reached(&sa.lifetime.hard) {
+                    sa.reported = (true, true);
+                    out.push((spi, true, cause));
+                    continue;
+                }
+            }
+            if !sa.reported.0 {
+                if let Some(cause) = reached(&sa.lifetime.soft) {
+                    sa.reported.0 = true;
+                    out.push((spi, false, cause));
+                }
+            }
+        }
+        out
     }
 
     /// Per-SA traffic and the drop counters, one line each.

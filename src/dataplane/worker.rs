@@ -291,6 +291,9 @@ fn seal(spd: &[Arc<Outbound>], buf: &mut Vec<u8>) -> Result<(usize, Arc<Outbound
         .iter()
         .find(|sa| flow.selected(&sa.local_ts, &sa.remote_ts))
         .ok_or(Refused::Drop(DropReason::NoSa))?;
+    if sa.traffic.reached(&sa.hard).is_some() {
+        return Err(Refused::Drop(DropReason::Expired));
+    }
     let len = packet.len();
     if len > sa.max_inner && flow.dont_fragment {
         let mtu = u16::try_from(sa.max_inner).unwrap_or(u16::MAX);
@@ -304,7 +307,7 @@ fn seal(spd: &[Arc<Outbound>], buf: &mut Vec<u8>) -> Result<(usize, Arc<Outbound
     let head = sa
         .sa
         .seal(buf, HEADROOM, next_header)
-        .map_err(|_| Refused::Drop(DropReason::Exhausted))?;
+        .map_err(|_| Refused::Drop(DropReason::Expired))?;
     sa.traffic.add(len);
     Ok((head, sa.clone()))
 }
@@ -319,6 +322,9 @@ fn open(
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or(DropReason::Malformed)?;
     let sa = inbound.get_mut(&spi).ok_or(DropReason::NoSa)?;
+    if sa.traffic.reached(&sa.hard).is_some() {
+        return Err(DropReason::Expired);
+    }
     let (inner, next_header, _) = sa.sa.open(esp).map_err(|e| match e {
         EspError::Replay(_) => DropReason::Replay,
         EspError::BadIcv => DropReason::BadIcv,

@@ -181,6 +181,22 @@ impl Endpoint {
         result.map(|()| spi)
     }
 
+    /// The data plane reports that the Child SA with inbound SPI `spi_in` crossed its
+    /// soft or hard byte or packet limit (`cause`); hard deletes it (see
+    /// [`ChildSaDown`](super::Event::ChildSaDown)).
+    pub fn expire_child(&mut self, now: Instant, spi_in: u32, hard: bool, cause: &str) {
+        let owner = self
+            .sas
+            .iter()
+            .find(|(_, sa)| sa.children.iter().any(|c| c.spi_in == spi_in))
+            .map(|(spi, _)| *spi);
+        if let Some(spi) = owner {
+            self.with_sa(now, spi, |sa, ctx| {
+                informational::expire_child(sa, ctx, spi_in, hard, cause);
+            });
+        }
+    }
+
     /// Deletes every IKE SA: Delete to established peers, silence for the others.
     pub fn delete_all(&mut self, now: Instant) {
         let spis: Vec<IkeSpi> = self.sas.keys().copied().collect();

@@ -2,7 +2,7 @@
 //! every exchange shares (protecting, sending, receiving and logging messages).
 
 use super::exchange::{Incoming, Requester, Responder, Timeout};
-use super::task::Task;
+use super::task::{Task, informational};
 use super::{DownReason, Error, Event, Instant, MessageRecord, Policy, Settings, Transmit};
 use crate::auth::signature::Hash;
 use crate::crypto::fragment::{Reassembly, seal_fragments};
@@ -30,10 +30,14 @@ pub(super) enum State {
 }
 
 /// A Child SA as the IKE SA remembers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ChildSa {
+    pub name: String,
     pub spi_in: u32,
     pub spi_out: u32,
+    /// When its soft time limit fires (once), and its hard one.
+    pub soft_at: Option<Instant>,
+    pub hard_at: Option<Instant>,
 }
 
 /// What the endpoint lends an IKE SA while it handles one input.
@@ -475,12 +479,24 @@ impl IkeSa {
         Task::respond(self, ctx, &header, payloads);
     }
 
-    /// Acts on the clock: retransmission, giving up, half-open expiry.
+    /// Acts on the clock: retransmission, giving up, half-open expiry, Child SA lifetimes.
     pub fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
         if self.half_open_until.is_some_and(|t| ctx.now >= t) && self.state == State::HalfOpen {
             self.log(ctx, "half-open IKE SA expired");
             self.down(ctx, DownReason::HalfOpenExpired);
             return;
+        }
+        let due: Vec<(u32, bool)> = self
+            .children
+            .iter()
+            .filter_map(|c| {
+                let hard = c.hard_at.is_some_and(|t| ctx.now >= t);
+                let soft = c.soft_at.is_some_and(|t| ctx.now >= t);
+                (hard || soft).then_some((c.spi_in, hard))
+            })
+            .collect();
+        for (spi_in, hard) in due {
+            informational::expire_child(self, ctx, spi_in, hard, "time");
         }
         match self.requester.timeout(ctx.now, ctx.rng) {
             Timeout::Idle => {}
@@ -505,8 +521,10 @@ impl IkeSa {
         let half_open = self
             .half_open_until
             .filter(|_| self.state == State::HalfOpen);
+        let children = self.children.iter().flat_map(|c| [c.soft_at, c.hard_at]);
         [self.requester.deadline(), half_open]
             .into_iter()
+            .chain(children)
             .flatten()
             .min()
     }

@@ -135,6 +135,30 @@ pub struct ChildPolicy {
     pub remote_ts: Vec<TsRange>,
     /// ESP proposals in our order of preference.
     pub esp_proposals: Vec<Proposal>,
+    /// When its Child SAs should be rekeyed (soft) and must end (hard).
+    pub lifetime: Lifetime,
+}
+
+/// The soft and hard lifetimes of a Child SA (RFC 4301 §4.4.2.1). The engine keeps
+/// the time limits; the data plane counts bytes and packets and reports crossings
+/// with [`Endpoint::expire_child`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Reaching any of these asks for a rekey.
+    pub soft: Limits,
+    /// Reaching any of these ends the Child SA.
+    pub hard: Limits,
+}
+
+/// Limits of one kind; None is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Time since the Child SA was negotiated.
+    pub time: Option<Duration>,
+    /// Inner bytes in either direction.
+    pub bytes: Option<u64>,
+    /// Packets in either direction.
+    pub packets: Option<u64>,
 }
 
 /// A datagram for the driver to send: from `local` (whose port picks the socket;
@@ -309,4 +333,6 @@ pub struct ChildSaUp {
     pub local: SocketAddr,
     /// The peer's outer address and port.
     pub remote: SocketAddr,
+    /// Its lifetimes (the data plane enforces bytes and packets).
+    pub lifetime: Lifetime,
 }

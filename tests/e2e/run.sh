@@ -164,5 +164,31 @@ hostile() {
 }
 hostile
 
+# --- lifetimes: a hard packet limit ends the Child SA on both sides ---------------------
+lifetime() {
+    CASE=$RUN/lifetime; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE="" SITES_CHILD=$'rekey_packets = 100\nlife_packets = 300'
+    log "case lifetime: rekey_packets = 100, life_packets = 300"
+    sites_start "$ESPTUN" "$CASE" alice || { fail lifetime "no Child SA"; sites_stop; return; }
+    SITES_CHILD=""
+    ip netns exec "$NS_AH" ping -c 400 -i 0.005 -W 1 -q "$HOST_B" >/dev/null 2>&1 || true
+    local why=""
+    for _ in $(seq 30); do
+        grep -q 'CHILD_SA lan .* in [0-9]* packets' "$CASE/bob.log" && grep -q 'CHILD_SA lan .* in [0-9]* packets' "$CASE/alice.log" && break
+        sleep 0.1
+    done
+    grep -q 'soft lifetime (packets) reached' "$CASE/alice.log" "$CASE/bob.log" || why="no soft lifetime report"
+    grep -q 'hard lifetime (packets) reached' "$CASE/alice.log" "$CASE/bob.log" || why+="${why:+; }no hard lifetime report"
+    # Both gateways removed the Child SA (its final counters line) and kept the IKE SA.
+    for gw in alice bob; do
+        grep -q 'CHILD_SA lan .* in [0-9]* packets' "$CASE/$gw.log" || why+="${why:+; }$gw kept the Child SA"
+        grep -q ' DOWN ' "$CASE/$gw.log" && why+="${why:+; }$gw lost the IKE SA"
+    done
+    log "  $(grep -h -m1 'hard lifetime (' "$CASE/alice.log" "$CASE/bob.log" | head -1)"
+    if [[ -z $why ]]; then pass lifetime; else fail lifetime "$why"; fi
+    sites_stop
+}
+lifetime
+
 log "$PASSED passed, ${#FAILED[@]} failed${FAILED[*]:+: ${FAILED[*]}}"
 (( ${#FAILED[@]} == 0 ))

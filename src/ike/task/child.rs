@@ -241,7 +241,20 @@ fn up(
     } else {
         (responder_keys, initiator_keys)
     };
-    sa.children.push(ChildSa { spi_in, spi_out });
+    let lifetime = sa
+        .policy
+        .children
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.lifetime)
+        .unwrap_or_default();
+    sa.children.push(ChildSa {
+        name: name.to_owned(),
+        spi_in,
+        spi_out,
+        soft_at: lifetime.soft.time.map(|t| ctx.now + t),
+        hard_at: lifetime.hard.time.map(|t| ctx.now + t),
+    });
     ctx.events.push_back(Event::ChildSaUp(Box::new(ChildSaUp {
         spi_i: sa.spi_i,
         connection: sa.policy.name.clone(),
@@ -258,6 +271,7 @@ fn up(
         encap: sa.local.port() == ctx.settings.natt_port,
         local: sa.local,
         remote: sa.remote,
+        lifetime,
     })));
     Ok(())
 }

@@ -57,6 +57,54 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
     }
 }
 
+/// A Child SA reached a lifetime (`cause`: time, bytes or packets). Soft asks for a
+/// rekey, which this engine cannot do yet, so it is logged once; hard deletes the
+/// Child SA on both sides (RFC 4301 §4.4.2.1).
+pub(in super::super) fn expire_child(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    spi_in: u32,
+    hard: bool,
+    cause: &str,
+) {
+    let Some(i) = sa.children.iter().position(|c| c.spi_in == spi_in) else {
+        return;
+    };
+    if !hard {
+        let child = &mut sa.children[i];
+        child.soft_at = None;
+        let text = format!(
+            "CHILD_SA {} {spi_in:08x}: soft lifetime ({cause}) reached; rekeying is not implemented, it ends at its hard lifetime",
+            child.name
+        );
+        sa.log(ctx, text);
+        return;
+    }
+    let child = sa.children.remove(i);
+    ctx.child_spis.remove(&child.spi_in);
+    sa.log(
+        ctx,
+        format!(
+            "CHILD_SA {} {spi_in:08x}: hard lifetime ({cause}) reached, deleting it",
+            child.name
+        ),
+    );
+    ctx.events.push_back(Event::ChildSaDown {
+        spi_i: sa.spi_i,
+        spi_in: child.spi_in,
+        spi_out: child.spi_out,
+    });
+    let delete = vec![Payload::Delete(DeletePayload::esp(&[child.spi_in]))];
+    if let Err(e) = sa.send_request(
+        ctx,
+        ExchangeType::INFORMATIONAL,
+        delete,
+        Task::Informational,
+    ) {
+        sa.log(ctx, format!("cannot send the CHILD_SA Delete: {e}"));
+    }
+}
+
 /// Deletes the IKE SA (and with it every Child SA): sends Delete and ends the SA once
 /// the peer answers or retransmissions run out.
 pub(in super::super) fn delete(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {

@@ -4,7 +4,7 @@
 pub(super) mod child;
 pub(super) mod ike_auth;
 pub(super) mod ike_init;
-pub(super) mod informational;
+pub(in super::super) mod informational;
 
 use super::ike_sa::{Ctx, IkeSa, State};
 use super::{DownReason, Error};
