@@ -16,7 +16,11 @@ DURATION=${1:-10}
 command -v iperf3 >/dev/null || { echo "bench-tunnel: iperf3 missing (apt-get install iperf3)" >&2; exit 1; }
 
 RUN=$(mktemp -d /tmp/esptun-bench.XXXXXX)
-cleanup() { sites_down; rm -rf "$RUN"; }
+cleanup() {
+    [[ -n ${IPERF_PID:-} ]] && kill "$IPERF_PID" 2>/dev/null
+    sites_down
+    rm -rf "$RUN"
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -24,7 +28,8 @@ trap 'exit 130' INT TERM
 ESPTUN=$ROOT/target/release/esptun
 sites_pki "$RUN/pki" "$ESPTUN"
 sites_up
-ip netns exec "$NS_BH" iperf3 -s -D -B "$HOST_B" --logfile "$RUN/iperf3-server.log"
+ip netns exec "$NS_BH" iperf3 -s -B "$HOST_B" >"$RUN/iperf3-server.log" 2>&1 &
+IPERF_PID=$!
 for _ in $(seq 50); do ip netns exec "$NS_BH" ss -ltn | grep -q ":5201" && break; sleep 0.1; done
 
 # cpu_ticks pid...: user + system clock ticks of these processes (all their threads).
@@ -120,7 +125,7 @@ CONF
         sleep 0.05
     done
     STRONGSWAN_CONF=$d/strongswan.conf SWANCTL_DIR=$d/swanctl \
-        swanctl --load-all --noprompt --uri "unix://$d/charon.vici" >/dev/null
+        swanctl --load-all --noprompt --uri "unix://$d/charon.vici" >/dev/null 2>&1
 }
 
 if command -v charon-systemd >/dev/null; then
@@ -128,7 +133,7 @@ if command -v charon-systemd >/dev/null; then
     charon_gateway bob "" "$NS_BG" $WAN_B $WAN_A "$NETS_B" "$NETS_A"; BOB_CHARON=$CHARON_PID
     charon_gateway alice "" "$NS_AG" $WAN_A $WAN_B "$NETS_A" "$NETS_B"; ALICE_CHARON=$CHARON_PID
     STRONGSWAN_CONF=$RUN/charon-alice/strongswan.conf swanctl --initiate --child lan \
-        --uri "unix://$RUN/charon-alice/charon.vici" --timeout 20 >/dev/null
+        --uri "unix://$RUN/charon-alice/charon.vici" --timeout 20 >/dev/null 2>&1
     measure "strongSwan <-> strongSwan (libipsec)" "$ALICE_CHARON" "$BOB_CHARON"
     sites_stop
 else
