@@ -5,10 +5,11 @@
 
 use crate::config::Listen;
 use crate::netio::{self, PacketInfo};
+use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::{
-    MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrStorage, bind, recvmmsg, sendmmsg,
-    setsockopt, sockopt,
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrStorage, bind,
+    recvmmsg, sendmmsg, sendmsg, setsockopt, sockopt,
 };
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -184,10 +185,36 @@ impl EspSockets {
     }
 }
 
+/// UDP GSO (UDP_SEGMENT): at most this many segments and bytes in one send.
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// How many packets from the start of `packets` one GSO send can carry: all of one
+/// size, except that the last may be shorter.
+fn gso_run(packets: &[&[u8]]) -> usize {
+    let segment = packets[0].len();
+    let mut bytes = 0;
+    let mut n = 0;
+    for p in packets.iter().take(GSO_MAX_SEGMENTS) {
+        if p.len() > segment || bytes + p.len() > GSO_MAX_BYTES {
+            break;
+        }
+        bytes += p.len();
+        n += 1;
+        if p.len() < segment {
+            break;
+        }
+    }
+    n
+}
+
 /// Reusable headers for batched receive and send.
 pub struct Batch {
     recv: MultiHeaders<SockaddrStorage>,
     send: MultiHeaders<SockaddrStorage>,
+    /// Send runs of equal-sized UDP datagrams as one GSO send; off once the kernel
+    /// or the device refuses it.
+    gso: bool,
 }
 
 impl Batch {
@@ -196,6 +223,7 @@ impl Batch {
         Self {
             recv: MultiHeaders::preallocate(size, None),
             send: MultiHeaders::preallocate(size, Some(nix::cmsg_space!(libc::in6_pktinfo))),
+            gso: true,
         }
     }
 
@@ -240,7 +268,42 @@ impl Batch {
         let mut failed = 0;
         let mut rest = packets;
         while !rest.is_empty() {
-            let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|p| [IoSlice::new(p)]).collect();
+            let run = gso_run(rest);
+            if self.gso && socket.transport == Transport::Udp && run > 1 {
+                // One datagram per iovec, split by the kernel (or the NIC) at `segment`.
+                let segment = rest[0].len() as u16;
+                let iovs: Vec<IoSlice<'_>> = rest[..run].iter().map(|p| IoSlice::new(p)).collect();
+                let cmsgs = [info.cmsg(), ControlMessage::UdpGsoSegments(&segment)];
+                match sendmsg(
+                    socket.fd.as_raw_fd(),
+                    &iovs,
+                    &cmsgs,
+                    MsgFlags::empty(),
+                    Some(&to),
+                ) {
+                    Ok(_) => rest = &rest[run..],
+                    Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
+                        eprintln!(
+                            "UDP GSO refused on {}: sending datagrams one by one",
+                            socket.bound
+                        );
+                        self.gso = false;
+                    }
+                    Err(_) => {
+                        failed += run;
+                        rest = &rest[run..];
+                    }
+                }
+                continue;
+            }
+            // With GSO on, this is a packet no run can take: send it alone, then try again.
+            let take = if self.gso && socket.transport == Transport::Udp {
+                1
+            } else {
+                rest.len()
+            };
+            let iovs: Vec<[IoSlice<'_>; 1]> =
+                rest[..take].iter().map(|p| [IoSlice::new(p)]).collect();
             let addrs = vec![Some(to); iovs.len()];
             match sendmmsg(
                 socket.fd.as_raw_fd(),
@@ -262,5 +325,23 @@ impl Batch {
             }
         }
         failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gso_runs_are_equal_sized_but_for_a_shorter_last() {
+        let (big, small) = (vec![0u8; 1400], vec![0u8; 100]);
+        assert_eq!(gso_run(&[&big, &big, &big]), 3);
+        assert_eq!(gso_run(&[&big, &big, &small, &big]), 3);
+        assert_eq!(gso_run(&[&small, &big]), 1);
+        assert_eq!(gso_run(&[&big]), 1);
+        let many = vec![&big[..]; 100];
+        assert_eq!(gso_run(&many), GSO_MAX_BYTES / 1400);
+        let tiny = [0u8; 10];
+        assert_eq!(gso_run(&vec![&tiny[..]; 100]), GSO_MAX_SEGMENTS);
     }
 }
