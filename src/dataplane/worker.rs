@@ -48,11 +48,13 @@ pub struct Worker {
     meta: Vec<(usize, Option<SocketAddr>)>,
 }
 
-/// A sealed packet waiting for sendmmsg: which buffer, where ESP starts, which SA.
+/// A sealed packet waiting to be sent: which buffer, where ESP starts, and which SA
+/// (an index into the policy table, which only changes between batches; cloning the
+/// `Arc` instead would bounce its count between the cores).
 struct Sealed {
     buf: usize,
     head: usize,
-    sa: Arc<Outbound>,
+    sa: usize,
 }
 
 impl Worker {
@@ -193,10 +195,10 @@ impl Worker {
         // One sendmmsg per run of packets with the same SA (usually the whole batch).
         let mut start = 0;
         while start < sealed.len() {
-            let sa = &sealed[start].sa;
+            let sa = &self.outbound[sealed[start].sa];
             let end = sealed[start..]
                 .iter()
-                .position(|s| !Arc::ptr_eq(&s.sa, sa))
+                .position(|s| s.sa != sealed[start].sa)
                 .map_or(sealed.len(), |p| start + p);
             let packets: Vec<&[u8]> = sealed[start..end]
                 .iter()
@@ -284,13 +286,14 @@ enum Refused {
 }
 
 /// Finds the SA for the packet at `buf[HEADROOM..]` and seals it in place.
-fn seal(spd: &[Arc<Outbound>], buf: &mut Vec<u8>) -> Result<(usize, Arc<Outbound>), Refused> {
+fn seal(spd: &[Arc<Outbound>], buf: &mut Vec<u8>) -> Result<(usize, usize), Refused> {
     let packet = &buf[HEADROOM..];
     let flow = Flow::parse(packet).ok_or(Refused::Drop(DropReason::Malformed))?;
-    let sa = spd
+    let index = spd
         .iter()
-        .find(|sa| flow.selected(&sa.local_ts, &sa.remote_ts))
+        .position(|sa| flow.selected(&sa.local_ts, &sa.remote_ts))
         .ok_or(Refused::Drop(DropReason::NoSa))?;
+    let sa = &spd[index];
     if sa.traffic.reached(&sa.hard).is_some() {
         return Err(Refused::Drop(DropReason::Expired));
     }
@@ -309,7 +312,7 @@ fn seal(spd: &[Arc<Outbound>], buf: &mut Vec<u8>) -> Result<(usize, Arc<Outbound
         .seal(buf, HEADROOM, next_header)
         .map_err(|_| Refused::Drop(DropReason::Expired))?;
     sa.traffic.add(len);
-    Ok((head, sa.clone()))
+    Ok((head, index))
 }
 
 /// Opens an ESP packet in place; returns the inner packet's range within it.
