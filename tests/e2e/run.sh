@@ -4,7 +4,9 @@
 # over IPv4 and IPv6, a 200 MB TCP transfer whose SHA-256 must match on arrival, and
 # a capture of the WAN link that must hold nothing but IKE and ESP. Then a peer
 # sends garbage, a replayed packet and a wrong SPI at the ESP port: only the drop
-# counters may change. Root only; traffic stays in the namespaces.
+# counters may change. Last, a hard packet lifetime must end the Child SA on both
+# sides, and a DF packet too big for a CBC SA must get ICMP "fragmentation needed".
+# Root only; traffic stays in the namespaces.
 #
 # usage: tests/e2e/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
 set -euo pipefail
@@ -189,6 +191,27 @@ lifetime() {
     sites_stop
 }
 lifetime
+
+# --- path MTU: a DF packet the SA cannot fit gets ICMP "fragmentation needed" --------------
+# AES-256-CBC/HMAC-SHA-512 in UDP needs more room than the TUN MTU (sized for AEAD) leaves:
+# max inner = 1500 - 20 - 8 - (8 + 16 + 32) rounded down to 16, minus 2 = 1406 < 1415.
+too_big() {
+    CASE=$RUN/too-big; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE="" SITES_ESP=aes256-sha512
+    log "case too-big: ESP aes256-sha512 in UDP, a 1415-byte ping with DF"
+    sites_start "$ESPTUN" "$CASE" alice "encap = true" || { fail too-big "no Child SA"; sites_stop; return; }
+    SITES_ESP=""
+    local out why=""
+    out=$(ip netns exec "$NS_AH" ping -M do -s 1387 -c 2 -i 0.2 -W 1 "$HOST_B" 2>&1 || true)
+    grep -q 'mtu = 1406' <<<"$out" || why="no ICMP fragmentation needed with mtu 1406: $(tail -n 3 <<<"$out")"
+    ip netns exec "$NS_AH" ping -M do -s 1378 -c 2 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }a 1406-byte ping did not pass"
+    local drops; drops=$(sites_report "$CASE/alice.log" "$ALICE_PID" | grep -o 'too_big=[0-9]*')
+    [[ $drops != too_big=0 ]] || why+="${why:+; }too_big not counted"
+    log "  alice: $drops; $(grep -m1 -o 'Frag needed.*' <<<"$out" || true)"
+    if [[ -z $why ]]; then pass too-big; else fail too-big "$why"; fi
+    sites_stop
+}
+too_big
 
 log "$PASSED passed, ${#FAILED[@]} failed${FAILED[*]:+: ${FAILED[*]}}"
 (( ${#FAILED[@]} == 0 ))
