@@ -165,10 +165,9 @@ impl EspSockets {
                             setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
                             bind(fd.as_raw_fd(), &SockaddrIn::from(a))?;
                         }
-                        SocketAddr::V6(a) => {
-                            setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
-                            bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
-                        }
+                        // (IPV6_V6ONLY is for UDP and TCP: a raw IPv6 socket only
+                        // sees IPv6, and refuses the option.)
+                        SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
                     }
                     fd
                 }

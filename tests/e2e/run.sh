@@ -116,6 +116,12 @@ run_case udp-alice alice udp
 run_case udp-bob bob udp
 run_case no-offload alice udp "offload = false"
 run_case one-worker bob raw "workers = 1"
+# The same over an IPv6 WAN (outer IPv6; raw ESP sockets see no IP header there).
+WAN4_A=$WAN_A WAN4_B=$WAN_B
+WAN_A=$WAN6_A WAN_B=$WAN6_B
+run_case raw-ipv6-outer alice raw
+run_case udp-ipv6-outer bob udp
+WAN_A=$WAN4_A WAN_B=$WAN4_B
 
 # --- hostile traffic at bob's ESP port ----------------------------------------------
 # drops: the named counter of bob's last report.
