@@ -120,7 +120,8 @@ CONF
 sites_start() {
     local esptun=$1 d=$2 initiator=${3:-alice} a_start=true b_start=false
     [[ $initiator == bob ]] && { a_start=false; b_start=true; }
-    sites_config "$d" "$d/pki" bob alice $WAN_B $WAN_A $b_start "$NETS_B" "$NETS_A" "${4:-}"
+    # SITES_ALICE_SEEN: alice's address as bob sees it (behind a NAT).
+    sites_config "$d" "$d/pki" bob alice $WAN_B "${SITES_ALICE_SEEN:-$WAN_A}" $b_start "$NETS_B" "$NETS_A" "${4:-}"
     sites_config "$d" "$d/pki" alice bob $WAN_A $WAN_B $a_start "$NETS_A" "$NETS_B" "${4:-}"
     local first=alice second=bob
     [[ $initiator == alice ]] && { first=bob; second=alice; }

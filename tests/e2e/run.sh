@@ -5,7 +5,9 @@
 # a capture of the WAN link that must hold nothing but IKE and ESP. Then a peer
 # sends garbage, a replayed packet and a wrong SPI at the ESP port: only the drop
 # counters may change. Last, a hard packet lifetime must end the Child SA on both
-# sides, and a DF packet too big for a CBC SA must get ICMP "fragmentation needed".
+# sides, a DF packet too big for a CBC SA must get ICMP "fragmentation needed", and
+# behind a source NAT (nftables) both sides must float to 4500 and the translated side
+# must send NAT keepalives.
 # Root only; traffic stays in the namespaces.
 #
 # usage: tests/e2e/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
@@ -22,7 +24,7 @@ while [[ $# -gt 0 ]]; do case $1 in
 esac; done
 [[ $(id -u) == 0 ]] || { echo "e2e: needs root (namespaces, TUN)" >&2; exit 1; }
 [[ -x $ESPTUN ]] || { echo "e2e: no esptun binary at $ESPTUN (cargo build --release)" >&2; exit 1; }
-for tool in iperf3 nc tcpdump sha256sum; do
+for tool in iperf3 nc tcpdump nft sha256sum; do
     command -v $tool >/dev/null || { echo "e2e: $tool missing (tests/interop/deps.sh)" >&2; exit 1; }
 done
 
@@ -218,6 +220,49 @@ too_big() {
     sites_stop
 }
 too_big
+
+# --- NAT: alice's gateway is behind a source NAT (nftables, 192.0.2.1 -> 192.0.2.3) ------
+# Both sides must detect it and float to UDP 4500, traffic must pass, and alice, whose
+# address is translated, must send NAT keepalives (RFC 3948 §2.3: every 20 s).
+nat() {
+    CASE=$RUN/nat; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE=""
+    log "case nat: alice behind SNAT to 192.0.2.3; keepalives within 25 s"
+    ip -n "$NS_AG" addr add 192.0.2.3/32 dev wan
+    ip netns exec "$NS_AG" nft -f - <<NFT
+table ip esptun_nat {
+    chain post { type nat hook postrouting priority srcnat; oifname "wan" ip saddr $WAN_A snat to 192.0.2.3; }
+}
+NFT
+    ip netns exec "$NS_BG" tcpdump -i wan -n -c 1 -w "$CASE/keepalive.pcap" \
+        "src host 192.0.2.3 and udp dst port 4500 and udp[4:2] = 9" 2>/dev/null &
+    local dump=$! why=""
+    # Bob's remote_addrs names the address he sees.
+    if ! SITES_ALICE_SEEN=192.0.2.3 sites_start "$ESPTUN" "$CASE" alice; then
+        why="no Child SA"
+    else
+        grep -q 'NAT detected on our side' "$CASE/alice.log" || why="alice did not see her NAT"
+        grep -q 'NAT detected on the peer' "$CASE/bob.log" || why+="${why:+; }bob did not see alice's NAT"
+        grep -q 'CHILD_SA .* UP .*192.0.2.3:4500' "$CASE/bob.log" || why+="${why:+; }bob's SA is not to 192.0.2.3:4500"
+        ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }ping through the NAT failed"
+        ip netns exec "$NS_BH" ping -6 -c 3 -i 0.2 -W 2 -q "$HOST6_A" >/dev/null || why+="${why:+; }IPv6 ping from bob failed"
+        local waited=0
+        while kill -0 $dump 2>/dev/null && (( waited < 250 )); do sleep 0.1; waited=$((waited + 1)); done
+        if kill -0 $dump 2>/dev/null; then
+            why+="${why:+; }no keepalive from alice within 25 s"
+        else
+            log "  keepalive after $((waited / 10)) s: $(tcpdump -r "$CASE/keepalive.pcap" -n -X 2>/dev/null | tail -1)"
+        fi
+        local drops; drops=$(sites_report "$CASE/bob.log" "$BOB_PID" | grep '^drops:')
+        [[ $drops == *" bad_icv=0 "*" malformed=0 "* ]] || why+="${why:+; }bob counted the keepalives as drops: $drops"
+    fi
+    kill $dump 2>/dev/null || true; wait $dump 2>/dev/null || true
+    if [[ -z $why ]]; then pass nat; else fail nat "$why"; fi
+    sites_stop
+    ip netns exec "$NS_AG" nft delete table ip esptun_nat
+    ip -n "$NS_AG" addr del 192.0.2.3/32 dev wan
+}
+nat
 
 log "$PASSED passed, ${#FAILED[@]} failed${FAILED[*]:+: ${FAILED[*]}}"
 (( ${#FAILED[@]} == 0 ))

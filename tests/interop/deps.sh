@@ -7,4 +7,4 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends charon-systemd strongswan-swanctl \
     libcharon-extra-plugins libstrongswan-standard-plugins iproute2 iputils-ping \
-    iperf3 netcat-openbsd tcpdump >/dev/null
+    iperf3 netcat-openbsd tcpdump nftables >/dev/null
