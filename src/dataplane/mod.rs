@@ -203,7 +203,6 @@ impl WorkerHandle {
 struct Installed {
     spi_i: IkeSpi,
     name: String,
-    spi_out: u32,
     inbound: Arc<Traffic>,
     outbound: Arc<Outbound>,
     routes: Vec<(IpAddr, u8)>,
@@ -302,7 +301,8 @@ impl Dataplane {
     }
 
     /// Installs both directions of a Child SA and routes its remote selectors
-    /// through the TUN.
+    /// through the TUN. Fails only before anything is installed; a route the kernel
+    /// refuses is reported and skipped.
     pub fn install(&mut self, c: &ChildSaUp) -> Result<(), String> {
         let transport = if c.encap {
             Transport::Udp
@@ -383,9 +383,15 @@ impl Dataplane {
                 }
                 let users = self.route_users.entry(prefix).or_default();
                 if *users == 0 {
-                    self.routes
-                        .add(prefix.0, prefix.1, self.tun_index)
-                        .map_err(|e| format!("route {}/{}: {e}", prefix.0, prefix.1))?;
+                    // The SA is already with the workers and stays installed (and
+                    // tracked, so it is removed later); only this route is missing.
+                    if let Err(e) = self.routes.add(prefix.0, prefix.1, self.tun_index) {
+                        eprintln!(
+                            "route {}/{} via {}: {e}",
+                            prefix.0, prefix.1, self.settings.tun
+                        );
+                        continue;
+                    }
                 }
                 *users += 1;
                 routes.push(prefix);
@@ -396,7 +402,6 @@ impl Dataplane {
             Installed {
                 spi_i: c.spi_i,
                 name: c.child.clone(),
-                spi_out: c.spi_out,
                 inbound: traffic,
                 outbound,
                 routes,
@@ -413,7 +418,7 @@ impl Dataplane {
         for w in &self.workers {
             w.send(Command::Remove {
                 spi_in,
-                spi_out: sa.spi_out,
+                spi_out: sa.outbound.spi,
             });
         }
         for prefix in &sa.routes {

@@ -8,8 +8,8 @@ use crate::netio::{self, PacketInfo};
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::{
-    ControlMessage, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrStorage, bind,
-    recvmmsg, sendmmsg, sendmsg, setsockopt, sockopt,
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, bind, recvmmsg, sendmmsg, sendmsg,
+    setsockopt, sockopt,
 };
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -160,15 +160,8 @@ impl EspSockets {
                     let fd =
                         OwnedFd::from(socket2::Socket::new(domain, socket2::Type::RAW, Some(esp))?);
                     steer_raw(&fd, bound.is_ipv4(), index, workers)?;
-                    match bound {
-                        SocketAddr::V4(a) => {
-                            setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
-                            bind(fd.as_raw_fd(), &SockaddrIn::from(a))?;
-                        }
-                        // (IPV6_V6ONLY is for UDP and TCP: a raw IPv6 socket only
-                        // sees IPv6, and refuses the option.)
-                        SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
-                    }
+                    // No IPV6_V6ONLY: a raw IPv6 socket only sees IPv6, and refuses it.
+                    bind(fd.as_raw_fd(), &SockaddrStorage::from(bound))?;
                     fd
                 }
             };
@@ -227,13 +220,14 @@ impl Batch {
     }
 
     /// Receives up to `bufs.len()` datagrams without blocking, each into
-    /// `bufs[i][offset..]`; appends (length, sender) per datagram to `meta`.
+    /// `bufs[i][offset..]`; appends each one's length to `lens`. (The sender does not
+    /// matter: the SPI names the SA, and IKE alone may move a peer.)
     pub fn recv(
         &mut self,
         socket: &EspSocket,
         bufs: &mut [Vec<u8>],
         offset: usize,
-        meta: &mut Vec<(usize, Option<SocketAddr>)>,
+        lens: &mut Vec<usize>,
     ) -> io::Result<()> {
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
             .iter_mut()
@@ -246,7 +240,7 @@ impl Batch {
             MsgFlags::MSG_DONTWAIT,
             None,
         )?;
-        meta.extend(results.map(|r| (r.bytes, r.address.as_ref().and_then(netio::socket_addr))));
+        lens.extend(results.map(|r| r.bytes));
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EventFd;
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
@@ -45,7 +45,7 @@ pub struct Worker {
     sizes: Vec<usize>,
     gso: Vec<u8>,
     gro: GROTable,
-    meta: Vec<(usize, Option<SocketAddr>)>,
+    lens: Vec<usize>,
 }
 
 /// A sealed packet waiting to be sent: which buffer, where ESP starts, and which SA
@@ -82,7 +82,7 @@ impl Worker {
             sizes: vec![0; BATCH],
             gso: vec![0; VIRTIO_NET_HDR_LEN + 65_535],
             gro: GROTable::default(),
-            meta: Vec::with_capacity(BATCH),
+            lens: Vec::with_capacity(BATCH),
         }
     }
 
@@ -192,24 +192,15 @@ impl Worker {
                 }
             }
         }
-        // One sendmmsg per run of packets with the same SA (usually the whole batch).
-        let mut start = 0;
-        while start < sealed.len() {
-            let sa = &self.outbound[sealed[start].sa];
-            let end = sealed[start..]
-                .iter()
-                .position(|s| s.sa != sealed[start].sa)
-                .map_or(sealed.len(), |p| start + p);
-            let packets: Vec<&[u8]> = sealed[start..end]
-                .iter()
-                .map(|s| &self.tx[s.buf][s.head..])
-                .collect();
+        // One send per run of packets with the same SA (usually the whole batch).
+        for run in sealed.chunk_by(|a, b| a.sa == b.sa) {
+            let sa = &self.outbound[run[0].sa];
+            let packets: Vec<&[u8]> = run.iter().map(|s| &self.tx[s.buf][s.head..]).collect();
             let socket = &self.sockets.0[sa.socket];
             let failed = self.batch.send(socket, &packets, sa.peer, sa.local);
             for _ in 0..failed {
                 self.drops.count(DropReason::Io);
             }
-            start = end;
         }
         for buf in &mut self.tx[..count] {
             buf.resize(BUF_LEN, 0);
@@ -218,30 +209,25 @@ impl Worker {
 
     /// Receives a batch of ESP, opens what is ours, writes the inner packets to the TUN.
     fn inbound_batch(&mut self, index: usize) {
-        self.meta.clear();
+        self.lens.clear();
         let socket = &self.sockets.0[index];
         if self
             .batch
-            .recv(socket, &mut self.rx, RX_OFFSET, &mut self.meta)
+            .recv(socket, &mut self.rx, RX_OFFSET, &mut self.lens)
             .is_err()
         {
             return;
         }
-        let transport = socket.transport;
-        let raw_v4 = transport == Transport::Raw && socket.bound.is_ipv4();
-        // Inner packets ready for the TUN: (buffer in to_tun, where the packet starts).
-        let mut ready: Vec<usize> = Vec::with_capacity(self.meta.len());
-        for i in 0..self.meta.len() {
-            let (len, _) = self.meta[i];
+        let raw_v4 = socket.transport == Transport::Raw && socket.bound.is_ipv4();
+        // Where each inner packet in to_tun[..ready.len()] starts.
+        let mut ready: Vec<usize> = Vec::with_capacity(self.lens.len());
+        for (i, &len) in self.lens.iter().enumerate() {
             let buf = &mut self.rx[i];
             let mut esp = RX_OFFSET..RX_OFFSET + len;
             if raw_v4 {
                 // Raw IPv4 sockets deliver the IP header too.
                 let ihl = usize::from(buf[RX_OFFSET] & 0x0f) * 4;
                 esp.start += ihl.min(len);
-            }
-            if transport == Transport::Udp && esp.len() == 1 && buf[esp.start] == 0xff {
-                continue; // NAT keepalive (RFC 3948 §2.3)
             }
             match open(&mut self.inbound, &mut buf[esp.clone()]) {
                 Ok(inner) => {
@@ -257,15 +243,11 @@ impl Worker {
         // tun-rs writes every buffer of a call from one offset: one call per run of
         // equal offsets (a batch of one SA has one).
         let mut start = 0;
-        while start < ready.len() {
-            let offset = ready[start];
-            let end = ready[start..]
-                .iter()
-                .position(|&o| o != offset)
-                .map_or(ready.len(), |p| start + p);
+        for run in ready.chunk_by(|a, b| a == b) {
+            let end = start + run.len();
             if self
                 .tun
-                .send_multiple(&mut self.gro, &mut self.to_tun[start..end], offset)
+                .send_multiple(&mut self.gro, &mut self.to_tun[start..end], run[0])
                 .is_err()
             {
                 self.drops.count(DropReason::Io);
