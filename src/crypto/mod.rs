@@ -4,6 +4,7 @@
 //!
 //! Nothing here reads the OS RNG: randomness comes in through [`Random`].
 
+pub mod cipher;
 pub mod fragment;
 pub mod kex;
 pub mod keys;

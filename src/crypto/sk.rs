@@ -6,15 +6,13 @@
 //! associated data, or, with CBC, the start of what the ICV covers (which goes on
 //! through IV and ciphertext).
 
-use super::suite::{AEAD_ICV_LEN, Encr, Integ};
+use super::cipher::{Cipher, nonce};
+use super::suite::{Encr, Integ};
 use super::{CryptoError, Random, Secret};
 use crate::wire::payload::{Payload, SkPayload, decode_chain, encode_chain, first_type};
 use crate::wire::{DecodeError, EncodeError, Header, Message, Reader, Writer};
-use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::cipher::{
-    AES_128, AES_256, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext,
-    UnboundCipherKey,
-};
+use aws_lc_rs::aead::Aad;
+use aws_lc_rs::cipher::{DecryptionContext, EncryptionContext};
 use aws_lc_rs::hmac;
 use subtle::ConstantTimeEq;
 
@@ -52,23 +50,6 @@ pub struct SkKey {
     next_iv: u64,
 }
 
-#[allow(
-    clippy::large_enum_variant,
-    reason = "two keys per IKE SA; a box would only add an indirection"
-)]
-enum Cipher {
-    Aead {
-        key: LessSafeKey,
-        salt: [u8; 4],
-    },
-    Cbc {
-        encrypt: EncryptingKey,
-        decrypt: DecryptingKey,
-        integ: Integ,
-        mac: hmac::Key,
-    },
-}
-
 impl SkKey {
     /// Keys one direction from SK_e (salt included for AEAD) and SK_a (empty for AEAD).
     pub fn new(
@@ -89,41 +70,10 @@ impl SkKey {
             }
         };
         expect("encryption", sk_e, encr.key_material_len())?;
-        let cipher = match (encr, integ) {
-            (Encr::AesCbc { key_len }, Some(integ)) => {
-                expect("integrity", sk_a, integ.key_len())?;
-                let alg = if key_len == 16 { &AES_128 } else { &AES_256 };
-                let unbound = || {
-                    UnboundCipherKey::new(alg, sk_e.expose())
-                        .map_err(|_| CryptoError::Unsupported(format!("{encr} key")))
-                };
-                Cipher::Cbc {
-                    encrypt: EncryptingKey::cbc(unbound()?)
-                        .map_err(|_| CryptoError::Unsupported(encr.to_string()))?,
-                    decrypt: DecryptingKey::cbc(unbound()?)
-                        .map_err(|_| CryptoError::Unsupported(encr.to_string()))?,
-                    integ,
-                    mac: hmac::Key::new(integ.algorithm(), sk_a.expose()),
-                }
-            }
-            (Encr::AesCbc { .. }, None) => {
-                return Err(CryptoError::Unsupported("AES-CBC without integrity".into()));
-            }
-            (aead_encr, _) => {
-                let alg = match aead_encr {
-                    Encr::AesGcm16 { key_len: 16 } => &aead::AES_128_GCM,
-                    Encr::AesGcm16 { .. } => &aead::AES_256_GCM,
-                    _ => &aead::CHACHA20_POLY1305,
-                };
-                let (key, salt) = sk_e.expose().split_at(sk_e.len() - 4);
-                let key = UnboundKey::new(alg, key)
-                    .map_err(|_| CryptoError::Unsupported(encr.to_string()))?;
-                Cipher::Aead {
-                    key: LessSafeKey::new(key),
-                    salt: salt.try_into().unwrap_or_default(),
-                }
-            }
-        };
+        if let Some(integ) = integ.filter(|_| !encr.is_aead()) {
+            expect("integrity", sk_a, integ.key_len())?;
+        }
+        let cipher = Cipher::new(encr, integ, sk_e, sk_a)?;
         Ok(Self {
             encr,
             cipher,
@@ -132,10 +82,7 @@ impl SkKey {
     }
 
     fn icv_len(&self) -> usize {
-        match &self.cipher {
-            Cipher::Aead { .. } => AEAD_ICV_LEN,
-            Cipher::Cbc { integ, .. } => integ.icv_len(),
-        }
+        self.cipher.icv_len()
     }
 
     /// Padding plus the pad-length octet needed after `plain_len` bytes of payloads.
@@ -257,13 +204,6 @@ impl SkKey {
         plain.truncate(keep);
         Ok(plain)
     }
-}
-
-fn nonce(salt: &[u8; 4], iv: &[u8; 8]) -> Nonce {
-    let mut n = [0u8; 12];
-    n[..4].copy_from_slice(salt);
-    n[4..].copy_from_slice(iv);
-    Nonce::assume_unique_for_key(n)
 }
 
 /// Encodes a payload chain on its own, as the plaintext of SK or SKF.

@@ -9,12 +9,10 @@
 
 pub mod replay;
 
+use crate::crypto::cipher::{Cipher, nonce};
 use crate::crypto::{CryptoError, Encr, Integ, Secret};
-use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::cipher::{
-    AES_128, AES_256, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext,
-    UnboundCipherKey,
-};
+use aws_lc_rs::aead::Aad;
+use aws_lc_rs::cipher::{DecryptionContext, EncryptionContext};
 use aws_lc_rs::hmac;
 use replay::ReplayWindow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,98 +53,20 @@ pub enum EspError {
     NoHeadroom,
 }
 
-/// The keyed transform of one direction.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "two per Child SA; boxing only adds an indirection per packet"
-)]
-enum Transform {
-    Aead {
-        key: LessSafeKey,
-        salt: [u8; 4],
-    },
-    Cbc {
-        encrypt: EncryptingKey,
-        decrypt: DecryptingKey,
-        iv_key: aws_lc_rs::aead::LessSafeKey,
-        mac: hmac::Key,
-        icv_len: usize,
-    },
-}
-
-impl Transform {
-    fn new(
-        encr: Encr,
-        integ: Option<Integ>,
-        ek: &Secret,
-        ik: &Secret,
-    ) -> Result<Self, CryptoError> {
-        let bad = |what: &str| CryptoError::Unsupported(format!("ESP {encr} {what}"));
-        match (encr, integ) {
-            (Encr::AesCbc { key_len }, Some(integ)) => {
-                let alg = if key_len == 16 { &AES_128 } else { &AES_256 };
-                let unbound = || UnboundCipherKey::new(alg, ek.expose()).map_err(|_| bad("key"));
-                // The IV generator: AES-ECB of the counter, done as GCM keystream of a
-                // nonce that never repeats under this key.
-                let gcm = if key_len == 16 {
-                    &aead::AES_128_GCM
-                } else {
-                    &aead::AES_256_GCM
-                };
-                Ok(Self::Cbc {
-                    encrypt: EncryptingKey::cbc(unbound()?).map_err(|_| bad("key"))?,
-                    decrypt: DecryptingKey::cbc(unbound()?).map_err(|_| bad("key"))?,
-                    iv_key: LessSafeKey::new(
-                        UnboundKey::new(gcm, ek.expose()).map_err(|_| bad("key"))?,
-                    ),
-                    mac: hmac::Key::new(integ.algorithm(), ik.expose()),
-                    icv_len: integ.icv_len(),
-                })
-            }
-            (Encr::AesCbc { .. }, None) => Err(bad("without integrity")),
-            (aead_encr, _) => {
-                let alg = match aead_encr {
-                    Encr::AesGcm16 { key_len: 16 } => &aead::AES_128_GCM,
-                    Encr::AesGcm16 { .. } => &aead::AES_256_GCM,
-                    _ => &aead::CHACHA20_POLY1305,
-                };
-                let (key, salt) = ek.expose().split_at(ek.len().saturating_sub(4));
-                Ok(Self::Aead {
-                    key: LessSafeKey::new(UnboundKey::new(alg, key).map_err(|_| bad("key"))?),
-                    salt: salt.try_into().map_err(|_| bad("salt"))?,
-                })
-            }
-        }
-    }
-
-    fn iv_len(&self) -> usize {
-        match self {
-            Self::Aead { .. } => 8,
-            Self::Cbc { .. } => 16,
-        }
-    }
-
-    fn icv_len(&self) -> usize {
-        match self {
-            Self::Aead { .. } => 16,
-            Self::Cbc { icv_len, .. } => *icv_len,
-        }
-    }
-
-    /// Payload plus pad length and next header must fill whole blocks (4 bytes for AEAD).
-    fn align(&self) -> usize {
-        match self {
-            Self::Aead { .. } => 4,
-            Self::Cbc { .. } => 16,
-        }
+/// The IV length: the sequence number for AEAD, one AES block for CBC.
+fn iv_len(cipher: &Cipher) -> usize {
+    match cipher {
+        Cipher::Aead { .. } => 8,
+        Cipher::Cbc { .. } => 16,
     }
 }
 
-fn nonce(salt: &[u8; 4], iv: &[u8]) -> Nonce {
-    let mut n = [0u8; 12];
-    n[..4].copy_from_slice(salt);
-    n[4..].copy_from_slice(iv);
-    Nonce::assume_unique_for_key(n)
+/// Payload plus pad length and next header must fill whole blocks (4 bytes for AEAD).
+fn align(cipher: &Cipher) -> usize {
+    match cipher {
+        Cipher::Aead { .. } => 4,
+        Cipher::Cbc { .. } => 16,
+    }
 }
 
 /// What keys one direction of a Child SA.
@@ -188,7 +108,7 @@ pub struct OutboundSa {
     spi: u32,
     esn: bool,
     next_seq: AtomicU64,
-    transform: Transform,
+    cipher: Cipher,
 }
 
 /// An inbound SA: opens packets and rejects replays.
@@ -196,7 +116,7 @@ pub struct InboundSa {
     spi: u32,
     esn: bool,
     window: ReplayWindow,
-    transform: Transform,
+    cipher: Cipher,
 }
 
 impl OutboundSa {
@@ -206,15 +126,15 @@ impl OutboundSa {
             spi: keys.spi,
             esn: keys.esn,
             next_seq: AtomicU64::new(1),
-            transform: Transform::new(keys.encr, keys.integ, keys.encryption, keys.integrity)?,
+            cipher: Cipher::new(keys.encr, keys.integ, keys.encryption, keys.integrity)?,
         })
     }
 
     /// The largest inner packet whose ESP packet fits in `room` bytes.
     pub fn max_payload(&self, room: usize) -> usize {
-        let blocks = room
-            .saturating_sub(ESP_HEADER_LEN + self.transform.iv_len() + self.transform.icv_len());
-        (blocks - blocks % self.transform.align()).saturating_sub(2)
+        let blocks =
+            room.saturating_sub(ESP_HEADER_LEN + iv_len(&self.cipher) + self.cipher.icv_len());
+        (blocks - blocks % align(&self.cipher)).saturating_sub(2)
     }
 
     /// Seals the inner packet at `buf[start..]` into ESP in place: the header and IV go
@@ -226,7 +146,7 @@ impl OutboundSa {
         start: usize,
         next_header: u8,
     ) -> Result<usize, EspError> {
-        let iv_len = self.transform.iv_len();
+        let iv_len = iv_len(&self.cipher);
         let head = start
             .checked_sub(ESP_HEADER_LEN + iv_len)
             .ok_or(EspError::NoHeadroom)?;
@@ -242,14 +162,14 @@ impl OutboundSa {
             return Err(EspError::SequenceExhausted);
         }
         let payload_len = buf.len() - start;
-        let align = self.transform.align();
+        let align = align(&self.cipher);
         let pad = (align - (payload_len + 2) % align) % align;
         buf.extend((1..=pad as u8).chain([pad as u8, next_header]));
         buf[head..head + 4].copy_from_slice(&self.spi.to_be_bytes());
         buf[head + 4..head + 8].copy_from_slice(&(seq as u32).to_be_bytes());
         let seq_hi = ((seq >> 32) as u32).to_be_bytes();
-        match &self.transform {
-            Transform::Aead { key, salt } => {
+        match &self.cipher {
+            Cipher::Aead { key, salt } => {
                 let iv = seq.to_be_bytes();
                 buf[head + 8..start].copy_from_slice(&iv);
                 let (aad, aad_len) = aead_aad(self.esn, &buf[head..head + 8], seq_hi);
@@ -262,20 +182,20 @@ impl OutboundSa {
                     .map_err(|_| EspError::BadIcv)?;
                 buf.extend_from_slice(tag.as_ref());
             }
-            Transform::Cbc {
+            Cipher::Cbc {
                 encrypt,
-                iv_key,
+                integ,
                 mac,
-                icv_len,
                 ..
             } => {
+                // The IV is the sequence number encrypted under the SA's own key (one
+                // CBC block from a zero IV is the block cipher itself): unpredictable
+                // and never repeated, as SP 800-38A appendix C recommends.
                 let mut iv = [0u8; 16];
-                let counter = nonce(&[0; 4], &seq.to_be_bytes());
-                let tag = iv_key
-                    .seal_in_place_separate_tag(counter, Aad::empty(), &mut iv)
-                    .map_err(|_| EspError::BadIcv)?;
-                // The tag is a PRF of the counter under the SA key: unpredictable, never repeated.
-                iv.copy_from_slice(tag.as_ref());
+                iv[8..].copy_from_slice(&seq.to_be_bytes());
+                encrypt
+                    .less_safe_encrypt(&mut iv, EncryptionContext::Iv128([0; 16].into()))
+                    .map_err(|_| EspError::BadPadding)?;
                 buf[head + 8..start].copy_from_slice(&iv);
                 encrypt
                     .less_safe_encrypt(&mut buf[start..], EncryptionContext::Iv128(iv.into()))
@@ -286,7 +206,7 @@ impl OutboundSa {
                     ctx.update(&seq_hi);
                 }
                 let icv = ctx.sign();
-                buf.extend_from_slice(&icv.as_ref()[..*icv_len]);
+                buf.extend_from_slice(&icv.as_ref()[..integ.icv_len()]);
             }
         }
         Ok(head)
@@ -300,7 +220,7 @@ impl InboundSa {
             spi: keys.spi,
             esn: keys.esn,
             window: ReplayWindow::new(window),
-            transform: Transform::new(keys.encr, keys.integ, keys.encryption, keys.integrity)?,
+            cipher: Cipher::new(keys.encr, keys.integ, keys.encryption, keys.integrity)?,
         })
     }
 
@@ -310,8 +230,8 @@ impl InboundSa {
         &mut self,
         packet: &mut [u8],
     ) -> Result<(std::ops::Range<usize>, u8, u64), EspError> {
-        let iv_len = self.transform.iv_len();
-        let icv_len = self.transform.icv_len();
+        let iv_len = iv_len(&self.cipher);
+        let icv_len = self.cipher.icv_len();
         if packet.len() < ESP_HEADER_LEN + iv_len + 2 + icv_len {
             return Err(EspError::Truncated);
         }
@@ -331,8 +251,8 @@ impl InboundSa {
         }
         let seq_hi = ((seq >> 32) as u32).to_be_bytes();
         let body = ESP_HEADER_LEN + iv_len;
-        let end = match &self.transform {
-            Transform::Aead { key, salt } => {
+        let end = match &self.cipher {
+            Cipher::Aead { key, salt } => {
                 let (aad, aad_len) = aead_aad(self.esn, &packet[..8], seq_hi);
                 let n = nonce(salt, &packet[8..16]);
                 let plain = key
@@ -340,12 +260,7 @@ impl InboundSa {
                     .map_err(|_| EspError::BadIcv)?;
                 body + plain.len()
             }
-            Transform::Cbc {
-                decrypt,
-                mac,
-                icv_len,
-                ..
-            } => {
+            Cipher::Cbc { decrypt, mac, .. } => {
                 let icv_start = packet.len() - icv_len;
                 let mut ctx = hmac::Context::with_key(mac);
                 ctx.update(&packet[..icv_start]);
@@ -353,7 +268,7 @@ impl InboundSa {
                     ctx.update(&seq_hi);
                 }
                 let icv = ctx.sign();
-                if !bool::from(icv.as_ref()[..*icv_len].ct_eq(&packet[icv_start..])) {
+                if !bool::from(icv.as_ref()[..icv_len].ct_eq(&packet[icv_start..])) {
                     return Err(EspError::BadIcv);
                 }
                 if !(icv_start - body).is_multiple_of(16) {
@@ -492,6 +407,22 @@ mod tests {
                 assert!(sealed(fits + 1) > room, "{encr:?} {room}");
             }
         }
+    }
+
+    #[test]
+    fn cbc_ivs_differ_per_packet_and_hide_the_counter() {
+        let (out, _) = pair(Encr::AesCbc { key_len: 16 }, Some(Integ::HmacSha256), false);
+        let iv = |_| {
+            let mut buf = vec![0; HEADROOM + 32];
+            let head = out.seal(&mut buf, HEADROOM, 4).unwrap();
+            buf[head + 8..head + 24].to_vec()
+        };
+        let ivs: Vec<Vec<u8>> = (0..3).map(iv).collect();
+        assert_ne!(ivs[0], ivs[1]);
+        assert_ne!(ivs[1], ivs[2]);
+        let mut counter_block = [0u8; 16];
+        counter_block[15] = 1;
+        assert_ne!(ivs[0], counter_block);
     }
 
     #[test]
