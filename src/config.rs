@@ -769,6 +769,10 @@ fn connection(
                 &format!("{k}.esp_proposals"),
             )?,
             lifetime: lifetime(src, ch, &k)?,
+            rand_time: Duration::ZERO,
+            start_action: crate::ike::Action::None,
+            dpd_action: crate::ike::Action::None,
+            close_action: crate::ike::Action::None,
         });
     }
 
@@ -813,6 +817,9 @@ fn connection(
             local: local_auth,
             remote: remote_auth,
             children,
+            ike_lifetime: crate::ike::IkeLifetime::default(),
+            dpd_delay: None,
+            keyingtries: 0,
         }),
         start,
         remote_port: c.remote_port.unwrap_or(500),

@@ -11,8 +11,8 @@ use esptun::crypto::Secret;
 use esptun::crypto::SeededRandom;
 use esptun::ike::exchange::RetransmitPolicy;
 use esptun::ike::{
-    ChildPolicy, ChildSaUp, DownReason, Endpoint, Event, Instant, Lifetime, Limits, LocalAuth,
-    Policy, RemoteAuth, Settings, Transmit,
+    Action, ChildPolicy, ChildSaUp, DownReason, Endpoint, Event, IkeLifetime, Instant, Lifetime,
+    Limits, LocalAuth, Policy, RemoteAuth, Settings, Transmit,
 };
 use esptun::ike::{Error, proposal};
 use esptun::wire::payload::{AddrRange, TsRange};
@@ -99,7 +99,14 @@ fn policy(spec: Spec, left: bool) -> Arc<Policy> {
             remote_ts,
             esp_proposals: proposal::parse_all(&strings(&spec.esp), ProtocolId::ESP).unwrap(),
             lifetime: spec.lifetime,
+            rand_time: Duration::ZERO,
+            start_action: Action::None,
+            dpd_action: Action::None,
+            close_action: Action::None,
         }],
+        ike_lifetime: IkeLifetime::default(),
+        dpd_delay: None,
+        keyingtries: 0,
     })
 }
 
@@ -130,6 +137,9 @@ fn with_certs(p: &Policy, auth: CertAuth) -> Arc<Policy> {
             anchors: Arc::new(TrustAnchors::new(vec![auth.trusted_ca]).unwrap()),
         },
         children: p.children.clone(),
+        ike_lifetime: p.ike_lifetime,
+        dpd_delay: p.dpd_delay,
+        keyingtries: p.keyingtries,
     })
 }
 

@@ -22,18 +22,10 @@ pub fn line(event: &Event) -> String {
     match event {
         Event::Message(m) => message(m),
         Event::Log { spi_i, text } => format!("IKE_SA {:016x}: {text}", spi_i.0),
-        Event::IkeSaUp(up) => format!(
-            "IKE_SA {:016x}: ESTABLISHED {} {} [{}] <-> {} [{}] spi_i {:016x} spi_r {:016x} {}",
-            up.spi_i.0,
-            up.connection,
-            up.local,
-            up.local_id,
-            up.remote,
-            up.remote_id,
-            up.spi_i.0,
-            up.spi_r.0,
-            up.suite
-        ),
+        Event::IkeSaUp(up) => ike_up(up, "ESTABLISHED"),
+        Event::IkeSaRekeyed { old, up } => {
+            format!("{} (rekeys {:016x})", ike_up(up, "REKEYED"), old.0)
+        }
         Event::IkeSaDown {
             spi_i,
             connection,
@@ -41,6 +33,10 @@ pub fn line(event: &Event) -> String {
             ..
         } => format!("IKE_SA {:016x}: DOWN {connection}: {reason}", spi_i.0),
         Event::ChildSaUp(c) => child_up(c),
+        Event::ChildSaOutbound { spi_i, spi_in } => format!(
+            "IKE_SA {:016x}: CHILD_SA {spi_in:08x}_i now carries outbound traffic",
+            spi_i.0
+        ),
         Event::ChildSaFailed {
             spi_i,
             child,
@@ -81,10 +77,29 @@ fn message(m: &MessageRecord) -> String {
     )
 }
 
+fn ike_up(up: &IkeSaUp, what: &str) -> String {
+    format!(
+        "IKE_SA {:016x}: {what} {} {} [{}] <-> {} [{}] spi_i {:016x} spi_r {:016x} {}",
+        up.spi_i.0,
+        up.connection,
+        up.local,
+        up.local_id,
+        up.remote,
+        up.remote_id,
+        up.spi_i.0,
+        up.spi_r.0,
+        up.suite
+    )
+}
+
 fn child_up(c: &ChildSaUp) -> String {
     let integ = c.integ.map(|i| format!("/{i}")).unwrap_or_default();
+    let rekeys = c
+        .rekeys
+        .map(|old| format!(" (rekeys {old:08x}_i)"))
+        .unwrap_or_default();
     format!(
-        "IKE_SA {:016x}: CHILD_SA {}/{} UP spi_in {:08x} spi_out {:08x} {}{integ}{} local_ts {} remote_ts {} {} -> {}{}",
+        "IKE_SA {:016x}: CHILD_SA {}/{} UP spi_in {:08x} spi_out {:08x} {}{integ}{} local_ts {} remote_ts {} {} -> {}{}{rekeys}",
         c.spi_i.0,
         c.connection,
         c.child,

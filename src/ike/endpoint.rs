@@ -74,6 +74,7 @@ impl Shared {
             out: &mut self.out,
             events: &mut self.events,
             child_spis: &mut self.child_spis,
+            policies: &self.policies,
         }
     }
 }

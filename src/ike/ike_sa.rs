@@ -49,9 +49,19 @@ pub(super) struct Ctx<'a> {
     pub events: &'a mut VecDeque<Event>,
     /// Inbound ESP SPIs in use on this endpoint.
     pub child_spis: &'a mut HashSet<u32>,
+    /// Every policy, in configuration order.
+    pub policies: &'a [Arc<Policy>],
 }
 
 impl Ctx<'_> {
+    /// The index of `policy` among the endpoint's policies.
+    pub fn policy_index(&self, policy: &Arc<Policy>) -> usize {
+        self.policies
+            .iter()
+            .position(|p| Arc::ptr_eq(p, policy))
+            .unwrap_or_default()
+    }
+
     /// Seconds since the Unix epoch, for certificate validity.
     pub fn unix_now(&self) -> u64 {
         (self.settings.unix_time_at_start + self.now.0).as_secs()

@@ -64,6 +64,48 @@ pub struct Policy {
     pub remote: RemoteAuth,
     /// The Child SAs to negotiate; the first one is created with the IKE SA.
     pub children: Vec<ChildPolicy>,
+    /// When the IKE SA is rekeyed and when it must end.
+    pub ike_lifetime: IkeLifetime,
+    /// Send a liveness check after this long without anything from the peer (DPD).
+    pub dpd_delay: Option<Duration>,
+    /// Initiations tried before giving up; 0 tries forever.
+    pub keyingtries: u32,
+}
+
+/// The IKE SA's lifetime, as swanctl's connection `rekey_time`, `over_time`, `rand_time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IkeLifetime {
+    /// Rekey after this long (less a random part of `rand_time`); None never rekeys.
+    pub rekey_time: Option<Duration>,
+    /// The hard end, this long after `rekey_time`.
+    pub over_time: Duration,
+    /// Up to this much is taken off `rekey_time` at random, so peers rarely collide.
+    pub rand_time: Duration,
+}
+
+impl Default for IkeLifetime {
+    /// swanctl's defaults: rekey after 4 h, hard end 10 % later, spread over that 10 %.
+    fn default() -> Self {
+        Self {
+            rekey_time: Some(Duration::from_secs(4 * 3600)),
+            over_time: Duration::from_secs(1440),
+            rand_time: Duration::from_secs(1440),
+        }
+    }
+}
+
+/// What happens to a child at start-up (`start_action`), when the peer is found
+/// dead (`dpd_action`) and when the peer closes it (`close_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    /// Nothing more (swanctl's `none` and `clear`): its selectors stay routed into
+    /// the TUN and their packets are dropped.
+    #[default]
+    None,
+    /// Negotiate it when the first packet for its selectors arrives.
+    Trap,
+    /// Negotiate it (again) right away (swanctl's `start` and `restart`).
+    Start,
 }
 
 /// Our identity and credential.
@@ -137,6 +179,14 @@ pub struct ChildPolicy {
     pub esp_proposals: Vec<Proposal>,
     /// When its Child SAs should be rekeyed (soft) and must end (hard).
     pub lifetime: Lifetime,
+    /// Up to this much is taken off the soft time limit at random (swanctl's `rand_time`).
+    pub rand_time: Duration,
+    /// At start-up: negotiate, arm a trap, or wait for the peer.
+    pub start_action: Action,
+    /// When the peer stops answering.
+    pub dpd_action: Action,
+    /// When the peer deletes the Child SA or its IKE SA.
+    pub close_action: Action,
 }
 
 /// The soft and hard lifetimes of a Child SA (RFC 4301 §4.4.2.1). The engine keeps
@@ -187,6 +237,14 @@ pub enum Event {
     },
     /// An IKE SA was authenticated on both sides.
     IkeSaUp(Box<IkeSaUp>),
+    /// An IKE SA was rekeyed: `up` replaces `old` and took over its Child SAs; `old`
+    /// is deleted next (its [`Event::IkeSaDown`] then concerns no Child SA).
+    IkeSaRekeyed {
+        /// The replaced IKE SA's initiator SPI.
+        old: IkeSpi,
+        /// The new IKE SA.
+        up: Box<IkeSaUp>,
+    },
     /// An IKE SA is gone; its Child SAs with it.
     IkeSaDown {
         /// The IKE SA's SPIs.
@@ -198,8 +256,17 @@ pub enum Event {
         /// Why.
         reason: DownReason,
     },
-    /// A Child SA was negotiated: install it.
+    /// A Child SA was negotiated: install its inbound side, and its outbound side
+    /// too when [`ChildSaUp::outbound`] says so.
     ChildSaUp(Box<ChildSaUp>),
+    /// Send with this Child SA from now on (the peer has its inbound side): it takes
+    /// precedence over every older SA with the same selectors.
+    ChildSaOutbound {
+        /// The IKE SA.
+        spi_i: IkeSpi,
+        /// Our inbound SPI, which names the Child SA.
+        spi_in: u32,
+    },
     /// A Child SA could not be negotiated; its IKE SA stays up.
     ChildSaFailed {
         /// The IKE SA.
@@ -209,7 +276,9 @@ pub enum Event {
         /// The error (ours or the peer's notify).
         reason: Error,
     },
-    /// A Child SA was deleted: remove it.
+    /// A Child SA was deleted, or rekeyed and its grace period for stragglers is
+    /// over: remove both directions. Every Child SA of an IKE SA that goes down
+    /// gets one before the [`Event::IkeSaDown`].
     ChildSaDown {
         /// The IKE SA.
         spi_i: IkeSpi,
@@ -335,4 +404,12 @@ pub struct ChildSaUp {
     pub remote: SocketAddr,
     /// Its lifetimes (the data plane enforces bytes and packets).
     pub lifetime: Lifetime,
+    /// Start sending with it at once; otherwise wait for [`Event::ChildSaOutbound`].
+    pub outbound: bool,
+    /// The inbound SPI of the Child SA this one rekeys.
+    pub rekeys: Option<u32>,
+    /// Index of its connection in the endpoint's policies.
+    pub policy: usize,
+    /// Index of its child in the connection's children.
+    pub child_index: usize,
 }

@@ -272,6 +272,15 @@ fn up(
         local: sa.local,
         remote: sa.remote,
         lifetime,
+        outbound: true,
+        rekeys: None,
+        policy: ctx.policy_index(&sa.policy),
+        child_index: sa
+            .policy
+            .children
+            .iter()
+            .position(|c| c.name == name)
+            .unwrap_or_default(),
     })));
     Ok(())
 }
