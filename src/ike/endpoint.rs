@@ -53,6 +53,8 @@ pub struct Endpoint {
     by_initiator: HashMap<(IkeSpi, SocketAddr), IkeSpi>,
     cookie_key: hmac::Key,
     malformed: u64,
+    /// Where to reach the peer of each policy we may initiate (by policy index).
+    peers: HashMap<usize, (SocketAddr, SocketAddr)>,
 }
 
 /// What every SA borrows while it works: kept apart from `sas` so both can be borrowed.
@@ -101,6 +103,7 @@ impl Endpoint {
             by_initiator: HashMap::new(),
             cookie_key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
             malformed: 0,
+            peers: HashMap::new(),
         }
     }
 
@@ -194,6 +197,62 @@ impl Endpoint {
         if let Some(spi) = owner {
             self.with_sa(now, spi, |sa, ctx| {
                 informational::expire_child(sa, ctx, spi_in, hard, cause);
+            });
+        }
+    }
+
+    /// Tells the engine how to reach the peer of the policy at `policy`: from `local`
+    /// to `remote`. Needed before it can initiate that policy by itself (start,
+    /// trap, restart after a failure).
+    pub fn add_peer(&mut self, policy: usize, local: SocketAddr, remote: SocketAddr) {
+        self.peers.insert(policy, (local, remote));
+    }
+
+    /// The data plane saw a packet for child `child` of policy `policy` and has no SA
+    /// for it: negotiate one unless that is under way.
+    pub fn acquire(&mut self, now: Instant, policy: usize, child: usize) {
+        let Some(&(local, remote)) = self.peers.get(&policy) else {
+            return;
+        };
+        let Some(p) = self.shared.policies.get(policy).cloned() else {
+            return;
+        };
+        if child >= p.children.len() || self.sas.values().any(|sa| Arc::ptr_eq(&sa.policy, &p)) {
+            return;
+        }
+        if let Err(e) = self.initiate(now, policy, local, remote) {
+            self.shared.events.push_back(Event::Log {
+                spi_i: IkeSpi(0),
+                text: format!("{}: cannot initiate on demand: {e}", p.name),
+            });
+        }
+    }
+
+    /// The data plane received authentic ESP on the Child SA with inbound SPI
+    /// `spi_in`: its peer is alive (no liveness check is due).
+    pub fn inbound_seen(&mut self, now: Instant, spi_in: u32) {
+        if let Some(sa) = self
+            .sas
+            .values_mut()
+            .find(|sa| sa.children.iter().any(|c| c.spi_in == spi_in))
+        {
+            sa.last_inbound = now;
+        }
+    }
+
+    /// ESP arrived at `local` from `remote` for SPI `spi`, which is not ours: if an
+    /// IKE SA with that peer exists, tell it with INVALID_SPI (RFC 7296 §2.21.4) so it
+    /// replaces the Child SA instead of sending into the void.
+    pub fn unknown_spi(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, spi: u32) {
+        let _ = local;
+        let owner = self
+            .sas
+            .iter()
+            .find(|(_, sa)| sa.state == State::Established && sa.remote.ip() == remote.ip())
+            .map(|(spi, _)| *spi);
+        if let Some(owner) = owner {
+            self.with_sa(now, owner, |sa, ctx| {
+                informational::invalid_spi(sa, ctx, spi);
             });
         }
     }

@@ -135,6 +135,10 @@ pub(super) struct IkeSa {
     pub reassembly: Option<(u32, bool, Reassembly)>,
     pub children: Vec<ChildSa>,
     pub half_open_until: Option<Instant>,
+    /// When the peer last showed it is alive (IKE or ESP).
+    pub last_inbound: Instant,
+    /// When we last told the peer INVALID_SPI (rate limit).
+    pub invalid_spi_at: Option<Instant>,
 }
 
 impl IkeSa {
@@ -181,6 +185,8 @@ impl IkeSa {
             reassembly: None,
             children: Vec::new(),
             half_open_until: None,
+            last_inbound: Instant::default(),
+            invalid_spi_at: None,
         }
     }
 

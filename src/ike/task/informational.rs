@@ -5,7 +5,7 @@
 use super::super::ike_sa::{Ctx, IkeSa, State};
 use super::super::{DownReason, Event};
 use super::Task;
-use crate::wire::payload::{DeletePayload, Payload};
+use crate::wire::payload::{DeletePayload, NotifyPayload, Payload};
 use crate::wire::{ExchangeType, NotifyType, ProtocolId};
 
 /// Answers an INFORMATIONAL request.
@@ -116,5 +116,32 @@ pub(in super::super) fn delete(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     if let Err(e) = sa.send_request(ctx, ExchangeType::INFORMATIONAL, delete, Task::Delete) {
         sa.log(ctx, format!("cannot send Delete: {e}"));
         sa.down(ctx, DownReason::DeletedLocally);
+    }
+}
+
+/// How often one IKE SA may tell its peer about unknown SPIs.
+const INVALID_SPI_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Tells the peer its ESP with SPI `spi` reached no Child SA of ours (RFC 7296
+/// §2.21.4), at most once per [`INVALID_SPI_INTERVAL`].
+pub(in super::super) fn invalid_spi(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: u32) {
+    if sa.requester.is_busy()
+        || sa
+            .invalid_spi_at
+            .is_some_and(|t| ctx.now < t + INVALID_SPI_INTERVAL)
+    {
+        return;
+    }
+    sa.invalid_spi_at = Some(ctx.now);
+    // The SPI goes in the notification data (RFC 7296 §3.10.1).
+    let notify = NotifyPayload::new(NotifyType::INVALID_SPI, spi.to_be_bytes().to_vec());
+    let payloads = vec![Payload::Notify(notify)];
+    if let Err(e) = sa.send_request(
+        ctx,
+        ExchangeType::INFORMATIONAL,
+        payloads,
+        Task::Informational,
+    ) {
+        sa.log(ctx, format!("cannot send INVALID_SPI: {e}"));
     }
 }
