@@ -49,6 +49,8 @@ struct Spec {
     encap: bool,
     fragment_size: usize,
     lifetime: Lifetime,
+    ike_lifetime: IkeLifetime,
+    dpd_delay: Option<Duration>,
 }
 
 impl Default for Spec {
@@ -62,6 +64,12 @@ impl Default for Spec {
             encap: false,
             fragment_size: 1280,
             lifetime: Lifetime::default(),
+            // No IKE SA rekeys unless a test asks: `drive` runs until nothing is left to do.
+            ike_lifetime: IkeLifetime {
+                rekey_time: None,
+                ..IkeLifetime::default()
+            },
+            dpd_delay: None,
         }
     }
 }
@@ -104,8 +112,8 @@ fn policy(spec: Spec, left: bool) -> Arc<Policy> {
             dpd_action: Action::None,
             close_action: Action::None,
         }],
-        ike_lifetime: IkeLifetime::default(),
-        dpd_delay: None,
+        ike_lifetime: spec.ike_lifetime,
+        dpd_delay: spec.dpd_delay,
         keyingtries: 0,
     })
 }
@@ -260,6 +268,33 @@ impl Pair {
         self.wire.push_front(next);
     }
 
+    /// Like [`Pair::drive`], but stops before the first timer after `until`.
+    fn run_until(&mut self, until: Instant) {
+        for _ in 0..10_000 {
+            if !self.wire.is_empty() {
+                self.deliver_next();
+                continue;
+            }
+            let next = [self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(next) if next <= until => {
+                    self.now = self.now.max(next);
+                    self.a.handle_timeout(self.now);
+                    self.b.handle_timeout(self.now);
+                    self.collect();
+                }
+                _ => {
+                    self.now = until;
+                    return;
+                }
+            }
+        }
+        panic!("no quiescence after 10000 steps");
+    }
+
     /// Delivers everything, advancing virtual time to the next timer whenever the
     /// wire is empty, until nothing is left to do (or a bound is hit).
     fn drive(&mut self) {
@@ -389,7 +424,7 @@ fn responder_narrows_traffic_selectors() {
 }
 
 #[test]
-fn disjoint_selectors_fail_the_child_but_keep_the_ike_sa() {
+fn disjoint_selectors_fail_the_child_and_the_childless_ike_sa_closes() {
     let other = Spec {
         local_ts: vec![cidr("10.9.0.0", "10.9.0.255")],
         ..Spec::default()
@@ -406,8 +441,13 @@ fn disjoint_selectors_fail_the_child_but_keep_the_ike_sa() {
             ..
         }
     )));
-    assert_eq!(pair.a.established(), 1);
-    assert_eq!(pair.b.established(), 1);
+    // An IKE SA that carries nothing is not kept (no child is set to start).
+    assert!(
+        logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("no CHILD_SA left"))
+    );
+    assert_eq!(pair.a.established() + pair.b.established(), 0);
 }
 
 #[test]
@@ -793,7 +833,7 @@ fn logs(events: &[Event]) -> Vec<&str> {
 }
 
 #[test]
-fn child_time_lifetimes_log_soft_then_delete_on_both_sides_at_hard() {
+fn child_sa_is_rekeyed_at_its_soft_lifetime_make_before_break() {
     let spec = Spec {
         lifetime: Lifetime {
             soft: Limits {
@@ -809,37 +849,46 @@ fn child_time_lifetimes_log_soft_then_delete_on_both_sides_at_hard() {
     };
     let mut pair = Pair::psk(spec, Spec::default());
     pair.initiate();
-    // Not drive(): that would run the clock through both lifetimes at once.
-    while !pair.wire.is_empty() {
-        pair.deliver_next();
-    }
+    pair.run_until(Instant(Duration::from_secs(1)));
     pair.assert_tunnel();
-    let spi_a = Pair::children(&pair.events_a)[0].spi_in;
-    let spi_b = Pair::children(&pair.events_b)[0].spi_in;
-    assert_eq!(
-        pair.a.poll_timeout(),
-        Some(Instant(Duration::from_secs(600)))
+    let old_a = Pair::children(&pair.events_a)[0].spi_in;
+    let old_b = Pair::children(&pair.events_b)[0].spi_in;
+    pair.run_until(Instant(Duration::from_secs(630)));
+    let (a, b) = (
+        Pair::children(&pair.events_a),
+        Pair::children(&pair.events_b),
     );
-    pair.now = Instant(Duration::from_secs(600));
-    pair.a.handle_timeout(pair.now);
-    pair.collect();
+    assert_eq!((a.len(), b.len()), (2, 2), "one rekey on each side");
+    let (new_a, new_b) = (a[1], b[1]);
+    assert_eq!((new_a.spi_in, new_a.spi_out), (new_b.spi_out, new_b.spi_in));
+    assert_eq!(
+        (&new_a.keys_out, &new_a.keys_in),
+        (&new_b.keys_in, &new_b.keys_out)
+    );
+    assert_ne!(new_a.keys_out, a[0].keys_out, "fresh keys");
+    assert_eq!((new_a.rekeys, new_b.rekeys), (Some(old_a), Some(old_b)));
+    // The initiator sends on the new SA at once; the responder once the old one is
+    // deleted, and only then.
+    assert!(new_a.outbound && !new_b.outbound);
+    assert!(
+        pair.events_b
+            .iter()
+            .any(|e| matches!(e, Event::ChildSaOutbound { spi_in, .. } if *spi_in == new_b.spi_in))
+    );
+    // The old SAs go on both sides after the grace for packets in flight; the new stay.
+    assert_eq!(child_downs(&pair.events_a), vec![old_a]);
+    assert_eq!(child_downs(&pair.events_b), vec![old_b]);
     assert!(
         logs(&pair.events_a)
             .iter()
             .any(|l| l.contains("soft lifetime (time)"))
     );
-    assert!(child_downs(&pair.events_a).is_empty());
-    pair.drive();
-    // The hard limit deleted the Child SA on both sides; the IKE SA stays.
-    assert_eq!(child_downs(&pair.events_a), vec![spi_a]);
-    assert_eq!(child_downs(&pair.events_b), vec![spi_b]);
     assert!(
-        logs(&pair.events_a)
+        !logs(&pair.events_a)
             .iter()
-            .any(|l| l.contains("hard lifetime (time)"))
+            .any(|l| l.contains("hard lifetime"))
     );
     assert_eq!(pair.a.established() + pair.b.established(), 2);
-    assert_eq!(pair.a.poll_timeout(), None);
 }
 
 #[test]

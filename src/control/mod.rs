@@ -294,7 +294,10 @@ impl Daemon {
             println!("{}", log::line(&event));
             match &event {
                 Event::Message(m) if self.options.verbose => println!("{}", log::json(m)),
-                Event::IkeSaUp(up) => {
+                Event::IkeSaUp(up) | Event::IkeSaRekeyed { up, .. } => {
+                    if let Event::IkeSaRekeyed { old, .. } = &event {
+                        self.keepalives.remove(old);
+                    }
                     if up.behind_nat {
                         self.keepalives.insert(up.spi_i, (up.local, up.remote));
                     }

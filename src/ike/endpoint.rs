@@ -2,9 +2,9 @@
 //! COOKIEs above a number of half-open SAs (RFC 7296 §2.6), stateless error replies.
 
 use super::exchange::RetransmitPolicy;
-use super::ike_sa::{Ctx, IkeSa, State};
-use super::task::{ike_init, informational};
-use super::{Error, Event, Instant, Policy, Transmit};
+use super::ike_sa::{Ctx, IkeSa, Request, State};
+use super::task::{create_child, ike_init, informational};
+use super::{Action, ChildPolicy, DownReason, Error, Event, Instant, Policy, Transmit};
 use crate::crypto::Random;
 use crate::wire::payload::{NotifyPayload, Payload};
 use crate::wire::{ExchangeType, Flags, Header, IkeSpi, Message, NotifyType};
@@ -55,6 +55,12 @@ pub struct Endpoint {
     malformed: u64,
     /// Where to reach the peer of each policy we may initiate (by policy index).
     peers: HashMap<usize, (SocketAddr, SocketAddr)>,
+    /// Restart state of the connections we initiate, by policy index.
+    conns: HashMap<usize, Conn>,
+    /// INVALID_IKE_SPI answers in the current second: (its start, count).
+    invalid_ike_spi: (Instant, u32),
+    /// `delete_all` was called: nothing restarts any more.
+    stopping: bool,
 }
 
 /// What every SA borrows while it works: kept apart from `sas` so both can be borrowed.
@@ -68,7 +74,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn ctx(&mut self, now: Instant) -> Ctx<'_> {
+    fn ctx<'a>(
+        &'a mut self,
+        now: Instant,
+        others: &'a HashMap<IkeSpi, IkeSa>,
+        requests: &'a mut Vec<Request>,
+    ) -> Ctx<'a> {
         Ctx {
             now,
             settings: &self.settings,
@@ -77,9 +88,25 @@ impl Shared {
             events: &mut self.events,
             child_spis: &mut self.child_spis,
             policies: &self.policies,
+            others,
+            requests,
         }
     }
 }
+
+/// What the endpoint keeps per connection it initiates.
+#[derive(Debug, Default)]
+struct Conn {
+    /// Initiations that failed in a row (for `keyingtries` and the back-off).
+    failures: u32,
+    /// When to initiate again.
+    retry_at: Option<Instant>,
+}
+
+/// The longest wait between two initiations of one connection.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// At most this many INVALID_IKE_SPI answers per second, whatever arrives.
+const INVALID_IKE_SPI_PER_SECOND: u32 = 10;
 
 impl Endpoint {
     /// An endpoint answering and initiating for `policies`.
@@ -104,6 +131,9 @@ impl Endpoint {
             cookie_key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
             malformed: 0,
             peers: HashMap::new(),
+            conns: HashMap::new(),
+            invalid_ike_spi: (Instant::default(), 0),
+            stopping: false,
         }
     }
 
@@ -144,16 +174,156 @@ impl Endpoint {
         }
     }
 
-    /// Runs `f` on one SA with the endpoint's shared state lent out, then reaps it if done.
+    /// Runs `f` on one SA with the endpoint's shared state lent out, starts the work
+    /// it queued, reaps it if done, and carries out what it asked of the endpoint.
     fn with_sa(&mut self, now: Instant, spi: IkeSpi, f: impl FnOnce(&mut IkeSa, &mut Ctx<'_>)) {
-        let Some(sa) = self.sas.get_mut(&spi) else {
+        let Some(mut sa) = self.sas.remove(&spi) else {
             return;
         };
-        f(sa, &mut self.shared.ctx(now));
-        if sa.state == State::Dead {
-            self.sas.remove(&spi);
-            self.by_initiator.retain(|_, ours| *ours != spi);
+        let mut requests = Vec::new();
+        {
+            let mut ctx = self.shared.ctx(now, &self.sas, &mut requests);
+            f(&mut sa, &mut ctx);
+            sa.kick(&mut ctx);
         }
+        if sa.state == State::Dead {
+            self.by_initiator.retain(|_, ours| *ours != spi);
+            self.after_down(now, &sa);
+        } else {
+            self.sas.insert(spi, sa);
+        }
+        for request in requests {
+            self.serve(now, request);
+        }
+    }
+
+    fn serve(&mut self, now: Instant, request: Request) {
+        match request {
+            Request::Spawn(sa) => {
+                let spi = sa.our_spi();
+                self.sas.insert(spi, *sa);
+                self.with_sa(now, spi, |_, _| {});
+            }
+            Request::AdoptChildren { to, children } => match self.sas.get_mut(&to) {
+                Some(target) => {
+                    target.children.extend(children);
+                    self.with_sa(now, to, |_, _| {});
+                }
+                None => {
+                    for c in children {
+                        self.shared.child_spis.remove(&c.spi_in);
+                        self.shared.events.push_back(Event::ChildSaDown {
+                            spi_i: IkeSpi(0),
+                            spi_in: c.spi_in,
+                            spi_out: c.spi_out,
+                        });
+                    }
+                }
+            },
+            Request::Announce { spi, old } => {
+                let mut requests = Vec::new();
+                let up = self.sas.get(&spi).and_then(|sa| {
+                    sa.summary(&self.shared.ctx(now, &HashMap::new(), &mut requests))
+                });
+                if let Some(up) = up {
+                    self.shared.events.push_back(Event::IkeSaRekeyed {
+                        old,
+                        up: Box::new(up),
+                    });
+                }
+            }
+            Request::InitialContact { keep, remote_id } => {
+                let stale: Vec<IkeSpi> = self
+                    .sas
+                    .iter()
+                    .filter(|(spi, sa)| **spi != keep && sa.remote_id.as_ref() == Some(&remote_id))
+                    .map(|(spi, _)| *spi)
+                    .collect();
+                for spi in stale {
+                    self.with_sa(now, spi, |sa, ctx| {
+                        sa.log(
+                            ctx,
+                            format!("{remote_id} sent INITIAL_CONTACT: dropping this IKE_SA"),
+                        );
+                        sa.down(ctx, DownReason::Replaced);
+                    });
+                }
+            }
+        }
+    }
+
+    /// An IKE SA is gone: start its connection again if its actions or the
+    /// initiation retries (`keyingtries`) say so.
+    fn after_down(&mut self, now: Instant, sa: &IkeSa) {
+        if sa.superseded || self.stopping {
+            return;
+        }
+        let Some(index) = self
+            .shared
+            .policies
+            .iter()
+            .position(|p| Arc::ptr_eq(p, &sa.policy))
+        else {
+            return;
+        };
+        if !self.peers.contains_key(&index) {
+            return;
+        }
+        let children = &sa.policy.children;
+        let any =
+            |pick: fn(&ChildPolicy) -> Action| children.iter().any(|c| pick(c) == Action::Start);
+        let established = sa.remote_id.is_some();
+        let restart = match sa.down_reason {
+            Some(DownReason::PeerDead) if established => any(|c| c.dpd_action),
+            Some(DownReason::DeletedByPeer) => any(|c| c.close_action),
+            Some(DownReason::DeletedLocally) => any(|c| c.start_action),
+            Some(DownReason::Replaced | DownReason::HalfOpenExpired) | None => false,
+            Some(_) if sa.initiator && !established => {
+                let conn = self.conns.entry(index).or_default();
+                conn.failures += 1;
+                let tries = sa.policy.keyingtries;
+                if tries != 0 && conn.failures >= tries {
+                    self.shared.events.push_back(Event::Log {
+                        spi_i: sa.spi_i,
+                        text: format!("{}: giving up after {tries} keying tries", sa.policy.name),
+                    });
+                    conn.failures = 0;
+                    false
+                } else {
+                    true
+                }
+            }
+            Some(_) => false,
+        };
+        if restart {
+            let failures = self.conns.get(&index).map_or(0, |c| c.failures);
+            let backoff = if failures == 0 {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(1 << failures.min(6)).min(MAX_BACKOFF)
+            };
+            let mut r = [0; 2];
+            self.shared.rng.fill(&mut r);
+            let wait =
+                backoff.mul_f64(0.5 + f64::from(u16::from_be_bytes(r)) / f64::from(u16::MAX) / 2.0);
+            self.shared.events.push_back(Event::Log {
+                spi_i: sa.spi_i,
+                text: format!(
+                    "{}: initiating again in {:.1} s",
+                    sa.policy.name,
+                    wait.as_secs_f64()
+                ),
+            });
+            self.conns.entry(index).or_default().retry_at = Some(now + wait);
+        }
+    }
+
+    /// True if an IKE SA of the policy at `policy` exists (in any state).
+    fn has_sa(&self, policy: usize) -> bool {
+        self.shared
+            .policies
+            .get(policy)
+            .is_some_and(|p| self.sas.values().any(|sa| Arc::ptr_eq(&sa.policy, p)))
     }
 
     /// Starts an IKE SA for the policy at `policy` from `local` to `remote`;
@@ -172,7 +342,12 @@ impl Endpoint {
             .cloned()
             .ok_or_else(|| Error::Internal(format!("no policy {policy}")))?;
         let spi = self.fresh_spi();
-        let sa = IkeSa::new(policy, true, spi, local, remote, &self.shared.settings);
+        let mut sa = IkeSa::new(policy, true, spi, local, remote, &self.shared.settings);
+        // INITIAL_CONTACT only when no other IKE SA with this peer exists (§2.4).
+        sa.initial_contact = !self
+            .sas
+            .values()
+            .any(|o| Arc::ptr_eq(&o.policy, &sa.policy) && o.state == State::Established);
         self.sas.insert(spi, sa);
         let mut result = Ok(());
         self.with_sa(now, spi, |sa, ctx| {
@@ -183,6 +358,23 @@ impl Endpoint {
             }
         });
         result.map(|()| spi)
+    }
+
+    /// Initiates every connection with a known peer whose children start at once.
+    pub fn start(&mut self, now: Instant) {
+        let due: Vec<usize> = (0..self.shared.policies.len())
+            .filter(|i| {
+                self.peers.contains_key(i)
+                    && self.shared.policies[*i]
+                        .children
+                        .iter()
+                        .any(|c| c.start_action == Action::Start)
+            })
+            .collect();
+        for index in due {
+            self.conns.entry(index).or_default().retry_at = Some(now);
+        }
+        self.handle_timeout(now);
     }
 
     /// The data plane reports that the Child SA with inbound SPI `spi_in` crossed its
@@ -209,17 +401,44 @@ impl Endpoint {
     }
 
     /// The data plane saw a packet for child `child` of policy `policy` and has no SA
-    /// for it: negotiate one unless that is under way.
+    /// for it: negotiate one, on the IKE SA we have or a new one, unless under way or
+    /// the child is not to be started on demand.
     pub fn acquire(&mut self, now: Instant, policy: usize, child: usize) {
-        let Some(&(local, remote)) = self.peers.get(&policy) else {
-            return;
-        };
         let Some(p) = self.shared.policies.get(policy).cloned() else {
             return;
         };
-        if child >= p.children.len() || self.sas.values().any(|sa| Arc::ptr_eq(&sa.policy, &p)) {
+        let Some(c) = p.children.get(child) else {
+            return;
+        };
+        let on_demand = [c.start_action, c.dpd_action, c.close_action]
+            .iter()
+            .any(|a| *a != Action::None);
+        if !on_demand || self.stopping {
             return;
         }
+        let established = self
+            .sas
+            .iter()
+            .find(|(_, sa)| {
+                Arc::ptr_eq(&sa.policy, &p) && sa.state == State::Established && !sa.superseded
+            })
+            .map(|(spi, _)| *spi);
+        if let Some(spi) = established {
+            self.with_sa(now, spi, |sa, ctx| {
+                create_child::recreate_if_wanted(sa, ctx, child)
+            });
+            return;
+        }
+        let waiting = self
+            .conns
+            .get(&policy)
+            .is_some_and(|c| c.retry_at.is_some());
+        if self.has_sa(policy) || waiting {
+            return;
+        }
+        let Some(&(local, remote)) = self.peers.get(&policy) else {
+            return;
+        };
         if let Err(e) = self.initiate(now, policy, local, remote) {
             self.shared.events.push_back(Event::Log {
                 spi_i: IkeSpi(0),
@@ -258,7 +477,9 @@ impl Endpoint {
     }
 
     /// Deletes every IKE SA: Delete to established peers, silence for the others.
+    /// Nothing is restarted afterwards.
     pub fn delete_all(&mut self, now: Instant) {
+        self.stopping = true;
         let spis: Vec<IkeSpi> = self.sas.keys().copied().collect();
         for spi in spis {
             self.with_sa(now, spi, informational::delete);
@@ -289,9 +510,43 @@ impl Endpoint {
             return;
         }
         let ours = if from_initiator { h.spi_r } else { h.spi_i };
-        self.with_sa(now, ours, |sa, ctx| {
-            sa.handle(ctx, local, remote, datagram, message)
-        });
+        if self.sas.contains_key(&ours) {
+            self.with_sa(now, ours, |sa, ctx| {
+                sa.handle(ctx, local, remote, datagram, message)
+            });
+        } else if !h.flags.response() {
+            self.invalid_ike_spi(now, local, remote, &message.header);
+        }
+    }
+
+    /// Answers a request for an IKE SA we do not have, unprotected and rate-limited
+    /// (RFC 7296 §2.21.4), so a peer that still has one after our restart learns it.
+    fn invalid_ike_spi(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, h: &Header) {
+        let (since, count) = &mut self.invalid_ike_spi;
+        if now >= *since + Duration::from_secs(1) {
+            (*since, *count) = (now, 0);
+        }
+        if *count >= INVALID_IKE_SPI_PER_SECOND {
+            return;
+        }
+        *count += 1;
+        let message = Message {
+            header: Header {
+                flags: Flags::new(!h.flags.initiator(), true),
+                ..h.clone()
+            },
+            payloads: vec![Payload::Notify(NotifyPayload::new(
+                NotifyType::INVALID_IKE_SPI,
+                Vec::new(),
+            ))],
+        };
+        if let Ok(data) = message.encode() {
+            self.shared.out.push_back(Transmit {
+                local,
+                remote,
+                data,
+            });
+        }
     }
 
     fn cookie(&self, nonce: &[u8], remote: SocketAddr, spi_i: IkeSpi) -> Vec<u8> {
@@ -396,7 +651,8 @@ impl Endpoint {
             .cloned()
             .collect();
         let spi_r = self.fresh_spi();
-        let mut ctx = self.shared.ctx(now);
+        let mut requests = Vec::new();
+        let mut ctx = self.shared.ctx(now, &self.sas, &mut requests);
         let result = if candidates.is_empty() {
             Err(Error::NoProposalChosen)
         } else {
@@ -434,11 +690,35 @@ impl Endpoint {
         for spi in due {
             self.with_sa(now, spi, IkeSa::handle_timeout);
         }
+        let restarts: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.retry_at.is_some_and(|t| t <= now))
+            .map(|(i, _)| *i)
+            .collect();
+        for index in restarts {
+            if let Some(c) = self.conns.get_mut(&index) {
+                c.retry_at = None;
+            }
+            let Some(&(local, remote)) = self.peers.get(&index) else {
+                continue;
+            };
+            if self.has_sa(index) || self.stopping {
+                continue;
+            }
+            // A failure is reported as an IKE_SA event; after_down schedules the next try.
+            let _ = self.initiate(now, index, local, remote);
+        }
     }
 
     /// The earliest time [`Endpoint::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sas.values().filter_map(IkeSa::deadline).min()
+        let restarts = self.conns.values().filter_map(|c| c.retry_at);
+        self.sas
+            .values()
+            .filter_map(IkeSa::deadline)
+            .chain(restarts)
+            .min()
     }
 
     /// The next datagram to send.

@@ -145,6 +145,11 @@ impl Requester {
         answers
     }
 
+    /// The message ID of the request waiting for its response.
+    pub fn outstanding_id(&self) -> Option<u32> {
+        self.outstanding.as_ref().map(|o| o.message_id)
+    }
+
     /// When the driver should call [`Requester::timeout`] next.
     pub fn deadline(&self) -> Option<Instant> {
         self.outstanding.as_ref().map(|o| o.deadline)

@@ -3,16 +3,32 @@
 
 use super::exchange::{Incoming, Requester, Responder, Timeout};
 use super::task::{Task, informational};
-use super::{DownReason, Error, Event, Instant, MessageRecord, Policy, Settings, Transmit};
+use super::{
+    Action, DownReason, Error, Event, IkeSaUp, Instant, MessageRecord, Policy, Settings, Transmit,
+};
 use crate::auth::signature::Hash;
 use crate::crypto::fragment::{Reassembly, seal_fragments};
 use crate::crypto::sk::{open_message, seal_message};
 use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, Random, SkKey};
-use crate::wire::payload::{NotifyPayload, Payload, decode_chain};
+use crate::wire::payload::{Identity, NotifyPayload, Payload, TsRange, decode_chain};
 use crate::wire::{ExchangeType, Flags, Header, IkeSpi, Message, Reader};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an established IKE SA may stay without a Child SA before it acts
+/// (re-creates its children or closes): time for the peer to create them itself.
+const CHILDLESS_GRACE: Duration = Duration::from_secs(5);
+/// Child SA creations failing in a row after which a childless IKE SA is closed,
+/// leaving the retry to the connection's back-off.
+const MAX_CHILD_FAILURES: u32 = 3;
+
+/// An unprotected INVALID_IKE_SPI answer (RFC 7296 §2.21.4): the peer lost the SA.
+fn lost_by_peer(message: &Message) -> bool {
+    matches!(message.payloads.as_slice(),
+        [Payload::Notify(n)] if n.notify_type == crate::wire::NotifyType::INVALID_IKE_SPI)
+}
 
 /// Where an IKE SA is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,15 +45,90 @@ pub(super) enum State {
     Dead,
 }
 
+/// Where a Child SA is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ChildState {
+    /// Carrying traffic.
+    Installed,
+    /// Our CREATE_CHILD_SA rekeying it is under way.
+    Rekeying,
+    /// Replaced by a newer SA; deleted next (by us, or by the peer who rekeyed it).
+    Rekeyed,
+    /// Our Delete for it is under way.
+    Deleting,
+    /// Deleted on both sides; its inbound side takes stragglers until then.
+    Retired { remove_at: Instant },
+}
+
 /// A Child SA as the IKE SA remembers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ChildSa {
     pub name: String,
+    /// Its child's index in the policy.
+    pub index: usize,
     pub spi_in: u32,
     pub spi_out: u32,
+    pub local_ts: Vec<TsRange>,
+    pub remote_ts: Vec<TsRange>,
+    pub state: ChildState,
     /// When its soft time limit fires (once), and its hard one.
     pub soft_at: Option<Instant>,
     pub hard_at: Option<Instant>,
+    /// We send with it (a rekey's responder waits for the old SA's Delete).
+    pub outbound: bool,
+    /// The inbound SPI of the Child SA it replaces.
+    pub rekeys: Option<u32>,
+    /// The peer rekeyed this SA while our own rekey of it was under way (§2.8.1):
+    /// its exchange's nonces and the inbound SPI of the SA we made for it.
+    pub peer_rekey: Option<PeerRekey>,
+}
+
+impl ChildSa {
+    /// Still counts as the child's SA: not replaced, not going away.
+    pub fn is_active(&self) -> bool {
+        matches!(self.state, ChildState::Installed | ChildState::Rekeying)
+    }
+}
+
+/// The other side of a rekey collision, kept until our own exchange ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PeerRekey {
+    pub nonce_i: Vec<u8>,
+    pub nonce_r: Vec<u8>,
+    /// Our inbound SPI of the Child SA, or our SPI of the IKE SA, it created.
+    pub created: u64,
+}
+
+/// Work an IKE SA starts as a request when its window is free, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Work {
+    /// Create child `index` of the policy.
+    CreateChild(usize),
+    /// Rekey the Child SA with this inbound SPI.
+    RekeyChild(u32),
+    /// Delete these Child SAs (our inbound SPIs).
+    DeleteChildren(Vec<u32>),
+    /// Rekey the IKE SA.
+    RekeyIke,
+    /// An empty INFORMATIONAL: is the peer alive?
+    Dpd,
+    /// Tell the peer its ESP with this SPI found no SA here.
+    InvalidSpi(u32),
+    /// Delete the IKE SA.
+    DeleteIke,
+}
+
+/// What an IKE SA asks of the endpoint, which holds the other SAs.
+pub(super) enum Request {
+    /// A new IKE SA to index (one made by an IKE SA rekey).
+    Spawn(Box<IkeSa>),
+    /// Give these Child SAs to the IKE SA with our SPI `to` (its rekey replaced this one).
+    AdoptChildren { to: IkeSpi, children: Vec<ChildSa> },
+    /// Report the IKE SA with our SPI `spi` as the replacement of `old` (initiator SPI).
+    Announce { spi: IkeSpi, old: IkeSpi },
+    /// The peer authenticated as `remote_id` says it has no other IKE SA with us:
+    /// drop every other one with that identity, silently (RFC 7296 §2.4).
+    InitialContact { keep: IkeSpi, remote_id: Identity },
 }
 
 /// What the endpoint lends an IKE SA while it handles one input.
@@ -51,6 +142,10 @@ pub(super) struct Ctx<'a> {
     pub child_spis: &'a mut HashSet<u32>,
     /// Every policy, in configuration order.
     pub policies: &'a [Arc<Policy>],
+    /// The endpoint's other IKE SAs, by our SPI (to pick SPIs not in use).
+    pub others: &'a HashMap<IkeSpi, IkeSa>,
+    /// What the endpoint is asked to do once the SA is back in its table.
+    pub requests: &'a mut Vec<Request>,
 }
 
 impl Ctx<'_> {
@@ -77,6 +172,25 @@ impl Ctx<'_> {
                 return spi;
             }
         }
+    }
+
+    /// A fresh IKE SPI of ours, not zero and not in use.
+    pub fn fresh_ike_spi(&mut self) -> IkeSpi {
+        loop {
+            let mut b = [0; 8];
+            self.rng.fill(&mut b);
+            let spi = IkeSpi(u64::from_be_bytes(b));
+            if spi.0 != 0 && !self.others.contains_key(&spi) {
+                return spi;
+            }
+        }
+    }
+
+    /// A random delay between `min` and twice it, so retries of both peers spread.
+    pub fn jitter(&mut self, min: Duration) -> Duration {
+        let mut r = [0; 2];
+        self.rng.fill(&mut r);
+        min + min.mul_f64(f64::from(u16::from_be_bytes(r)) / f64::from(u16::MAX))
     }
 
     /// A fresh nonce of 32 bytes, enough for every PRF we offer (RFC 7296 §2.10).
@@ -135,6 +249,27 @@ pub(super) struct IkeSa {
     pub reassembly: Option<(u32, bool, Reassembly)>,
     pub children: Vec<ChildSa>,
     pub half_open_until: Option<Instant>,
+    /// Work waiting for the request window, in order.
+    pub queue: VecDeque<Work>,
+    /// Work to queue later (retries after TEMPORARY_FAILURE and the like).
+    pub delayed: Vec<(Instant, Work)>,
+    /// The peer's authenticated identity.
+    pub remote_id: Option<Identity>,
+    /// Send INITIAL_CONTACT in IKE_AUTH: we hold no other IKE SA with this peer.
+    pub initial_contact: bool,
+    /// When to rekey the IKE SA (soft) and when it must end (hard).
+    pub rekey_at: Option<Instant>,
+    pub expire_at: Option<Instant>,
+    /// Replaced by a rekey: its Child SAs went to the new IKE SA, it only awaits deletion.
+    pub superseded: bool,
+    /// The peer rekeyed this IKE SA while our own rekey of it was under way.
+    pub peer_rekey: Option<PeerRekey>,
+    /// Since when the SA has had no Child SA (None while it has some).
+    pub childless_since: Option<Instant>,
+    /// Child SA creations that failed in a row, for the back-off.
+    pub child_failures: u32,
+    /// Why it went down, for the endpoint's restart decision.
+    pub down_reason: Option<DownReason>,
     /// When the peer last showed it is alive (IKE or ESP).
     pub last_inbound: Instant,
     /// When we last told the peer INVALID_SPI (rate limit).
@@ -185,8 +320,81 @@ impl IkeSa {
             reassembly: None,
             children: Vec::new(),
             half_open_until: None,
+            queue: VecDeque::new(),
+            delayed: Vec::new(),
+            remote_id: None,
+            initial_contact: false,
+            rekey_at: None,
+            expire_at: None,
+            superseded: false,
+            peer_rekey: None,
+            childless_since: None,
+            child_failures: 0,
+            down_reason: None,
             last_inbound: Instant::default(),
             invalid_spi_at: None,
+        }
+    }
+
+    /// Our SPI of this SA: the endpoint's key for it.
+    pub fn our_spi(&self) -> IkeSpi {
+        if self.initiator {
+            self.spi_i
+        } else {
+            self.spi_r
+        }
+    }
+
+    /// The SA as [`IkeSaUp`] reports it, once authenticated.
+    pub fn summary(&self, ctx: &Ctx<'_>) -> Option<IkeSaUp> {
+        let _ = ctx;
+        Some(IkeSaUp {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            initiator: self.initiator,
+            connection: self.policy.name.clone(),
+            local: self.local,
+            remote: self.remote,
+            behind_nat: self.behind_nat,
+            local_id: self.policy.local.id().clone(),
+            remote_id: self.remote_id.clone()?,
+            suite: self.suite?,
+            keys: self.keys.clone()?,
+        })
+    }
+
+    /// Marks the SA authenticated and sets its lifetime and liveness clocks.
+    pub fn established(&mut self, ctx: &mut Ctx<'_>) {
+        self.state = State::Established;
+        self.half_open_until = None;
+        self.last_inbound = ctx.now;
+        let life = self.policy.ike_lifetime;
+        if let Some(rekey) = life.rekey_time {
+            let at = super::task::child::spread(ctx, rekey, life.rand_time);
+            self.rekey_at = Some(ctx.now + at);
+            self.expire_at = Some(ctx.now + rekey + life.over_time);
+        }
+    }
+
+    /// Starts the next queued work if the request window is free.
+    pub fn kick(&mut self, ctx: &mut Ctx<'_>) {
+        while self.state == State::Established && !self.requester.is_busy() {
+            let Some(work) = self.queue.pop_front() else {
+                break;
+            };
+            Task::start(self, ctx, work);
+        }
+        let has_children = self.children.iter().any(ChildSa::is_active)
+            || self.queue.iter().any(|w| matches!(w, Work::CreateChild(_)))
+            || self
+                .delayed
+                .iter()
+                .any(|(_, w)| matches!(w, Work::CreateChild(_)))
+            || matches!(self.pending, Some(Task::CreateChild(_) | Task::IkeAuth(_)));
+        if self.state != State::Established || self.superseded || has_children {
+            self.childless_since = None;
+        } else if self.childless_since.is_none() {
+            self.childless_since = Some(ctx.now);
         }
     }
 
@@ -216,9 +424,15 @@ impl IkeSa {
             return;
         }
         self.state = State::Dead;
-        for c in &self.children {
+        for c in std::mem::take(&mut self.children) {
             ctx.child_spis.remove(&c.spi_in);
+            ctx.events.push_back(Event::ChildSaDown {
+                spi_i: self.spi_i,
+                spi_in: c.spi_in,
+                spi_out: c.spi_out,
+            });
         }
+        self.down_reason = Some(reason.clone());
         ctx.events.push_back(Event::IkeSaDown {
             spi_i: self.spi_i,
             spi_r: self.spi_r,
@@ -429,6 +643,13 @@ impl IkeSa {
         if !self.requester.is_busy() {
             return;
         }
+        if lost_by_peer(&message) && self.requester.outstanding_id() == Some(header.message_id) {
+            // Unauthenticated, but it names our SPIs and the message ID in flight: only
+            // the peer (or someone on its path, who can drop our packets anyway) knows them.
+            self.log(ctx, "the peer has no such IKE_SA (INVALID_IKE_SPI)");
+            self.down(ctx, DownReason::PeerDead);
+            return;
+        }
         let payloads = if header.exchange == ExchangeType::IKE_SA_INIT {
             message.payloads
         } else {
@@ -444,6 +665,7 @@ impl IkeSa {
         if !self.requester.response(header.message_id) {
             return;
         }
+        self.last_inbound = ctx.now;
         self.record(ctx, &header, false, &[datagram.len()], &payloads);
         let Some(task) = self.pending.take() else {
             return;
@@ -491,30 +713,68 @@ impl IkeSa {
         // An authentic request shows where the peer is now (RFC 7296 §2.23: NAT).
         self.local = local;
         self.remote = remote;
+        self.last_inbound = ctx.now;
         self.record(ctx, &header, false, &[datagram.len()], &payloads);
         Task::respond(self, ctx, &header, payloads);
     }
 
-    /// Acts on the clock: retransmission, giving up, half-open expiry, Child SA lifetimes.
+    /// Acts on the clock: half-open expiry, IKE and Child SA lifetimes, stragglers'
+    /// grace, liveness checks, delayed work, a childless SA, retransmission.
     pub fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
-        if self.half_open_until.is_some_and(|t| ctx.now >= t) && self.state == State::HalfOpen {
+        let now = ctx.now;
+        if self.half_open_until.is_some_and(|t| now >= t) && self.state == State::HalfOpen {
             self.log(ctx, "half-open IKE SA expired");
             self.down(ctx, DownReason::HalfOpenExpired);
             return;
+        }
+        if self.expire_at.is_some_and(|t| now >= t) {
+            self.expire_at = None;
+            self.log(ctx, "IKE_SA hard lifetime reached");
+            self.queue.push_front(Work::DeleteIke);
+        }
+        if self.rekey_at.is_some_and(|t| now >= t) {
+            self.rekey_at = None;
+            if !self.superseded {
+                self.queue.push_back(Work::RekeyIke);
+            }
         }
         let due: Vec<(u32, bool)> = self
             .children
             .iter()
             .filter_map(|c| {
-                let hard = c.hard_at.is_some_and(|t| ctx.now >= t);
-                let soft = c.soft_at.is_some_and(|t| ctx.now >= t);
+                let hard = c.hard_at.is_some_and(|t| now >= t);
+                let soft = c.soft_at.is_some_and(|t| now >= t);
                 (hard || soft).then_some((c.spi_in, hard))
             })
             .collect();
         for (spi_in, hard) in due {
             informational::expire_child(self, ctx, spi_in, hard, "time");
         }
-        match self.requester.timeout(ctx.now, ctx.rng) {
+        let over: Vec<u32> = self
+            .children
+            .iter()
+            .filter(|c| matches!(c.state, ChildState::Retired { remove_at } if now >= remove_at))
+            .map(|c| c.spi_in)
+            .collect();
+        for spi_in in over {
+            informational::remove_child(self, ctx, spi_in);
+        }
+        if self.dpd_due().is_some_and(|t| now >= t) {
+            self.queue.push_back(Work::Dpd);
+        }
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|(t, _)| now >= *t);
+        self.delayed = later;
+        self.queue.extend(ready.into_iter().map(|(_, w)| w));
+        if self
+            .childless_since
+            .is_some_and(|t| now >= t + CHILDLESS_GRACE)
+        {
+            self.childless_since = None;
+            self.childless(ctx);
+        }
+        match self.requester.timeout(now, ctx.rng) {
             Timeout::Idle => {}
             Timeout::Retransmit(datagrams) => {
                 let datagrams = datagrams.to_vec();
@@ -532,16 +792,59 @@ impl IkeSa {
         }
     }
 
+    /// No Child SA left: bring back the children that should be up, or close the SA
+    /// (after a few failed tries the whole connection starts over instead).
+    fn childless(&mut self, ctx: &mut Ctx<'_>) {
+        let wanted: Vec<usize> = (0..self.policy.children.len())
+            .filter(|&i| self.policy.children[i].start_action == Action::Start)
+            .collect();
+        if wanted.is_empty() || self.child_failures >= MAX_CHILD_FAILURES {
+            self.log(ctx, "no CHILD_SA left, closing the IKE_SA");
+            self.queue.push_back(Work::DeleteIke);
+        } else {
+            self.log(ctx, "no CHILD_SA left, creating them again");
+            for i in wanted {
+                self.queue.push_back(Work::CreateChild(i));
+            }
+        }
+    }
+
+    /// When a liveness check is due: `dpd_delay` after the peer was last heard from,
+    /// unless a request (which checks liveness too) is already under way.
+    fn dpd_due(&self) -> Option<Instant> {
+        let delay = self.policy.dpd_delay?;
+        let idle = self.state == State::Established
+            && !self.requester.is_busy()
+            && !self.queue.contains(&Work::Dpd);
+        idle.then(|| self.last_inbound + delay)
+    }
+
     /// When this SA next needs the clock.
     pub fn deadline(&self) -> Option<Instant> {
         let half_open = self
             .half_open_until
             .filter(|_| self.state == State::HalfOpen);
-        let children = self.children.iter().flat_map(|c| [c.soft_at, c.hard_at]);
-        [self.requester.deadline(), half_open]
-            .into_iter()
-            .chain(children)
-            .flatten()
-            .min()
+        let children = self.children.iter().flat_map(|c| {
+            let retired = match c.state {
+                ChildState::Retired { remove_at } => Some(remove_at),
+                _ => None,
+            };
+            [c.soft_at, c.hard_at, retired]
+        });
+        let childless = self.childless_since.map(|t| t + CHILDLESS_GRACE);
+        let delayed = self.delayed.iter().map(|(t, _)| Some(*t));
+        [
+            self.requester.deadline(),
+            half_open,
+            self.rekey_at,
+            self.expire_at,
+            self.dpd_due(),
+            childless,
+        ]
+        .into_iter()
+        .chain(children)
+        .chain(delayed)
+        .flatten()
+        .min()
     }
 }

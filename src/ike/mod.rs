@@ -304,6 +304,8 @@ pub enum DownReason {
     Failed(Error),
     /// The peer refused with an error notify.
     Refused(NotifyType),
+    /// The peer started afresh (INITIAL_CONTACT on a new IKE SA): this one is stale.
+    Replaced,
 }
 
 impl std::fmt::Display for DownReason {
@@ -315,6 +317,7 @@ impl std::fmt::Display for DownReason {
             Self::DeletedLocally => f.write_str("deleted"),
             Self::Failed(e) => write!(f, "{e} (sent {})", e.notify()),
             Self::Refused(n) => write!(f, "peer refused with {n}"),
+            Self::Replaced => f.write_str("replaced: the peer sent INITIAL_CONTACT"),
         }
     }
 }

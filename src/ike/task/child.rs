@@ -1,30 +1,51 @@
-//! The first Child SA, negotiated inside IKE_AUTH (RFC 7296 §1.2, §2.9, §2.17):
-//! ESP proposals without key exchange, traffic selectors, KEYMAT.
+//! Child SA negotiation shared by IKE_AUTH (the first Child SA, RFC 7296 §1.2) and
+//! CREATE_CHILD_SA (further Child SAs and rekeys, §1.3): ESP proposals, the optional
+//! PFS key exchange, traffic selectors and KEYMAT (§2.17).
 
-use super::super::ike_sa::{ChildSa, Ctx, IkeSa};
-use super::super::{ChildPolicy, ChildSaUp, Error, Event, proposal, ts};
-use crate::crypto::{ChildKeys, Encr, Integ};
-use crate::wire::message::notifies;
-use crate::wire::payload::{Payload, Proposal, TrafficSelector, TsPayload, TsRange};
-use crate::wire::{EncrId, EsnId, IntegId, NotifyType, ProtocolId, TransformType};
+use super::super::ike_sa::{ChildSa, ChildState, Ctx, IkeSa};
+use super::super::{ChildPolicy, ChildSaUp, Error, Event, Lifetime, Limits, proposal, ts};
+use crate::crypto::{ChildKeys, Encr, Integ, KeyExchange, Secret};
+use crate::wire::message::{find_notify, notifies};
+use crate::wire::payload::{
+    KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload, TrafficSelector,
+    TsPayload, TsRange,
+};
+use crate::wire::{EncrId, EsnId, IntegId, KeGroup, NotifyType, ProtocolId, TransformType};
+use std::time::Duration;
 
 /// Notifies that refuse a Child SA but leave the IKE SA standing.
-const CHILD_ERRORS: [NotifyType; 6] = [
+const CHILD_ERRORS: [NotifyType; 9] = [
     NotifyType::NO_PROPOSAL_CHOSEN,
     NotifyType::TS_UNACCEPTABLE,
     NotifyType::SINGLE_PAIR_REQUIRED,
     NotifyType::INTERNAL_ADDRESS_FAILURE,
     NotifyType::FAILED_CP_REQUIRED,
     NotifyType::INVALID_SELECTORS,
+    NotifyType::TEMPORARY_FAILURE,
+    NotifyType::CHILD_SA_NOT_FOUND,
+    NotifyType::NO_ADDITIONAL_SAS,
 ];
+
+/// Without ESN, sequence numbers run out after 2^32 packets (RFC 4303 §3.3.3): rekey
+/// this many packets before, and stop at the last one.
+const SEQ_SOFT_MARGIN: u64 = 1 << 22;
 
 /// What the initiator asked for, to check the answer against.
 pub(in super::super) struct ChildRequest {
-    pub name: String,
+    /// The child's index in the policy.
+    pub index: usize,
     pub spi_in: u32,
     pub proposals: Vec<Proposal>,
     pub local_ts: Vec<TsRange>,
     pub remote_ts: Vec<TsRange>,
+    /// Our nonce; empty inside IKE_AUTH, which uses the IKE SA's.
+    pub nonce: Vec<u8>,
+    /// Our PFS key exchange, when the first proposal names a group.
+    pub kex: Option<KeyExchange>,
+    /// The inbound SPI of the Child SA this one rekeys.
+    pub rekeys: Option<u32>,
+    /// INVALID_KE_PAYLOAD retries so far.
+    pub restarts: u8,
 }
 
 /// `p` without key exchange transforms: IKE_AUTH carries no KE payload (§1.2).
@@ -40,14 +61,36 @@ fn without_ke(p: &Proposal) -> Proposal {
     }
 }
 
-/// Our ESP proposals for IKE_AUTH, carrying our inbound SPI.
-fn offer(child: &ChildPolicy, spi_in: u32) -> Vec<Proposal> {
+/// Our ESP proposals carrying our inbound SPI; inside IKE_AUTH without groups.
+fn offer(child: &ChildPolicy, spi_in: u32, in_auth: bool) -> Vec<Proposal> {
     child
         .esp_proposals
         .iter()
         .map(|p| Proposal {
             spi: spi_in.to_be_bytes().to_vec(),
-            ..without_ke(p)
+            ..if in_auth { without_ke(p) } else { p.clone() }
+        })
+        .collect()
+}
+
+/// `offer` with the key exchange transforms of each proposal reduced to `group`, or
+/// dropped where the proposal does not allow it: the retry after INVALID_KE_PAYLOAD.
+fn offer_with_group(proposals: &[Proposal], group: KeGroup) -> Vec<Proposal> {
+    proposals
+        .iter()
+        .filter(|p| {
+            p.transforms
+                .iter()
+                .any(|t| t.kind == TransformType::KE && t.id == group.0)
+        })
+        .map(|p| Proposal {
+            transforms: p
+                .transforms
+                .iter()
+                .filter(|t| t.kind != TransformType::KE || t.id == group.0)
+                .cloned()
+                .collect(),
+            ..p.clone()
         })
         .collect()
 }
@@ -76,45 +119,133 @@ fn find_ts(payloads: &[Payload]) -> (Option<&TsPayload>, Option<&TsPayload>) {
     (tsi, tsr)
 }
 
-fn find_sa(payloads: &[Payload]) -> Option<&[Proposal]> {
+pub(super) fn find_sa(payloads: &[Payload]) -> Option<&[Proposal]> {
     payloads.iter().find_map(|p| match p {
         Payload::Sa(s) => Some(s.proposals.as_slice()),
         _ => None,
     })
 }
 
-/// Initiator: the SA, TSi and TSr payloads for the policy's first child, if any.
+pub(super) fn find_nonce(payloads: &[Payload]) -> Option<&[u8]> {
+    payloads.iter().find_map(|p| match p {
+        Payload::Nonce(n) => Some(n.data.as_slice()),
+        _ => None,
+    })
+}
+
+pub(super) fn find_ke(payloads: &[Payload]) -> Option<&KePayload> {
+    payloads.iter().find_map(|p| match p {
+        Payload::Ke(k) => Some(k),
+        _ => None,
+    })
+}
+
+/// Initiator: a request for child `index` of the policy, rekeying `rekeys` (our
+/// inbound SPI) if given; returns it with its payloads. Inside IKE_AUTH (`in_auth`)
+/// there is no nonce or KE; in CREATE_CHILD_SA the payloads are those of §1.3.1/§1.3.3.
 pub(in super::super) fn request(
     sa: &IkeSa,
     ctx: &mut Ctx<'_>,
-) -> Option<(ChildRequest, Vec<Payload>)> {
-    let child = sa.policy.children.first()?;
+    index: usize,
+    rekeys: Option<&ChildSa>,
+    in_auth: bool,
+) -> Result<(ChildRequest, Vec<Payload>), Error> {
+    let child = sa
+        .policy
+        .children
+        .get(index)
+        .ok_or_else(|| Error::Internal(format!("no child {index}")))?;
     let spi_in = ctx.alloc_child_spi();
-    let req = ChildRequest {
-        name: child.name.clone(),
-        spi_in,
-        proposals: offer(child, spi_in),
-        local_ts: ts::or_dynamic(&child.local_ts, sa.local.ip()),
-        remote_ts: ts::or_dynamic(&child.remote_ts, sa.remote.ip()),
+    let (local_ts, remote_ts) = match rekeys {
+        Some(old) => (old.local_ts.clone(), old.remote_ts.clone()),
+        None => (
+            ts::or_dynamic(&child.local_ts, sa.local.ip()),
+            ts::or_dynamic(&child.remote_ts, sa.remote.ip()),
+        ),
     };
-    let payloads = vec![
-        Payload::Sa(crate::wire::payload::SaPayload {
-            proposals: req.proposals.clone(),
-        }),
-        Payload::TsI(selectors(&req.local_ts)),
-        Payload::TsR(selectors(&req.remote_ts)),
-    ];
-    Some((req, payloads))
+    let proposals = offer(child, spi_in, in_auth);
+    let mut req = ChildRequest {
+        index,
+        spi_in,
+        proposals,
+        local_ts,
+        remote_ts,
+        nonce: Vec::new(),
+        kex: None,
+        rekeys: rekeys.map(|c| c.spi_in),
+        restarts: 0,
+    };
+    if !in_auth {
+        req.nonce = ctx.nonce();
+        if let Some(group) = req.proposals.first().and_then(proposal::group) {
+            req.kex = Some(KeyExchange::generate(group, ctx.rng)?);
+        }
+    }
+    let payloads = payloads(&req);
+    Ok((req, payloads))
 }
 
-/// Initiator: checks the responder's answer and brings the Child SA up.
+/// The payloads of a request, also after a restart with another group.
+pub(super) fn payloads(req: &ChildRequest) -> Vec<Payload> {
+    let mut out = Vec::new();
+    if let Some(old) = req.rekeys {
+        let mut n = NotifyPayload::new(NotifyType::REKEY_SA, Vec::new());
+        n.protocol = ProtocolId::ESP;
+        n.spi = old.to_be_bytes().to_vec();
+        out.push(Payload::Notify(n));
+    }
+    out.push(Payload::Sa(SaPayload {
+        proposals: req.proposals.clone(),
+    }));
+    if !req.nonce.is_empty() {
+        out.push(Payload::Nonce(NoncePayload {
+            data: req.nonce.clone(),
+        }));
+    }
+    if let Some(kex) = &req.kex {
+        out.push(Payload::Ke(KePayload {
+            group: kex.group(),
+            data: kex.public_value().to_vec(),
+        }));
+    }
+    out.push(Payload::TsI(selectors(&req.local_ts)));
+    out.push(Payload::TsR(selectors(&req.remote_ts)));
+    out
+}
+
+/// Initiator: after INVALID_KE_PAYLOAD naming `group`, the same request with a key
+/// exchange in that group, if our proposals allow it.
+pub(super) fn restart_with(
+    ctx: &mut Ctx<'_>,
+    mut req: ChildRequest,
+    group: KeGroup,
+) -> Result<ChildRequest, Error> {
+    let proposals = offer_with_group(&req.proposals, group);
+    if proposals.is_empty() || req.kex.as_ref().is_some_and(|k| k.group() == group) {
+        return Err(Error::Notified(NotifyType::INVALID_KE_PAYLOAD));
+    }
+    req.proposals = proposals;
+    req.kex = Some(KeyExchange::generate(group, ctx.rng)?);
+    req.restarts += 1;
+    Ok(req)
+}
+
+/// The error notify of a refused Child SA, if the answer is one.
+pub(super) fn refusal(payloads: &[Payload]) -> Option<&NotifyPayload> {
+    notifies(payloads).find(|n| CHILD_ERRORS.contains(&n.notify_type) || n.notify_type.is_error())
+}
+
+/// Initiator: checks the responder's answer and brings the Child SA up, sending
+/// with it at once when `outbound` (the responder installed its inbound side before
+/// answering; only the loser of a rekey collision does not).
 pub(in super::super) fn accept(
     sa: &mut IkeSa,
     ctx: &mut Ctx<'_>,
     req: &ChildRequest,
     payloads: &[Payload],
+    outbound: bool,
 ) -> Result<(), Error> {
-    if let Some(n) = notifies(payloads).find(|n| CHILD_ERRORS.contains(&n.notify_type)) {
+    if let Some(n) = refusal(payloads) {
         return Err(Error::Notified(n.notify_type));
     }
     let (Some(chosen), (Some(tsi), Some(tsr))) = (find_sa(payloads), find_ts(payloads)) else {
@@ -125,8 +256,10 @@ pub(in super::super) fn accept(
     let [chosen] = chosen else {
         return Err(Error::InvalidSyntax("answer must hold one proposal".into()));
     };
+    // The answer must be exactly one of our offers' choices: no transform we did not
+    // offer, one of each type we did.
     if chosen.protocol != ProtocolId::ESP
-        || proposal::select(&req.proposals, std::slice::from_ref(chosen)).is_none()
+        || proposal::select(&req.proposals, std::slice::from_ref(chosen)).as_ref() != Some(chosen)
     {
         return Err(Error::NoProposalChosen);
     }
@@ -134,32 +267,89 @@ pub(in super::super) fn accept(
     if !ts::within(&local_ts, &req.local_ts) || !ts::within(&remote_ts, &req.remote_ts) {
         return Err(Error::TsUnacceptable);
     }
+    let g_ir = match (proposal::group(chosen), &req.kex) {
+        (None, _) => None,
+        (Some(group), Some(kex)) if kex.group() == group => {
+            let ke = find_ke(payloads)
+                .filter(|k| k.group == group)
+                .ok_or_else(|| Error::InvalidSyntax(format!("no KE payload for {group}")))?;
+            Some(kex.shared_secret(&ke.data)?)
+        }
+        (Some(_), _) => return Err(Error::NoProposalChosen),
+    };
+    let nonces = if req.nonce.is_empty() {
+        (sa.nonce_i.clone(), sa.nonce_r.clone())
+    } else {
+        let nr = find_nonce(payloads).ok_or_else(|| Error::InvalidSyntax("no Nonce".into()))?;
+        (req.nonce.clone(), nr.to_vec())
+    };
     let spi_out = esp_spi(chosen)?;
     up(
-        sa, ctx, &req.name, req.spi_in, spi_out, chosen, local_ts, remote_ts,
+        sa,
+        ctx,
+        Negotiated {
+            index: req.index,
+            spi_in: req.spi_in,
+            spi_out,
+            chosen,
+            local_ts,
+            remote_ts,
+            g_ir: g_ir.as_ref(),
+            nonces: (&nonces.0, &nonces.1),
+            initiator: true,
+            outbound,
+            rekeys: req.rekeys,
+        },
     )
 }
 
-/// Responder: picks a child policy for the initiator's offer; returns the SA, TSi
-/// and TSr payloads of the answer (none if the initiator asked for no Child SA).
+/// What a responder answers: the Child SA's payloads and its inbound SPI.
+pub(in super::super) struct Answer {
+    pub payloads: Vec<Payload>,
+    pub spi_in: u32,
+}
+
+/// Responder: picks a child policy for the initiator's offer and brings the Child SA
+/// up; returns the answer's payloads (none if the initiator asked for no Child SA).
+/// `rekeys` is the Child SA a CREATE_CHILD_SA rekeys, whose child is tried first and
+/// whose outbound side keeps carrying traffic until the initiator deletes it.
 pub(in super::super) fn respond(
     sa: &mut IkeSa,
     ctx: &mut Ctx<'_>,
     payloads: &[Payload],
-) -> Result<Vec<Payload>, Error> {
+    in_auth: bool,
+    rekeys: Option<&ChildSa>,
+) -> Result<Option<Answer>, Error> {
     let (Some(offered), (Some(tsi), Some(tsr))) = (find_sa(payloads), find_ts(payloads)) else {
-        return Ok(Vec::new());
+        if in_auth {
+            return Ok(None);
+        }
+        return Err(Error::InvalidSyntax(
+            "CREATE_CHILD_SA needs SA, TSi and TSr".into(),
+        ));
     };
     let offered: Vec<Proposal> = offered
         .iter()
         .filter(|p| p.protocol == ProtocolId::ESP)
-        .map(without_ke)
+        .map(|p| if in_auth { without_ke(p) } else { p.clone() })
         .collect();
     let (tsi, tsr) = (ts::ranges(&tsi.selectors), ts::ranges(&tsr.selectors));
+    let ni = if in_auth {
+        sa.nonce_i.clone()
+    } else {
+        find_nonce(payloads)
+            .ok_or_else(|| Error::InvalidSyntax("no Nonce".into()))?
+            .to_vec()
+    };
+    let mut order: Vec<usize> = (0..sa.policy.children.len()).collect();
+    if let Some(old) = rekeys {
+        order.retain(|&i| i != old.index);
+        order.insert(0, old.index);
+    }
     let mut error = Error::NoProposalChosen;
-    let children = sa.policy.children.clone();
-    for child in &children {
-        let Some(chosen) = proposal::select(&offer(child, 0), &offered) else {
+    for index in order {
+        let child = sa.policy.children[index].clone();
+        let Some(chosen) = proposal::select(&offer(&child, 0, in_auth), &offered) else {
             continue;
         };
         let remote_ts = ts::narrow(&tsi, &ts::or_dynamic(&child.remote_ts, sa.remote.ip()));
@@ -168,48 +358,112 @@ pub(in super::super) fn respond(
             error = Error::TsUnacceptable;
             continue;
         }
+        let mut kex = None;
+        if let Some(group) = proposal::group(&chosen) {
+            match find_ke(payloads).filter(|k| k.group == group) {
+                Some(ke) => {
+                    let ours = KeyExchange::generate(group, ctx.rng)?;
+                    let shared = ours.shared_secret(&ke.data)?;
+                    kex = Some((ours, shared));
+                }
+                None => {
+                    return Err(Error::InvalidKePayload {
+                        offered: find_ke(payloads).map_or(KeGroup::NONE, |k| k.group),
+                        wanted: group,
+                    });
+                }
+            }
+        }
         let spi_out = esp_spi(&chosen)?;
         let spi_in = ctx.alloc_child_spi();
+        let nr = if in_auth {
+            sa.nonce_r.clone()
+        } else {
+            ctx.nonce()
+        };
         up(
             sa,
             ctx,
-            &child.name,
-            spi_in,
-            spi_out,
-            &chosen,
-            local_ts.clone(),
-            remote_ts.clone(),
+            Negotiated {
+                index,
+                spi_in,
+                spi_out,
+                chosen: &chosen,
+                local_ts: local_ts.clone(),
+                remote_ts: remote_ts.clone(),
+                g_ir: kex.as_ref().map(|(_, shared)| shared),
+                nonces: (&ni, &nr),
+                initiator: false,
+                outbound: rekeys.is_none(),
+                rekeys: rekeys.map(|c| c.spi_in),
+            },
         )?;
         let answer = Proposal {
             spi: spi_in.to_be_bytes().to_vec(),
             ..chosen
         };
-        return Ok(vec![
-            Payload::Sa(crate::wire::payload::SaPayload {
-                proposals: vec![answer],
-            }),
-            Payload::TsI(selectors(&remote_ts)),
-            Payload::TsR(selectors(&local_ts)),
-        ]);
+        let mut out = vec![Payload::Sa(SaPayload {
+            proposals: vec![answer],
+        })];
+        if !in_auth {
+            out.push(Payload::Nonce(NoncePayload { data: nr }));
+        }
+        if let Some((ours, _)) = kex {
+            out.push(Payload::Ke(KePayload {
+                group: ours.group(),
+                data: ours.public_value().to_vec(),
+            }));
+        }
+        out.push(Payload::TsI(selectors(&remote_ts)));
+        out.push(Payload::TsR(selectors(&local_ts)));
+        return Ok(Some(Answer {
+            payloads: out,
+            spi_in,
+        }));
     }
     Err(error)
 }
 
-/// Derives KEYMAT and reports the Child SA.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site per role, all fields named"
-)]
-fn up(
-    sa: &mut IkeSa,
-    ctx: &mut Ctx<'_>,
-    name: &str,
+/// A Child SA both sides agreed on.
+struct Negotiated<'a> {
+    index: usize,
     spi_in: u32,
     spi_out: u32,
-    chosen: &Proposal,
+    chosen: &'a Proposal,
     local_ts: Vec<TsRange>,
     remote_ts: Vec<TsRange>,
-) -> Result<(), Error> {
+    g_ir: Option<&'a Secret>,
+    nonces: (&'a [u8], &'a [u8]),
+    /// We sent the request that negotiated it.
+    initiator: bool,
+    outbound: bool,
+    rekeys: Option<u32>,
+}
+
+/// `lifetime` with the packet limits that keep a 32-bit sequence number from wrapping.
+fn within_sequence_space(mut lifetime: Lifetime, esn: bool) -> Lifetime {
+    if !esn {
+        let last = u64::from(u32::MAX);
+        let cap =
+            |l: &mut Limits, max: u64| l.packets = Some(l.packets.map_or(max, |p| p.min(max)));
+        cap(&mut lifetime.soft, last - SEQ_SOFT_MARGIN);
+        cap(&mut lifetime.hard, last);
+    }
+    lifetime
+}
+
+/// A time up to `spread` earlier than `at`, chosen at random so both ends of a
+/// tunnel seldom start the same rekey together.
+pub(in super::super) fn spread(ctx: &mut Ctx<'_>, at: Duration, spread: Duration) -> Duration {
+    let mut r = [0; 4];
+    ctx.rng.fill(&mut r);
+    let fraction = f64::from(u32::from_be_bytes(r)) / f64::from(u32::MAX);
+    at.saturating_sub(spread.min(at).mul_f64(fraction))
+}
+
+/// Derives KEYMAT, records the Child SA and reports it.
+fn up(sa: &mut IkeSa, ctx: &mut Ctx<'_>, n: Negotiated<'_>) -> Result<(), Error> {
+    let chosen = n.chosen;
     let of = |kind| chosen.transforms.iter().find(|t| t.kind == kind);
     let unsupported = || Error::Internal(format!("ESP {}", proposal::Notation(chosen)));
     let encr_t = of(TransformType::ENCR).ok_or_else(unsupported)?;
@@ -226,61 +480,76 @@ fn up(
         return Err(Error::Internal("Child SA before IKE keys".into()));
     };
     let km = ChildKeys::derive(
-        suite.prf,
-        &keys.sk_d,
-        encr,
-        integ,
-        None,
-        &sa.nonce_i,
-        &sa.nonce_r,
+        suite.prf, &keys.sk_d, encr, integ, n.g_ir, n.nonces.0, n.nonces.1,
     )?;
     let initiator_keys = (km.encr_i.clone(), km.integ_i.clone());
     let responder_keys = (km.encr_r.clone(), km.integ_r.clone());
-    let (keys_out, keys_in) = if sa.initiator {
+    // The initiator-to-responder keys come first, "initiator" meaning whoever sent
+    // this exchange's request (§2.17), not the IKE SA's original initiator.
+    let (keys_out, keys_in) = if n.initiator {
         (initiator_keys, responder_keys)
     } else {
         (responder_keys, initiator_keys)
     };
-    let lifetime = sa
-        .policy
-        .children
-        .iter()
-        .find(|c| c.name == name)
-        .map(|c| c.lifetime)
-        .unwrap_or_default();
+    let child = &sa.policy.children[n.index];
+    let lifetime = within_sequence_space(child.lifetime, esn);
+    let name = child.name.clone();
+    let soft_at = lifetime
+        .soft
+        .time
+        .map(|t| ctx.now + spread(ctx, t, child.rand_time));
     sa.children.push(ChildSa {
-        name: name.to_owned(),
-        spi_in,
-        spi_out,
-        soft_at: lifetime.soft.time.map(|t| ctx.now + t),
+        name: name.clone(),
+        index: n.index,
+        spi_in: n.spi_in,
+        spi_out: n.spi_out,
+        local_ts: n.local_ts.clone(),
+        remote_ts: n.remote_ts.clone(),
+        state: ChildState::Installed,
+        soft_at,
         hard_at: lifetime.hard.time.map(|t| ctx.now + t),
+        outbound: n.outbound,
+        rekeys: n.rekeys,
+        peer_rekey: None,
     });
     ctx.events.push_back(Event::ChildSaUp(Box::new(ChildSaUp {
         spi_i: sa.spi_i,
         connection: sa.policy.name.clone(),
-        child: name.to_owned(),
-        spi_in,
-        spi_out,
+        child: name,
+        spi_in: n.spi_in,
+        spi_out: n.spi_out,
         encr,
         integ,
         esn,
         keys_in,
         keys_out,
-        local_ts,
-        remote_ts,
+        local_ts: n.local_ts,
+        remote_ts: n.remote_ts,
         encap: sa.local.port() == ctx.settings.natt_port,
         local: sa.local,
         remote: sa.remote,
         lifetime,
-        outbound: true,
-        rekeys: None,
+        outbound: n.outbound,
+        rekeys: n.rekeys,
         policy: ctx.policy_index(&sa.policy),
-        child_index: sa
-            .policy
-            .children
-            .iter()
-            .position(|c| c.name == name)
-            .unwrap_or_default(),
+        child_index: n.index,
     })));
     Ok(())
+}
+
+/// The notify that tells the initiator why its Child SA request failed.
+pub(super) fn error_notify(error: &Error) -> Payload {
+    let data = match error {
+        Error::InvalidKePayload { wanted, .. } => wanted.0.to_be_bytes().to_vec(),
+        _ => Vec::new(),
+    };
+    Payload::Notify(NotifyPayload::new(error.notify(), data))
+}
+
+/// The group an INVALID_KE_PAYLOAD answer asks for.
+pub(super) fn wanted_group(payloads: &[Payload]) -> Option<KeGroup> {
+    let n = find_notify(payloads, NotifyType::INVALID_KE_PAYLOAD)?;
+    <[u8; 2]>::try_from(n.data.as_slice())
+        .map(|b| KeGroup(u16::from_be_bytes(b)))
+        .ok()
 }

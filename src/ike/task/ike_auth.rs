@@ -1,13 +1,13 @@
 //! IKE_AUTH (RFC 7296 §1.2, §2.15): identities, certificates and AUTH by either
 //! side, with the first Child SA riding along.
 
-use super::super::ike_sa::{Ctx, IkeSa, State};
-use super::super::{DownReason, Error, Event, IkeSaUp, LocalAuth, Policy, RemoteAuth};
+use super::super::ike_sa::{Ctx, IkeSa, Request, State, Work};
+use super::super::{DownReason, Error, Event, LocalAuth, Policy, RemoteAuth};
 use super::Task;
 use super::child::{self, ChildRequest};
 use crate::auth::x509::{check_identity, validate_chain};
 use crate::auth::{Credential, psk_auth_data, signed_octets, verify};
-use crate::wire::message::notifies;
+use crate::wire::message::{find_notify, notifies};
 use crate::wire::payload::{
     AuthPayload, CertPayload, CertReqPayload, IdPayload, NotifyPayload, Payload,
 };
@@ -127,10 +127,12 @@ fn authenticate_peer(
 pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let policy = sa.policy.clone();
     let (id, mut payloads) = identity_payloads(&policy, true);
-    payloads.push(Payload::Notify(NotifyPayload::new(
-        NotifyType::INITIAL_CONTACT,
-        Vec::new(),
-    )));
+    if sa.initial_contact {
+        payloads.push(Payload::Notify(NotifyPayload::new(
+            NotifyType::INITIAL_CONTACT,
+            Vec::new(),
+        )));
+    }
     if let RemoteAuth::Pubkey { anchors, .. } = &policy.remote {
         payloads.push(Payload::CertReq(CertReqPayload {
             encoding: CertEncoding::X509_CERT_SIG,
@@ -143,32 +145,23 @@ pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), E
         }));
     }
     payloads.push(Payload::Auth(our_auth(sa, &id)?));
-    let child = child::request(sa, ctx).map(|(req, child_payloads)| {
+    let child = if policy.children.is_empty() {
+        None
+    } else {
+        let (req, child_payloads) = child::request(sa, ctx, 0, None, true)?;
         payloads.extend(child_payloads);
-        req
-    });
+        Some(req)
+    };
     sa.send_request(ctx, ExchangeType::IKE_AUTH, payloads, Task::IkeAuth(child))?;
     sa.state = State::AuthSent;
     Ok(())
 }
 
-fn announce(sa: &IkeSa, ctx: &mut Ctx<'_>, remote_id: &IdPayload) {
-    let (Some(suite), Some(keys)) = (sa.suite, sa.keys.clone()) else {
-        return;
-    };
-    ctx.events.push_back(Event::IkeSaUp(Box::new(IkeSaUp {
-        spi_i: sa.spi_i,
-        spi_r: sa.spi_r,
-        initiator: sa.initiator,
-        connection: sa.policy.name.clone(),
-        local: sa.local,
-        remote: sa.remote,
-        behind_nat: sa.behind_nat,
-        local_id: sa.policy.local.id().clone(),
-        remote_id: remote_id.id.clone(),
-        suite,
-        keys,
-    })));
+/// Reports the newly authenticated SA.
+fn announce(sa: &IkeSa, ctx: &mut Ctx<'_>) {
+    if let Some(up) = sa.summary(ctx) {
+        ctx.events.push_back(Event::IkeSaUp(Box::new(up)));
+    }
 }
 
 /// Initiator: takes the IKE_AUTH response.
@@ -214,17 +207,23 @@ pub(super) fn response(
             return;
         }
     };
-    sa.state = State::Established;
-    announce(sa, ctx, &id);
+    sa.remote_id = Some(id.id.clone());
+    sa.established(ctx);
+    announce(sa, ctx);
+    // Every further child of the connection follows in CREATE_CHILD_SA (§1.3.1).
+    for index in 1..sa.policy.children.len() {
+        sa.queue.push_back(Work::CreateChild(index));
+    }
     let Some(req) = child else {
         return;
     };
-    if let Err(e) = child::accept(sa, ctx, &req, &payloads) {
+    if let Err(e) = child::accept(sa, ctx, &req, &payloads, true) {
+        sa.child_failures += 1;
         ctx.child_spis.remove(&req.spi_in);
         let installed_by_peer = payloads.iter().any(|p| matches!(p, Payload::Sa(_)));
         ctx.events.push_back(Event::ChildSaFailed {
             spi_i: sa.spi_i,
-            child: req.name.clone(),
+            child: sa.policy.children[req.index].name.clone(),
             reason: e,
         });
         if installed_by_peer {
@@ -313,11 +312,18 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
             return;
         }
     }
-    sa.state = State::Established;
-    sa.half_open_until = None;
-    announce(sa, ctx, &peer_id);
-    match child::respond(sa, ctx, &payloads) {
-        Ok(child_payloads) => out.extend(child_payloads),
+    sa.remote_id = Some(peer_id.id.clone());
+    sa.established(ctx);
+    announce(sa, ctx);
+    if find_notify(&payloads, NotifyType::INITIAL_CONTACT).is_some() {
+        ctx.requests.push(Request::InitialContact {
+            keep: sa.our_spi(),
+            remote_id: peer_id.id.clone(),
+        });
+    }
+    match child::respond(sa, ctx, &payloads, true, None) {
+        Ok(Some(answer)) => out.extend(answer.payloads),
+        Ok(None) => {}
         Err(e) => {
             let name = policy
                 .children

@@ -1,16 +1,20 @@
 //! Exchanges as small tasks, dispatched through one enum: the task of our
-//! outstanding request takes its response; requests are routed by exchange and state.
+//! outstanding request takes its response; requests are routed by exchange and state;
+//! queued [`Work`] becomes a request when the window is free.
 
 pub(super) mod child;
+pub(super) mod create_child;
 pub(super) mod ike_auth;
 pub(super) mod ike_init;
+pub(super) mod ike_rekey;
 pub(in super::super) mod informational;
 
-use super::ike_sa::{Ctx, IkeSa, State};
+use super::ike_sa::{Ctx, IkeSa, State, Work};
 use super::{DownReason, Error};
-use crate::wire::payload::{NotifyPayload, Payload};
-use crate::wire::{ExchangeType, Header, NotifyType};
+use crate::wire::payload::Payload;
+use crate::wire::{ExchangeType, Header, ProtocolId};
 use child::ChildRequest;
+use ike_rekey::IkeRekey;
 
 /// The exchange our outstanding request belongs to.
 pub(super) enum Task {
@@ -18,13 +22,60 @@ pub(super) enum Task {
     IkeInit,
     /// IKE_AUTH with the first Child SA, if the policy has one.
     IkeAuth(Option<ChildRequest>),
+    /// CREATE_CHILD_SA for a new Child SA or a Child SA rekey.
+    CreateChild(ChildRequest),
+    /// CREATE_CHILD_SA rekeying the IKE SA.
+    RekeyIke(IkeRekey),
+    /// INFORMATIONAL deleting these Child SAs (our inbound SPIs).
+    DeleteChildren(Vec<u32>),
     /// INFORMATIONAL deleting the IKE SA.
     Delete,
-    /// Another INFORMATIONAL (an error notify, a Child SA delete); its answer needs no action.
+    /// Another INFORMATIONAL (an error notify, a liveness check); its answer needs no action.
     Informational,
 }
 
 impl Task {
+    /// Starts queued work as a request (the window is free).
+    pub fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>, work: Work) {
+        let result = match work {
+            Work::CreateChild(index) => {
+                if create_child::has_active(sa, index) {
+                    Ok(())
+                } else {
+                    create_child::start(sa, ctx, index, None)
+                }
+            }
+            Work::RekeyChild(spi_in) => match sa.children.iter().find(|c| c.spi_in == spi_in) {
+                Some(c) => {
+                    let index = c.index;
+                    create_child::start(sa, ctx, index, Some(spi_in))
+                }
+                None => Ok(()),
+            },
+            Work::DeleteChildren(spis) => {
+                informational::start_delete_children(sa, ctx, spis);
+                Ok(())
+            }
+            Work::RekeyIke if sa.superseded => Ok(()),
+            Work::RekeyIke => ike_rekey::start(sa, ctx),
+            Work::Dpd => {
+                informational::start_notify(sa, ctx, Vec::new());
+                Ok(())
+            }
+            Work::InvalidSpi(spi) => {
+                informational::start_notify(sa, ctx, vec![informational::invalid_spi_notify(spi)]);
+                Ok(())
+            }
+            Work::DeleteIke => {
+                informational::delete(sa, ctx);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            sa.log(ctx, format!("cannot start a request: {e}"));
+        }
+    }
+
     /// Takes the response to this task's request.
     pub fn response(
         self,
@@ -37,6 +88,9 @@ impl Task {
         match self {
             Self::IkeInit => ike_init::response(sa, ctx, datagram, header, payloads),
             Self::IkeAuth(child) => ike_auth::response(sa, ctx, child, payloads),
+            Self::CreateChild(req) => create_child::response(sa, ctx, req, payloads),
+            Self::RekeyIke(r) => ike_rekey::response(sa, ctx, r, payloads),
+            Self::DeleteChildren(spis) => informational::children_deleted(sa, ctx, &spis),
             Self::Delete => sa.down(ctx, DownReason::DeletedLocally),
             Self::Informational => {}
         }
@@ -51,12 +105,13 @@ impl Task {
                 informational::respond(sa, ctx, id, payloads)
             }
             (ExchangeType::CREATE_CHILD_SA, State::Established) => {
-                // Rekeying and further Child SAs come with a later engine; say so cleanly.
-                let refuse = NotifyPayload::new(NotifyType::NO_ADDITIONAL_SAS, Vec::new());
-                if let Err(e) =
-                    sa.send_response(ctx, header.exchange, id, vec![Payload::Notify(refuse)])
-                {
-                    sa.log(ctx, format!("cannot answer CREATE_CHILD_SA: {e}"));
+                let rekeys_ike = child::find_sa(&payloads)
+                    .and_then(<[_]>::first)
+                    .is_some_and(|p| p.protocol == ProtocolId::IKE);
+                if rekeys_ike {
+                    ike_rekey::respond(sa, ctx, id, payloads);
+                } else {
+                    create_child::respond(sa, ctx, id, payloads);
                 }
             }
             (exchange, state) => {
