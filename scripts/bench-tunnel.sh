@@ -6,14 +6,16 @@
 #   - strongSwan <-> strongSwan with kernel-libipsec (its userspace ESP), when installed,
 # and the gateways' CPU seconds (user + system, both gateways) per GB carried.
 #
-# usage: sudo scripts/bench-tunnel.sh [seconds per run, default 10]
+# usage: scripts/bench-tunnel.sh [seconds per run, default 10]   (as root, or with sudo;
+# installs what the demo uses first, scripts/deps.sh demo; strongSwan comes with
+# scripts/deps.sh test)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/sites.sh
 source "$ROOT/scripts/lib/sites.sh"
 DURATION=${1:-10}
-[[ $(id -u) == 0 ]] || { echo "bench-tunnel: needs root: sudo $0" >&2; exit 1; }
-command -v iperf3 >/dev/null || { echo "bench-tunnel: iperf3 missing (apt-get install iperf3)" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || { echo "run as root: sudo scripts/bench-tunnel.sh, or as root scripts/bench-tunnel.sh" >&2; exit 1; }
+"$ROOT/scripts/deps.sh" demo
 
 RUN=$(mktemp -d /tmp/esptun-bench.XXXXXX)
 cleanup() {
@@ -137,7 +139,7 @@ if command -v charon-systemd >/dev/null; then
     measure "strongSwan <-> strongSwan (libipsec)" "$ALICE_CHARON" "$BOB_CHARON"
     sites_stop
 else
-    echo "== strongSwan not installed (tests/interop/deps.sh): skipped"
+    echo "== strongSwan not installed (scripts/deps.sh test installs it): skipped"
 fi
 
 echo

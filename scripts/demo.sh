@@ -5,13 +5,15 @@
 # transfer, prints the throughput and the gateways' per-SA counters, and removes
 # everything again, also on Ctrl-C.
 #
-# usage: sudo scripts/demo.sh        (needs root for namespaces and TUN devices)
+# usage: scripts/demo.sh as root, or sudo scripts/demo.sh (namespaces and TUN devices
+# need root); it installs what it uses first (scripts/deps.sh demo).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/sites.sh
 source "$ROOT/scripts/lib/sites.sh"
 
-[[ $(id -u) == 0 ]] || { echo "demo: needs root (network namespaces, TUN): sudo $0" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || { echo "run as root: sudo scripts/demo.sh, or as root scripts/demo.sh" >&2; exit 1; }
+"$ROOT/scripts/deps.sh" demo
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 RUN=$(mktemp -d /tmp/esptun-demo.XXXXXX)
@@ -21,11 +23,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'echo; echo "demo: interrupted, cleaning up"; exit 130' INT TERM
-
-if ! command -v iperf3 >/dev/null; then
-    say "installing iperf3 for the TCP transfer"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null
-fi
 
 say "building esptun (release)"
 (cd "$ROOT" && cargo build --release --quiet)

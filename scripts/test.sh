@@ -2,10 +2,18 @@
 # The whole test suite: formatting, lints, unit, property, golden, in-memory IKE and
 # command-line tests, a build of the benchmarks, then in network namespaces (root)
 # the esptun<->esptun tunnel tests and the strongSwan interop tests
-# (ESPTUN_SKIP_NETNS=1 leaves those two out, and says so).
+# (ESPTUN_SKIP_NETNS=1 leaves those two out, and says so). Root, but for
+# ESPTUN_SKIP_NETNS=1; installs what it uses first (scripts/deps.sh).
 # Run from anywhere; exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
+    scripts/deps.sh unit
+else
+    [[ $(id -u) == 0 ]] || { echo "run as root: sudo scripts/test.sh, or as root scripts/test.sh (ESPTUN_SKIP_NETNS=1: without the namespace tests)" >&2; exit 1; }
+    scripts/deps.sh test
+fi
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -19,9 +27,6 @@ step "cargo bench --no-run"
 cargo bench --locked --no-run
 if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
     step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel and interop tests did not run"
-elif [[ $(id -u) != 0 ]]; then
-    echo "the tunnel and interop tests need root (network namespaces, TUN): run with sudo, or set ESPTUN_SKIP_NETNS=1" >&2
-    exit 1
 else
     cargo build --locked --release
     step "esptun <-> esptun tunnels (tests/e2e/run.sh)"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Two sites joined by two esptun gateways, in network namespaces (sourced by
 # scripts/demo.sh, scripts/bench-tunnel.sh and tests/e2e/run.sh).
 #
@@ -11,13 +12,17 @@
 SITES_ID=${SITES_ID:-esptun-$$}
 NS_AH=$SITES_ID-ah NS_AG=$SITES_ID-ag NS_BG=$SITES_ID-bg NS_BH=$SITES_ID-bh
 WAN_A=192.0.2.1 WAN_B=192.0.2.2 WAN6_A=2001:db8::1 WAN6_B=2001:db8::2
+# shellcheck disable=SC2034 # the HOST_* and *_PID variables are for the callers
 HOST_A=10.1.0.2 HOST_B=10.2.0.2 HOST6_A=fd00:1::2 HOST6_B=fd00:2::2
 NETS_A="10.1.0.0/24 fd00:1::/64" NETS_B="10.2.0.0/24 fd00:2::/64"
 SITES_PIDS=()
 
 # sites_up: the four namespaces, addressed and routed, waiting until links answer.
 sites_up() {
-    local ns
+    local tool ns
+    for tool in ip ping sysctl awk; do
+        command -v $tool >/dev/null || { echo "sites: $tool missing (scripts/deps.sh demo installs it)" >&2; return 1; }
+    done
     for ns in "$NS_AH" "$NS_AG" "$NS_BG" "$NS_BH"; do
         ip netns add "$ns"
         ip -n "$ns" link set lo up
@@ -34,12 +39,11 @@ sites_up() {
     ip -n "$NS_AH" -6 route add default via fd00:1::1
     ip -n "$NS_BH" route add default via 10.2.0.1
     ip -n "$NS_BH" -6 route add default via fd00:2::1
-    local i
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         ip netns exec "$NS_AG" ping -c1 -W1 -q $WAN_B >/dev/null 2>&1 && return 0
         sleep 0.1
     done
-    echo "sites: the WAN link does not answer" >&2
+    echo "sites: the WAN link does not answer: $(ip netns exec "$NS_AG" ping -c1 -W1 $WAN_B 2>&1 | tail -n1)" >&2
     return 1
 }
 
@@ -135,12 +139,12 @@ _sites_gateway() { # esptun dir alice|bob: sets ALICE_PID or BOB_PID
     [[ $3 == bob ]] && ns=$NS_BG
     ip netns exec "$ns" "$1" run --config "$2/$3.toml" >"$2/$3.log" 2>&1 &
     SITES_PIDS+=($!)
+    # shellcheck disable=SC2034
     if [[ $3 == alice ]]; then ALICE_PID=$!; else BOB_PID=$!; fi
 }
 
 _sites_wait() { # log regex
-    local i
-    for i in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
     echo "sites: no \"$2\" in $1:" >&2; tail -n 20 "$1" >&2
     return 1
 }
@@ -150,8 +154,7 @@ sites_report() {
     local before
     before=$(grep -c '^drops:' "$1" || true)
     kill -USR1 "$2"
-    local i
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         [[ $(grep -c '^drops:' "$1" || true) -gt $before ]] && break
         sleep 0.1
     done

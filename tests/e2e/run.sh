@@ -24,8 +24,8 @@ while [[ $# -gt 0 ]]; do case $1 in
 esac; done
 [[ $(id -u) == 0 ]] || { echo "e2e: needs root (namespaces, TUN)" >&2; exit 1; }
 [[ -x $ESPTUN ]] || { echo "e2e: no esptun binary at $ESPTUN (cargo build --release)" >&2; exit 1; }
-for tool in iperf3 nc tcpdump nft sha256sum; do
-    command -v $tool >/dev/null || { echo "e2e: $tool missing (tests/interop/deps.sh)" >&2; exit 1; }
+for tool in nc tcpdump nft ss sha256sum timeout; do
+    command -v $tool >/dev/null || { echo "e2e: $tool missing (scripts/deps.sh test installs it)" >&2; exit 1; }
 done
 
 RUN=$(mktemp -d /tmp/esptun-e2e.XXXXXX)
@@ -210,9 +210,9 @@ too_big() {
     sites_start "$ESPTUN" "$CASE" alice "encap = true" || { fail too-big "no Child SA"; sites_stop; return; }
     SITES_ESP=""
     local out why=""
-    out=$(ip netns exec "$NS_AH" ping -M do -s 1387 -c 2 -i 0.2 -W 1 "$HOST_B" 2>&1 || true)
+    out=$(ip netns exec "$NS_AH" ping -M "do" -s 1387 -c 2 -i 0.2 -W 1 "$HOST_B" 2>&1 || true)
     grep -q 'mtu = 1406' <<<"$out" || why="no ICMP fragmentation needed with mtu 1406: $(tail -n 3 <<<"$out")"
-    ip netns exec "$NS_AH" ping -M do -s 1378 -c 2 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }a 1406-byte ping did not pass"
+    ip netns exec "$NS_AH" ping -M "do" -s 1378 -c 2 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }a 1406-byte ping did not pass"
     local drops; drops=$(sites_report "$CASE/alice.log" "$ALICE_PID" | grep -o 'too_big=[0-9]*')
     [[ $drops != too_big=0 ]] || why+="${why:+; }too_big not counted"
     log "  alice: $drops; $(grep -m1 -o 'Frag needed.*' <<<"$out" || true)"

@@ -17,7 +17,9 @@ while [[ $# -gt 0 ]]; do case $1 in
 esac; done
 [[ $(id -u) == 0 ]] || { echo "interop: needs root (namespaces)" >&2; exit 1; }
 [[ -x $ESPTUN ]] || { echo "interop: no esptun binary at $ESPTUN (cargo build --release)" >&2; exit 1; }
-command -v charon-systemd >/dev/null || { echo "interop: charon-systemd missing (tests/interop/deps.sh)" >&2; exit 1; }
+for tool in ip ping ss nc sha256sum timeout charon-systemd swanctl; do
+    command -v $tool >/dev/null || { echo "interop: $tool missing (scripts/deps.sh test installs it)" >&2; exit 1; }
+done
 
 RUN=$(mktemp -d /tmp/esptun-interop.XXXXXX)
 NS_E=esptun-$$-e          # esptun's namespace
@@ -48,7 +50,7 @@ ip -n "$NS_E" link set eth0 up; ip -n "$NS_C" link set eth0 up
 # The protected hosts, on lo: libipsec installs its policies and routes for them.
 ip -n "$NS_E" addr add 10.1.0.1/32 dev lo; ip -n "$NS_E" addr add fd00:1::1/128 dev lo
 ip -n "$NS_C" addr add 10.2.0.1/32 dev lo; ip -n "$NS_C" addr add fd00:2::1/128 dev lo
-for i in $(seq 50); do ip netns exec "$NS_E" ping -c1 -W1 -q $ADDR_C >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 50); do ip netns exec "$NS_E" ping -c1 -W1 -q $ADDR_C >/dev/null 2>&1 && break; sleep 0.1; done
 
 # --- PKI, made by `esptun pki`, so charon also judges the certificates esptun issues ---
 pki() { # dir ecdsa|rsa
@@ -203,7 +205,7 @@ start_charon() { # dir
     local d=$1
     ip netns exec "$NS_C" env STRONGSWAN_CONF="$d/strongswan.conf" charon-systemd >"$d/charon.stdout" 2>&1 &
     PIDS+=($!); CHARON_PID=$!
-    for i in $(seq 100); do sw "$d" --stats >/dev/null 2>&1 && break; sleep 0.05; done
+    for _ in $(seq 100); do sw "$d" --stats >/dev/null 2>&1 && break; sleep 0.05; done
     SWANCTL_DIR=$d/swanctl sw "$d" --load-all --noprompt >"$d/load.log" 2>&1 || { cat "$d/load.log"; return 1; }
 }
 
@@ -211,7 +213,7 @@ start_esptun() { # dir
     local d=$1
     ip netns exec "$NS_E" "$ESPTUN" run --config "$d/esptun.toml" --keylog "$d/keys" >"$d/esptun.log" 2>&1 &
     PIDS+=($!); ESPTUN_PID=$!
-    for i in $(seq 100); do grep -q "listening on $ADDR_E:4500" "$d/esptun.log" 2>/dev/null && return 0; sleep 0.05; done
+    for _ in $(seq 100); do grep -q "listening on $ADDR_E:4500" "$d/esptun.log" 2>/dev/null && return 0; sleep 0.05; done
     cat "$d/esptun.log"; return 1
 }
 
@@ -272,7 +274,7 @@ run_case() {
         sw "$d" --initiate --child net --timeout 20 >"$d/initiate.log" 2>&1 || true
     fi
     local theirs="" ours="" why
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         theirs=$(charon_sa "$d" || true); ours=$(esptun_sa "$d" || true)
         [[ -n $theirs && -n $ours ]] && break
         sleep 0.1
@@ -324,7 +326,7 @@ run_failure() {
         sw "$d" --initiate --child net --timeout 10 >"$d/initiate.log" 2>&1 || true
     fi
     local ok=""
-    for i in $(seq 60); do
+    for _ in $(seq 60); do
         if grep -Eq "DOWN interop|refused" "$d/esptun.log" && grep -Eq "$notify" "$d/charon.log"; then ok=1; break; fi
         sleep 0.1
     done

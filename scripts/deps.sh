@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests use, where it is missing: Debian packages with
+# apt-get (whose package lists are updated only then), rustfmt and clippy with rustup.
+# Prints nothing when everything is there, and otherwise what it installs. Installing
+# needs root (no sudo is used). scripts/demo.sh and scripts/test.sh run it first.
+#
+# usage: scripts/deps.sh demo|test|unit
+#   demo  scripts/demo.sh and scripts/bench-tunnel.sh: the build, the namespaces, iperf3
+#   test  scripts/test.sh: demo's, rustfmt and clippy, and the tunnel and interop tests' tools
+#   unit  scripts/test.sh with ESPTUN_SKIP_NETNS=1: the build, rustfmt and clippy
+set -euo pipefail
+
+# gcc, make and pkg-config build aws-lc-sys; cargo fetches crates over HTTPS.
+BUILD="build-essential pkg-config ca-certificates"
+# scripts/lib/sites.sh and its callers: ip and ss, ping, sysctl, iperf3, and timeout,
+# sha256sum, nproc (bash, grep, sed, awk and getconf come with every Debian).
+DEMO="iproute2 iputils-ping procps iperf3 coreutils"
+# tests/e2e: nc -N (OpenBSD's nc), tcpdump, nft. tests/interop: charon with the
+# kernel-libipsec plugin (libcharon-extra-plugins) and the openssl plugin for GCM,
+# ECDSA, ECP and ChaCha20 (libstrongswan-standard-plugins), and swanctl.
+TUNNELS="netcat-openbsd tcpdump nftables charon-systemd strongswan-swanctl
+    libcharon-extra-plugins libstrongswan-standard-plugins"
+
+case ${1:-} in
+    demo) packages="$BUILD $DEMO" components="" ;;
+    test) packages="$BUILD $DEMO $TUNNELS" components="rustfmt clippy" ;;
+    unit) packages="$BUILD" components="rustfmt clippy" ;;
+    *) echo "usage: $0 demo|test|unit" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in $packages; do
+    [[ $(dpkg-query -W -f '${db:Status-Status}' "$p" 2>/dev/null) == installed ]] || missing+=("$p")
+done
+if (( ${#missing[@]} )); then
+    if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+        echo "deps: missing Debian packages: ${missing[*]} (as root, this script installs them with apt-get)" >&2
+        exit 1
+    fi
+    echo "deps: installing ${missing[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "deps: cargo is not on PATH: install Rust with rustup for this user (sudo resets PATH; a root shell with Rust works)" >&2
+    exit 1
+fi
+for c in $components; do
+    cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1 && continue
+    echo "deps: installing the Rust component $c (rustup)"
+    rustup component add "$c" >/dev/null || { echo "deps: rustup could not add $c" >&2; exit 1; }
+done
