@@ -93,6 +93,7 @@ esptun_conf() {
     {
         printf '[listen]\naddrs = ["%s"]\n[[connection]]\nname = "interop"\n' $ADDR_E
         printf 'local_addrs = ["%s"]\nremote_addrs = ["%s"]\nproposals = ["%s"]\nstart = %s\n' $ADDR_E $ADDR_C "$prop" "$start"
+        if [[ -n ${ESPTUN_CONN:-} ]]; then printf '%s\n' "$ESPTUN_CONN"; fi
         if [[ $auth == psk ]]; then
             local psk=$RUN/psk
             [[ $variant == wrong-psk ]] && { echo "not the same key" >"$d/psk"; psk=$d/psk; }
@@ -104,7 +105,9 @@ esptun_conf() {
         fi
         # shellcheck disable=SC2086
         printf '[[connection.children]]\nname = "net"\nlocal_ts = %s\nremote_ts = %s\nesp_proposals = ["%s"]\n' \
-            "$(toml_list $NETS_E)" "$(toml_list $NETS_C)" "$esp"
+            "$(toml_list $NETS_E)" "$(toml_list $NETS_C)" "${ESP:-$esp}"
+        if [[ -n ${ESPTUN_CHILD:-} ]]; then printf '%s\n' "$ESPTUN_CHILD"; fi
+        if [[ -n ${ESPTUN_TOP:-} ]]; then printf '%s\n' "$ESPTUN_TOP"; fi
     } >"$d/esptun.toml"
 }
 
@@ -171,8 +174,9 @@ connections {
         remote_addrs = $ADDR_E
         proposals = $prop
         fragmentation = yes
-        rekey_time = 0
+        rekey_time = ${CHARON_IKE_REKEY:-0}
         reauth_time = 0
+        dpd_delay = ${CHARON_DPD:-0}
         local {
             $local_auth
             id = charon.example
@@ -186,8 +190,8 @@ connections {
                 mode = tunnel
                 local_ts = ${NETS_C// /,}
                 remote_ts = ${NETS_E// /,}
-                esp_proposals = $esp
-                rekey_time = 0
+                esp_proposals = ${ESP:-$esp}
+                rekey_time = ${CHARON_CHILD_REKEY:-0}
                 start_action = none
             }
         }
@@ -340,6 +344,87 @@ run_failure() {
     stop_all
 }
 
+# --- the SA lifecycle ---------------------------------------------------------------
+# The newest Child SA esptun logged, as "spi_in spi_out"; and its newest IKE SA's SPIs.
+esptun_child() { grep 'CHILD_SA .* UP ' "$1/esptun.log" | tail -1 | grep -o 'spi_in [0-9a-f]* spi_out [0-9a-f]*' | awk '{print $2, $4}'; }
+esptun_ike() { grep -E ' (ESTABLISHED|REKEYED) ' "$1/esptun.log" | tail -1 | grep -o 'spi_i [0-9a-f]* spi_r [0-9a-f]*' | awk '{print $2, $4}'; }
+# charon's Child SAs as "spi_out spi_in" lines (esptun's in/out order), and its IKE SAs.
+charon_children() { sw "$1" --list-sas --raw 2>/dev/null | tr -d '\n' | grep -o 'spi-in=[0-9a-f]* spi-out=[0-9a-f]*' | sed 's/spi-in=//; s/spi-out=//' | awk '{print $2, $1}' | sort; }
+charon_ikes() { sw "$1" --list-sas --raw 2>/dev/null | tr -d '\n' | grep -o 'initiator-spi=[0-9a-f]* responder-spi=[0-9a-f]*' | sed 's/[a-z]*-spi=//g' | sort; }
+
+# wait_for seconds command...: polls until the command succeeds.
+wait_for() { local t=$1; shift; for _ in $(seq $((t * 5))); do "$@" && return 0; sleep 0.2; done; return 1; }
+
+# settled dir: charon holds exactly one Child SA and one IKE SA, the ones esptun logged last.
+settled() {
+    [[ $(charon_children "$1") == "$(esptun_child "$1")" && $(charon_ikes "$1") == "$(esptun_ike "$1")" ]]
+}
+
+# lifecycle name action: esptun initiates; then `action dir` does something to the
+# tunnel and must leave both sides agreeing on new SAs that carry pings.
+lifecycle() {
+    local name="lifecycle/$1" action=$2 d=$RUN/life-$1 before
+    mkdir -p "$d"
+    esptun_conf "$d" psk aes128gcm16-prfsha256-x25519 true
+    charon_conf "$d" psk aes128gcm16-prfsha256-x25519
+    start_charon "$d" || { fail "$name" "charon did not start"; stop_all; return; }
+    start_esptun "$d" || { fail "$name" "esptun did not start"; stop_all; return; }
+    if ! wait_for 10 settled "$d"; then
+        fail "$name" "not established"; show_logs "$d"; stop_all; return
+    fi
+    before="child $(esptun_child "$d") ike $(esptun_ike "$d")"
+    local why
+    if ! why=$($action "$d" 2>&1); then
+        fail "$name" "$why"; show_logs "$d"
+    elif [[ "child $(esptun_child "$d") ike $(esptun_ike "$d")" == "$before" && $1 != *dead* ]]; then
+        fail "$name" "nothing changed ($before)"; show_logs "$d"
+    elif ! wait_for 15 settled "$d"; then
+        fail "$name" "views differ: charon children '$(charon_children "$d" | paste -sd,)' IKE '$(charon_ikes "$d" | paste -sd,)', esptun child '$(esptun_child "$d")' IKE '$(esptun_ike "$d")'"; show_logs "$d"
+    elif ! traffic "$d" psk >/dev/null; then
+        fail "$name" "no traffic afterwards"; show_logs "$d"
+    else
+        pass "$name" "$why; now child $(esptun_child "$d"), IKE $(esptun_ike "$d")"
+    fi
+    stop_all
+}
+
+rekeyed_child() { wait_for 20 grep -q 'CHILD_SA .* UP .*(rekeys' "$1/esptun.log" || { echo "esptun logged no Child SA rekey"; return 1; }; echo "Child SA rekeyed"; }
+rekeyed_ike() { wait_for 20 grep -q ' REKEYED ' "$1/esptun.log" || { echo "esptun logged no IKE SA rekey"; return 1; }; echo "IKE SA rekeyed"; }
+charon_rekeys_child() { sw "$1" --rekey --child net >/dev/null; rekeyed_child "$1"; }
+charon_rekeys_ike() { sw "$1" --rekey --ike interop >/dev/null; rekeyed_ike "$1"; }
+charon_deletes_child() {
+    local old; old=$(esptun_child "$1")
+    sw "$1" --terminate --child net >/dev/null
+    wait_for 20 bash -c "[[ \$(grep 'CHILD_SA .* UP ' '$1/esptun.log' | tail -1 | grep -o 'spi_in [0-9a-f]*') != 'spi_in ${old%% *}' ]]" \
+        || { echo "esptun did not bring the child back"; return 1; }
+    echo "deleted by charon, esptun re-created it"
+}
+charon_dies() {
+    kill -9 "$CHARON_PID"; wait "$CHARON_PID" 2>/dev/null || true
+    local t0=$SECONDS
+    wait_for 30 grep -q 'DOWN interop: peer not answering' "$1/esptun.log" || { echo "esptun never declared charon dead"; return 1; }
+    local dead=$((SECONDS - t0))
+    start_charon "$1" || { echo "charon did not restart"; return 1; }
+    wait_for 30 settled "$1" || { echo "no new SA after charon came back"; return 1; }
+    echo "declared dead after ${dead} s (dpd_delay 2 s, retransmits 1 s x 2), reconnected"
+}
+
+run_lifecycle() {
+    lifecycle charon-rekeys-child charon_rekeys_child
+    ESP=aes128gcm16-x25519 lifecycle charon-rekeys-child-pfs charon_rekeys_child
+    ESPTUN_CHILD='rekey_time = "6s"
+life_time = "30s"' lifecycle esptun-rekeys-child rekeyed_child
+    ESP=aes128gcm16-x25519 ESPTUN_CHILD='rekey_time = "6s"
+life_time = "30s"' lifecycle esptun-rekeys-child-pfs rekeyed_child
+    lifecycle charon-rekeys-ike charon_rekeys_ike
+    ESPTUN_CONN='rekey_time = "6s"
+over_time = "30s"' lifecycle esptun-rekeys-ike rekeyed_ike
+    lifecycle charon-deletes-child charon_deletes_child
+    ESPTUN_CONN='dpd_delay = "2s"' ESPTUN_CHILD='dpd_action = "restart"' ESPTUN_TOP='[ike]
+retransmit_timeout = 1
+retransmit_tries = 2' lifecycle peer-dead charon_dies
+}
+
 log "$("$ESPTUN" --version) against charon $(dpkg-query -W -f '${Version}' charon-systemd 2>/dev/null)"
 ONLY=${ONLY:-.}   # a regex over case names, to rerun a few
 for who in esptun charon; do
@@ -356,6 +441,8 @@ for who in esptun charon; do
     run_failure "$who" wrong-psk psk 'AUTH_FAILED|AUTHENTICATION_FAILED'
     run_failure "$who" no-proposal psk 'NO_PROP|received proposals unacceptable'
 done
+
+[[ "lifecycle/" =~ $ONLY ]] && run_lifecycle
 
 log "$PASSED passed, ${#FAILED[@]} failed"
 (( ${#FAILED[@]} == 0 )) || { printf '  failed: %s\n' "${FAILED[@]}"; exit 1; }
