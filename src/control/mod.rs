@@ -322,11 +322,9 @@ impl Daemon {
                         println!("{line}");
                     }
                 }
+                // Its Child SAs came first, each as ChildSaDown (a rekeyed IKE SA has none).
                 Event::IkeSaDown { spi_i, .. } => {
                     self.keepalives.remove(spi_i);
-                    for line in self.dataplane.remove_ike_sa(*spi_i) {
-                        println!("{line}");
-                    }
                 }
                 _ => {}
             }

@@ -23,7 +23,6 @@ pub use packet::Flow;
 use crate::config::{DataplaneSettings, Listen};
 use crate::esp::{InboundSa, OutboundSa, SaKeys};
 use crate::ike::{ChildSaUp, Lifetime, Limits};
-use crate::wire::IkeSpi;
 use crate::wire::payload::TsRange;
 use crossbeam_channel::Sender;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -201,7 +200,6 @@ impl WorkerHandle {
 
 /// One installed Child SA, as the control thread tracks it.
 struct Installed {
-    spi_i: IkeSpi,
     name: String,
     inbound: Arc<Traffic>,
     outbound: Arc<Outbound>,
@@ -400,7 +398,6 @@ impl Dataplane {
         self.installed.insert(
             c.spi_in,
             Installed {
-                spi_i: c.spi_i,
                 name: c.child.clone(),
                 inbound: traffic,
                 outbound,
@@ -434,17 +431,6 @@ impl Dataplane {
             }
         }
         Some(describe(spi_in, &sa))
-    }
-
-    /// Removes every Child SA of an IKE SA; returns their counters lines.
-    pub fn remove_ike_sa(&mut self, spi_i: IkeSpi) -> Vec<String> {
-        let spis: Vec<u32> = self
-            .installed
-            .iter()
-            .filter(|(_, sa)| sa.spi_i == spi_i)
-            .map(|(&spi, _)| spi)
-            .collect();
-        spis.into_iter().filter_map(|s| self.remove(s)).collect()
     }
 
     /// Child SAs that crossed a soft or hard byte or packet limit since the last call:
