@@ -57,55 +57,19 @@ impl Drop for Dir {
     }
 }
 
-/// The example from README "Configuration", verbatim; the line numbers in the
-/// expected errors below count from its first line.
-const EXAMPLE: &str = r#"[listen]                 # optional
-addrs = ["0.0.0.0", "::"]   # default: both wildcards
-ike_port = 500              # default 500
-natt_port = 4500            # default 4500
-
-[ike]                    # optional engine knobs
-cookie_threshold = 10       # half-open IKE SAs before COOKIEs are demanded (default 10)
-half_open_timeout = 30      # seconds a half-open SA lives (default 30)
-
-[[connection]]
-name = "site-b"                       # required, unique
-local_addrs = ["192.0.2.1"]           # IPs; default [] = any
-remote_addrs = ["192.0.2.2"]          # IPs; default [] = any peer (then start must be false)
-remote_port = 500                     # default 500
-proposals = ["aes128gcm16-prfsha256-x25519"]  # default ["aes128gcm16-prfsha256-x25519", "aes256-sha256-modp2048"]
-start = true                          # default false: initiate at start-up; otherwise answer only
-encap = false                         # force UDP encapsulation even without NAT (default false)
-fragment_size = 1280                  # RFC 7383 fragment size, 576..=65535 (default 1280)
-psk_file = "site-b.psk"               # required when either side's auth = "psk"
-[connection.local]
-auth = "pubkey"                       # "pubkey" or "psk"
-id = "left.example"                   # required; parsed by crate::auth::identity::parse
-certs = ["left.crt"]                  # pubkey: required, leaf first, then intermediates
-key = "left.key"                      # pubkey: required
-[connection.remote]
-auth = "pubkey"
-id = "right.example"                  # optional; absent or "%any" = any identity
-cacerts = ["ca.crt"]                  # pubkey: required (at least one)
-[[connection.children]]               # at least one
-name = "net"                          # required, unique within the connection
-local_ts = ["10.1.0.0/24", "fd00:1::/64"]   # CIDR or single address; default [] = dynamic (our IKE address)
-remote_ts = ["10.2.0.0/24", "fd00:2::/64"]  # default [] = dynamic (the peer's IKE address)
-esp_proposals = ["aes128gcm16"]       # default ["aes128gcm16", "aes256gcm16"]; parsed with ProtocolId::ESP
-mode = "tunnel"                       # only tunnel is supported; "transport" is a clear error
-
-[dataplane]              # optional: the userspace ESP data plane
-tun = "esptun0"             # TUN device name (default "esptun0")
-workers = 2                 # ESP worker threads (default: one per core)
-path_mtu = 1500             # MTU of the path to peers, 1400..=65535 (default 1500)
-replay_window = 1024        # inbound replay window in packets, 32..=65536 (default 1024)
-offload = true              # TUN GSO/GRO when the kernel allows it (default true)
-"#;
+/// The example from README "Configuration" (its only TOML block), verbatim; the
+/// line numbers in the expected errors below count from its first line.
+fn example() -> &'static str {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```toml\n").expect("README has a TOML example") + "```toml\n".len();
+    let len = readme[start..].find("```").expect("the example ends");
+    &readme[start..start + len]
+}
 
 /// The example with the whole line that starts with `prefix` replaced by `with`
 /// (a comment keeps the other lines' numbers).
 fn edit(prefix: &str, with: &str) -> String {
-    edit_in(EXAMPLE, prefix, with)
+    edit_in(example(), prefix, with)
 }
 
 fn edit_in(text: &str, prefix: &str, with: &str) -> String {
@@ -136,7 +100,7 @@ fn v6(a: &str, b: &str) -> AddrRange {
 #[test]
 fn the_documented_example_loads() {
     let dir = Dir::new("example");
-    let config = dir.load(EXAMPLE).unwrap();
+    let config = dir.load(example()).unwrap();
     assert_eq!(
         config.listen.addrs,
         ["0.0.0.0".parse::<IpAddr>().unwrap(), "::".parse().unwrap()]
@@ -512,19 +476,20 @@ fn psk_mistakes_point_at_auth_or_psk_file() {
 #[test]
 fn duplicate_names_and_missing_children_are_errors() {
     let dir = Dir::new("dups");
+    let example = example();
     let connection =
-        &EXAMPLE[EXAMPLE.find("[[connection]]").unwrap()..EXAMPLE.find("[dataplane]").unwrap()];
+        &example[example.find("[[connection]]").unwrap()..example.find("[dataplane]").unwrap()];
     assert_eq!(
-        dir.load(&format!("{EXAMPLE}{connection}")).unwrap_err(),
+        dir.load(&format!("{example}{connection}")).unwrap_err(),
         "site.toml:43: connection[1].name: duplicate connection name \"site-b\""
     );
-    let children = &EXAMPLE
-        [EXAMPLE.find("[[connection.children]]").unwrap()..EXAMPLE.find("[dataplane]").unwrap()];
+    let children = &example
+        [example.find("[[connection.children]]").unwrap()..example.find("[dataplane]").unwrap()];
     assert_eq!(
-        dir.load(&format!("{EXAMPLE}{children}")).unwrap_err(),
+        dir.load(&format!("{example}{children}")).unwrap_err(),
         "site.toml:43: connection[0].children[1].name: duplicate child name \"net\""
     );
-    let childless = &EXAMPLE[..EXAMPLE.find("[[connection.children]]").unwrap()];
+    let childless = &example[..example.find("[[connection.children]]").unwrap()];
     assert_eq!(
         dir.load(childless).unwrap_err(),
         "site.toml:10: connection[0]: needs at least one [[connection.children]]"
