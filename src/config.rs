@@ -7,7 +7,10 @@ use crate::auth::identity;
 use crate::auth::private_key::PrivateKey;
 use crate::auth::x509::{TrustAnchors, read_certificates};
 use crate::crypto::Secret;
-use crate::ike::{ChildPolicy, Lifetime, Limits, LocalAuth, Policy, RemoteAuth, proposal};
+use crate::ike::exchange::RetransmitPolicy;
+use crate::ike::{
+    Action, ChildPolicy, IkeLifetime, Lifetime, Limits, LocalAuth, Policy, RemoteAuth, proposal,
+};
 use crate::wire::ProtocolId;
 use crate::wire::payload::{AddrRange, Identity, Proposal, TsRange};
 use serde::Deserialize;
@@ -16,8 +19,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+use toml::{Spanned, Value};
 
 /// A configuration error: where, which key, what.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,12 +116,14 @@ pub struct Listen {
 }
 
 /// Engine-wide knobs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IkeSettings {
     /// Half-open IKE SAs before COOKIEs are demanded.
     pub cookie_threshold: usize,
     /// How long a half-open IKE SA lives.
     pub half_open_timeout: Duration,
+    /// When our requests are resent, and when we give up on the peer.
+    pub retransmit: RetransmitPolicy,
 }
 
 /// One connection: the engine's policy plus what the daemon does with it.
@@ -126,7 +131,8 @@ pub struct IkeSettings {
 pub struct Connection {
     /// The policy handed to the engine.
     pub policy: Arc<Policy>,
-    /// Initiate at start-up.
+    /// Initiate at start-up: a child's `start_action` is `"start"` (which `start = true`
+    /// sets for all of them).
     pub start: bool,
     /// The peer's IKE port.
     pub remote_port: u16,
@@ -172,7 +178,12 @@ struct RawListen {
 #[serde(deny_unknown_fields)]
 struct RawIke {
     cookie_threshold: Option<usize>,
-    half_open_timeout: Option<u64>,
+    half_open_timeout: Option<Spanned<Value>>,
+    retransmit_timeout: Option<Spanned<Value>>,
+    retransmit_base: Option<Spanned<f64>>,
+    retransmit_tries: Option<Spanned<u32>>,
+    retransmit_jitter: Option<Spanned<u8>>,
+    retransmit_limit: Option<Spanned<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -190,10 +201,15 @@ struct RawConnection {
     encap: bool,
     fragment_size: Option<Spanned<usize>>,
     psk_file: Option<Spanned<String>>,
+    rekey_time: Option<Spanned<Value>>,
+    over_time: Option<Spanned<Value>>,
+    rand_time: Option<Spanned<Value>>,
+    dpd_delay: Option<Spanned<Value>>,
+    keyingtries: Option<u32>,
     local: Spanned<RawLocal>,
     remote: Spanned<RawRemote>,
     #[serde(default)]
-    children: Vec<RawChild>,
+    children: Vec<Spanned<RawChild>>,
 }
 
 #[derive(Deserialize)]
@@ -223,18 +239,53 @@ struct RawChild {
     remote_ts: Vec<Spanned<String>>,
     esp_proposals: Option<List>,
     mode: Option<Spanned<String>>,
-    rekey_time: Option<u64>,
-    life_time: Option<Spanned<u64>>,
+    rekey_time: Option<Spanned<Value>>,
+    life_time: Option<Spanned<Value>>,
+    rand_time: Option<Spanned<Value>>,
     rekey_bytes: Option<u64>,
     life_bytes: Option<Spanned<u64>>,
     rekey_packets: Option<u64>,
     life_packets: Option<Spanned<u64>>,
+    start_action: Option<Spanned<String>>,
+    dpd_action: Option<Spanned<String>>,
+    close_action: Option<Spanned<String>>,
 }
 
 const DEFAULT_PROPOSALS: [&str; 2] = ["aes128gcm16-prfsha256-x25519", "aes256-sha256-modp2048"];
 const DEFAULT_ESP_PROPOSALS: [&str; 2] = ["aes128gcm16", "aes256gcm16"];
 /// RFC 7383 fragments below the IPv4 minimum reassembly size would not survive every path.
 const FRAGMENT_SIZES: std::ops::RangeInclusive<usize> = 576..=65535;
+
+/// The bound on every duration, so that no deadline computed from one can overflow
+/// (and it fits in u64 nanoseconds); no lifetime or timeout needs more.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+/// swanctl's default Child SA rekey_time.
+const CHILD_REKEY_TIME: Duration = Duration::from_secs(3600);
+/// The engine computes each retransmission wait before `retransmit_limit` caps it,
+/// and a Duration holds less than 2^64 s (1.8e19 s).
+const MAX_UNCAPPED_WAIT_SECS: f64 = 1e18;
+/// Enough for any peer worth waiting for; the bound keeps the engine's transmission
+/// count far from overflow even with tiny waits.
+const MAX_RETRANSMIT_TRIES: u32 = 100;
+
+/// swanctl's values for each action key, the default first.
+const START_ACTIONS: &[(&str, Action)] = &[
+    ("none", Action::None),
+    ("start", Action::Start),
+    ("trap", Action::Trap),
+];
+const DPD_ACTIONS: &[(&str, Action)] = &[
+    ("clear", Action::None),
+    ("restart", Action::Start),
+    ("trap", Action::Trap),
+    ("none", Action::None),
+];
+const CLOSE_ACTIONS: &[(&str, Action)] = &[
+    ("none", Action::None),
+    ("clear", Action::None),
+    ("trap", Action::Trap),
+    ("start", Action::Start),
+];
 
 /// The text being parsed, to turn byte offsets into lines and resolve file names.
 struct Source<'a> {
@@ -359,10 +410,7 @@ impl Config {
         let src = Source { text, file: path };
         let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
         let listen = listen(&src, raw.listen)?;
-        let ike = IkeSettings {
-            cookie_threshold: raw.ike.cookie_threshold.unwrap_or(10),
-            half_open_timeout: Duration::from_secs(raw.ike.half_open_timeout.unwrap_or(30)),
-        };
+        let ike = ike_settings(&src, &raw.ike)?;
         let mut connections: Vec<Connection> = Vec::new();
         for (i, c) in raw.connection.iter().enumerate() {
             let key = format!("connection[{i}]");
@@ -383,6 +431,155 @@ impl Config {
             dataplane: dataplane(&src, raw.dataplane)?,
         })
     }
+}
+
+fn ike_settings(src: &Source<'_>, raw: &RawIke) -> Result<IkeSettings, ConfigError> {
+    let defaults = RetransmitPolicy::default();
+    let timeout = duration(
+        src,
+        raw.retransmit_timeout.as_ref(),
+        "ike.retransmit_timeout",
+    )?
+    .unwrap_or(defaults.timeout);
+    if let Some(at) = raw
+        .retransmit_timeout
+        .as_ref()
+        .filter(|_| timeout.is_zero())
+    {
+        return Err(src.error(at, "ike.retransmit_timeout", "must be above 0"));
+    }
+    let base = raw
+        .retransmit_base
+        .as_ref()
+        .map_or(defaults.base, |b| *b.get_ref());
+    if let Some(at) = raw
+        .retransmit_base
+        .as_ref()
+        .filter(|_| !(1.0..).contains(&base))
+    {
+        return Err(src.error(at, "ike.retransmit_base", "must be at least 1"));
+    }
+    let tries = raw
+        .retransmit_tries
+        .as_ref()
+        .map_or(defaults.tries, |t| *t.get_ref());
+    if let Some(at) = raw
+        .retransmit_tries
+        .as_ref()
+        .filter(|_| tries > MAX_RETRANSMIT_TRIES)
+    {
+        return Err(src.error(
+            at,
+            "ike.retransmit_tries",
+            format!("must be at most {MAX_RETRANSMIT_TRIES}"),
+        ));
+    }
+    let longest = timeout.as_secs_f64() * base.powi(i32::try_from(tries).unwrap_or(i32::MAX));
+    let blame = [
+        raw.retransmit_tries
+            .as_ref()
+            .map(|t| (t.span(), "ike.retransmit_tries")),
+        raw.retransmit_base
+            .as_ref()
+            .map(|b| (b.span(), "ike.retransmit_base")),
+        raw.retransmit_timeout
+            .as_ref()
+            .map(|t| (t.span(), "ike.retransmit_timeout")),
+    ];
+    // The defaults are far below the bound, so one of these was given.
+    if longest > MAX_UNCAPPED_WAIT_SECS
+        && let Some((span, key)) = blame.into_iter().flatten().next()
+    {
+        return Err(src.origin(span, key).error(format!(
+            "retransmit_timeout × retransmit_base^retransmit_tries is more than {MAX_UNCAPPED_WAIT_SECS:e} s, \
+             a wait the engine cannot compute even when retransmit_limit caps it"
+        )));
+    }
+    let jitter_percent = match &raw.retransmit_jitter {
+        Some(j) if *j.get_ref() > 100 => {
+            return Err(src.error(j, "ike.retransmit_jitter", "must be within 0..=100"));
+        }
+        Some(j) => *j.get_ref(),
+        None => defaults.jitter_percent,
+    };
+    // strongSwan's 0 for no limit; the bound every duration has is as good as none.
+    let limit = duration(src, raw.retransmit_limit.as_ref(), "ike.retransmit_limit")?.map_or(
+        defaults.limit,
+        |l| if l.is_zero() { MAX_DURATION } else { l },
+    );
+    Ok(IkeSettings {
+        cookie_threshold: raw.cookie_threshold.unwrap_or(10),
+        half_open_timeout: duration(src, raw.half_open_timeout.as_ref(), "ike.half_open_timeout")?
+            .unwrap_or(Duration::from_secs(30)),
+        retransmit: RetransmitPolicy {
+            timeout,
+            base,
+            tries,
+            jitter_percent,
+            limit,
+        },
+    })
+}
+
+/// swanctl's time forms: seconds as a number (fractions allowed, for
+/// `retransmit_timeout = 0.5`) or a string with a unit; at most [`MAX_DURATION`].
+fn duration(
+    src: &Source<'_>,
+    value: Option<&Spanned<Value>>,
+    key: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let secs = match value.get_ref() {
+        Value::Integer(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        Value::String(s) => seconds(s),
+        _ => None,
+    };
+    match secs {
+        Some(s) if (0.0..=MAX_DURATION.as_secs_f64()).contains(&s) => {
+            Ok(Some(Duration::from_secs_f64(s)))
+        }
+        Some(s) if s > 0.0 => Err(src.error(
+            value,
+            key,
+            format!(
+                "{} is more than {}d (10 years)",
+                value.get_ref(),
+                MAX_DURATION.as_secs() / 86_400
+            ),
+        )),
+        _ => Err(src.error(
+            value,
+            key,
+            format!(
+                "{} is not a duration: expected seconds (30 or 0.5) or a string with s, m, h or d \
+                 (\"90s\", \"30m\", \"1h\", \"2d\")",
+                value.get_ref()
+            ),
+        )),
+    }
+}
+
+/// `"90s"`, `"30m"`, `"1h"`, `"2d"` or `"90"` in seconds.
+fn seconds(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let unit_at = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(unit_at);
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return None,
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    number.parse::<f64>().ok().map(|n| n * scale)
 }
 
 fn dataplane(src: &Source<'_>, raw: RawDataplane) -> Result<DataplaneSettings, ConfigError> {
@@ -471,37 +668,213 @@ fn listen(src: &Source<'_>, raw: RawListen) -> Result<Listen, ConfigError> {
     })
 }
 
-/// A child's lifetimes; 0 or absent is unlimited, and a soft limit must lie below
-/// its hard one.
-fn lifetime(src: &Source<'_>, ch: &RawChild, key: &str) -> Result<Lifetime, ConfigError> {
-    let some = |v: Option<u64>| v.filter(|&v| v > 0);
-    let pair = |soft: Option<u64>, hard: &Option<Spanned<u64>>, name: &str| {
-        let soft = some(soft);
-        let hard_v = some(hard.as_ref().map(|h| *h.get_ref()));
-        match (soft, hard_v, hard) {
-            (Some(s), Some(h), Some(at)) if s >= h => Err(src.error(
-                at,
-                format!("{key}.life_{name}"),
-                format!("must exceed rekey_{name} ({s})"),
-            )),
-            _ => Ok((soft, hard_v)),
-        }
+/// The IKE SA's lifetime as swanctl derives it: `over_time` 10 % of `rekey_time`,
+/// `rand_time` as long as `over_time`; `rekey_time = 0` never rekeys.
+fn ike_lifetime(
+    src: &Source<'_>,
+    c: &Spanned<RawConnection>,
+    key: &str,
+) -> Result<IkeLifetime, ConfigError> {
+    let raw = c.get_ref();
+    // The engine's default is swanctl's.
+    let rekey = duration(src, raw.rekey_time.as_ref(), &format!("{key}.rekey_time"))?
+        .or(IkeLifetime::default().rekey_time)
+        .unwrap_or_default();
+    let over = duration(src, raw.over_time.as_ref(), &format!("{key}.over_time"))?
+        .unwrap_or_else(|| Duration::from_nanos(nanos(rekey).div_ceil(10)));
+    if let Some(at) = raw
+        .over_time
+        .as_ref()
+        .filter(|_| over.is_zero() && !rekey.is_zero())
+    {
+        return Err(src.error(
+            at,
+            format!("{key}.over_time"),
+            "must be above 0: it is the time a rekeying gets before the IKE SA ends",
+        ));
+    }
+    let rand = rand_time(
+        src,
+        raw.rand_time.as_ref(),
+        &format!("{key}.rand_time"),
+        rekey,
+        (over, "over_time"),
+        raw.over_time.as_ref().map_or(c.span(), Spanned::span),
+    )?;
+    Ok(IkeLifetime {
+        rekey_time: (!rekey.is_zero()).then_some(rekey),
+        over_time: over,
+        rand_time: rand,
+    })
+}
+
+/// A child's lifetimes (see [`limit`]) and `rand_time`, by default the time between
+/// its soft and hard limits.
+fn child_lifetime(
+    src: &Source<'_>,
+    ch: &Spanned<RawChild>,
+    key: &str,
+) -> Result<(Lifetime, Duration), ConfigError> {
+    let raw = ch.get_ref();
+    let time = |value: &Option<Spanned<Value>>, name: &str| {
+        duration(src, value.as_ref(), &format!("{key}.{name}")).map(|d| d.map(nanos))
     };
-    let (soft_time, hard_time) = pair(ch.rekey_time, &ch.life_time, "time")?;
-    let (soft_bytes, hard_bytes) = pair(ch.rekey_bytes, &ch.life_bytes, "bytes")?;
-    let (soft_packets, hard_packets) = pair(ch.rekey_packets, &ch.life_packets, "packets")?;
-    Ok(Lifetime {
+    let life_time =
+        time(&raw.life_time, "life_time")?.zip(raw.life_time.as_ref().map(Spanned::span));
+    let (soft_time, hard_time) = limit(
+        src,
+        key,
+        "time",
+        (time(&raw.rekey_time, "rekey_time")?, life_time),
+        nanos(CHILD_REKEY_TIME),
+        |n| Duration::from_nanos(n).as_secs_f64().to_string(),
+    )?;
+    let count = |life: &Option<Spanned<u64>>| life.as_ref().map(|l| (*l.get_ref(), l.span()));
+    let (soft_bytes, hard_bytes) = limit(
+        src,
+        key,
+        "bytes",
+        (raw.rekey_bytes, count(&raw.life_bytes)),
+        0,
+        |n| n.to_string(),
+    )?;
+    let (soft_packets, hard_packets) = limit(
+        src,
+        key,
+        "packets",
+        (raw.rekey_packets, count(&raw.life_packets)),
+        0,
+        |n| n.to_string(),
+    )?;
+    let rand = rand_time(
+        src,
+        raw.rand_time.as_ref(),
+        &format!("{key}.rand_time"),
+        Duration::from_nanos(soft_time),
+        (
+            Duration::from_nanos(hard_time.saturating_sub(soft_time)),
+            "life_time − rekey_time",
+        ),
+        raw.life_time.as_ref().map_or(ch.span(), Spanned::span),
+    )?;
+    let some = |v: u64| (v > 0).then_some(v);
+    let lifetime = Lifetime {
         soft: Limits {
-            time: soft_time.map(Duration::from_secs),
-            bytes: soft_bytes,
-            packets: soft_packets,
+            time: some(soft_time).map(Duration::from_nanos),
+            bytes: some(soft_bytes),
+            packets: some(soft_packets),
         },
         hard: Limits {
-            time: hard_time.map(Duration::from_secs),
-            bytes: hard_bytes,
-            packets: hard_packets,
+            time: some(hard_time).map(Duration::from_nanos),
+            bytes: some(hard_bytes),
+            packets: some(hard_packets),
         },
+    };
+    Ok((lifetime, rand))
+}
+
+/// One kind of Child SA limit, `rekey_X` (soft) and `life_X` (hard, with where it
+/// was written), 0 for none, as swanctl derives them: an absent soft limit is the
+/// hard one / 1.1 (or `default_rekey` without either), an absent hard limit the soft
+/// one + 10 %. The engine rekeys at the soft limit, so a hard one needs a soft one
+/// below it, or the Child SA would end without a rekey ever being tried.
+fn limit(
+    src: &Source<'_>,
+    key: &str,
+    name: &str,
+    (rekey, life): (Option<u64>, Option<(u64, Range<usize>)>),
+    default_rekey: u64,
+    show: fn(u64) -> String,
+) -> Result<(u64, u64), ConfigError> {
+    let soft = match (rekey, &life) {
+        (Some(soft), _) => soft,
+        (None, Some((hard, _))) => hard - hard.div_ceil(11),
+        (None, None) => default_rekey,
+    };
+    let Some((hard, at)) = life else {
+        // Rounded up so that it exceeds even a tiny soft limit; too large to count is none.
+        return Ok((soft, soft.checked_add(soft.div_ceil(10)).unwrap_or(0)));
+    };
+    let error = |message: String| {
+        src.origin(at.clone(), format!("{key}.life_{name}"))
+            .error(message)
+    };
+    if hard > 0 && soft == 0 {
+        return Err(error(format!(
+            "needs a rekey_{name} above 0: the Child SA must be rekeyed before life_{name} ends it"
+        )));
+    }
+    if hard > 0 && soft >= hard {
+        return Err(error(format!("must exceed rekey_{name} ({})", show(soft))));
+    }
+    Ok((soft, hard))
+}
+
+/// `rand_time`, or its swanctl default (a duration and what it is). A rekey falls
+/// due a random part of it before `rekey`, so it must stay below `rekey`, or a rekey
+/// could fall due at once; a default that does not is blamed on `default_at`, the
+/// key it comes from.
+fn rand_time(
+    src: &Source<'_>,
+    given: Option<&Spanned<Value>>,
+    key: &str,
+    rekey: Duration,
+    (default, default_is): (Duration, &str),
+    default_at: Range<usize>,
+) -> Result<Duration, ConfigError> {
+    let rand = duration(src, given, key)?.unwrap_or(default);
+    if rekey.is_zero() || rand < rekey {
+        return Ok(rand);
+    }
+    let below = format!("must be below rekey_time ({})", rekey.as_secs_f64());
+    Err(match given {
+        Some(at) => src.error(at, key, below),
+        None => src.origin(default_at, key).error(format!(
+            "defaults to {default_is} ({}), which {below}: set it",
+            rand.as_secs_f64()
+        )),
     })
+}
+
+/// [`MAX_DURATION`] keeps every duration within u64 nanoseconds.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The action `value` names in `names` (their first when absent). Anything but
+/// `Action::None` negotiates on our own, which needs a peer to call.
+fn action(
+    src: &Source<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+    names: &[(&str, Action)],
+    has_peer: bool,
+) -> Result<Action, ConfigError> {
+    let Some(value) = value else {
+        return Ok(names[0].1);
+    };
+    let name = key.rsplit('.').next().unwrap_or(key);
+    match names.iter().find(|(n, _)| n == value.get_ref()) {
+        Some((_, Action::None)) => Ok(Action::None),
+        Some((_, a)) if has_peer => Ok(*a),
+        Some(_) => Err(src.error(
+            value,
+            key,
+            format!("{name} = {:?} needs remote_addrs", value.get_ref()),
+        )),
+        None => {
+            let quoted: Vec<String> = names.iter().map(|(n, _)| format!("{n:?}")).collect();
+            Err(src.error(
+                value,
+                key,
+                format!(
+                    "{:?}: expected one of {}",
+                    value.get_ref(),
+                    quoted.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 fn ips(src: &Source<'_>, list: &[Spanned<String>], key: &str) -> Result<Vec<IpAddr>, ConfigError> {
@@ -660,11 +1033,11 @@ fn check_auth(src: &Source<'_>, auth: &Spanned<String>, key: &str) -> Result<(),
 
 fn connection(
     src: &Source<'_>,
-    c: &Spanned<RawConnection>,
+    c_at: &Spanned<RawConnection>,
     key: String,
 ) -> Result<Connection, ConfigError> {
-    let origin = src.origin(c.span(), &key);
-    let c = c.get_ref();
+    let origin = src.origin(c_at.span(), &key);
+    let c = c_at.get_ref();
     let local = c.local.get_ref();
     let remote = c.remote.get_ref();
     let (local_key, remote_key) = (format!("{key}.local"), format!("{key}.remote"));
@@ -740,8 +1113,19 @@ fn connection(
         // Without a Child SA there is nothing to carry traffic, and IKE_AUTH needs one.
         return Err(origin.error("needs at least one [[connection.children]]"));
     }
+    let remote_addrs = ips(src, &c.remote_addrs, &format!("{key}.remote_addrs"))?;
+    let has_peer = !remote_addrs.is_empty();
+    let start = c.start.as_ref().filter(|s| *s.get_ref());
+    if let Some(at) = start.filter(|_| !has_peer) {
+        return Err(src.error(
+            at,
+            format!("{key}.start"),
+            "start = true needs remote_addrs",
+        ));
+    }
     let mut children: Vec<ChildPolicy> = Vec::new();
-    for (i, ch) in c.children.iter().enumerate() {
+    for (i, ch_at) in c.children.iter().enumerate() {
+        let ch = ch_at.get_ref();
         let k = format!("{key}.children[{i}]");
         if children.iter().any(|o| o.name == *ch.name.get_ref()) {
             return Err(src.error(
@@ -757,6 +1141,28 @@ fn connection(
                 format!("{:?}: only \"tunnel\" is supported", mode.get_ref()),
             ));
         }
+        let start_action = match (start, &ch.start_action) {
+            (Some(start), Some(at)) => {
+                return Err(src.error(
+                    at,
+                    format!("{k}.start_action"),
+                    format!(
+                        "conflicts with {key}.start = true (line {}), which means \
+                         start_action = \"start\" for every child",
+                        src.line(start.span().start)
+                    ),
+                ));
+            }
+            (Some(_), None) => Action::Start,
+            (None, value) => action(
+                src,
+                value.as_ref(),
+                &format!("{k}.start_action"),
+                START_ACTIONS,
+                has_peer,
+            )?,
+        };
+        let (lifetime, rand_time) = child_lifetime(src, ch_at, &k)?;
         children.push(ChildPolicy {
             name: ch.name.get_ref().clone(),
             local_ts: selectors(src, &ch.local_ts, &format!("{k}.local_ts"))?,
@@ -768,26 +1174,24 @@ fn connection(
                 ProtocolId::ESP,
                 &format!("{k}.esp_proposals"),
             )?,
-            lifetime: lifetime(src, ch, &k)?,
-            rand_time: Duration::ZERO,
-            start_action: crate::ike::Action::None,
-            dpd_action: crate::ike::Action::None,
-            close_action: crate::ike::Action::None,
+            lifetime,
+            rand_time,
+            start_action,
+            dpd_action: action(
+                src,
+                ch.dpd_action.as_ref(),
+                &format!("{k}.dpd_action"),
+                DPD_ACTIONS,
+                has_peer,
+            )?,
+            close_action: action(
+                src,
+                ch.close_action.as_ref(),
+                &format!("{k}.close_action"),
+                CLOSE_ACTIONS,
+                has_peer,
+            )?,
         });
-    }
-
-    let remote_addrs = ips(src, &c.remote_addrs, &format!("{key}.remote_addrs"))?;
-    let start = c.start.as_ref().is_some_and(|s| *s.get_ref());
-    if let Some(at) = c
-        .start
-        .as_ref()
-        .filter(|_| start && remote_addrs.is_empty())
-    {
-        return Err(src.error(
-            at,
-            format!("{key}.start"),
-            "start = true needs remote_addrs",
-        ));
     }
     let fragment_size = match &c.fragment_size {
         Some(f) if !FRAGMENT_SIZES.contains(f.get_ref()) => {
@@ -800,6 +1204,7 @@ fn connection(
         Some(f) => *f.get_ref(),
         None => 1280,
     };
+    let initiate = children.iter().any(|ch| ch.start_action == Action::Start);
     Ok(Connection {
         policy: Arc::new(Policy {
             name: c.name.get_ref().clone(),
@@ -817,11 +1222,13 @@ fn connection(
             local: local_auth,
             remote: remote_auth,
             children,
-            ike_lifetime: crate::ike::IkeLifetime::default(),
-            dpd_delay: None,
-            keyingtries: 0,
+            ike_lifetime: ike_lifetime(src, c_at, &key)?,
+            dpd_delay: duration(src, c.dpd_delay.as_ref(), &format!("{key}.dpd_delay"))?
+                .filter(|d| !d.is_zero()),
+            // swanctl gives up after one try; a gateway's tunnels must come back by themselves.
+            keyingtries: c.keyingtries.unwrap_or(0),
         }),
-        start,
+        start: initiate,
         remote_port: c.remote_port.unwrap_or(500),
         origin,
     })

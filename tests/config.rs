@@ -5,7 +5,8 @@ mod common;
 
 use common::pki::{Alg, Ca, Leaf};
 use esptun::config::{Config, ConfigError, Origin};
-use esptun::ike::{LocalAuth, RemoteAuth};
+use esptun::ike::exchange::RetransmitPolicy;
+use esptun::ike::{Action, IkeLifetime, Lifetime, Limits, LocalAuth, RemoteAuth};
 use esptun::wire::ProtocolId;
 use esptun::wire::payload::{AddrRange, Identity};
 use std::net::IpAddr;
@@ -57,55 +58,19 @@ impl Drop for Dir {
     }
 }
 
-/// The example from README "Configuration", verbatim; the line numbers in the
-/// expected errors below count from its first line.
-const EXAMPLE: &str = r#"[listen]                 # optional
-addrs = ["0.0.0.0", "::"]   # default: both wildcards
-ike_port = 500              # default 500
-natt_port = 4500            # default 4500
-
-[ike]                    # optional engine knobs
-cookie_threshold = 10       # half-open IKE SAs before COOKIEs are demanded (default 10)
-half_open_timeout = 30      # seconds a half-open SA lives (default 30)
-
-[[connection]]
-name = "site-b"                       # required, unique
-local_addrs = ["192.0.2.1"]           # IPs; default [] = any
-remote_addrs = ["192.0.2.2"]          # IPs; default [] = any peer (then start must be false)
-remote_port = 500                     # default 500
-proposals = ["aes128gcm16-prfsha256-x25519"]  # default ["aes128gcm16-prfsha256-x25519", "aes256-sha256-modp2048"]
-start = true                          # default false: initiate at start-up; otherwise answer only
-encap = false                         # force UDP encapsulation even without NAT (default false)
-fragment_size = 1280                  # RFC 7383 fragment size, 576..=65535 (default 1280)
-psk_file = "site-b.psk"               # required when either side's auth = "psk"
-[connection.local]
-auth = "pubkey"                       # "pubkey" or "psk"
-id = "left.example"                   # required; parsed by crate::auth::identity::parse
-certs = ["left.crt"]                  # pubkey: required, leaf first, then intermediates
-key = "left.key"                      # pubkey: required
-[connection.remote]
-auth = "pubkey"
-id = "right.example"                  # optional; absent or "%any" = any identity
-cacerts = ["ca.crt"]                  # pubkey: required (at least one)
-[[connection.children]]               # at least one
-name = "net"                          # required, unique within the connection
-local_ts = ["10.1.0.0/24", "fd00:1::/64"]   # CIDR or single address; default [] = dynamic (our IKE address)
-remote_ts = ["10.2.0.0/24", "fd00:2::/64"]  # default [] = dynamic (the peer's IKE address)
-esp_proposals = ["aes128gcm16"]       # default ["aes128gcm16", "aes256gcm16"]; parsed with ProtocolId::ESP
-mode = "tunnel"                       # only tunnel is supported; "transport" is a clear error
-
-[dataplane]              # optional: the userspace ESP data plane
-tun = "esptun0"             # TUN device name (default "esptun0")
-workers = 2                 # ESP worker threads (default: one per core)
-path_mtu = 1500             # MTU of the path to peers, 1400..=65535 (default 1500)
-replay_window = 1024        # inbound replay window in packets, 32..=65536 (default 1024)
-offload = true              # TUN GSO/GRO when the kernel allows it (default true)
-"#;
+/// The example from README "Configuration" (its only TOML block), verbatim; the
+/// line numbers in the expected errors below count from its first line.
+fn example() -> &'static str {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```toml\n").expect("README has a TOML example") + "```toml\n".len();
+    let len = readme[start..].find("```").expect("the example ends");
+    &readme[start..start + len]
+}
 
 /// The example with the whole line that starts with `prefix` replaced by `with`
 /// (a comment keeps the other lines' numbers).
 fn edit(prefix: &str, with: &str) -> String {
-    edit_in(EXAMPLE, prefix, with)
+    edit_in(example(), prefix, with)
 }
 
 fn edit_in(text: &str, prefix: &str, with: &str) -> String {
@@ -125,6 +90,43 @@ fn edit_in(text: &str, prefix: &str, with: &str) -> String {
     out.join("\n") + "\n"
 }
 
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A Child SA lifetime with only time limits, in seconds.
+fn times(soft: u64, hard: u64) -> Lifetime {
+    Lifetime {
+        soft: Limits {
+            time: Some(secs(soft)),
+            ..Limits::default()
+        },
+        hard: Limits {
+            time: Some(secs(hard)),
+            ..Limits::default()
+        },
+    }
+}
+
+/// A PSK connection with `ike` on line 2, `conn` from line 9 and `child` from line 12.
+fn lifecycle(ike: &str, conn: &str, child: &str) -> String {
+    format!(
+        r#"[ike]
+{ike}
+[[connection]]
+name = "a"
+remote_addrs = ["192.0.2.2"]
+psk_file = "site-b.psk"
+local = {{ auth = "psk", id = "a.example" }}
+remote = {{ auth = "psk" }}
+{conn}
+[[connection.children]]
+name = "c"
+{child}
+"#
+    )
+}
+
 fn v4(a: &str, b: &str) -> AddrRange {
     AddrRange::V4(a.parse().unwrap(), b.parse().unwrap())
 }
@@ -136,7 +138,7 @@ fn v6(a: &str, b: &str) -> AddrRange {
 #[test]
 fn the_documented_example_loads() {
     let dir = Dir::new("example");
-    let config = dir.load(EXAMPLE).unwrap();
+    let config = dir.load(example()).unwrap();
     assert_eq!(
         config.listen.addrs,
         ["0.0.0.0".parse::<IpAddr>().unwrap(), "::".parse().unwrap()]
@@ -195,17 +197,35 @@ fn the_documented_example_loads() {
     );
     assert_eq!(child.esp_proposals.len(), 1);
     assert_eq!(child.esp_proposals[0].protocol, ProtocolId::ESP);
+    assert_eq!(config.ike.retransmit, RetransmitPolicy::default());
+    assert_eq!(
+        p.ike_lifetime,
+        IkeLifetime {
+            rekey_time: Some(secs(4 * 3600)),
+            over_time: secs(24 * 60),
+            rand_time: secs(24 * 60),
+        }
+    );
+    assert_eq!(p.dpd_delay, Some(secs(30)));
+    assert_eq!(p.keyingtries, 0);
+    assert_eq!(child.lifetime, times(3600, 66 * 60));
+    assert_eq!(child.rand_time, secs(6 * 60));
+    assert_eq!(
+        (child.start_action, child.dpd_action, child.close_action),
+        (Action::Start, Action::Start, Action::None),
+        "start = true; restart; none"
+    );
     assert_eq!(
         c.origin,
         Origin {
             file: dir.0.join("site.toml"),
-            line: 10,
+            line: 15,
             key: "connection[0]".into()
         }
     );
     assert_eq!(
         dir.strip(&c.origin.error("cannot initiate")),
-        "site.toml:10: connection[0]: cannot initiate"
+        "site.toml:15: connection[0]: cannot initiate"
     );
 }
 
@@ -254,6 +274,32 @@ name = "c"
     assert!(
         child.local_ts.is_empty() && child.remote_ts.is_empty(),
         "dynamic"
+    );
+    // swanctl's defaults, except keyingtries (0, not 1).
+    assert_eq!(
+        config.ike.retransmit,
+        RetransmitPolicy {
+            timeout: secs(4),
+            base: 1.8,
+            tries: 5,
+            jitter_percent: 0,
+            limit: secs(3600),
+        }
+    );
+    assert_eq!(
+        p.ike_lifetime,
+        IkeLifetime {
+            rekey_time: Some(secs(4 * 3600)),
+            over_time: secs(1440),
+            rand_time: secs(1440),
+        }
+    );
+    assert_eq!((p.dpd_delay, p.keyingtries), (None, 0));
+    assert_eq!(child.lifetime, times(3600, 3960));
+    assert_eq!(child.rand_time, secs(360));
+    assert_eq!(
+        (child.start_action, child.dpd_action, child.close_action),
+        (Action::None, Action::None, Action::None)
     );
 }
 
@@ -334,7 +380,7 @@ fn mistakes_name_file_line_and_key() {
         (
             "id = \"left.example\"",
             "idd = \"left.example\"",
-            "site.toml:22: connection[0].local.idd: unknown key `idd`, expected one of `auth`, `id`, `certs`, `key`",
+            "site.toml:32: connection[0].local.idd: unknown key `idd`, expected one of `auth`, `id`, `certs`, `key`",
         ),
         (
             "[ike]",
@@ -345,7 +391,7 @@ fn mistakes_name_file_line_and_key() {
         (
             "start =",
             "start = \"yes\"",
-            "site.toml:16: connection[0].start: invalid type: string \"yes\", expected a boolean",
+            "site.toml:21: connection[0].start: invalid type: string \"yes\", expected a boolean",
         ),
         (
             "ike_port =",
@@ -356,95 +402,95 @@ fn mistakes_name_file_line_and_key() {
         (
             "local_ts =",
             "local_ts = [\"10.1.0.0/24\", \"10.1.0.0/33\"]",
-            "site.toml:31: connection[0].children[0].local_ts[1]: \"10.1.0.0/33\" is not an address or CIDR prefix",
+            "site.toml:41: connection[0].children[0].local_ts[1]: \"10.1.0.0/33\" is not an address or CIDR prefix",
         ),
         (
             "proposals =",
             "proposals = [\"aes128gcm16-prfsha256-x25519\", \"aes-md5-modp1024\"]",
-            "site.toml:15: connection[0].proposals[1]: unknown or unsupported algorithm keyword `md5`",
+            "site.toml:20: connection[0].proposals[1]: unknown or unsupported algorithm keyword `md5`",
         ),
         (
             "esp_proposals =",
             "esp_proposals = [\"aes128gcm16\", \"aes128\"]",
-            "site.toml:33: connection[0].children[0].esp_proposals[1]: proposal `aes128`: no integrity algorithm",
+            "site.toml:43: connection[0].children[0].esp_proposals[1]: proposal `aes128`: no integrity algorithm",
         ),
         (
             "remote_addrs =",
             "remote_addrs = [\"192.0.2.300\"]",
-            "site.toml:13: connection[0].remote_addrs[0]: \"192.0.2.300\" is not an IP address",
+            "site.toml:18: connection[0].remote_addrs[0]: \"192.0.2.300\" is not an IP address",
         ),
         (
             "id = \"right.example\"",
             "id = \"C=CH, X=1\"",
-            "site.toml:27: connection[0].remote.id: distinguished name component \"X=1\": expected one of C, ST, L, O, OU, CN, SN, serialNumber, E, DC followed by =value",
+            "site.toml:37: connection[0].remote.id: distinguished name component \"X=1\": expected one of C, ST, L, O, OU, CN, SN, serialNumber, E, DC followed by =value",
         ),
         (
             "auth = \"pubkey\"",
             "auth = \"eap\"",
-            "site.toml:21: connection[0].local.auth: \"eap\": expected \"pubkey\" or \"psk\"",
+            "site.toml:31: connection[0].local.auth: \"eap\": expected \"pubkey\" or \"psk\"",
         ),
         (
             "fragment_size =",
             "fragment_size = 100",
-            "site.toml:18: connection[0].fragment_size: 100 is outside 576..=65535",
+            "site.toml:23: connection[0].fragment_size: 100 is outside 576..=65535",
         ),
         (
             "mode =",
             "mode = \"transport\"",
-            "site.toml:34: connection[0].children[0].mode: \"transport\": only \"tunnel\" is supported",
+            "site.toml:44: connection[0].children[0].mode: \"transport\": only \"tunnel\" is supported",
         ),
         (
             "mode =",
             "rekey_bytes = 1000\nlife_bytes = 1000",
-            "site.toml:35: connection[0].children[0].life_bytes: must exceed rekey_bytes (1000)",
+            "site.toml:45: connection[0].children[0].life_bytes: must exceed rekey_bytes (1000)",
         ),
         // Files.
         (
             "certs =",
             "certs = [\"missing.crt\"]",
-            "site.toml:23: connection[0].local.certs[0]: missing.crt: No such file or directory (os error 2)",
+            "site.toml:33: connection[0].local.certs[0]: missing.crt: No such file or directory (os error 2)",
         ),
         (
             "key =",
             "key = \"ca.crt\"",
-            "site.toml:24: connection[0].local.key: private key: no PEM or DER private key: no items found",
+            "site.toml:34: connection[0].local.key: private key: no PEM or DER private key: no items found",
         ),
         (
             "cacerts =",
             "cacerts = [\"left.key\"]",
-            "site.toml:28: connection[0].remote.cacerts[0]: certificate: no PEM CERTIFICATE block and not DER",
+            "site.toml:38: connection[0].remote.cacerts[0]: certificate: no PEM CERTIFICATE block and not DER",
         ),
         // Required keys.
         (
             "name = \"net\"",
             "# no name",
-            "site.toml:29: connection[0].children[0].name: required key is missing",
+            "site.toml:39: connection[0].children[0].name: required key is missing",
         ),
         (
             "id = \"left.example\"",
             "# no id",
-            "site.toml:20: connection[0].local.id: required key is missing",
+            "site.toml:30: connection[0].local.id: required key is missing",
         ),
         (
             "key =",
             "# no key",
-            "site.toml:20: connection[0].local.key: required with auth = \"pubkey\"",
+            "site.toml:30: connection[0].local.key: required with auth = \"pubkey\"",
         ),
         (
             "cacerts =",
             "cacerts = []",
-            "site.toml:28: connection[0].remote.cacerts: needs at least one file with auth = \"pubkey\"",
+            "site.toml:38: connection[0].remote.cacerts: needs at least one file with auth = \"pubkey\"",
         ),
         (
             "proposals =",
             "proposals = []",
-            "site.toml:15: connection[0].proposals: needs at least one proposal (omit it for the defaults)",
+            "site.toml:20: connection[0].proposals: needs at least one proposal (omit it for the defaults)",
         ),
         // Cross-field checks.
         (
             "remote_addrs =",
             "remote_addrs = []",
-            "site.toml:16: connection[0].start: start = true needs remote_addrs",
+            "site.toml:21: connection[0].start: start = true needs remote_addrs",
         ),
         (
             "natt_port =",
@@ -459,23 +505,23 @@ fn mistakes_name_file_line_and_key() {
         (
             "workers =",
             "workers = 0",
-            "site.toml:38: dataplane.workers: must be 1 to 256",
+            "site.toml:54: dataplane.workers: must be 1 to 256",
         ),
         (
             "path_mtu =",
             "path_mtu = 1280",
-            "site.toml:39: dataplane.path_mtu: must be within 1400..=65535",
+            "site.toml:55: dataplane.path_mtu: must be within 1400..=65535",
         ),
         (
             "tun =",
             "tun = \"a-name-far-too-long\"",
-            "site.toml:37: dataplane.tun: must be an interface name of 1 to 15 characters without '/' or spaces",
+            "site.toml:53: dataplane.tun: must be an interface name of 1 to 15 characters without '/' or spaces",
         ),
         // Syntax.
         (
             "start =",
             "start = true\nstart = false",
-            "site.toml:17: duplicate key",
+            "site.toml:22: duplicate key",
         ),
     ];
     for (prefix, with, expected) in cases {
@@ -491,7 +537,7 @@ fn psk_mistakes_point_at_auth_or_psk_file() {
     let without_file = edit_in(&psk_local, "psk_file =", "# no psk_file");
     assert_eq!(
         dir.load(&without_file).unwrap_err(),
-        "site.toml:21: connection[0].local.auth: auth = \"psk\" needs psk_file in the connection"
+        "site.toml:31: connection[0].local.auth: auth = \"psk\" needs psk_file in the connection"
     );
     for (file, why) in [
         ("empty.psk", "the PSK file is empty"),
@@ -504,7 +550,7 @@ fn psk_mistakes_point_at_auth_or_psk_file() {
         let text = edit_in(&psk_local, "psk_file =", &format!("psk_file = {file:?}"));
         assert_eq!(
             dir.load(&text).unwrap_err(),
-            format!("site.toml:19: connection[0].psk_file: {why}")
+            format!("site.toml:24: connection[0].psk_file: {why}")
         );
     }
 }
@@ -512,22 +558,23 @@ fn psk_mistakes_point_at_auth_or_psk_file() {
 #[test]
 fn duplicate_names_and_missing_children_are_errors() {
     let dir = Dir::new("dups");
+    let example = example();
     let connection =
-        &EXAMPLE[EXAMPLE.find("[[connection]]").unwrap()..EXAMPLE.find("[dataplane]").unwrap()];
+        &example[example.find("[[connection]]").unwrap()..example.find("[dataplane]").unwrap()];
     assert_eq!(
-        dir.load(&format!("{EXAMPLE}{connection}")).unwrap_err(),
-        "site.toml:43: connection[1].name: duplicate connection name \"site-b\""
+        dir.load(&format!("{example}{connection}")).unwrap_err(),
+        "site.toml:59: connection[1].name: duplicate connection name \"site-b\""
     );
-    let children = &EXAMPLE
-        [EXAMPLE.find("[[connection.children]]").unwrap()..EXAMPLE.find("[dataplane]").unwrap()];
+    let children = &example
+        [example.find("[[connection.children]]").unwrap()..example.find("[dataplane]").unwrap()];
     assert_eq!(
-        dir.load(&format!("{EXAMPLE}{children}")).unwrap_err(),
-        "site.toml:43: connection[0].children[1].name: duplicate child name \"net\""
+        dir.load(&format!("{example}{children}")).unwrap_err(),
+        "site.toml:59: connection[0].children[1].name: duplicate child name \"net\""
     );
-    let childless = &EXAMPLE[..EXAMPLE.find("[[connection.children]]").unwrap()];
+    let childless = &example[..example.find("[[connection.children]]").unwrap()];
     assert_eq!(
         dir.load(childless).unwrap_err(),
-        "site.toml:10: connection[0]: needs at least one [[connection.children]]"
+        "site.toml:15: connection[0]: needs at least one [[connection.children]]"
     );
 }
 
@@ -537,7 +584,7 @@ fn errors_outside_any_key_name_the_file() {
     assert_eq!(
         dir.load(&edit("name = \"site-b\"", "name = \"site-b"))
             .unwrap_err(),
-        "site.toml:11: invalid basic string, expected `\"`"
+        "site.toml:16: invalid basic string, expected `\"`"
     );
     let err = Config::load(&dir.0.join("nope.toml")).unwrap_err();
     assert_eq!(
@@ -546,4 +593,442 @@ fn errors_outside_any_key_name_the_file() {
     );
     assert_eq!(err.line, None);
     assert_eq!(err.key, "");
+}
+
+#[test]
+fn durations_take_swanctl_forms_on_every_time_key() {
+    let dir = Dir::new("durations");
+    for (value, expected) in [
+        ("45", Duration::from_secs(45)),
+        ("\"45\"", Duration::from_secs(45)),
+        ("\"90s\"", Duration::from_secs(90)),
+        ("\"30m\"", Duration::from_secs(30 * 60)),
+        ("\"1h\"", Duration::from_secs(3600)),
+        ("\"2d\"", Duration::from_secs(2 * 86_400)),
+        ("\"1.5h\"", Duration::from_secs(5400)),
+        ("0.5", Duration::from_millis(500)),
+        ("0", Duration::ZERO),
+        ("\"3650d\"", Duration::from_secs(3650 * 86_400)),
+    ] {
+        let config = dir
+            .load(&lifecycle(&format!("half_open_timeout = {value}"), "", ""))
+            .unwrap();
+        assert_eq!(config.ike.half_open_timeout, expected, "{value}");
+    }
+    let config = dir
+        .load(&lifecycle(
+            "retransmit_timeout = 0.5\nretransmit_limit = \"1m\"",
+            "rekey_time = \"1d\"\nover_time = \"2h\"\nrand_time = \"30m\"\ndpd_delay = \"2m\"",
+            "rekey_time = \"30m\"\nlife_time = \"45m\"\nrand_time = \"5m\"",
+        ))
+        .unwrap();
+    let retransmit = config.ike.retransmit;
+    assert_eq!(
+        (retransmit.timeout, retransmit.limit),
+        (Duration::from_millis(500), secs(60))
+    );
+    let p = &config.connections[0].policy;
+    assert_eq!(
+        p.ike_lifetime,
+        IkeLifetime {
+            rekey_time: Some(secs(86_400)),
+            over_time: secs(7200),
+            rand_time: secs(1800),
+        }
+    );
+    assert_eq!(p.dpd_delay, Some(secs(120)));
+    assert_eq!(p.children[0].lifetime, times(1800, 2700));
+    assert_eq!(p.children[0].rand_time, secs(300));
+}
+
+#[test]
+fn bad_durations_name_the_key_and_the_accepted_forms() {
+    let dir = Dir::new("bad-durations");
+    let forms = "expected seconds (30 or 0.5) or a string with s, m, h or d (\"90s\", \"30m\", \"1h\", \"2d\")";
+    for ((ike, conn, child), expected) in [
+        (
+            ("half_open_timeout = \"1w\"", "", ""),
+            format!("site.toml:2: ike.half_open_timeout: \"1w\" is not a duration: {forms}"),
+        ),
+        (
+            ("retransmit_timeout = \"0.5 s\"", "", ""),
+            format!("site.toml:2: ike.retransmit_timeout: \"0.5 s\" is not a duration: {forms}"),
+        ),
+        (
+            ("", "dpd_delay = -5", ""),
+            format!("site.toml:9: connection[0].dpd_delay: -5 is not a duration: {forms}"),
+        ),
+        (
+            ("", "over_time = \"1.2.3m\"", ""),
+            format!("site.toml:9: connection[0].over_time: \"1.2.3m\" is not a duration: {forms}"),
+        ),
+        (
+            ("", "", "rekey_time = \"h\""),
+            format!(
+                "site.toml:12: connection[0].children[0].rekey_time: \"h\" is not a duration: {forms}"
+            ),
+        ),
+        (
+            ("", "", "life_time = true"),
+            format!(
+                "site.toml:12: connection[0].children[0].life_time: true is not a duration: {forms}"
+            ),
+        ),
+        (
+            ("", "", "rand_time = \"-1m\""),
+            format!(
+                "site.toml:12: connection[0].children[0].rand_time: \"-1m\" is not a duration: {forms}"
+            ),
+        ),
+        (
+            ("", "rekey_time = \"3651d\"", ""),
+            "site.toml:9: connection[0].rekey_time: \"3651d\" is more than 3650d (10 years)".into(),
+        ),
+        (
+            ("", "rand_time = 9223372036854775807", ""),
+            "site.toml:9: connection[0].rand_time: 9223372036854775807 is more than 3650d (10 years)"
+                .into(),
+        ),
+        (
+            ("retransmit_limit = inf", "", ""),
+            "site.toml:2: ike.retransmit_limit: inf is more than 3650d (10 years)".into(),
+        ),
+    ] {
+        assert_eq!(
+            dir.load(&lifecycle(ike, conn, child)).unwrap_err(),
+            expected,
+            "{ike}{conn}{child}"
+        );
+    }
+}
+
+#[test]
+fn lifetimes_are_derived_as_swanctl_derives_them() {
+    let dir = Dir::new("lifetimes");
+    let child = |lines: &str| {
+        let config = dir.load(&lifecycle("", "", lines)).unwrap();
+        let child = &config.connections[0].policy.children[0];
+        (child.lifetime, child.rand_time)
+    };
+    let counts = |soft: Option<u64>, hard: Option<u64>| Lifetime {
+        soft: Limits {
+            bytes: soft,
+            ..times(3600, 3960).soft
+        },
+        hard: Limits {
+            bytes: hard,
+            ..times(3600, 3960).hard
+        },
+    };
+    assert_eq!(
+        child("rekey_time = \"2h\""),
+        (times(7200, 7920), secs(720)),
+        "life_time = rekey_time + 10 %, rand_time the difference"
+    );
+    assert_eq!(
+        child("life_time = \"66m\""),
+        (times(3600, 3960), secs(360)),
+        "rekey_time = life_time / 1.1"
+    );
+    assert_eq!(
+        child("rekey_time = 0"),
+        (Lifetime::default(), Duration::ZERO),
+        "0 is no limit"
+    );
+    assert_eq!(
+        child("life_time = 0"),
+        (Lifetime::default(), Duration::ZERO)
+    );
+    assert_eq!(
+        child("rekey_time = \"1h\"\nlife_time = 0"),
+        (
+            Lifetime {
+                soft: times(3600, 0).soft,
+                hard: Limits::default()
+            },
+            Duration::ZERO
+        )
+    );
+    assert_eq!(child("rand_time = 0").1, Duration::ZERO);
+    assert_eq!(
+        child("rekey_bytes = 1000").0,
+        counts(Some(1000), Some(1100))
+    );
+    assert_eq!(child("life_bytes = 1100").0, counts(Some(1000), Some(1100)));
+    assert_eq!(
+        child("rekey_bytes = 5").0,
+        counts(Some(5), Some(6)),
+        "+10 % rounded up, above the soft limit"
+    );
+    assert_eq!(
+        child("rekey_bytes = 10\nlife_bytes = 0").0,
+        counts(Some(10), None)
+    );
+    let (lifetime, _) = child("rekey_packets = 100\nlife_packets = 200");
+    assert_eq!(
+        (lifetime.soft.packets, lifetime.hard.packets),
+        (Some(100), Some(200))
+    );
+
+    let ike = |lines: &str| {
+        let config = dir.load(&lifecycle("", lines, "")).unwrap();
+        config.connections[0].policy.ike_lifetime
+    };
+    let ike_lifetime = |rekey: Option<u64>, over: u64, rand: u64| IkeLifetime {
+        rekey_time: rekey.map(secs),
+        over_time: secs(over),
+        rand_time: secs(rand),
+    };
+    assert_eq!(
+        ike("rekey_time = \"1h\""),
+        ike_lifetime(Some(3600), 360, 360)
+    );
+    assert_eq!(
+        ike("rekey_time = 0"),
+        ike_lifetime(None, 0, 0),
+        "never rekeys"
+    );
+    assert_eq!(
+        ike("over_time = \"1h\""),
+        ike_lifetime(Some(14_400), 3600, 3600)
+    );
+    assert_eq!(ike("rand_time = 0"), ike_lifetime(Some(14_400), 1440, 0));
+    assert_eq!(
+        dir.load(&lifecycle("", "dpd_delay = 0\nkeyingtries = 3", ""))
+            .map(|c| (
+                c.connections[0].policy.dpd_delay,
+                c.connections[0].policy.keyingtries
+            ))
+            .unwrap(),
+        (None, 3)
+    );
+    let retransmit = dir
+        .load(&lifecycle(
+            "retransmit_base = 2\nretransmit_tries = 7\nretransmit_jitter = 20\nretransmit_limit = 0",
+            "",
+            "",
+        ))
+        .unwrap()
+        .ike
+        .retransmit;
+    assert_eq!(
+        retransmit,
+        RetransmitPolicy {
+            base: 2.0,
+            tries: 7,
+            jitter_percent: 20,
+            limit: secs(3650 * 86_400),
+            ..RetransmitPolicy::default()
+        },
+        "retransmit_limit = 0 is strongSwan's no limit"
+    );
+}
+
+#[test]
+fn lifecycle_mistakes_name_file_line_and_key() {
+    let dir = Dir::new("lifecycle-errors");
+    let cases: &[((&str, &str, &str), &str)] = &[
+        (
+            ("", "", "rekey_time = \"1h\"\nlife_time = 3600"),
+            "site.toml:13: connection[0].children[0].life_time: must exceed rekey_time (3600)",
+        ),
+        (
+            ("", "", "rekey_bytes = 0\nlife_bytes = 1000"),
+            "site.toml:13: connection[0].children[0].life_bytes: needs a rekey_bytes above 0: the Child SA must be rekeyed before life_bytes ends it",
+        ),
+        (
+            ("", "", "rekey_time = 0\nlife_time = \"1h\""),
+            "site.toml:13: connection[0].children[0].life_time: needs a rekey_time above 0: the Child SA must be rekeyed before life_time ends it",
+        ),
+        (
+            ("", "", "life_packets = 1"),
+            "site.toml:12: connection[0].children[0].life_packets: needs a rekey_packets above 0: the Child SA must be rekeyed before life_packets ends it",
+        ),
+        (
+            ("", "", "rand_time = \"1h\""),
+            "site.toml:12: connection[0].children[0].rand_time: must be below rekey_time (3600)",
+        ),
+        (
+            ("", "", "rekey_time = \"1h\"\nlife_time = \"3h\""),
+            "site.toml:13: connection[0].children[0].rand_time: defaults to life_time − rekey_time (7200), which must be below rekey_time (3600): set it",
+        ),
+        (
+            ("", "over_time = 0", ""),
+            "site.toml:9: connection[0].over_time: must be above 0: it is the time a rekeying gets before the IKE SA ends",
+        ),
+        (
+            ("", "over_time = \"5h\"", ""),
+            "site.toml:9: connection[0].rand_time: defaults to over_time (18000), which must be below rekey_time (14400): set it",
+        ),
+        (
+            ("", "rand_time = \"4h\"", ""),
+            "site.toml:9: connection[0].rand_time: must be below rekey_time (14400)",
+        ),
+        (
+            ("retransmit_timeout = 0", "", ""),
+            "site.toml:2: ike.retransmit_timeout: must be above 0",
+        ),
+        (
+            ("retransmit_base = 0.5", "", ""),
+            "site.toml:2: ike.retransmit_base: must be at least 1",
+        ),
+        (
+            ("retransmit_base = nan", "", ""),
+            "site.toml:2: ike.retransmit_base: must be at least 1",
+        ),
+        (
+            ("retransmit_tries = 101", "", ""),
+            "site.toml:2: ike.retransmit_tries: must be at most 100",
+        ),
+        (
+            ("retransmit_jitter = 101", "", ""),
+            "site.toml:2: ike.retransmit_jitter: must be within 0..=100",
+        ),
+        (
+            ("retransmit_base = 10000", "", ""),
+            "site.toml:2: ike.retransmit_base: retransmit_timeout × retransmit_base^retransmit_tries is more than 1e18 s, a wait the engine cannot compute even when retransmit_limit caps it",
+        ),
+        (
+            ("retransmit_tries = 100", "", ""),
+            "site.toml:2: ike.retransmit_tries: retransmit_timeout × retransmit_base^retransmit_tries is more than 1e18 s, a wait the engine cannot compute even when retransmit_limit caps it",
+        ),
+    ];
+    for ((ike, conn, child), expected) in cases {
+        assert_eq!(
+            dir.load(&lifecycle(ike, conn, child)).unwrap_err(),
+            *expected,
+            "{ike}{conn}{child}"
+        );
+    }
+}
+
+#[test]
+fn actions_take_swanctl_names() {
+    let dir = Dir::new("actions");
+    let child = |lines: &str| {
+        let config = dir.load(&lifecycle("", "", lines)).unwrap();
+        let c = &config.connections[0];
+        let child = &c.policy.children[0];
+        (
+            c.start,
+            child.start_action,
+            child.dpd_action,
+            child.close_action,
+        )
+    };
+    use Action::{None as Clear, Start, Trap};
+    for (lines, expected) in [
+        ("start_action = \"none\"", (false, Clear, Clear, Clear)),
+        ("start_action = \"start\"", (true, Start, Clear, Clear)),
+        ("start_action = \"trap\"", (false, Trap, Clear, Clear)),
+        ("dpd_action = \"clear\"", (false, Clear, Clear, Clear)),
+        ("dpd_action = \"none\"", (false, Clear, Clear, Clear)),
+        ("dpd_action = \"restart\"", (false, Clear, Start, Clear)),
+        ("dpd_action = \"trap\"", (false, Clear, Trap, Clear)),
+        ("close_action = \"none\"", (false, Clear, Clear, Clear)),
+        ("close_action = \"clear\"", (false, Clear, Clear, Clear)),
+        ("close_action = \"trap\"", (false, Clear, Clear, Trap)),
+        ("close_action = \"start\"", (false, Clear, Clear, Start)),
+    ] {
+        assert_eq!(child(lines), expected, "{lines}");
+    }
+}
+
+#[test]
+fn start_true_is_start_action_start_for_every_child() {
+    let dir = Dir::new("start");
+    let config = dir
+        .load(&lifecycle(
+            "",
+            "start = true",
+            "[[connection.children]]\nname = \"d\"",
+        ))
+        .unwrap();
+    let c = &config.connections[0];
+    assert!(c.start);
+    let actions: Vec<Action> = c.policy.children.iter().map(|ch| ch.start_action).collect();
+    assert_eq!(actions, [Action::Start, Action::Start]);
+    let config = dir
+        .load(&lifecycle("", "start = false", "start_action = \"trap\""))
+        .unwrap();
+    assert!(!config.connections[0].start, "false is no shorthand");
+    assert_eq!(
+        dir.load(&edit("# start_action", "start_action = \"start\""))
+            .unwrap_err(),
+        "site.toml:48: connection[0].children[0].start_action: conflicts with connection[0].start = true (line 21), which means start_action = \"start\" for every child",
+        "the README example's commented-out line"
+    );
+    assert_eq!(
+        dir.load(&lifecycle("", "start = true", "start_action = \"none\""))
+            .unwrap_err(),
+        "site.toml:12: connection[0].children[0].start_action: conflicts with connection[0].start = true (line 9), which means start_action = \"start\" for every child"
+    );
+}
+
+#[test]
+fn action_mistakes_list_the_values_or_ask_for_remote_addrs() {
+    let dir = Dir::new("action-errors");
+    let key = "site.toml:12: connection[0].children[0]";
+    for (line, expected) in [
+        (
+            "start_action = \"restart\"",
+            format!(
+                "{key}.start_action: \"restart\": expected one of \"none\", \"start\", \"trap\""
+            ),
+        ),
+        (
+            "dpd_action = \"start\"",
+            format!(
+                "{key}.dpd_action: \"start\": expected one of \"clear\", \"restart\", \"trap\", \"none\""
+            ),
+        ),
+        (
+            "close_action = \"restart\"",
+            format!(
+                "{key}.close_action: \"restart\": expected one of \"none\", \"clear\", \"trap\", \"start\""
+            ),
+        ),
+    ] {
+        assert_eq!(dir.load(&lifecycle("", "", line)).unwrap_err(), expected);
+    }
+    // Without remote_addrs (one line less) only the actions that wait are allowed.
+    let anyone = |child: &str| {
+        dir.load(&lifecycle("", "", child).replace("remote_addrs = [\"192.0.2.2\"]\n", ""))
+    };
+    for ok in [
+        "start_action = \"none\"",
+        "dpd_action = \"clear\"",
+        "close_action = \"clear\"",
+    ] {
+        assert!(anyone(ok).is_ok(), "{ok}");
+    }
+    let key = "site.toml:11: connection[0].children[0]";
+    for (line, expected) in [
+        (
+            "start_action = \"start\"",
+            format!("{key}.start_action: start_action = \"start\" needs remote_addrs"),
+        ),
+        (
+            "start_action = \"trap\"",
+            format!("{key}.start_action: start_action = \"trap\" needs remote_addrs"),
+        ),
+        (
+            "dpd_action = \"restart\"",
+            format!("{key}.dpd_action: dpd_action = \"restart\" needs remote_addrs"),
+        ),
+        (
+            "dpd_action = \"trap\"",
+            format!("{key}.dpd_action: dpd_action = \"trap\" needs remote_addrs"),
+        ),
+        (
+            "close_action = \"start\"",
+            format!("{key}.close_action: close_action = \"start\" needs remote_addrs"),
+        ),
+        (
+            "close_action = \"trap\"",
+            format!("{key}.close_action: close_action = \"trap\" needs remote_addrs"),
+        ),
+    ] {
+        assert_eq!(anyone(line).unwrap_err(), expected);
+    }
 }

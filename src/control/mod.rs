@@ -143,6 +143,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         natt_port: listen.natt_port,
         cookie_threshold: config.ike.cookie_threshold,
         half_open_timeout: config.ike.half_open_timeout,
+        retransmit: config.ike.retransmit,
         unix_time_at_start,
         ..Settings::default()
     };
