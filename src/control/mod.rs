@@ -165,12 +165,9 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         natt_port: listen.natt_port,
         keepalives: HashMap::new(),
     };
-    for (index, c) in config
-        .connections
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.start)
-    {
+    // Every connection whose peer we know can be (re)initiated by the engine: at
+    // start-up, on demand, or after a failure.
+    for (index, c) in config.connections.iter().enumerate() {
         let Some(&remote_ip) = c.policy.remote_addrs.first() else {
             continue;
         };
@@ -180,11 +177,12 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
             None => route_source(remote).map_err(|e| c.origin.error(e).to_string())?,
         };
         let local = SocketAddr::new(local_ip, listen.ike_port);
-        println!("initiating {} {local} -> {remote}", c.policy.name);
-        if let Err(e) = daemon.endpoint.initiate(now(), index, local, remote) {
-            eprintln!("{}", c.origin.error(format!("cannot initiate: {e}")));
+        daemon.endpoint.add_peer(index, local, remote);
+        if c.start {
+            println!("initiating {} {local} -> {remote}", c.policy.name);
         }
     }
+    daemon.endpoint.start(now());
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut report = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;

@@ -413,13 +413,15 @@ charon_dies() {
 run_lifecycle() {
     lifecycle charon-rekeys-child charon_rekeys_child
     ESP=aes128gcm16-x25519 lifecycle charon-rekeys-child-pfs charon_rekeys_child
-    ESPTUN_CHILD='rekey_time = "6s"
-life_time = "30s"' lifecycle esptun-rekeys-child rekeyed_child
-    ESP=aes128gcm16-x25519 ESPTUN_CHILD='rekey_time = "6s"
-life_time = "30s"' lifecycle esptun-rekeys-child-pfs rekeyed_child
+    local child_lifetime='rekey_time = "6s"
+life_time = "30s"
+rand_time = "2s"'
+    ESPTUN_CHILD=$child_lifetime lifecycle esptun-rekeys-child rekeyed_child
+    ESP=aes128gcm16-x25519 ESPTUN_CHILD=$child_lifetime lifecycle esptun-rekeys-child-pfs rekeyed_child
     lifecycle charon-rekeys-ike charon_rekeys_ike
     ESPTUN_CONN='rekey_time = "6s"
-over_time = "30s"' lifecycle esptun-rekeys-ike rekeyed_ike
+over_time = "30s"
+rand_time = "2s"' lifecycle esptun-rekeys-ike rekeyed_ike
     lifecycle charon-deletes-child charon_deletes_child
     ESPTUN_CONN='dpd_delay = "2s"' ESPTUN_CHILD='dpd_action = "restart"' ESPTUN_TOP='[ike]
 retransmit_timeout = 1
