@@ -221,11 +221,7 @@ impl Endpoint {
                 }
             },
             Request::Announce { spi, old } => {
-                let mut requests = Vec::new();
-                let up = self.sas.get(&spi).and_then(|sa| {
-                    sa.summary(&self.shared.ctx(now, &HashMap::new(), &mut requests))
-                });
-                if let Some(up) = up {
+                if let Some(up) = self.sas.get(&spi).and_then(IkeSa::summary) {
                     self.shared.events.push_back(Event::IkeSaRekeyed {
                         old,
                         up: Box::new(up),
@@ -424,8 +420,8 @@ impl Endpoint {
             })
             .map(|(spi, _)| *spi);
         if let Some(spi) = established {
-            self.with_sa(now, spi, |sa, ctx| {
-                create_child::recreate_if_wanted(sa, ctx, child)
+            self.with_sa(now, spi, |sa, _| {
+                create_child::recreate_if_wanted(sa, child)
             });
             return;
         }
@@ -463,11 +459,15 @@ impl Endpoint {
     /// IKE SA with that peer exists, tell it with INVALID_SPI (RFC 7296 §2.21.4) so it
     /// replaces the Child SA instead of sending into the void.
     pub fn unknown_spi(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, spi: u32) {
-        let _ = local;
         let owner = self
             .sas
             .iter()
-            .find(|(_, sa)| sa.state == State::Established && sa.remote.ip() == remote.ip())
+            .find(|(_, sa)| {
+                sa.state == State::Established
+                    && !sa.superseded
+                    && sa.remote.ip() == remote.ip()
+                    && (local.ip().is_unspecified() || sa.local.ip() == local.ip())
+            })
             .map(|(spi, _)| *spi);
         if let Some(owner) = owner {
             self.with_sa(now, owner, |sa, ctx| {

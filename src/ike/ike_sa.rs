@@ -346,8 +346,7 @@ impl IkeSa {
     }
 
     /// The SA as [`IkeSaUp`] reports it, once authenticated.
-    pub fn summary(&self, ctx: &Ctx<'_>) -> Option<IkeSaUp> {
-        let _ = ctx;
+    pub fn summary(&self) -> Option<IkeSaUp> {
         Some(IkeSaUp {
             spi_i: self.spi_i,
             spi_r: self.spi_r,

@@ -13,19 +13,6 @@ use crate::wire::payload::{
 use crate::wire::{EncrId, EsnId, IntegId, KeGroup, NotifyType, ProtocolId, TransformType};
 use std::time::Duration;
 
-/// Notifies that refuse a Child SA but leave the IKE SA standing.
-const CHILD_ERRORS: [NotifyType; 9] = [
-    NotifyType::NO_PROPOSAL_CHOSEN,
-    NotifyType::TS_UNACCEPTABLE,
-    NotifyType::SINGLE_PAIR_REQUIRED,
-    NotifyType::INTERNAL_ADDRESS_FAILURE,
-    NotifyType::FAILED_CP_REQUIRED,
-    NotifyType::INVALID_SELECTORS,
-    NotifyType::TEMPORARY_FAILURE,
-    NotifyType::CHILD_SA_NOT_FOUND,
-    NotifyType::NO_ADDITIONAL_SAS,
-];
-
 /// Without ESN, sequence numbers run out after 2^32 packets (RFC 4303 §3.3.3): rekey
 /// this many packets before, and stop at the last one.
 const SEQ_SOFT_MARGIN: u64 = 1 << 22;
@@ -230,9 +217,10 @@ pub(super) fn restart_with(
     Ok(req)
 }
 
-/// The error notify of a refused Child SA, if the answer is one.
+/// The error notify of a refused Child SA, if the answer is one (inside IKE_AUTH,
+/// with AUTH present, any error concerns the Child SA and the IKE SA stands).
 pub(super) fn refusal(payloads: &[Payload]) -> Option<&NotifyPayload> {
-    notifies(payloads).find(|n| CHILD_ERRORS.contains(&n.notify_type) || n.notify_type.is_error())
+    notifies(payloads).find(|n| n.notify_type.is_error())
 }
 
 /// Initiator: checks the responder's answer and brings the Child SA up, sending

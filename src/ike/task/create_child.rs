@@ -182,7 +182,7 @@ fn failed(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize, old: Option<u32>, e: 
                 format!("CHILD_SA {name} {spi:08x}: the peer has no such SA"),
             );
             super::informational::remove_child(sa, ctx, spi);
-            recreate_if_wanted(sa, ctx, index);
+            recreate_if_wanted(sa, index);
         }
         Some(c) => {
             if c.state == ChildState::Rekeying {
@@ -218,8 +218,7 @@ fn failed(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize, old: Option<u32>, e: 
 }
 
 /// Queues a new Child SA for child `index` unless one is up or under way.
-pub(in super::super) fn recreate_if_wanted(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
-    let _ = ctx;
+pub(in super::super) fn recreate_if_wanted(sa: &mut IkeSa, index: usize) {
     let has = sa
         .children
         .iter()
@@ -311,7 +310,7 @@ pub(in super::super) fn activate_successors(sa: &mut IkeSa, ctx: &mut Ctx<'_>, o
     }
 }
 
-/// The child's active SA with the newest... any active SA of child `index`.
+/// True if child `index` has an SA that is neither replaced nor going away.
 pub(in super::super) fn has_active(sa: &IkeSa, index: usize) -> bool {
     sa.children
         .iter()

@@ -159,7 +159,7 @@ pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), E
 
 /// Reports the newly authenticated SA.
 fn announce(sa: &IkeSa, ctx: &mut Ctx<'_>) {
-    if let Some(up) = sa.summary(ctx) {
+    if let Some(up) = sa.summary() {
         ctx.events.push_back(Event::IkeSaUp(Box::new(up)));
     }
 }

@@ -132,7 +132,6 @@ fn successor(
     new.nat_detected = old.nat_detected;
     new.behind_nat = old.behind_nat;
     new.remote_id = old.remote_id.clone();
-    new.requester = super::super::exchange::Requester::new(ctx.settings.retransmit, 0);
     new.established(ctx);
     new
 }
@@ -141,7 +140,7 @@ fn successor(
 fn hand_over(old: &mut IkeSa, ctx: &mut Ctx<'_>, new: &mut IkeSa) {
     old.superseded = true;
     new.children = std::mem::take(&mut old.children);
-    if let Some(up) = new.summary(ctx) {
+    if let Some(up) = new.summary() {
         ctx.events.push_back(Event::IkeSaRekeyed {
             old: old.spi_i,
             up: Box::new(up),
@@ -325,7 +324,7 @@ fn answer(
     let ni = find_nonce(payloads).ok_or_else(|| Error::InvalidSyntax("no Nonce".into()))?;
     let with_their_group: Vec<Proposal> = offered
         .iter()
-        .filter(|p| proposal::group(p) == Some(ke.group) || offers_group(p, ke.group))
+        .filter(|p| offers_group(p, ke.group))
         .map(|p| Proposal {
             transforms: p
                 .transforms

@@ -46,7 +46,7 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
                     }
                     retire(sa, ctx, spi_in);
                     if was_active && !has_active(sa, index) {
-                        closed_by_peer(sa, ctx, index);
+                        closed_by_peer(sa, index);
                     }
                 }
                 if !ours.is_empty() {
@@ -71,7 +71,7 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
                         ),
                     );
                     remove_child(sa, ctx, spi_in);
-                    recreate_if_wanted(sa, ctx, index);
+                    recreate_if_wanted(sa, index);
                 }
             }
             Payload::Notify(n) if n.notify_type.is_error() => {
@@ -92,9 +92,9 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
 }
 
 /// The peer closed child `index`'s last SA: its `close_action` says what now.
-fn closed_by_peer(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
+fn closed_by_peer(sa: &mut IkeSa, index: usize) {
     if sa.policy.children[index].close_action == Action::Start {
-        recreate_if_wanted(sa, ctx, index);
+        recreate_if_wanted(sa, index);
     }
 }
 
@@ -163,7 +163,7 @@ pub(in super::super) fn expire_child(
     if was_active && !has_active(sa, index) {
         // Not replaced in time (the rekey failed): a child that should be up comes back.
         if sa.policy.children[index].start_action == Action::Start {
-            recreate_if_wanted(sa, ctx, index);
+            recreate_if_wanted(sa, index);
         }
     }
 }
