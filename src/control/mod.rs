@@ -58,14 +58,17 @@ pub fn run(options: Options) -> Result<(), String> {
     runtime.block_on(serve(config, options))
 }
 
-/// The address the kernel would send from to reach `remote`.
-fn route_source(remote: SocketAddr) -> Result<IpAddr, String> {
+/// The address the kernel would send from to reach `remote` with IKE, which carries
+/// `mark` (and so is not routed into the TUN).
+fn route_source(remote: SocketAddr, mark: u32) -> Result<IpAddr, String> {
     let any: SocketAddr = if remote.is_ipv4() {
         (IpAddr::from([0, 0, 0, 0]), 0).into()
     } else {
         (IpAddr::from([0u16; 8]), 0).into()
     };
     let probe = std::net::UdpSocket::bind(any).map_err(|e| e.to_string())?;
+    nix::sys::socket::setsockopt(&probe, nix::sys::socket::sockopt::Mark, &mark)
+        .map_err(|e| format!("SO_MARK: {e}"))?;
     probe
         .connect(remote)
         .map_err(|e| format!("no route to {remote}: {e}"))?;
@@ -107,7 +110,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
     for addr in &listen.addrs {
         for port in [listen.ike_port, listen.natt_port] {
             let bound = SocketAddr::new(*addr, port);
-            let socket = IkeSocket::bind(bound, port == listen.natt_port)
+            let socket = IkeSocket::bind(bound, port == listen.natt_port, config.dataplane.fwmark)
                 .map_err(|e| format!("bind {bound}: {e}"))?;
             println!("listening on {bound}");
             sockets.push(Arc::new(socket));
@@ -176,7 +179,8 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         let remote = SocketAddr::new(remote_ip, c.remote_port);
         let local_ip = match c.policy.local_addrs.first() {
             Some(ip) => *ip,
-            None => route_source(remote).map_err(|e| c.origin.error(e).to_string())?,
+            None => route_source(remote, config.dataplane.fwmark)
+                .map_err(|e| c.origin.error(e).to_string())?,
         };
         let local = SocketAddr::new(local_ip, listen.ike_port);
         println!("initiating {} {local} -> {remote}", c.policy.name);

@@ -24,7 +24,7 @@ use crate::config::{DataplaneSettings, Listen};
 use crate::esp::{InboundSa, OutboundSa, SaKeys};
 use crate::ike::{ChildSaUp, Lifetime, Limits};
 use crate::wire::IkeSpi;
-use crate::wire::payload::TsRange;
+use crate::wire::payload::{AddrRange, TsRange};
 use crossbeam_channel::Sender;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use route::Routes;
@@ -218,6 +218,7 @@ pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     sockets: Vec<(Transport, SocketAddr)>,
     installed: HashMap<u32, Installed>,
+    /// Our table and rules; dropping it removes them.
     routes: Routes,
     /// How many installed SAs route each prefix through the TUN.
     route_users: HashMap<(IpAddr, u8), usize>,
@@ -226,10 +227,17 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Creates the TUN device and starts the workers. The control thread must
-    /// already have bound the NAT-T port with SO_REUSEPORT: its socket is the first of
-    /// the port's group, where the steering program sends IKE.
+    /// Takes over the routing table, creates the TUN device and starts the workers.
+    /// The control thread must already have bound the NAT-T port with SO_REUSEPORT:
+    /// its socket is the first of the port's group, where the steering program sends
+    /// IKE.
     pub fn start(settings: &DataplaneSettings, listen: &Listen) -> io::Result<Self> {
+        let routes = Routes::claim(settings.route_table, settings.fwmark).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("routing table {}: {e}", settings.route_table),
+            )
+        })?;
         let n = settings.workers;
         let mtu = settings.path_mtu - TUN_MTU_OVERHEAD;
         let build = |offload: bool| {
@@ -265,7 +273,7 @@ impl Dataplane {
         let sockets = socket::addresses(listen);
         let mut worker_sockets: Vec<EspSockets> = Vec::new();
         for index in 0..n {
-            worker_sockets.push(EspSockets::open(&sockets, index, n)?);
+            worker_sockets.push(EspSockets::open(&sockets, index, n, settings.fwmark)?);
         }
         let mut workers = Vec::new();
         for (index, (queue, sockets)) in queues.into_iter().zip(worker_sockets).enumerate() {
@@ -294,15 +302,16 @@ impl Dataplane {
             workers,
             sockets,
             installed: HashMap::new(),
-            routes: Routes::open()?,
+            routes,
             route_users: HashMap::new(),
             offload,
         })
     }
 
     /// Installs both directions of a Child SA and routes its remote selectors
-    /// through the TUN. Fails only before anything is installed; a route the kernel
-    /// refuses is reported and skipped.
+    /// through the TUN, from one of this host's addresses within its local selectors.
+    /// Fails only before anything is installed; a route the kernel refuses is
+    /// reported and skipped.
     pub fn install(&mut self, c: &ChildSaUp) -> Result<(), String> {
         let transport = if c.encap {
             Transport::Udp
@@ -368,34 +377,35 @@ impl Dataplane {
             w.send(Command::Outbound(outbound.clone()));
         }
         let mut routes = Vec::new();
-        for ts in &c.remote_ts {
-            for prefix in ts.addrs.cidrs() {
-                if covers(prefix, c.remote.ip()) {
-                    // Routing the peer itself into the tunnel would loop every ESP packet.
+        let mut sources: Option<Vec<IpAddr>> = None;
+        for prefix in c.remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
+            if !self.route_users.contains_key(&prefix) {
+                let sources = match &sources {
+                    Some(s) => s,
+                    None => {
+                        let ours = self.addresses();
+                        sources.insert(
+                            ours.into_iter()
+                                .filter(|&a| c.local_ts.iter().any(|t| holds(&t.addrs, a)))
+                                .collect(),
+                        )
+                    }
+                };
+                // The SA is already with the workers and stays installed (and
+                // tracked, so it is removed later); only this route is missing.
+                if let Err(e) = self
+                    .routes
+                    .add(prefix, self.tun_index, source(sources, prefix.0))
+                {
                     eprintln!(
-                        "not routing {}/{} into {}: it holds the peer {}",
-                        prefix.0,
-                        prefix.1,
-                        self.settings.tun,
-                        c.remote.ip()
+                        "route {}/{} into {}: {e}",
+                        prefix.0, prefix.1, self.settings.tun
                     );
                     continue;
                 }
-                let users = self.route_users.entry(prefix).or_default();
-                if *users == 0 {
-                    // The SA is already with the workers and stays installed (and
-                    // tracked, so it is removed later); only this route is missing.
-                    if let Err(e) = self.routes.add(prefix.0, prefix.1, self.tun_index) {
-                        eprintln!(
-                            "route {}/{} via {}: {e}",
-                            prefix.0, prefix.1, self.settings.tun
-                        );
-                        continue;
-                    }
-                }
-                *users += 1;
-                routes.push(prefix);
             }
+            *self.route_users.entry(prefix).or_default() += 1;
+            routes.push(prefix);
         }
         self.installed.insert(
             c.spi_in,
@@ -410,6 +420,14 @@ impl Dataplane {
             },
         );
         Ok(())
+    }
+
+    /// This host's addresses; none (so routes get no source) if the kernel will not say.
+    fn addresses(&mut self) -> Vec<IpAddr> {
+        self.routes.addresses().unwrap_or_else(|e| {
+            eprintln!("cannot list this host's addresses: {e}");
+            Vec::new()
+        })
     }
 
     /// Removes a Child SA; returns its final counters line.
@@ -428,7 +446,7 @@ impl Dataplane {
             *users -= 1;
             if *users == 0 {
                 self.route_users.remove(prefix);
-                if let Err(e) = self.routes.delete(prefix.0, prefix.1, self.tun_index) {
+                if let Err(e) = self.routes.delete(*prefix, self.tun_index) {
                     eprintln!("remove route {}/{}: {e}", prefix.0, prefix.1);
                 }
             }
@@ -513,17 +531,19 @@ fn describe(spi_in: u32, sa: &Installed) -> String {
     )
 }
 
-/// True if `prefix` holds `addr`.
-fn covers((net, len): (IpAddr, u8), addr: IpAddr) -> bool {
-    match (net, addr) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(n) & mask == u128::from(a) & mask
-        }
+/// True if `range` holds `addr`.
+fn holds(range: &AddrRange, addr: IpAddr) -> bool {
+    match (*range, addr) {
+        (AddrRange::V4(s, e), IpAddr::V4(a)) => s <= a && a <= e,
+        (AddrRange::V6(s, e), IpAddr::V6(a)) => s <= a && a <= e,
         _ => false,
     }
+}
+
+/// The source for a route to `dst`: the first of `sources` of its family.
+fn source(sources: &[IpAddr], dst: IpAddr) -> Option<IpAddr> {
+    sources
+        .iter()
+        .copied()
+        .find(|s| s.is_ipv4() == dst.is_ipv4())
 }
