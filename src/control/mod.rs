@@ -318,6 +318,7 @@ impl Daemon {
                         }
                     }
                 }
+                Event::ChildSaOutbound { spi_in, .. } => self.dataplane.activate(*spi_in),
                 Event::ChildSaDown { spi_in, .. } => {
                     if let Some(line) = self.dataplane.remove(*spi_in) {
                         println!("{line}");

@@ -145,6 +145,9 @@ impl Traffic {
 pub struct Outbound {
     sa: OutboundSa,
     spi: u32,
+    /// Our inbound SPI, which names the Child SA everywhere (the outbound SPI is the
+    /// peer's choice and need not be unique).
+    id: u32,
     /// Our selectors: the packet's source must be within them.
     local_ts: Vec<TsRange>,
     /// The peer's: the packet's destination must be within them.
@@ -173,12 +176,12 @@ pub struct Inbound {
 
 /// What the control thread tells a worker.
 enum Command {
-    /// Add an outbound SA to the policy table (every worker).
+    /// Send with this SA, ahead of every older one (every worker).
     Outbound(Arc<Outbound>),
     /// Take ownership of an inbound SA (the worker its SPI is steered to).
     Inbound(u32, Box<Inbound>),
-    /// Forget both directions of a Child SA.
-    Remove { spi_in: u32, spi_out: u32 },
+    /// Forget both directions of the Child SA with this inbound SPI.
+    Remove(u32),
     /// Leave the loop.
     Stop,
 }
@@ -205,6 +208,8 @@ struct Installed {
     name: String,
     inbound: Arc<Traffic>,
     outbound: Arc<Outbound>,
+    /// The workers send with it.
+    active: bool,
     routes: Vec<(IpAddr, u8)>,
     lifetime: Lifetime,
     /// Soft and hard limits already reported.
@@ -308,11 +313,15 @@ impl Dataplane {
         })
     }
 
-    /// Installs both directions of a Child SA and routes its remote selectors
-    /// through the TUN, from one of this host's addresses within its local selectors.
-    /// Fails only before anything is installed; a route the kernel refuses is
-    /// reported and skipped.
+    /// Installs a Child SA: its inbound side at once, its outbound side too if
+    /// [`ChildSaUp::outbound`] says so (otherwise at [`Dataplane::activate`]). Its
+    /// remote selectors are routed through the TUN, from one of this host's addresses
+    /// within its local selectors. Fails only before anything is installed; a route
+    /// the kernel refuses is reported and skipped.
     pub fn install(&mut self, c: &ChildSaUp) -> Result<(), String> {
+        if self.installed.contains_key(&c.spi_in) {
+            return Err(format!("inbound SPI {:08x} is installed already", c.spi_in));
+        }
         let transport = if c.encap {
             Transport::Udp
         } else {
@@ -349,6 +358,7 @@ impl Dataplane {
         let outbound = Arc::new(Outbound {
             sa: out_sa,
             spi: c.spi_out,
+            id: c.spi_in,
             local_ts: c.local_ts.clone(),
             remote_ts: c.remote_ts.clone(),
             socket,
@@ -373,8 +383,10 @@ impl Dataplane {
         // Inbound first: the peer may send as soon as it has installed its side.
         self.workers[socket::owner(c.spi_in, self.workers.len())]
             .send(Command::Inbound(c.spi_in, inbound));
-        for w in &self.workers {
-            w.send(Command::Outbound(outbound.clone()));
+        if c.outbound {
+            for w in &self.workers {
+                w.send(Command::Outbound(outbound.clone()));
+            }
         }
         let mut routes = Vec::new();
         let mut sources: Option<Vec<IpAddr>> = None;
@@ -414,6 +426,7 @@ impl Dataplane {
                 name: c.child.clone(),
                 inbound: traffic,
                 outbound,
+                active: c.outbound,
                 routes,
                 lifetime: c.lifetime,
                 reported: (false, false),
@@ -430,14 +443,26 @@ impl Dataplane {
         })
     }
 
-    /// Removes a Child SA; returns its final counters line.
+    /// Sends with the Child SA whose inbound SPI is `spi_in` from now on, ahead of every
+    /// older SA.
+    pub fn activate(&mut self, spi_in: u32) {
+        let Some(sa) = self.installed.get_mut(&spi_in) else {
+            return;
+        };
+        if !sa.active {
+            sa.active = true;
+            for w in &self.workers {
+                w.send(Command::Outbound(sa.outbound.clone()));
+            }
+        }
+    }
+
+    /// Removes the Child SA whose inbound SPI is `spi_in`, both directions, and
+    /// returns its final counters line.
     pub fn remove(&mut self, spi_in: u32) -> Option<String> {
         let sa = self.installed.remove(&spi_in)?;
         for w in &self.workers {
-            w.send(Command::Remove {
-                spi_in,
-                spi_out: sa.outbound.spi,
-            });
+            w.send(Command::Remove(spi_in));
         }
         for prefix in &sa.routes {
             let Some(users) = self.route_users.get_mut(prefix) else {

@@ -31,8 +31,7 @@ pub struct Worker {
     commands: Receiver<Command>,
     wake: Arc<EventFd>,
     drops: Arc<Drops>,
-    /// The security policy database: outbound SAs in installation order.
-    outbound: Vec<Arc<Outbound>>,
+    spd: Spd,
     /// Inbound SAs this worker owns, by SPI.
     inbound: HashMap<u32, Box<Inbound>>,
     batch: Batch,
@@ -46,6 +45,30 @@ pub struct Worker {
     gso: Vec<u8>,
     gro: GROTable,
     lens: Vec<usize>,
+}
+
+/// The security policy database: outbound SAs, the one activated last first, so
+/// that it carries what older SAs with the same selectors would.
+#[derive(Default)]
+struct Spd(Vec<Arc<Outbound>>);
+
+impl Spd {
+    fn activate(&mut self, sa: Arc<Outbound>) {
+        self.0.insert(0, sa);
+    }
+
+    /// Forgets the SA installed as inbound SPI `id`, and no other (outbound SPIs are
+    /// the peers' choice: two peers may pick the same).
+    fn remove(&mut self, id: u32) {
+        self.0.retain(|sa| sa.id != id);
+    }
+
+    /// The index of the SA for `flow`.
+    fn lookup(&self, flow: &Flow) -> Option<usize> {
+        self.0
+            .iter()
+            .position(|sa| flow.selected(&sa.local_ts, &sa.remote_ts))
+    }
 }
 
 /// A sealed packet waiting to be sent: which buffer, where ESP starts, and which SA
@@ -73,7 +96,7 @@ impl Worker {
             commands,
             wake,
             drops,
-            outbound: Vec::new(),
+            spd: Spd::default(),
             inbound: HashMap::new(),
             batch: Batch::new(BATCH),
             tx: buffers(),
@@ -135,13 +158,13 @@ impl Worker {
     fn apply_commands(&mut self) -> bool {
         while let Ok(c) = self.commands.try_recv() {
             match c {
-                Command::Outbound(sa) => self.outbound.push(sa),
+                Command::Outbound(sa) => self.spd.activate(sa),
                 Command::Inbound(spi, sa) => {
                     self.inbound.insert(spi, sa);
                 }
-                Command::Remove { spi_in, spi_out } => {
-                    self.inbound.remove(&spi_in);
-                    self.outbound.retain(|sa| sa.spi != spi_out);
+                Command::Remove(id) => {
+                    self.inbound.remove(&id);
+                    self.spd.remove(id);
                 }
                 Command::Stop => return false,
             }
@@ -175,7 +198,7 @@ impl Worker {
         for i in 0..count {
             let buf = &mut self.tx[i];
             buf.truncate(HEADROOM + self.sizes[i]);
-            match seal(&self.outbound, buf) {
+            match seal(&self.spd, buf) {
                 Ok((head, sa)) => sealed.push(Sealed { buf: i, head, sa }),
                 Err(Refused::Drop(why)) => self.drops.count(why),
                 Err(Refused::TooBig(icmp)) => {
@@ -194,7 +217,7 @@ impl Worker {
         }
         // One send per run of packets with the same SA (usually the whole batch).
         for run in sealed.chunk_by(|a, b| a.sa == b.sa) {
-            let sa = &self.outbound[run[0].sa];
+            let sa = &self.spd.0[run[0].sa];
             let packets: Vec<&[u8]> = run.iter().map(|s| &self.tx[s.buf][s.head..]).collect();
             let socket = &self.sockets.0[sa.socket];
             let failed = self.batch.send(socket, &packets, sa.peer, sa.local);
@@ -268,14 +291,11 @@ enum Refused {
 }
 
 /// Finds the SA for the packet at `buf[HEADROOM..]` and seals it in place.
-fn seal(spd: &[Arc<Outbound>], buf: &mut Vec<u8>) -> Result<(usize, usize), Refused> {
+fn seal(spd: &Spd, buf: &mut Vec<u8>) -> Result<(usize, usize), Refused> {
     let packet = &buf[HEADROOM..];
     let flow = Flow::parse(packet).ok_or(Refused::Drop(DropReason::Malformed))?;
-    let index = spd
-        .iter()
-        .position(|sa| flow.selected(&sa.local_ts, &sa.remote_ts))
-        .ok_or(Refused::Drop(DropReason::NoSa))?;
-    let sa = &spd[index];
+    let index = spd.lookup(&flow).ok_or(Refused::Drop(DropReason::NoSa))?;
+    let sa = &spd.0[index];
     if sa.traffic.reached(&sa.hard).is_some() {
         return Err(Refused::Drop(DropReason::Expired));
     }
@@ -329,4 +349,95 @@ fn open(
     }
     sa.traffic.add(packet.len());
     Ok(inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Encr, Secret};
+    use crate::esp::{OutboundSa, SaKeys};
+    use crate::ike::Limits;
+    use crate::wire::payload::{AddrRange, TsRange};
+    use std::net::Ipv4Addr;
+
+    fn net(a: [u8; 4], b: [u8; 4]) -> TsRange {
+        TsRange {
+            ip_protocol: 0,
+            start_port: 0,
+            end_port: u16::MAX,
+            addrs: AddrRange::V4(Ipv4Addr::from(a), Ipv4Addr::from(b)),
+        }
+    }
+
+    /// An SA installed as inbound SPI `id`, sending with the peer's `spi` to `remote`.
+    fn outbound(id: u32, spi: u32, remote: TsRange) -> Arc<Outbound> {
+        let (key, none) = (Secret::new(vec![7; 20]), Secret::new(Vec::new()));
+        let sa = OutboundSa::new(&SaKeys {
+            spi,
+            encr: Encr::AesGcm16 { key_len: 16 },
+            integ: None,
+            esn: false,
+            encryption: &key,
+            integrity: &none,
+        })
+        .unwrap();
+        Arc::new(Outbound {
+            sa,
+            spi,
+            id,
+            local_ts: vec![net([10, 1, 0, 0], [10, 1, 0, 255])],
+            remote_ts: vec![remote],
+            socket: 0,
+            peer: "192.0.2.2:0".parse().unwrap(),
+            local: "192.0.2.1".parse().unwrap(),
+            max_inner: 1400,
+            hard: Limits::default(),
+            traffic: super::super::Traffic::default(),
+        })
+    }
+
+    fn to(dst: [u8; 4]) -> Flow {
+        Flow {
+            src: IpAddr::from([10, 1, 0, 2]),
+            dst: IpAddr::from(dst),
+            protocol: 1,
+            src_port: Some(0x0800),
+            dst_port: Some(0x0800),
+            dont_fragment: false,
+        }
+    }
+
+    fn ids(spd: &Spd) -> Vec<u32> {
+        spd.0.iter().map(|sa| sa.id).collect()
+    }
+
+    #[test]
+    fn the_sa_activated_last_carries_what_older_ones_cover() {
+        let mut spd = Spd::default();
+        spd.activate(outbound(1, 0x100, net([10, 2, 0, 0], [10, 2, 0, 255])));
+        spd.activate(outbound(2, 0x200, net([10, 2, 0, 0], [10, 2, 255, 255])));
+        assert_eq!(spd.lookup(&to([10, 2, 0, 5])), Some(0));
+        assert_eq!(spd.0[0].id, 2);
+        assert_eq!(spd.lookup(&to([10, 2, 9, 5])), Some(0));
+        assert_eq!(spd.lookup(&to([10, 3, 0, 1])), None);
+        // A rekey: the new SA takes over; the old one is found again once it goes.
+        spd.activate(outbound(3, 0x300, net([10, 2, 0, 0], [10, 2, 255, 255])));
+        assert_eq!(ids(&spd), [3, 2, 1]);
+        spd.remove(3);
+        spd.remove(2);
+        assert_eq!(spd.0[spd.lookup(&to([10, 2, 0, 5])).unwrap()].id, 1);
+    }
+
+    #[test]
+    fn removal_is_by_install_id_even_when_peers_share_an_outbound_spi() {
+        let mut spd = Spd::default();
+        // Two peers chose the same SPI for their inbound SAs (our outbound ones).
+        spd.activate(outbound(1, 0xabcd, net([10, 2, 0, 0], [10, 2, 0, 255])));
+        spd.activate(outbound(2, 0xabcd, net([10, 3, 0, 0], [10, 3, 0, 255])));
+        spd.remove(2);
+        assert_eq!(ids(&spd), [1]);
+        assert_eq!(spd.lookup(&to([10, 2, 0, 5])), Some(0));
+        spd.remove(0xabcd);
+        assert_eq!(ids(&spd), [1], "an outbound SPI names nothing");
+    }
 }
