@@ -12,6 +12,15 @@
 //!
 //! The control thread installs and removes SAs with messages that workers apply
 //! between batches.
+//!
+//! Fail closed: every configured child is [`Dataplane::protect`]ed from start-up to
+//! shutdown. Its remote selectors are routed into the TUN (in esptun's own table, see
+//! [`route`]) whether or not it has an SA, and a packet for it without an SA is held
+//! in a small queue and an SA asked for ([`DataplaneEvent::Acquire`]), never sent in
+//! clear. When several SAs match a packet, the one activated last carries it, so a
+//! rekey is make-before-break: the new inbound SA is installed first, the outbound
+//! one is activated once the peer has its side, and the old SA keeps opening
+//! stragglers until it is removed.
 
 mod packet;
 mod route;
@@ -36,6 +45,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 /// Outer IPv6 header, UDP header, ESP header, an 8-byte IV, at most 3 bytes of
@@ -63,11 +73,14 @@ pub enum DropReason {
     Expired,
     /// The kernel refused to send or deliver it.
     Io,
+    /// Outbound: for a protected child without SA, but its hold queue was full (the
+    /// oldest held packet goes) or the packet too big to keep.
+    HoldOverflow,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::NoSa,
         DropReason::Replay,
         DropReason::BadIcv,
@@ -76,6 +89,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::Expired,
         DropReason::Io,
+        DropReason::HoldOverflow,
     ];
 
     /// The name in reports.
@@ -89,6 +103,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::Expired => "expired",
             DropReason::Io => "io",
+            DropReason::HoldOverflow => "hold_overflow",
         }
     }
 }
@@ -141,6 +156,38 @@ impl Traffic {
     }
 }
 
+/// What the data plane tells the control thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataplaneEvent {
+    /// A packet for a protected child without SA is held: negotiate one. Sent at most
+    /// once a second per child and worker.
+    Acquire {
+        /// The connection's index in the configuration (the engine's policy index).
+        policy: usize,
+        /// The child's index in the connection.
+        child: usize,
+    },
+    /// ESP arrived for an SPI no worker has. Sent at most once a second per peer and
+    /// SPI, and a few times a second per worker in all.
+    UnknownSpi {
+        /// The socket it arrived on: its bound address, which may be a wildcard.
+        local: SocketAddr,
+        /// The sender.
+        remote: SocketAddr,
+        /// The SPI.
+        spi: u32,
+    },
+}
+
+/// A configured child's selectors, which workers hold packets for while no SA
+/// covers them.
+struct Protection {
+    policy: usize,
+    child: usize,
+    local_ts: Vec<TsRange>,
+    remote_ts: Vec<TsRange>,
+}
+
 /// An outbound Child SA with its policy, shared by every worker.
 pub struct Outbound {
     sa: OutboundSa,
@@ -148,6 +195,9 @@ pub struct Outbound {
     /// Our inbound SPI, which names the Child SA everywhere (the outbound SPI is the
     /// peer's choice and need not be unique).
     id: u32,
+    /// The protected child it serves: its held packets go out with it.
+    policy: usize,
+    child: usize,
     /// Our selectors: the packet's source must be within them.
     local_ts: Vec<TsRange>,
     /// The peer's: the packet's destination must be within them.
@@ -176,7 +226,10 @@ pub struct Inbound {
 
 /// What the control thread tells a worker.
 enum Command {
-    /// Send with this SA, ahead of every older one (every worker).
+    /// Hold packets for a child while no SA covers them (every worker).
+    Protect(Arc<Protection>),
+    /// Send with this SA, ahead of every older one, starting with the packets held
+    /// for its child (every worker).
     Outbound(Arc<Outbound>),
     /// Take ownership of an inbound SA (the worker its SPI is steered to).
     Inbound(u32, Box<Inbound>),
@@ -210,10 +263,13 @@ struct Installed {
     outbound: Arc<Outbound>,
     /// The workers send with it.
     active: bool,
+    /// Routes it added (its remote selectors no protected route covers).
     routes: Vec<(IpAddr, u8)>,
     lifetime: Lifetime,
     /// Soft and hard limits already reported.
     reported: (bool, bool),
+    /// Inbound packets at the last [`Dataplane::inbound_active`].
+    seen: u64,
 }
 
 /// The running data plane: the TUN device, the workers, the installed SAs.
@@ -223,20 +279,28 @@ pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     sockets: Vec<(Transport, SocketAddr)>,
     installed: HashMap<u32, Installed>,
+    /// Prefixes of protected children, routed from start-up until shutdown.
+    protected: Vec<(IpAddr, u8)>,
+    /// How many installed SAs route each prefix no protected one covers.
+    route_users: HashMap<(IpAddr, u8), usize>,
     /// Our table and rules; dropping it removes them.
     routes: Routes,
-    /// How many installed SAs route each prefix through the TUN.
-    route_users: HashMap<(IpAddr, u8), usize>,
     /// Whether the TUN carries virtio-net headers (GSO/GRO).
     pub offload: bool,
 }
 
+/// Packets each worker holds per protected child while no SA covers them.
+const HOLD_PACKETS: usize = 32;
+
 impl Dataplane {
-    /// Takes over the routing table, creates the TUN device and starts the workers.
-    /// The control thread must already have bound the NAT-T port with SO_REUSEPORT:
-    /// its socket is the first of the port's group, where the steering program sends
-    /// IKE.
-    pub fn start(settings: &DataplaneSettings, listen: &Listen) -> io::Result<Self> {
+    /// Takes over the routing table, creates the TUN device and starts the workers;
+    /// returns with it the receiver of the workers' events. The control thread must
+    /// already have bound the NAT-T port with SO_REUSEPORT: its socket is the first of
+    /// the port's group, where the steering program sends IKE.
+    pub fn start(
+        settings: &DataplaneSettings,
+        listen: &Listen,
+    ) -> io::Result<(Self, UnboundedReceiver<DataplaneEvent>)> {
         let routes = Routes::claim(settings.route_table, settings.fwmark).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -280,6 +344,7 @@ impl Dataplane {
         for index in 0..n {
             worker_sockets.push(EspSockets::open(&sockets, index, n, settings.fwmark)?);
         }
+        let (events, receiver) = unbounded_channel();
         let mut workers = Vec::new();
         for (index, (queue, sockets)) in queues.into_iter().zip(worker_sockets).enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
@@ -289,11 +354,20 @@ impl Dataplane {
             )?);
             let drops = Arc::new(Drops::default());
             queue.set_nonblocking(true)?;
-            let (w_wake, w_drops) = (wake.clone(), drops.clone());
+            let (w_wake, w_drops, w_events) = (wake.clone(), drops.clone(), events.clone());
+            let hold_size = usize::from(mtu);
             // Built on its own thread: the batch headers hold raw pointers (not Send).
             let thread = std::thread::Builder::new()
                 .name(format!("esp-worker-{index}"))
-                .spawn(move || worker::Worker::new(queue, sockets, rx, w_wake, w_drops).run())?;
+                .spawn(move || {
+                    let channels = worker::Channels {
+                        commands: rx,
+                        wake: w_wake,
+                        drops: w_drops,
+                        events: w_events,
+                    };
+                    worker::Worker::new(queue, sockets, channels, hold_size).run();
+                })?;
             workers.push(WorkerHandle {
                 commands: tx,
                 wake,
@@ -301,23 +375,88 @@ impl Dataplane {
                 thread: Some(thread),
             });
         }
-        Ok(Self {
+        let dataplane = Self {
             settings: settings.clone(),
             tun_index,
             workers,
             sockets,
             installed: HashMap::new(),
-            routes,
+            protected: Vec::new(),
             route_users: HashMap::new(),
+            routes,
             offload,
+        };
+        Ok((dataplane, receiver))
+    }
+
+    /// Protects child `child` of connection `policy` (`name` in logs) until shutdown:
+    /// routes the prefixes of `remote_ts` into the TUN, from one of this host's
+    /// addresses within `local_ts` when there is one, and has the workers hold packets
+    /// from `local_ts` to `remote_ts` that no SA covers and ask for an SA. The caller
+    /// resolves dynamic selectors to the IKE addresses. Fails if a route cannot be
+    /// added, since its packets would otherwise leave in clear.
+    pub fn protect(
+        &mut self,
+        policy: usize,
+        child: usize,
+        name: &str,
+        local_ts: &[TsRange],
+        remote_ts: &[TsRange],
+    ) -> Result<(), String> {
+        let protection = Arc::new(Protection {
+            policy,
+            child,
+            local_ts: local_ts.to_vec(),
+            remote_ts: remote_ts.to_vec(),
+        });
+        for w in &self.workers {
+            w.send(Command::Protect(protection.clone()));
+        }
+        let ours = self.addresses();
+        let sources: Vec<IpAddr> = ours
+            .iter()
+            .copied()
+            .filter(|&a| local_ts.iter().any(|t| holds(&t.addrs, a)))
+            .collect();
+        for prefix in remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
+            if self.protected.contains(&prefix) {
+                continue;
+            }
+            if let Some(own) = ours.iter().find(|&&a| covers(prefix, a)) {
+                eprintln!(
+                    "{name}: {}/{} holds this host's address {own}: its neighbours there are reached through {}",
+                    prefix.0, prefix.1, self.settings.tun
+                );
+            }
+            // A route an SA added already is ours; it just stops being the SA's.
+            if self.route_users.remove(&prefix).is_none() {
+                self.routes
+                    .add(prefix, self.tun_index, source(&sources, prefix.0))
+                    .map_err(|e| {
+                        format!(
+                            "{name}: route {}/{} into {}: {e}",
+                            prefix.0, prefix.1, self.settings.tun
+                        )
+                    })?;
+            }
+            self.protected.push(prefix);
+        }
+        Ok(())
+    }
+
+    /// This host's addresses; none (so routes get no source) if the kernel will not say.
+    fn addresses(&mut self) -> Vec<IpAddr> {
+        self.routes.addresses().unwrap_or_else(|e| {
+            eprintln!("cannot list this host's addresses: {e}");
+            Vec::new()
         })
     }
 
     /// Installs a Child SA: its inbound side at once, its outbound side too if
     /// [`ChildSaUp::outbound`] says so (otherwise at [`Dataplane::activate`]). Its
-    /// remote selectors are routed through the TUN, from one of this host's addresses
-    /// within its local selectors. Fails only before anything is installed; a route
-    /// the kernel refuses is reported and skipped.
+    /// remote selectors that no protected route covers are routed through the TUN
+    /// while it lives. Fails only before anything is installed; a route the kernel
+    /// refuses is reported and skipped.
     pub fn install(&mut self, c: &ChildSaUp) -> Result<(), String> {
         if self.installed.contains_key(&c.spi_in) {
             return Err(format!("inbound SPI {:08x} is installed already", c.spi_in));
@@ -359,6 +498,8 @@ impl Dataplane {
             sa: out_sa,
             spi: c.spi_out,
             id: c.spi_in,
+            policy: c.policy,
+            child: c.child_index,
             local_ts: c.local_ts.clone(),
             remote_ts: c.remote_ts.clone(),
             socket,
@@ -388,9 +529,34 @@ impl Dataplane {
                 w.send(Command::Outbound(outbound.clone()));
             }
         }
+        let routes = self.route_negotiated(c);
+        self.installed.insert(
+            c.spi_in,
+            Installed {
+                spi_i: c.spi_i,
+                name: c.child.clone(),
+                inbound: traffic,
+                outbound,
+                active: c.outbound,
+                routes,
+                lifetime: c.lifetime,
+                reported: (false, false),
+                seen: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Routes the SA's remote prefixes that no protected route covers (those of a
+    /// child whose peer was unknown at start-up: dynamic selectors, any peer);
+    /// returns the prefixes it now uses.
+    fn route_negotiated(&mut self, c: &ChildSaUp) -> Vec<(IpAddr, u8)> {
         let mut routes = Vec::new();
         let mut sources: Option<Vec<IpAddr>> = None;
         for prefix in c.remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
+            if self.protected.iter().any(|&p| within(prefix, p)) {
+                continue;
+            }
             if !self.route_users.contains_key(&prefix) {
                 let sources = match &sources {
                     Some(s) => s,
@@ -419,32 +585,11 @@ impl Dataplane {
             *self.route_users.entry(prefix).or_default() += 1;
             routes.push(prefix);
         }
-        self.installed.insert(
-            c.spi_in,
-            Installed {
-                spi_i: c.spi_i,
-                name: c.child.clone(),
-                inbound: traffic,
-                outbound,
-                active: c.outbound,
-                routes,
-                lifetime: c.lifetime,
-                reported: (false, false),
-            },
-        );
-        Ok(())
-    }
-
-    /// This host's addresses; none (so routes get no source) if the kernel will not say.
-    fn addresses(&mut self) -> Vec<IpAddr> {
-        self.routes.addresses().unwrap_or_else(|e| {
-            eprintln!("cannot list this host's addresses: {e}");
-            Vec::new()
-        })
+        routes
     }
 
     /// Sends with the Child SA whose inbound SPI is `spi_in` from now on, ahead of every
-    /// older SA.
+    /// older SA, starting with the packets held for its child.
     pub fn activate(&mut self, spi_in: u32) {
         let Some(sa) = self.installed.get_mut(&spi_in) else {
             return;
@@ -488,6 +633,18 @@ impl Dataplane {
             .map(|(&spi, _)| spi)
             .collect();
         spis.into_iter().filter_map(|s| self.remove(s)).collect()
+    }
+
+    /// Inbound SPIs of the Child SAs that opened packets since the last call (the
+    /// peer is alive).
+    pub fn inbound_active(&mut self) -> Vec<u32> {
+        self.installed
+            .iter_mut()
+            .filter_map(|(&spi, sa)| {
+                let (packets, _) = sa.inbound.get();
+                (std::mem::replace(&mut sa.seen, packets) != packets).then_some(spi)
+            })
+            .collect()
     }
 
     /// Child SAs that crossed a soft or hard byte or packet limit since the last call:
@@ -554,6 +711,26 @@ fn describe(spi_in: u32, sa: &Installed) -> String {
         "CHILD_SA {} {spi_in:08x}_i {:08x}_o: in {in_packets} packets {in_bytes} bytes, out {out_packets} packets {out_bytes} bytes",
         sa.name, sa.outbound.spi
     )
+}
+
+/// True if `prefix` holds `addr`.
+fn covers((net, len): (IpAddr, u8), addr: IpAddr) -> bool {
+    match (net, addr) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+/// True if prefix `inner` lies within prefix `outer`.
+fn within(inner: (IpAddr, u8), outer: (IpAddr, u8)) -> bool {
+    outer.1 <= inner.1 && covers(outer, inner.0)
 }
 
 /// True if `range` holds `addr`.

@@ -223,14 +223,15 @@ impl Batch {
     }
 
     /// Receives up to `bufs.len()` datagrams without blocking, each into
-    /// `bufs[i][offset..]`; appends each one's length to `lens`. (The sender does not
-    /// matter: the SPI names the SA, and IKE alone may move a peer.)
+    /// `bufs[i][offset..]`; appends each one's length and sender to `received`. (The
+    /// sender only matters for an unknown SPI: the SPI names the SA, and IKE alone may
+    /// move a peer.)
     pub fn recv(
         &mut self,
         socket: &EspSocket,
         bufs: &mut [Vec<u8>],
         offset: usize,
-        lens: &mut Vec<usize>,
+        received: &mut Vec<(usize, Option<SockaddrStorage>)>,
     ) -> io::Result<()> {
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
             .iter_mut()
@@ -243,7 +244,7 @@ impl Batch {
             MsgFlags::MSG_DONTWAIT,
             None,
         )?;
-        lens.extend(results.map(|r| r.bytes));
+        received.extend(results.map(|r| (r.bytes, r.address)));
         Ok(())
     }
 
