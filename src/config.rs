@@ -97,12 +97,18 @@ pub struct DataplaneSettings {
     pub replay_window: u64,
     /// Use virtio-net GSO/GRO on the TUN device when the kernel allows it.
     pub offload: bool,
+    /// The routing table esptun owns: its routes into the TUN, and nothing else.
+    pub route_table: u32,
+    /// The firewall mark on esptun's own sockets, whose packets skip `route_table`.
+    pub fwmark: u32,
 }
 
 /// Path MTUs whose TUN MTU (after the ESP overhead) still carries IPv6 (1280).
 const PATH_MTUS: std::ops::RangeInclusive<u16> = 1400..=65535;
 /// RFC 4303 §3.4.3 asks for at least 32; bigger windows tolerate more reordering.
 const REPLAY_WINDOWS: std::ops::RangeInclusive<u64> = 32..=65536;
+/// The kernel's own tables: compat (252), default, main, local; 0 names none.
+const RESERVED_TABLES: std::ops::RangeInclusive<u32> = 252..=255;
 
 /// Sockets to bind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +170,8 @@ struct RawDataplane {
     path_mtu: Option<Spanned<u16>>,
     replay_window: Option<Spanned<u64>>,
     offload: Option<bool>,
+    route_table: Option<Spanned<u32>>,
+    fwmark: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -632,12 +640,33 @@ fn dataplane(src: &Source<'_>, raw: RawDataplane) -> Result<DataplaneSettings, C
         Some(w) => w.into_inner(),
         None => 1024,
     };
+    let route_table = match raw.route_table {
+        Some(t) if *t.get_ref() == 0 || RESERVED_TABLES.contains(t.get_ref()) => {
+            return Err(src.error(
+                &t,
+                "dataplane.route_table",
+                "must be 1 to 4294967295 and not one of the kernel's tables 252 to 255",
+            ));
+        }
+        Some(t) => t.into_inner(),
+        None => 4500,
+    };
+    let fwmark = match raw.fwmark {
+        // Unmarked packets carry mark 0: they must not count as esptun's.
+        Some(m) if *m.get_ref() == 0 => {
+            return Err(src.error(&m, "dataplane.fwmark", "must not be 0"));
+        }
+        Some(m) => m.into_inner(),
+        None => 0x45,
+    };
     Ok(DataplaneSettings {
         tun,
         workers,
         path_mtu,
         replay_window,
         offload: raw.offload.unwrap_or(true),
+        route_table,
+        fwmark,
     })
 }
 

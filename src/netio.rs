@@ -13,8 +13,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Binds a UDP socket to `addr` (IPv6 sockets take only IPv6) with packet-info
 /// reception on. `reuse_port` joins the port's SO_REUSEPORT group, which the control
-/// thread and the workers share on the NAT-T port.
-pub fn bind_udp(addr: SocketAddr, reuse_port: bool, blocking: bool) -> io::Result<OwnedFd> {
+/// thread and the workers share on the NAT-T port. Its packets carry firewall mark
+/// `mark`, which routes them around esptun's own routing table (and so the TUN).
+pub fn bind_udp(
+    addr: SocketAddr,
+    reuse_port: bool,
+    blocking: bool,
+    mark: u32,
+) -> io::Result<OwnedFd> {
     let mut flags = SockFlag::SOCK_CLOEXEC;
     if !blocking {
         flags |= SockFlag::SOCK_NONBLOCK;
@@ -25,6 +31,7 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool, blocking: bool) -> io::Resul
         AddressFamily::Inet6
     };
     let fd = socket(family, SockType::Datagram, flags, None)?;
+    setsockopt(&fd, sockopt::Mark, &mark)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if reuse_port {
         setsockopt(&fd, sockopt::ReusePort, &true)?;

@@ -1032,3 +1032,45 @@ fn action_mistakes_list_the_values_or_ask_for_remote_addrs() {
         assert_eq!(anyone(line).unwrap_err(), expected);
     }
 }
+
+#[test]
+fn routing_table_and_mark_default_and_refuse_what_would_break_routing() {
+    let dir = Dir::new("routing");
+    let minimal = r#"[[connection]]
+name = "a"
+psk_file = "site-b.psk"
+local = { auth = "psk", id = "a.example" }
+remote = { auth = "psk" }
+[[connection.children]]
+name = "c"
+[dataplane]
+"#;
+    let config = dir.load(minimal).unwrap();
+    assert_eq!(
+        (config.dataplane.route_table, config.dataplane.fwmark),
+        (4500, 0x45)
+    );
+    let config = dir
+        .load(&format!("{minimal}route_table = 100\nfwmark = 0xca6c\n"))
+        .unwrap();
+    assert_eq!(
+        (config.dataplane.route_table, config.dataplane.fwmark),
+        (100, 0xca6c)
+    );
+    for (line, expected) in [
+        (
+            "route_table = 254",
+            "site.toml:9: dataplane.route_table: must be 1 to 4294967295 and not one of the kernel's tables 252 to 255",
+        ),
+        (
+            "route_table = 0",
+            "site.toml:9: dataplane.route_table: must be 1 to 4294967295 and not one of the kernel's tables 252 to 255",
+        ),
+        ("fwmark = 0", "site.toml:9: dataplane.fwmark: must not be 0"),
+    ] {
+        assert_eq!(
+            dir.load(&format!("{minimal}{line}\n")).unwrap_err(),
+            expected
+        );
+    }
+}

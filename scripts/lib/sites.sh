@@ -118,15 +118,25 @@ ${SITES_CHILD:-}
 CONF
 }
 
-# sites_start esptun dir [initiator] [extra toml]: both gateways, the responder first;
-# the initiator (alice unless told bob) starts the SAs. Returns once both have the
-# Child SA up.
-sites_start() {
-    local esptun=$1 d=$2 initiator=${3:-alice} a_start=true b_start=false
+# sites_configs dir [initiator] [extra toml]: both gateways' configurations. The
+# selectors are each site's nets unless SITES_NETS_A / SITES_NETS_B say otherwise
+# (empty: dynamic, the gateway's WAN address); SITES_ALICE_ASKS is alice's remote_ts
+# when it differs from bob's local_ts (bob narrows it).
+sites_configs() {
+    local d=$1 initiator=${2:-alice} a_start=true b_start=false
     [[ $initiator == bob ]] && { a_start=false; b_start=true; }
+    local nets_a=${SITES_NETS_A-$NETS_A} nets_b=${SITES_NETS_B-$NETS_B}
     # SITES_ALICE_SEEN: alice's address as bob sees it (behind a NAT).
-    sites_config "$d" "$d/pki" bob alice $WAN_B "${SITES_ALICE_SEEN:-$WAN_A}" $b_start "$NETS_B" "$NETS_A" "${4:-}"
-    sites_config "$d" "$d/pki" alice bob $WAN_A $WAN_B $a_start "$NETS_A" "$NETS_B" "${4:-}"
+    sites_config "$d" "$d/pki" bob alice $WAN_B "${SITES_ALICE_SEEN:-$WAN_A}" $b_start "$nets_b" "$nets_a" "${3:-}"
+    sites_config "$d" "$d/pki" alice bob $WAN_A $WAN_B $a_start "$nets_a" "${SITES_ALICE_ASKS-$nets_b}" "${3:-}"
+}
+
+# sites_start esptun dir [initiator] [extra toml]: both gateways (configured by
+# sites_configs), the responder first; the initiator (alice unless told bob) starts the
+# SAs. Returns once both have the Child SA up.
+sites_start() {
+    local esptun=$1 d=$2 initiator=${3:-alice}
+    sites_configs "$d" "$initiator" "${4:-}"
     local first=alice second=bob
     [[ $initiator == alice ]] && { first=bob; second=alice; }
     _sites_gateway "$esptun" "$d" $first && _sites_wait "$d/$first.log" "data plane:" || return 1

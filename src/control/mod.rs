@@ -7,8 +7,8 @@ mod socket;
 
 use crate::config::Config;
 use crate::crypto::Random;
-use crate::dataplane::Dataplane;
-use crate::ike::{self, Endpoint, Event, Settings};
+use crate::dataplane::{Dataplane, DataplaneEvent};
+use crate::ike::{self, Endpoint, Event, Settings, ts};
 use crate::wire::IkeSpi;
 use log::KeyLog;
 use socket::{IkeSocket, Received};
@@ -58,14 +58,17 @@ pub fn run(options: Options) -> Result<(), String> {
     runtime.block_on(serve(config, options))
 }
 
-/// The address the kernel would send from to reach `remote`.
-fn route_source(remote: SocketAddr) -> Result<IpAddr, String> {
+/// The address the kernel would send from to reach `remote` with IKE, which carries
+/// `mark` (and so is not routed into the TUN).
+fn route_source(remote: SocketAddr, mark: u32) -> Result<IpAddr, String> {
     let any: SocketAddr = if remote.is_ipv4() {
         (IpAddr::from([0, 0, 0, 0]), 0).into()
     } else {
         (IpAddr::from([0u16; 8]), 0).into()
     };
     let probe = std::net::UdpSocket::bind(any).map_err(|e| e.to_string())?;
+    nix::sys::socket::setsockopt(&probe, nix::sys::socket::sockopt::Mark, &mark)
+        .map_err(|e| format!("SO_MARK: {e}"))?;
     probe
         .connect(remote)
         .map_err(|e| format!("no route to {remote}: {e}"))?;
@@ -107,14 +110,14 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
     for addr in &listen.addrs {
         for port in [listen.ike_port, listen.natt_port] {
             let bound = SocketAddr::new(*addr, port);
-            let socket = IkeSocket::bind(bound, port == listen.natt_port)
+            let socket = IkeSocket::bind(bound, port == listen.natt_port, config.dataplane.fwmark)
                 .map_err(|e| format!("bind {bound}: {e}"))?;
             println!("listening on {bound}");
             sockets.push(Arc::new(socket));
         }
     }
     // After the IKE sockets: the NAT-T port's group must have the control socket first.
-    let dataplane = Dataplane::start(&config.dataplane, &listen)
+    let (dataplane, mut dataplane_events) = Dataplane::start(&config.dataplane, &listen)
         .map_err(|e| format!("data plane ({}): {e}", config.dataplane.tun))?;
     println!(
         "data plane: TUN {} (path MTU {}, offload {}), {} workers",
@@ -165,20 +168,50 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         natt_port: listen.natt_port,
         keepalives: HashMap::new(),
     };
-    // Every connection whose peer we know can be (re)initiated by the engine: at
-    // start-up, on demand, or after a failure.
     for (index, c) in config.connections.iter().enumerate() {
-        let Some(&remote_ip) = c.policy.remote_addrs.first() else {
-            continue;
-        };
-        let remote = SocketAddr::new(remote_ip, c.remote_port);
-        let local_ip = match c.policy.local_addrs.first() {
-            Some(ip) => *ip,
-            None => route_source(remote).map_err(|e| c.origin.error(e).to_string())?,
-        };
-        let local = SocketAddr::new(local_ip, listen.ike_port);
-        daemon.endpoint.add_peer(index, local, remote);
-        if c.start {
+        // Where the peer is, for initiating (at start, on demand, again later).
+        let mut peer = None;
+        if let Some(&remote_ip) = c.policy.remote_addrs.first() {
+            let remote = SocketAddr::new(remote_ip, c.remote_port);
+            let local_ip = match c.policy.local_addrs.first() {
+                Some(ip) => Some(*ip),
+                None => match route_source(remote, config.dataplane.fwmark) {
+                    Ok(ip) => Some(ip),
+                    Err(e) if c.start => return Err(c.origin.error(e).to_string()),
+                    Err(e) => {
+                        eprintln!("{}", c.origin.error(e));
+                        None
+                    }
+                },
+            };
+            if let Some(local_ip) = local_ip {
+                let local = SocketAddr::new(local_ip, listen.ike_port);
+                daemon.endpoint.add_peer(index, local, remote);
+                peer = Some((local, remote));
+            }
+        }
+        // Fail closed from now on: the children's traffic goes through the TUN or nowhere.
+        let local_ip = peer
+            .map(|(local, _)| local.ip())
+            .or_else(|| c.policy.local_addrs.first().copied());
+        for (child_index, child) in c.policy.children.iter().enumerate() {
+            let remote_ts = match c.policy.remote_addrs.first() {
+                Some(&ip) => ts::or_dynamic(&child.remote_ts, ip),
+                // Dynamic, and the peer is whoever comes: its SA will route it.
+                None if child.remote_ts.is_empty() => continue,
+                None => child.remote_ts.clone(),
+            };
+            let local_ts = match local_ip {
+                Some(ip) => ts::or_dynamic(&child.local_ts, ip),
+                None => child.local_ts.clone(),
+            };
+            let name = format!("{}/{}", c.policy.name, child.name);
+            daemon
+                .dataplane
+                .protect(index, child_index, &name, &local_ts, &remote_ts)
+                .map_err(|e| c.origin.error(e).to_string())?;
+        }
+        if let Some((local, remote)) = peer.filter(|_| c.start) {
             println!("initiating {} {local} -> {remote}", c.policy.name);
         }
     }
@@ -210,7 +243,20 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                 for (spi_in, hard, cause) in daemon.dataplane.expiries() {
                     daemon.endpoint.expire_child(now(), spi_in, hard, cause);
                 }
+                for spi_in in daemon.dataplane.inbound_active() {
+                    daemon.endpoint.inbound_seen(now(), spi_in);
+                }
             }
+            Some(e) = dataplane_events.recv() => match e {
+                // Shutting down: held packets ask in vain.
+                DataplaneEvent::Acquire { .. } if stopping.is_some() => {}
+                DataplaneEvent::Acquire { policy, child } => {
+                    daemon.endpoint.acquire(now(), policy, child);
+                }
+                DataplaneEvent::UnknownSpi { local, remote, spi } => {
+                    daemon.endpoint.unknown_spi(now(), local, remote, spi);
+                }
+            },
             _ = report.recv() => println!("{}", daemon.dataplane.report()),
             _ = interrupt.recv(), if stopping.is_none() => {
                 println!("interrupted: deleting IKE SAs");
@@ -316,6 +362,7 @@ impl Daemon {
                         }
                     }
                 }
+                Event::ChildSaOutbound { spi_in, .. } => self.dataplane.activate(*spi_in),
                 Event::ChildSaDown { spi_in, .. } => {
                     if let Some(line) = self.dataplane.remove(*spi_in) {
                         println!("{line}");

@@ -32,9 +32,10 @@ pub struct Received {
 }
 
 impl IkeSocket {
-    /// Binds `addr`; `reuse_port` for the NAT-T port, whose ESP the workers take.
-    pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<Self> {
-        let fd = netio::bind_udp(addr, reuse_port, false)?;
+    /// Binds `addr`; `reuse_port` for the NAT-T port, whose ESP the workers take;
+    /// `mark` keeps its packets out of the TUN.
+    pub fn bind(addr: SocketAddr, reuse_port: bool, mark: u32) -> io::Result<Self> {
+        let fd = netio::bind_udp(addr, reuse_port, false, mark)?;
         let socket = UdpSocket::from_std(std::net::UdpSocket::from(fd))?;
         Ok(Self {
             socket,

@@ -12,6 +12,15 @@
 //!
 //! The control thread installs and removes SAs with messages that workers apply
 //! between batches.
+//!
+//! Fail closed: every configured child is [`Dataplane::protect`]ed from start-up to
+//! shutdown. Its remote selectors are routed into the TUN (in esptun's own table, see
+//! [`route`]) whether or not it has an SA, and a packet for it without an SA is held
+//! in a small queue and an SA asked for ([`DataplaneEvent::Acquire`]), never sent in
+//! clear. When several SAs match a packet, the one activated last carries it, so a
+//! rekey is make-before-break: the new inbound SA is installed first, the outbound
+//! one is activated once the peer has its side, and the old SA keeps opening
+//! stragglers until it is removed.
 
 mod packet;
 mod route;
@@ -23,7 +32,7 @@ pub use packet::Flow;
 use crate::config::{DataplaneSettings, Listen};
 use crate::esp::{InboundSa, OutboundSa, SaKeys};
 use crate::ike::{ChildSaUp, Lifetime, Limits};
-use crate::wire::payload::TsRange;
+use crate::wire::payload::{AddrRange, TsRange};
 use crossbeam_channel::Sender;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use route::Routes;
@@ -35,6 +44,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 /// Outer IPv6 header, UDP header, ESP header, an 8-byte IV, at most 3 bytes of
@@ -62,11 +72,14 @@ pub enum DropReason {
     Expired,
     /// The kernel refused to send or deliver it.
     Io,
+    /// Outbound: for a protected child without SA, but its hold queue was full (the
+    /// oldest held packet goes) or the packet too big to keep.
+    HoldOverflow,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::NoSa,
         DropReason::Replay,
         DropReason::BadIcv,
@@ -75,6 +88,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::Expired,
         DropReason::Io,
+        DropReason::HoldOverflow,
     ];
 
     /// The name in reports.
@@ -88,6 +102,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::Expired => "expired",
             DropReason::Io => "io",
+            DropReason::HoldOverflow => "hold_overflow",
         }
     }
 }
@@ -140,10 +155,48 @@ impl Traffic {
     }
 }
 
+/// What the data plane tells the control thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataplaneEvent {
+    /// A packet for a protected child without SA is held: negotiate one. Sent at most
+    /// once a second per child and worker.
+    Acquire {
+        /// The connection's index in the configuration (the engine's policy index).
+        policy: usize,
+        /// The child's index in the connection.
+        child: usize,
+    },
+    /// ESP arrived for an SPI no worker has. Sent at most once a second per peer and
+    /// SPI, and a few times a second per worker in all.
+    UnknownSpi {
+        /// The socket it arrived on: its bound address, which may be a wildcard.
+        local: SocketAddr,
+        /// The sender.
+        remote: SocketAddr,
+        /// The SPI.
+        spi: u32,
+    },
+}
+
+/// A configured child's selectors, which workers hold packets for while no SA
+/// covers them.
+struct Protection {
+    policy: usize,
+    child: usize,
+    local_ts: Vec<TsRange>,
+    remote_ts: Vec<TsRange>,
+}
+
 /// An outbound Child SA with its policy, shared by every worker.
 pub struct Outbound {
     sa: OutboundSa,
     spi: u32,
+    /// Our inbound SPI, which names the Child SA everywhere (the outbound SPI is the
+    /// peer's choice and need not be unique).
+    id: u32,
+    /// The protected child it serves: its held packets go out with it.
+    policy: usize,
+    child: usize,
     /// Our selectors: the packet's source must be within them.
     local_ts: Vec<TsRange>,
     /// The peer's: the packet's destination must be within them.
@@ -172,12 +225,15 @@ pub struct Inbound {
 
 /// What the control thread tells a worker.
 enum Command {
-    /// Add an outbound SA to the policy table (every worker).
+    /// Hold packets for a child while no SA covers them (every worker).
+    Protect(Arc<Protection>),
+    /// Send with this SA, ahead of every older one, starting with the packets held
+    /// for its child (every worker).
     Outbound(Arc<Outbound>),
     /// Take ownership of an inbound SA (the worker its SPI is steered to).
     Inbound(u32, Box<Inbound>),
-    /// Forget both directions of a Child SA.
-    Remove { spi_in: u32, spi_out: u32 },
+    /// Forget both directions of the Child SA with this inbound SPI.
+    Remove(u32),
     /// Leave the loop.
     Stop,
 }
@@ -203,10 +259,15 @@ struct Installed {
     name: String,
     inbound: Arc<Traffic>,
     outbound: Arc<Outbound>,
+    /// The workers send with it.
+    active: bool,
+    /// Routes it added (its remote selectors no protected route covers).
     routes: Vec<(IpAddr, u8)>,
     lifetime: Lifetime,
     /// Soft and hard limits already reported.
     reported: (bool, bool),
+    /// Inbound packets at the last [`Dataplane::inbound_active`].
+    seen: u64,
 }
 
 /// The running data plane: the TUN device, the workers, the installed SAs.
@@ -216,18 +277,34 @@ pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     sockets: Vec<(Transport, SocketAddr)>,
     installed: HashMap<u32, Installed>,
-    routes: Routes,
-    /// How many installed SAs route each prefix through the TUN.
+    /// Prefixes of protected children, routed from start-up until shutdown.
+    protected: Vec<(IpAddr, u8)>,
+    /// How many installed SAs route each prefix no protected one covers.
     route_users: HashMap<(IpAddr, u8), usize>,
+    /// Our table and rules; dropping it removes them.
+    routes: Routes,
     /// Whether the TUN carries virtio-net headers (GSO/GRO).
     pub offload: bool,
 }
 
+/// Packets each worker holds per protected child while no SA covers them.
+const HOLD_PACKETS: usize = 32;
+
 impl Dataplane {
-    /// Creates the TUN device and starts the workers. The control thread must
+    /// Takes over the routing table, creates the TUN device and starts the workers;
+    /// returns with it the receiver of the workers' events. The control thread must
     /// already have bound the NAT-T port with SO_REUSEPORT: its socket is the first of
     /// the port's group, where the steering program sends IKE.
-    pub fn start(settings: &DataplaneSettings, listen: &Listen) -> io::Result<Self> {
+    pub fn start(
+        settings: &DataplaneSettings,
+        listen: &Listen,
+    ) -> io::Result<(Self, UnboundedReceiver<DataplaneEvent>)> {
+        let routes = Routes::claim(settings.route_table, settings.fwmark).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("routing table {}: {e}", settings.route_table),
+            )
+        })?;
         let n = settings.workers;
         let mtu = settings.path_mtu - TUN_MTU_OVERHEAD;
         let build = |offload: bool| {
@@ -263,8 +340,9 @@ impl Dataplane {
         let sockets = socket::addresses(listen);
         let mut worker_sockets: Vec<EspSockets> = Vec::new();
         for index in 0..n {
-            worker_sockets.push(EspSockets::open(&sockets, index, n)?);
+            worker_sockets.push(EspSockets::open(&sockets, index, n, settings.fwmark)?);
         }
+        let (events, receiver) = unbounded_channel();
         let mut workers = Vec::new();
         for (index, (queue, sockets)) in queues.into_iter().zip(worker_sockets).enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
@@ -274,11 +352,20 @@ impl Dataplane {
             )?);
             let drops = Arc::new(Drops::default());
             queue.set_nonblocking(true)?;
-            let (w_wake, w_drops) = (wake.clone(), drops.clone());
+            let (w_wake, w_drops, w_events) = (wake.clone(), drops.clone(), events.clone());
+            let hold_size = usize::from(mtu);
             // Built on its own thread: the batch headers hold raw pointers (not Send).
             let thread = std::thread::Builder::new()
                 .name(format!("esp-worker-{index}"))
-                .spawn(move || worker::Worker::new(queue, sockets, rx, w_wake, w_drops).run())?;
+                .spawn(move || {
+                    let channels = worker::Channels {
+                        commands: rx,
+                        wake: w_wake,
+                        drops: w_drops,
+                        events: w_events,
+                    };
+                    worker::Worker::new(queue, sockets, channels, hold_size).run();
+                })?;
             workers.push(WorkerHandle {
                 commands: tx,
                 wake,
@@ -286,22 +373,92 @@ impl Dataplane {
                 thread: Some(thread),
             });
         }
-        Ok(Self {
+        let dataplane = Self {
             settings: settings.clone(),
             tun_index,
             workers,
             sockets,
             installed: HashMap::new(),
-            routes: Routes::open()?,
+            protected: Vec::new(),
             route_users: HashMap::new(),
+            routes,
             offload,
+        };
+        Ok((dataplane, receiver))
+    }
+
+    /// Protects child `child` of connection `policy` (`name` in logs) until shutdown:
+    /// routes the prefixes of `remote_ts` into the TUN, from one of this host's
+    /// addresses within `local_ts` when there is one, and has the workers hold packets
+    /// from `local_ts` to `remote_ts` that no SA covers and ask for an SA. The caller
+    /// resolves dynamic selectors to the IKE addresses. Fails if a route cannot be
+    /// added, since its packets would otherwise leave in clear.
+    pub fn protect(
+        &mut self,
+        policy: usize,
+        child: usize,
+        name: &str,
+        local_ts: &[TsRange],
+        remote_ts: &[TsRange],
+    ) -> Result<(), String> {
+        let protection = Arc::new(Protection {
+            policy,
+            child,
+            local_ts: local_ts.to_vec(),
+            remote_ts: remote_ts.to_vec(),
+        });
+        for w in &self.workers {
+            w.send(Command::Protect(protection.clone()));
+        }
+        let ours = self.addresses();
+        let sources: Vec<IpAddr> = ours
+            .iter()
+            .copied()
+            .filter(|&a| local_ts.iter().any(|t| holds(&t.addrs, a)))
+            .collect();
+        for prefix in remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
+            if self.protected.contains(&prefix) {
+                continue;
+            }
+            if let Some(own) = ours.iter().find(|&&a| covers(prefix, a)) {
+                eprintln!(
+                    "{name}: {}/{} holds this host's address {own}: its neighbours there are reached through {}",
+                    prefix.0, prefix.1, self.settings.tun
+                );
+            }
+            // A route an SA added already is ours; it just stops being the SA's.
+            if self.route_users.remove(&prefix).is_none() {
+                self.routes
+                    .add(prefix, self.tun_index, source(&sources, prefix.0))
+                    .map_err(|e| {
+                        format!(
+                            "{name}: route {}/{} into {}: {e}",
+                            prefix.0, prefix.1, self.settings.tun
+                        )
+                    })?;
+            }
+            self.protected.push(prefix);
+        }
+        Ok(())
+    }
+
+    /// This host's addresses; none (so routes get no source) if the kernel will not say.
+    fn addresses(&mut self) -> Vec<IpAddr> {
+        self.routes.addresses().unwrap_or_else(|e| {
+            eprintln!("cannot list this host's addresses: {e}");
+            Vec::new()
         })
     }
 
-    /// Installs both directions of a Child SA and routes its remote selectors
-    /// through the TUN. Fails only before anything is installed; a route the kernel
+    /// Installs a Child SA: its inbound side at once, its outbound side too if
+    /// [`ChildSaUp::outbound`] says so (otherwise at [`Dataplane::activate`]). Its
+    /// remote selectors that no protected route covers are routed through the TUN
+    /// while it lives. Fails only before anything is installed; a route the kernel
     /// refuses is reported and skipped.
     pub fn install(&mut self, c: &ChildSaUp) -> Result<(), String> {
+        if self.installed.contains_key(&c.spi_in) {
+            return Err(format!("inbound SPI {:08x} is installed already", c.spi_in));
+        }
         let transport = if c.encap {
             Transport::Udp
         } else {
@@ -338,6 +495,9 @@ impl Dataplane {
         let outbound = Arc::new(Outbound {
             sa: out_sa,
             spi: c.spi_out,
+            id: c.spi_in,
+            policy: c.policy,
+            child: c.child_index,
             local_ts: c.local_ts.clone(),
             remote_ts: c.remote_ts.clone(),
             socket,
@@ -362,61 +522,89 @@ impl Dataplane {
         // Inbound first: the peer may send as soon as it has installed its side.
         self.workers[socket::owner(c.spi_in, self.workers.len())]
             .send(Command::Inbound(c.spi_in, inbound));
-        for w in &self.workers {
-            w.send(Command::Outbound(outbound.clone()));
-        }
-        let mut routes = Vec::new();
-        for ts in &c.remote_ts {
-            for prefix in ts.addrs.cidrs() {
-                if covers(prefix, c.remote.ip()) {
-                    // Routing the peer itself into the tunnel would loop every ESP packet.
-                    eprintln!(
-                        "not routing {}/{} into {}: it holds the peer {}",
-                        prefix.0,
-                        prefix.1,
-                        self.settings.tun,
-                        c.remote.ip()
-                    );
-                    continue;
-                }
-                let users = self.route_users.entry(prefix).or_default();
-                if *users == 0 {
-                    // The SA is already with the workers and stays installed (and
-                    // tracked, so it is removed later); only this route is missing.
-                    if let Err(e) = self.routes.add(prefix.0, prefix.1, self.tun_index) {
-                        eprintln!(
-                            "route {}/{} via {}: {e}",
-                            prefix.0, prefix.1, self.settings.tun
-                        );
-                        continue;
-                    }
-                }
-                *users += 1;
-                routes.push(prefix);
+        if c.outbound {
+            for w in &self.workers {
+                w.send(Command::Outbound(outbound.clone()));
             }
         }
+        let routes = self.route_negotiated(c);
         self.installed.insert(
             c.spi_in,
             Installed {
                 name: c.child.clone(),
                 inbound: traffic,
                 outbound,
+                active: c.outbound,
                 routes,
                 lifetime: c.lifetime,
                 reported: (false, false),
+                seen: 0,
             },
         );
         Ok(())
     }
 
-    /// Removes a Child SA; returns its final counters line.
+    /// Routes the SA's remote prefixes that no protected route covers (those of a
+    /// child whose peer was unknown at start-up: dynamic selectors, any peer);
+    /// returns the prefixes it now uses.
+    fn route_negotiated(&mut self, c: &ChildSaUp) -> Vec<(IpAddr, u8)> {
+        let mut routes = Vec::new();
+        let mut sources: Option<Vec<IpAddr>> = None;
+        for prefix in c.remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
+            if self.protected.iter().any(|&p| within(prefix, p)) {
+                continue;
+            }
+            if !self.route_users.contains_key(&prefix) {
+                let sources = match &sources {
+                    Some(s) => s,
+                    None => {
+                        let ours = self.addresses();
+                        sources.insert(
+                            ours.into_iter()
+                                .filter(|&a| c.local_ts.iter().any(|t| holds(&t.addrs, a)))
+                                .collect(),
+                        )
+                    }
+                };
+                // The SA is already with the workers and stays installed (and
+                // tracked, so it is removed later); only this route is missing.
+                if let Err(e) = self
+                    .routes
+                    .add(prefix, self.tun_index, source(sources, prefix.0))
+                {
+                    eprintln!(
+                        "route {}/{} into {}: {e}",
+                        prefix.0, prefix.1, self.settings.tun
+                    );
+                    continue;
+                }
+            }
+            *self.route_users.entry(prefix).or_default() += 1;
+            routes.push(prefix);
+        }
+        routes
+    }
+
+    /// Sends with the Child SA whose inbound SPI is `spi_in` from now on, ahead of every
+    /// older SA, starting with the packets held for its child.
+    pub fn activate(&mut self, spi_in: u32) {
+        let Some(sa) = self.installed.get_mut(&spi_in) else {
+            return;
+        };
+        if !sa.active {
+            sa.active = true;
+            for w in &self.workers {
+                w.send(Command::Outbound(sa.outbound.clone()));
+            }
+        }
+    }
+
+    /// Removes the Child SA whose inbound SPI is `spi_in`, both directions, and
+    /// returns its final counters line.
     pub fn remove(&mut self, spi_in: u32) -> Option<String> {
         let sa = self.installed.remove(&spi_in)?;
         for w in &self.workers {
-            w.send(Command::Remove {
-                spi_in,
-                spi_out: sa.outbound.spi,
-            });
+            w.send(Command::Remove(spi_in));
         }
         for prefix in &sa.routes {
             let Some(users) = self.route_users.get_mut(prefix) else {
@@ -425,12 +613,24 @@ impl Dataplane {
             *users -= 1;
             if *users == 0 {
                 self.route_users.remove(prefix);
-                if let Err(e) = self.routes.delete(prefix.0, prefix.1, self.tun_index) {
+                if let Err(e) = self.routes.delete(*prefix, self.tun_index) {
                     eprintln!("remove route {}/{}: {e}", prefix.0, prefix.1);
                 }
             }
         }
         Some(describe(spi_in, &sa))
+    }
+
+    /// Inbound SPIs of the Child SAs that opened packets since the last call (the
+    /// peer is alive).
+    pub fn inbound_active(&mut self) -> Vec<u32> {
+        self.installed
+            .iter_mut()
+            .filter_map(|(&spi, sa)| {
+                let (packets, _) = sa.inbound.get();
+                (std::mem::replace(&mut sa.seen, packets) != packets).then_some(spi)
+            })
+            .collect()
     }
 
     /// Child SAs that crossed a soft or hard byte or packet limit since the last call:
@@ -512,4 +712,26 @@ fn covers((net, len): (IpAddr, u8), addr: IpAddr) -> bool {
         }
         _ => false,
     }
+}
+
+/// True if prefix `inner` lies within prefix `outer`.
+fn within(inner: (IpAddr, u8), outer: (IpAddr, u8)) -> bool {
+    outer.1 <= inner.1 && covers(outer, inner.0)
+}
+
+/// True if `range` holds `addr`.
+fn holds(range: &AddrRange, addr: IpAddr) -> bool {
+    match (*range, addr) {
+        (AddrRange::V4(s, e), IpAddr::V4(a)) => s <= a && a <= e,
+        (AddrRange::V6(s, e), IpAddr::V6(a)) => s <= a && a <= e,
+        _ => false,
+    }
+}
+
+/// The source for a route to `dst`: the first of `sources` of its family.
+fn source(sources: &[IpAddr], dst: IpAddr) -> Option<IpAddr> {
+    sources
+        .iter()
+        .copied()
+        .find(|s| s.is_ipv4() == dst.is_ipv4())
 }

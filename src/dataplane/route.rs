@@ -1,123 +1,449 @@
-//! Routes to the remote traffic selectors through the TUN device, set over
-//! rtnetlink (RTM_NEWROUTE/RTM_DELROUTE) rather than by running `ip`.
+//! esptun's routing, over rtnetlink rather than by running `ip`: a table of its own
+//! holding its routes into the TUN, and a rule per family that sends every packet
+//! without esptun's firewall mark to that table. esptun's sockets carry the mark, so
+//! its IKE and ESP leave by the main table even when a tunnelled selector holds the
+//! peer, and no route esptun did not create is ever replaced or deleted.
 
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
 };
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
+const RTM_GETROUTE: u16 = 26;
+const RTM_GETADDR: u16 = 22;
+const RTM_NEWRULE: u16 = 32;
+const RTM_DELRULE: u16 = 33;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
-const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
-const RT_TABLE_MAIN: u8 = 254;
-const RTPROT_STATIC: u8 = 4;
+/// rtm_table for tables that do not fit its byte; RTA_TABLE holds the real one.
+const RT_TABLE_COMPAT: u8 = 252;
+const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
+const RTA_PREFSRC: u16 = 7;
+const RTA_TABLE: u16 = 15;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const FRA_PRIORITY: u16 = 6;
+const FRA_FWMARK: u16 = 10;
+const FRA_TABLE: u16 = 15;
+const FRA_FWMASK: u16 = 16;
+const FR_ACT_TO_TBL: u8 = 1;
+const FIB_RULE_INVERT: u32 = 0x2;
+const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
+const NLMSG_HDRLEN: usize = 16;
 
-/// A route-netlink socket.
+/// The protocol esptun's routes carry (ESP's IP protocol number): `ip route` shows
+/// `proto 50`, and start-up and shutdown delete only routes with it.
+pub const RTPROT_ESPTUN: u8 = 50;
+/// Where the rule sits: after the local table (0), before main (32766).
+pub const RULE_PRIORITY: u32 = 4500;
+
+/// A route-netlink socket and the table and mark it manages.
 pub struct Routes {
     fd: OwnedFd,
     seq: u32,
+    table: u32,
+    mark: u32,
 }
 
 impl Routes {
-    /// Opens the socket.
-    pub fn open() -> io::Result<Self> {
+    /// Takes over `table` for routes into the TUN: removes what an earlier run left
+    /// (its rules and its routes, only those), then adds `not fwmark MARK lookup
+    /// TABLE` for both families. Dropping it removes both again.
+    pub fn claim(table: u32, mark: u32) -> io::Result<Self> {
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Raw,
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkRoute,
         )?;
-        Ok(Self { fd, seq: 0 })
-    }
-
-    /// Routes `prefix/len` through interface `oif`, replacing any route to it.
-    pub fn add(&mut self, prefix: IpAddr, len: u8, oif: u32) -> io::Result<()> {
-        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, prefix, len, oif)
-    }
-
-    /// Removes the route to `prefix/len` through `oif`.
-    pub fn delete(&mut self, prefix: IpAddr, len: u8, oif: u32) -> io::Result<()> {
-        self.request(RTM_DELROUTE, 0, prefix, len, oif)
-    }
-
-    fn request(
-        &mut self,
-        kind: u16,
-        flags: u16,
-        prefix: IpAddr,
-        len: u8,
-        oif: u32,
-    ) -> io::Result<()> {
-        self.seq = self.seq.wrapping_add(1);
-        let (family, addr) = match prefix {
-            IpAddr::V4(a) => (AF_INET, a.octets().to_vec()),
-            IpAddr::V6(a) => (AF_INET6, a.octets().to_vec()),
+        let mut routes = Self {
+            fd,
+            seq: 0,
+            table,
+            mark,
         };
-        let mut msg = Vec::with_capacity(64);
-        msg.extend_from_slice(&[0; 4]); // length, filled in below
-        msg.extend_from_slice(&kind.to_ne_bytes());
-        msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | flags).to_ne_bytes());
-        msg.extend_from_slice(&self.seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        // struct rtmsg
-        msg.extend_from_slice(&[
-            family,
-            len,
-            0,
-            0,
-            RT_TABLE_MAIN,
-            RTPROT_STATIC,
-            RT_SCOPE_LINK,
-            RTN_UNICAST,
-        ]);
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        attribute(&mut msg, RTA_DST, &addr);
-        attribute(&mut msg, RTA_OIF, &oif.to_ne_bytes());
-        let total = msg.len() as u32;
-        msg[..4].copy_from_slice(&total.to_ne_bytes());
+        routes.release();
+        for family in [AF_INET, AF_INET6] {
+            let rule = rule_message(family, table, mark);
+            routes.request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, &rule)?;
+        }
+        Ok(routes)
+    }
+
+    /// Routes `prefix/len` through interface `oif` in our table, from `src` when
+    /// given. Fails if our table already has that route: it is never replaced.
+    pub fn add(
+        &mut self,
+        (prefix, len): (IpAddr, u8),
+        oif: u32,
+        src: Option<IpAddr>,
+    ) -> io::Result<()> {
+        let route = route_message(self.table, prefix, len, oif, src);
+        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &route)
+    }
+
+    /// Removes our route to `prefix/len` through `oif`.
+    pub fn delete(&mut self, (prefix, len): (IpAddr, u8), oif: u32) -> io::Result<()> {
+        let route = route_message(self.table, prefix, len, oif, None);
+        self.request(RTM_DELROUTE, 0, &route)
+    }
+
+    /// This host's global addresses (the candidates for a route's source).
+    pub fn addresses(&mut self) -> io::Result<Vec<IpAddr>> {
+        // struct ifaddrmsg: family, prefix length, flags, scope, interface index.
+        let request = [AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0];
+        let mut out = Vec::new();
+        self.dump(RTM_GETADDR, &request, |body| {
+            if let Some(addr) = address_of(body) {
+                out.push(addr);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Deletes our rules and every route in our table that esptun made. Errors only
+    /// mean there was nothing (left) to delete.
+    fn release(&mut self) {
+        for family in [AF_INET, AF_INET6] {
+            let rule = rule_message(family, self.table, self.mark);
+            // Several runs killed hard may each have left one.
+            for _ in 0..16 {
+                if self.request(RTM_DELRULE, 0, &rule).is_err() {
+                    break;
+                }
+            }
+        }
+        // struct rtmsg, zero but for the family: every route of every table.
+        let request = [AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut ours = Vec::new();
+        let table = self.table;
+        let dumped = self.dump(RTM_GETROUTE, &request, |body| {
+            if is_ours(body, table) {
+                ours.push(body.to_vec());
+            }
+        });
+        if let Err(e) = dumped {
+            eprintln!("routing table {table}: cannot list its routes: {e}");
+        }
+        for route in ours {
+            // The route as the kernel described it names exactly that route.
+            let _ = self.request(RTM_DELROUTE, 0, &route);
+        }
+    }
+
+    fn send(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let msg = message(kind, flags, self.seq, body);
         sendto(
             self.fd.as_raw_fd(),
             &msg,
             &NetlinkAddr::new(0, 0),
             MsgFlags::empty(),
         )?;
-        let mut answer = [0u8; 1024];
+        Ok(self.seq)
+    }
+
+    /// Sends one request and waits for its acknowledgement.
+    fn request(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
+        let seq = self.send(kind, NLM_F_REQUEST | NLM_F_ACK | flags, body)?;
+        let mut answer = vec![0u8; 8192];
         loop {
             let n = recv(self.fd.as_raw_fd(), &mut answer, MsgFlags::empty())?;
-            let answer = &answer[..n];
-            if answer.len() < 20 {
-                return Err(io::Error::other("short rtnetlink answer"));
+            for (kind, got, body) in messages(&answer[..n]) {
+                if kind == NLMSG_ERROR && got == seq {
+                    return errno(body);
+                }
             }
-            let kind = u16::from_ne_bytes([answer[4], answer[5]]);
-            let seq = u32::from_ne_bytes([answer[8], answer[9], answer[10], answer[11]]);
-            if kind != NLMSG_ERROR || seq != self.seq {
-                continue;
+        }
+    }
+
+    /// Sends a dump request and hands each answer's body to `each`.
+    fn dump(&mut self, kind: u16, body: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+        let seq = self.send(kind, NLM_F_REQUEST | NLM_F_DUMP, body)?;
+        let mut answer = vec![0u8; 65536];
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut answer, MsgFlags::empty())?;
+            for (kind, got, body) in messages(&answer[..n]) {
+                if got != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => return errno(body),
+                    _ => each(body),
+                }
             }
-            let errno = i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]]);
-            return match errno {
-                0 => Ok(()),
-                e => Err(io::Error::from_raw_os_error(-e)),
-            };
         }
     }
 }
 
-/// Appends a route attribute, padded to 4 bytes.
+impl Drop for Routes {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// One netlink message: header (length, type, flags, sequence, port 0), then `body`.
+fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(NLMSG_HDRLEN + body.len());
+    let total = (NLMSG_HDRLEN + body.len()) as u32;
+    msg.extend_from_slice(&total.to_ne_bytes());
+    msg.extend_from_slice(&kind.to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&seq.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(body);
+    msg
+}
+
+/// The messages in one datagram: (type, sequence, body).
+fn messages(mut buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[..4].try_into().ok()?) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return None;
+        }
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        let seq = u32::from_ne_bytes(buf[8..12].try_into().ok()?);
+        let body = &buf[NLMSG_HDRLEN..len];
+        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
+        Some((kind, seq, body))
+    })
+}
+
+/// The result an NLMSG_ERROR body carries (errno 0 is an acknowledgement).
+fn errno(body: &[u8]) -> io::Result<()> {
+    let code = body
+        .get(..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| io::Error::other("short rtnetlink error"))?;
+    match code {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(-e)),
+    }
+}
+
+/// Appends an attribute, padded to 4 bytes.
 fn attribute(msg: &mut Vec<u8>, kind: u16, value: &[u8]) {
     msg.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
     msg.extend_from_slice(&kind.to_ne_bytes());
     msg.extend_from_slice(value);
     msg.resize(msg.len().next_multiple_of(4), 0);
+}
+
+/// The attributes that follow a fixed header of `header` bytes: (type, value).
+fn attributes(body: &[u8], header: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = body.get(header..).unwrap_or_default();
+    std::iter::from_fn(move || {
+        if rest.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
+        if len < 4 || len > rest.len() {
+            return None;
+        }
+        // The top bits flag nested and byte-order attributes.
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        let value = &rest[4..len];
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+        Some((kind, value))
+    })
+}
+
+fn table_byte(table: u32) -> u8 {
+    u8::try_from(table).unwrap_or(RT_TABLE_COMPAT)
+}
+
+fn octets(addr: IpAddr) -> (u8, Vec<u8>) {
+    match addr {
+        IpAddr::V4(a) => (AF_INET, a.octets().to_vec()),
+        IpAddr::V6(a) => (AF_INET6, a.octets().to_vec()),
+    }
+}
+
+/// struct rtmsg and attributes for a route to `prefix/len` through `oif` in `table`.
+fn route_message(table: u32, prefix: IpAddr, len: u8, oif: u32, src: Option<IpAddr>) -> Vec<u8> {
+    let (family, dst) = octets(prefix);
+    let mut body = vec![
+        family,
+        len,
+        0,
+        0,
+        table_byte(table),
+        RTPROT_ESPTUN,
+        RT_SCOPE_LINK,
+        RTN_UNICAST,
+    ];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    attribute(&mut body, RTA_TABLE, &table.to_ne_bytes());
+    attribute(&mut body, RTA_DST, &dst);
+    attribute(&mut body, RTA_OIF, &oif.to_ne_bytes());
+    if let Some(src) = src.filter(|s| s.is_ipv4() == prefix.is_ipv4()) {
+        attribute(&mut body, RTA_PREFSRC, &octets(src).1);
+    }
+    body
+}
+
+/// struct fib_rule_hdr and attributes for `not fwmark MARK lookup TABLE`.
+fn rule_message(family: u8, table: u32, mark: u32) -> Vec<u8> {
+    let mut body = vec![family, 0, 0, 0, table_byte(table), 0, 0, FR_ACT_TO_TBL];
+    body.extend_from_slice(&FIB_RULE_INVERT.to_ne_bytes());
+    attribute(&mut body, FRA_PRIORITY, &RULE_PRIORITY.to_ne_bytes());
+    attribute(&mut body, FRA_FWMARK, &mark.to_ne_bytes());
+    attribute(&mut body, FRA_FWMASK, &u32::MAX.to_ne_bytes());
+    attribute(&mut body, FRA_TABLE, &table.to_ne_bytes());
+    body
+}
+
+/// True if an RTM_NEWROUTE body is a route esptun made in `table`.
+fn is_ours(body: &[u8], table: u32) -> bool {
+    if body.len() < 12 || body[5] != RTPROT_ESPTUN {
+        return false;
+    }
+    let in_table = attributes(body, 12)
+        .find(|&(kind, _)| kind == RTA_TABLE)
+        .and_then(|(_, v)| v.try_into().ok().map(u32::from_ne_bytes))
+        .unwrap_or(u32::from(body[4]));
+    in_table == table
+}
+
+/// The address of an RTM_NEWADDR body, if it is of global scope.
+fn address_of(body: &[u8]) -> Option<IpAddr> {
+    let (&family, &scope) = (body.first()?, body.get(3)?);
+    if scope != RT_SCOPE_UNIVERSE {
+        return None;
+    }
+    // IFA_LOCAL is ours on point-to-point links, where IFA_ADDRESS is the far end.
+    let mut found = None;
+    for (kind, value) in attributes(body, 8) {
+        if kind == IFA_LOCAL || (kind == IFA_ADDRESS && found.is_none()) {
+            found = match (family, value.len()) {
+                (AF_INET, 4) => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(value).ok()?))),
+                (AF_INET6, 16) => Some(IpAddr::V6(Ipv6Addr::from(
+                    <[u8; 16]>::try_from(value).ok()?,
+                ))),
+                _ => found,
+            };
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_names_our_table_protocol_and_source() {
+        let body = route_message(
+            4500,
+            "10.2.0.0".parse().unwrap(),
+            24,
+            7,
+            Some("10.1.0.1".parse().unwrap()),
+        );
+        // rtmsg: family, dst_len, src_len, tos, table (compat), protocol, scope, type, flags.
+        assert_eq!(&body[..8], &[AF_INET, 24, 0, 0, 252, 50, 253, 1]);
+        let attrs: Vec<(u16, Vec<u8>)> = attributes(&body, 12)
+            .map(|(k, v)| (k, v.to_vec()))
+            .collect();
+        assert_eq!(
+            attrs,
+            vec![
+                (RTA_TABLE, 4500u32.to_ne_bytes().to_vec()),
+                (RTA_DST, vec![10, 2, 0, 0]),
+                (RTA_OIF, 7u32.to_ne_bytes().to_vec()),
+                (RTA_PREFSRC, vec![10, 1, 0, 1]),
+            ]
+        );
+        assert!(is_ours(&body, 4500));
+        assert!(!is_ours(&body, 4501));
+        // A source of the other family is left out, as is a small table's compat byte.
+        let v6 = route_message(
+            100,
+            "fd00:2::".parse().unwrap(),
+            64,
+            7,
+            Some("10.1.0.1".parse().unwrap()),
+        );
+        assert_eq!(v6[4], 100);
+        assert!(attributes(&v6, 12).all(|(k, _)| k != RTA_PREFSRC));
+        let mut static_route = body.clone();
+        static_route[5] = 4;
+        assert!(!is_ours(&static_route, 4500), "not made by esptun");
+    }
+
+    #[test]
+    fn rule_is_inverted_fwmark_to_our_table() {
+        let body = rule_message(AF_INET6, 4500, 0x45);
+        assert_eq!(&body[..8], &[AF_INET6, 0, 0, 0, 252, 0, 0, FR_ACT_TO_TBL]);
+        assert_eq!(&body[8..12], &FIB_RULE_INVERT.to_ne_bytes());
+        let attrs: Vec<(u16, Vec<u8>)> = attributes(&body, 12)
+            .map(|(k, v)| (k, v.to_vec()))
+            .collect();
+        assert_eq!(
+            attrs,
+            vec![
+                (FRA_PRIORITY, RULE_PRIORITY.to_ne_bytes().to_vec()),
+                (FRA_FWMARK, 0x45u32.to_ne_bytes().to_vec()),
+                (FRA_FWMASK, u32::MAX.to_ne_bytes().to_vec()),
+                (FRA_TABLE, 4500u32.to_ne_bytes().to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn messages_split_a_datagram_and_skip_a_torn_tail() {
+        let mut datagram = message(NLMSG_ERROR, 0, 7, &[0; 4]);
+        datagram.extend(message(NLMSG_DONE, 0, 8, &[1, 2]));
+        datagram.extend([0, 0]); // padding of the second
+        datagram.extend(&message(NLMSG_DONE, 0, 9, &[])[..10]);
+        let got: Vec<(u16, u32, Vec<u8>)> = messages(&datagram)
+            .map(|(k, s, b)| (k, s, b.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(NLMSG_ERROR, 7, vec![0; 4]), (NLMSG_DONE, 8, vec![1, 2])]
+        );
+        assert!(errno(&0i32.to_ne_bytes()).is_ok());
+        assert_eq!(
+            errno(&(-17i32).to_ne_bytes()).unwrap_err().raw_os_error(),
+            Some(17)
+        );
+    }
+
+    #[test]
+    fn addresses_are_local_and_global() {
+        let mut ptp = vec![AF_INET, 32, 0, RT_SCOPE_UNIVERSE, 3, 0, 0, 0];
+        attribute(&mut ptp, IFA_ADDRESS, &[192, 0, 2, 9]);
+        attribute(&mut ptp, IFA_LOCAL, &[192, 0, 2, 1]);
+        assert_eq!(address_of(&ptp), Some("192.0.2.1".parse().unwrap()));
+        let mut v6 = vec![AF_INET6, 64, 0, RT_SCOPE_UNIVERSE, 3, 0, 0, 0];
+        attribute(
+            &mut v6,
+            IFA_ADDRESS,
+            &"fd00:1::1".parse::<Ipv6Addr>().unwrap().octets(),
+        );
+        assert_eq!(address_of(&v6), Some("fd00:1::1".parse().unwrap()));
+        v6[3] = RT_SCOPE_LINK;
+        assert_eq!(address_of(&v6), None);
+    }
 }

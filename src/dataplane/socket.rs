@@ -132,19 +132,21 @@ fn steer_raw(fd: &OwnedFd, v4: bool, index: usize, workers: usize) -> io::Result
 }
 
 impl EspSockets {
-    /// Opens worker `index`'s sockets. Workers must open theirs in index order, after
-    /// the control thread bound the NAT-T port: a socket's place in the port's group is
-    /// its bind order.
+    /// Opens worker `index`'s sockets, marked `mark` so that ESP leaves by the main
+    /// routing table. Workers must open theirs in index order, after the control
+    /// thread bound the NAT-T port: a socket's place in the port's group is its bind
+    /// order.
     pub fn open(
         addrs: &[(Transport, SocketAddr)],
         index: usize,
         workers: usize,
+        mark: u32,
     ) -> io::Result<Self> {
         let mut out = Vec::new();
         for &(transport, bound) in addrs {
             let fd = match transport {
                 Transport::Udp => {
-                    let fd = netio::bind_udp(bound, true, true)?;
+                    let fd = netio::bind_udp(bound, true, true, mark)?;
                     if index == 0 {
                         steer_udp(&fd, workers)?;
                     }
@@ -159,6 +161,7 @@ impl EspSockets {
                     let esp = socket2::Protocol::from(libc::IPPROTO_ESP);
                     let fd =
                         OwnedFd::from(socket2::Socket::new(domain, socket2::Type::RAW, Some(esp))?);
+                    setsockopt(&fd, sockopt::Mark, &mark)?;
                     steer_raw(&fd, bound.is_ipv4(), index, workers)?;
                     // No IPV6_V6ONLY: a raw IPv6 socket only sees IPv6, and refuses it.
                     bind(fd.as_raw_fd(), &SockaddrStorage::from(bound))?;
@@ -220,14 +223,15 @@ impl Batch {
     }
 
     /// Receives up to `bufs.len()` datagrams without blocking, each into
-    /// `bufs[i][offset..]`; appends each one's length to `lens`. (The sender does not
-    /// matter: the SPI names the SA, and IKE alone may move a peer.)
+    /// `bufs[i][offset..]`; appends each one's length and sender to `received`. (The
+    /// sender only matters for an unknown SPI: the SPI names the SA, and IKE alone may
+    /// move a peer.)
     pub fn recv(
         &mut self,
         socket: &EspSocket,
         bufs: &mut [Vec<u8>],
         offset: usize,
-        lens: &mut Vec<usize>,
+        received: &mut Vec<(usize, Option<SockaddrStorage>)>,
     ) -> io::Result<()> {
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
             .iter_mut()
@@ -240,7 +244,7 @@ impl Batch {
             MsgFlags::MSG_DONTWAIT,
             None,
         )?;
-        lens.extend(results.map(|r| r.bytes));
+        received.extend(results.map(|r| (r.bytes, r.address)));
         Ok(())
     }
 

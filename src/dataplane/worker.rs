@@ -2,16 +2,22 @@
 
 use super::packet::{self, Flow};
 use super::socket::{Batch, EspSockets, Transport};
-use super::{Command, DropReason, Drops, Inbound, Outbound};
+use super::{
+    Command, DataplaneEvent, DropReason, Drops, HOLD_PACKETS, Inbound, Outbound, Protection,
+};
 use crate::esp::{EspError, HEADROOM, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
+use crate::netio;
 use crossbeam_channel::Receiver;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EventFd;
+use nix::sys::socket::SockaddrStorage;
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 /// Packets per batch, from the TUN and from each socket.
@@ -23,6 +29,33 @@ const BUF_LEN: usize = HEADROOM + 65_535 + 64;
 /// Where a received datagram is written: the inner packet that opening leaves in it
 /// must have room in front for the virtio-net header the TUN wants with offload.
 const RX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+/// Held packets of a child go out in one batch when its SA is activated.
+const _: () = assert!(HOLD_PACKETS <= BATCH);
+/// The least time between two reports of one kind (an acquire for one child, one
+/// peer's unknown SPI).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Unknown-SPI reports a worker sends per REPORT_INTERVAL in all.
+const SPI_REPORTS: usize = 10;
+
+#[allow(
+    clippy::disallowed_methods,
+    reason = "workers pace their reports to the control thread by the clock"
+)]
+fn clock() -> Instant {
+    Instant::now()
+}
+
+/// What a worker shares with the control thread.
+pub struct Channels {
+    /// Commands, applied between batches.
+    pub commands: Receiver<Command>,
+    /// Written after each command.
+    pub wake: Arc<EventFd>,
+    /// The drop counters.
+    pub drops: Arc<Drops>,
+    /// Acquires and unknown SPIs.
+    pub events: UnboundedSender<DataplaneEvent>,
+}
 
 /// A worker's state; `run` consumes it on its own thread.
 pub struct Worker {
@@ -31,8 +64,13 @@ pub struct Worker {
     commands: Receiver<Command>,
     wake: Arc<EventFd>,
     drops: Arc<Drops>,
-    /// The security policy database: outbound SAs in installation order.
-    outbound: Vec<Arc<Outbound>>,
+    events: UnboundedSender<DataplaneEvent>,
+    spd: Spd,
+    /// Protected children, each with the packets this worker holds for it.
+    held: Vec<Held>,
+    /// The largest packet a hold queue keeps (the TUN's MTU).
+    hold_size: usize,
+    spi_reports: SpiReports,
     /// Inbound SAs this worker owns, by SPI.
     inbound: HashMap<u32, Box<Inbound>>,
     batch: Batch,
@@ -45,7 +83,136 @@ pub struct Worker {
     sizes: Vec<usize>,
     gso: Vec<u8>,
     gro: GROTable,
-    lens: Vec<usize>,
+    /// Each received datagram's length and sender.
+    received: Vec<(usize, Option<SockaddrStorage>)>,
+}
+
+/// The security policy database: outbound SAs, the one activated last first, so
+/// that it carries what older SAs with the same selectors would.
+#[derive(Default)]
+struct Spd(Vec<Arc<Outbound>>);
+
+impl Spd {
+    fn activate(&mut self, sa: Arc<Outbound>) {
+        self.0.insert(0, sa);
+    }
+
+    /// Forgets the SA installed as inbound SPI `id`, and no other (outbound SPIs are
+    /// the peers' choice: two peers may pick the same).
+    fn remove(&mut self, id: u32) {
+        self.0.retain(|sa| sa.id != id);
+    }
+
+    /// The index of the SA for `flow`.
+    fn lookup(&self, flow: &Flow) -> Option<usize> {
+        self.0
+            .iter()
+            .position(|sa| flow.selected(&sa.local_ts, &sa.remote_ts))
+    }
+}
+
+/// A protected child as one worker sees it.
+struct Held {
+    protection: Arc<Protection>,
+    queue: HoldQueue,
+    /// When this worker last asked for an SA for it.
+    acquired: Option<Instant>,
+}
+
+/// Packets waiting for an SA: a ring of buffers allocated up front, the oldest
+/// pushed out when it is full.
+struct HoldQueue {
+    slots: Vec<Vec<u8>>,
+    size: usize,
+    start: usize,
+    len: usize,
+}
+
+impl HoldQueue {
+    fn new(slots: usize, size: usize) -> Self {
+        Self {
+            slots: (0..slots).map(|_| Vec::with_capacity(size)).collect(),
+            size,
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// Keeps a copy of `packet`; false if a packet was lost: the oldest, pushed
+    /// out, or this one, bigger than a buffer.
+    fn push(&mut self, packet: &[u8]) -> bool {
+        if packet.len() > self.size {
+            return false;
+        }
+        let n = self.slots.len();
+        let at = (self.start + self.len) % n;
+        let full = self.len == n;
+        if full {
+            self.start = (self.start + 1) % n;
+        } else {
+            self.len += 1;
+        }
+        let slot = &mut self.slots[at];
+        slot.clear();
+        slot.extend_from_slice(packet);
+        !full
+    }
+
+    /// Takes the oldest packet.
+    fn pop(&mut self) -> Option<&[u8]> {
+        if self.len == 0 {
+            return None;
+        }
+        let at = self.start;
+        self.start = (at + 1) % self.slots.len();
+        self.len -= 1;
+        Some(&self.slots[at])
+    }
+}
+
+/// Which unknown SPIs were reported lately: at most one report per peer and SPI per
+/// REPORT_INTERVAL, and SPI_REPORTS in all, so a flood of made-up SPIs costs a
+/// short scan per packet and reaches the control thread only a few times a second.
+struct SpiReports {
+    recent: Vec<(IpAddr, u32, Instant)>,
+    window: Option<Instant>,
+    sent: usize,
+}
+
+impl SpiReports {
+    fn new() -> Self {
+        Self {
+            // Twice the cap: every report of the last interval stays in view.
+            recent: Vec::with_capacity(2 * SPI_REPORTS),
+            window: None,
+            sent: 0,
+        }
+    }
+
+    /// Whether to report `spi` from `peer` now; if so, it is counted.
+    fn allow(&mut self, now: Instant, peer: IpAddr, spi: u32) -> bool {
+        if self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= REPORT_INTERVAL)
+        {
+            self.window = Some(now);
+            self.sent = 0;
+        }
+        if self.sent >= SPI_REPORTS
+            || self.recent.iter().any(|&(p, s, at)| {
+                p == peer && s == spi && now.duration_since(at) < REPORT_INTERVAL
+            })
+        {
+            return false;
+        }
+        if self.recent.len() < self.recent.capacity() {
+            self.recent.push((peer, spi, now));
+        } else if let Some(oldest) = self.recent.iter_mut().min_by_key(|r| r.2) {
+            *oldest = (peer, spi, now);
+        }
+        self.sent += 1;
+        true
+    }
 }
 
 /// A sealed packet waiting to be sent: which buffer, where ESP starts, and which SA
@@ -58,22 +225,21 @@ struct Sealed {
 }
 
 impl Worker {
-    /// Sets a worker up; nothing runs until `run`.
-    pub fn new(
-        tun: SyncDevice,
-        sockets: EspSockets,
-        commands: Receiver<Command>,
-        wake: Arc<EventFd>,
-        drops: Arc<Drops>,
-    ) -> Self {
+    /// Sets a worker up, holding packets of up to `hold_size` bytes for protected
+    /// children; nothing runs until `run`.
+    pub fn new(tun: SyncDevice, sockets: EspSockets, channels: Channels, hold_size: usize) -> Self {
         let buffers = || (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect::<Vec<_>>();
         Self {
             tun,
             sockets,
-            commands,
-            wake,
-            drops,
-            outbound: Vec::new(),
+            commands: channels.commands,
+            wake: channels.wake,
+            drops: channels.drops,
+            events: channels.events,
+            spd: Spd::default(),
+            held: Vec::new(),
+            hold_size,
+            spi_reports: SpiReports::new(),
             inbound: HashMap::new(),
             batch: Batch::new(BATCH),
             tx: buffers(),
@@ -82,7 +248,7 @@ impl Worker {
             sizes: vec![0; BATCH],
             gso: vec![0; VIRTIO_NET_HDR_LEN + 65_535],
             gro: GROTable::default(),
-            lens: Vec::with_capacity(BATCH),
+            received: Vec::with_capacity(BATCH),
         }
     }
 
@@ -135,13 +301,22 @@ impl Worker {
     fn apply_commands(&mut self) -> bool {
         while let Ok(c) = self.commands.try_recv() {
             match c {
-                Command::Outbound(sa) => self.outbound.push(sa),
+                Command::Protect(protection) => self.held.push(Held {
+                    protection,
+                    queue: HoldQueue::new(HOLD_PACKETS, self.hold_size),
+                    acquired: None,
+                }),
+                Command::Outbound(sa) => {
+                    let (policy, child) = (sa.policy, sa.child);
+                    self.spd.activate(sa);
+                    self.release_held(policy, child);
+                }
                 Command::Inbound(spi, sa) => {
                     self.inbound.insert(spi, sa);
                 }
-                Command::Remove { spi_in, spi_out } => {
-                    self.inbound.remove(&spi_in);
-                    self.outbound.retain(|sa| sa.spi != spi_out);
+                Command::Remove(id) => {
+                    self.inbound.remove(&id);
+                    self.spd.remove(id);
                 }
                 Command::Stop => return false,
             }
@@ -171,12 +346,41 @@ impl Worker {
                 }
             }
         }
+        self.seal_and_send(count, true);
+    }
+
+    /// Sends the packets held for child `child` of `policy` through the policy
+    /// database, where the SA just activated for it comes first.
+    fn release_held(&mut self, policy: usize, child: usize) {
+        let Some(held) = self
+            .held
+            .iter_mut()
+            .find(|h| (h.protection.policy, h.protection.child) == (policy, child))
+        else {
+            return;
+        };
+        let mut count = 0;
+        while let Some(packet) = held.queue.pop() {
+            self.tx[count][HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
+            self.sizes[count] = packet.len();
+            count += 1;
+        }
+        self.seal_and_send(count, false);
+    }
+
+    /// Seals the packets in `tx[..count]` (each `sizes[i]` bytes after HEADROOM) and
+    /// sends them. One that no SA covers is held for its protected child if `hold`
+    /// (else, or without such a child, dropped): never sent in clear.
+    fn seal_and_send(&mut self, count: usize, hold: bool) {
+        let mut now = None;
         let mut sealed: Vec<Sealed> = Vec::with_capacity(count);
         for i in 0..count {
             let buf = &mut self.tx[i];
             buf.truncate(HEADROOM + self.sizes[i]);
-            match seal(&self.outbound, buf) {
+            match seal(&self.spd, buf) {
                 Ok((head, sa)) => sealed.push(Sealed { buf: i, head, sa }),
+                Err(Refused::NoSa(flow)) if hold => self.hold(i, &flow, &mut now),
+                Err(Refused::NoSa(_)) => self.drops.count(DropReason::NoSa),
                 Err(Refused::Drop(why)) => self.drops.count(why),
                 Err(Refused::TooBig(icmp)) => {
                     self.drops.count(DropReason::TooBig);
@@ -194,7 +398,7 @@ impl Worker {
         }
         // One send per run of packets with the same SA (usually the whole batch).
         for run in sealed.chunk_by(|a, b| a.sa == b.sa) {
-            let sa = &self.outbound[run[0].sa];
+            let sa = &self.spd.0[run[0].sa];
             let packets: Vec<&[u8]> = run.iter().map(|s| &self.tx[s.buf][s.head..]).collect();
             let socket = &self.sockets.0[sa.socket];
             let failed = self.batch.send(socket, &packets, sa.peer, sa.local);
@@ -207,21 +411,51 @@ impl Worker {
         }
     }
 
+    /// Holds the packet in `tx[i]` for the protected child `flow` belongs to, and asks
+    /// for an SA for it (at most once per REPORT_INTERVAL); drops it if there is none.
+    fn hold(&mut self, i: usize, flow: &Flow, now: &mut Option<Instant>) {
+        let Some(held) = self
+            .held
+            .iter_mut()
+            .find(|h| flow.selected(&h.protection.local_ts, &h.protection.remote_ts))
+        else {
+            self.drops.count(DropReason::NoSa);
+            return;
+        };
+        if !held.queue.push(&self.tx[i][HEADROOM..]) {
+            self.drops.count(DropReason::HoldOverflow);
+        }
+        let now = *now.get_or_insert_with(clock);
+        if held
+            .acquired
+            .is_none_or(|at| now.duration_since(at) >= REPORT_INTERVAL)
+        {
+            held.acquired = Some(now);
+            // The control thread outlives the workers; a send cannot fail while it matters.
+            let _ = self.events.send(DataplaneEvent::Acquire {
+                policy: held.protection.policy,
+                child: held.protection.child,
+            });
+        }
+    }
+
     /// Receives a batch of ESP, opens what is ours, writes the inner packets to the TUN.
     fn inbound_batch(&mut self, index: usize) {
-        self.lens.clear();
+        self.received.clear();
         let socket = &self.sockets.0[index];
         if self
             .batch
-            .recv(socket, &mut self.rx, RX_OFFSET, &mut self.lens)
+            .recv(socket, &mut self.rx, RX_OFFSET, &mut self.received)
             .is_err()
         {
             return;
         }
         let raw_v4 = socket.transport == Transport::Raw && socket.bound.is_ipv4();
+        let mut now = None;
         // Where each inner packet in to_tun[..ready.len()] starts.
-        let mut ready: Vec<usize> = Vec::with_capacity(self.lens.len());
-        for (i, &len) in self.lens.iter().enumerate() {
+        let mut ready: Vec<usize> = Vec::with_capacity(self.received.len());
+        for (i, (len, sender)) in self.received.iter().enumerate() {
+            let len = *len;
             let buf = &mut self.rx[i];
             let mut esp = RX_OFFSET..RX_OFFSET + len;
             if raw_v4 {
@@ -236,6 +470,26 @@ impl Worker {
                     std::mem::swap(&mut self.rx[i], &mut self.to_tun[k]);
                     self.to_tun[k].truncate(end);
                     ready.push(start);
+                }
+                Err(DropReason::NoSa) => {
+                    self.drops.count(DropReason::NoSa);
+                    let spi = u32::from_be_bytes([
+                        buf[esp.start],
+                        buf[esp.start + 1],
+                        buf[esp.start + 2],
+                        buf[esp.start + 3],
+                    ]);
+                    let Some(remote) = sender.as_ref().and_then(netio::socket_addr) else {
+                        continue;
+                    };
+                    let now = *now.get_or_insert_with(clock);
+                    if self.spi_reports.allow(now, remote.ip(), spi) {
+                        let _ = self.events.send(DataplaneEvent::UnknownSpi {
+                            local: socket.bound,
+                            remote,
+                            spi,
+                        });
+                    }
                 }
                 Err(why) => self.drops.count(why),
             }
@@ -262,20 +516,19 @@ impl Worker {
 
 /// Why an outbound packet was not sealed.
 enum Refused {
+    /// No SA covers it; it may be held for a protected child.
+    NoSa(Flow),
     Drop(DropReason),
     /// Too big with DF set: this ICMP error goes back into the TUN.
     TooBig(Vec<u8>),
 }
 
 /// Finds the SA for the packet at `buf[HEADROOM..]` and seals it in place.
-fn seal(spd: &[Arc<Outbound>], buf: &mut Vec<u8>) -> Result<(usize, usize), Refused> {
+fn seal(spd: &Spd, buf: &mut Vec<u8>) -> Result<(usize, usize), Refused> {
     let packet = &buf[HEADROOM..];
     let flow = Flow::parse(packet).ok_or(Refused::Drop(DropReason::Malformed))?;
-    let index = spd
-        .iter()
-        .position(|sa| flow.selected(&sa.local_ts, &sa.remote_ts))
-        .ok_or(Refused::Drop(DropReason::NoSa))?;
-    let sa = &spd[index];
+    let index = spd.lookup(&flow).ok_or(Refused::NoSa(flow))?;
+    let sa = &spd.0[index];
     if sa.traffic.reached(&sa.hard).is_some() {
         return Err(Refused::Drop(DropReason::Expired));
     }
@@ -297,7 +550,8 @@ fn seal(spd: &[Arc<Outbound>], buf: &mut Vec<u8>) -> Result<(usize, usize), Refu
     Ok((head, index))
 }
 
-/// Opens an ESP packet in place; returns the inner packet's range within it.
+/// Opens an ESP packet in place; returns the inner packet's range within it. NoSa
+/// means an SPI (the first four bytes) no SA of this worker has.
 fn open(
     inbound: &mut HashMap<u32, Box<Inbound>>,
     esp: &mut [u8],
@@ -329,4 +583,133 @@ fn open(
     }
     sa.traffic.add(packet.len());
     Ok(inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Encr, Secret};
+    use crate::esp::{OutboundSa, SaKeys};
+    use crate::ike::Limits;
+    use crate::wire::payload::{AddrRange, TsRange};
+    use std::net::Ipv4Addr;
+
+    fn net(a: [u8; 4], b: [u8; 4]) -> TsRange {
+        TsRange {
+            ip_protocol: 0,
+            start_port: 0,
+            end_port: u16::MAX,
+            addrs: AddrRange::V4(Ipv4Addr::from(a), Ipv4Addr::from(b)),
+        }
+    }
+
+    /// An SA installed as inbound SPI `id`, sending with the peer's `spi` to `remote`.
+    fn outbound(id: u32, spi: u32, remote: TsRange) -> Arc<Outbound> {
+        let (key, none) = (Secret::new(vec![7; 20]), Secret::new(Vec::new()));
+        let sa = OutboundSa::new(&SaKeys {
+            spi,
+            encr: Encr::AesGcm16 { key_len: 16 },
+            integ: None,
+            esn: false,
+            encryption: &key,
+            integrity: &none,
+        })
+        .unwrap();
+        Arc::new(Outbound {
+            sa,
+            spi,
+            id,
+            policy: 0,
+            child: 0,
+            local_ts: vec![net([10, 1, 0, 0], [10, 1, 0, 255])],
+            remote_ts: vec![remote],
+            socket: 0,
+            peer: "192.0.2.2:0".parse().unwrap(),
+            local: "192.0.2.1".parse().unwrap(),
+            max_inner: 1400,
+            hard: Limits::default(),
+            traffic: super::super::Traffic::default(),
+        })
+    }
+
+    fn to(dst: [u8; 4]) -> Flow {
+        Flow {
+            src: IpAddr::from([10, 1, 0, 2]),
+            dst: IpAddr::from(dst),
+            protocol: 1,
+            src_port: Some(0x0800),
+            dst_port: Some(0x0800),
+            dont_fragment: false,
+        }
+    }
+
+    fn ids(spd: &Spd) -> Vec<u32> {
+        spd.0.iter().map(|sa| sa.id).collect()
+    }
+
+    #[test]
+    fn the_sa_activated_last_carries_what_older_ones_cover() {
+        let mut spd = Spd::default();
+        spd.activate(outbound(1, 0x100, net([10, 2, 0, 0], [10, 2, 0, 255])));
+        spd.activate(outbound(2, 0x200, net([10, 2, 0, 0], [10, 2, 255, 255])));
+        assert_eq!(spd.lookup(&to([10, 2, 0, 5])), Some(0));
+        assert_eq!(spd.0[0].id, 2);
+        assert_eq!(spd.lookup(&to([10, 2, 9, 5])), Some(0));
+        assert_eq!(spd.lookup(&to([10, 3, 0, 1])), None);
+        // A rekey: the new SA takes over; the old one is found again once it goes.
+        spd.activate(outbound(3, 0x300, net([10, 2, 0, 0], [10, 2, 255, 255])));
+        assert_eq!(ids(&spd), [3, 2, 1]);
+        spd.remove(3);
+        spd.remove(2);
+        assert_eq!(spd.0[spd.lookup(&to([10, 2, 0, 5])).unwrap()].id, 1);
+    }
+
+    #[test]
+    fn removal_is_by_install_id_even_when_peers_share_an_outbound_spi() {
+        let mut spd = Spd::default();
+        // Two peers chose the same SPI for their inbound SAs (our outbound ones).
+        spd.activate(outbound(1, 0xabcd, net([10, 2, 0, 0], [10, 2, 0, 255])));
+        spd.activate(outbound(2, 0xabcd, net([10, 3, 0, 0], [10, 3, 0, 255])));
+        spd.remove(2);
+        assert_eq!(ids(&spd), [1]);
+        assert_eq!(spd.lookup(&to([10, 2, 0, 5])), Some(0));
+        spd.remove(0xabcd);
+        assert_eq!(ids(&spd), [1], "an outbound SPI names nothing");
+    }
+
+    #[test]
+    fn hold_queue_pushes_out_the_oldest() {
+        let mut q = HoldQueue::new(3, 4);
+        assert!(q.push(&[1]) && q.push(&[2, 2]) && q.push(&[3]));
+        assert!(!q.push(&[4, 4, 4, 4]), "full: the oldest goes");
+        assert!(!q.push(&[5; 5]), "bigger than a buffer");
+        assert_eq!(q.pop(), Some(&[2, 2][..]));
+        assert!(q.push(&[6]));
+        let mut rest = Vec::new();
+        while let Some(p) = q.pop() {
+            rest.push(p.to_vec());
+        }
+        assert_eq!(rest, [vec![3], vec![4, 4, 4, 4], vec![6]]);
+        let capacities: Vec<usize> = q.slots.iter().map(Vec::capacity).collect();
+        assert_eq!(capacities, [4, 4, 4], "no buffer grew");
+    }
+
+    #[test]
+    fn unknown_spis_are_reported_once_a_second_per_peer_and_a_few_in_all() {
+        let t0 = clock();
+        let (a, b) = (IpAddr::from([192, 0, 2, 2]), IpAddr::from([192, 0, 2, 3]));
+        let mut r = SpiReports::new();
+        assert!(r.allow(t0, a, 1));
+        assert!(!r.allow(t0 + Duration::from_millis(900), a, 1));
+        assert!(r.allow(t0, a, 2));
+        assert!(r.allow(t0, b, 1));
+        assert!(r.allow(t0 + REPORT_INTERVAL, a, 1));
+        // A flood of made-up SPIs: SPI_REPORTS per interval, then silence.
+        let t1 = t0 + 2 * REPORT_INTERVAL;
+        let allowed = (0..1000u32)
+            .filter(|&spi| r.allow(t1, b, 1000 + spi))
+            .count();
+        assert_eq!(allowed, SPI_REPORTS);
+        assert!(r.allow(t1 + REPORT_INTERVAL, b, 5000));
+    }
 }

@@ -7,10 +7,14 @@
 # counters may change. Last, a hard packet lifetime must end the Child SA on both
 # sides, a DF packet too big for a CBC SA must get ICMP "fragmentation needed", and
 # behind a source NAT (nftables) both sides must float to 4500 and the translated side
-# must send NAT keepalives.
+# must send NAT keepalives. Fail closed: with bob's gateway down, nothing of alice's
+# sites leaves in clear (though her main table has a route for it) and the packets are
+# held and counted; host to host, the gateways' own traffic to each other goes in ESP
+# while their IKE still flows; and no route of the main table is ever touched.
 # Root only; traffic stays in the namespaces.
 #
 # usage: tests/e2e/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
+#        ONLY=regex picks cases by name
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../../scripts/lib/sites.sh
@@ -38,6 +42,7 @@ trap 'exit 130' INT TERM
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*"; }
 PASSED=0 FAILED=()
+want() { [[ -z ${ONLY:-} || $1 =~ $ONLY ]]; }
 pass() { PASSED=$((PASSED + 1)); log "PASS $1"; }
 fail() {
     FAILED+=("$1"); log "FAIL $1: $2"
@@ -79,6 +84,7 @@ only_ike_and_esp() {
 # case name initiator transport [dataplane toml]
 run_case() {
     local name=$1 initiator=$2 transport=$3 extra="" why=""
+    want "$name" || return 0
     [[ $transport == udp ]] && extra="encap = true"
     CASE=$RUN/$name; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
     SITES_DATAPLANE=${4:-}
@@ -172,7 +178,7 @@ hostile() {
     if [[ -z $why ]]; then pass hostile; else fail hostile "$why"; fi
     sites_stop
 }
-hostile
+want hostile && hostile
 
 # --- lifetimes: a hard packet limit ends the Child SA on both sides ---------------------
 lifetime() {
@@ -198,7 +204,7 @@ lifetime() {
     if [[ -z $why ]]; then pass lifetime; else fail lifetime "$why"; fi
     sites_stop
 }
-lifetime
+want lifetime && lifetime
 
 # --- path MTU: a DF packet the SA cannot fit gets ICMP "fragmentation needed" --------------
 # AES-256-CBC/HMAC-SHA-512 in UDP needs more room than the TUN MTU (sized for AEAD) leaves:
@@ -219,7 +225,7 @@ too_big() {
     if [[ -z $why ]]; then pass too-big; else fail too-big "$why"; fi
     sites_stop
 }
-too_big
+want too-big && too_big
 
 # --- NAT: alice's gateway is behind a source NAT (nftables, 192.0.2.1 -> 192.0.2.3) ------
 # Both sides must detect it and float to UDP 4500, traffic must pass, and alice, whose
@@ -262,7 +268,135 @@ NFT
     ip netns exec "$NS_AG" nft delete table ip esptun_nat
     ip -n "$NS_AG" addr del 192.0.2.3/32 dev wan
 }
-nat
+want nat && nat
+
+# --- fail closed: bob's gateway is down; alice's main table even has a route to bob's
+# site over the WAN. Nothing with an inner address may leave alice's gateway (from her
+# host or from the gateway itself), the packets are held (32 per child and worker, the
+# oldest pushed out and counted); once bob starts, traffic flows.
+fail_closed() {
+    CASE=$RUN/fail-closed; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE=""
+    log "case fail-closed: bob's gateway down, a clear route in alice's main table; then bob starts"
+    ip -n "$NS_AG" route add 10.2.0.0/24 via $WAN_B
+    ip -n "$NS_AG" -6 route add fd00:2::/64 via $WAN6_B
+    sites_configs "$CASE" alice
+    ip netns exec "$NS_AG" tcpdump -i wan -n -s 128 -w "$CASE/wan.pcap" 2>/dev/null &
+    local dump=$! why=""
+    sleep 0.5
+    _sites_gateway "$ESPTUN" "$CASE" alice
+    # Logged once every child of the connection is protected.
+    _sites_wait "$CASE/alice.log" "initiating" || why="alice did not start"
+    local from dst flag
+    for from in "$NS_AH" "$NS_AG"; do
+        for dst in "$HOST_B" "$HOST6_B"; do
+            flag=""; [[ $dst == *:* ]] && flag=-6
+            if ip netns exec "$from" ping $flag -c 40 -i 0.01 -W 1 -q "$dst" >/dev/null 2>&1; then
+                why+="${why:+; }a ping to $dst was answered with bob down"
+            fi
+        done
+    done
+    local drops; drops=$(sites_report "$CASE/alice.log" "$ALICE_PID" | grep '^drops:')
+    log "  alice with bob down: $drops"
+    local overflow; overflow=$(grep -o 'hold_overflow=[0-9]*' <<<"$drops" | cut -d= -f2)
+    (( ${overflow:-0} > 0 )) || why+="${why:+; }no held packet was pushed out and counted"
+    _sites_gateway "$ESPTUN" "$CASE" bob
+    local i
+    for i in $(seq 300); do
+        grep -q "CHILD_SA .* UP" "$CASE/alice.log" && grep -q "CHILD_SA .* UP" "$CASE/bob.log" && break
+        # A packet asks for the SA should alice's first attempt have given up.
+        (( i % 20 )) || ip netns exec "$NS_AH" ping -c 1 -W 1 -q "$HOST_B" >/dev/null 2>&1 || true
+        sleep 0.1
+    done
+    if ! grep -q "CHILD_SA .* UP" "$CASE/bob.log"; then
+        why+="${why:+; }no Child SA once bob started"
+    else
+        for from in "$NS_AH" "$NS_AG"; do
+            for dst in "$HOST_B" "$HOST6_B"; do
+                flag=""; [[ $dst == *:* ]] && flag=-6
+                ip netns exec "$from" ping $flag -c 3 -i 0.2 -W 2 -q "$dst" >/dev/null ||
+                    why+="${why:+; }ping $dst from $from failed with bob up"
+            done
+        done
+    fi
+    sleep 0.5; kill $dump 2>/dev/null || true; wait $dump 2>/dev/null || true
+    local inner other
+    inner=$(tcpdump -r "$CASE/wan.pcap" -n 2>/dev/null | grep -c -E '10\.[12]\.0\.|fd00:' || true)
+    # Bob's kernel answers IKE with port unreachable while esptun is down there.
+    other=$(tcpdump -r "$CASE/wan.pcap" -n "(ip or ip6) and not (udp port 500 or udp port 4500 or esp) and not $LINK_LOCAL and not (src host $WAN_B and icmp[icmptype] == icmp-unreach)" 2>/dev/null | wc -l)
+    log "  capture: $inner packets showing an inner address, $other neither IKE nor ESP"
+    (( inner == 0 && other == 0 )) || why+="${why:+; }clear traffic on the WAN"
+    if [[ -z $why ]]; then pass fail-closed; else fail fail-closed "$why"; fi
+    sites_stop
+    ip -n "$NS_AG" route del 10.2.0.0/24 via $WAN_B
+    ip -n "$NS_AG" -6 route del fd00:2::/64 via $WAN6_B
+}
+want fail-closed && fail_closed
+
+# --- host to host: dynamic selectors on both sides, so the peer's own address is
+# tunnelled: the gateways' pings to each other go in ESP, and their IKE (marked, routed
+# by the main table) still reaches the peer, to the Delete at the end.
+host_to_host() {
+    CASE=$RUN/host-to-host; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE=""
+    log "case host-to-host: selectors are the gateways' WAN addresses, raw ESP"
+    if ! SITES_NETS_A="" SITES_NETS_B="" sites_start "$ESPTUN" "$CASE" alice; then
+        fail host-to-host "no Child SA"; sites_stop; return
+    fi
+    ip netns exec "$NS_AG" tcpdump -i wan -n -s 128 -w "$CASE/wan.pcap" 2>/dev/null &
+    local dump=$! why=""
+    sleep 0.5
+    log "  alice's table 4500: $(ip -n "$NS_AG" route show table 4500 | tr '\n' ' ')"
+    ip netns exec "$NS_AG" ping -c 5 -i 0.2 -W 2 -q "$WAN_B" >/dev/null || why="ping alice -> bob failed"
+    ip netns exec "$NS_BG" ping -c 5 -i 0.2 -W 2 -q "$WAN_A" >/dev/null || why+="${why:+; }ping bob -> alice failed"
+    # IKE over the tunnelled address: bob's Delete reaches alice, her answer reaches him.
+    kill "$BOB_PID"; wait "$BOB_PID" 2>/dev/null || true
+    grep -q 'DOWN site: deleted by peer' "$CASE/alice.log" || why+="${why:+; }bob's Delete did not reach alice"
+    grep -q 'received INFORMATIONAL response' "$CASE/bob.log" || why+="${why:+; }alice's answer did not reach bob"
+    sleep 0.5; kill $dump 2>/dev/null || true; wait $dump 2>/dev/null || true
+    local icmp esp other
+    icmp=$(tcpdump -r "$CASE/wan.pcap" -n icmp 2>/dev/null | wc -l)
+    esp=$(tcpdump -r "$CASE/wan.pcap" -n esp 2>/dev/null | wc -l)
+    other=$(tcpdump -r "$CASE/wan.pcap" -n "ip and not (udp port 500 or udp port 4500 or esp)" 2>/dev/null | wc -l)
+    log "  capture: $esp ESP, $icmp ICMP, $other neither IKE nor ESP"
+    (( icmp == 0 && other == 0 )) || why+="${why:+; }clear traffic between the gateways"
+    # 20 pings and answers; tcpdump may miss the first while it starts.
+    (( esp >= 10 )) || why+="${why:+; }the pings were not in ESP ($esp packets)"
+    if [[ -z $why ]]; then pass host-to-host; else fail host-to-host "$why"; fi
+    sites_stop
+}
+want host-to-host && host_to_host
+
+# --- routes: alice asks for 10.0.0.0/8 and fd00::/8, bob narrows them to both sites'
+# nets, alice's own LAN included. Her main table must stay as it was while the tunnel is
+# up, after bob deletes it and after she stops; then her table and rule are gone too.
+routes_untouched() {
+    CASE=$RUN/routes-untouched; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE=""
+    log "case routes-untouched: alice asks for 10.0.0.0/8, bob narrows to his and alice's LANs"
+    main_routes() { ip -n "$NS_AG" route show table main; ip -n "$NS_AG" -6 route show table main; }
+    local before why=""
+    before=$(main_routes)
+    if ! SITES_NETS_B="10.2.0.0/24 10.1.0.0/24 fd00:2::/64 fd00:1::/64" \
+        SITES_ALICE_ASKS="10.0.0.0/8 fd00::/8" sites_start "$ESPTUN" "$CASE" alice; then
+        fail routes-untouched "no Child SA"; sites_stop; return
+    fi
+    grep -q 'remote_ts 10.2.0.0/24,10.1.0.0/24' "$CASE/alice.log" || why="bob did not narrow as expected"
+    [[ $(main_routes) == "$before" ]] || why+="${why:+; }main table changed with the tunnel up"
+    ip -n "$NS_AG" route show table 4500 | grep -q '^10.0.0.0/8 dev esptun0' || why+="${why:+; }10.0.0.0/8 not in table 4500"
+    kill "$BOB_PID"; wait "$BOB_PID" 2>/dev/null || true
+    _sites_wait "$CASE/alice.log" "DOWN" >/dev/null || why+="${why:+; }alice kept the SA"
+    [[ $(main_routes) == "$before" ]] || why+="${why:+; }main table changed after the deletion"
+    sites_stop
+    [[ $(main_routes) == "$before" ]] || why+="${why:+; }main table changed after alice stopped"
+    [[ -z $(ip -n "$NS_AG" route show table 4500) ]] || why+="${why:+; }table 4500 left behind"
+    ! ip -n "$NS_AG" rule | grep -q 'lookup 4500' || why+="${why:+; }rule left behind"
+    if [[ -z $why ]]; then pass routes-untouched; else
+        diff <(echo "$before") <(main_routes) || true
+        fail routes-untouched "$why"
+    fi
+}
+want routes-untouched && routes_untouched
 
 log "$PASSED passed, ${#FAILED[@]} failed${FAILED[*]:+: ${FAILED[*]}}"
 (( ${#FAILED[@]} == 0 ))
