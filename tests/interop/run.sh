@@ -348,9 +348,10 @@ run_failure() {
 # The newest Child SA esptun logged, as "spi_in spi_out"; and its newest IKE SA's SPIs.
 esptun_child() { grep 'CHILD_SA .* UP ' "$1/esptun.log" | tail -1 | grep -o 'spi_in [0-9a-f]* spi_out [0-9a-f]*' | awk '{print $2, $4}'; }
 esptun_ike() { grep -E ' (ESTABLISHED|REKEYED) ' "$1/esptun.log" | tail -1 | grep -o 'spi_i [0-9a-f]* spi_r [0-9a-f]*' | awk '{print $2, $4}'; }
-# charon's Child SAs as "spi_out spi_in" lines (esptun's in/out order), and its IKE SAs.
-charon_children() { sw "$1" --list-sas --raw 2>/dev/null | tr -d '\n' | grep -o 'spi-in=[0-9a-f]* spi-out=[0-9a-f]*' | sed 's/spi-in=//; s/spi-out=//' | awk '{print $2, $1}' | sort; }
-charon_ikes() { sw "$1" --list-sas --raw 2>/dev/null | tr -d '\n' | grep -o 'initiator-spi=[0-9a-f]* responder-spi=[0-9a-f]*' | sed 's/[a-z]*-spi=//g' | sort; }
+# charon's installed Child SAs as "spi_out spi_in" lines (esptun's in/out order), and its
+# IKE SAs (charon keeps a rekeyed SA's inbound side a while, listed but not INSTALLED).
+charon_children() { sw "$1" --list-sas --raw 2>/dev/null | tr -d '\n' | grep -o 'state=INSTALLED[^}]*spi-in=[0-9a-f]* spi-out=[0-9a-f]*' | grep -o 'spi-in=[0-9a-f]* spi-out=[0-9a-f]*' | sed 's/spi-in=//; s/spi-out=//' | awk '{print $2, $1}' | sort; }
+charon_ikes() { sw "$1" --list-sas --raw 2>/dev/null | tr -d '\n' | grep -o 'state=ESTABLISHED[^}]*initiator-spi=[0-9a-f]* responder-spi=[0-9a-f]*' | grep -o 'initiator-spi=[0-9a-f]* responder-spi=[0-9a-f]*' | sed 's/[a-z]*-spi=//g' | sort; }
 
 # wait_for seconds command...: polls until the command succeeds.
 wait_for() { local t=$1; shift; for _ in $(seq $((t * 5))); do "$@" && return 0; sleep 0.2; done; return 1; }
