@@ -4,8 +4,8 @@
 # over IPv4 and IPv6, a 200 MB TCP transfer whose SHA-256 must match on arrival, and
 # a capture of the WAN link that must hold nothing but IKE and ESP. Then a peer
 # sends garbage, a replayed packet and a wrong SPI at the ESP port: only the drop
-# counters may change. Last, a hard packet lifetime must end the Child SA on both
-# sides, a DF packet too big for a CBC SA must get ICMP "fragmentation needed", and
+# counters may change. Last, a soft packet lifetime must rekey the Child SA without
+# losing a ping, a DF packet too big for a CBC SA must get ICMP "fragmentation needed", and
 # behind a source NAT (nftables) both sides must float to 4500 and the translated side
 # must send NAT keepalives. Fail closed: with bob's gateway down, nothing of alice's
 # sites leaves in clear (though her main table has a route for it) and the packets are
@@ -180,27 +180,31 @@ hostile() {
 }
 want hostile && hostile
 
-# --- lifetimes: a hard packet limit ends the Child SA on both sides ---------------------
+# --- lifetimes: the soft packet limit rekeys, make-before-break, before the hard one --
 lifetime() {
     CASE=$RUN/lifetime; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
     SITES_DATAPLANE="" SITES_CHILD=$'rekey_packets = 100\nlife_packets = 300'
-    log "case lifetime: rekey_packets = 100, life_packets = 300"
+    log "case lifetime: rekey_packets = 100, life_packets = 300, 400 pings"
     sites_start "$ESPTUN" "$CASE" alice || { fail lifetime "no Child SA"; sites_stop; return; }
     SITES_CHILD=""
-    ip netns exec "$NS_AH" ping -c 400 -i 0.005 -W 1 -q "$HOST_B" >/dev/null 2>&1 || true
-    local why=""
-    for _ in $(seq 30); do
-        grep -q 'CHILD_SA lan .* in [0-9]* packets' "$CASE/bob.log" && grep -q 'CHILD_SA lan .* in [0-9]* packets' "$CASE/alice.log" && break
-        sleep 0.1
-    done
-    grep -q 'soft lifetime (packets) reached' "$CASE/alice.log" "$CASE/bob.log" || why="no soft lifetime report"
-    grep -q 'hard lifetime (packets) reached' "$CASE/alice.log" "$CASE/bob.log" || why+="${why:+; }no hard lifetime report"
-    # Both gateways removed the Child SA (its final counters line) and kept the IKE SA.
+    local out why="" rekeys
+    out=$(ip netns exec "$NS_AH" ping -c 400 -i 0.005 -W 1 -q "$HOST_B" 2>&1 || true)
+    # The old SAs go 3 s after their rekey.
+    sleep 4
+    grep -q '400 packets transmitted, 400 received' <<<"$out" || why="pings lost across the rekeys: $(grep -o '[0-9]* received' <<<"$out")"
+    rekeys=$(cat "$CASE/alice.log" "$CASE/bob.log" | grep -c 'soft lifetime (packets) reached, rekeying' || true)
+    # The data plane reports crossings once a second: 2 s of pings make 2 rekeys.
+    (( rekeys >= 2 )) || why+="${why:+; }only $rekeys rekeys"
+    grep -q 'hard lifetime' "$CASE/alice.log" "$CASE/bob.log" && why+="${why:+; }a hard lifetime was reached"
+    # Every replaced SA is gone on both sides (its final counters line); the IKE SA stays.
     for gw in alice bob; do
-        grep -q 'CHILD_SA lan .* in [0-9]* packets' "$CASE/$gw.log" || why+="${why:+; }$gw kept the Child SA"
+        local ups downs
+        ups=$(grep -c 'CHILD_SA site/lan UP' "$CASE/$gw.log" || true)
+        downs=$(grep -c 'CHILD_SA lan .* in [0-9]* packets' "$CASE/$gw.log" || true)
+        (( ups == downs + 1 )) || why+="${why:+; }$gw has $ups Child SAs up and $downs removed"
         grep -q ' DOWN ' "$CASE/$gw.log" && why+="${why:+; }$gw lost the IKE SA"
     done
-    log "  $(grep -h -m1 'hard lifetime (' "$CASE/alice.log" "$CASE/bob.log" | head -1)"
+    log "  $rekeys rekeys, $(grep -o '[0-9]* received' <<<"$out") of 400 pings"
     if [[ -z $why ]]; then pass lifetime; else fail lifetime "$why"; fi
     sites_stop
 }
