@@ -1960,6 +1960,47 @@ fn tries(pair: &Pair) -> usize {
 }
 
 #[test]
+fn keyingtries_bound_initiation_retries_and_count_afresh_after_success() {
+    let a = Spec {
+        start_action: Action::Start,
+        dpd_action: Action::Start,
+        dpd_delay: Some(Duration::from_secs(30)),
+        keyingtries: 3,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.cut = Some(Side::B);
+    pair.start_a();
+    pair.drive();
+    assert_eq!(tries(&pair), 3);
+    assert_eq!(Pair::downs(&pair.events_a), vec![DownReason::PeerDead; 3]);
+    let gave_up = |p: &Pair| {
+        logs(&p.events_a)
+            .iter()
+            .filter(|l| l.contains("giving up after 3 keying tries"))
+            .count()
+    };
+    assert_eq!(gave_up(&pair), 1);
+    assert_eq!(pair.a.poll_timeout(), None, "nothing more");
+    // Started again: the first try fails, the peer is back during the second.
+    pair.start_a();
+    while Pair::downs(&pair.events_a).len() < 4 {
+        pair.tick();
+        pair.wire.clear();
+    }
+    pair.cut = None;
+    pair.run_for(30);
+    assert_eq!(tries(&pair), 5);
+    assert_eq!(pair.assert_converged(), 1);
+    // The peer goes away for good: after the liveness check fails, A tries three
+    // times again, not what was left of the earlier count.
+    pair.cut = Some(Side::B);
+    pair.drive();
+    assert_eq!(tries(&pair), 5 + 3);
+    assert_eq!(gave_up(&pair), 2);
+}
+
+#[test]
 fn keyingtries_zero_retries_until_the_peer_appears() {
     let a = Spec {
         start_action: Action::Start,

@@ -190,6 +190,9 @@ impl Endpoint {
             self.by_initiator.retain(|_, ours| *ours != spi);
             self.after_down(now, &sa);
         } else {
+            if sa.state == State::Established {
+                self.connected(&sa.policy);
+            }
             self.sas.insert(spi, sa);
         }
         for request in requests {
@@ -249,6 +252,18 @@ impl Endpoint {
                     });
                 }
             }
+        }
+    }
+
+    /// An IKE SA of `policy` is up: its connection counts keying tries afresh.
+    fn connected(&mut self, policy: &Arc<Policy>) {
+        let index = self
+            .shared
+            .policies
+            .iter()
+            .position(|p| Arc::ptr_eq(p, policy));
+        if let Some(conn) = index.and_then(|i| self.conns.get_mut(&i)) {
+            conn.failures = 0;
         }
     }
 
