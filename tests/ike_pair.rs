@@ -1592,6 +1592,20 @@ fn rekey_while_deleted(answer_first: bool, close_action: Action) -> Pair {
 }
 
 #[test]
+fn child_sa_rekeyed_while_the_peer_deletes_it_is_gone_on_both_sides() {
+    for answer_first in [false, true] {
+        let mut pair = rekey_while_deleted(answer_first, Action::None);
+        assert_eq!(pair.assert_converged(), 0, "answer first: {answer_first}");
+        assert_eq!(Pair::children(&pair.events_a).len(), 1, "nothing new");
+        assert_eq!(Pair::children(&pair.events_b).len(), 1);
+        // Nothing left to carry (no child starts by itself): the IKE SA closes.
+        pair.drive();
+        assert_eq!(pair.assert_converged(), 0);
+        assert_eq!(pair.a.established() + pair.b.established(), 0);
+    }
+}
+
+#[test]
 fn child_sa_deleted_by_the_peer_during_a_rekey_comes_back_with_close_action_start() {
     for answer_first in [false, true] {
         let mut pair = rekey_while_deleted(answer_first, Action::Start);

@@ -175,14 +175,17 @@ fn failed(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize, old: Option<u32>, e: 
     );
     match old.and_then(|spi| sa.children.iter_mut().find(|c| c.spi_in == spi)) {
         Some(c) if e == Error::Notified(NotifyType::CHILD_SA_NOT_FOUND) => {
-            // The peer no longer has it: it is gone on both sides.
-            let spi = c.spi_in;
+            // The peer no longer has it: it closed it (its Delete may still be on the
+            // way, or already here), so it is gone on both sides.
+            let (spi, was_active) = (c.spi_in, c.is_active());
             sa.log(
                 ctx,
                 format!("CHILD_SA {name} {spi:08x}: the peer has no such SA"),
             );
             super::informational::remove_child(sa, ctx, spi);
-            recreate_if_wanted(sa, ctx, index);
+            if was_active && !has_active(sa, index) {
+                super::informational::closed_by_peer(sa, ctx, index);
+            }
         }
         Some(c) => {
             if c.state == ChildState::Rekeying {

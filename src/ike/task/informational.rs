@@ -92,7 +92,7 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
 }
 
 /// The peer closed child `index`'s last SA: its `close_action` says what now.
-fn closed_by_peer(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
+pub(super) fn closed_by_peer(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
     if sa.policy.children[index].close_action == Action::Start {
         recreate_if_wanted(sa, ctx, index);
     }
