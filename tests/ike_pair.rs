@@ -1657,6 +1657,41 @@ fn late_rekey_request_for_an_sa_already_rekeyed_gets_temporary_failure() {
     }
 }
 
+#[test]
+fn child_sa_rekey_colliding_with_an_ike_sa_rekey_is_retried_and_completes() {
+    for seed in 1..=6 {
+        let a = Spec {
+            ike_lifetime: ike_rekey_after(3600),
+            ..Spec::default()
+        };
+        let b = Spec {
+            lifetime: soft_hard(3600, 3900),
+            ..Spec::default()
+        };
+        let mut pair = Pair::psk_seeded(a, b, seed);
+        pair.initiate();
+        pair.run_until(secs(1));
+        let old_child = pair.live(Side::A);
+        let old_ike = pair.plane_a.ike.clone();
+        // At 3600 s A rekeys the IKE SA and B the Child SA: each refuses the other's
+        // request for now (§2.25.2) and retries.
+        pair.run_until(secs(3950));
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        assert_ne!(pair.plane_a.ike, old_ike, "IKE SA rekeyed");
+        assert_ne!(
+            pair.live(Side::A),
+            old_child,
+            "Child SA rekeyed, seed {seed}"
+        );
+        assert!(
+            !logs(&pair.events_b)
+                .iter()
+                .any(|l| l.contains("hard lifetime")),
+            "seed {seed}"
+        );
+    }
+}
+
 /// A's Child SA rekey, with `fault` done to the wire once the request is sent: it
 /// completes all the same, one fresh SA on both sides and the old one gone.
 fn rekey_despite(fault: impl FnOnce(&mut Pair)) -> Pair {

@@ -207,9 +207,10 @@ impl Endpoint {
                 self.sas.insert(spi, *sa);
                 self.with_sa(now, spi, |_, _| {});
             }
-            Request::AdoptChildren { to, children } => match self.sas.get_mut(&to) {
+            Request::AdoptChildren { to, children, work } => match self.sas.get_mut(&to) {
                 Some(target) => {
                     target.children.extend(children);
+                    target.delayed.extend(work);
                     self.with_sa(now, to, |_, _| {});
                 }
                 None => {

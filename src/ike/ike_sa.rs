@@ -122,8 +122,13 @@ pub(super) enum Work {
 pub(super) enum Request {
     /// A new IKE SA to index (one made by an IKE SA rekey).
     Spawn(Box<IkeSa>),
-    /// Give these Child SAs to the IKE SA with our SPI `to` (its rekey replaced this one).
-    AdoptChildren { to: IkeSpi, children: Vec<ChildSa> },
+    /// Give these Child SAs, and the work for them, to the IKE SA with our SPI `to`
+    /// (its rekey replaced this one).
+    AdoptChildren {
+        to: IkeSpi,
+        children: Vec<ChildSa>,
+        work: Vec<(Instant, Work)>,
+    },
     /// Report the IKE SA with our SPI `spi` as the replacement of `old` (initiator SPI).
     Announce { spi: IkeSpi, old: IkeSpi },
     /// The peer authenticated as `remote_id` says it has no other IKE SA with us:
@@ -374,6 +379,26 @@ impl IkeSa {
             self.rekey_at = Some(ctx.now + at);
             self.expire_at = Some(ctx.now + rekey + life.over_time);
         }
+    }
+
+    /// Takes the queued and delayed work for Child SAs (everything but the IKE SA's
+    /// own), to go with them to the IKE SA that replaces this one; queued work is
+    /// due at `now`.
+    pub fn take_child_work(&mut self, now: Instant) -> Vec<(Instant, Work)> {
+        let for_children = |w: &Work| !matches!(w, Work::RekeyIke | Work::Dpd | Work::DeleteIke);
+        let (queued, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(for_children);
+        self.queue = kept.into();
+        let (delayed, kept) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|(_, w)| for_children(w));
+        self.delayed = kept;
+        queued
+            .into_iter()
+            .map(|w| (now, w))
+            .chain(delayed)
+            .collect()
     }
 
     /// Starts the next queued work if the request window is free.
