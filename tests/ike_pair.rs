@@ -1564,6 +1564,51 @@ fn simultaneous_ike_sa_rekeys_keep_one_new_ike_sa_with_all_children() {
     assert_eq!(redundant_sides.len(), 2, "each side lost with some seed");
 }
 
+/// Both sides rekey the IKE SA at 3600 s; returns the pair once both requests are
+/// answered (the answers still on the wire) and the side whose exchange made the
+/// redundant IKE SA (the lowest nonce).
+fn crossing_ike_rekeys(seed: u64) -> (Pair, Side) {
+    let spec = || Spec {
+        ike_lifetime: ike_rekey_after(3600),
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk_seeded(spec(), spec(), seed);
+    pair.initiate();
+    pair.run_until(secs(3599));
+    assert_eq!(pair.assert_converged(), 1);
+    pair.tick();
+    assert_eq!(pair.wire.len(), 2, "both rekey requests");
+    pair.deliver_next();
+    pair.deliver_next();
+    let (nonces_a, _) = exchange_of(&pair.events_a, &pair.events_b, true);
+    let (nonces_b, _) = exchange_of(&pair.events_b, &pair.events_a, true);
+    let lowest = |n: &[Vec<u8>; 2]| n[0].clone().min(n[1].clone());
+    let redundant = if lowest(&nonces_a) < lowest(&nonces_b) {
+        Side::A
+    } else {
+        Side::B
+    };
+    (pair, redundant)
+}
+
+#[test]
+fn delete_of_the_old_ike_sa_overtaking_the_losers_rekey_answer_keeps_the_children() {
+    for seed in 1..=4 {
+        let (mut pair, loser) = crossing_ike_rekeys(seed);
+        let children = (pair.live(Side::A), pair.live(Side::B));
+        // The loser's answer is late: the winner's Delete of the old IKE SA comes first.
+        let late = pair.wire.iter().position(|(to, _)| *to == loser).unwrap();
+        let late = pair.wire.remove(late).unwrap();
+        pair.deliver_next(); // the winner's answer: it deletes the old IKE SA
+        pair.deliver_next(); // that Delete, at the loser
+        pair.deliver(late);
+        pair.run_for(30);
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        assert_eq!((pair.live(Side::A), pair.live(Side::B)), children);
+        assert!(child_downs(&pair.events_a).is_empty() && child_downs(&pair.events_b).is_empty());
+    }
+}
+
 /// A rekeys its Child SA while B deletes it (hard limit): the requests cross, and
 /// B answers the rekey with CHILD_SA_NOT_FOUND, which reaches A before B's Delete
 /// if `answer_first`.
