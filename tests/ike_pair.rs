@@ -17,7 +17,7 @@ use esptun::ike::{
 };
 use esptun::ike::{Error, MessageRecord, proposal};
 use esptun::wire::payload::{AddrRange, Payload, TsRange};
-use esptun::wire::{ExchangeType, KeGroup, NotifyType, ProtocolId};
+use esptun::wire::{ExchangeType, KeGroup, Message, NotifyType, ProtocolId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -1603,6 +1603,31 @@ fn delete_of_the_old_ike_sa_overtaking_the_losers_rekey_answer_keeps_the_childre
         pair.deliver_next(); // that Delete, at the loser
         pair.deliver(late);
         pair.run_for(30);
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        assert_eq!((pair.live(Side::A), pair.live(Side::B)), children);
+        assert!(child_downs(&pair.events_a).is_empty() && child_downs(&pair.events_b).is_empty());
+    }
+}
+
+fn is_response(t: &Transmit) -> bool {
+    Message::decode(&t.data).unwrap().header.flags.response()
+}
+
+#[test]
+fn crossing_ike_sa_rekeys_survive_lost_answers() {
+    for seed in 1..=4 {
+        let (mut pair, _) = crossing_ike_rekeys(seed);
+        let children = (pair.live(Side::A), pair.live(Side::B));
+        // Every answer is lost for 12 s: both requests are sent three times.
+        let until = pair.now + Duration::from_secs(12);
+        while pair.now < until {
+            match pair.wire.pop_front() {
+                Some(d) if is_response(&d.1) => {}
+                Some(d) => pair.deliver(d),
+                None => pair.tick(),
+            }
+        }
+        pair.run_for(60);
         assert_eq!(pair.assert_converged(), 1, "seed {seed}");
         assert_eq!((pair.live(Side::A), pair.live(Side::B)), children);
         assert!(child_downs(&pair.events_a).is_empty() && child_downs(&pair.events_b).is_empty());

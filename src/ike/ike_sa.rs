@@ -796,8 +796,12 @@ impl IkeSa {
             .childless_since
             .is_some_and(|t| now >= t + CHILDLESS_GRACE)
         {
-            self.childless_since = None;
-            self.childless(ctx);
+            if self.heir(ctx) {
+                self.childless_since = Some(now);
+            } else {
+                self.childless_since = None;
+                self.childless(ctx);
+            }
         }
         match self.requester.timeout(now, ctx.rng) {
             Timeout::Idle => {}
@@ -815,6 +819,15 @@ impl IkeSa {
                 self.down(ctx, reason);
             }
         }
+    }
+
+    /// We made this SA answering the peer's rekey of another IKE SA that was being
+    /// rekeyed by us too: until that collision is settled, its Child SAs may come here.
+    fn heir(&self, ctx: &Ctx<'_>) -> bool {
+        let ours = self.our_spi().0;
+        ctx.others
+            .values()
+            .any(|o| o.peer_rekey.as_ref().is_some_and(|r| r.created == ours))
     }
 
     /// No Child SA left: bring back the children that should be up, or close the SA
