@@ -1634,6 +1634,72 @@ fn crossing_ike_sa_rekeys_survive_lost_answers() {
     }
 }
 
+/// Both sides rekey their Child SA at 600 s; returns the pair once both requests
+/// are answered (the answers still on the wire) and the side whose exchange made
+/// the redundant SA.
+fn crossing_child_rekeys(seed: u64) -> (Pair, Side) {
+    let spec = || Spec {
+        lifetime: soft_hard(600, 900),
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk_seeded(spec(), spec(), seed);
+    pair.initiate();
+    pair.run_until(secs(599));
+    assert_eq!(pair.assert_converged(), 1);
+    pair.tick();
+    assert_eq!(pair.wire.len(), 2, "both rekey requests");
+    pair.deliver_next();
+    pair.deliver_next();
+    let (nonces_a, _) = exchange_of(&pair.events_a, &pair.events_b, false);
+    let (nonces_b, _) = exchange_of(&pair.events_b, &pair.events_a, false);
+    let lowest = |n: &[Vec<u8>; 2]| n[0].clone().min(n[1].clone());
+    let redundant = if lowest(&nonces_a) < lowest(&nonces_b) {
+        Side::A
+    } else {
+        Side::B
+    };
+    (pair, redundant)
+}
+
+#[test]
+fn delete_of_the_old_child_sa_overtaking_the_losers_rekey_answer() {
+    for seed in 1..=4 {
+        let (mut pair, loser) = crossing_child_rekeys(seed);
+        let late = pair.wire.iter().position(|(to, _)| *to == loser).unwrap();
+        let late = pair.wire.remove(late).unwrap();
+        pair.deliver_next(); // the winner's answer: it deletes the old Child SA
+        pair.deliver_next(); // that Delete, at the loser
+        pair.deliver(late);
+        pair.run_for(30);
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        for events in [&pair.events_a, &pair.events_b] {
+            assert_eq!(Pair::children(events).len(), 3);
+            assert_eq!(child_downs(events).len(), 2);
+        }
+    }
+}
+
+#[test]
+fn crossing_child_sa_rekeys_survive_lost_answers() {
+    for seed in 1..=4 {
+        let (mut pair, _) = crossing_child_rekeys(seed);
+        let until = pair.now + Duration::from_secs(12);
+        while pair.now < until {
+            match pair.wire.pop_front() {
+                Some(d) if is_response(&d.1) => {}
+                Some(d) => pair.deliver(d),
+                None => pair.tick(),
+            }
+        }
+        pair.run_for(60);
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        for events in [&pair.events_a, &pair.events_b] {
+            assert_eq!(Pair::children(events).len(), 3);
+            assert_eq!(child_downs(events).len(), 2);
+        }
+    }
+}
+
 /// A rekeys its Child SA while B deletes it (hard limit): the requests cross, and
 /// B answers the rekey with CHILD_SA_NOT_FOUND, which reaches A before B's Delete
 /// if `answer_first`.

@@ -130,8 +130,17 @@ pub(super) fn response(
                 return;
             };
             if won {
-                if collision.is_some() {
+                if let Some(theirs) = &collision {
                     sa.log(ctx, "rekey collision: our exchange wins");
+                    // The SA of the peer's exchange is redundant: the peer deletes it,
+                    // and we never send with it (not even once the old SA is gone).
+                    let redundant = sa
+                        .children
+                        .iter_mut()
+                        .find(|c| u64::from(c.spi_in) == theirs.created);
+                    if let Some(c) = redundant.filter(|c| c.state == ChildState::Installed) {
+                        c.state = ChildState::Rekeyed;
+                    }
                 }
                 if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == old) {
                     if c.is_active() {
