@@ -2281,3 +2281,29 @@ fn further_children_follow_ike_auth_in_create_child_sa() {
     assert_eq!(net2.local_ts, [cidr("10.1.1.0", "10.1.1.255")]);
     assert_eq!(net2.remote_ts, [cidr("10.2.1.0", "10.2.1.255")]);
 }
+
+#[test]
+fn esp_for_a_child_sa_still_being_negotiated_is_not_reported_as_invalid_spi() {
+    let spec = || Spec {
+        second_child: true,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(spec(), spec());
+    pair.initiate();
+    for _ in 0..5 {
+        pair.deliver_next(); // IKE_SA_INIT, IKE_AUTH, and B takes the second child
+    }
+    let request = messages(&pair.events_a, true, ExchangeType::CREATE_CHILD_SA, false)[0];
+    let spi = esp_spi(request);
+    // B sends with the new SA at once; its first packet overtakes the answer.
+    pair.a
+        .unknown_spi(pair.now, A.parse().unwrap(), B.parse().unwrap(), spi);
+    pair.collect();
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 2);
+    assert_eq!(
+        Pair::sent(&pair.events_a, ExchangeType::INFORMATIONAL, false),
+        0
+    );
+    assert_eq!(Pair::children(&pair.events_b).len(), 2);
+}

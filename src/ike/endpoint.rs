@@ -477,9 +477,13 @@ impl Endpoint {
 
     /// ESP arrived at `local` from `remote` for SPI `spi`, which is not ours: if an
     /// IKE SA with that peer exists, tell it with INVALID_SPI (RFC 7296 §2.21.4) so it
-    /// replaces the Child SA instead of sending into the void.
+    /// replaces the Child SA instead of sending into the void. An SPI allocated for
+    /// a Child SA still being negotiated is ours: the peer may send with it first.
     pub fn unknown_spi(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, spi: u32) {
         let _ = local;
+        if self.shared.child_spis.contains(&spi) {
+            return;
+        }
         let owner = self
             .sas
             .iter()
