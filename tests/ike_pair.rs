@@ -2307,3 +2307,28 @@ fn esp_for_a_child_sa_still_being_negotiated_is_not_reported_as_invalid_spi() {
     );
     assert_eq!(Pair::children(&pair.events_b).len(), 2);
 }
+
+#[test]
+fn childless_ike_sa_creates_the_children_that_should_be_up_again() {
+    let a = Spec {
+        start_action: Action::Start,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.start_a();
+    pair.run_until(secs(1));
+    let old_b = pair.live(Side::B)[0];
+    pair.expire(Side::B, old_b, true); // B deletes the only Child SA
+    pair.run_for(4);
+    assert_eq!(pair.assert_converged(), 0, "close_action none: not at once");
+    pair.run_for(10);
+    assert_eq!(pair.assert_converged(), 1, "after the childless grace");
+    assert!(
+        logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("no CHILD_SA left, creating them again"))
+    );
+    assert_eq!(Pair::ike_up(&pair.events_a), 1, "on the same IKE SA");
+    pair.run_for(60);
+    assert_eq!(pair.assert_converged(), 1, "and B keeps it");
+}

@@ -17,9 +17,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long an established IKE SA may stay without a Child SA before it acts
-/// (re-creates its children or closes): time for the peer to create them itself.
+/// How long an established IKE SA may stay without a Child SA before it re-creates
+/// its children: time for the peer to create them itself.
 const CHILDLESS_GRACE: Duration = Duration::from_secs(5);
+/// How long before it closes instead, having none to re-create: longer, so that a
+/// peer re-creating its children gets to, retransmissions included.
+const CHILDLESS_CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// Child SA creations failing in a row after which a childless IKE SA is closed,
 /// leaving the retry to the connection's back-off.
 const MAX_CHILD_FAILURES: u32 = 3;
@@ -794,7 +797,7 @@ impl IkeSa {
         self.queue.extend(ready.into_iter().map(|(_, w)| w));
         if self
             .childless_since
-            .is_some_and(|t| now >= t + CHILDLESS_GRACE)
+            .is_some_and(|t| now >= t + self.childless_grace())
         {
             if self.heir(ctx) {
                 self.childless_since = Some(now);
@@ -833,17 +836,35 @@ impl IkeSa {
     /// No Child SA left: bring back the children that should be up, or close the SA
     /// (after a few failed tries the whole connection starts over instead).
     fn childless(&mut self, ctx: &mut Ctx<'_>) {
-        let wanted: Vec<usize> = (0..self.policy.children.len())
-            .filter(|&i| self.policy.children[i].start_action == Action::Start)
-            .collect();
-        if wanted.is_empty() || self.child_failures >= MAX_CHILD_FAILURES {
+        if self.recreates_children() {
+            self.log(ctx, "no CHILD_SA left, creating them again");
+            for i in 0..self.policy.children.len() {
+                if self.policy.children[i].start_action == Action::Start {
+                    self.queue.push_back(Work::CreateChild(i));
+                }
+            }
+        } else {
             self.log(ctx, "no CHILD_SA left, closing the IKE_SA");
             self.queue.push_back(Work::DeleteIke);
+        }
+    }
+
+    /// Whether a childless SA brings back its children rather than closing.
+    fn recreates_children(&self) -> bool {
+        self.child_failures < MAX_CHILD_FAILURES
+            && self
+                .policy
+                .children
+                .iter()
+                .any(|c| c.start_action == Action::Start)
+    }
+
+    /// How long the SA may stay childless before [`IkeSa::childless`] acts.
+    fn childless_grace(&self) -> Duration {
+        if self.recreates_children() {
+            CHILDLESS_GRACE
         } else {
-            self.log(ctx, "no CHILD_SA left, creating them again");
-            for i in wanted {
-                self.queue.push_back(Work::CreateChild(i));
-            }
+            CHILDLESS_CLOSE_GRACE
         }
     }
 
@@ -869,7 +890,7 @@ impl IkeSa {
             };
             [c.soft_at, c.hard_at, retired]
         });
-        let childless = self.childless_since.map(|t| t + CHILDLESS_GRACE);
+        let childless = self.childless_since.map(|t| t + self.childless_grace());
         let delayed = self.delayed.iter().map(|(t, _)| Some(*t));
         [
             self.requester.deadline(),
