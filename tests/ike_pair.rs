@@ -2015,6 +2015,77 @@ fn ike_sa_rekey_moves_the_children_and_message_ids_restart() {
     }
 }
 
+/// A rekeys the IKE SA at 3600 s with `fault` done to the wire once its request
+/// is sent: the rekey completes all the same, with one Child SA. Returns the pair
+/// and the Child SAs before, (A's, B's).
+fn ike_rekey_despite(fault: impl FnOnce(&mut Pair)) -> (Pair, (Vec<u32>, Vec<u32>)) {
+    let a = Spec {
+        ike_lifetime: ike_rekey_after(3600),
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.initiate();
+    pair.run_until(secs(3599));
+    let children = (pair.live(Side::A), pair.live(Side::B));
+    let old = pair.plane_a.ike.clone();
+    pair.tick();
+    fault(&mut pair);
+    pair.run_for(300);
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(pair.plane_a.ike.len(), 1);
+    assert_ne!(pair.plane_a.ike, old);
+    assert_eq!(rekeyed(&pair.events_a), rekeyed(&pair.events_b));
+    assert_eq!(Pair::downs(&pair.events_a), [DownReason::DeletedLocally]);
+    assert_eq!(Pair::downs(&pair.events_b), [DownReason::DeletedByPeer]);
+    (pair, children)
+}
+
+#[test]
+fn ike_sa_rekey_survives_a_lost_request() {
+    let (pair, children) = ike_rekey_despite(|p| {
+        p.drop_next();
+    });
+    assert_eq!(children, (pair.live(Side::A), pair.live(Side::B)));
+}
+
+#[test]
+fn ike_sa_rekey_survives_a_lost_response_and_duplicates() {
+    let (pair, children) = ike_rekey_despite(|p| {
+        p.duplicate_next();
+        p.deliver_next();
+        p.drop_next(); // the answer
+        p.deliver_next(); // the duplicate request: the cached answer again
+        p.duplicate_next();
+    });
+    assert_eq!(children, (pair.live(Side::A), pair.live(Side::B)));
+}
+
+#[test]
+fn request_on_the_new_ike_sa_before_the_rekey_answer_arrives_waits_for_it() {
+    let (pair, children) = ike_rekey_despite(|p| {
+        p.deliver_next(); // B answers: the new IKE SA is B's now
+        p.drop_next(); // but the answer is lost
+        let child = p.live(Side::B)[0];
+        p.expire(Side::B, child, false); // B rekeys it, on the new IKE SA
+        p.deliver_next(); // at A, which does not know that IKE SA yet
+    });
+    // Not answered with INVALID_IKE_SPI: B's request waited for A's retransmission,
+    // and the Child SA was rekeyed on the new IKE SA.
+    assert!(
+        !logs(&pair.events_b)
+            .iter()
+            .any(|l| l.contains("INVALID_IKE_SPI"))
+    );
+    assert_eq!(child_downs(&pair.events_a), children.0);
+    assert_eq!(child_downs(&pair.events_b), children.1);
+    let on_new = messages(&pair.events_b, true, ExchangeType::CREATE_CHILD_SA, false);
+    assert_eq!(on_new.len(), 1);
+    assert_eq!(
+        (on_new[0].spi_i.0, on_new[0].message_id),
+        (rekeyed(&pair.events_b)[0].0, 0)
+    );
+}
+
 #[test]
 fn dpd_declares_a_silent_peer_dead_and_the_connection_restarts() {
     let a = Spec {

@@ -534,7 +534,9 @@ impl Endpoint {
             self.with_sa(now, ours, |sa, ctx| {
                 sa.handle(ctx, local, remote, datagram, message)
             });
-        } else if !h.flags.response() {
+        } else if !h.flags.response() && !self.sas.values().any(|sa| sa.creating(ours)) {
+            // For the IKE SA our rekey is creating, the request overtook the answer:
+            // the peer sends it again.
             self.invalid_ike_spi(now, local, remote, &message.header);
         }
     }

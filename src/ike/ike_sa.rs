@@ -353,6 +353,11 @@ impl IkeSa {
         }
     }
 
+    /// Our rekey of this SA is under way and offered `spi` as ours in the new one.
+    pub fn creating(&self, spi: IkeSpi) -> bool {
+        matches!(&self.pending, Some(Task::RekeyIke(r)) if r.spi == spi)
+    }
+
     /// The SA as [`IkeSaUp`] reports it, once authenticated.
     pub fn summary(&self, ctx: &Ctx<'_>) -> Option<IkeSaUp> {
         let _ = ctx;
