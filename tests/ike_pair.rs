@@ -2130,6 +2130,30 @@ fn dpd_declares_a_silent_peer_dead_and_the_connection_restarts() {
 }
 
 #[test]
+fn after_an_outage_the_restarted_connection_replaces_the_peers_stale_ike_sa() {
+    let a = Spec {
+        dpd_delay: Some(Duration::from_secs(30)),
+        start_action: Action::Start,
+        dpd_action: Action::Start,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.start_a();
+    pair.run_until(secs(1));
+    let old_b = pair.live(Side::B)[0];
+    // The link fails for a while; B, without DPD, keeps its IKE SA.
+    pair.cut = Some(Side::B);
+    pair.run_until(secs(200));
+    assert_eq!(Pair::downs(&pair.events_a), [DownReason::PeerDead]);
+    assert!(Pair::downs(&pair.events_b).is_empty());
+    pair.cut = None;
+    pair.run_for(60);
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(Pair::downs(&pair.events_b), [DownReason::Replaced]);
+    assert_eq!(child_downs(&pair.events_b), [old_b]);
+}
+
+#[test]
 fn inbound_esp_postpones_dpd() {
     let a = Spec {
         dpd_delay: Some(Duration::from_secs(30)),
