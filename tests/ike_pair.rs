@@ -7,6 +7,7 @@ use common::pki::{Alg, Ca, Leaf, NOW};
 use esptun::auth::identity;
 use esptun::auth::private_key::PrivateKey;
 use esptun::auth::x509::TrustAnchors;
+use esptun::crypto::ChildKeys;
 use esptun::crypto::Secret;
 use esptun::crypto::SeededRandom;
 use esptun::ike::exchange::RetransmitPolicy;
@@ -14,10 +15,10 @@ use esptun::ike::{
     Action, ChildPolicy, ChildSaUp, DownReason, Endpoint, Event, IkeLifetime, Instant, Lifetime,
     Limits, LocalAuth, Policy, RemoteAuth, Settings, Transmit,
 };
-use esptun::ike::{Error, proposal};
-use esptun::wire::payload::{AddrRange, TsRange};
-use esptun::wire::{ExchangeType, NotifyType, ProtocolId};
-use std::collections::VecDeque;
+use esptun::ike::{Error, MessageRecord, proposal};
+use esptun::wire::payload::{AddrRange, Payload, TsRange};
+use esptun::wire::{ExchangeType, KeGroup, Message, NotifyType, ProtocolId};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,13 @@ struct Spec {
     lifetime: Lifetime,
     ike_lifetime: IkeLifetime,
     dpd_delay: Option<Duration>,
+    /// Every child's start, dpd and close action.
+    start_action: Action,
+    dpd_action: Action,
+    close_action: Action,
+    keyingtries: u32,
+    /// A second child, "net2", between 10.1.1/24 and 10.2.1/24.
+    second_child: bool,
 }
 
 impl Default for Spec {
@@ -70,6 +78,11 @@ impl Default for Spec {
                 ..IkeLifetime::default()
             },
             dpd_delay: None,
+            start_action: Action::None,
+            dpd_action: Action::None,
+            close_action: Action::None,
+            keyingtries: 0,
+            second_child: false,
         }
     }
 }
@@ -86,6 +99,27 @@ fn policy(spec: Spec, left: bool) -> Arc<Policy> {
     } else {
         (spec.remote_ts, spec.local_ts)
     };
+    let esp_proposals = proposal::parse_all(&strings(&spec.esp), ProtocolId::ESP).unwrap();
+    let child = |name: &str, local_ts, remote_ts| ChildPolicy {
+        name: name.into(),
+        local_ts,
+        remote_ts,
+        esp_proposals: esp_proposals.clone(),
+        lifetime: spec.lifetime,
+        rand_time: Duration::ZERO,
+        start_action: spec.start_action,
+        dpd_action: spec.dpd_action,
+        close_action: spec.close_action,
+    };
+    let mut children = vec![child("net", local_ts, remote_ts)];
+    if spec.second_child {
+        let (l, r) = (
+            cidr("10.1.1.0", "10.1.1.255"),
+            cidr("10.2.1.0", "10.2.1.255"),
+        );
+        let (local, remote) = if left { (l, r) } else { (r, l) };
+        children.push(child("net2", vec![local], vec![remote]));
+    }
     Arc::new(Policy {
         name: "site".into(),
         local_addrs: Vec::new(),
@@ -101,20 +135,10 @@ fn policy(spec: Spec, left: bool) -> Arc<Policy> {
             id: Some(identity::parse(peer).unwrap()),
             psk: Secret::from_slice(spec.psk),
         },
-        children: vec![ChildPolicy {
-            name: "net".into(),
-            local_ts,
-            remote_ts,
-            esp_proposals: proposal::parse_all(&strings(&spec.esp), ProtocolId::ESP).unwrap(),
-            lifetime: spec.lifetime,
-            rand_time: Duration::ZERO,
-            start_action: Action::None,
-            dpd_action: Action::None,
-            close_action: Action::None,
-        }],
+        children,
         ike_lifetime: spec.ike_lifetime,
         dpd_delay: spec.dpd_delay,
-        keyingtries: 0,
+        keyingtries: spec.keyingtries,
     })
 }
 
@@ -196,6 +220,87 @@ enum Side {
     B,
 }
 
+/// One Child SA as a side's data plane holds it.
+#[derive(Debug)]
+struct Installed {
+    spi_out: u32,
+    child: String,
+    keys_in: Keys,
+    keys_out: Keys,
+    /// Sent with (from ChildSaUp or ChildSaOutbound on).
+    outbound: bool,
+}
+
+/// What one side would have installed, rebuilt from its events as they come: the
+/// Child SAs by inbound SPI, and the IKE SAs up by (SPIi, SPIr). Events that make
+/// no sense for it (a SPI installed twice, a removal of one never installed) fail.
+#[derive(Debug, Default)]
+struct Plane {
+    children: BTreeMap<u32, Installed>,
+    ike: BTreeSet<(u64, u64)>,
+}
+
+impl Plane {
+    /// Takes one event; returns the inbound SPI of a Child SA it starts sending with
+    /// in place of an older one (rekeys), whose peer must have its inbound side.
+    fn apply(&mut self, event: &Event) -> Option<u32> {
+        match event {
+            Event::ChildSaUp(c) => {
+                let sa = Installed {
+                    spi_out: c.spi_out,
+                    child: c.child.clone(),
+                    keys_in: c.keys_in.clone(),
+                    keys_out: c.keys_out.clone(),
+                    outbound: c.outbound,
+                };
+                let twice = self.children.insert(c.spi_in, sa);
+                assert!(twice.is_none(), "SPI {:08x} installed twice", c.spi_in);
+                (c.outbound && c.rekeys.is_some()).then_some(c.spi_in)
+            }
+            Event::ChildSaOutbound { spi_in, .. } => {
+                let sa = self
+                    .children
+                    .get_mut(spi_in)
+                    .unwrap_or_else(|| panic!("outbound switch to {spi_in:08x}, not installed"));
+                assert!(!sa.outbound, "{spi_in:08x} switched to twice");
+                sa.outbound = true;
+                Some(*spi_in)
+            }
+            Event::ChildSaDown {
+                spi_in, spi_out, ..
+            } => {
+                let sa = self
+                    .children
+                    .remove(spi_in)
+                    .unwrap_or_else(|| panic!("ChildSaDown for {spi_in:08x}, not installed"));
+                assert_eq!(sa.spi_out, *spi_out);
+                None
+            }
+            Event::IkeSaUp(up) | Event::IkeSaRekeyed { up, .. } => {
+                self.ike.insert((up.spi_i.0, up.spi_r.0));
+                None
+            }
+            Event::IkeSaDown { spi_i, spi_r, .. } => {
+                self.ike.remove(&(spi_i.0, spi_r.0));
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The peer installed the inbound side of what `sender` now sends with on `spi_in`.
+    fn check_sending(sender: &Self, spi_in: u32, peer: &Self) {
+        let sa = &sender.children[&spi_in];
+        let theirs = peer.children.get(&sa.spi_out).unwrap_or_else(|| {
+            panic!(
+                "sends with {:08x} before the peer has its inbound side",
+                sa.spi_out
+            )
+        });
+        assert_eq!(theirs.keys_in, sa.keys_out);
+    }
+}
+
 struct Pair {
     now: Instant,
     a: Endpoint,
@@ -203,22 +308,53 @@ struct Pair {
     wire: VecDeque<(Side, Transmit)>,
     events_a: Vec<Event>,
     events_b: Vec<Event>,
+    plane_a: Plane,
+    plane_b: Plane,
+    /// Everything sent to this side is lost.
+    cut: Option<Side>,
+    /// Datagrams lost to `cut`.
+    lost: usize,
+    /// Restarts of B so far (each gets its own random seed).
+    restarts: u64,
 }
 
 impl Pair {
     fn new(a: Arc<Policy>, b: Arc<Policy>, settings_b: Settings) -> Self {
+        Self::seeded(a, b, settings_b, 1)
+    }
+
+    /// A pair whose random generators are seeded from `seed`.
+    fn seeded(a: Arc<Policy>, b: Arc<Policy>, settings_b: Settings, seed: u64) -> Self {
         Self {
             now: Instant::default(),
-            a: Endpoint::new(settings(), vec![a], Box::new(SeededRandom::new(1))),
-            b: Endpoint::new(settings_b, vec![b], Box::new(SeededRandom::new(2))),
+            a: Endpoint::new(
+                settings(),
+                vec![a],
+                Box::new(SeededRandom::new(2 * seed - 1)),
+            ),
+            b: Endpoint::new(settings_b, vec![b], Box::new(SeededRandom::new(2 * seed))),
             wire: VecDeque::new(),
             events_a: Vec::new(),
             events_b: Vec::new(),
+            plane_a: Plane::default(),
+            plane_b: Plane::default(),
+            cut: None,
+            lost: 0,
+            restarts: 0,
         }
     }
 
     fn psk(spec_a: Spec, spec_b: Spec) -> Self {
         Self::new(policy(spec_a, true), policy(spec_b, false), settings())
+    }
+
+    fn psk_seeded(spec_a: Spec, spec_b: Spec, seed: u64) -> Self {
+        Self::seeded(
+            policy(spec_a, true),
+            policy(spec_b, false),
+            settings(),
+            seed,
+        )
     }
 
     fn initiate(&mut self) {
@@ -228,7 +364,25 @@ impl Pair {
         self.collect();
     }
 
-    /// Moves what both endpoints want to send onto the wire, and their events into the logs.
+    /// A learns where its peer is and starts what its policy starts by itself.
+    fn start_a(&mut self) {
+        self.a.add_peer(0, A.parse().unwrap(), B.parse().unwrap());
+        self.a.start(self.now);
+        self.collect();
+    }
+
+    /// B loses all state, as after a reboot: a fresh endpoint with the same policy.
+    fn restart_b(&mut self) {
+        self.restarts += 1;
+        let policies = self.b.policies().to_vec();
+        let rng = SeededRandom::new(1000 + self.restarts);
+        self.b = Endpoint::new(settings(), policies, Box::new(rng));
+        self.events_b.clear();
+        self.plane_b = Plane::default();
+    }
+
+    /// Moves what both endpoints want to send onto the wire, and their events into
+    /// the logs and the data planes, checking each switch of the outbound SA.
     fn collect(&mut self) {
         while let Some(t) = self.a.poll_transmit() {
             self.wire.push_back((Side::B, t));
@@ -236,15 +390,25 @@ impl Pair {
         while let Some(t) = self.b.poll_transmit() {
             self.wire.push_back((Side::A, t));
         }
-        while let Some(e) = self.a.poll_event() {
-            self.events_a.push(e);
+        let new_a: Vec<Event> = std::iter::from_fn(|| self.a.poll_event()).collect();
+        let new_b: Vec<Event> = std::iter::from_fn(|| self.b.poll_event()).collect();
+        let switched_a: Vec<u32> = new_a.iter().filter_map(|e| self.plane_a.apply(e)).collect();
+        let switched_b: Vec<u32> = new_b.iter().filter_map(|e| self.plane_b.apply(e)).collect();
+        for spi in switched_a {
+            Plane::check_sending(&self.plane_a, spi, &self.plane_b);
         }
-        while let Some(e) = self.b.poll_event() {
-            self.events_b.push(e);
+        for spi in switched_b {
+            Plane::check_sending(&self.plane_b, spi, &self.plane_a);
         }
+        self.events_a.extend(new_a);
+        self.events_b.extend(new_b);
     }
 
     fn deliver(&mut self, (to, t): (Side, Transmit)) {
+        if self.cut == Some(to) {
+            self.lost += 1;
+            return;
+        }
         let endpoint = match to {
             Side::A => &mut self.a,
             Side::B => &mut self.b,
@@ -367,6 +531,91 @@ impl Pair {
         assert_eq!((&a.local_ts, &a.remote_ts), (&b.remote_ts, &b.local_ts));
         assert_eq!(Self::ike_up(&self.events_a), 1);
         assert_eq!(Self::ike_up(&self.events_b), 1);
+    }
+
+    /// Both data planes hold the same Child SAs, mirrored (SPIs, keys, child) and
+    /// sending, and both sides the same IKE SAs, nothing half-open; returns how many
+    /// Child SAs. For quiet moments: old SAs still in their grace fail it.
+    fn assert_converged(&self) -> usize {
+        let (a, b) = (&self.plane_a, &self.plane_b);
+        let spis = |p: &Plane| {
+            p.children
+                .keys()
+                .map(|s| format!("{s:08x}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            a.children.len(),
+            b.children.len(),
+            "Child SAs: A {:?}, B {:?}",
+            spis(a),
+            spis(b)
+        );
+        for (spi_in, sa) in &a.children {
+            let peer = b
+                .children
+                .get(&sa.spi_out)
+                .unwrap_or_else(|| panic!("A's {spi_in:08x} has no peer SA {:08x}", sa.spi_out));
+            assert_eq!(peer.spi_out, *spi_in);
+            assert_eq!(peer.child, sa.child);
+            assert_eq!((&peer.keys_in, &peer.keys_out), (&sa.keys_out, &sa.keys_in));
+            assert!(sa.outbound && peer.outbound, "both send with {spi_in:08x}");
+        }
+        assert_eq!(a.ike, b.ike, "the same IKE SAs on both sides");
+        assert_eq!(self.a.established(), a.ike.len(), "A's IKE SAs");
+        assert_eq!(self.b.established(), b.ike.len(), "B's IKE SAs");
+        assert_eq!(self.a.half_open() + self.b.half_open(), 0);
+        a.children.len()
+    }
+
+    /// The inbound SPIs of the Child SAs a side has installed.
+    fn live(&self, side: Side) -> Vec<u32> {
+        let plane = match side {
+            Side::A => &self.plane_a,
+            Side::B => &self.plane_b,
+        };
+        plane.children.keys().copied().collect()
+    }
+
+    fn endpoint(&mut self, side: Side) -> &mut Endpoint {
+        match side {
+            Side::A => &mut self.a,
+            Side::B => &mut self.b,
+        }
+    }
+
+    fn events(&self, side: Side) -> &[Event] {
+        match side {
+            Side::A => &self.events_a,
+            Side::B => &self.events_b,
+        }
+    }
+
+    /// The data plane of `side` reports the soft (rekey) or hard (delete) limit of
+    /// its Child SA `spi_in` crossed.
+    fn expire(&mut self, side: Side, spi_in: u32, hard: bool) {
+        let now = self.now;
+        self.endpoint(side).expire_child(now, spi_in, hard, "bytes");
+        self.collect();
+    }
+
+    /// Runs for `secs` more seconds of virtual time.
+    fn run_for(&mut self, secs: u64) {
+        self.run_until(self.now + Duration::from_secs(secs));
+    }
+
+    /// Moves the clock to the next timer and lets both sides act on it, delivering
+    /// nothing (what they send stays on the wire).
+    fn tick(&mut self) {
+        let next = [self.a.poll_timeout(), self.b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("a timer");
+        self.now = self.now.max(next);
+        self.a.handle_timeout(self.now);
+        self.b.handle_timeout(self.now);
+        self.collect();
     }
 }
 
@@ -912,4 +1161,1269 @@ fn data_plane_reports_end_a_child_sa_on_both_sides() {
             .any(|l| l.contains("hard lifetime (packets)"))
     );
     assert_eq!(pair.b.established(), 1);
+}
+
+// ---- The SA lifecycle: rekeys, collisions, faults, liveness, restarts. ----
+
+fn secs(s: u64) -> Instant {
+    Instant(Duration::from_secs(s))
+}
+
+fn soft_hard(soft: u64, hard: u64) -> Lifetime {
+    let limit = |s| Limits {
+        time: Some(Duration::from_secs(s)),
+        ..Limits::default()
+    };
+    Lifetime {
+        soft: limit(soft),
+        hard: limit(hard),
+    }
+}
+
+/// IKE SA rekeys after `secs`, without a random part.
+fn ike_rekey_after(secs: u64) -> IkeLifetime {
+    IkeLifetime {
+        rekey_time: Some(Duration::from_secs(secs)),
+        over_time: Duration::from_secs(360),
+        rand_time: Duration::ZERO,
+    }
+}
+
+/// The messages a side sent (or received), of one exchange, requests or responses.
+fn messages(
+    events: &[Event],
+    sent: bool,
+    exchange: ExchangeType,
+    response: bool,
+) -> Vec<&MessageRecord> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m)
+                if m.sent == sent && m.exchange == exchange && m.response == response =>
+            {
+                Some(m)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The requests a side sent, in order: (exchange, message ID, IKE SA's SPIi).
+fn requests(events: &[Event]) -> Vec<(ExchangeType, u32, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) if m.sent && !m.response => {
+                Some((m.exchange, m.message_id, m.spi_i.0))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn nonce(m: &MessageRecord) -> Vec<u8> {
+    m.payloads
+        .iter()
+        .find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.data.clone()),
+            _ => None,
+        })
+        .expect("a Nonce")
+}
+
+/// The SPI of the first proposal of the message's SA payload.
+fn proposal_spi(m: &MessageRecord) -> Vec<u8> {
+    m.payloads
+        .iter()
+        .find_map(|p| match p {
+            Payload::Sa(sa) => Some(sa.proposals[0].spi.clone()),
+            _ => None,
+        })
+        .expect("an SA payload")
+}
+
+fn esp_spi(m: &MessageRecord) -> u32 {
+    u32::from_be_bytes(proposal_spi(m).try_into().unwrap())
+}
+
+fn ike_spi(m: &MessageRecord) -> u64 {
+    u64::from_be_bytes(proposal_spi(m).try_into().unwrap())
+}
+
+fn rekeys_ike(m: &MessageRecord) -> bool {
+    m.payloads
+        .iter()
+        .any(|p| matches!(p, Payload::Sa(sa) if sa.proposals[0].protocol == ProtocolId::IKE))
+}
+
+fn ke_group(m: &MessageRecord) -> Option<KeGroup> {
+    m.payloads.iter().find_map(|p| match p {
+        Payload::Ke(k) => Some(k.group),
+        _ => None,
+    })
+}
+
+fn notify_types(m: &MessageRecord) -> Vec<NotifyType> {
+    m.payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Notify(n) => Some(n.notify_type),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The ESP SPIs a side asked its peer to delete, in its INFORMATIONAL requests.
+fn deleted(events: &[Event]) -> Vec<u32> {
+    messages(events, true, ExchangeType::INFORMATIONAL, false)
+        .iter()
+        .flat_map(|m| &m.payloads)
+        .filter_map(|p| match p {
+            Payload::Delete(d) if d.protocol == ProtocolId::ESP => Some(&d.spis),
+            _ => None,
+        })
+        .flatten()
+        .map(|s| u32::from_be_bytes(s.as_slice().try_into().unwrap()))
+        .collect()
+}
+
+/// The IKE SAs a side reported as replacements, by (SPIi, SPIr).
+fn rekeyed(events: &[Event]) -> Vec<(u64, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::IkeSaRekeyed { up, .. } => Some((up.spi_i.0, up.spi_r.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::A => Side::B,
+        Side::B => Side::A,
+    }
+}
+
+#[test]
+fn child_sa_rekey_started_by_the_responder_is_make_before_break() {
+    let mut pair = Pair::psk(Spec::default(), Spec::default());
+    pair.initiate();
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1);
+    let (old_a, old_b) = (pair.live(Side::A)[0], pair.live(Side::B)[0]);
+    pair.expire(Side::B, old_b, false);
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1, "one Child SA, as before");
+    let (a, b) = (
+        Pair::children(&pair.events_a),
+        Pair::children(&pair.events_b),
+    );
+    assert_eq!((a.len(), b.len()), (2, 2));
+    let (new_a, new_b) = (a[1], b[1]);
+    assert_eq!(pair.live(Side::A), vec![new_a.spi_in]);
+    assert_eq!((new_a.rekeys, new_b.rekeys), (Some(old_a), Some(old_b)));
+    assert_ne!(new_a.keys_in, a[0].keys_in, "fresh keys");
+    // B started it, so B sends on the new SA at once; A once B deleted the old one.
+    assert!(new_b.outbound && !new_a.outbound);
+    assert_eq!(deleted(&pair.events_b), vec![old_b]);
+    assert_eq!(child_downs(&pair.events_a), vec![old_a]);
+    assert_eq!(child_downs(&pair.events_b), vec![old_b]);
+    // B's first requests as the IKE SA's responder count from message ID 0.
+    let ids: Vec<_> = requests(&pair.events_b)
+        .iter()
+        .map(|r| (r.0, r.1))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (ExchangeType::CREATE_CHILD_SA, 0),
+            (ExchangeType::INFORMATIONAL, 1)
+        ]
+    );
+}
+
+/// Encryption and integrity key of one direction of a Child SA.
+type Keys = (Secret, Secret);
+
+/// A rekeys its Child SA with `esp` on both sides. Returns the keys A sends with on
+/// the new SA, the keys the same nonces give without a key exchange, and the KE
+/// groups of the request and the response.
+fn rekey_keys(esp: &'static str) -> (Keys, Keys, (Option<KeGroup>, Option<KeGroup>)) {
+    let spec = || Spec {
+        esp: vec![esp],
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(spec(), spec());
+    pair.initiate();
+    pair.drive();
+    let old = pair.live(Side::A)[0];
+    pair.expire(Side::A, old, false);
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1);
+    let request = messages(&pair.events_a, true, ExchangeType::CREATE_CHILD_SA, false)[0];
+    let response = messages(&pair.events_a, false, ExchangeType::CREATE_CHILD_SA, true)[0];
+    let ike = pair
+        .events_a
+        .iter()
+        .find_map(|e| match e {
+            Event::IkeSaUp(up) => Some(up),
+            _ => None,
+        })
+        .unwrap();
+    let new = Pair::children(&pair.events_a)[1];
+    let plain = ChildKeys::derive(
+        ike.suite.prf,
+        &ike.keys.sk_d,
+        new.encr,
+        new.integ,
+        None,
+        &nonce(request),
+        &nonce(response),
+    )
+    .unwrap();
+    (
+        new.keys_out.clone(),
+        (plain.encr_i, plain.integ_i),
+        (ke_group(request), ke_group(response)),
+    )
+}
+
+#[test]
+fn pfs_rekey_exchanges_ke_payloads_and_mixes_the_new_secret_into_the_keys() {
+    // Without PFS the keys are those of SK_d and the nonces alone (the check is sound)…
+    let (keys, plain, groups) = rekey_keys("aes128gcm16");
+    assert_eq!(groups, (None, None));
+    assert_eq!(keys, plain);
+    // …with PFS both sides send KE and the shared secret goes into KEYMAT.
+    let (keys, plain, groups) = rekey_keys("aes128gcm16-x25519");
+    let x25519 = Some(KeGroup::CURVE25519);
+    assert_eq!(groups, (x25519, x25519));
+    assert_ne!(keys.0, plain.0);
+}
+
+#[test]
+fn pfs_rekey_is_retried_in_the_group_the_responder_asks_for() {
+    let a = Spec {
+        esp: vec!["aes128gcm16-x25519-ecp256"],
+        ..Spec::default()
+    };
+    let b = Spec {
+        esp: vec!["aes128gcm16-ecp256"],
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, b);
+    pair.initiate();
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1, "IKE_AUTH carries no KE");
+    let old_a = pair.live(Side::A)[0];
+    pair.expire(Side::A, old_a, false);
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1);
+    let asked: Vec<_> = messages(&pair.events_a, true, ExchangeType::CREATE_CHILD_SA, false)
+        .iter()
+        .map(|m| ke_group(m))
+        .collect();
+    assert_eq!(asked, [Some(KeGroup::CURVE25519), Some(KeGroup::ECP_256)]);
+    let answers = messages(&pair.events_b, true, ExchangeType::CREATE_CHILD_SA, true);
+    assert_eq!(notify_types(answers[0]), [NotifyType::INVALID_KE_PAYLOAD]);
+    assert_eq!(ke_group(answers[1]), Some(KeGroup::ECP_256));
+    // The refused try made no SA anywhere.
+    assert_eq!(Pair::children(&pair.events_a).len(), 2);
+    assert_eq!(Pair::children(&pair.events_b).len(), 2);
+    assert_eq!(child_downs(&pair.events_a), vec![old_a]);
+}
+
+/// One rekey exchange of a collision, from both sides' logs: its nonces and the
+/// SPIs of the SA it made, the initiator's then the responder's.
+fn exchange_of(initiator: &[Event], responder: &[Event], ike: bool) -> ([Vec<u8>; 2], [u64; 2]) {
+    let pick = |events, response| {
+        messages(events, true, ExchangeType::CREATE_CHILD_SA, response)
+            .into_iter()
+            .filter(|m| {
+                ike == rekeys_ike(m) && !notify_types(m).contains(&NotifyType::TEMPORARY_FAILURE)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (request, response) = (pick(initiator, false), pick(responder, true));
+    assert_eq!((request.len(), response.len()), (1, 1), "one exchange");
+    let spi = |m| {
+        if ike {
+            ike_spi(m)
+        } else {
+            u64::from(esp_spi(m))
+        }
+    };
+    (
+        [nonce(request[0]), nonce(response[0])],
+        [spi(request[0]), spi(response[0])],
+    )
+}
+
+#[test]
+fn simultaneous_child_sa_rekeys_keep_only_the_sa_without_the_lowest_nonce() {
+    let mut redundant_sides = BTreeSet::new();
+    for seed in 1..=6 {
+        let spec = || Spec {
+            lifetime: soft_hard(600, 900),
+            ..Spec::default()
+        };
+        let mut pair = Pair::psk_seeded(spec(), spec(), seed);
+        pair.initiate();
+        pair.run_until(secs(1));
+        assert_eq!(pair.assert_converged(), 1);
+        let (old_a, old_b) = (pair.live(Side::A)[0], pair.live(Side::B)[0]);
+        // Both soft lifetimes end at 600 s: both requests cross.
+        pair.run_until(secs(620));
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        let (nonces_a, spis_a) = exchange_of(&pair.events_a, &pair.events_b, false);
+        let (nonces_b, spis_b) = exchange_of(&pair.events_b, &pair.events_a, false);
+        let lowest = |n: &[Vec<u8>; 2]| n[0].clone().min(n[1].clone());
+        // §2.8.1: the SA made with the lowest of the four nonces is redundant.
+        let redundant = if lowest(&nonces_a) < lowest(&nonces_b) {
+            Side::A
+        } else {
+            Side::B
+        };
+        let (survivor_a, survivor_b, made_by_redundant, old_of_winner) = match redundant {
+            Side::A => (spis_b[1], spis_b[0], spis_a[0], old_b),
+            Side::B => (spis_a[0], spis_a[1], spis_b[0], old_a),
+        };
+        assert_eq!(pair.live(Side::A), vec![survivor_a as u32]);
+        assert_eq!(pair.live(Side::B), vec![survivor_b as u32]);
+        // Its initiator deletes the redundant SA, the winner deletes the old one.
+        assert_eq!(
+            deleted(pair.events(redundant)),
+            vec![made_by_redundant as u32]
+        );
+        assert_eq!(deleted(pair.events(other(redundant))), vec![old_of_winner]);
+        for events in [&pair.events_a, &pair.events_b] {
+            assert_eq!(Pair::children(events).len(), 3, "old, ours, theirs");
+            assert_eq!(child_downs(events).len(), 2, "old and redundant");
+        }
+        assert!(
+            logs(pair.events(redundant))
+                .iter()
+                .any(|l| l.contains("the peer's exchange wins"))
+        );
+        redundant_sides.insert(redundant == Side::A);
+    }
+    assert_eq!(redundant_sides.len(), 2, "each side lost with some seed");
+}
+
+#[test]
+fn simultaneous_ike_sa_rekeys_keep_one_new_ike_sa_with_all_children() {
+    let mut redundant_sides = BTreeSet::new();
+    for seed in 1..=6 {
+        let spec = || Spec {
+            ike_lifetime: ike_rekey_after(3600),
+            ..Spec::default()
+        };
+        let mut pair = Pair::psk_seeded(spec(), spec(), seed);
+        pair.initiate();
+        pair.run_until(secs(1));
+        assert_eq!(pair.assert_converged(), 1);
+        let children = (pair.live(Side::A), pair.live(Side::B));
+        let old = pair.plane_a.ike.clone();
+        pair.run_until(secs(3620));
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        assert_eq!(
+            (pair.live(Side::A), pair.live(Side::B)),
+            children,
+            "the Child SAs carried on"
+        );
+        assert!(child_downs(&pair.events_a).is_empty() && child_downs(&pair.events_b).is_empty());
+        let (nonces_a, spis_a) = exchange_of(&pair.events_a, &pair.events_b, true);
+        let (nonces_b, spis_b) = exchange_of(&pair.events_b, &pair.events_a, true);
+        let lowest = |n: &[Vec<u8>; 2]| n[0].clone().min(n[1].clone());
+        let a_redundant = lowest(&nonces_a) < lowest(&nonces_b);
+        let survivor = if a_redundant { spis_b } else { spis_a };
+        let new: BTreeSet<_> = [(survivor[0], survivor[1])].into();
+        assert_eq!(pair.plane_a.ike, new);
+        assert_ne!(pair.plane_a.ike, old);
+        assert_eq!(rekeyed(&pair.events_a), vec![(survivor[0], survivor[1])]);
+        assert_eq!(rekeyed(&pair.events_b), vec![(survivor[0], survivor[1])]);
+        for events in [&pair.events_a, &pair.events_b] {
+            let mut downs = Pair::downs(events);
+            downs.sort_by_key(|d| format!("{d:?}"));
+            assert_eq!(
+                downs,
+                [DownReason::DeletedByPeer, DownReason::DeletedLocally],
+                "the old and the redundant IKE SA"
+            );
+        }
+        // The Child SAs work on as before on the new IKE SA.
+        let spi = pair.live(Side::A)[0];
+        pair.expire(Side::A, spi, false);
+        pair.run_for(10);
+        assert_eq!(pair.assert_converged(), 1);
+        assert_ne!(pair.live(Side::A), vec![spi]);
+        redundant_sides.insert(a_redundant);
+    }
+    assert_eq!(redundant_sides.len(), 2, "each side lost with some seed");
+}
+
+/// Both sides rekey the IKE SA at 3600 s; returns the pair once both requests are
+/// answered (the answers still on the wire) and the side whose exchange made the
+/// redundant IKE SA (the lowest nonce).
+fn crossing_ike_rekeys(seed: u64) -> (Pair, Side) {
+    let spec = || Spec {
+        ike_lifetime: ike_rekey_after(3600),
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk_seeded(spec(), spec(), seed);
+    pair.initiate();
+    pair.run_until(secs(3599));
+    assert_eq!(pair.assert_converged(), 1);
+    pair.tick();
+    assert_eq!(pair.wire.len(), 2, "both rekey requests");
+    pair.deliver_next();
+    pair.deliver_next();
+    let (nonces_a, _) = exchange_of(&pair.events_a, &pair.events_b, true);
+    let (nonces_b, _) = exchange_of(&pair.events_b, &pair.events_a, true);
+    let lowest = |n: &[Vec<u8>; 2]| n[0].clone().min(n[1].clone());
+    let redundant = if lowest(&nonces_a) < lowest(&nonces_b) {
+        Side::A
+    } else {
+        Side::B
+    };
+    (pair, redundant)
+}
+
+#[test]
+fn delete_of_the_old_ike_sa_overtaking_the_losers_rekey_answer_keeps_the_children() {
+    for seed in 1..=4 {
+        let (mut pair, loser) = crossing_ike_rekeys(seed);
+        let children = (pair.live(Side::A), pair.live(Side::B));
+        // The loser's answer is late: the winner's Delete of the old IKE SA comes first.
+        let late = pair.wire.iter().position(|(to, _)| *to == loser).unwrap();
+        let late = pair.wire.remove(late).unwrap();
+        pair.deliver_next(); // the winner's answer: it deletes the old IKE SA
+        pair.deliver_next(); // that Delete, at the loser
+        pair.deliver(late);
+        pair.run_for(30);
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        assert_eq!((pair.live(Side::A), pair.live(Side::B)), children);
+        assert!(child_downs(&pair.events_a).is_empty() && child_downs(&pair.events_b).is_empty());
+    }
+}
+
+fn is_response(t: &Transmit) -> bool {
+    Message::decode(&t.data).unwrap().header.flags.response()
+}
+
+#[test]
+fn crossing_ike_sa_rekeys_survive_lost_answers() {
+    for seed in 1..=4 {
+        let (mut pair, _) = crossing_ike_rekeys(seed);
+        let children = (pair.live(Side::A), pair.live(Side::B));
+        // Every answer is lost for 12 s: both requests are sent three times.
+        let until = pair.now + Duration::from_secs(12);
+        while pair.now < until {
+            match pair.wire.pop_front() {
+                Some(d) if is_response(&d.1) => {}
+                Some(d) => pair.deliver(d),
+                None => pair.tick(),
+            }
+        }
+        pair.run_for(60);
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        assert_eq!((pair.live(Side::A), pair.live(Side::B)), children);
+        assert!(child_downs(&pair.events_a).is_empty() && child_downs(&pair.events_b).is_empty());
+    }
+}
+
+/// Both sides rekey their Child SA at 600 s; returns the pair once both requests
+/// are answered (the answers still on the wire) and the side whose exchange made
+/// the redundant SA.
+fn crossing_child_rekeys(seed: u64) -> (Pair, Side) {
+    let spec = || Spec {
+        lifetime: soft_hard(600, 900),
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk_seeded(spec(), spec(), seed);
+    pair.initiate();
+    pair.run_until(secs(599));
+    assert_eq!(pair.assert_converged(), 1);
+    pair.tick();
+    assert_eq!(pair.wire.len(), 2, "both rekey requests");
+    pair.deliver_next();
+    pair.deliver_next();
+    let (nonces_a, _) = exchange_of(&pair.events_a, &pair.events_b, false);
+    let (nonces_b, _) = exchange_of(&pair.events_b, &pair.events_a, false);
+    let lowest = |n: &[Vec<u8>; 2]| n[0].clone().min(n[1].clone());
+    let redundant = if lowest(&nonces_a) < lowest(&nonces_b) {
+        Side::A
+    } else {
+        Side::B
+    };
+    (pair, redundant)
+}
+
+#[test]
+fn delete_of_the_old_child_sa_overtaking_the_losers_rekey_answer() {
+    for seed in 1..=4 {
+        let (mut pair, loser) = crossing_child_rekeys(seed);
+        let late = pair.wire.iter().position(|(to, _)| *to == loser).unwrap();
+        let late = pair.wire.remove(late).unwrap();
+        pair.deliver_next(); // the winner's answer: it deletes the old Child SA
+        pair.deliver_next(); // that Delete, at the loser
+        pair.deliver(late);
+        pair.run_for(30);
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        for events in [&pair.events_a, &pair.events_b] {
+            assert_eq!(Pair::children(events).len(), 3);
+            assert_eq!(child_downs(events).len(), 2);
+        }
+    }
+}
+
+#[test]
+fn crossing_child_sa_rekeys_survive_lost_answers() {
+    for seed in 1..=4 {
+        let (mut pair, _) = crossing_child_rekeys(seed);
+        let until = pair.now + Duration::from_secs(12);
+        while pair.now < until {
+            match pair.wire.pop_front() {
+                Some(d) if is_response(&d.1) => {}
+                Some(d) => pair.deliver(d),
+                None => pair.tick(),
+            }
+        }
+        pair.run_for(60);
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        for events in [&pair.events_a, &pair.events_b] {
+            assert_eq!(Pair::children(events).len(), 3);
+            assert_eq!(child_downs(events).len(), 2);
+        }
+    }
+}
+
+/// A rekeys its Child SA while B deletes it (hard limit): the requests cross, and
+/// B answers the rekey with CHILD_SA_NOT_FOUND, which reaches A before B's Delete
+/// if `answer_first`.
+fn rekey_while_deleted(answer_first: bool, close_action: Action) -> Pair {
+    let a = Spec {
+        close_action,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.initiate();
+    pair.drive();
+    let (old_a, old_b) = (pair.live(Side::A)[0], pair.live(Side::B)[0]);
+    pair.expire(Side::A, old_a, false);
+    pair.expire(Side::B, old_b, true);
+    assert_eq!(pair.wire.len(), 2, "the rekey and the Delete cross");
+    pair.deliver_next(); // B: no such SA; its answer follows its Delete
+    if answer_first {
+        pair.wire.swap(0, 1);
+    }
+    pair.run_for(1);
+    let answer = messages(&pair.events_b, true, ExchangeType::CREATE_CHILD_SA, true)[0];
+    assert_eq!(notify_types(answer), [NotifyType::CHILD_SA_NOT_FOUND]);
+    assert_eq!(child_downs(&pair.events_a), vec![old_a]);
+    assert_eq!(child_downs(&pair.events_b), vec![old_b]);
+    pair
+}
+
+#[test]
+fn child_sa_rekeyed_while_the_peer_deletes_it_is_gone_on_both_sides() {
+    for answer_first in [false, true] {
+        let mut pair = rekey_while_deleted(answer_first, Action::None);
+        assert_eq!(pair.assert_converged(), 0, "answer first: {answer_first}");
+        assert_eq!(Pair::children(&pair.events_a).len(), 1, "nothing new");
+        assert_eq!(Pair::children(&pair.events_b).len(), 1);
+        // Nothing left to carry (no child starts by itself): the IKE SA closes.
+        pair.drive();
+        assert_eq!(pair.assert_converged(), 0);
+        assert_eq!(pair.a.established() + pair.b.established(), 0);
+    }
+}
+
+#[test]
+fn child_sa_deleted_by_the_peer_during_a_rekey_comes_back_with_close_action_start() {
+    for answer_first in [false, true] {
+        let mut pair = rekey_while_deleted(answer_first, Action::Start);
+        pair.drive();
+        assert_eq!(pair.assert_converged(), 1, "answer first: {answer_first}");
+        let new = Pair::children(&pair.events_a)[1];
+        assert_eq!(new.rekeys, None, "a new Child SA, not a rekey");
+    }
+}
+
+#[test]
+fn late_rekey_request_for_an_sa_already_rekeyed_gets_temporary_failure() {
+    for hold_delete in [false, true] {
+        let mut pair = Pair::psk(Spec::default(), Spec::default());
+        pair.initiate();
+        pair.drive();
+        let (old_a, old_b) = (pair.live(Side::A)[0], pair.live(Side::B)[0]);
+        pair.expire(Side::A, old_a, false);
+        pair.expire(Side::B, old_b, false);
+        // Both rekey requests are sent; B's is held up on the way.
+        let late = pair.wire.remove(1).unwrap();
+        assert_eq!(late.0, Side::A);
+        pair.deliver_next(); // A's request: B answers (a collision, for B)
+        pair.deliver_next(); // A's rekey is done; A deletes the old SA
+        let delete = pair.wire.pop_front().unwrap();
+        if !hold_delete {
+            pair.deliver(delete.clone());
+            pair.deliver_next();
+        }
+        pair.deliver(late); // at A: that SA is rekeyed already
+        pair.deliver_next(); // the refusal, at B
+        if hold_delete {
+            pair.deliver(delete);
+        }
+        pair.drive();
+        assert_eq!(pair.assert_converged(), 1, "hold delete: {hold_delete}");
+        let refusal = messages(&pair.events_a, true, ExchangeType::CREATE_CHILD_SA, true);
+        assert_eq!(notify_types(refusal[0]), [NotifyType::TEMPORARY_FAILURE]);
+        // A's SA stands; B does not try again, and its refused SPI never came up.
+        let ours = messages(&pair.events_a, true, ExchangeType::CREATE_CHILD_SA, false);
+        assert_eq!(pair.live(Side::A), vec![esp_spi(ours[0])]);
+        assert_eq!(
+            messages(&pair.events_b, true, ExchangeType::CREATE_CHILD_SA, false).len(),
+            1
+        );
+        assert_eq!(Pair::children(&pair.events_a).len(), 2);
+        assert_eq!(Pair::children(&pair.events_b).len(), 2);
+        assert_eq!(child_downs(&pair.events_b), vec![old_b]);
+    }
+}
+
+#[test]
+fn child_sa_rekey_colliding_with_an_ike_sa_rekey_is_retried_and_completes() {
+    for seed in 1..=6 {
+        let a = Spec {
+            ike_lifetime: ike_rekey_after(3600),
+            ..Spec::default()
+        };
+        let b = Spec {
+            lifetime: soft_hard(3600, 3900),
+            ..Spec::default()
+        };
+        let mut pair = Pair::psk_seeded(a, b, seed);
+        pair.initiate();
+        pair.run_until(secs(1));
+        let old_child = pair.live(Side::A);
+        let old_ike = pair.plane_a.ike.clone();
+        // At 3600 s A rekeys the IKE SA and B the Child SA: each refuses the other's
+        // request for now (§2.25.2) and retries.
+        pair.run_until(secs(3950));
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        assert_ne!(pair.plane_a.ike, old_ike, "IKE SA rekeyed");
+        assert_ne!(
+            pair.live(Side::A),
+            old_child,
+            "Child SA rekeyed, seed {seed}"
+        );
+        assert!(
+            !logs(&pair.events_b)
+                .iter()
+                .any(|l| l.contains("hard lifetime")),
+            "seed {seed}"
+        );
+    }
+}
+
+/// A's Child SA rekey, with `fault` done to the wire once the request is sent: it
+/// completes all the same, one fresh SA on both sides and the old one gone.
+fn rekey_despite(fault: impl FnOnce(&mut Pair)) -> Pair {
+    let mut pair = Pair::psk(Spec::default(), Spec::default());
+    pair.initiate();
+    pair.drive();
+    let (old_a, old_b) = (pair.live(Side::A)[0], pair.live(Side::B)[0]);
+    pair.expire(Side::A, old_a, false);
+    fault(&mut pair);
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1);
+    assert_ne!(pair.live(Side::A), vec![old_a]);
+    assert_eq!(child_downs(&pair.events_a), vec![old_a]);
+    assert_eq!(child_downs(&pair.events_b), vec![old_b]);
+    assert_eq!(Pair::children(&pair.events_a).len(), 2, "one rekey");
+    assert_eq!(Pair::children(&pair.events_b).len(), 2);
+    pair
+}
+
+#[test]
+fn child_sa_rekey_survives_a_lost_request() {
+    let pair = rekey_despite(|p| {
+        p.drop_next();
+    });
+    assert!(logs(&pair.events_a).contains(&"retransmitting request"));
+}
+
+#[test]
+fn child_sa_rekey_survives_a_lost_response() {
+    let pair = rekey_despite(|p| {
+        p.deliver_next();
+        p.drop_next();
+    });
+    assert_eq!(
+        Pair::sent(&pair.events_b, ExchangeType::CREATE_CHILD_SA, true),
+        1,
+        "answered once, the retransmission from the cache"
+    );
+}
+
+#[test]
+fn child_sa_rekey_survives_duplicated_messages() {
+    let pair = rekey_despite(|p| {
+        p.duplicate_next(); // the request twice
+        p.deliver_next();
+        p.deliver_next();
+        p.duplicate_next(); // and its answer three times
+        p.deliver_next(); // A's rekey is done, its Delete sent
+        p.deliver_next();
+        p.deliver_next();
+        p.duplicate_next(); // the Delete twice
+    });
+    assert_eq!(
+        Pair::sent(&pair.events_b, ExchangeType::CREATE_CHILD_SA, true),
+        1
+    );
+    assert_eq!(
+        Pair::sent(&pair.events_b, ExchangeType::INFORMATIONAL, true),
+        1
+    );
+}
+
+#[test]
+fn child_sa_rekey_survives_a_lost_delete_and_a_lost_delete_answer() {
+    rekey_despite(|p| {
+        p.deliver_next();
+        p.deliver_next(); // rekeyed; the Delete of the old SA is sent
+        p.drop_next();
+        p.tick(); // sent again
+        p.deliver_next();
+        p.drop_next(); // its answer lost
+        p.tick();
+    });
+}
+
+#[test]
+fn stale_rekey_response_arriving_after_the_delete_is_ignored() {
+    rekey_despite(|p| {
+        p.deliver_next();
+        let stale = p.drop_next(); // the answer, delayed
+        p.tick(); // the request again, answered from the cache
+        p.deliver_next();
+        p.deliver_next(); // rekeyed; the Delete of the old SA is sent
+        p.deliver_next();
+        p.deliver_next(); // and answered
+        p.deliver((Side::A, stale));
+    });
+}
+
+#[test]
+fn rekey_answer_reordered_with_a_crossing_delete_of_another_child() {
+    let spec = || Spec {
+        second_child: true,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(spec(), spec());
+    pair.initiate();
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 2);
+    let of = |plane: &Plane, name: &str| {
+        plane
+            .children
+            .iter()
+            .find(|(_, sa)| sa.child == name)
+            .map(|(spi, _)| *spi)
+            .unwrap()
+    };
+    let (net_a, net2_b) = (of(&pair.plane_a, "net"), of(&pair.plane_b, "net2"));
+    pair.expire(Side::A, net_a, false);
+    pair.expire(Side::B, net2_b, true);
+    pair.deliver_next(); // B answers A's rekey after sending its Delete…
+    pair.wire.swap(0, 1); // …but the answer arrives first
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1);
+    let survivor = &pair.plane_a.children[&pair.live(Side::A)[0]];
+    assert_eq!(survivor.child, "net");
+    assert_ne!(pair.live(Side::A), vec![net_a]);
+}
+
+#[test]
+fn ike_sa_rekey_moves_the_children_and_message_ids_restart() {
+    for rekeyer in [Side::A, Side::B] {
+        let rekeying = || Spec {
+            ike_lifetime: ike_rekey_after(3600),
+            ..Spec::default()
+        };
+        let (a, b) = match rekeyer {
+            Side::A => (rekeying(), Spec::default()),
+            Side::B => (Spec::default(), rekeying()),
+        };
+        let mut pair = Pair::psk(a, b);
+        pair.initiate();
+        pair.run_until(secs(1));
+        let children = (pair.live(Side::A), pair.live(Side::B));
+        let old = pair.plane_a.ike.clone();
+        pair.run_until(secs(3610));
+        assert_eq!(pair.assert_converged(), 1);
+        assert_eq!((pair.live(Side::A), pair.live(Side::B)), children);
+        assert!(child_downs(&pair.events_a).is_empty() && child_downs(&pair.events_b).is_empty());
+        assert_eq!(pair.plane_a.ike.len(), 1);
+        assert_ne!(pair.plane_a.ike, old);
+        let new = *pair.plane_a.ike.first().unwrap();
+        for side in [Side::A, Side::B] {
+            let up = pair
+                .events(side)
+                .iter()
+                .find_map(|e| match e {
+                    Event::IkeSaRekeyed { old, up } => Some((old.0, up)),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(up.0, old.first().unwrap().0);
+            assert_eq!((up.1.spi_i.0, up.1.spi_r.0), new);
+            assert_eq!(up.1.initiator, side == rekeyer, "the rekey's initiator");
+            let reason = if side == rekeyer {
+                DownReason::DeletedLocally
+            } else {
+                DownReason::DeletedByPeer
+            };
+            assert_eq!(Pair::downs(pair.events(side)), [reason]);
+        }
+        // Each side's requests on the new IKE SA start at message ID 0: a Child SA
+        // rekey and its Delete.
+        for side in [Side::A, Side::B] {
+            let spi = pair.live(side)[0];
+            pair.expire(side, spi, false);
+            pair.run_for(10);
+            assert_eq!(pair.assert_converged(), 1);
+            assert_ne!(pair.live(side), vec![spi]);
+            let on_new: Vec<_> = requests(pair.events(side))
+                .into_iter()
+                .filter(|r| r.2 == new.0)
+                .map(|r| (r.0, r.1))
+                .collect();
+            assert_eq!(
+                on_new,
+                [
+                    (ExchangeType::CREATE_CHILD_SA, 0),
+                    (ExchangeType::INFORMATIONAL, 1)
+                ],
+                "{side:?}"
+            );
+        }
+        assert_eq!((pair.a.established(), pair.b.established()), (1, 1));
+    }
+}
+
+/// A rekeys the IKE SA at 3600 s with `fault` done to the wire once its request
+/// is sent: the rekey completes all the same, with one Child SA. Returns the pair
+/// and the Child SAs before, (A's, B's).
+fn ike_rekey_despite(fault: impl FnOnce(&mut Pair)) -> (Pair, (Vec<u32>, Vec<u32>)) {
+    let a = Spec {
+        ike_lifetime: ike_rekey_after(3600),
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.initiate();
+    pair.run_until(secs(3599));
+    let children = (pair.live(Side::A), pair.live(Side::B));
+    let old = pair.plane_a.ike.clone();
+    pair.tick();
+    fault(&mut pair);
+    pair.run_for(300);
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(pair.plane_a.ike.len(), 1);
+    assert_ne!(pair.plane_a.ike, old);
+    assert_eq!(rekeyed(&pair.events_a), rekeyed(&pair.events_b));
+    assert_eq!(Pair::downs(&pair.events_a), [DownReason::DeletedLocally]);
+    assert_eq!(Pair::downs(&pair.events_b), [DownReason::DeletedByPeer]);
+    (pair, children)
+}
+
+#[test]
+fn ike_sa_rekey_survives_a_lost_request() {
+    let (pair, children) = ike_rekey_despite(|p| {
+        p.drop_next();
+    });
+    assert_eq!(children, (pair.live(Side::A), pair.live(Side::B)));
+}
+
+#[test]
+fn ike_sa_rekey_survives_a_lost_response_and_duplicates() {
+    let (pair, children) = ike_rekey_despite(|p| {
+        p.duplicate_next();
+        p.deliver_next();
+        p.drop_next(); // the answer
+        p.deliver_next(); // the duplicate request: the cached answer again
+        p.duplicate_next();
+    });
+    assert_eq!(children, (pair.live(Side::A), pair.live(Side::B)));
+}
+
+#[test]
+fn request_on_the_new_ike_sa_before_the_rekey_answer_arrives_waits_for_it() {
+    let (pair, children) = ike_rekey_despite(|p| {
+        p.deliver_next(); // B answers: the new IKE SA is B's now
+        p.drop_next(); // but the answer is lost
+        let child = p.live(Side::B)[0];
+        p.expire(Side::B, child, false); // B rekeys it, on the new IKE SA
+        p.deliver_next(); // at A, which does not know that IKE SA yet
+    });
+    // Not answered with INVALID_IKE_SPI: B's request waited for A's retransmission,
+    // and the Child SA was rekeyed on the new IKE SA.
+    assert!(
+        !logs(&pair.events_b)
+            .iter()
+            .any(|l| l.contains("INVALID_IKE_SPI"))
+    );
+    assert_eq!(child_downs(&pair.events_a), children.0);
+    assert_eq!(child_downs(&pair.events_b), children.1);
+    let on_new = messages(&pair.events_b, true, ExchangeType::CREATE_CHILD_SA, false);
+    assert_eq!(on_new.len(), 1);
+    assert_eq!(
+        (on_new[0].spi_i.0, on_new[0].message_id),
+        (rekeyed(&pair.events_b)[0].0, 0)
+    );
+}
+
+#[test]
+fn dpd_declares_a_silent_peer_dead_and_the_connection_restarts() {
+    let a = Spec {
+        dpd_delay: Some(Duration::from_secs(30)),
+        start_action: Action::Start,
+        dpd_action: Action::Start,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.start_a();
+    pair.run_until(secs(1));
+    assert_eq!(pair.assert_converged(), 1);
+    let old_a = pair.live(Side::A)[0];
+    pair.cut = Some(Side::B);
+    pair.run_until(Instant(Duration::from_millis(29_900)));
+    assert_eq!(pair.lost, 0, "nothing to say before dpd_delay");
+    pair.run_until(secs(30));
+    let checks = messages(&pair.events_a, true, ExchangeType::INFORMATIONAL, false);
+    assert_eq!(checks.len(), 1);
+    assert!(checks[0].payloads.is_empty(), "an empty INFORMATIONAL");
+    while Pair::downs(&pair.events_a).is_empty() {
+        assert!(pair.now < secs(300));
+        pair.run_until(pair.now + Duration::from_millis(100));
+    }
+    assert_eq!(pair.lost, 6, "the check and its 5 retransmissions");
+    let dead_at = pair.now;
+    assert!(dead_at > secs(30 + 145) && dead_at <= secs(30 + 166));
+    assert_eq!(Pair::downs(&pair.events_a), [DownReason::PeerDead]);
+    assert_eq!(child_downs(&pair.events_a), [old_a]);
+    // dpd_action = start: A initiates again after a short back-off.
+    pair.run_for(2);
+    assert_eq!(
+        Pair::sent(&pair.events_a, ExchangeType::IKE_SA_INIT, false),
+        2
+    );
+    // B comes back, having lost everything.
+    pair.restart_b();
+    pair.cut = None;
+    pair.run_for(20);
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(Pair::ike_up(&pair.events_a), 2);
+}
+
+#[test]
+fn after_an_outage_the_restarted_connection_replaces_the_peers_stale_ike_sa() {
+    let a = Spec {
+        dpd_delay: Some(Duration::from_secs(30)),
+        start_action: Action::Start,
+        dpd_action: Action::Start,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.start_a();
+    pair.run_until(secs(1));
+    let old_b = pair.live(Side::B)[0];
+    // The link fails for a while; B, without DPD, keeps its IKE SA.
+    pair.cut = Some(Side::B);
+    pair.run_until(secs(200));
+    assert_eq!(Pair::downs(&pair.events_a), [DownReason::PeerDead]);
+    assert!(Pair::downs(&pair.events_b).is_empty());
+    pair.cut = None;
+    pair.run_for(60);
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(Pair::downs(&pair.events_b), [DownReason::Replaced]);
+    assert_eq!(child_downs(&pair.events_b), [old_b]);
+}
+
+#[test]
+fn inbound_esp_postpones_dpd() {
+    let a = Spec {
+        dpd_delay: Some(Duration::from_secs(30)),
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.initiate();
+    pair.run_until(secs(20));
+    let spi = pair.live(Side::A)[0];
+    pair.a.inbound_seen(pair.now, spi);
+    pair.run_until(Instant(Duration::from_millis(49_900)));
+    assert_eq!(
+        Pair::sent(&pair.events_a, ExchangeType::INFORMATIONAL, false),
+        0
+    );
+    pair.run_until(secs(50));
+    assert_eq!(
+        Pair::sent(&pair.events_a, ExchangeType::INFORMATIONAL, false),
+        1
+    );
+    assert_eq!(
+        Pair::sent(&pair.events_b, ExchangeType::INFORMATIONAL, true),
+        1
+    );
+    assert_eq!(pair.assert_converged(), 1);
+}
+
+#[test]
+fn initial_contact_from_a_restarted_peer_replaces_the_stale_ike_sa() {
+    let mut pair = Pair::psk(Spec::default(), Spec::default());
+    pair.initiate();
+    pair.drive();
+    let old_a = pair.live(Side::A)[0];
+    let stale = pair.plane_a.ike.clone();
+    pair.restart_b();
+    pair.b
+        .initiate(pair.now, 0, B.parse().unwrap(), A.parse().unwrap())
+        .unwrap();
+    pair.collect();
+    pair.drive();
+    let auth = messages(&pair.events_b, true, ExchangeType::IKE_AUTH, false);
+    assert!(notify_types(auth[0]).contains(&NotifyType::INITIAL_CONTACT));
+    assert_eq!(Pair::downs(&pair.events_a), [DownReason::Replaced]);
+    assert_eq!(child_downs(&pair.events_a), [old_a]);
+    assert_eq!(pair.assert_converged(), 1);
+    assert!(pair.plane_a.ike.is_disjoint(&stale));
+    // Dropped silently: there is nobody to tell.
+    assert_eq!(
+        Pair::sent(&pair.events_a, ExchangeType::INFORMATIONAL, false),
+        0
+    );
+}
+
+#[test]
+fn invalid_ike_spi_from_a_restarted_peer_ends_the_sa_and_it_reconnects() {
+    let a = Spec {
+        dpd_delay: Some(Duration::from_secs(30)),
+        start_action: Action::Start,
+        dpd_action: Action::Start,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.start_a();
+    pair.run_until(secs(1));
+    let old_a = pair.live(Side::A)[0];
+    pair.restart_b();
+    pair.run_until(secs(30)); // the liveness check reaches the fresh B
+    assert!(
+        logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("INVALID_IKE_SPI"))
+    );
+    assert_eq!(Pair::downs(&pair.events_a), [DownReason::PeerDead]);
+    assert_eq!(child_downs(&pair.events_a), [old_a]);
+    pair.run_until(secs(32));
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(Pair::ike_up(&pair.events_a), 2);
+    assert!(!logs(&pair.events_a).contains(&"retransmitting request"));
+}
+
+/// Initiations A started (IKE_SA_INIT requests, retransmissions aside).
+fn tries(pair: &Pair) -> usize {
+    Pair::sent(&pair.events_a, ExchangeType::IKE_SA_INIT, false)
+}
+
+#[test]
+fn keyingtries_bound_initiation_retries_and_count_afresh_after_success() {
+    let a = Spec {
+        start_action: Action::Start,
+        dpd_action: Action::Start,
+        dpd_delay: Some(Duration::from_secs(30)),
+        keyingtries: 3,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.cut = Some(Side::B);
+    pair.start_a();
+    pair.drive();
+    assert_eq!(tries(&pair), 3);
+    assert_eq!(Pair::downs(&pair.events_a), vec![DownReason::PeerDead; 3]);
+    let gave_up = |p: &Pair| {
+        logs(&p.events_a)
+            .iter()
+            .filter(|l| l.contains("giving up after 3 keying tries"))
+            .count()
+    };
+    assert_eq!(gave_up(&pair), 1);
+    assert_eq!(pair.a.poll_timeout(), None, "nothing more");
+    // Started again: the first try fails, the peer is back during the second.
+    pair.start_a();
+    while Pair::downs(&pair.events_a).len() < 4 {
+        pair.tick();
+        pair.wire.clear();
+    }
+    pair.cut = None;
+    pair.run_for(30);
+    assert_eq!(tries(&pair), 5);
+    assert_eq!(pair.assert_converged(), 1);
+    // The peer goes away for good: after the liveness check fails, A tries three
+    // times again, not what was left of the earlier count.
+    pair.cut = Some(Side::B);
+    pair.drive();
+    assert_eq!(tries(&pair), 5 + 3);
+    assert_eq!(gave_up(&pair), 2);
+}
+
+#[test]
+fn keyingtries_zero_retries_until_the_peer_appears() {
+    let a = Spec {
+        start_action: Action::Start,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.cut = Some(Side::B);
+    pair.start_a();
+    pair.run_until(secs(2000));
+    assert!(tries(&pair) >= 8, "{} tries", tries(&pair));
+    assert!(
+        !logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("keying tries"))
+    );
+    // The back-off grows but stays bounded.
+    let waits: Vec<f64> = logs(&pair.events_a)
+        .iter()
+        .filter_map(|l| l.strip_prefix("site: initiating again in "))
+        .map(|l| l.trim_end_matches(" s").parse().unwrap())
+        .collect();
+    assert_eq!(waits.len(), tries(&pair) - 1);
+    assert!(waits.iter().all(|w| *w <= 60.0), "{waits:?}");
+    assert!(waits.last().unwrap() > &waits[0]);
+    pair.cut = None;
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1);
+}
+
+#[test]
+fn acquire_initiates_a_trapped_connection_once() {
+    let a = Spec {
+        start_action: Action::Trap,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.start_a();
+    assert!(pair.wire.is_empty(), "a trap waits for traffic");
+    assert_eq!(pair.a.poll_timeout(), None);
+    pair.a.acquire(pair.now, 0, 0);
+    pair.a.acquire(pair.now, 0, 0);
+    pair.collect();
+    assert_eq!(pair.wire.len(), 1, "one IKE_SA_INIT");
+    pair.deliver_next();
+    pair.deliver_next(); // IKE_AUTH under way
+    pair.a.acquire(pair.now, 0, 0);
+    pair.collect();
+    assert_eq!(pair.wire.len(), 1);
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1);
+    pair.a.acquire(pair.now, 0, 0); // the SA is there: nothing to do
+    pair.collect();
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(tries(&pair), 1);
+    assert_eq!(
+        Pair::sent(&pair.events_a, ExchangeType::CREATE_CHILD_SA, false),
+        0
+    );
+}
+
+#[test]
+fn further_children_follow_ike_auth_in_create_child_sa() {
+    let spec = || Spec {
+        second_child: true,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(spec(), spec());
+    pair.initiate();
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 2);
+    assert_eq!(pair.now, Instant::default(), "right away");
+    let ids: Vec<_> = requests(&pair.events_a)
+        .iter()
+        .map(|r| (r.0, r.1))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (ExchangeType::IKE_SA_INIT, 0),
+            (ExchangeType::IKE_AUTH, 1),
+            (ExchangeType::CREATE_CHILD_SA, 2)
+        ]
+    );
+    for events in [&pair.events_a, &pair.events_b] {
+        let names: Vec<_> = Pair::children(events)
+            .iter()
+            .map(|c| c.child.as_str())
+            .collect();
+        assert_eq!(names, ["net", "net2"]);
+    }
+    let net2 = Pair::children(&pair.events_a)[1];
+    assert_eq!(net2.local_ts, [cidr("10.1.1.0", "10.1.1.255")]);
+    assert_eq!(net2.remote_ts, [cidr("10.2.1.0", "10.2.1.255")]);
+}
+
+#[test]
+fn esp_for_a_child_sa_still_being_negotiated_is_not_reported_as_invalid_spi() {
+    let spec = || Spec {
+        second_child: true,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(spec(), spec());
+    pair.initiate();
+    for _ in 0..5 {
+        pair.deliver_next(); // IKE_SA_INIT, IKE_AUTH, and B takes the second child
+    }
+    let request = messages(&pair.events_a, true, ExchangeType::CREATE_CHILD_SA, false)[0];
+    let spi = esp_spi(request);
+    // B sends with the new SA at once; its first packet overtakes the answer.
+    pair.a
+        .unknown_spi(pair.now, A.parse().unwrap(), B.parse().unwrap(), spi);
+    pair.collect();
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 2);
+    assert_eq!(
+        Pair::sent(&pair.events_a, ExchangeType::INFORMATIONAL, false),
+        0
+    );
+    assert_eq!(Pair::children(&pair.events_b).len(), 2);
+}
+
+#[test]
+fn childless_ike_sa_creates_the_children_that_should_be_up_again() {
+    let a = Spec {
+        start_action: Action::Start,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.start_a();
+    pair.run_until(secs(1));
+    let old_b = pair.live(Side::B)[0];
+    pair.expire(Side::B, old_b, true); // B deletes the only Child SA
+    pair.run_for(4);
+    assert_eq!(pair.assert_converged(), 0, "close_action none: not at once");
+    pair.run_for(10);
+    assert_eq!(pair.assert_converged(), 1, "after the childless grace");
+    assert!(
+        logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("no CHILD_SA left, creating them again"))
+    );
+    assert_eq!(Pair::ike_up(&pair.events_a), 1, "on the same IKE SA");
+    pair.run_for(60);
+    assert_eq!(pair.assert_converged(), 1, "and B keeps it");
 }

@@ -190,6 +190,9 @@ impl Endpoint {
             self.by_initiator.retain(|_, ours| *ours != spi);
             self.after_down(now, &sa);
         } else {
+            if sa.state == State::Established {
+                self.connected(&sa.policy);
+            }
             self.sas.insert(spi, sa);
         }
         for request in requests {
@@ -204,9 +207,10 @@ impl Endpoint {
                 self.sas.insert(spi, *sa);
                 self.with_sa(now, spi, |_, _| {});
             }
-            Request::AdoptChildren { to, children } => match self.sas.get_mut(&to) {
+            Request::AdoptChildren { to, children, work } => match self.sas.get_mut(&to) {
                 Some(target) => {
                     target.children.extend(children);
+                    target.delayed.extend(work);
                     self.with_sa(now, to, |_, _| {});
                 }
                 None => {
@@ -245,6 +249,18 @@ impl Endpoint {
                     });
                 }
             }
+        }
+    }
+
+    /// An IKE SA of `policy` is up: its connection counts keying tries afresh.
+    fn connected(&mut self, policy: &Arc<Policy>) {
+        let index = self
+            .shared
+            .policies
+            .iter()
+            .position(|p| Arc::ptr_eq(p, policy));
+        if let Some(conn) = index.and_then(|i| self.conns.get_mut(&i)) {
+            conn.failures = 0;
         }
     }
 
@@ -457,8 +473,12 @@ impl Endpoint {
 
     /// ESP arrived at `local` from `remote` for SPI `spi`, which is not ours: if an
     /// IKE SA with that peer exists, tell it with INVALID_SPI (RFC 7296 §2.21.4) so it
-    /// replaces the Child SA instead of sending into the void.
+    /// replaces the Child SA instead of sending into the void. An SPI allocated for
+    /// a Child SA still being negotiated is ours: the peer may send with it first.
     pub fn unknown_spi(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, spi: u32) {
+        if self.shared.child_spis.contains(&spi) {
+            return;
+        }
         let owner = self
             .sas
             .iter()
@@ -514,7 +534,9 @@ impl Endpoint {
             self.with_sa(now, ours, |sa, ctx| {
                 sa.handle(ctx, local, remote, datagram, message)
             });
-        } else if !h.flags.response() {
+        } else if !h.flags.response() && !self.sas.values().any(|sa| sa.creating(ours)) {
+            // For the IKE SA our rekey is creating, the request overtook the answer:
+            // the peer sends it again.
             self.invalid_ike_spi(now, local, remote, &message.header);
         }
     }

@@ -17,9 +17,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long an established IKE SA may stay without a Child SA before it acts
-/// (re-creates its children or closes): time for the peer to create them itself.
+/// How long an established IKE SA may stay without a Child SA before it re-creates
+/// its children: time for the peer to create them itself.
 const CHILDLESS_GRACE: Duration = Duration::from_secs(5);
+/// How long before it closes instead, having none to re-create: longer, so that a
+/// peer re-creating its children gets to, retransmissions included.
+const CHILDLESS_CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// Child SA creations failing in a row after which a childless IKE SA is closed,
 /// leaving the retry to the connection's back-off.
 const MAX_CHILD_FAILURES: u32 = 3;
@@ -122,8 +125,13 @@ pub(super) enum Work {
 pub(super) enum Request {
     /// A new IKE SA to index (one made by an IKE SA rekey).
     Spawn(Box<IkeSa>),
-    /// Give these Child SAs to the IKE SA with our SPI `to` (its rekey replaced this one).
-    AdoptChildren { to: IkeSpi, children: Vec<ChildSa> },
+    /// Give these Child SAs, and the work for them, to the IKE SA with our SPI `to`
+    /// (its rekey replaced this one).
+    AdoptChildren {
+        to: IkeSpi,
+        children: Vec<ChildSa>,
+        work: Vec<(Instant, Work)>,
+    },
     /// Report the IKE SA with our SPI `spi` as the replacement of `old` (initiator SPI).
     Announce { spi: IkeSpi, old: IkeSpi },
     /// The peer authenticated as `remote_id` says it has no other IKE SA with us:
@@ -345,6 +353,11 @@ impl IkeSa {
         }
     }
 
+    /// Our rekey of this SA is under way and offered `spi` as ours in the new one.
+    pub fn creating(&self, spi: IkeSpi) -> bool {
+        matches!(&self.pending, Some(Task::RekeyIke(r)) if r.spi == spi)
+    }
+
     /// The SA as [`IkeSaUp`] reports it, once authenticated.
     pub fn summary(&self) -> Option<IkeSaUp> {
         Some(IkeSaUp {
@@ -373,6 +386,26 @@ impl IkeSa {
             self.rekey_at = Some(ctx.now + at);
             self.expire_at = Some(ctx.now + rekey + life.over_time);
         }
+    }
+
+    /// Takes the queued and delayed work for Child SAs (everything but the IKE SA's
+    /// own), to go with them to the IKE SA that replaces this one; queued work is
+    /// due at `now`.
+    pub fn take_child_work(&mut self, now: Instant) -> Vec<(Instant, Work)> {
+        let for_children = |w: &Work| !matches!(w, Work::RekeyIke | Work::Dpd | Work::DeleteIke);
+        let (queued, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(for_children);
+        self.queue = kept.into();
+        let (delayed, kept) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|(_, w)| for_children(w));
+        self.delayed = kept;
+        queued
+            .into_iter()
+            .map(|w| (now, w))
+            .chain(delayed)
+            .collect()
     }
 
     /// Starts the next queued work if the request window is free.
@@ -768,10 +801,14 @@ impl IkeSa {
         self.queue.extend(ready.into_iter().map(|(_, w)| w));
         if self
             .childless_since
-            .is_some_and(|t| now >= t + CHILDLESS_GRACE)
+            .is_some_and(|t| now >= t + self.childless_grace())
         {
-            self.childless_since = None;
-            self.childless(ctx);
+            if self.heir(ctx) {
+                self.childless_since = Some(now);
+            } else {
+                self.childless_since = None;
+                self.childless(ctx);
+            }
         }
         match self.requester.timeout(now, ctx.rng) {
             Timeout::Idle => {}
@@ -791,20 +828,47 @@ impl IkeSa {
         }
     }
 
+    /// We made this SA answering the peer's rekey of another IKE SA that was being
+    /// rekeyed by us too: until that collision is settled, its Child SAs may come here.
+    fn heir(&self, ctx: &Ctx<'_>) -> bool {
+        let ours = self.our_spi().0;
+        ctx.others
+            .values()
+            .any(|o| o.peer_rekey.as_ref().is_some_and(|r| r.created == ours))
+    }
+
     /// No Child SA left: bring back the children that should be up, or close the SA
     /// (after a few failed tries the whole connection starts over instead).
     fn childless(&mut self, ctx: &mut Ctx<'_>) {
-        let wanted: Vec<usize> = (0..self.policy.children.len())
-            .filter(|&i| self.policy.children[i].start_action == Action::Start)
-            .collect();
-        if wanted.is_empty() || self.child_failures >= MAX_CHILD_FAILURES {
+        if self.recreates_children() {
+            self.log(ctx, "no CHILD_SA left, creating them again");
+            for i in 0..self.policy.children.len() {
+                if self.policy.children[i].start_action == Action::Start {
+                    self.queue.push_back(Work::CreateChild(i));
+                }
+            }
+        } else {
             self.log(ctx, "no CHILD_SA left, closing the IKE_SA");
             self.queue.push_back(Work::DeleteIke);
+        }
+    }
+
+    /// Whether a childless SA brings back its children rather than closing.
+    fn recreates_children(&self) -> bool {
+        self.child_failures < MAX_CHILD_FAILURES
+            && self
+                .policy
+                .children
+                .iter()
+                .any(|c| c.start_action == Action::Start)
+    }
+
+    /// How long the SA may stay childless before [`IkeSa::childless`] acts.
+    fn childless_grace(&self) -> Duration {
+        if self.recreates_children() {
+            CHILDLESS_GRACE
         } else {
-            self.log(ctx, "no CHILD_SA left, creating them again");
-            for i in wanted {
-                self.queue.push_back(Work::CreateChild(i));
-            }
+            CHILDLESS_CLOSE_GRACE
         }
     }
 
@@ -830,7 +894,7 @@ impl IkeSa {
             };
             [c.soft_at, c.hard_at, retired]
         });
-        let childless = self.childless_since.map(|t| t + CHILDLESS_GRACE);
+        let childless = self.childless_since.map(|t| t + self.childless_grace());
         let delayed = self.delayed.iter().map(|(t, _)| Some(*t));
         [
             self.requester.deadline(),

@@ -130,8 +130,17 @@ pub(super) fn response(
                 return;
             };
             if won {
-                if collision.is_some() {
+                if let Some(theirs) = &collision {
                     sa.log(ctx, "rekey collision: our exchange wins");
+                    // The SA of the peer's exchange is redundant: the peer deletes it,
+                    // and we never send with it (not even once the old SA is gone).
+                    let redundant = sa
+                        .children
+                        .iter_mut()
+                        .find(|c| u64::from(c.spi_in) == theirs.created);
+                    if let Some(c) = redundant.filter(|c| c.state == ChildState::Installed) {
+                        c.state = ChildState::Rekeyed;
+                    }
                 }
                 if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == old) {
                     if c.is_active() {
@@ -175,14 +184,17 @@ fn failed(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize, old: Option<u32>, e: 
     );
     match old.and_then(|spi| sa.children.iter_mut().find(|c| c.spi_in == spi)) {
         Some(c) if e == Error::Notified(NotifyType::CHILD_SA_NOT_FOUND) => {
-            // The peer no longer has it: it is gone on both sides.
-            let spi = c.spi_in;
+            // The peer no longer has it: it closed it (its Delete may still be on the
+            // way, or already here), so it is gone on both sides.
+            let (spi, was_active) = (c.spi_in, c.is_active());
             sa.log(
                 ctx,
                 format!("CHILD_SA {name} {spi:08x}: the peer has no such SA"),
             );
             super::informational::remove_child(sa, ctx, spi);
-            recreate_if_wanted(sa, index);
+            if was_active && !has_active(sa, index) {
+                super::informational::closed_by_peer(sa, index);
+            }
         }
         Some(c) => {
             if c.state == ChildState::Rekeying {

@@ -136,10 +136,12 @@ fn successor(
     new
 }
 
-/// Hands the Child SAs of `old` to its replacement `new` and says so.
+/// Hands the Child SAs of `old`, and the work for them, to its replacement `new`
+/// and says so.
 fn hand_over(old: &mut IkeSa, ctx: &mut Ctx<'_>, new: &mut IkeSa) {
     old.superseded = true;
     new.children = std::mem::take(&mut old.children);
+    new.delayed.extend(old.take_child_work(ctx.now));
     if let Some(up) = new.summary() {
         ctx.events.push_back(Event::IkeSaRekeyed {
             old: old.spi_i,
@@ -223,6 +225,7 @@ pub(super) fn adopt_into_peers(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     ctx.requests.push(Request::AdoptChildren {
         to: IkeSpi(theirs.created),
         children,
+        work: sa.take_child_work(ctx.now),
     });
     ctx.requests.push(Request::Announce {
         spi: IkeSpi(theirs.created),

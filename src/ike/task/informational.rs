@@ -87,12 +87,18 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
         sa.log(ctx, format!("cannot answer INFORMATIONAL: {e}"));
     }
     if let Some(reason) = down {
+        if reason == DownReason::DeletedByPeer && !sa.superseded {
+            // Our rekey of this IKE SA crossed the peer's, and the peer deletes it
+            // before ours is answered: its exchange won, its new IKE SA takes the
+            // Child SAs (§2.8.2).
+            super::ike_rekey::adopt_into_peers(sa, ctx);
+        }
         sa.down(ctx, reason);
     }
 }
 
 /// The peer closed child `index`'s last SA: its `close_action` says what now.
-fn closed_by_peer(sa: &mut IkeSa, index: usize) {
+pub(super) fn closed_by_peer(sa: &mut IkeSa, index: usize) {
     if sa.policy.children[index].close_action == Action::Start {
         recreate_if_wanted(sa, index);
     }
