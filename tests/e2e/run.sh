@@ -10,7 +10,8 @@
 # must send NAT keepalives. Fail closed: with bob's gateway down, nothing of alice's
 # sites leaves in clear (though her main table has a route for it) and the packets are
 # held and counted; host to host, the gateways' own traffic to each other goes in ESP
-# while their IKE still flows; and no route of the main table is ever touched.
+# while their IKE still flows; no route of the main table is ever touched; and a
+# trapped child is negotiated by its first packet, which arrives.
 # Root only; traffic stays in the namespaces.
 #
 # usage: tests/e2e/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
@@ -401,6 +402,28 @@ routes_untouched() {
     fi
 }
 want routes-untouched && routes_untouched
+
+# --- on demand: start_action = "trap" negotiates on the first packet, which is held --
+trap_case() {
+    CASE=$RUN/trap; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE="" SITES_CHILD='start_action = "trap"'
+    log "case trap: no SA until alice's host sends; its first packets are held, not lost"
+    sites_configs "$CASE" alice
+    SITES_CHILD=""
+    sed -i 's/^start = true$/start = false/' "$CASE/alice.toml"
+    local why="" out
+    _sites_gateway "$ESPTUN" "$CASE" bob && _sites_wait "$CASE/bob.log" "data plane:" || why="bob did not start"
+    _sites_gateway "$ESPTUN" "$CASE" alice && _sites_wait "$CASE/alice.log" "data plane:" || why+="${why:+; }alice did not start"
+    sleep 1
+    grep -q ' ESTABLISHED ' "$CASE/alice.log" "$CASE/bob.log" && why+="${why:+; }an IKE SA came up before any packet"
+    out=$(ip netns exec "$NS_AH" ping -c 5 -i 0.2 -W 3 -q "$HOST_B" 2>&1 || true)
+    grep -q '5 packets transmitted, 5 received' <<<"$out" || why+="${why:+; }pings lost: $(grep -o '[0-9]* received' <<<"$out")"
+    grep -q 'CHILD_SA site/lan UP' "$CASE/alice.log" || why+="${why:+; }no Child SA on alice"
+    log "  $(grep -o '[0-9]* received' <<<"$out") of 5 pings, the first held until $(grep -m1 -o 'CHILD_SA site/lan UP spi_in [0-9a-f]*' "$CASE/alice.log")"
+    if [[ -z $why ]]; then pass trap; else fail trap "$why"; fi
+    sites_stop
+}
+want trap && trap_case
 
 log "$PASSED passed, ${#FAILED[@]} failed${FAILED[*]:+: ${FAILED[*]}}"
 (( ${#FAILED[@]} == 0 ))
