@@ -236,6 +236,29 @@ fn is_optional_none(t: &Transform) -> bool {
     (t.kind == INTEG && t.id == IntegId::NONE.0) || (t.kind == KE && t.id == KeGroup::NONE.0)
 }
 
+/// True if `p` allows key exchange group `group`.
+pub fn offers_group(p: &Proposal, group: KeGroup) -> bool {
+    p.transforms.iter().any(|t| t.kind == KE && t.id == group.0)
+}
+
+/// The proposals that allow `group`, each reduced to it: what may be chosen without
+/// INVALID_KE_PAYLOAD for a KE payload of that group, or offered again after one.
+pub fn with_group(proposals: &[Proposal], group: KeGroup) -> Vec<Proposal> {
+    proposals
+        .iter()
+        .filter(|p| offers_group(p, group))
+        .map(|p| Proposal {
+            transforms: p
+                .transforms
+                .iter()
+                .filter(|t| t.kind != KE || t.id == group.0)
+                .cloned()
+                .collect(),
+            ..p.clone()
+        })
+        .collect()
+}
+
 /// The key exchange group of a chosen proposal, if it has one.
 pub fn group(p: &Proposal) -> Option<KeGroup> {
     p.transforms

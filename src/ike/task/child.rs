@@ -60,28 +60,6 @@ fn offer(child: &ChildPolicy, spi_in: u32, in_auth: bool) -> Vec<Proposal> {
         .collect()
 }
 
-/// `offer` with the key exchange transforms of each proposal reduced to `group`, or
-/// dropped where the proposal does not allow it: the retry after INVALID_KE_PAYLOAD.
-fn offer_with_group(proposals: &[Proposal], group: KeGroup) -> Vec<Proposal> {
-    proposals
-        .iter()
-        .filter(|p| {
-            p.transforms
-                .iter()
-                .any(|t| t.kind == TransformType::KE && t.id == group.0)
-        })
-        .map(|p| Proposal {
-            transforms: p
-                .transforms
-                .iter()
-                .filter(|t| t.kind != TransformType::KE || t.id == group.0)
-                .cloned()
-                .collect(),
-            ..p.clone()
-        })
-        .collect()
-}
-
 fn selectors(ranges: &[TsRange]) -> TsPayload {
     TsPayload {
         selectors: ranges.iter().copied().map(TrafficSelector::Range).collect(),
@@ -207,7 +185,7 @@ pub(super) fn restart_with(
     mut req: ChildRequest,
     group: KeGroup,
 ) -> Result<ChildRequest, Error> {
-    let proposals = offer_with_group(&req.proposals, group);
+    let proposals = proposal::with_group(&req.proposals, group);
     if proposals.is_empty() || req.kex.as_ref().is_some_and(|k| k.group() == group) {
         return Err(Error::Notified(NotifyType::INVALID_KE_PAYLOAD));
     }

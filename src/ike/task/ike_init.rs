@@ -8,10 +8,9 @@ use super::{Task, ike_auth};
 use crate::auth::signature::Hash;
 use crate::crypto::keys::skeyseed;
 use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, Secret, SkKey};
-use crate::wire::TransformType;
 use crate::wire::message::{find_notify, notifies};
 use crate::wire::payload::{
-    CertReqPayload, KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload,
+    CertReqPayload, KePayload, NoncePayload, NotifyPayload, Payload, SaPayload,
 };
 use crate::wire::{CertEncoding, ExchangeType, Header, IkeSpi, KeGroup, Message, NotifyType};
 use std::net::SocketAddr;
@@ -119,11 +118,11 @@ pub(super) fn response(
             .map(|b| KeGroup(u16::from_be_bytes(b)))
             .ok();
         let ours = wanted.filter(|g| {
-            sa.policy.proposals.iter().any(|p| {
-                p.transforms
-                    .iter()
-                    .any(|t| t.kind == TransformType::KE && t.id == g.0)
-            }) && sa.kex.as_ref().is_none_or(|k| k.group() != *g)
+            sa.policy
+                .proposals
+                .iter()
+                .any(|p| proposal::offers_group(p, *g))
+                && sa.kex.as_ref().is_none_or(|k| k.group() != *g)
         });
         match ours.map(|g| KeyExchange::generate(g, ctx.rng)) {
             Some(Ok(kex)) if sa.restarts < MAX_RESTARTS => {
@@ -275,27 +274,6 @@ fn install_keys(sa: &mut IkeSa, suite: IkeSuite, shared: &Secret) -> Result<(), 
     Ok(())
 }
 
-/// Offers that carry `group`, reduced to it: what we may pick without INVALID_KE_PAYLOAD.
-fn with_group(offered: &[Proposal], group: KeGroup) -> Vec<Proposal> {
-    offered
-        .iter()
-        .filter(|p| {
-            p.transforms
-                .iter()
-                .any(|t| t.kind == TransformType::KE && t.id == group.0)
-        })
-        .map(|p| Proposal {
-            transforms: p
-                .transforms
-                .iter()
-                .filter(|t| t.kind != TransformType::KE || t.id == group.0)
-                .cloned()
-                .collect(),
-            ..p.clone()
-        })
-        .collect()
-}
-
 /// Responder: answers an IKE_SA_INIT request with a new half-open SA, or with the
 /// error to send back statelessly.
 pub(in super::super) fn respond(
@@ -314,7 +292,7 @@ pub(in super::super) fn respond(
     for policy in &candidates {
         if let Some(p) = proposal::select(
             &policy.proposals,
-            &with_group(&sa_payload.proposals, ke.group),
+            &proposal::with_group(&sa_payload.proposals, ke.group),
         ) {
             choice = Some((policy.clone(), p));
             break;

@@ -10,7 +10,7 @@ use super::create_child::we_win;
 use crate::crypto::keys::rekey_skeyseed;
 use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, Secret, SkKey};
 use crate::wire::payload::{KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload};
-use crate::wire::{ExchangeType, IkeSpi, KeGroup, NotifyType, ProtocolId, TransformType};
+use crate::wire::{ExchangeType, IkeSpi, NotifyType, ProtocolId};
 use std::time::Duration;
 
 /// Least wait before an IKE SA rekey the peer refused for now is tried again.
@@ -68,6 +68,10 @@ pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), E
         proposals,
         restarts: 0,
     };
+    send(sa, ctx, r)
+}
+
+fn send(sa: &mut IkeSa, ctx: &mut Ctx<'_>, r: IkeRekey) -> Result<(), Error> {
     let payloads = request_payloads(&r);
     sa.send_request(
         ctx,
@@ -153,28 +157,13 @@ fn hand_over(old: &mut IkeSa, ctx: &mut Ctx<'_>, new: &mut IkeSa) {
 /// Initiator: the answer to our rekey.
 pub(super) fn response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, r: IkeRekey, payloads: Vec<Payload>) {
     if let Some(group) = wanted_group(&payloads) {
-        let allowed = r.proposals.iter().any(|p| {
-            p.transforms
-                .iter()
-                .any(|t| t.kind == TransformType::KE && t.id == group.0)
-        });
+        let allowed = r.proposals.iter().any(|p| proposal::offers_group(p, group));
         if allowed && r.restarts < 2 && group != r.kex.group() {
             let retried = KeyExchange::generate(group, ctx.rng)
                 .map_err(Error::from)
                 .and_then(|kex| {
-                    let r = IkeRekey {
-                        kex,
-                        restarts: r.restarts + 1,
-                        ..r
-                    };
-                    let payloads = request_payloads(&r);
-                    sa.send_request(
-                        ctx,
-                        ExchangeType::CREATE_CHILD_SA,
-                        payloads,
-                        Task::RekeyIke(r),
-                    )
-                    .map(|_| ())
+                    let restarts = r.restarts + 1;
+                    send(sa, ctx, IkeRekey { kex, restarts, ..r })
                 });
             if let Err(e) = retried {
                 sa.log(ctx, format!("IKE_SA rekey failed: {e}"));
@@ -325,19 +314,7 @@ fn answer(
     let offered = find_sa(payloads).ok_or_else(|| Error::InvalidSyntax("no SA".into()))?;
     let ke = find_ke(payloads).ok_or_else(|| Error::InvalidSyntax("no KE".into()))?;
     let ni = find_nonce(payloads).ok_or_else(|| Error::InvalidSyntax("no Nonce".into()))?;
-    let with_their_group: Vec<Proposal> = offered
-        .iter()
-        .filter(|p| offers_group(p, ke.group))
-        .map(|p| Proposal {
-            transforms: p
-                .transforms
-                .iter()
-                .filter(|t| t.kind != TransformType::KE || t.id == ke.group.0)
-                .cloned()
-                .collect(),
-            ..p.clone()
-        })
-        .collect();
+    let with_their_group = proposal::with_group(offered, ke.group);
     let Some(chosen) = proposal::select(&sa.policy.proposals, &with_their_group) else {
         return Err(
             match proposal::select(&sa.policy.proposals, offered)
@@ -385,10 +362,4 @@ fn answer(
         }),
     ];
     Ok((new, out))
-}
-
-fn offers_group(p: &Proposal, group: KeGroup) -> bool {
-    p.transforms
-        .iter()
-        .any(|t| t.kind == TransformType::KE && t.id == group.0)
 }
