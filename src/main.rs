@@ -49,9 +49,9 @@ enum Command {
 enum PkiCommand {
     /// A self-signed CA: writes DIR/ca.crt and DIR/ca.key.
     Ca {
-        /// Output directory.
+        /// Output directory, created (mode 0700) when missing [default: certs]
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
         /// Subject common name.
         #[arg(long, default_value = "esptun CA")]
         cn: String,
@@ -61,21 +61,45 @@ enum PkiCommand {
         /// Validity in days.
         #[arg(long, default_value_t = 3650)]
         days: u32,
+        /// Replace an existing ca.crt and ca.key.
+        #[arg(long)]
+        force: bool,
     },
-    /// A host certificate signed by DIR/ca.crt: writes DIR/ID.crt and DIR/ID.key.
-    Host {
-        /// Directory with ca.crt and ca.key; the certificate is written there too.
+    /// A host certificate signed by DIR/ca.crt: writes DIR/NAME.crt and DIR/NAME.key,
+    /// NAME being the first --san.
+    #[command(visible_alias = "host")]
+    Issue {
+        /// Directory with ca.crt and ca.key; the certificate is written there too
+        /// [default: certs]
         #[arg(long)]
-        dir: PathBuf,
-        /// The identity (FQDN, e-mail or IP), used as subject CN and alternative name.
-        #[arg(long)]
-        id: String,
+        dir: Option<PathBuf>,
+        /// A subject alternative name: an IP address, an e-mail address (user@domain)
+        /// or else a DNS name; repeat for more. The first is also the subject CN.
+        #[arg(
+            long = "san",
+            value_name = "NAME",
+            visible_alias = "id",
+            required = true
+        )]
+        sans: Vec<String>,
         /// RSA-3072 instead of ECDSA P-256.
         #[arg(long)]
         rsa: bool,
         /// Validity in days.
         #[arg(long, default_value_t = 825)]
         days: u32,
+        /// Add the ipsecIKE extended key usage to serverAuth and clientAuth.
+        #[arg(long)]
+        ipsec_ike: bool,
+        /// Replace an existing certificate and key of that name.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print each certificate in a PEM or DER file: subject, issuer, validity, key,
+    /// alternative names, key usages, SHA-256 fingerprint.
+    Show {
+        /// The certificate file.
+        file: PathBuf,
     },
 }
 
@@ -139,7 +163,7 @@ fn unix_now() -> u64 {
 }
 
 fn run_pki(what: PkiCommand) -> Result<(), String> {
-    use esptun::pki::{Issued, KeyType, make_ca, make_host};
+    use esptun::pki::{self, Host, KeyType};
     let kind = |rsa| {
         if rsa {
             KeyType::Rsa3072
@@ -147,47 +171,59 @@ fn run_pki(what: PkiCommand) -> Result<(), String> {
             KeyType::EcdsaP256
         }
     };
-    let write = |dir: &Path, name: &str, issued: &Issued| -> Result<(), String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let cert = dir.join(format!("{name}.crt"));
-        let key = dir.join(format!("{name}.key"));
-        std::fs::write(&cert, &issued.cert_pem).map_err(|e| format!("{}: {e}", cert.display()))?;
-        write_private(&key, &issued.key_pem)?;
+    let stored = |paths: Result<(PathBuf, PathBuf), pki::PkiError>| {
+        let (cert, key) = paths.map_err(|e| e.to_string())?;
         println!("wrote {} and {}", cert.display(), key.display());
         Ok(())
     };
     match what {
-        PkiCommand::Ca { out, cn, rsa, days } => {
-            let ca = make_ca(&cn, kind(rsa), unix_now(), days).map_err(|e| e.to_string())?;
-            write(&out, "ca", &ca)
+        PkiCommand::Ca {
+            out,
+            cn,
+            rsa,
+            days,
+            force,
+        } => {
+            let dir = pki_dir(out)?;
+            let ca = pki::make_ca(&cn, kind(rsa), unix_now(), days).map_err(|e| e.to_string())?;
+            stored(pki::store(&dir, "ca", &ca, force))
         }
-        PkiCommand::Host { dir, id, rsa, days } => {
-            let read = |name: &str| {
-                let path = dir.join(name);
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        PkiCommand::Issue {
+            dir,
+            sans,
+            rsa,
+            days,
+            ipsec_ike,
+            force,
+        } => {
+            let dir = pki_dir(dir)?;
+            let ca = pki::load_ca(&dir).map_err(|e| e.to_string())?;
+            let host = Host {
+                sans,
+                kind: kind(rsa),
+                days,
+                ipsec_ike,
             };
-            let ca = Issued {
-                cert_pem: read("ca.crt")?,
-                key_pem: read("ca.key")?,
-            };
-            let host = make_host(&ca, &id, kind(rsa), unix_now(), days)
-                .map_err(|e| format!("{id}: {e}"))?;
-            write(&dir, &id, &host)
+            let issued = pki::make_host(&ca, &host, unix_now()).map_err(|e| e.to_string())?;
+            stored(pki::store(&dir, &host.sans[0], &issued, force))
+        }
+        PkiCommand::Show { file } => {
+            print!("{}", pki::show(&file).map_err(|e| e.to_string())?);
+            Ok(())
         }
     }
 }
 
-/// Private keys are readable by their owner only.
-fn write_private(path: &Path, pem: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(pem.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))
+/// The directory given, or `certs/`, which is made (or, after a git checkout made it
+/// 0755, kept) readable by its owner only, since the keys live there.
+fn pki_dir(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = given {
+        return Ok(dir);
+    }
+    let dir = PathBuf::from(esptun::pki::DEFAULT_DIR);
+    esptun::pki::create_dir(&dir).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
 }

@@ -453,7 +453,7 @@ fn mistakes_name_file_line_and_key() {
         (
             "key =",
             "key = \"ca.crt\"",
-            "site.toml:34: connection[0].local.key: private key: no PEM or DER private key: no items found",
+            "site.toml:34: connection[0].local.key: private key: no PEM private key block and not DER",
         ),
         (
             "cacerts =",

@@ -1,22 +1,61 @@
-//! `esptun pki`: the CA and host certificates it writes validate as IKE peers need.
+//! `esptun pki`: the CA and host certificates it writes validate as IKE peers need,
+//! land in `certs/` (0700, keys 0600) unless told otherwise, are never overwritten
+//! without `--force`, and `pki show` describes them.
 
 use esptun::auth::identity;
 use esptun::auth::private_key::PrivateKey;
 use esptun::auth::x509::{TrustAnchors, check_identity, read_certificates, validate_chain};
-use std::path::Path;
-use std::process::Command;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-fn esptun(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_esptun"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+/// A scratch directory, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("esptun-pki-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Runs esptun in this directory.
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_esptun"))
+            .args(args)
+            .current_dir(&self.0)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs esptun in this directory; it must succeed. Returns its output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "esptun {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs esptun in this directory; it must fail. Returns its error output.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "esptun {args:?} succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[allow(
@@ -36,37 +75,197 @@ fn cert(path: &Path) -> Vec<u8> {
         .remove(0)
 }
 
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
 #[test]
 fn ca_and_host_certificates_validate_and_name_their_identity() {
-    let dir = std::env::temp_dir().join(format!("esptun-pki-{}", std::process::id()));
-    let d = dir.to_str().unwrap();
-    esptun(&["pki", "ca", "--out", d]);
-    esptun(&["pki", "host", "--dir", d, "--id", "left.example"]);
-    esptun(&["pki", "host", "--dir", d, "--id", "192.0.2.2", "--rsa"]);
-    let anchors = TrustAnchors::new(vec![cert(&dir.join("ca.crt"))]).unwrap();
+    let dir = Scratch::new("validate");
+    let d = dir.0.to_str().unwrap();
+    dir.ok(&["pki", "ca", "--out", d]);
+    dir.ok(&["pki", "host", "--dir", d, "--id", "left.example"]);
+    dir.ok(&["pki", "host", "--dir", d, "--id", "192.0.2.2", "--rsa"]);
+    let anchors = TrustAnchors::new(vec![cert(&dir.path("ca.crt"))]).unwrap();
     for id in ["left.example", "192.0.2.2"] {
-        let leaf = cert(&dir.join(format!("{id}.crt")));
+        let leaf = cert(&dir.path(&format!("{id}.crt")));
         assert!(validate_chain(&leaf, &[], &anchors, now()).is_ok(), "{id}");
         assert!(
             check_identity(&identity::parse(id).unwrap(), &leaf).is_ok(),
             "{id}"
         );
-        let key =
-            PrivateKey::from_pem_or_der(&std::fs::read(dir.join(format!("{id}.key"))).unwrap())
-                .unwrap();
+        let key_file = dir.path(&format!("{id}.key"));
+        let key = PrivateKey::from_pem_or_der(&std::fs::read(&key_file).unwrap()).unwrap();
         assert!(key.matches_certificate(&leaf));
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join(format!("{id}.key")))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o077, 0, "private keys are not readable by others");
+        assert_eq!(mode(&key_file), 0o600, "private keys are their owner's");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_esptun"))
-        .args(["pki", "host", "--dir", d, "--id", "C=CH, CN=x"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot name a host certificate"));
-    std::fs::remove_dir_all(&dir).unwrap();
+    let err = dir.fails(&["pki", "host", "--dir", d, "--id", "C=CH, CN=x"]);
+    assert!(err.contains("cannot name a host certificate"), "{err}");
+}
+
+#[test]
+fn certs_is_the_default_directory_and_private() {
+    let dir = Scratch::new("default");
+    dir.ok(&["pki", "ca"]);
+    dir.ok(&["pki", "issue", "--san", "gw.example"]);
+    let certs = dir.path("certs");
+    assert_eq!(mode(&certs), 0o700);
+    assert_eq!(mode(&certs.join("ca.key")), 0o600);
+    assert_eq!(mode(&certs.join("gw.example.key")), 0o600);
+    // Certificates are public: readable by others as far as the umask allows.
+    assert_eq!(mode(&certs.join("gw.example.crt")) & 0o700, 0o600);
+    // A checkout makes certs/ 0755; writing there makes it private again.
+    std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir.ok(&["pki", "issue", "--san", "other.example"]);
+    assert_eq!(mode(&certs), 0o700);
+}
+
+#[test]
+fn nothing_is_overwritten_without_force() {
+    let dir = Scratch::new("force");
+    let certs = dir.path("certs");
+    dir.ok(&["pki", "ca"]);
+    dir.ok(&["pki", "issue", "--san", "gw.example"]);
+    let files = ["ca.crt", "ca.key", "gw.example.crt", "gw.example.key"];
+    let read = || files.map(|f| std::fs::read(certs.join(f)).unwrap());
+    let before = read();
+    let err = dir.fails(&["pki", "ca"]);
+    assert!(
+        err.contains("certs/ca.crt: exists (--force replaces it)"),
+        "{err}"
+    );
+    let err = dir.fails(&["pki", "host", "--id", "gw.example"]);
+    assert!(
+        err.contains("certs/gw.example.crt: exists (--force replaces it)"),
+        "{err}"
+    );
+    // Only the key left: still refused.
+    std::fs::remove_file(certs.join("gw.example.crt")).unwrap();
+    let err = dir.fails(&["pki", "issue", "--san", "gw.example"]);
+    assert!(err.contains("certs/gw.example.key: exists"), "{err}");
+    std::fs::write(certs.join("gw.example.crt"), &before[2]).unwrap();
+    assert_eq!(read(), before, "the refusals changed nothing");
+
+    // --force replaces both, and the key is 0600 whatever the old file's mode.
+    let key = certs.join("gw.example.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    dir.ok(&["pki", "issue", "--san", "gw.example", "--force"]);
+    dir.ok(&["pki", "ca", "--force"]);
+    let after = read();
+    for (i, file) in files.iter().enumerate() {
+        assert_ne!(after[i], before[i], "{file} replaced");
+    }
+    assert_eq!(mode(&key), 0o600);
+}
+
+#[test]
+fn show_prints_names_usages_validity_and_fingerprint() {
+    let dir = Scratch::new("show");
+    dir.ok(&["pki", "ca", "--cn", "Show CA"]);
+    dir.ok(&[
+        "pki",
+        "issue",
+        "--san",
+        "gw.example",
+        "--san",
+        "192.0.2.1",
+        "--san",
+        "2001:db8::1",
+        "--san",
+        "ops@gw.example",
+        "--ipsec-ike",
+        "--days",
+        "30",
+    ]);
+    dir.ok(&["pki", "issue", "--san", "plain.example"]);
+    let crt = dir.path("certs/gw.example.crt");
+    let text = dir.ok(&["pki", "show", crt.to_str().unwrap()]);
+    let field = |text: &str, name: &str| -> String {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line[name.len()..].trim().to_string()
+    };
+    assert_eq!(field(&text, "subject:"), "CN=gw.example, O=esptun");
+    assert_eq!(field(&text, "issuer:"), "CN=Show CA, O=esptun");
+    assert_eq!(
+        field(&text, "alt names:"),
+        "DNS:gw.example, IP:192.0.2.1, IP:2001:db8::1, email:ops@gw.example"
+    );
+    assert_eq!(field(&text, "key usage:"), "Digital Signature");
+    assert_eq!(
+        field(&text, "ext key usage:"),
+        "serverAuth, clientAuth, ipsecIKE"
+    );
+    assert_eq!(field(&text, "key:"), "ECDSA P-256");
+    assert_eq!(field(&text, "CA:"), "no");
+    // 30 days from the start of today.
+    let day = |t: String| t[..10].to_string();
+    let start = field(&text, "not before:");
+    let end = field(&text, "not after:");
+    assert!(start.ends_with(" 00:00:00 UTC") && end.ends_with(" 00:00:00 UTC"));
+    assert_ne!(day(start), day(end));
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cert(&crt));
+    let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    assert_eq!(field(&text, "SHA-256:"), hex.join(":"));
+    // Every name the certificate carries is an identity it proves.
+    let leaf = cert(&crt);
+    for id in ["gw.example", "192.0.2.1", "2001:db8::1", "ops@gw.example"] {
+        assert!(
+            check_identity(&identity::parse(id).unwrap(), &leaf).is_ok(),
+            "{id}"
+        );
+    }
+    let anchors = TrustAnchors::new(vec![cert(&dir.path("certs/ca.crt"))]).unwrap();
+    assert!(validate_chain(&leaf, &[], &anchors, now()).is_ok());
+
+    let plain = dir.ok(&["pki", "show", "certs/plain.example.crt"]);
+    assert_eq!(field(&plain, "ext key usage:"), "serverAuth, clientAuth");
+    let ca = dir.ok(&["pki", "show", "certs/ca.crt"]);
+    assert_eq!(field(&ca, "CA:"), "yes");
+    assert_eq!(field(&ca, "alt names:"), "(none)");
+    assert_eq!(field(&ca, "key usage:"), "Key Cert Sign, CRL Sign");
+
+    // A chain file shows each certificate.
+    let chain = format!(
+        "{}{}",
+        std::fs::read_to_string(&crt).unwrap(),
+        std::fs::read_to_string(dir.path("certs/ca.crt")).unwrap()
+    );
+    std::fs::write(dir.path("chain.crt"), chain).unwrap();
+    let both = dir.ok(&["pki", "show", "chain.crt"]);
+    assert_eq!(both.matches("subject:").count(), 2);
+}
+
+#[test]
+fn damaged_files_are_reported_in_words() {
+    let dir = Scratch::new("damaged");
+    dir.ok(&["pki", "ca"]);
+    dir.ok(&["pki", "ca", "--out", "other"]);
+    std::fs::copy(dir.path("other/ca.key"), dir.path("certs/ca.key")).unwrap();
+    let err = dir.fails(&["pki", "issue", "--san", "gw.example"]);
+    assert_eq!(
+        err.trim(),
+        "esptun: certs/ca.key: not the key of certs/ca.crt"
+    );
+    let ca = std::fs::read_to_string(dir.path("certs/ca.crt")).unwrap();
+    std::fs::write(dir.path("certs/ca.crt"), &ca[..ca.len() / 2]).unwrap();
+    let err = dir.fails(&["pki", "issue", "--san", "gw.example"]);
+    assert_eq!(
+        err.trim(),
+        "esptun: certs/ca.crt: certificate: PEM: truncated: the CERTIFICATE block has no \"-----END CERTIFICATE-----\" line"
+    );
+    let err = dir.fails(&["pki", "show", "certs/ca.crt"]);
+    assert!(err.contains("truncated: the CERTIFICATE block"), "{err}");
+    let err = dir.fails(&["pki", "show", "certs/ca.key"]);
+    assert!(
+        err.contains("no PEM CERTIFICATE block and not DER"),
+        "{err}"
+    );
+    let err = dir.fails(&["pki", "issue", "--dir", "elsewhere", "--san", "x.example"]);
+    assert!(
+        err.contains("elsewhere/ca.crt: No such file or directory"),
+        "{err}"
+    );
 }

@@ -214,3 +214,27 @@ fn pem_readers_take_chains_and_refuse_garbage() {
     assert!(PrivateKey::from_pem_or_der(&[0x30, 0x00]).is_err());
     assert!(PrivateKey::from_pem_or_der(leaf.key_pem.as_bytes()).is_ok());
 }
+
+#[test]
+fn pem_errors_are_in_words() {
+    let leaf = Ca::root("Root", Alg::P256).issue(Leaf::host("gw.example", Alg::P256));
+    let cut = |pem: &str| pem[..pem.len() / 2].to_string();
+    assert_eq!(
+        read_certificates(cut(&leaf.pem).as_bytes())
+            .unwrap_err()
+            .to_string(),
+        "certificate: PEM: truncated: the CERTIFICATE block has no \"-----END CERTIFICATE-----\" line"
+    );
+    assert_eq!(
+        PrivateKey::from_pem_or_der(cut(&leaf.key_pem).as_bytes())
+            .unwrap_err()
+            .to_string(),
+        "private key: PEM: truncated: the PRIVATE KEY block has no \"-----END PRIVATE KEY-----\" line"
+    );
+    assert_eq!(
+        PrivateKey::from_pem_or_der(b"not a key")
+            .unwrap_err()
+            .to_string(),
+        "private key: no PEM private key block and not DER"
+    );
+}

@@ -69,6 +69,22 @@ pub enum AuthError {
     Malformed(#[from] DecodeError),
 }
 
+/// A PEM reader's error in words: rustls-pki-types prints the label or line it means
+/// as a byte array ("missing section end marker: [67, 69, …]").
+fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim_end().to_string();
+    match e {
+        Error::MissingSectionEnd { end_marker } => {
+            let label = text(end_marker);
+            format!("truncated: the {label} block has no \"-----END {label}-----\" line")
+        }
+        Error::IllegalSectionStart { line } => format!("malformed line {:?}", text(line)),
+        Error::Base64Decode(why) => format!("a block is not valid base64 ({why})"),
+        other => other.to_string(),
+    }
+}
+
 /// Proof that a peer's AUTH payload verified.
 #[derive(Debug)]
 pub struct Verified {

@@ -80,7 +80,12 @@ impl PrivateKey {
         let der = match PrivateKeyDer::from_pem_slice(bytes) {
             Ok(key) => Secret::from_slice(key.secret_der()),
             Err(_) if bytes.first() == Some(&0x30) => Secret::from_slice(bytes),
-            Err(e) => return Err(AuthError::BadKey(format!("no PEM or DER private key: {e}"))),
+            Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+                return Err(AuthError::BadKey(
+                    "no PEM private key block and not DER".into(),
+                ));
+            }
+            Err(e) => return Err(AuthError::BadKey(format!("PEM: {}", super::pem_error(&e)))),
         };
         for kind in [KeyKind::EcP256, KeyKind::EcP384, KeyKind::EcP521] {
             let alg = ecdsa_alg(kind, natural_hash(kind), false)

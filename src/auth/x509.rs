@@ -220,7 +220,8 @@ fn same_name(a: &X509Name<'_>, b: &X509Name<'_>) -> bool {
 pub fn read_certificates(bytes: &[u8]) -> Result<Vec<Vec<u8>>, AuthError> {
     let mut certs = Vec::new();
     for cert in CertificateDer::pem_slice_iter(bytes) {
-        let cert = cert.map_err(|e| AuthError::BadCertificate(format!("PEM: {e}")))?;
+        let cert =
+            cert.map_err(|e| AuthError::BadCertificate(format!("PEM: {}", super::pem_error(&e))))?;
         certs.push(cert.as_ref().to_vec());
     }
     if certs.is_empty() && bytes.first() == Some(&0x30) {
