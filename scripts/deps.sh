@@ -10,8 +10,9 @@
 #   unit  scripts/test.sh with ESPTUN_SKIP_NETNS=1: the build, rustfmt and clippy
 set -euo pipefail
 
-# gcc, make and pkg-config build aws-lc-sys; cargo fetches crates over HTTPS.
-BUILD="build-essential pkg-config ca-certificates"
+# gcc, make and pkg-config build aws-lc-sys; cargo fetches crates over HTTPS;
+# tests/systemd.rs checks deploy/systemd with systemd-analyze.
+BUILD="build-essential pkg-config ca-certificates systemd"
 # scripts/lib/sites.sh and its callers: ip and ss, ping, sysctl, iperf3, and timeout,
 # sha256sum, nproc (bash, grep, sed, awk and getconf come with every Debian).
 DEMO="iproute2 iputils-ping procps iperf3 coreutils"

@@ -327,9 +327,14 @@ impl Dataplane {
         };
         // No link-local address: the kernel would send router solicitations and MLD
         // reports into the tunnel, where no policy covers them.
+        // Where /proc/sys is read-only (containers), `net.ipv6.conf.default.addr_gen_mode
+        // = 1` does the same; otherwise the solicitations are only dropped, so warn.
         let gen_mode = format!("/proc/sys/net/ipv6/conf/{}/addr_gen_mode", settings.tun);
-        if std::path::Path::new(&gen_mode).exists() {
-            std::fs::write(&gen_mode, "1")?;
+        let current = std::fs::read_to_string(&gen_mode).unwrap_or_default();
+        if !current.is_empty() && current.trim() != "1" {
+            if let Err(e) = std::fs::write(&gen_mode, "1") {
+                eprintln!("{gen_mode}: {e}; the TUN gets a link-local address");
+            }
         }
         first.enabled(true)?;
         let tun_index = first.if_index()?;
