@@ -5,7 +5,7 @@
 
 use crate::auth::identity;
 use crate::auth::private_key::PrivateKey;
-use crate::auth::x509::{TrustAnchors, read_certificates};
+use crate::auth::x509::{TrustAnchors, check_identity, read_certificates};
 use crate::crypto::Secret;
 use crate::ike::exchange::RetransmitPolicy;
 use crate::ike::{
@@ -1109,6 +1109,10 @@ fn connection(
                     &k,
                     "this key does not belong to the first certificate in certs",
                 ));
+            }
+            // Found here rather than by the peer, which would only say AUTHENTICATION_FAILED.
+            if let Err(e) = check_identity(&local_id, &certs[0]) {
+                return Err(src.error(&local.id, format!("{local_key}.id"), e.to_string()));
             }
             LocalAuth::Pubkey {
                 id: local_id,

@@ -27,6 +27,12 @@ enum Command {
         #[arg(long)]
         keylog: Option<PathBuf>,
     },
+    /// Check a configuration file as `run` would load it, without starting anything.
+    Check {
+        /// The configuration file (TOML, see README).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Make a CA or a host certificate for the tunnel's gateways.
     Pki {
         #[command(subcommand)]
@@ -103,6 +109,28 @@ enum PkiCommand {
     },
 }
 
+/// Loads the file (reading every certificate, key and PSK it names) and summarises it.
+fn run_check(path: &Path) -> Result<(), String> {
+    let config = esptun::config::Config::load(path).map_err(|e| e.to_string())?;
+    for c in &config.connections {
+        let children: Vec<&str> = c
+            .policy
+            .children
+            .iter()
+            .map(|ch| ch.name.as_str())
+            .collect();
+        println!(
+            "connection {}: {} as {}, children {}",
+            c.policy.name,
+            if c.start { "initiates" } else { "waits" },
+            c.policy.local.id(),
+            children.join(", ")
+        );
+    }
+    println!("{}: OK", path.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run {
@@ -114,6 +142,7 @@ fn main() -> ExitCode {
             verbose,
             keylog,
         }),
+        Command::Check { config } => run_check(&config),
         Command::Pki { what } => run_pki(what),
         Command::Inspect {
             capture,

@@ -488,6 +488,11 @@ fn mistakes_name_file_line_and_key() {
         ),
         // Cross-field checks.
         (
+            "id = \"left.example\"",
+            "id = \"someone-else.example\"",
+            "site.toml:32: connection[0].local.id: identity someone-else.example does not match the certificate (subject CN=left.example, C=CH, O=esptun tests, SAN [DNSName(left.example)])",
+        ),
+        (
             "remote_addrs =",
             "remote_addrs = []",
             "site.toml:21: connection[0].start: start = true needs remote_addrs",

@@ -83,9 +83,10 @@ toml_list() { local out="" x; for x in "$@"; do out+="\"$x\", "; done; echo "[${
 esptun_conf() {
     local d=$1 auth=$2 prop=$3 start=$4 variant=${5:-} p=$RUN/pki-$2 cert=esptun id=esptun.example peer=charon.example
     local esp; esp=$(esp_for "$prop")
-    # esptun initiating: charon must refuse what esptun presents.
+    # esptun initiating: charon must refuse what esptun presents (esptun itself refuses to
+    # start with an identity its certificate does not hold, so for id-mismatch charon
+    # expects another identity).
     [[ $variant == untrusted && $start == true ]] && cert=rogue-esptun
-    [[ $variant == id-mismatch && $start == true ]] && id=someone-else.example
     # charon initiating: esptun must refuse charon's certificate or identity.
     [[ $variant == id-mismatch && $start == false ]] && peer=other.example
     [[ $variant == no-proposal ]] && prop=aes256gcm16-prfsha512-ecp521
@@ -160,6 +161,7 @@ CONF
             secret = \"$(cat "$RUN/psk")\" }"
     else
         [[ $variant == untrusted && -n $initiator ]] && cert=rogue-charon
+        [[ $variant == id-mismatch && -z $initiator ]] && peer=someone-else.example
         cp "$p/ca.crt" "$d/swanctl/x509ca/"; cp "$p/$cert.crt" "$d/swanctl/x509/charon.crt"; cp "$p/$cert.key" "$d/swanctl/private/charon.key"
         local_auth="auth = pubkey
             certs = charon.crt"
