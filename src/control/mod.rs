@@ -11,10 +11,13 @@ use crate::dataplane::{Dataplane, DataplaneEvent};
 use crate::ike::{self, Endpoint, Event, Settings, ts};
 use crate::wire::IkeSpi;
 use log::KeyLog;
+use nix::fcntl::{Flock, FlockArg};
 use socket::{IkeSocket, Received};
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{SignalKind, signal};
@@ -51,11 +54,52 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Runs the daemon until a signal stops it.
 pub fn run(options: Options) -> Result<(), String> {
     let config = Config::load(&options.config).map_err(|e| e.to_string())?;
+    let _instance = claim_instance(&config.dataplane.tun)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio: {e}"))?;
     runtime.block_on(serve(config, options))
+}
+
+/// Where each daemon records itself, one file per network namespace and TUN device.
+const RUN_DIR: &str = "/run/esptun";
+
+/// Makes this the only esptun for its TUN in this network namespace: a second one would
+/// share the ports and the device and, leaving, remove the first one's routes. The lock
+/// is held (and the file names our PID) until the daemon exits.
+fn claim_instance(tun: &str) -> Result<Flock<File>, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    std::fs::create_dir_all(RUN_DIR).map_err(|e| format!("{RUN_DIR}: {e}"))?;
+    let path = Path::new(RUN_DIR).join(format!("{netns}-{tun}.pid"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)
+                .and_then(|()| writeln!(lock, "{}", std::process::id()))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(format!(
+                "another esptun (pid {}) already runs TUN {tun} in this network namespace ({})",
+                pid.trim(),
+                path.display()
+            ))
+        }
+        Err((_, e)) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 /// The address the kernel would send from to reach `remote` with IKE, which carries

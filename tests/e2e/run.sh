@@ -11,7 +11,8 @@
 # sites leaves in clear (though her main table has a route for it) and the packets are
 # held and counted; host to host, the gateways' own traffic to each other goes in ESP
 # while their IKE still flows; no route of the main table is ever touched; and a
-# trapped child is negotiated by its first packet, which arrives.
+# trapped child is negotiated by its first packet, which arrives (and a second daemon
+# for the same TUN is refused).
 # Root only; traffic stays in the namespaces.
 #
 # usage: tests/e2e/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
@@ -420,6 +421,11 @@ trap_case() {
     grep -q '5 packets transmitted, 5 received' <<<"$out" || why+="${why:+; }pings lost: $(grep -o '[0-9]* received' <<<"$out")"
     grep -q 'CHILD_SA site/lan UP' "$CASE/alice.log" || why+="${why:+; }no Child SA on alice"
     log "  $(grep -o '[0-9]* received' <<<"$out") of 5 pings, the first held until $(grep -m1 -o 'CHILD_SA site/lan UP spi_in [0-9a-f]*' "$CASE/alice.log")"
+    # A second daemon for the same TUN in the same namespace is refused, naming the first.
+    local second
+    second=$(ip netns exec "$NS_AG" timeout 10 "$ESPTUN" run --config "$CASE/alice.toml" 2>&1 || true)
+    grep -q "another esptun (pid $ALICE_PID) already runs TUN esptun0" <<<"$second" ||
+        why+="${why:+; }a second esptun was not refused: $second"
     if [[ -z $why ]]; then pass trap; else fail trap "$why"; fi
     sites_stop
 }
