@@ -194,6 +194,15 @@ impl Ctx<'_> {
         }
     }
 
+    /// A time up to `spread` earlier than `at`, chosen at random, so both ends of a
+    /// tunnel seldom start the same rekey together.
+    pub fn spread(&mut self, at: Duration, spread: Duration) -> Duration {
+        let mut r = [0; 4];
+        self.rng.fill(&mut r);
+        let fraction = f64::from(u32::from_be_bytes(r)) / f64::from(u32::MAX);
+        at.saturating_sub(spread.min(at).mul_f64(fraction))
+    }
+
     /// A random delay between `min` and twice it, so retries of both peers spread.
     pub fn jitter(&mut self, min: Duration) -> Duration {
         let mut r = [0; 2];
@@ -382,7 +391,7 @@ impl IkeSa {
         self.last_inbound = ctx.now;
         let life = self.policy.ike_lifetime;
         if let Some(rekey) = life.rekey_time {
-            let at = super::task::child::spread(ctx, rekey, life.rand_time);
+            let at = ctx.spread(rekey, life.rand_time);
             self.rekey_at = Some(ctx.now + at);
             self.expire_at = Some(ctx.now + rekey + life.over_time);
         }

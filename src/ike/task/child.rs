@@ -11,7 +11,6 @@ use crate::wire::payload::{
     TsPayload, TsRange,
 };
 use crate::wire::{EncrId, EsnId, IntegId, KeGroup, NotifyType, ProtocolId, TransformType};
-use std::time::Duration;
 
 /// Without ESN, sequence numbers run out after 2^32 packets (RFC 4303 §3.3.3): rekey
 /// this many packets before, and stop at the last one.
@@ -418,15 +417,6 @@ fn within_sequence_space(mut lifetime: Lifetime, esn: bool) -> Lifetime {
     lifetime
 }
 
-/// A time up to `spread` earlier than `at`, chosen at random so both ends of a
-/// tunnel seldom start the same rekey together.
-pub(in super::super) fn spread(ctx: &mut Ctx<'_>, at: Duration, spread: Duration) -> Duration {
-    let mut r = [0; 4];
-    ctx.rng.fill(&mut r);
-    let fraction = f64::from(u32::from_be_bytes(r)) / f64::from(u32::MAX);
-    at.saturating_sub(spread.min(at).mul_f64(fraction))
-}
-
 /// Derives KEYMAT, records the Child SA and reports it.
 fn up(sa: &mut IkeSa, ctx: &mut Ctx<'_>, n: Negotiated<'_>) -> Result<(), Error> {
     let chosen = n.chosen;
@@ -463,7 +453,7 @@ fn up(sa: &mut IkeSa, ctx: &mut Ctx<'_>, n: Negotiated<'_>) -> Result<(), Error>
     let soft_at = lifetime
         .soft
         .time
-        .map(|t| ctx.now + spread(ctx, t, child.rand_time));
+        .map(|t| ctx.now + ctx.spread(t, child.rand_time));
     sa.children.push(ChildSa {
         name: name.clone(),
         index: n.index,
