@@ -241,7 +241,8 @@ pub(super) fn response(
     }
 }
 
-/// Responder: picks the policy the IDs ask for among those the addresses allow.
+/// Responder: picks the policy the IDs ask for among the candidates: those the
+/// addresses allow and that accept the IKE SA's proposal.
 fn choose_policy(
     sa: &IkeSa,
     peer: &IdPayload,
@@ -283,8 +284,9 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
     let wanted_id = id_payload(&payloads, false);
     let verdict = choose_policy(sa, peer_id, wanted_id, auth.method)
         .ok_or_else(|| {
+            // IKE_SA_INIT left only the connections that allow its proposal.
             Error::AuthenticationFailed(format!(
-                "no connection accepts peer identity {}",
+                "no connection that allows this IKE SA's proposal accepts peer identity {}",
                 peer_id.id
             ))
         })

@@ -170,7 +170,7 @@ fn accept(
             "response must hold exactly one proposal".into(),
         ));
     };
-    if proposal::select(&sa.policy.proposals, std::slice::from_ref(chosen)).is_none() {
+    if !proposal::allows(&sa.policy.proposals, chosen) {
         return Err(Error::NoProposalChosen);
     }
     let suite = IkeSuite::from_proposal(chosen)?;
@@ -298,9 +298,14 @@ fn with_group(offered: &[Proposal], group: KeGroup) -> Vec<Proposal> {
 
 /// Responder: answers an IKE_SA_INIT request with a new half-open SA, or with the
 /// error to send back statelessly.
+///
+/// The proposal is chosen with the first of `candidates` (the connections the
+/// addresses allow) that accepts one; only those that accept it too stay
+/// candidates for IKE_AUTH, so the identities cannot lead to a connection whose
+/// proposals would have refused the IKE SA's algorithms.
 pub(in super::super) fn respond(
     ctx: &mut Ctx<'_>,
-    candidates: Vec<Arc<Policy>>,
+    mut candidates: Vec<Arc<Policy>>,
     spi_r: IkeSpi,
     local: SocketAddr,
     remote: SocketAddr,
@@ -337,6 +342,7 @@ pub(in super::super) fn respond(
     let suite = IkeSuite::from_proposal(&chosen)?;
     let kex = KeyExchange::generate(suite.group, ctx.rng)?;
     let shared = kex.shared_secret(&ke.data)?;
+    candidates.retain(|p| proposal::allows(&p.proposals, &chosen));
     let header = &message.header;
     let mut sa = IkeSa::new(policy, false, header.spi_i, local, remote, ctx.settings);
     sa.spi_r = spi_r;
