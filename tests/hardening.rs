@@ -1,18 +1,22 @@
-//! The engine under hostile input, in memory and virtual time: downgrades through
-//! a second connection, and answers naming transforms we never offered.
+//! The engine under hostile input, in memory and virtual time: what an
+//! unauthenticated IKE_SA_INIT may cost, who may hold half-open SAs, what a flood
+//! writes to the log, the COOKIE secret's rotation, downgrades through a second
+//! connection, and answers naming transforms we never offered.
 
 use esptun::crypto::sk::{open_message, seal_message};
-use esptun::crypto::{SeededRandom, SkKey};
+use esptun::crypto::{Random, SeededRandom, SkKey};
 use esptun::ike::exchange::RetransmitPolicy;
 use esptun::ike::{
     Action, ChildPolicy, DownReason, Endpoint, Error, Event, IkeLifetime, IkeSaUp, Instant,
     Lifetime, LocalAuth, Policy, RemoteAuth, Settings, Transmit, proposal,
 };
-use esptun::wire::payload::{Payload, Transform};
-use esptun::wire::{EncrId, ExchangeType, KeGroup, Message, NotifyType, ProtocolId, TransformType};
+use esptun::wire::payload::{NotifyPayload, Payload, Transform};
+use esptun::wire::{
+    EncrId, ExchangeType, IkeSpi, KeGroup, Message, NotifyType, ProtocolId, TransformType,
+};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The gateway under test.
@@ -20,6 +24,13 @@ const GW: &str = "192.0.2.2:500";
 /// Its peers.
 const ALICE: &str = "192.0.2.1:500";
 const BOB: &str = "192.0.2.3:500";
+const CAROL: &str = "192.0.2.4:500";
+const MALLORY: &str = "198.51.100.66:500";
+
+/// The MODP-2048 private exponent is drawn in one piece of this many octets
+/// (224 bits); no other draw of the engine has this size (SPIs 8, nonces and
+/// secrets 32), so counting such draws counts MODP-2048 key generations.
+const MODP2048_EXPONENT: usize = 28;
 
 /// A PSK connection between `me` and `peer` with one dynamic child.
 struct Conn {
@@ -105,13 +116,37 @@ fn settings() -> Settings {
     }
 }
 
+/// A seeded generator that records the size of every draw.
+struct Counting {
+    inner: SeededRandom,
+    draws: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Random for Counting {
+    fn fill(&mut self, out: &mut [u8]) {
+        self.draws.lock().unwrap().push(out.len());
+        self.inner.fill(out);
+    }
+}
+
 struct Node {
     addr: SocketAddr,
     endpoint: Endpoint,
     events: Vec<Event>,
+    draws: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Node {
+    /// Draws of `size` octets so far.
+    fn draws_of(&self, size: usize) -> usize {
+        self.draws
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| **d == size)
+            .count()
+    }
+
     fn logs(&self) -> Vec<&str> {
         self.events
             .iter()
@@ -178,11 +213,16 @@ impl Net {
 
     /// Adds an endpoint at `addr`; returns its index.
     fn add(&mut self, addr: &str, settings: Settings, policies: Vec<Arc<Policy>>) -> usize {
-        let rng = SeededRandom::new(self.nodes.len() as u64 + 1);
+        let draws = Arc::new(Mutex::new(Vec::new()));
+        let rng = Counting {
+            inner: SeededRandom::new(self.nodes.len() as u64 + 1),
+            draws: draws.clone(),
+        };
         self.nodes.push(Node {
             addr: addr.parse().unwrap(),
             endpoint: Endpoint::new(settings, policies, Box::new(rng)),
             events: Vec::new(),
+            draws,
         });
         self.nodes.len() - 1
     }
@@ -213,6 +253,15 @@ impl Net {
         if let Some(node) = self.nodes.iter_mut().find(|n| n.addr.ip() == t.remote.ip()) {
             node.endpoint.handle(self.now, t.remote, t.local, &t.data);
         }
+        self.collect();
+    }
+
+    /// A datagram that arrives at `to` from `from`, whoever sent it.
+    fn inject(&mut self, to: usize, from: &str, data: &[u8]) {
+        let (local, remote) = (self.nodes[to].addr, from.parse().unwrap());
+        self.nodes[to]
+            .endpoint
+            .handle(self.now, local, remote, data);
         self.collect();
     }
 
@@ -261,6 +310,433 @@ impl Net {
 
 fn exchange(t: &Transmit) -> ExchangeType {
     Message::decode(&t.data).unwrap().header.exchange
+}
+
+fn notify_of(t: &Transmit) -> Option<NotifyType> {
+    Message::decode(&t.data)
+        .unwrap()
+        .payloads
+        .iter()
+        .find_map(|p| match p {
+            Payload::Notify(n) => Some(n.notify_type),
+            _ => None,
+        })
+}
+
+fn ke_of(data: &[u8]) -> Option<Vec<u8>> {
+    Message::decode(data)
+        .unwrap()
+        .payloads
+        .iter()
+        .find_map(|p| match p {
+            Payload::Ke(k) => Some(k.data.clone()),
+            _ => None,
+        })
+}
+
+/// A real IKE_SA_INIT request for `proposals`, to forge others from.
+fn init_request(proposals: &'static [&'static str]) -> Message {
+    let mut net = Net::new();
+    let a = net.add(ALICE, settings(), vec![client("alice.example", proposals)]);
+    let gw = net.add(GW, settings(), Vec::new());
+    net.initiate(a, gw);
+    let t = net.wire.pop_front().unwrap();
+    Message::decode(&t.data).unwrap()
+}
+
+/// `template` from another initiator SPI, with `edit` applied to its payloads.
+fn forge(template: &Message, spi_i: u64, edit: impl FnOnce(&mut Vec<Payload>)) -> Vec<u8> {
+    let mut m = template.clone();
+    m.header.spi_i = IkeSpi(spi_i);
+    edit(&mut m.payloads);
+    m.encode().unwrap()
+}
+
+fn set_ke(payloads: &mut [Payload], data: Vec<u8>) {
+    for p in payloads {
+        if let Payload::Ke(k) = p {
+            k.data = data.clone();
+        }
+    }
+}
+
+#[test]
+fn a_bad_ke_is_refused_before_any_exponentiation() {
+    let modp = &["aes256-sha256-modp2048"];
+    let template = init_request(modp);
+    let mut net = Net::new();
+    let gw = net.add(
+        GW,
+        Settings {
+            cookie_threshold: 1000,
+            half_open_limit: 2000,
+            ..settings()
+        },
+        vec![policy(Conn {
+            proposals: modp,
+            ..Conn::default()
+        })],
+    );
+    let bad_values = [Vec::new(), vec![2; 255], vec![0; 256], vec![0xff; 256]];
+    for i in 0..100u64 {
+        let ke = bad_values[i as usize % bad_values.len()].clone();
+        let request = forge(&template, 1000 + i, |p| set_ke(p, ke));
+        net.inject(gw, ALICE, &request);
+    }
+    let replies: Vec<Transmit> = net.wire.drain(..).collect();
+    assert_eq!(replies.len(), 100);
+    assert!(
+        replies
+            .iter()
+            .all(|t| notify_of(t) == Some(NotifyType::INVALID_SYNTAX))
+    );
+    assert_eq!(net.nodes[gw].endpoint.half_open(), 0);
+    assert_eq!(
+        net.nodes[gw].draws_of(MODP2048_EXPONENT),
+        0,
+        "no key pair generated for a KE that fails its checks"
+    );
+
+    // With COOKIEs on, a request without one costs no key exchange at all.
+    let mut net = Net::new();
+    let gw = net.add(
+        GW,
+        Settings {
+            cookie_threshold: 0,
+            ..settings()
+        },
+        vec![policy(Conn {
+            proposals: modp,
+            ..Conn::default()
+        })],
+    );
+    for i in 0..20 {
+        net.inject(gw, ALICE, &forge(&template, 5000 + i, |_| {}));
+    }
+    assert!(
+        net.wire
+            .iter()
+            .all(|t| notify_of(t) == Some(NotifyType::COOKIE))
+    );
+    assert_eq!(net.nodes[gw].draws_of(MODP2048_EXPONENT), 0);
+}
+
+#[test]
+fn one_exponentiation_serves_many_ike_sa_inits_and_each_sa_has_its_own_keys() {
+    let modp = &["aes256-sha256-modp2048"];
+    let mut net = Net::new();
+    let gw = net.add(
+        GW,
+        Settings {
+            cookie_threshold: 1000,
+            half_open_limit: 2000,
+            ..settings()
+        },
+        vec![policy(Conn {
+            proposals: modp,
+            ..Conn::default()
+        })],
+    );
+    let template = init_request(modp);
+    for i in 0..50 {
+        net.inject(gw, MALLORY, &forge(&template, 7000 + i, |_| {}));
+    }
+    let values: Vec<Vec<u8>> = net.wire.drain(..).filter_map(|t| ke_of(&t.data)).collect();
+    assert_eq!(values.len(), 50);
+    assert!(values.iter().all(|v| *v == values[0]), "one value reused");
+    assert_eq!(net.nodes[gw].endpoint.half_open(), 50);
+    assert_eq!(net.nodes[gw].draws_of(MODP2048_EXPONENT), 1);
+
+    // Real peers get the same value from the gateway, and still keys of their own.
+    let peers: Vec<usize> = [(ALICE, "alice.example"), (BOB, "bob.example")]
+        .into_iter()
+        .map(|(addr, id)| net.add(addr, settings(), vec![client(id, modp)]))
+        .collect();
+    for &p in &peers {
+        net.initiate(p, gw);
+    }
+    let mut gateway_values = Vec::new();
+    net.run(|t| {
+        if exchange(t) == ExchangeType::IKE_SA_INIT && t.local.to_string() == GW {
+            gateway_values.extend(ke_of(&t.data));
+        }
+        true
+    });
+    assert_eq!(gateway_values, [values[0].clone(), values[0].clone()]);
+    let (a, b) = (
+        net.nodes[peers[0]].ike_up()[0],
+        net.nodes[peers[1]].ike_up()[0],
+    );
+    assert_ne!(a.keys, b.keys);
+    assert_eq!(net.nodes[gw].ike_up().len(), 2);
+    assert_eq!(net.nodes[gw].draws_of(MODP2048_EXPONENT), 1);
+
+    // Its time over, the value is dropped and the next IKE_SA_INIT gets a new one.
+    let later = net.after(Duration::from_secs(31));
+    net.run_until(later);
+    net.inject(gw, MALLORY, &forge(&template, 9999, |_| {}));
+    let fresh = ke_of(&net.wire.pop_front().unwrap().data).unwrap();
+    assert_ne!(fresh, values[0]);
+    assert_eq!(net.nodes[gw].draws_of(MODP2048_EXPONENT), 2);
+}
+
+#[test]
+fn refused_ike_sa_inits_count_toward_the_cookie_threshold() {
+    let mut net = Net::new();
+    let gw = net.add(GW, settings(), vec![policy(Conn::default())]);
+    // Nothing the gateway accepts: each is refused and leaves no half-open SA.
+    let unacceptable = init_request(&["aes256-sha256-modp2048"]);
+    for i in 0..10 {
+        net.inject(gw, MALLORY, &forge(&unacceptable, 100 + i, |_| {}));
+    }
+    assert_eq!(net.nodes[gw].endpoint.half_open(), 0);
+    net.wire.clear();
+    let alice = net.add(
+        ALICE,
+        settings(),
+        vec![client("alice.example", &["aes128gcm16-prfsha256-x25519"])],
+    );
+    net.initiate(alice, gw);
+    net.run(|_| true);
+    assert_eq!(net.nodes[alice].ike_up().len(), 1);
+    assert_eq!(
+        net.nodes[alice].messages_sent(ExchangeType::IKE_SA_INIT, false),
+        2,
+        "ten refused requests in the last second turned COOKIEs on"
+    );
+    // A second later the load is gone again.
+    let later = net.after(Duration::from_secs(2));
+    net.run_until(later);
+    let bob = net.add(
+        BOB,
+        settings(),
+        vec![client("bob.example", &["aes128gcm16-prfsha256-x25519"])],
+    );
+    net.initiate(bob, gw);
+    net.run(|_| true);
+    assert_eq!(
+        net.nodes[bob].messages_sent(ExchangeType::IKE_SA_INIT, false),
+        1
+    );
+}
+
+/// Mallory completes IKE_SA_INIT (echoing COOKIEs) `tries` times and never
+/// follows with IKE_AUTH.
+fn half_open_flood(net: &mut Net, gw: usize, tries: usize) -> usize {
+    let mallory = net.add(
+        MALLORY,
+        settings(),
+        vec![client("mallory.example", &["aes128gcm16-prfsha256-x25519"])],
+    );
+    for _ in 0..tries {
+        net.initiate(mallory, gw);
+    }
+    let from_mallory = net.nodes[mallory].addr;
+    net.run(|t| !(t.local == from_mallory && exchange(t) == ExchangeType::IKE_AUTH));
+    mallory
+}
+
+#[test]
+fn one_source_holds_at_most_its_share_of_half_open_sas() {
+    let mut net = Net::new();
+    let gw = net.add(
+        GW,
+        Settings {
+            cookie_threshold: 0,
+            half_open_limit: 20,
+            half_open_per_source: 5,
+            ..settings()
+        },
+        vec![policy(Conn::default())],
+    );
+    half_open_flood(&mut net, gw, 30);
+    assert_eq!(net.nodes[gw].endpoint.half_open(), 5);
+    // Anyone else still gets in.
+    let alice = net.add(
+        ALICE,
+        settings(),
+        vec![client("alice.example", &["aes128gcm16-prfsha256-x25519"])],
+    );
+    net.initiate(alice, gw);
+    net.run(|_| true);
+    assert_eq!(net.nodes[alice].ike_up().len(), 1);
+    assert_eq!(net.nodes[alice].children_up(), 1);
+    let logs = net.nodes[gw].logs();
+    let drops: Vec<&&str> = logs.iter().filter(|l| l.contains("holds 5")).collect();
+    assert_eq!(drops.len(), 1, "told once, then counted: {logs:?}");
+}
+
+#[test]
+fn the_half_open_limit_still_holds_against_many_sources() {
+    let mut net = Net::new();
+    let gw = net.add(
+        GW,
+        Settings {
+            cookie_threshold: 0,
+            half_open_limit: 3,
+            ..settings()
+        },
+        vec![policy(Conn::default())],
+    );
+    for (addr, id) in [
+        (ALICE, "alice.example"),
+        (BOB, "bob.example"),
+        (CAROL, "carol.example"),
+    ] {
+        let n = net.add(
+            addr,
+            settings(),
+            vec![client(id, &["aes128gcm16-prfsha256-x25519"])],
+        );
+        net.initiate(n, gw);
+    }
+    net.run(|t| exchange(t) != ExchangeType::IKE_AUTH);
+    assert_eq!(net.nodes[gw].endpoint.half_open(), 3);
+    half_open_flood(&mut net, gw, 1);
+    assert_eq!(net.nodes[gw].endpoint.half_open(), 3);
+    assert!(
+        net.nodes[gw]
+            .logs()
+            .iter()
+            .any(|l| l.contains("dropped IKE_SA_INIT from 198.51.100.66:500: 3 half-open SAs"))
+    );
+}
+
+#[test]
+fn spoofed_requests_do_not_use_up_the_share_of_the_host_they_name() {
+    let mut net = Net::new();
+    let gw = net.add(
+        GW,
+        Settings {
+            // Each request without a COOKIE counts twice (request and half-open SA).
+            cookie_threshold: 5,
+            half_open_per_source: 1,
+            ..settings()
+        },
+        vec![policy(Conn::default())],
+    );
+    // Mallory sends in Alice's name; without COOKIEs yet, each makes a half-open SA.
+    let template = init_request(&["aes128gcm16-prfsha256-x25519"]);
+    for i in 0..3 {
+        net.inject(gw, ALICE, &forge(&template, 300 + i, |_| {}));
+    }
+    net.wire.clear();
+    assert_eq!(net.nodes[gw].endpoint.half_open(), 3);
+    // Alice herself echoes the COOKIE now demanded and is counted from then on.
+    let alice = net.add(
+        ALICE,
+        settings(),
+        vec![client("alice.example", &["aes128gcm16-prfsha256-x25519"])],
+    );
+    net.initiate(alice, gw);
+    net.run(|_| true);
+    assert_eq!(
+        net.nodes[alice].messages_sent(ExchangeType::IKE_SA_INIT, false),
+        2
+    );
+    assert_eq!(net.nodes[alice].ike_up().len(), 1);
+}
+
+#[test]
+fn a_flood_of_stateless_refusals_logs_one_line_a_second_per_kind() {
+    let mut net = Net::new();
+    let gw = net.add(
+        GW,
+        Settings {
+            cookie_threshold: 5000,
+            half_open_limit: 6000,
+            ..settings()
+        },
+        vec![policy(Conn::default())],
+    );
+    let unacceptable = init_request(&["aes256-sha256-modp2048"]);
+    let wrong_group = init_request(&["aes128gcm16-prfsha256-ecp256-x25519"]);
+    let mut unknown_spi = init_request(&["aes128gcm16-prfsha256-x25519"]);
+    unknown_spi.header.exchange = ExchangeType::IKE_AUTH;
+    unknown_spi.header.spi_r = IkeSpi(42);
+    unknown_spi.header.message_id = 1;
+    for i in 0..1000 {
+        net.inject(gw, MALLORY, &forge(&unacceptable, 10_000 + i, |_| {}));
+        net.inject(gw, MALLORY, &forge(&wrong_group, 20_000 + i, |_| {}));
+        net.inject(gw, MALLORY, &forge(&unknown_spi, 30_000 + i, |_| {}));
+    }
+    // Every refusal is answered (INVALID_IKE_SPI within its own rate limit).
+    let replies: Vec<Option<NotifyType>> = net.wire.drain(..).map(|t| notify_of(&t)).collect();
+    let count = |n| replies.iter().filter(|r| **r == Some(n)).count();
+    assert_eq!(count(NotifyType::NO_PROPOSAL_CHOSEN), 1000);
+    assert_eq!(count(NotifyType::INVALID_KE_PAYLOAD), 1000);
+    assert_eq!(count(NotifyType::INVALID_IKE_SPI), 10);
+    // But the log has one line per kind, and one message record per reply kind.
+    let node = &net.nodes[gw];
+    assert_eq!(node.logs().len(), 3, "{:?}", node.logs());
+    assert_eq!(node.messages_sent(ExchangeType::IKE_SA_INIT, true), 2);
+    // A second later, one summary line per kind with the count.
+    net.run_until(net.after(Duration::from_secs(1)));
+    let logs = net.nodes[gw].logs();
+    assert_eq!(logs.len(), 6, "{logs:?}");
+    for what in [
+        "999 more: IKE_SA_INIT refused",
+        "999 more: IKE_SA_INIT answered with INVALID_KE_PAYLOAD",
+        "999 more: request for an unknown IKE_SA",
+    ] {
+        assert!(logs.iter().any(|l| l.starts_with(what)), "{what}: {logs:?}");
+    }
+    // COOKIEs alike.
+    let mut net = Net::new();
+    let gw = net.add(
+        GW,
+        Settings {
+            cookie_threshold: 0,
+            ..settings()
+        },
+        vec![policy(Conn::default())],
+    );
+    let template = init_request(&["aes128gcm16-prfsha256-x25519"]);
+    for i in 0..1000 {
+        net.inject(gw, MALLORY, &forge(&template, 40_000 + i, |_| {}));
+    }
+    assert_eq!(net.wire.len(), 1000);
+    assert_eq!(net.nodes[gw].logs().len(), 1);
+    assert_eq!(
+        net.nodes[gw].messages_sent(ExchangeType::IKE_SA_INIT, true),
+        1
+    );
+}
+
+#[test]
+fn a_cookie_is_honoured_for_one_rotation_of_the_secret_only() {
+    let template = init_request(&["aes128gcm16-prfsha256-x25519"]);
+    for (wait, honoured) in [(130, true), (250, false)] {
+        let mut net = Net::new();
+        let gw = net.add(
+            GW,
+            Settings {
+                cookie_threshold: 0,
+                ..settings()
+            },
+            vec![policy(Conn::default())],
+        );
+        net.inject(gw, ALICE, &forge(&template, 77, |_| {}));
+        let reply = Message::decode(&net.wire.pop_front().unwrap().data).unwrap();
+        let [Payload::Notify(cookie)] = reply.payloads.as_slice() else {
+            panic!("a COOKIE: {reply:?}");
+        };
+        assert_eq!(cookie.notify_type, NotifyType::COOKIE);
+        // The secret changes every 120 s; the one before stays valid one period more.
+        net.now = Instant(Duration::from_secs(wait));
+        let echo = forge(&template, 77, |p| {
+            p.insert(0, Payload::Notify(cookie.clone()))
+        });
+        net.inject(gw, ALICE, &echo);
+        let answer = net.wire.pop_front().unwrap();
+        assert_eq!(
+            ke_of(&answer.data).is_some(),
+            honoured,
+            "after {wait} s: {:?}",
+            notify_of(&answer)
+        );
+        assert_eq!(net.nodes[gw].endpoint.half_open(), usize::from(honoured));
+    }
 }
 
 #[test]
@@ -520,4 +996,38 @@ fn an_ike_transform_never_offered_is_refused_in_an_ike_rekey() {
         "{:?}",
         node.logs()
     );
+}
+
+#[test]
+fn a_cookie_notify_is_not_taken_for_a_cookie_of_another_request() {
+    // A COOKIE that is not ours (random bytes, or one for another SPI) is answered
+    // with a new COOKIE, never with a half-open SA.
+    let mut net = Net::new();
+    let gw = net.add(
+        GW,
+        Settings {
+            cookie_threshold: 0,
+            ..settings()
+        },
+        vec![policy(Conn::default())],
+    );
+    let template = init_request(&["aes128gcm16-prfsha256-x25519"]);
+    for (i, cookie) in [vec![], vec![0], vec![0; 33], vec![1; 64]]
+        .into_iter()
+        .enumerate()
+    {
+        let request = forge(&template, 60_000 + i as u64, |p| {
+            p.insert(
+                0,
+                Payload::Notify(NotifyPayload::new(NotifyType::COOKIE, cookie)),
+            );
+        });
+        net.inject(gw, ALICE, &request);
+    }
+    assert!(
+        net.wire
+            .iter()
+            .all(|t| notify_of(t) == Some(NotifyType::COOKIE))
+    );
+    assert_eq!(net.nodes[gw].endpoint.half_open(), 0);
 }
