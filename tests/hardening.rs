@@ -1,8 +1,10 @@
 //! The engine under hostile input, in memory and virtual time: what an
 //! unauthenticated IKE_SA_INIT may cost, who may hold half-open SAs, what a flood
 //! writes to the log, the COOKIE secret's rotation, downgrades through a second
-//! connection, and answers naming transforms we never offered.
+//! connection, answers naming transforms we never offered, and the configuration
+//! of the limits.
 
+use esptun::config::Config;
 use esptun::crypto::sk::{open_message, seal_message};
 use esptun::crypto::{Random, SeededRandom, SkKey};
 use esptun::ike::exchange::RetransmitPolicy;
@@ -16,6 +18,7 @@ use esptun::wire::{
 };
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -996,6 +999,63 @@ fn an_ike_transform_never_offered_is_refused_in_an_ike_rekey() {
         "{:?}",
         node.logs()
     );
+}
+
+fn load(ike: &str) -> Result<Config, String> {
+    Config::parse(&format!("[ike]\n{ike}\n"), Path::new("site.toml")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn half_open_limits_are_configured_and_checked() {
+    let config =
+        load("half_open_limit = 50\nhalf_open_per_source = 3\ncookie_threshold = 20").unwrap();
+    assert_eq!(
+        (
+            config.ike.half_open_limit,
+            config.ike.half_open_per_source,
+            config.ike.cookie_threshold
+        ),
+        (50, 3, 20)
+    );
+    let defaults = load("").unwrap().ike;
+    let engine = Settings::default();
+    assert_eq!(
+        (
+            defaults.half_open_limit,
+            defaults.half_open_per_source,
+            defaults.cookie_threshold,
+            defaults.half_open_timeout
+        ),
+        (1000, 5, 10, Duration::from_secs(30))
+    );
+    assert_eq!(
+        (engine.half_open_limit, engine.half_open_per_source),
+        (1000, 5)
+    );
+    for (ike, error) in [
+        (
+            "half_open_limit = 0",
+            "site.toml:2: ike.half_open_limit: must be at least 1",
+        ),
+        (
+            "half_open_per_source = 0",
+            "site.toml:2: ike.half_open_per_source: must be at least 1",
+        ),
+        (
+            "cookie_threshold = 1000",
+            "site.toml:2: ike.cookie_threshold: cookie_threshold (1000) must be below half_open_limit (1000)",
+        ),
+        (
+            "half_open_limit = 10",
+            "site.toml:2: ike.half_open_limit: cookie_threshold (10) must be below half_open_limit (10)",
+        ),
+        (
+            "half_open_timeout = 0",
+            "site.toml:2: ike.half_open_timeout: must be above 0",
+        ),
+    ] {
+        assert_eq!(load(ike).err().as_deref(), Some(error), "{ike}");
+    }
 }
 
 #[test]
