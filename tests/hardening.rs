@@ -1,8 +1,8 @@
 //! The engine under hostile input, in memory and virtual time: what an
 //! unauthenticated IKE_SA_INIT may cost, who may hold half-open SAs, what a flood
-//! writes to the log, the COOKIE secret's rotation, downgrades through a second
-//! connection, answers naming transforms we never offered, and the configuration
-//! of the limits.
+//! (or forged messages on a known SA) writes to the log, the COOKIE secret's
+//! rotation, downgrades through a second connection, answers naming transforms we
+//! never offered, and the configuration of the limits.
 
 use esptun::config::Config;
 use esptun::crypto::sk::{open_message, seal_message};
@@ -1090,4 +1090,38 @@ fn a_cookie_notify_is_not_taken_for_a_cookie_of_another_request() {
             .all(|t| notify_of(t) == Some(NotifyType::COOKIE))
     );
     assert_eq!(net.nodes[gw].endpoint.half_open(), 0);
+}
+
+#[test]
+fn forged_messages_on_a_known_sa_log_one_line_a_second() {
+    let (mut net, gw, alice) = pair();
+    net.initiate(alice, gw);
+    let mut auth_request = None;
+    net.run(|t| {
+        if exchange(t) == ExchangeType::IKE_AUTH && auth_request.is_none() {
+            auth_request = Some(t.data.clone());
+        }
+        true
+    });
+    assert_eq!(net.nodes[gw].ike_up().len(), 1);
+    // Alice's IKE_AUTH request as the next request (message ID 2), its ICV broken:
+    // what anyone who saw the SPIs can send.
+    let mut forged = auth_request.unwrap();
+    forged[20..24].copy_from_slice(&2u32.to_be_bytes());
+    *forged.last_mut().unwrap() ^= 1;
+    let before = net.nodes[gw].logs().len();
+    for _ in 0..1000 {
+        net.inject(gw, ALICE, &forged);
+    }
+    let logs = net.nodes[gw].logs();
+    assert_eq!(logs.len(), before + 1, "{:?}", &logs[before..]);
+    net.now = net.after(Duration::from_secs(1));
+    net.inject(gw, ALICE, &forged);
+    let logs = net.nodes[gw].logs();
+    assert!(
+        logs.last()
+            .unwrap()
+            .ends_with("(999 more dropped since the last such line)"),
+        "{logs:?}"
+    );
 }
