@@ -787,7 +787,8 @@ fn identities_cannot_lead_to_a_connection_that_refuses_the_ike_proposal() {
         net.nodes[gw]
             .logs()
             .iter()
-            .any(|l| l.contains("strict.example") && l.contains("allows this IKE SA's proposal")),
+            .any(|l| l.contains("strict.example")
+                && l.contains("do not allow this IKE SA's addresses or proposal")),
         "{:?}",
         net.nodes[gw].logs()
     );
