@@ -9,7 +9,8 @@ use crate::auth::x509::{TrustAnchors, check_identity, read_certificates};
 use crate::crypto::Secret;
 use crate::ike::exchange::RetransmitPolicy;
 use crate::ike::{
-    Action, ChildPolicy, IkeLifetime, Lifetime, Limits, LocalAuth, Policy, RemoteAuth, proposal,
+    Action, ChildPolicy, IkeLifetime, Lifetime, Limits, LocalAuth, Policy, RemoteAuth, Settings,
+    proposal,
 };
 use crate::wire::ProtocolId;
 use crate::wire::payload::{AddrRange, Identity, Proposal, TsRange};
@@ -124,8 +125,12 @@ pub struct Listen {
 /// Engine-wide knobs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IkeSettings {
-    /// Half-open IKE SAs before COOKIEs are demanded.
+    /// Half-open IKE SAs plus recent IKE_SA_INIT requests before COOKIEs are demanded.
     pub cookie_threshold: usize,
+    /// Half-open IKE SAs at which further IKE_SA_INIT requests are dropped.
+    pub half_open_limit: usize,
+    /// Half-open IKE SAs one source (IPv4 address, IPv6 /64) may hold after echoing a COOKIE.
+    pub half_open_per_source: usize,
     /// How long a half-open IKE SA lives.
     pub half_open_timeout: Duration,
     /// When our requests are resent, and when we give up on the peer.
@@ -185,7 +190,9 @@ struct RawListen {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawIke {
-    cookie_threshold: Option<usize>,
+    cookie_threshold: Option<Spanned<usize>>,
+    half_open_limit: Option<Spanned<usize>>,
+    half_open_per_source: Option<Spanned<usize>>,
     half_open_timeout: Option<Spanned<Value>>,
     retransmit_timeout: Option<Spanned<Value>>,
     retransmit_base: Option<Spanned<f64>>,
@@ -515,10 +522,56 @@ fn ike_settings(src: &Source<'_>, raw: &RawIke) -> Result<IkeSettings, ConfigErr
         defaults.limit,
         |l| if l.is_zero() { MAX_DURATION } else { l },
     );
+    let engine = Settings::default();
+    let at_least_one = |value: &Option<Spanned<usize>>, key: &str, default: usize| match value {
+        Some(v) if *v.get_ref() == 0 => Err(src.error(v, key, "must be at least 1")),
+        Some(v) => Ok(*v.get_ref()),
+        None => Ok(default),
+    };
+    let half_open_limit = at_least_one(
+        &raw.half_open_limit,
+        "ike.half_open_limit",
+        engine.half_open_limit,
+    )?;
+    let half_open_per_source = at_least_one(
+        &raw.half_open_per_source,
+        "ike.half_open_per_source",
+        engine.half_open_per_source,
+    )?;
+    let cookie_threshold = raw
+        .cookie_threshold
+        .as_ref()
+        .map_or(engine.cookie_threshold, |c| *c.get_ref());
+    // COOKIEs must come on before the limit drops everyone, or they never help.
+    if cookie_threshold >= half_open_limit {
+        let blame = [
+            raw.cookie_threshold
+                .as_ref()
+                .map(|c| (c.span(), "ike.cookie_threshold")),
+            raw.half_open_limit
+                .as_ref()
+                .map(|l| (l.span(), "ike.half_open_limit")),
+        ];
+        if let Some((span, key)) = blame.into_iter().flatten().next() {
+            return Err(src.origin(span, key).error(format!(
+                "cookie_threshold ({cookie_threshold}) must be below half_open_limit ({half_open_limit})"
+            )));
+        }
+    }
+    let half_open_timeout = duration(src, raw.half_open_timeout.as_ref(), "ike.half_open_timeout")?
+        .unwrap_or(engine.half_open_timeout);
+    if let Some(at) = raw
+        .half_open_timeout
+        .as_ref()
+        .filter(|_| half_open_timeout.is_zero())
+    {
+        return Err(src.error(at, "ike.half_open_timeout", "must be above 0"));
+    }
     Ok(IkeSettings {
-        cookie_threshold: raw.cookie_threshold.unwrap_or(10),
-        half_open_timeout: duration(src, raw.half_open_timeout.as_ref(), "ike.half_open_timeout")?
-            .unwrap_or(Duration::from_secs(30)),
+        cookie_threshold,
+        half_open_limit,
+        half_open_per_source,
+        half_open_timeout,
         retransmit: RetransmitPolicy {
             timeout,
             base,

@@ -612,7 +612,6 @@ fn durations_take_swanctl_forms_on_every_time_key() {
         ("\"2d\"", Duration::from_secs(2 * 86_400)),
         ("\"1.5h\"", Duration::from_secs(5400)),
         ("0.5", Duration::from_millis(500)),
-        ("0", Duration::ZERO),
         ("\"3650d\"", Duration::from_secs(3650 * 86_400)),
     ] {
         let config = dir

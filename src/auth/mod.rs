@@ -41,6 +41,12 @@ pub enum AuthError {
         /// The scheme the peer claims.
         scheme: SignatureScheme,
     },
+    /// The signature uses SHA-1, which RFC 8247 §3.2 forbids (the AUTH method 1,
+    /// RSA PKCS#1 v1.5 with SHA-1, as well as RFC 7427 signatures with SHA-1).
+    #[error(
+        "{0} signature refused: SHA-1 is forbidden (RFC 8247); the peer must use RFC 7427 with SHA-2"
+    )]
+    Sha1Refused(SignatureScheme),
     /// The signature did not verify.
     #[error("{0} signature does not verify")]
     BadSignature(SignatureScheme),
@@ -146,6 +152,7 @@ pub fn verify(
         (AuthMethod::SHARED_KEY_MIC, _) => return Err(wrong()),
         (_, Credential::PublicKey(key)) => {
             let (scheme, sig) = match method {
+                // RSA PKCS#1 v1.5 with SHA-1 (RFC 7296 §3.8), which `PublicKey::verify` refuses.
                 AuthMethod::RSA_SIG => (SignatureScheme::RsaPkcs1(Hash::Sha1), &auth.data[..]),
                 AuthMethod::ECDSA_SHA256_P256 => {
                     (SignatureScheme::EcdsaFixed(Hash::Sha256), &auth.data[..])
@@ -213,5 +220,68 @@ mod tests {
         let octets = signed_octets(b"M2", b"Ni", Prf::HmacSha256, &sk_pr, &id);
         let mac = Prf::HmacSha256.compute(b"k", &[&[2, 0, 0, 0, b'r']]);
         assert_eq!(octets, [&b"M2Ni"[..], mac.expose()].concat());
+    }
+
+    /// An RSA-2048 public key (SubjectPublicKeyInfo) and its owner's PKCS#1 v1.5
+    /// signatures over [`MESSAGE`] with SHA-1 and SHA-256, made with
+    /// `openssl dgst -sha1 -sign` and `-sha256 -sign`.
+    const RSA_SPKI: &str = concat!(
+        "30820122300d06092a864886f70d01010105000382010f003082010a028201010098e6051bbbe35479001e8137ddb25e2ba9f8cedd652a3f7414e0b56db377c0",
+        "89bb0c0bf5f8114a5138df6186df45b7fb3d42d328391e3de667af64671863019cb6d8fc546addf1f6e89fe25407c92523206987ef6872bce9d2fef5d9d05e8e",
+        "1d2bb416c87c25c267673ad36ac2283a688dfc480dcf46b43388c82e6d7574c05d0c50ef46110aba4a86914ff89afe5e6809e11f86098cf44b20db19e8e04c6d",
+        "b06fd6cb67ada04125b042a2315823a6da41647ef6c285a595c0fda161001ce25afb12d1a88cc5599a1939da09f9045943eb5a384169a6ea00bc4bb8647de52b",
+        "40a826d7b6ae18f3c96d9cf0d09f81b6cb90ca399afcc64ecc50a03334ac83f7fd0203010001",
+    );
+    const SIG_SHA1: &str = concat!(
+        "3cd3fadf25aa626ba9249851e29f6a7b0b93569d2da2add2772a41aa2ea291ba8fa4efb2de7924f65c0e80ac3f7684a3665fe5bf231f59ba35bea70f0d2333aa",
+        "4b83075991f212de2da1643ed4d3434408bd218502aa212dc1c420a1e2eb1faaf35db33a895a6870716a6f1f1bcc9f8f8478887d82c51a44b048ffbdc6434962",
+        "6339e7831a4143455ecfce34fbe67b2675cb32d3ec7042a2c7eb3cc6d41c36da68a107cee907abe9b52094865979f23af7c5c619c9caf4ec4481aec744b22cd7",
+        "a89bc1789287c5fc3fca0d123c3d76ff3992ec162958d13e91e60a610543b275ce689d6a8e975e76c8deadf97b228c86e72553933bd20a05c6a2cd9f4687e8e0",
+    );
+    const SIG_SHA256: &str = concat!(
+        "2ef952073674cfa2dedae3f6a2f840d3a57077a7c0d06701262b36707a93e23aaa6c60bde143b93e55c25afb1d46264bfb12573b508eca19289e672499f39b09",
+        "52cf36163a961afb7f06a928a40818fdee8a9565c6a499ab884a673852f8516ad4fd575cffd60a7d45f2a2b2090c4525b5a82d04b34d2c2db035bb1b6a45bd05",
+        "913ce9c90941b9bf65bf98a9c21c6ceaaa0c5159bd23cbf98d6d755161940c35c8ed37924de9f4235213715783a430ac9b27889510c3e4e167180bd1b33b8cf9",
+        "61a360fd705fcfb959f59ad37225439ae79cdea3f9a9aaba49a53a3a6d8414d873aba4d3fe3e47fad060d0f4fd2ee6e68180dcc855e7837558752d127ab65c5d",
+    );
+    const MESSAGE: &[u8] = b"signed octets of an IKE_AUTH";
+    /// sha1WithRSAEncryption and sha256WithRSAEncryption as RFC 7427 AlgorithmIdentifiers.
+    const SHA1_WITH_RSA: &str = "300d06092a864886f70d0101050500";
+    const SHA256_WITH_RSA: &str = "300d06092a864886f70d01010b0500";
+
+    #[test]
+    fn sha1_signatures_are_refused_even_when_valid() {
+        use x509_parser::prelude::FromDer;
+        let spki = hex::decode(RSA_SPKI).unwrap();
+        let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki).unwrap();
+        let key = PublicKey::from_spki(&info).unwrap();
+        let (sha1, sha256) = (
+            hex::decode(SIG_SHA1).unwrap(),
+            hex::decode(SIG_SHA256).unwrap(),
+        );
+        let check = |auth: AuthPayload| {
+            verify(&auth, MESSAGE, Prf::HmacSha256, Credential::PublicKey(&key)).map(|v| v.method())
+        };
+        let refused = Err(AuthError::Sha1Refused(SignatureScheme::RsaPkcs1(
+            Hash::Sha1,
+        )));
+        // AUTH method 1 is RSA PKCS#1 v1.5 with SHA-1 (RFC 7296 §3.8): refused entirely.
+        let method_1 = AuthPayload {
+            method: AuthMethod::RSA_SIG,
+            data: sha1.clone(),
+        };
+        assert_eq!(check(method_1), refused);
+        let rfc7427_sha1 =
+            AuthPayload::digital_signature(&hex::decode(SHA1_WITH_RSA).unwrap(), &sha1);
+        assert_eq!(check(rfc7427_sha1), refused);
+        // The same key with SHA-256, as strongSwan signs when we announce SHA-2.
+        let rfc7427_sha256 =
+            AuthPayload::digital_signature(&hex::decode(SHA256_WITH_RSA).unwrap(), &sha256);
+        assert_eq!(check(rfc7427_sha256), Ok(AuthMethod::DIGITAL_SIGNATURE));
+        assert!(
+            AuthError::Sha1Refused(SignatureScheme::RsaPkcs1(Hash::Sha1))
+                .to_string()
+                .contains("RFC 8247")
+        );
     }
 }

@@ -22,7 +22,7 @@ const OID_MGF1: Oid<'static> = x509_parser::der_parser::oid!(1.2.840.113549.1.1.
 /// The hash a signature scheme uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hash {
-    /// SHA-1, only for the legacy RSA method (1).
+    /// SHA-1: recognised only to be refused (RFC 8247), never verified or announced.
     Sha1,
     /// SHA-256.
     Sha256,
@@ -106,6 +106,16 @@ impl fmt::Display for SignatureScheme {
 }
 
 impl SignatureScheme {
+    /// The hash it signs with.
+    pub fn hash(self) -> Option<Hash> {
+        match self {
+            Self::EcdsaDer(h) | Self::EcdsaFixed(h) | Self::RsaPkcs1(h) | Self::RsaPss(h) => {
+                Some(h)
+            }
+            Self::Ed25519 => None,
+        }
+    }
+
     /// The scheme named by a DER AlgorithmIdentifier from an RFC 7427 AUTH payload.
     pub fn from_algorithm_identifier(der: &[u8]) -> Result<Self, AuthError> {
         let unsupported = |what: String| AuthError::UnsupportedAlgorithm(what);
@@ -168,7 +178,7 @@ impl SignatureScheme {
 /// The kind of a public key, with its curve for EC keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyKind {
-    /// RSA of any size from 2048 bits (verification) or 1024 for legacy SHA-1.
+    /// RSA of any size from 2048 bits.
     Rsa,
     /// ECDSA over P-256.
     EcP256,
@@ -240,7 +250,8 @@ impl PublicKey {
         &self.bytes
     }
 
-    /// Checks `signature` over `message` made with `scheme` by this key's owner.
+    /// Checks `signature` over `message` made with `scheme` by this key's owner;
+    /// a SHA-1 scheme is refused whatever the signature.
     pub fn verify(
         &self,
         scheme: SignatureScheme,
@@ -250,6 +261,9 @@ impl PublicKey {
         use Hash::*;
         use KeyKind::*;
         use SignatureScheme::*;
+        if scheme.hash() == Some(Sha1) {
+            return Err(AuthError::Sha1Refused(scheme));
+        }
         let alg: &'static dyn VerificationAlgorithm = match (self.kind, scheme) {
             (EcP256, EcdsaDer(Sha256)) => &signature::ECDSA_P256_SHA256_ASN1,
             (EcP256, EcdsaDer(Sha384)) => &signature::ECDSA_P256_SHA384_ASN1,
@@ -263,7 +277,6 @@ impl PublicKey {
             (EcP256, EcdsaFixed(Sha256)) => &signature::ECDSA_P256_SHA256_FIXED,
             (EcP384, EcdsaFixed(Sha384)) => &signature::ECDSA_P384_SHA384_FIXED,
             (EcP521, EcdsaFixed(Sha512)) => &signature::ECDSA_P521_SHA512_FIXED,
-            (Rsa, RsaPkcs1(Sha1)) => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
             (Rsa, RsaPkcs1(Sha256)) => &signature::RSA_PKCS1_2048_8192_SHA256,
             (Rsa, RsaPkcs1(Sha384)) => &signature::RSA_PKCS1_2048_8192_SHA384,
             (Rsa, RsaPkcs1(Sha512)) => &signature::RSA_PKCS1_2048_8192_SHA512,

@@ -189,10 +189,11 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
     let settings = Settings {
         natt_port: listen.natt_port,
         cookie_threshold: config.ike.cookie_threshold,
+        half_open_limit: config.ike.half_open_limit,
+        half_open_per_source: config.ike.half_open_per_source,
         half_open_timeout: config.ike.half_open_timeout,
         retransmit: config.ike.retransmit,
         unix_time_at_start,
-        ..Settings::default()
     };
     let policies = config
         .connections

@@ -8,7 +8,7 @@
 use super::modp::ModpGroup;
 use super::{CryptoError, Random, Secret};
 use crate::wire::KeGroup;
-use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey};
+use aws_lc_rs::agreement::{self, ParsedPublicKey, PrivateKey, UnparsedPublicKey};
 use std::fmt;
 
 /// The SEC1 prefix of an uncompressed point, absent from IKE's ECP encoding.
@@ -24,6 +24,57 @@ pub struct KeyExchange {
 enum Private {
     Modp(ModpGroup, Secret),
     Ec(PrivateKey),
+}
+
+/// A peer's public value, validated (RFC 6989) without touching any private value:
+/// the length for every group, the range for MODP, the curve for ECP. Checking it
+/// costs next to nothing, so an IKE_SA_INIT whose KE fails is refused before any
+/// exponentiation.
+pub struct PeerValue {
+    group: KeGroup,
+    value: PeerKind,
+}
+
+enum PeerKind {
+    Modp(Vec<u8>),
+    Ec(ParsedPublicKey),
+}
+
+impl PeerValue {
+    /// Checks `data` as a public value of `group`.
+    pub fn parse(group: KeGroup, data: &[u8]) -> Result<Self, CryptoError> {
+        let invalid = || CryptoError::InvalidPublicValue(group);
+        if let Some(modp) = ModpGroup::from_group(group) {
+            if !modp.is_valid_public(data) {
+                return Err(invalid());
+            }
+            return Ok(Self {
+                group,
+                value: PeerKind::Modp(data.to_vec()),
+            });
+        }
+        let alg = ec_algorithm(group).ok_or_else(|| CryptoError::Unsupported(group.to_string()))?;
+        if Some(data.len()) != KeyExchange::public_len(group) {
+            return Err(invalid());
+        }
+        let encoded = if group == KeGroup::CURVE25519 {
+            data.to_vec()
+        } else {
+            [&[UNCOMPRESSED_POINT], data].concat()
+        };
+        // Decoding an uncompressed point checks that it lies on the curve.
+        let parsed = ParsedPublicKey::try_from(UnparsedPublicKey::new(alg, encoded))
+            .map_err(|_| invalid())?;
+        Ok(Self {
+            group,
+            value: PeerKind::Ec(parsed),
+        })
+    }
+
+    /// The group it belongs to.
+    pub fn group(&self) -> KeGroup {
+        self.group
+    }
 }
 
 impl fmt::Debug for KeyExchange {
@@ -57,6 +108,21 @@ impl KeyExchange {
     /// True for the groups this module implements.
     pub fn is_supported(group: KeGroup) -> bool {
         ModpGroup::from_group(group).is_some() || ec_algorithm(group).is_some()
+    }
+
+    /// The length of a public value of `group` in a KE payload; None for groups
+    /// this module does not implement.
+    pub fn public_len(group: KeGroup) -> Option<usize> {
+        if let Some(modp) = ModpGroup::from_group(group) {
+            return Some(modp.len());
+        }
+        Some(match group {
+            KeGroup::ECP_256 => 64,
+            KeGroup::ECP_384 => 96,
+            KeGroup::ECP_521 => 132,
+            KeGroup::CURVE25519 => 32,
+            _ => return None,
+        })
     }
 
     /// Picks a private value with `rng` and computes the public value.
@@ -107,21 +173,23 @@ impl KeyExchange {
 
     /// The shared secret g^ir with the peer's public value, after validating it.
     pub fn shared_secret(&self, peer: &[u8]) -> Result<Secret, CryptoError> {
+        self.agree(PeerValue::parse(self.group, peer)?)
+    }
+
+    /// The shared secret g^ir with an already validated public value of our group.
+    pub fn agree(&self, peer: PeerValue) -> Result<Secret, CryptoError> {
         let invalid = || CryptoError::InvalidPublicValue(self.group);
-        match &self.private {
-            Private::Modp(modp, exponent) => modp.shared_secret(exponent, peer).ok_or_else(invalid),
-            Private::Ec(key) => {
-                if peer.len() != self.public.len() {
-                    return Err(invalid());
-                }
-                let encoded = if self.group == KeGroup::CURVE25519 {
-                    peer.to_vec()
-                } else {
-                    [&[UNCOMPRESSED_POINT], peer].concat()
-                };
-                let peer = UnparsedPublicKey::new(key.algorithm(), encoded);
-                agreement::agree(key, peer, invalid(), |z| Ok(Secret::from_slice(z)))
+        if peer.group != self.group {
+            return Err(invalid());
+        }
+        match (&self.private, peer.value) {
+            (Private::Modp(modp, exponent), PeerKind::Modp(value)) => {
+                modp.shared_secret(exponent, &value).ok_or_else(invalid)
             }
+            (Private::Ec(key), PeerKind::Ec(value)) => {
+                agreement::agree(key, value, invalid(), |z| Ok(Secret::from_slice(z)))
+            }
+            _ => Err(invalid()),
         }
     }
 }
@@ -268,5 +336,48 @@ mod tests {
         let mut one = [0u8; 32];
         one[0] = 1;
         assert!(x25519.shared_secret(&one).is_err());
+    }
+
+    #[test]
+    fn peer_values_are_checked_before_any_private_value_is_used() {
+        let mut rng = SeededRandom::new(5);
+        for g in [14, 15, 16, 19, 20, 21, 31].map(KeGroup) {
+            let len = KeyExchange::public_len(g).unwrap();
+            let ours = KeyExchange::generate(g, &mut rng).unwrap();
+            assert_eq!(ours.public_value().len(), len, "{g}");
+            let theirs = KeyExchange::generate(g, &mut rng).unwrap();
+            let valid = PeerValue::parse(g, theirs.public_value()).unwrap();
+            assert_eq!(valid.group(), g);
+            assert_eq!(
+                ours.agree(valid).unwrap(),
+                theirs.shared_secret(ours.public_value()).unwrap()
+            );
+            for wrong in [0, 1, len - 1, len + 1] {
+                assert_eq!(
+                    PeerValue::parse(g, &vec![2; wrong]).err(),
+                    Some(CryptoError::InvalidPublicValue(g)),
+                    "{g} with {wrong} octets"
+                );
+            }
+        }
+        // MODP: 1 < y < p-1 (RFC 6989 §2.1).
+        let p_minus_1 = {
+            let mut v = vec![0xff; 256];
+            v[255] = 0xfe;
+            v
+        };
+        for y in [vec![0; 256], [vec![0; 255], vec![1]].concat(), p_minus_1] {
+            assert!(PeerValue::parse(KeGroup::MODP_2048, &y).is_err());
+        }
+        // ECP: on the curve.
+        let p256 = KeyExchange::generate(KeGroup::ECP_256, &mut rng).unwrap();
+        let mut off_curve = p256.public_value().to_vec();
+        off_curve[63] ^= 1;
+        assert!(PeerValue::parse(KeGroup::ECP_256, &off_curve).is_err());
+        // A value of one group is not used with another's private value.
+        let x25519 = KeyExchange::generate(KeGroup::CURVE25519, &mut rng).unwrap();
+        let peer = PeerValue::parse(KeGroup::CURVE25519, x25519.public_value()).unwrap();
+        assert!(p256.agree(peer).is_err());
+        assert!(PeerValue::parse(KeGroup::MODP_1024, &[2; 128]).is_err());
     }
 }

@@ -13,7 +13,7 @@ pub mod prf;
 pub mod sk;
 pub mod suite;
 
-pub use kex::KeyExchange;
+pub use kex::{KeyExchange, PeerValue};
 pub use keys::{ChildKeys, IkeKeys};
 pub use prf::Prf;
 pub use sk::SkKey;

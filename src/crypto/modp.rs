@@ -62,12 +62,14 @@ impl ModpGroup {
         self.pow(&generator, exponent).expose().to_vec()
     }
 
-    /// peer^x mod p, after checking 1 < peer < p-1 (RFC 6989 §2.1) and its length.
+    /// True for a public value of the group's length with 1 < value < p-1 (RFC 6989 §2.1).
+    pub(super) fn is_valid_public(self, peer: &[u8]) -> bool {
+        peer.len() == self.len() && self.in_range(peer)
+    }
+
+    /// peer^x mod p, after checking the peer's value.
     pub(super) fn shared_secret(self, exponent: &Secret, peer: &[u8]) -> Option<Secret> {
-        if peer.len() != self.len() || !self.in_range(peer) {
-            return None;
-        }
-        Some(self.pow(peer, exponent))
+        self.is_valid_public(peer).then(|| self.pow(peer, exponent))
     }
 
     fn in_range(self, y: &[u8]) -> bool {

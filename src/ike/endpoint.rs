@@ -1,6 +1,9 @@
 //! The endpoint: every IKE SA indexed by our SPI, new SAs for IKE_SA_INIT requests,
-//! COOKIEs above a number of half-open SAs (RFC 7296 §2.6), stateless error replies.
+//! COOKIEs under load (RFC 7296 §2.6), limits on half-open SAs in all and per
+//! source, stateless error replies logged in summary.
 
+use super::admission::{Cookies, HalfOpen, InitRate, Refusal, Refusals, source_of};
+use super::ephemeral::Ephemerals;
 use super::exchange::RetransmitPolicy;
 use super::ike_sa::{Ctx, IkeSa, Request, State};
 use super::task::{create_child, ike_init, informational};
@@ -8,7 +11,6 @@ use super::{Action, ChildPolicy, DownReason, Error, Event, Instant, Policy, Tran
 use crate::crypto::Random;
 use crate::wire::payload::{NotifyPayload, Payload};
 use crate::wire::{ExchangeType, Flags, Header, IkeSpi, Message, NotifyType};
-use aws_lc_rs::hmac;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,10 +21,15 @@ use std::time::Duration;
 pub struct Settings {
     /// Our NAT-T port, floated to when NAT is detected or encapsulation is forced.
     pub natt_port: u16,
-    /// Half-open SAs above which IKE_SA_INIT requests must echo a COOKIE.
+    /// IKE_SA_INIT requests must echo a COOKIE once the half-open SAs plus the
+    /// IKE_SA_INIT requests of the last one to two seconds (refused ones too)
+    /// reach this many; 0 demands COOKIEs always.
     pub cookie_threshold: usize,
-    /// Half-open SAs above which IKE_SA_INIT requests are dropped outright.
+    /// Half-open SAs at which further IKE_SA_INIT requests are dropped outright.
     pub half_open_limit: usize,
+    /// Half-open SAs that one source (an IPv4 address, an IPv6 /64) may hold once
+    /// it echoed a COOKIE; further requests from it are dropped.
+    pub half_open_per_source: usize,
     /// How long a responder keeps an SA waiting for IKE_AUTH.
     pub half_open_timeout: Duration,
     /// Retransmission of our requests.
@@ -37,6 +44,7 @@ impl Default for Settings {
             natt_port: 4500,
             cookie_threshold: 10,
             half_open_limit: 1000,
+            half_open_per_source: 5,
             half_open_timeout: Duration::from_secs(30),
             retransmit: RetransmitPolicy::default(),
             unix_time_at_start: Duration::ZERO,
@@ -51,7 +59,12 @@ pub struct Endpoint {
     sas: HashMap<IkeSpi, IkeSa>,
     /// Responder SAs by the initiator's SPI and address, to spot retransmitted IKE_SA_INIT.
     by_initiator: HashMap<(IkeSpi, SocketAddr), IkeSpi>,
-    cookie_key: hmac::Key,
+    half_open: HalfOpen,
+    init_rate: InitRate,
+    cookies: Cookies,
+    /// Our IKE_SA_INIT key exchange values, shared by the SAs of a short period.
+    ephemerals: Ephemerals,
+    refusals: Refusals,
     malformed: u64,
     /// Where to reach the peer of each policy we may initiate (by policy index).
     peers: HashMap<usize, (SocketAddr, SocketAddr)>,
@@ -115,8 +128,7 @@ impl Endpoint {
         policies: Vec<Arc<Policy>>,
         mut rng: Box<dyn Random + Send>,
     ) -> Self {
-        let mut secret = [0u8; 32];
-        rng.fill(&mut secret);
+        let cookies = Cookies::new(rng.as_mut());
         Self {
             shared: Shared {
                 settings,
@@ -128,7 +140,11 @@ impl Endpoint {
             },
             sas: HashMap::new(),
             by_initiator: HashMap::new(),
-            cookie_key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            half_open: HalfOpen::default(),
+            init_rate: InitRate::default(),
+            cookies,
+            ephemerals: Ephemerals::default(),
+            refusals: Refusals::default(),
             malformed: 0,
             peers: HashMap::new(),
             conns: HashMap::new(),
@@ -149,10 +165,7 @@ impl Endpoint {
 
     /// Responder SAs still waiting for IKE_AUTH.
     pub fn half_open(&self) -> usize {
-        self.sas
-            .values()
-            .filter(|sa| sa.state == State::HalfOpen)
-            .count()
+        self.half_open.len()
     }
 
     /// IKE SAs that completed IKE_AUTH.
@@ -185,6 +198,9 @@ impl Endpoint {
             let mut ctx = self.shared.ctx(now, &self.sas, &mut requests);
             f(&mut sa, &mut ctx);
             sa.kick(&mut ctx);
+        }
+        if sa.state != State::HalfOpen {
+            self.half_open.remove(spi);
         }
         if sa.state == State::Dead {
             self.by_initiator.retain(|_, ours| *ours != spi);
@@ -544,6 +560,15 @@ impl Endpoint {
     /// Answers a request for an IKE SA we do not have, unprotected and rate-limited
     /// (RFC 7296 §2.21.4), so a peer that still has one after our restart learns it.
     fn invalid_ike_spi(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, h: &Header) {
+        if self.refusals.note(now, Refusal::UnknownSpi, remote) {
+            self.shared.events.push_back(Event::Log {
+                spi_i: h.spi_i,
+                text: format!(
+                    "{} request from {remote} for an unknown IKE_SA (SPIs {:016x}_i {:016x}_r)",
+                    h.exchange, h.spi_i.0, h.spi_r.0
+                ),
+            });
+        }
         let (since, count) = &mut self.invalid_ike_spi;
         if now >= *since + Duration::from_secs(1) {
             (*since, *count) = (now, 0);
@@ -571,25 +596,15 @@ impl Endpoint {
         }
     }
 
-    fn cookie(&self, nonce: &[u8], remote: SocketAddr, spi_i: IkeSpi) -> Vec<u8> {
-        let ip = match remote.ip() {
-            std::net::IpAddr::V4(a) => a.octets().to_vec(),
-            std::net::IpAddr::V6(a) => a.octets().to_vec(),
-        };
-        let mut ctx = hmac::Context::with_key(&self.cookie_key);
-        ctx.update(nonce);
-        ctx.update(&ip);
-        ctx.update(&spi_i.0.to_be_bytes());
-        ctx.sign().as_ref().to_vec()
-    }
-
-    /// An IKE_SA_INIT response that keeps no state: COOKIE or an error.
+    /// An IKE_SA_INIT response that keeps no state: COOKIE or an error; `record`
+    /// reports it as [`Event::Message`] (the first of its kind in a while).
     fn stateless_reply(
         &mut self,
         local: SocketAddr,
         remote: SocketAddr,
         spi_i: IkeSpi,
         notify: NotifyPayload,
+        record: bool,
     ) {
         let message = Message {
             header: Header {
@@ -602,7 +617,10 @@ impl Endpoint {
             },
             payloads: vec![Payload::Notify(notify)],
         };
-        if let Ok(data) = message.encode() {
+        let Ok(data) = message.encode() else {
+            return;
+        };
+        if record {
             self.shared
                 .events
                 .push_back(Event::Message(super::MessageRecord {
@@ -616,14 +634,36 @@ impl Endpoint {
                     peer: remote,
                     payloads: message.payloads,
                 }));
-            self.shared.out.push_back(Transmit {
-                local,
-                remote,
-                data,
-            });
         }
+        self.shared.out.push_back(Transmit {
+            local,
+            remote,
+            data,
+        });
     }
 
+    /// Notes a stateless refusal; the first of its kind in a while is logged with
+    /// `text` (and true returned), the others are summed up by `handle_timeout`.
+    fn refuse(
+        &mut self,
+        now: Instant,
+        kind: Refusal,
+        remote: SocketAddr,
+        spi_i: IkeSpi,
+        text: impl FnOnce() -> String,
+    ) -> bool {
+        let first = self.refusals.note(now, kind, remote);
+        if first {
+            self.shared.events.push_back(Event::Log {
+                spi_i,
+                text: text(),
+            });
+        }
+        first
+    }
+
+    /// An IKE_SA_INIT for a new SA: dropped over the limits, answered with a COOKIE
+    /// under load, refused statelessly, or answered by a new half-open SA.
     fn new_responder(
         &mut self,
         now: Instant,
@@ -633,15 +673,24 @@ impl Endpoint {
         message: &Message,
     ) {
         let spi_i = message.header.spi_i;
-        let half_open = self.half_open();
-        if half_open >= self.shared.settings.half_open_limit {
-            self.shared.events.push_back(Event::Log {
-                spi_i,
-                text: format!("dropped IKE_SA_INIT from {remote}: {half_open} half-open SAs"),
+        let settings = &self.shared.settings;
+        let (limit, threshold, per_source) = (
+            settings.half_open_limit,
+            settings.cookie_threshold,
+            settings.half_open_per_source,
+        );
+        let half_open = self.half_open.len();
+        // Refused and abandoned requests count too: they cost work but leave no SA.
+        let load = half_open + self.init_rate.recent(now);
+        self.init_rate.record(now);
+        if half_open >= limit {
+            self.refuse(now, Refusal::OverLimit, remote, spi_i, || {
+                format!("dropped IKE_SA_INIT from {remote}: {half_open} half-open SAs")
             });
             return;
         }
-        if half_open >= self.shared.settings.cookie_threshold {
+        let mut source = None;
+        if load >= threshold {
             let nonce = message.payloads.iter().find_map(|p| match p {
                 Payload::Nonce(n) => Some(n.data.as_slice()),
                 _ => None,
@@ -649,18 +698,29 @@ impl Endpoint {
             let Some(nonce) = nonce else {
                 return;
             };
-            let expected = self.cookie(nonce, remote, spi_i);
+            self.cookies.rotate(now, self.shared.rng.as_mut());
             let echoed = matches!(message.payloads.first(),
-                Some(Payload::Notify(n)) if n.notify_type == NotifyType::COOKIE && n.data == expected);
+                Some(Payload::Notify(n)) if n.notify_type == NotifyType::COOKIE
+                    && self.cookies.verify(&n.data, nonce, remote, spi_i));
             if !echoed {
-                self.stateless_reply(
-                    local,
-                    remote,
-                    spi_i,
-                    NotifyPayload::new(NotifyType::COOKIE, expected),
-                );
+                let cookie = self.cookies.make(nonce, remote, spi_i);
+                let record = self.refuse(now, Refusal::Cookie, remote, spi_i, || {
+                    format!("IKE_SA_INIT from {remote}: COOKIE demanded (load {load})")
+                });
+                let notify = NotifyPayload::new(NotifyType::COOKIE, cookie);
+                self.stateless_reply(local, remote, spi_i, notify, record);
                 return;
             }
+            // The peer receives at its address: its share may be counted.
+            let from = source_of(remote.ip());
+            let held = self.half_open.from(from);
+            if held >= per_source {
+                self.refuse(now, Refusal::OverSourceLimit, remote, spi_i, || {
+                    format!("dropped IKE_SA_INIT from {remote}: it holds {held} half-open SAs")
+                });
+                return;
+            }
+            source = Some(from);
         }
         let candidates: Vec<Arc<Policy>> = self
             .shared
@@ -672,37 +732,48 @@ impl Endpoint {
             })
             .cloned()
             .collect();
-        let spi_r = self.fresh_spi();
         let mut requests = Vec::new();
         let mut ctx = self.shared.ctx(now, &self.sas, &mut requests);
         let result = if candidates.is_empty() {
             Err(Error::NoProposalChosen)
         } else {
             ike_init::respond(
-                &mut ctx, candidates, spi_r, local, remote, datagram, message,
+                &mut ctx,
+                &mut self.ephemerals,
+                candidates,
+                local,
+                remote,
+                datagram,
+                message,
             )
         };
         match result {
             Ok(sa) => {
+                let spi_r = sa.our_spi();
                 self.by_initiator.insert((spi_i, remote), spi_r);
+                self.half_open.add(spi_r, source);
                 self.sas.insert(spi_r, sa);
             }
             Err(e) => {
-                self.shared.events.push_back(Event::Log {
-                    spi_i,
-                    text: format!("IKE_SA_INIT from {remote} refused: {e}"),
-                });
-                let data = match &e {
-                    Error::InvalidKePayload { wanted, .. } => wanted.0.to_be_bytes().to_vec(),
-                    _ => Vec::new(),
+                let (kind, data) = match &e {
+                    Error::InvalidKePayload { wanted, .. } => {
+                        (Refusal::InvalidKe, wanted.0.to_be_bytes().to_vec())
+                    }
+                    _ => (Refusal::Refused, Vec::new()),
                 };
-                self.stateless_reply(local, remote, spi_i, NotifyPayload::new(e.notify(), data));
+                let record = self.refuse(now, kind, remote, spi_i, || {
+                    format!("IKE_SA_INIT from {remote} refused: {e}")
+                });
+                let notify = NotifyPayload::new(e.notify(), data);
+                self.stateless_reply(local, remote, spi_i, notify, record);
             }
         }
     }
 
     /// Acts on the clock for every SA whose deadline has come.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.ephemerals.forget_expired(now);
+        self.refusals.summarize(now, &mut self.shared.events);
         let due: Vec<IkeSpi> = self
             .sas
             .iter()
@@ -740,6 +811,8 @@ impl Endpoint {
             .values()
             .filter_map(IkeSa::deadline)
             .chain(restarts)
+            .chain(self.ephemerals.next_expiry())
+            .chain(self.refusals.next_summary())
             .min()
     }
 

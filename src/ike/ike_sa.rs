@@ -291,6 +291,10 @@ pub(super) struct IkeSa {
     pub last_inbound: Instant,
     /// When we last told the peer INVALID_SPI (rate limit).
     pub invalid_spi_at: Option<Instant>,
+    /// Messages dropped as not authentic: when the last log line said so, and how
+    /// many were dropped since without one (anyone who knows the SPIs can send them).
+    pub dropped_logged_at: Option<Instant>,
+    pub dropped_unlogged: u64,
 }
 
 impl IkeSa {
@@ -350,6 +354,8 @@ impl IkeSa {
             down_reason: None,
             last_inbound: Instant::default(),
             invalid_spi_at: None,
+            dropped_logged_at: None,
+            dropped_unlogged: 0,
         }
     }
 
@@ -457,6 +463,26 @@ impl IkeSa {
             spi_i: self.spi_i,
             text: text.into(),
         });
+    }
+
+    /// Logs a message dropped as not authentic, at most once a second: a flood of
+    /// forged messages makes one line a second, with the number left untold.
+    fn log_dropped(&mut self, ctx: &mut Ctx<'_>, text: String) {
+        let quiet = self
+            .dropped_logged_at
+            .is_some_and(|at| ctx.now < at + Duration::from_secs(1));
+        if quiet {
+            self.dropped_unlogged += 1;
+            return;
+        }
+        let more = std::mem::take(&mut self.dropped_unlogged);
+        let text = if more > 0 {
+            format!("{text} ({more} more dropped since the last such line)")
+        } else {
+            text
+        };
+        self.dropped_logged_at = Some(ctx.now);
+        self.log(ctx, text);
     }
 
     /// Ends the SA and reports why.
@@ -698,7 +724,7 @@ impl IkeSa {
                 Unprotected::Complete(p) => p,
                 Unprotected::Partial => return,
                 Unprotected::Invalid(why) => {
-                    self.log(ctx, format!("dropped {} response: {why}", header.exchange));
+                    self.log_dropped(ctx, format!("dropped {} response: {why}", header.exchange));
                     return;
                 }
             }
@@ -746,7 +772,7 @@ impl IkeSa {
                 Unprotected::Complete(p) => p,
                 Unprotected::Partial => return,
                 Unprotected::Invalid(why) => {
-                    self.log(ctx, format!("dropped {} request: {why}", header.exchange));
+                    self.log_dropped(ctx, format!("dropped {} request: {why}", header.exchange));
                     return;
                 }
             }

@@ -7,7 +7,9 @@
 //! either of them drains [`Endpoint::poll_transmit`] then [`Endpoint::poll_event`].
 //! Transmits come before events so a datagram is on the wire before its SA is reported.
 
+mod admission;
 mod endpoint;
+mod ephemeral;
 mod error;
 pub mod exchange;
 mod ike_sa;

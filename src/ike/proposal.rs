@@ -203,6 +203,20 @@ pub fn select(ours: &[Proposal], offered: &[Proposal]) -> Option<Proposal> {
     })
 }
 
+/// True when `answer` is a choice `select` could make from `ours`: exactly one
+/// transform of each type of one of our proposals, every one of them ours. An
+/// answer naming more (or other) transforms than we offered is refused rather
+/// than keyed with the first of each type; the order of its transforms is free.
+pub fn allows(ours: &[Proposal], answer: &Proposal) -> bool {
+    select(ours, std::slice::from_ref(answer)).is_some_and(|chosen| {
+        chosen.transforms.len() == answer.transforms.len()
+            && chosen
+                .transforms
+                .iter()
+                .all(|t| answer.transforms.contains(t))
+    })
+}
+
 fn choose(mine: &Proposal, theirs: &Proposal) -> Option<Proposal> {
     let mut kinds: Vec<TransformType> = mine.transforms.iter().map(|t| t.kind).collect();
     kinds.dedup();
@@ -394,6 +408,27 @@ mod tests {
         assert!(select(&ours, &[odd]).is_none());
         // Other protocol.
         assert!(select(&ours, &[esp("aes128gcm16")]).is_none());
+    }
+
+    #[test]
+    fn an_answer_is_allowed_only_if_it_is_one_of_our_choices() {
+        let ours = [
+            ike("aes256gcm16-prfsha384-ecp384"),
+            ike("aes128-sha256-modp2048"),
+        ];
+        assert!(allows(&ours, &ike("aes128-sha256-modp2048")));
+        let mut reordered = ike("aes128-sha256-modp2048");
+        reordered.transforms.reverse();
+        assert!(allows(&ours, &reordered));
+        // Two encryption algorithms: an answer must name one.
+        assert!(!allows(
+            &ours,
+            &ike("aes256gcm16-aes128gcm16-prfsha384-ecp384")
+        ));
+        // Mixed from two of our proposals.
+        assert!(!allows(&ours, &ike("aes256gcm16-prfsha384-modp2048")));
+        // Never offered.
+        assert!(!allows(&ours, &ike("aes256-sha256-modp2048")));
     }
 
     #[test]

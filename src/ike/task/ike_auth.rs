@@ -241,9 +241,9 @@ pub(super) fn response(
     }
 }
 
-/// Responder: picks the policy the IDs ask for among those the addresses allow.
+/// Responder: picks the policy the IDs ask for among `candidates`.
 fn choose_policy(
-    sa: &IkeSa,
+    candidates: &[Arc<Policy>],
     peer: &IdPayload,
     ours: Option<&IdPayload>,
     method: AuthMethod,
@@ -257,11 +257,6 @@ fn choose_policy(
         ) || matches!(&p.remote, RemoteAuth::Pubkey { .. })
             && method != AuthMethod::SHARED_KEY_MIC;
         remote_ok && local_ok && method_ok
-    };
-    let candidates = if sa.candidates.is_empty() {
-        std::slice::from_ref(&sa.policy)
-    } else {
-        sa.candidates.as_slice()
     };
     candidates
         .iter()
@@ -281,12 +276,21 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
         return;
     };
     let wanted_id = id_payload(&payloads, false);
-    let verdict = choose_policy(sa, peer_id, wanted_id, auth.method)
+    // IKE_SA_INIT left as candidates the connections that the addresses and its
+    // proposal allow.
+    let candidates = if sa.candidates.is_empty() {
+        std::slice::from_ref(&sa.policy)
+    } else {
+        sa.candidates.as_slice()
+    };
+    let verdict = choose_policy(candidates, peer_id, wanted_id, auth.method)
         .ok_or_else(|| {
-            Error::AuthenticationFailed(format!(
-                "no connection accepts peer identity {}",
-                peer_id.id
-            ))
+            let why = if choose_policy(ctx.policies, peer_id, wanted_id, auth.method).is_some() {
+                "only connections that do not allow this IKE SA's addresses or proposal accept"
+            } else {
+                "no connection accepts"
+            };
+            Error::AuthenticationFailed(format!("{why} peer identity {}", peer_id.id))
         })
         .and_then(|policy| {
             authenticate_peer(sa, ctx, &policy, peer_id, &payloads).map(|()| policy)

@@ -2,12 +2,13 @@
 //! INVALID_KE_PAYLOAD restarts; NAT detection and the float to the NAT-T port
 //! (RFC 3948); fragmentation and signature-hash support announced (RFC 7383, 7427).
 
+use super::super::ephemeral::Ephemerals;
 use super::super::ike_sa::{Ctx, IkeSa};
 use super::super::{DownReason, Error, Policy, natd, proposal};
 use super::{Task, ike_auth};
 use crate::auth::signature::Hash;
 use crate::crypto::keys::skeyseed;
-use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, Secret, SkKey};
+use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, PeerValue, Secret, SkKey};
 use crate::wire::message::{find_notify, notifies};
 use crate::wire::payload::{
     CertReqPayload, KePayload, NoncePayload, NotifyPayload, Payload, SaPayload,
@@ -169,7 +170,7 @@ fn accept(
             "response must hold exactly one proposal".into(),
         ));
     };
-    if proposal::select(&sa.policy.proposals, std::slice::from_ref(chosen)).is_none() {
+    if !proposal::allows(&sa.policy.proposals, chosen) {
         return Err(Error::NoProposalChosen);
     }
     let suite = IkeSuite::from_proposal(chosen)?;
@@ -276,10 +277,19 @@ fn install_keys(sa: &mut IkeSa, suite: IkeSuite, shared: &Secret) -> Result<(), 
 
 /// Responder: answers an IKE_SA_INIT request with a new half-open SA, or with the
 /// error to send back statelessly.
+///
+/// The peer's KE is checked (group chosen, length, range or curve) before any key
+/// exchange work, and our own value comes from `ephemerals`: an IKE_SA_INIT costs
+/// at most one shared-secret computation, after the checks passed.
+///
+/// The proposal is chosen with the first of `candidates` (the connections the
+/// addresses allow) that accepts one; only those that accept it too stay
+/// candidates for IKE_AUTH, so the identities cannot lead to a connection whose
+/// proposals would have refused the IKE SA's algorithms.
 pub(in super::super) fn respond(
     ctx: &mut Ctx<'_>,
-    candidates: Vec<Arc<Policy>>,
-    spi_r: IkeSpi,
+    ephemerals: &mut Ephemerals,
+    mut candidates: Vec<Arc<Policy>>,
     local: SocketAddr,
     remote: SocketAddr,
     datagram: &[u8],
@@ -313,8 +323,12 @@ pub(in super::super) fn respond(
         });
     };
     let suite = IkeSuite::from_proposal(&chosen)?;
-    let kex = KeyExchange::generate(suite.group, ctx.rng)?;
-    let shared = kex.shared_secret(&ke.data)?;
+    let peer_value = PeerValue::parse(suite.group, &ke.data)?;
+    let kex = ephemerals.take(suite.group, ctx.now, ctx.rng)?;
+    let public_value = kex.public_value().to_vec();
+    let shared = kex.agree(peer_value)?;
+    candidates.retain(|p| proposal::allows(&p.proposals, &chosen));
+    let spi_r = ctx.fresh_ike_spi();
     let header = &message.header;
     let mut sa = IkeSa::new(policy, false, header.spi_i, local, remote, ctx.settings);
     sa.spi_r = spi_r;
@@ -337,8 +351,8 @@ pub(in super::super) fn respond(
             proposals: vec![chosen],
         }),
         Payload::Ke(KePayload {
-            group: kex.group(),
-            data: kex.public_value().to_vec(),
+            group: suite.group,
+            data: public_value,
         }),
         Payload::Nonce(NoncePayload {
             data: sa.nonce_r.clone(),
@@ -365,7 +379,6 @@ pub(in super::super) fn respond(
             authorities: anchors.certreq_hashes(),
         }));
     }
-    sa.kex = Some(kex);
     let mut sent = sa.send_response(ctx, ExchangeType::IKE_SA_INIT, 0, out)?;
     sa.init_response = sent.swap_remove(0);
     sa.half_open_until = Some(ctx.now + ctx.settings.half_open_timeout);
