@@ -939,6 +939,13 @@ fn an_esp_transform_never_offered_is_refused_in_create_child_sa() {
         "{:?}",
         node.logs()
     );
+    // The gateway installed its side of the refused SA: it is asked to remove it.
+    let deletes_asked = node.events.iter().any(|e| {
+        matches!(e, Event::Message(m) if m.sent && !m.response
+            && m.exchange == ExchangeType::INFORMATIONAL
+            && m.payloads.iter().any(|p| matches!(p, Payload::Delete(_))))
+    });
+    assert!(deletes_asked, "no Delete for the refused Child SA");
 }
 
 #[test]

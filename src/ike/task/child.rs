@@ -221,11 +221,7 @@ pub(in super::super) fn accept(
     let [chosen] = chosen else {
         return Err(Error::InvalidSyntax("answer must hold one proposal".into()));
     };
-    // The answer must be exactly one of our offers' choices: no transform we did not
-    // offer, one of each type we did.
-    if chosen.protocol != ProtocolId::ESP
-        || proposal::select(&req.proposals, std::slice::from_ref(chosen)).as_ref() != Some(chosen)
-    {
+    if chosen.protocol != ProtocolId::ESP || !proposal::allows(&req.proposals, chosen) {
         return Err(Error::NoProposalChosen);
     }
     let (local_ts, remote_ts) = (ts::ranges(&tsi.selectors), ts::ranges(&tsr.selectors));

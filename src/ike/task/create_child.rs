@@ -169,6 +169,10 @@ pub(super) fn response(
         }
         Err(e) => {
             ctx.child_spis.remove(&req.spi_in);
+            if !matches!(e, Error::Notified(_)) && child::find_sa(&payloads).is_some() {
+                // The peer installed what we refuse: ask it to remove it (§1.4.1).
+                sa.queue.push_back(Work::DeleteChildren(vec![req.spi_in]));
+            }
             failed(sa, ctx, req.index, old, e);
         }
     }

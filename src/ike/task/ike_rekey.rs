@@ -234,9 +234,7 @@ fn accept(
     let [chosen] = find_sa(payloads).ok_or_else(|| Error::InvalidSyntax("no SA".into()))? else {
         return Err(Error::InvalidSyntax("answer must hold one proposal".into()));
     };
-    if chosen.protocol != ProtocolId::IKE
-        || proposal::select(&r.proposals, std::slice::from_ref(chosen)).as_ref() != Some(chosen)
-    {
+    if chosen.protocol != ProtocolId::IKE || !proposal::allows(&r.proposals, chosen) {
         return Err(Error::NoProposalChosen);
     }
     let spi_r = <[u8; 8]>::try_from(chosen.spi.as_slice())
