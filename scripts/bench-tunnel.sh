@@ -13,6 +13,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/sites.sh
 source "$ROOT/scripts/lib/sites.sh"
+# shellcheck source=lib/charon.sh
+source "$ROOT/scripts/lib/charon.sh"
 DURATION=${1:-10}
 [[ $(id -u) == 0 ]] || { echo "run as root: sudo scripts/bench-tunnel.sh, or as root scripts/bench-tunnel.sh" >&2; exit 1; }
 "$ROOT/scripts/deps.sh" demo
@@ -82,60 +84,25 @@ sites_start "$ESPTUN" "$RUN/esptun" alice "$encap"
 measure "esptun <-> esptun (${ESP:-udp})" "$ALICE_PID" "$BOB_PID"
 sites_stop
 
-# charon_gateway name ns my-wan peer-wan my-nets peer-nets: a charon with
-# kernel-libipsec in a namespace, using the same certificates; sets CHARON_PID.
+# charon_gateway alice|bob ns my-wan peer-wan my-nets peer-nets: a charon with
+# kernel-libipsec in a namespace (scripts/lib/charon.sh), using the same certificates;
+# sets CHARON_PID.
 charon_gateway() {
-    local d=$RUN/charon-$1 me=$1 peer=$2
-    [[ $me == alice ]] && peer=bob || peer=alice
-    mkdir -p "$d/swanctl/x509" "$d/swanctl/x509ca" "$d/swanctl/private"
-    cp "$RUN/pki/ca.crt" "$d/swanctl/x509ca/"
-    cp "$RUN/pki/$me.example.crt" "$d/swanctl/x509/"
-    cp "$RUN/pki/$me.example.key" "$d/swanctl/private/"
-    cat >"$d/strongswan.conf" <<CONF
-charon-systemd {
-    load = random nonce openssl aes gcm sha1 sha2 hmac kdf curve25519 x509 pubkey pkcs1 pkcs8 pem constraints kernel-libipsec kernel-netlink socket-default vici
-    load_modular = no
-    install_routes = yes
-    journal { default = -1 }
-    plugins { vici { socket = unix://$d/charon.vici } }
-}
-CONF
-    cat >"$d/swanctl/swanctl.conf" <<CONF
-connections {
-    site {
-        local_addrs = $4
-        remote_addrs = $5
-        proposals = aes128gcm16-prfsha256-x25519
-        rekey_time = 0
-        local { auth = pubkey
-                certs = $me.example.crt
-                id = $me.example }
-        remote { auth = pubkey
-                 id = $peer.example }
-        children { lan { local_ts = ${6// /,}
-                         remote_ts = ${7// /,}
-                         esp_proposals = aes128gcm16
-                         rekey_time = 0 } }
-    }
-}
-secrets { private-$me { file = $me.example.key } }
-CONF
-    ip netns exec "$3" env STRONGSWAN_CONF="$d/strongswan.conf" charon-systemd >"$d/charon.log" 2>&1 &
-    SITES_PIDS+=($!); CHARON_PID=$!
-    for _ in $(seq 100); do
-        STRONGSWAN_CONF=$d/strongswan.conf swanctl --stats --uri "unix://$d/charon.vici" >/dev/null 2>&1 && break
-        sleep 0.05
-    done
-    STRONGSWAN_CONF=$d/strongswan.conf SWANCTL_DIR=$d/swanctl \
-        swanctl --load-all --noprompt --uri "unix://$d/charon.vici" >/dev/null 2>&1
+    local d=$RUN/charon-$1 peer=alice
+    [[ $1 == alice ]] && peer=bob
+    charon_strongswan_conf "$d"
+    charon_site_conf "$d" "$RUN/pki" "$1" $peer "$3" "$4" "$5" "$6"
+    local rc=0
+    charon_start "$d" "$2" || rc=$?
+    SITES_PIDS+=("$CHARON_PID")
+    return $rc
 }
 
 if command -v charon-systemd >/dev/null; then
     echo "== strongSwan <-> strongSwan (kernel-libipsec)"
-    charon_gateway bob "" "$NS_BG" $WAN_B $WAN_A "$NETS_B" "$NETS_A"; BOB_CHARON=$CHARON_PID
-    charon_gateway alice "" "$NS_AG" $WAN_A $WAN_B "$NETS_A" "$NETS_B"; ALICE_CHARON=$CHARON_PID
-    STRONGSWAN_CONF=$RUN/charon-alice/strongswan.conf swanctl --initiate --child lan \
-        --uri "unix://$RUN/charon-alice/charon.vici" --timeout 20 >/dev/null 2>&1
+    charon_gateway bob "$NS_BG" $WAN_B $WAN_A "$NETS_B" "$NETS_A"; BOB_CHARON=$CHARON_PID
+    charon_gateway alice "$NS_AG" $WAN_A $WAN_B "$NETS_A" "$NETS_B"; ALICE_CHARON=$CHARON_PID
+    charon_sw "$RUN/charon-alice" --initiate --child lan --timeout 20 >/dev/null 2>&1
     measure "strongSwan <-> strongSwan (libipsec)" "$ALICE_CHARON" "$BOB_CHARON"
     sites_stop
 else

@@ -19,8 +19,9 @@ DEMO="iproute2 iputils-ping procps iperf3 coreutils"
 # tests/e2e: nc -N (OpenBSD's nc), tcpdump, nft. tests/interop: charon with the
 # kernel-libipsec plugin (libcharon-extra-plugins) and the openssl plugin for GCM,
 # ECDSA, ECP and ChaCha20 (libstrongswan-standard-plugins), and swanctl.
+# tests/lifecycle: jq (iperf3's JSON), perl (Time::HiRes: log time stamps).
 TUNNELS="netcat-openbsd tcpdump nftables charon-systemd strongswan-swanctl
-    libcharon-extra-plugins libstrongswan-standard-plugins"
+    libcharon-extra-plugins libstrongswan-standard-plugins jq perl"
 
 case ${1:-} in
     demo) packages="$BUILD $DEMO" components="" ;;

@@ -80,6 +80,8 @@ sites_pki() {
 }
 
 # sites_config dir pki me peer my-wan peer-wan start "my nets" "peer nets" [extra toml for the connection]
+# (SITES_DATAPLANE, SITES_IKE and SITES_CHILD: extra lines for [dataplane], [ike] and
+# the child; SITES_ESP: its ESP proposal)
 sites_config() {
     local d=$1 pki=$2 me=$3 peer=$4 start=$7
     # shellcheck disable=SC2086
@@ -90,6 +92,8 @@ addrs = ["$5"]
 [dataplane]
 tun = "esptun0"
 ${SITES_DATAPLANE:-}
+${SITES_IKE:+[ike]
+$SITES_IKE}
 
 [[connection]]
 name = "site"
@@ -139,36 +143,57 @@ sites_start() {
     sites_configs "$d" "$initiator" "${4:-}"
     local first=alice second=bob
     [[ $initiator == alice ]] && { first=bob; second=alice; }
-    _sites_gateway "$esptun" "$d" $first && _sites_wait "$d/$first.log" "data plane:" || return 1
-    _sites_gateway "$esptun" "$d" $second
-    _sites_wait "$d/alice.log" "CHILD_SA .* UP" && _sites_wait "$d/bob.log" "CHILD_SA .* UP"
+    sites_gateway "$esptun" "$d" $first && sites_wait "$d/$first.log" "data plane:" || return 1
+    sites_gateway "$esptun" "$d" $second
+    sites_wait "$d/alice.log" "CHILD_SA .* UP" && sites_wait "$d/bob.log" "CHILD_SA .* UP"
 }
 
-_sites_gateway() { # esptun dir alice|bob: sets ALICE_PID or BOB_PID
-    local ns=$NS_AG
+# sites_gateway esptun dir alice|bob [log]: starts that gateway on dir/NAME.toml, its
+# output in dir/NAME.log (or log); sets ALICE_PID or BOB_PID. SITES_ESPTUN_ARGS adds
+# arguments (-v); SITES_STAMP=1 also writes each line, prefixed with the time of day
+# to the millisecond, to the log's .ts twin (the log itself stays as esptun wrote it).
+sites_gateway() {
+    local ns=$NS_AG log=${4:-$2/$3.log}
     [[ $3 == bob ]] && ns=$NS_BG
-    ip netns exec "$ns" "$1" run --config "$2/$3.toml" >"$2/$3.log" 2>&1 &
+    local args=()
+    read -r -a args <<<"${SITES_ESPTUN_ARGS:-}"
+    if [[ ${SITES_STAMP:-0} == 1 ]]; then
+        # ip netns exec execs esptun, so $! is esptun's PID either way.
+        ip netns exec "$ns" "$1" run --config "$2/$3.toml" "${args[@]}" \
+            > >(tee "$log" | _sites_stamp >"$log.ts") 2>&1 &
+    else
+        ip netns exec "$ns" "$1" run --config "$2/$3.toml" "${args[@]}" >"$log" 2>&1 &
+    fi
     SITES_PIDS+=($!)
     # shellcheck disable=SC2034
     if [[ $3 == alice ]]; then ALICE_PID=$!; else BOB_PID=$!; fi
 }
 
-_sites_wait() { # log regex
-    for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+# _sites_stamp: stdin to stdout, each line prefixed with HH:MM:SS.mmm.
+_sites_stamp() {
+    perl -MTime::HiRes=time -MPOSIX=strftime -ne \
+        'BEGIN { $| = 1 } my $t = time; printf "%s.%03d %s", strftime("%H:%M:%S", localtime $t), ($t - int $t) * 1000, $_'
+}
+
+# sites_wait log regex [seconds, default 10]: until a line of the log matches.
+sites_wait() {
+    for _ in $(seq $((${3:-10} * 10))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
     echo "sites: no \"$2\" in $1:" >&2; tail -n 20 "$1" >&2
     return 1
 }
 
-# sites_report log pid: the gateway's per-SA counters and drops, asked for with SIGUSR1.
+# sites_report log pid: the gateway's per-SA counters and drops, asked for with SIGUSR1:
+# the report's CHILD_SA lines and its drops line. (A Child SA that is removed logs a
+# line of the same form: only lines after the signal count, and only those right
+# before the drops line, so one slips in only if logged just before the report.)
 sites_report() {
     local before
-    before=$(grep -c '^drops:' "$1" || true)
+    before=$(wc -l <"$1")
     kill -USR1 "$2"
     for _ in $(seq 50); do
-        [[ $(grep -c '^drops:' "$1" || true) -gt $before ]] && break
+        tail -n +"$((before + 1))" "$1" | grep -q '^drops:' && break
         sleep 0.1
     done
-    # The last report: its CHILD_SA lines and its drops line.
-    awk '/^CHILD_SA .* in [0-9]+ packets/ {buf = buf $0 "\n"; next}
-         /^drops:/ {last = buf $0; buf = ""} END {print last}' "$1"
+    tail -n +"$((before + 1))" "$1" | awk '/^CHILD_SA .* in [0-9]+ packets/ {buf = buf $0 "\n"; next}
+         /^drops:/ {print buf $0; exit} {buf = ""}'
 }

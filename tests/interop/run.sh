@@ -8,6 +8,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../../scripts/lib/charon.sh
+source "$HERE/../../scripts/lib/charon.sh"
 ESPTUN=${ESPTUN:-$HERE/../../target/release/esptun}
 KEEP=0
 while [[ $# -gt 0 ]]; do case $1 in
@@ -115,44 +117,11 @@ esptun_conf() {
 # --- charon side -----------------------------------------------------------------
 # charon_conf dir auth proposal [variant] [initiator]
 charon_conf() {
-    local d=$1 auth=$2 prop=$3 variant=${4:-} initiator=${5:-} p=$RUN/pki-$2 sub peer=esptun.example cert=charon
+    local d=$1 auth=$2 prop=$3 variant=${4:-} initiator=${5:-} p=$RUN/pki-$2 peer=esptun.example cert=charon
     local esp; esp=$(esp_for "$prop")
     [[ $variant == no-proposal ]] && prop=aes128-sha256-modp3072 esp=aes128-sha256
-    for sub in x509 x509ca private; do mkdir -p "$d/swanctl/$sub"; done
-    cat >"$d/strongswan.conf" <<CONF
-charon-systemd {
-    load = random nonce openssl aesni aes gcm sha1 sha2 hmac kdf gmp curve25519 x509 pubkey pkcs1 pkcs8 pem constraints kernel-libipsec kernel-netlink socket-default vici
-    load_modular = no
-    install_routes = yes
-    retransmit_tries = 2
-    retransmit_timeout = 1
-    journal {
-        default = -1
-    }
-    filelog {
-        interop {
-            path = $d/charon.log
-            time_format = %H:%M:%S
-            ike_name = yes
-            flush_line = yes
-            default = 1
-            ike = 2
-            enc = 1
-        }
-    }
-    plugins {
-        vici {
-            socket = unix://$d/charon.vici
-        }
-        kernel-libipsec {
-            allow_peer_ts = no
-        }
-        openssl {
-            fips_mode = 0
-        }
-    }
-}
-CONF
+    charon_strongswan_conf "$d" "retransmit_tries = 2
+    retransmit_timeout = 1"
     local local_auth remote_auth secrets
     if [[ $auth == psk ]]; then
         local_auth="auth = psk"; remote_auth="auth = psk"
@@ -205,14 +174,13 @@ secrets {
 CONF
 }
 
-sw() { local d=$1 cmd=$2; shift 2; STRONGSWAN_CONF=$d/strongswan.conf swanctl "$cmd" --uri "unix://$d/charon.vici" "$@"; }
+sw() { charon_sw "$@"; }
 
 start_charon() { # dir
-    local d=$1
-    ip netns exec "$NS_C" env STRONGSWAN_CONF="$d/strongswan.conf" charon-systemd >"$d/charon.stdout" 2>&1 &
-    PIDS+=($!); CHARON_PID=$!
-    for _ in $(seq 100); do sw "$d" --stats >/dev/null 2>&1 && break; sleep 0.05; done
-    SWANCTL_DIR=$d/swanctl sw "$d" --load-all --noprompt >"$d/load.log" 2>&1 || { cat "$d/load.log"; return 1; }
+    local rc=0
+    charon_start "$1" "$NS_C" || rc=$?
+    PIDS+=("$CHARON_PID")
+    return $rc
 }
 
 start_esptun() { # dir
