@@ -155,6 +155,8 @@ bob_log() { if [[ $BOB_KIND == esptun ]]; then echo "${BOB_LOG:-$CASE/bob.log}";
 # esptun_state log: "IKE_SAs CHILD_SAs ike=SPI,... child=IN:OUT,..." of what the log shows
 # up: ESTABLISHED and REKEYED IKE SAs not yet DOWN, Child SAs UP and not yet DELETED.
 esptun_state() {
+    # A gateway just started may not have opened its log yet.
+    [[ -f $1 ]] || { echo "0 0 ike= child="; return; }
     awk '$1 == "IKE_SA" {
         spi = $2; sub(":", "", spi)
         if ($3 == "ESTABLISHED" || $3 == "REKEYED") ike[spi] = 1
