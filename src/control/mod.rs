@@ -364,22 +364,9 @@ impl Daemon {
         }
     }
 
-    /// Sends what the engine queued, then acts on and prints its events.
+    /// Acts on and prints the engine's events, then sends what it queued: a Child SA is
+    /// in the data plane before the message that lets the peer use it leaves.
     fn flush(&mut self) {
-        while let Some(t) = self.endpoint.poll_transmit() {
-            let Some(socket) = self.socket(t.local, t.remote) else {
-                eprintln!("no socket for {} -> {}", t.local, t.remote);
-                continue;
-            };
-            let data = if t.local.port() == self.natt_port {
-                [&crate::wire::NON_ESP_MARKER[..], &t.data].concat()
-            } else {
-                t.data
-            };
-            if let Err(e) = socket.send(&data, t.local.ip(), t.remote) {
-                eprintln!("send {} -> {}: {e}", t.local, t.remote);
-            }
-        }
         while let Some(event) = self.endpoint.poll_event() {
             println!("{}", log::line(&event));
             match &event {
@@ -418,6 +405,20 @@ impl Daemon {
                     self.keepalives.remove(spi_i);
                 }
                 _ => {}
+            }
+        }
+        while let Some(t) = self.endpoint.poll_transmit() {
+            let Some(socket) = self.socket(t.local, t.remote) else {
+                eprintln!("no socket for {} -> {}", t.local, t.remote);
+                continue;
+            };
+            let data = if t.local.port() == self.natt_port {
+                [&crate::wire::NON_ESP_MARKER[..], &t.data].concat()
+            } else {
+                t.data
+            };
+            if let Err(e) = socket.send(&data, t.local.ip(), t.remote) {
+                eprintln!("send {} -> {}: {e}", t.local, t.remote);
             }
         }
     }

@@ -85,6 +85,8 @@ pub struct Worker {
     gro: GROTable,
     /// Each received datagram's length and sender.
     received: Vec<(usize, Option<SockaddrStorage>)>,
+    /// Told to stop (possibly in the middle of a batch).
+    stopping: bool,
 }
 
 /// The security policy database: outbound SAs, the one activated last first, so
@@ -249,6 +251,7 @@ impl Worker {
             gso: vec![0; VIRTIO_NET_HDR_LEN + 65_535],
             gro: GROTable::default(),
             received: Vec::with_capacity(BATCH),
+            stopping: false,
         }
     }
 
@@ -294,6 +297,9 @@ impl Worker {
                     self.inbound_batch(i);
                 }
             }
+            if self.stopping {
+                return;
+            }
         }
     }
 
@@ -318,7 +324,10 @@ impl Worker {
                     self.inbound.remove(&id);
                     self.spd.remove(id);
                 }
-                Command::Stop => return false,
+                Command::Stop => {
+                    self.stopping = true;
+                    return false;
+                }
             }
         }
         true
@@ -450,6 +459,13 @@ impl Worker {
         {
             return;
         }
+        // The control thread hands over an inbound SA before it sends the answer that
+        // lets the peer use it, so what it sent before these packets came must apply
+        // to them (a rekey's first packets would otherwise find no SA).
+        if !self.commands.is_empty() && !self.apply_commands() {
+            return;
+        }
+        let socket = &self.sockets.0[index];
         let raw_v4 = socket.transport == Transport::Raw && socket.bound.is_ipv4();
         let mut now = None;
         // Where each inner packet in to_tun[..ready.len()] starts.

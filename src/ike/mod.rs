@@ -4,8 +4,9 @@
 //! The driver owns sockets and timers and talks to an [`Endpoint`] in one grammar:
 //! `handle(now, local, remote, datagram)` for each IKE datagram (without the non-ESP
 //! marker), `handle_timeout(now)` when [`Endpoint::poll_timeout`] is reached, and after
-//! either of them drains [`Endpoint::poll_transmit`] then [`Endpoint::poll_event`].
-//! Transmits come before events so a datagram is on the wire before its SA is reported.
+//! either of them drains [`Endpoint::poll_event`] then [`Endpoint::poll_transmit`].
+//! Events come first: a Child SA must be installed before the answer that lets the peer
+//! send with it is on the wire (make-before-break).
 
 mod admission;
 mod endpoint;
