@@ -290,9 +290,9 @@ fail_closed() {
     ip netns exec "$NS_AG" tcpdump -i wan -n -s 128 -w "$CASE/wan.pcap" 2>/dev/null &
     local dump=$! why=""
     sleep 0.5
-    _sites_gateway "$ESPTUN" "$CASE" alice
+    sites_gateway "$ESPTUN" "$CASE" alice
     # Logged once every child of the connection is protected.
-    _sites_wait "$CASE/alice.log" "initiating" || why="alice did not start"
+    sites_wait "$CASE/alice.log" "initiating" || why="alice did not start"
     local from dst flag
     for from in "$NS_AH" "$NS_AG"; do
         for dst in "$HOST_B" "$HOST6_B"; do
@@ -306,7 +306,7 @@ fail_closed() {
     log "  alice with bob down: $drops"
     local overflow; overflow=$(grep -o 'hold_overflow=[0-9]*' <<<"$drops" | cut -d= -f2)
     (( ${overflow:-0} > 0 )) || why+="${why:+; }no held packet was pushed out and counted"
-    _sites_gateway "$ESPTUN" "$CASE" bob
+    sites_gateway "$ESPTUN" "$CASE" bob
     local i
     for i in $(seq 300); do
         grep -q "CHILD_SA .* UP" "$CASE/alice.log" && grep -q "CHILD_SA .* UP" "$CASE/bob.log" && break
@@ -391,7 +391,7 @@ routes_untouched() {
     [[ $(main_routes) == "$before" ]] || why+="${why:+; }main table changed with the tunnel up"
     ip -n "$NS_AG" route show table 4500 | grep -q '^10.0.0.0/8 dev esptun0' || why+="${why:+; }10.0.0.0/8 not in table 4500"
     kill "$BOB_PID"; wait "$BOB_PID" 2>/dev/null || true
-    _sites_wait "$CASE/alice.log" "DOWN" >/dev/null || why+="${why:+; }alice kept the SA"
+    sites_wait "$CASE/alice.log" "DOWN" >/dev/null || why+="${why:+; }alice kept the SA"
     [[ $(main_routes) == "$before" ]] || why+="${why:+; }main table changed after the deletion"
     sites_stop
     [[ $(main_routes) == "$before" ]] || why+="${why:+; }main table changed after alice stopped"
@@ -413,8 +413,8 @@ trap_case() {
     SITES_CHILD=""
     sed -i 's/^start = true$/start = false/' "$CASE/alice.toml"
     local why="" out
-    _sites_gateway "$ESPTUN" "$CASE" bob && _sites_wait "$CASE/bob.log" "data plane:" || why="bob did not start"
-    _sites_gateway "$ESPTUN" "$CASE" alice && _sites_wait "$CASE/alice.log" "data plane:" || why+="${why:+; }alice did not start"
+    sites_gateway "$ESPTUN" "$CASE" bob && sites_wait "$CASE/bob.log" "data plane:" || why="bob did not start"
+    sites_gateway "$ESPTUN" "$CASE" alice && sites_wait "$CASE/alice.log" "data plane:" || why+="${why:+; }alice did not start"
     sleep 1
     grep -q ' ESTABLISHED ' "$CASE/alice.log" "$CASE/bob.log" && why+="${why:+; }an IKE SA came up before any packet"
     out=$(ip netns exec "$NS_AH" ping -c 5 -i 0.2 -W 3 -q "$HOST_B" 2>&1 || true)
