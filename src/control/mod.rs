@@ -260,6 +260,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
             println!("initiating {} {local} -> {remote}", c.policy.name);
         }
     }
+    daemon.dataplane.drop_stale_routes();
     daemon.endpoint.start(now());
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -273,6 +274,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
             daemon.endpoint.established() == 0 || tokio::time::Instant::now() >= until
         }) {
             println!("{}", daemon.dataplane.report());
+            daemon.dataplane.release_routes();
             return Ok(());
         }
         let timer = daemon
@@ -300,6 +302,16 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                 }
                 DataplaneEvent::UnknownSpi { local, remote, spi } => {
                     daemon.endpoint.unknown_spi(now(), local, remote, spi);
+                }
+                DataplaneEvent::WorkerFailed { worker, why } => {
+                    // Peers learn at once instead of by DPD; the routes stay, so
+                    // protected traffic is dropped, not sent in clear, until esptun
+                    // runs again.
+                    daemon.endpoint.delete_all(now());
+                    daemon.flush();
+                    return Err(format!(
+                        "ESP worker {worker} stopped: {why}; esptun cannot carry its share of the traffic and exits (protected prefixes stay blackholed until it runs again)"
+                    ));
                 }
             },
             _ = report.recv() => println!("{}", daemon.dataplane.report()),

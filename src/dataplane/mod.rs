@@ -44,7 +44,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 /// Outer IPv6 header, UDP header, ESP header, an 8-byte IV, at most 3 bytes of
@@ -156,7 +156,7 @@ impl Traffic {
 }
 
 /// What the data plane tells the control thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataplaneEvent {
     /// A packet for a protected child without SA is held: negotiate one. Sent at most
     /// once a second per child and worker.
@@ -175,6 +175,14 @@ pub enum DataplaneEvent {
         remote: SocketAddr,
         /// The SPI.
         spi: u32,
+    },
+    /// A worker stopped without being told to: its share of the traffic is lost and
+    /// the steering programs still send it packets, so the daemon must not go on.
+    WorkerFailed {
+        /// Its index (its thread is `esp-worker-INDEX`).
+        worker: usize,
+        /// Its error, or that it panicked.
+        why: String,
     },
 }
 
@@ -281,7 +289,7 @@ pub struct Dataplane {
     protected: Vec<(IpAddr, u8)>,
     /// How many installed SAs route each prefix no protected one covers.
     route_users: HashMap<(IpAddr, u8), usize>,
-    /// Our table and rules; dropping it removes them.
+    /// Our table and rules, left in place unless released.
     routes: Routes,
     /// Whether the TUN carries virtio-net headers (GSO/GRO).
     pub offload: bool,
@@ -358,18 +366,21 @@ impl Dataplane {
             let drops = Arc::new(Drops::default());
             queue.set_nonblocking(true)?;
             let (w_wake, w_drops, w_events) = (wake.clone(), drops.clone(), events.clone());
+            let supervisor = events.clone();
             let hold_size = usize::from(mtu);
             // Built on its own thread: the batch headers hold raw pointers (not Send).
             let thread = std::thread::Builder::new()
                 .name(format!("esp-worker-{index}"))
                 .spawn(move || {
-                    let channels = worker::Channels {
-                        commands: rx,
-                        wake: w_wake,
-                        drops: w_drops,
-                        events: w_events,
-                    };
-                    worker::Worker::new(queue, sockets, channels, hold_size).run();
+                    supervised(index, &supervisor, move || {
+                        let channels = worker::Channels {
+                            commands: rx,
+                            wake: w_wake,
+                            drops: w_drops,
+                            events: w_events,
+                        };
+                        worker::Worker::new(queue, sockets, channels, hold_size).run()
+                    });
                 })?;
             workers.push(WorkerHandle {
                 commands: tx,
@@ -431,20 +442,34 @@ impl Dataplane {
                     prefix.0, prefix.1, self.settings.tun
                 );
             }
+            let failed = |e| {
+                format!(
+                    "{name}: route {}/{} into {}: {e}",
+                    prefix.0, prefix.1, self.settings.tun
+                )
+            };
             // A route an SA added already is ours; it just stops being the SA's.
             if self.route_users.remove(&prefix).is_none() {
                 self.routes
                     .add(prefix, self.tun_index, source(&sources, prefix.0))
-                    .map_err(|e| {
-                        format!(
-                            "{name}: route {}/{} into {}: {e}",
-                            prefix.0, prefix.1, self.settings.tun
-                        )
-                    })?;
+                    .map_err(failed)?;
             }
+            self.routes.add_blackhole(prefix).map_err(failed)?;
             self.protected.push(prefix);
         }
         Ok(())
+    }
+
+    /// Ends start-up: an earlier run's blackholes for prefixes no longer protected go.
+    pub fn drop_stale_routes(&mut self) {
+        self.routes.drop_stale();
+    }
+
+    /// Removes our routing rules and routes: the tunnels are closed on purpose.
+    /// Without it (esptun fails, panics, is killed) protected prefixes stay
+    /// blackholed until esptun runs again.
+    pub fn release_routes(&mut self) {
+        self.routes.release();
     }
 
     /// This host's addresses; none (so routes get no source) if the kernel will not say.
@@ -695,6 +720,21 @@ impl Drop for Dataplane {
     }
 }
 
+/// Runs a worker's `body` and reports its end unless it was told to stop: the error
+/// it returned, or its panic (whose message the panic hook has printed).
+fn supervised(
+    worker: usize,
+    events: &UnboundedSender<DataplaneEvent>,
+    body: impl FnOnce() -> Result<(), String>,
+) {
+    let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(Ok(())) => return,
+        Ok(Err(why)) => why,
+        Err(_) => "panicked".to_string(),
+    };
+    let _ = events.send(DataplaneEvent::WorkerFailed { worker, why });
+}
+
 fn describe(spi_in: u32, sa: &Installed) -> String {
     let (in_packets, in_bytes) = sa.inbound.get();
     let (out_packets, out_bytes) = sa.outbound.traffic.get();
@@ -739,4 +779,34 @@ fn source(sources: &[IpAddr], dst: IpAddr) -> Option<IpAddr> {
         .iter()
         .copied()
         .find(|s| s.is_ipv4() == dst.is_ipv4())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end_of(body: impl FnOnce() -> Result<(), String>) -> Option<DataplaneEvent> {
+        let (events, mut receiver) = unbounded_channel();
+        supervised(3, &events, body);
+        receiver.try_recv().ok()
+    }
+
+    #[test]
+    fn a_worker_that_fails_or_panics_is_reported_and_one_told_to_stop_is_not() {
+        assert_eq!(end_of(|| Ok(())), None);
+        assert_eq!(
+            end_of(|| Err("TUN read: bad fd".into())),
+            Some(DataplaneEvent::WorkerFailed {
+                worker: 3,
+                why: "TUN read: bad fd".into()
+            })
+        );
+        assert_eq!(
+            end_of(|| panic!("a bug in a worker")),
+            Some(DataplaneEvent::WorkerFailed {
+                worker: 3,
+                why: "panicked".into()
+            })
+        );
+    }
 }

@@ -3,7 +3,14 @@
 //! without esptun's firewall mark to that table. esptun's sockets carry the mark, so
 //! its IKE and ESP leave by the main table even when a tunnelled selector holds the
 //! peer, and no route esptun did not create is ever replaced or deleted.
+//!
+//! Each protected prefix also gets a blackhole route behind its TUN route. The TUN
+//! route goes when the device does (esptun killed, crashed or failed); the blackhole
+//! and the rule stay, so protected traffic is dropped rather than sent in clear until
+//! esptun runs again, claims the table and replaces them. Only a clean stop removes
+//! them.
 
+use nix::libc;
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
 };
@@ -29,8 +36,10 @@ const RT_TABLE_COMPAT: u8 = 252;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
+const RTN_BLACKHOLE: u8 = 6;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
+const RTA_PRIORITY: u16 = 6;
 const RTA_PREFSRC: u16 = 7;
 const RTA_TABLE: u16 = 15;
 const IFA_ADDRESS: u16 = 1;
@@ -51,6 +60,8 @@ const NLMSG_HDRLEN: usize = 16;
 pub const RTPROT_ESPTUN: u8 = 50;
 /// Where the rule sits: after the local table (0), before main (32766).
 pub const RULE_PRIORITY: u32 = 4500;
+/// A blackhole's metric: worse than a TUN route's (IPv4 0, IPv6 1024).
+const BLACKHOLE_METRIC: u32 = 4500;
 
 /// A route-netlink socket and the table and mark it manages.
 pub struct Routes {
@@ -58,12 +69,16 @@ pub struct Routes {
     seq: u32,
     table: u32,
     mark: u32,
+    /// Blackholes an earlier run left, kept until [`Routes::drop_stale`] so that
+    /// their prefixes stay closed while this run sets up its own.
+    stale: Vec<Vec<u8>>,
 }
 
 impl Routes {
     /// Takes over `table` for routes into the TUN: removes what an earlier run left
-    /// (its rules and its routes, only those), then adds `not fwmark MARK lookup
-    /// TABLE` for both families. Dropping it removes both again.
+    /// but its rules and blackholes, adds `not fwmark MARK lookup TABLE` for both
+    /// families (unless it is there). Only [`Routes::release`] removes them: an
+    /// esptun that fails, panics or is killed leaves its prefixes blackholed.
     pub fn claim(table: u32, mark: u32) -> io::Result<Self> {
         let fd = socket(
             AddressFamily::Netlink,
@@ -76,11 +91,22 @@ impl Routes {
             seq: 0,
             table,
             mark,
+            stale: Vec::new(),
         };
-        routes.release();
+        for route in routes.ours()? {
+            if route.get(7) == Some(&RTN_BLACKHOLE) {
+                routes.stale.push(route);
+            } else {
+                // The route as the kernel described it names exactly that route.
+                let _ = routes.request(RTM_DELROUTE, 0, &route);
+            }
+        }
         for family in [AF_INET, AF_INET6] {
             let rule = rule_message(family, table, mark);
-            routes.request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, &rule)?;
+            match routes.request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, &rule) {
+                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                _ => {}
+            }
         }
         Ok(routes)
     }
@@ -93,13 +119,31 @@ impl Routes {
         oif: u32,
         src: Option<IpAddr>,
     ) -> io::Result<()> {
-        let route = route_message(self.table, prefix, len, oif, src);
+        let route = route_message(self.table, prefix, len, Target::Tun { oif, src });
         self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &route)
+    }
+
+    /// Adds the blackhole that keeps `prefix/len` closed when the TUN route is gone;
+    /// an earlier run's is taken over.
+    pub fn add_blackhole(&mut self, (prefix, len): (IpAddr, u8)) -> io::Result<()> {
+        let route = route_message(self.table, prefix, len, Target::Blackhole);
+        self.stale.retain(|r| prefix_of(r) != Some((prefix, len)));
+        match self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &route) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes the blackholes of an earlier run that this one did not take over.
+    pub fn drop_stale(&mut self) {
+        for route in std::mem::take(&mut self.stale) {
+            let _ = self.request(RTM_DELROUTE, 0, &route);
+        }
     }
 
     /// Removes our route to `prefix/len` through `oif`.
     pub fn delete(&mut self, (prefix, len): (IpAddr, u8), oif: u32) -> io::Result<()> {
-        let route = route_message(self.table, prefix, len, oif, None);
+        let route = route_message(self.table, prefix, len, Target::Tun { oif, src: None });
         self.request(RTM_DELROUTE, 0, &route)
     }
 
@@ -116,34 +160,18 @@ impl Routes {
         Ok(out)
     }
 
-    /// Deletes our rules and every route in our table that esptun made. Errors only
-    /// mean there was nothing (left) to delete.
-    fn release(&mut self) {
-        for family in [AF_INET, AF_INET6] {
-            let rule = rule_message(family, self.table, self.mark);
-            // Several runs killed hard may each have left one.
-            for _ in 0..16 {
-                if self.request(RTM_DELRULE, 0, &rule).is_err() {
-                    break;
-                }
-            }
-        }
+    /// Every route in our table that esptun made, as the kernel describes them.
+    fn ours(&mut self) -> io::Result<Vec<Vec<u8>>> {
         // struct rtmsg, zero but for the family: every route of every table.
         let request = [AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let mut ours = Vec::new();
         let table = self.table;
-        let dumped = self.dump(RTM_GETROUTE, &request, |body| {
+        self.dump(RTM_GETROUTE, &request, |body| {
             if is_ours(body, table) {
                 ours.push(body.to_vec());
             }
-        });
-        if let Err(e) = dumped {
-            eprintln!("routing table {table}: cannot list its routes: {e}");
-        }
-        for route in ours {
-            // The route as the kernel described it names exactly that route.
-            let _ = self.request(RTM_DELROUTE, 0, &route);
-        }
+        })?;
+        Ok(ours)
     }
 
     fn send(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<u32> {
@@ -190,11 +218,22 @@ impl Routes {
             }
         }
     }
-}
 
-impl Drop for Routes {
-    fn drop(&mut self) {
-        self.release();
+    /// Deletes our rules and every route of ours, on a clean stop. Errors only mean
+    /// there was nothing (left) to delete.
+    pub fn release(&mut self) {
+        for family in [AF_INET, AF_INET6] {
+            let rule = rule_message(family, self.table, self.mark);
+            let _ = self.request(RTM_DELRULE, 0, &rule);
+        }
+        match self.ours() {
+            Ok(routes) => {
+                for route in routes {
+                    let _ = self.request(RTM_DELROUTE, 0, &route);
+                }
+            }
+            Err(e) => eprintln!("routing table {}: cannot list its routes: {e}", self.table),
+        }
     }
 }
 
@@ -279,9 +318,22 @@ fn octets(addr: IpAddr) -> (u8, Vec<u8>) {
     }
 }
 
-/// struct rtmsg and attributes for a route to `prefix/len` through `oif` in `table`.
-fn route_message(table: u32, prefix: IpAddr, len: u8, oif: u32, src: Option<IpAddr>) -> Vec<u8> {
+/// Where a route sends packets.
+#[derive(Clone, Copy)]
+enum Target {
+    /// Into the TUN (interface `oif`), from `src` when given.
+    Tun { oif: u32, src: Option<IpAddr> },
+    /// Nowhere, behind a TUN route to the same prefix.
+    Blackhole,
+}
+
+/// struct rtmsg and attributes for a route to `prefix/len` in `table`.
+fn route_message(table: u32, prefix: IpAddr, len: u8, target: Target) -> Vec<u8> {
     let (family, dst) = octets(prefix);
+    let (scope, kind) = match target {
+        Target::Tun { .. } => (RT_SCOPE_LINK, RTN_UNICAST),
+        Target::Blackhole => (RT_SCOPE_UNIVERSE, RTN_BLACKHOLE),
+    };
     let mut body = vec![
         family,
         len,
@@ -289,17 +341,34 @@ fn route_message(table: u32, prefix: IpAddr, len: u8, oif: u32, src: Option<IpAd
         0,
         table_byte(table),
         RTPROT_ESPTUN,
-        RT_SCOPE_LINK,
-        RTN_UNICAST,
+        scope,
+        kind,
     ];
     body.extend_from_slice(&0u32.to_ne_bytes());
     attribute(&mut body, RTA_TABLE, &table.to_ne_bytes());
     attribute(&mut body, RTA_DST, &dst);
-    attribute(&mut body, RTA_OIF, &oif.to_ne_bytes());
-    if let Some(src) = src.filter(|s| s.is_ipv4() == prefix.is_ipv4()) {
-        attribute(&mut body, RTA_PREFSRC, &octets(src).1);
+    match target {
+        Target::Tun { oif, src } => {
+            attribute(&mut body, RTA_OIF, &oif.to_ne_bytes());
+            if let Some(src) = src.filter(|s| s.is_ipv4() == prefix.is_ipv4()) {
+                attribute(&mut body, RTA_PREFSRC, &octets(src).1);
+            }
+        }
+        Target::Blackhole => attribute(&mut body, RTA_PRIORITY, &BLACKHOLE_METRIC.to_ne_bytes()),
     }
     body
+}
+
+/// The destination prefix of an RTM_NEWROUTE body.
+fn prefix_of(body: &[u8]) -> Option<(IpAddr, u8)> {
+    let (&family, &len) = (body.first()?, body.get(1)?);
+    let (_, dst) = attributes(body, 12).find(|&(kind, _)| kind == RTA_DST)?;
+    let addr = match family {
+        AF_INET => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(dst).ok()?)),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(dst).ok()?)),
+        _ => return None,
+    };
+    Some((addr, len))
 }
 
 /// struct fib_rule_hdr and attributes for `not fwmark MARK lookup TABLE`.
@@ -357,8 +426,10 @@ mod tests {
             4500,
             "10.2.0.0".parse().unwrap(),
             24,
-            7,
-            Some("10.1.0.1".parse().unwrap()),
+            Target::Tun {
+                oif: 7,
+                src: Some("10.1.0.1".parse().unwrap()),
+            },
         );
         // rtmsg: family, dst_len, src_len, tos, table (compat), protocol, scope, type, flags.
         assert_eq!(&body[..8], &[AF_INET, 24, 0, 0, 252, 50, 253, 1]);
@@ -381,14 +452,36 @@ mod tests {
             100,
             "fd00:2::".parse().unwrap(),
             64,
-            7,
-            Some("10.1.0.1".parse().unwrap()),
+            Target::Tun {
+                oif: 7,
+                src: Some("10.1.0.1".parse().unwrap()),
+            },
         );
         assert_eq!(v6[4], 100);
         assert!(attributes(&v6, 12).all(|(k, _)| k != RTA_PREFSRC));
         let mut static_route = body.clone();
         static_route[5] = 4;
         assert!(!is_ours(&static_route, 4500), "not made by esptun");
+        assert_eq!(prefix_of(&v6), Some(("fd00:2::".parse().unwrap(), 64)));
+    }
+
+    #[test]
+    fn blackhole_is_ours_goes_nowhere_and_loses_to_the_tun_route() {
+        let body = route_message(4500, "10.2.0.0".parse().unwrap(), 24, Target::Blackhole);
+        assert_eq!(&body[..8], &[AF_INET, 24, 0, 0, 252, 50, 0, RTN_BLACKHOLE]);
+        let attrs: Vec<(u16, Vec<u8>)> = attributes(&body, 12)
+            .map(|(k, v)| (k, v.to_vec()))
+            .collect();
+        assert_eq!(
+            attrs,
+            vec![
+                (RTA_TABLE, 4500u32.to_ne_bytes().to_vec()),
+                (RTA_DST, vec![10, 2, 0, 0]),
+                (RTA_PRIORITY, BLACKHOLE_METRIC.to_ne_bytes().to_vec()),
+            ]
+        );
+        assert!(is_ours(&body, 4500));
+        assert_eq!(prefix_of(&body), Some(("10.2.0.0".parse().unwrap(), 24)));
     }
 
     #[test]

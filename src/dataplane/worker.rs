@@ -255,42 +255,44 @@ impl Worker {
         }
     }
 
-    /// Serves until told to stop.
-    pub fn run(mut self) {
+    /// Serves until told to stop; an error says why it cannot go on (the TUN device
+    /// is gone or broken), which the caller must not survive silently.
+    pub fn run(mut self) -> Result<(), String> {
+        let mut ready = vec![false; 2 + self.sockets.0.len()];
         loop {
-            let mut ready = Vec::with_capacity(2 + self.sockets.0.len());
             {
-                let mut fds = vec![
-                    PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.tun.as_fd(), PollFlags::POLLIN),
-                ];
-                fds.extend(
-                    self.sockets
-                        .0
-                        .iter()
-                        .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN)),
-                );
+                let mut fds: Vec<PollFd> = [self.wake.as_fd(), self.tun.as_fd()]
+                    .into_iter()
+                    .chain(self.sockets.0.iter().map(|s| s.as_fd()))
+                    .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                    .collect();
                 match poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => {
-                        eprintln!("worker poll: {e}");
-                        return;
-                    }
+                    Err(e) => return Err(format!("poll: {e}")),
                 }
-                ready.extend(
-                    fds.iter()
-                        .map(|f| f.revents().is_some_and(|r| !r.is_empty())),
-                );
+                // A TUN device deleted under us reports an error forever and reads
+                // fail: serving on would spin without moving a packet.
+                let broken = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
+                if let Some(r) = fds[1].revents().filter(|r| r.intersects(broken)) {
+                    let names: Vec<&str> = (r & broken).iter_names().map(|(n, _)| n).collect();
+                    return Err(format!(
+                        "TUN device deleted or broken (poll: {})",
+                        names.join("|")
+                    ));
+                }
+                for (ready, fd) in ready.iter_mut().zip(fds.iter()) {
+                    *ready = fd.revents().is_some_and(|r| !r.is_empty());
+                }
             }
             if ready[0] {
                 let _ = self.wake.read();
                 if !self.apply_commands() {
-                    return;
+                    return Ok(());
                 }
             }
             if ready[1] {
-                self.outbound_batch();
+                self.outbound_batch()?;
             }
             for i in 0..self.sockets.0.len() {
                 if ready[2 + i] {
@@ -298,7 +300,7 @@ impl Worker {
                 }
             }
             if self.stopping {
-                return;
+                return Ok(());
             }
         }
     }
@@ -333,8 +335,9 @@ impl Worker {
         true
     }
 
-    /// Reads a batch from the TUN queue, seals what policy covers, sends it.
-    fn outbound_batch(&mut self) {
+    /// Reads a batch from the TUN queue, seals what policy covers, sends it. Fails
+    /// when the device does (not for a packet tun-rs cannot split).
+    fn outbound_batch(&mut self) -> Result<(), String> {
         let mut count = 0;
         // With offload one read can split into a segment per buffer: read only while a
         // full-size GSO packet (64 KiB, ≥ 1 KiB segments) is sure to fit.
@@ -348,6 +351,7 @@ impl Worker {
             match got {
                 Ok(n) => count += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error().is_some() => return Err(format!("TUN read: {e}")),
                 Err(_) => {
                     // A GSO packet tun-rs could not split; the rest of the queue is fine.
                     self.drops.count(DropReason::Malformed);
@@ -356,6 +360,7 @@ impl Worker {
             }
         }
         self.seal_and_send(count, true);
+        Ok(())
     }
 
     /// Sends the packets held for child `child` of `policy` through the policy

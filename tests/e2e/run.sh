@@ -12,7 +12,8 @@
 # held and counted; host to host, the gateways' own traffic to each other goes in ESP
 # while their IKE still flows; no route of the main table is ever touched; and a
 # trapped child is negotiated by its first packet, which arrives (and a second daemon
-# for the same TUN is refused).
+# for the same TUN is refused). A gateway whose TUN is deleted exits saying why, and
+# one that is gone (deleted TUN, SIGKILL) leaves its prefixes blackholed, not open.
 # Root only; traffic stays in the namespaces.
 #
 # usage: tests/e2e/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
@@ -338,6 +339,81 @@ fail_closed() {
     ip -n "$NS_AG" -6 route del fd00:2::/64 via $WAN6_B
 }
 want fail-closed && fail_closed
+
+# --- a gateway that dies never opens its tunnels: alice's main table has a clear route
+# to bob's site. Her TUN deleted under her, alice must exit (not spin) saying why, and
+# while she is gone her protected prefixes stay blackholed (rule and blackholes kept); a
+# new alice takes them over and tunnels again; SIGKILLed, the same; stopped cleanly,
+# she leaves nothing behind.
+crash() {
+    CASE=$RUN/crash; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE=""
+    log "case crash: alice's TUN deleted, then alice killed: nothing leaves in clear"
+    ip -n "$NS_AG" route add 10.2.0.0/24 via $WAN_B
+    ip -n "$NS_AG" -6 route add fd00:2::/64 via $WAN6_B
+    sites_configs "$CASE" alice
+    ip netns exec "$NS_AG" tcpdump -i wan -n -s 128 -w "$CASE/wan.pcap" 2>/dev/null &
+    local dump=$! why="" from dst flag round
+    sleep 0.5
+    sites_gateway "$ESPTUN" "$CASE" bob
+    tunnel_up() { # log: alice's Child SA is up and carries pings both families
+        sites_wait "$1" "CHILD_SA .* UP" 15 || { why+="${why:+; }no Child SA in $1"; return; }
+        ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null &&
+            ip netns exec "$NS_AH" ping -6 -c 3 -i 0.2 -W 2 -q "$HOST6_B" >/dev/null ||
+            why+="${why:+; }no ping through the tunnel ($1)"
+    }
+    closed() { # what: nothing to bob's site is answered while alice is gone
+        for from in "$NS_AH" "$NS_AG"; do
+            for dst in "$HOST_B" "$HOST6_B"; do
+                flag=""; [[ $dst == *:* ]] && flag=-6
+                if ip netns exec "$from" ping $flag -c 20 -i 0.01 -W 1 -q "$dst" >/dev/null 2>&1; then
+                    why+="${why:+; }a ping to $dst was answered $1"
+                fi
+            done
+        done
+        ip -n "$NS_AG" route show table 4500 | grep -q '^blackhole 10.2.0.0/24' ||
+            why+="${why:+; }no blackhole for 10.2.0.0/24 $1"
+    }
+    for round in tun-deleted killed; do
+        sites_gateway "$ESPTUN" "$CASE" alice "$CASE/alice-$round.log"
+        local pid=$ALICE_PID
+        tunnel_up "$CASE/alice-$round.log"
+        if [[ $round == tun-deleted ]]; then
+            ip -n "$NS_AG" link del esptun0
+            local status=0 i
+            for i in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            if kill -0 "$pid" 2>/dev/null; then
+                why+="${why:+; }alice still runs 3 s after her TUN was deleted"
+            else
+                wait "$pid" || status=$?
+                (( status != 0 )) || why+="${why:+; }alice exited 0 with her TUN deleted"
+                grep -q 'ESP worker [0-9]* stopped: TUN device deleted' "$CASE/alice-$round.log" ||
+                    why+="${why:+; }alice did not say why she stopped"
+                log "  TUN deleted: alice exited $status in ${i}00 ms: $(grep -m1 'ESP worker' "$CASE/alice-$round.log")"
+            fi
+            closed "after alice's TUN was deleted"
+        else
+            kill -KILL "$pid"; wait "$pid" 2>/dev/null || true
+            closed "after alice was killed"
+        fi
+        log "  alice's table 4500 with alice gone: $(ip -n "$NS_AG" route show table 4500 | tr '\n' ' ')"
+    done
+    sites_gateway "$ESPTUN" "$CASE" alice "$CASE/alice-last.log"
+    tunnel_up "$CASE/alice-last.log"
+    sites_stop
+    [[ -z $(ip -n "$NS_AG" route show table 4500; ip -n "$NS_AG" -6 route show table 4500) ]] ||
+        why+="${why:+; }table 4500 left behind by a clean stop"
+    ip -n "$NS_AG" rule | grep -q 'lookup 4500' && why+="${why:+; }rule left behind by a clean stop"
+    sleep 0.5; kill $dump 2>/dev/null || true; wait $dump 2>/dev/null || true
+    local inner
+    inner=$(tcpdump -r "$CASE/wan.pcap" -n "not (udp port 500 or udp port 4500 or esp)" 2>/dev/null | grep -c -E '10\.[12]\.0\.|fd00:' || true)
+    log "  capture: $inner packets with an inner address in clear"
+    (( inner == 0 )) || why+="${why:+; }inner addresses in clear on the WAN"
+    if [[ -z $why ]]; then pass crash; else fail crash "$why"; fi
+    ip -n "$NS_AG" route del 10.2.0.0/24 via $WAN_B
+    ip -n "$NS_AG" -6 route del fd00:2::/64 via $WAN6_B
+}
+want crash && crash
 
 # --- host to host: dynamic selectors on both sides, so the peer's own address is
 # tunnelled: the gateways' pings to each other go in ESP, and their IKE (marked, routed
