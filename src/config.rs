@@ -271,6 +271,8 @@ const DEFAULT_ESP_PROPOSALS: [&str; 2] = ["aes128gcm16", "aes256gcm16"];
 /// RFC 7383 fragments below the IPv4 minimum reassembly size would not survive every path.
 const FRAGMENT_SIZES: std::ops::RangeInclusive<usize> = 576..=65535;
 
+/// The shortest PSK accepted: 128 bits, were it random.
+const MIN_PSK_LEN: usize = 16;
 /// The bound on every duration, so that no deadline computed from one can overflow
 /// (and it fits in u64 nanoseconds); no lifetime or timeout needs more.
 const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
@@ -335,14 +337,45 @@ impl Source<'_> {
         self.origin(at.span(), key).error(message)
     }
 
-    /// Reads a file named in the configuration, relative to the configuration's directory.
-    fn read(&self, name: &Spanned<String>, key: &str) -> Result<Vec<u8>, ConfigError> {
-        let path = self
-            .file
+    /// A file named in the configuration, relative to the configuration's directory.
+    fn path(&self, name: &Spanned<String>) -> PathBuf {
+        self.file
             .parent()
             .unwrap_or(Path::new(""))
-            .join(name.get_ref());
+            .join(name.get_ref())
+    }
+
+    /// Reads a file named in the configuration.
+    fn read(&self, name: &Spanned<String>, key: &str) -> Result<Vec<u8>, ConfigError> {
+        let path = self.path(name);
         std::fs::read(&path).map_err(|e| self.error(name, key, format!("{}: {e}", path.display())))
+    }
+
+    /// Reads a private key or PSK file, refusing one that group or others may open
+    /// (as ssh does), since the key leaks to any local user.
+    fn read_secret(&self, name: &Spanned<String>, key: &str) -> Result<Secret, ConfigError> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let path = self.path(name);
+        let failed = |e: std::io::Error| self.error(name, key, format!("{}: {e}", path.display()));
+        let mut file = std::fs::File::open(&path).map_err(failed)?;
+        let mode = file.metadata().map_err(failed)?.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(self.error(
+                name,
+                key,
+                format!(
+                    "{} is open to group or others (mode {mode:04o}): run chmod 600 {}",
+                    path.display(),
+                    path.display()
+                ),
+            ));
+        }
+        let mut bytes = Vec::new();
+        let read = file.read_to_end(&mut bytes);
+        let bytes = Secret::new(bytes);
+        read.map_err(failed)?;
+        Ok(bytes)
     }
 
     /// A toml error with the key path recovered from its span, since serde's own
@@ -437,7 +470,9 @@ impl Config {
                     format!("duplicate connection name {:?}", name.get_ref()),
                 ));
             }
-            connections.push(connection(&src, c, key)?);
+            let connection = connection(&src, c, key.clone())?;
+            overlap(&src, c.get_ref(), &key, &connection, &connections)?;
+            connections.push(connection);
         }
         Ok(Self {
             listen,
@@ -446,6 +481,45 @@ impl Config {
             dataplane: dataplane(&src, raw.dataplane)?,
         })
     }
+}
+
+/// Refuses a child whose selectors overlap a child of an earlier connection (both
+/// sides; an empty local side overlaps everything, an empty remote side is the
+/// peer's address, unknown here): a packet in the overlap would go to whichever
+/// peer's SA came up last.
+fn overlap(
+    src: &Source<'_>,
+    raw: &RawConnection,
+    key: &str,
+    new: &Connection,
+    earlier: &[Connection],
+) -> Result<(), ConfigError> {
+    let meets = |a: &[TsRange], b: &[TsRange]| {
+        a.is_empty() || b.is_empty() || !crate::ike::ts::narrow(a, b).is_empty()
+    };
+    for (j, child) in new.policy.children.iter().enumerate() {
+        for (k, remote) in child.remote_ts.iter().enumerate() {
+            for other in earlier {
+                let Some(o) = other.policy.children.iter().find(|o| {
+                    !o.remote_ts.is_empty()
+                        && meets(&child.local_ts, &o.local_ts)
+                        && meets(std::slice::from_ref(remote), &o.remote_ts)
+                }) else {
+                    continue;
+                };
+                return Err(src.error(
+                    &raw.children[j].get_ref().remote_ts[k],
+                    format!("{key}.children[{j}].remote_ts[{k}]"),
+                    format!(
+                        "overlaps the selectors of connection {:?} child {:?}: a packet \
+                         in both would go to whichever peer's SA came up last; narrow one",
+                        other.policy.name, o.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn ike_settings(src: &Source<'_>, raw: &RawIke) -> Result<IkeSettings, ConfigError> {
@@ -1061,7 +1135,7 @@ fn identity_at(src: &Source<'_>, s: &Spanned<String>, key: &str) -> Result<Ident
 
 /// The PSK file's content without surrounding whitespace; `0x...` is hex for a binary key.
 fn read_psk(src: &Source<'_>, file: &Spanned<String>, key: &str) -> Result<Secret, ConfigError> {
-    let bytes = Secret::new(src.read(file, key)?);
+    let bytes = src.read_secret(file, key)?;
     let text = bytes.expose().trim_ascii();
     let secret = match text.strip_prefix(b"0x") {
         Some(digits) => Secret::new(
@@ -1071,6 +1145,18 @@ fn read_psk(src: &Source<'_>, file: &Spanned<String>, key: &str) -> Result<Secre
     };
     if secret.is_empty() {
         return Err(src.error(file, key, "the PSK file is empty"));
+    }
+    if secret.len() < MIN_PSK_LEN {
+        return Err(src.error(
+            file,
+            key,
+            format!(
+                "the PSK is {} bytes, fewer than {MIN_PSK_LEN}: one observed exchange lets \
+                 anyone test guesses offline; make one with \
+                 (umask 077; head -c 32 /dev/urandom | base64 >FILE)",
+                secret.len()
+            ),
+        ));
     }
     Ok(secret)
 }
@@ -1154,7 +1240,7 @@ fn connection(
                 .key
                 .as_ref()
                 .ok_or_else(|| src.error(&c.local, &k, "required with auth = \"pubkey\""))?;
-            let private = PrivateKey::from_pem_or_der(&src.read(key_file, &k)?)
+            let private = PrivateKey::from_pem_or_der(src.read_secret(key_file, &k)?.expose())
                 .map_err(|e| src.error(key_file, &k, e.to_string()))?;
             if !private.matches_certificate(&certs[0]) {
                 return Err(src.error(

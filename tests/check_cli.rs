@@ -1,6 +1,8 @@
 //! `esptun check` as a user runs it: a good file is summarised, a bad one is refused
 //! with the same `file:line: key:` message `run` would print, and nothing starts.
 
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -32,6 +34,7 @@ fn check_summarises_a_good_file_and_refuses_a_bad_one_with_its_line() {
     let dir = std::env::temp_dir().join(format!("esptun-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("site.psk"), "a pre-shared key\n").unwrap();
+    std::fs::set_permissions(dir.join("site.psk"), Permissions::from_mode(0o600)).unwrap();
 
     let good = check(&dir, SITE);
     let out = String::from_utf8_lossy(&good.stdout);

@@ -9,7 +9,9 @@ use esptun::ike::exchange::RetransmitPolicy;
 use esptun::ike::{Action, IkeLifetime, Lifetime, Limits, LocalAuth, RemoteAuth};
 use esptun::wire::ProtocolId;
 use esptun::wire::payload::{AddrRange, Identity};
+use std::fs::Permissions;
 use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,13 +31,23 @@ impl Dir {
             ("left.crt", host.pem.as_bytes()),
             ("chain.crt", chain.as_bytes()),
             ("left.key", host.key_pem.as_bytes()),
-            ("site-b.psk", b"  a shared secret \n"),
-            ("hex.psk", b"0x0102ff\n"),
+            ("site-b.psk", b"  a shared secret, long enough \n"),
+            ("hex.psk", b"0x000102030405060708090a0b0c0d0eff\n"),
             ("empty.psk", b" \n"),
             ("badhex.psk", b"0xabc\n"),
+            ("short.psk", b"0x0102ff\n"),
+            ("open.psk", b"a shared secret, long enough\n"),
+            ("open.key", host.key_pem.as_bytes()),
         ];
         for (file, content) in files {
             std::fs::write(dir.join(file), content).unwrap();
+            // Secrets are refused unless their owner alone may read them.
+            let mode = match *file {
+                "open.psk" => 0o640,
+                "open.key" => 0o604,
+                _ => 0o600,
+            };
+            std::fs::set_permissions(dir.join(file), Permissions::from_mode(mode)).unwrap();
         }
         Self(dir)
     }
@@ -339,16 +351,20 @@ local_ts = ["10.9.8.7/16", "192.0.2.1", "fd00::1"]
         )
         .unwrap();
     let a = &config.connections[0].policy;
-    assert!(matches!(&a.local, LocalAuth::Psk { psk, .. } if psk.expose() == b"a shared secret"));
     assert!(
-        matches!(&a.remote, RemoteAuth::Psk { id: None, psk } if psk.expose() == b"a shared secret")
+        matches!(&a.local, LocalAuth::Psk { psk, .. } if psk.expose() == b"a shared secret, long enough")
+    );
+    assert!(
+        matches!(&a.remote, RemoteAuth::Psk { id: None, psk } if psk.expose() == b"a shared secret, long enough")
     );
     let b = &config.connections[1].policy;
     assert!(
         matches!(&b.local, LocalAuth::Pubkey { certs, .. } if certs.len() == 2),
         "leaf and CA from one PEM file"
     );
-    assert!(matches!(&b.remote, RemoteAuth::Psk { psk, .. } if psk.expose() == [1, 2, 255]));
+    assert!(
+        matches!(&b.remote, RemoteAuth::Psk { psk, .. } if psk.expose() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 255])
+    );
     let ts: Vec<AddrRange> = b.children[0].local_ts.iter().map(|t| t.addrs).collect();
     assert_eq!(
         ts,
@@ -547,6 +563,15 @@ fn psk_mistakes_point_at_auth_or_psk_file() {
     for (file, why) in [
         ("empty.psk", "the PSK file is empty"),
         ("badhex.psk", "0x-prefixed PSK is not hex"),
+        (
+            "short.psk",
+            "the PSK is 3 bytes, fewer than 16: one observed exchange lets anyone test guesses \
+             offline; make one with (umask 077; head -c 32 /dev/urandom | base64 >FILE)",
+        ),
+        (
+            "open.psk",
+            "open.psk is open to group or others (mode 0640): run chmod 600 open.psk",
+        ),
         (
             "nope.psk",
             "nope.psk: No such file or directory (os error 2)",
@@ -1077,4 +1102,49 @@ name = "c"
             expected
         );
     }
+}
+
+#[test]
+fn a_private_key_open_to_others_is_refused_with_the_chmod_to_run() {
+    let dir = Dir::new("open-key");
+    assert_eq!(
+        dir.load(&edit("key = ", "key = \"open.key\"")).unwrap_err(),
+        "site.toml:34: connection[0].local.key: open.key is open to group or others (mode 0604): run chmod 600 open.key"
+    );
+}
+
+#[test]
+fn selectors_overlapping_another_connections_are_refused() {
+    let dir = Dir::new("overlap");
+    let example = example();
+    let connection =
+        &example[example.find("[[connection]]").unwrap()..example.find("[dataplane]").unwrap()];
+    let second = |local: &str, remote: &str| {
+        let other = connection
+            .replace("name = \"site-b\"", "name = \"site-c\"")
+            .replace(
+                "local_ts = [\"10.1.0.0/24\", \"fd00:1::/64\"]",
+                &format!("local_ts = {local}"),
+            )
+            .replace(
+                "remote_ts = [\"10.2.0.0/24\", \"fd00:2::/64\"]",
+                &format!("remote_ts = {remote}"),
+            );
+        dir.load(&format!("{example}{other}"))
+    };
+    assert_eq!(
+        second(
+            r#"["10.1.0.0/24"]"#,
+            r#"["10.3.0.0/24", "fd00:2::8:0/112"]"#
+        )
+        .unwrap_err(),
+        "site.toml:85: connection[1].children[0].remote_ts[1]: overlaps the selectors of \
+         connection \"site-b\" child \"net\": a packet in both would go to whichever peer's SA \
+         came up last; narrow one"
+    );
+    // The whole IPv4 space from our own address (dynamic local selectors) overlaps too.
+    assert!(second("[]", r#"["0.0.0.0/0"]"#).is_err());
+    // Other remote networks, or the same ones from other local networks, are apart.
+    second(r#"["10.1.0.0/24"]"#, r#"["10.3.0.0/24", "fd00:3::/64"]"#).unwrap();
+    second(r#"["10.4.0.0/24"]"#, r#"["10.2.0.0/24"]"#).unwrap();
 }

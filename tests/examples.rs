@@ -6,6 +6,7 @@
 use esptun::config::{Config, Connection};
 use esptun::ike::{LocalAuth, RemoteAuth};
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -75,7 +76,9 @@ impl Scratch {
             "render.sh {set}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        std::fs::write(dest.join("site.psk"), "an example key\n").unwrap();
+        let psk = dest.join("site.psk");
+        std::fs::write(&psk, "an example key, long enough\n").unwrap();
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).unwrap();
         dest
     }
 }

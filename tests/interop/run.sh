@@ -70,7 +70,7 @@ pki() { # dir ecdsa|rsa
 log "making ECDSA P-256 and RSA-3072 PKIs"
 pki "$RUN/pki-ecdsa" ecdsa
 pki "$RUN/pki-rsa" rsa
-echo "an interop pre-shared key" >"$RUN/psk"
+(umask 077; echo "an interop pre-shared key" >"$RUN/psk")
 
 esp_for() { case $1 in
     aes128gcm16-*) echo aes128gcm16 ;;
@@ -99,7 +99,7 @@ esptun_conf() {
         if [[ -n ${ESPTUN_CONN:-} ]]; then printf '%s\n' "$ESPTUN_CONN"; fi
         if [[ $auth == psk ]]; then
             local psk=$RUN/psk
-            [[ $variant == wrong-psk ]] && { echo "not the same key" >"$d/psk"; psk=$d/psk; }
+            [[ $variant == wrong-psk ]] && { (umask 077; echo "not the same key" >"$d/psk"); psk=$d/psk; }
             printf 'psk_file = "%s"\n[connection.local]\nauth = "psk"\nid = "%s"\n' "$psk" $id
             printf '[connection.remote]\nauth = "psk"\nid = "%s"\n' $peer
         else
