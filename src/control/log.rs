@@ -8,6 +8,7 @@ use crate::wire::message::summarize;
 use crate::wire::payload::TsRange;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 fn selectors(list: &[TsRange]) -> String {
@@ -143,28 +144,38 @@ fn hex(s: &Secret) -> String {
 
 impl KeyLog {
     /// Creates `dir` (a Wireshark profile) with empty tables and decryption turned on.
+    /// The files are the owner's alone and never written through a symlink, which
+    /// another user could have planted to make us overwrite a file of their choice.
     pub fn create(dir: &Path) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        fs::write(
-            dir.join("preferences"),
-            "esp.enable_encryption_decode: TRUE\nesp.enable_authentication_check: TRUE\n",
-        )?;
-        let open = |name: &str, header: &str| -> io::Result<File> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let open = |name: &str| -> io::Result<File> {
             let path: PathBuf = dir.join(name);
-            let mut f = OpenOptions::new()
+            OpenOptions::new()
                 .create(true)
                 .write(true)
                 .truncate(true)
-                .open(path)?;
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        };
+        open("preferences")?.write_all(
+            b"esp.enable_encryption_decode: TRUE\nesp.enable_authentication_check: TRUE\n",
+        )?;
+        let table = |name: &str, header: &str| -> io::Result<File> {
+            let mut f = open(name)?;
             writeln!(f, "# {header}, written by esptun --keylog")?;
             Ok(f)
         };
         Ok(Self {
-            ike: open(
+            ike: table(
                 "ikev2_decryption_table",
                 "Wireshark UAT: IKEv2 decryption table",
             )?,
-            esp: open("esp_sa", "Wireshark UAT: ESP SAs")?,
+            esp: table("esp_sa", "Wireshark UAT: ESP SAs")?,
         })
     }
 
@@ -233,5 +244,31 @@ impl KeyLog {
             )?;
         }
         self.esp.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn keylog_files_are_the_owners_and_never_written_through_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("esptun-keylog-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        KeyLog::create(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for name in ["preferences", "ikev2_decryption_table", "esp_sa"] {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+        let victim = dir.join("victim");
+        fs::write(&victim, "untouched").unwrap();
+        fs::remove_file(dir.join("esp_sa")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("esp_sa")).unwrap();
+        let refused = KeyLog::create(&dir).err().expect("a planted symlink is refused");
+        assert!(refused.to_string().contains("esp_sa"), "{refused}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
