@@ -16,6 +16,7 @@
 //! - [`esp`]: sealing and opening ESP packets, the replay window.
 //! - [`dataplane`]: the ESP workers, the TUN device, the ESP sockets (I/O).
 //! - [`inspect`]: reading pcap captures and printing the IKE exchanges in them.
+//! - [`privilege`]: the capabilities the threads keep once everything is open.
 
 #![warn(missing_docs)]
 
@@ -28,5 +29,6 @@ pub mod esp;
 pub mod ike;
 pub mod inspect;
 pub mod netio;
+pub mod privilege;
 pub mod pki;
 pub mod wire;

@@ -261,6 +261,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         }
     }
     daemon.dataplane.drop_stale_routes();
+    crate::privilege::restrict(&crate::privilege::CONTROL)?;
     daemon.endpoint.start(now());
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;

@@ -373,6 +373,8 @@ impl Dataplane {
                 .name(format!("esp-worker-{index}"))
                 .spawn(move || {
                     supervised(index, &supervisor, move || {
+                        // Workers parse whatever the network sends: they need nothing.
+                        crate::privilege::restrict(&[])?;
                         let channels = worker::Channels {
                             commands: rx,
                             wake: w_wake,

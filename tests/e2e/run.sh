@@ -14,6 +14,7 @@
 # trapped child is negotiated by its first packet, which arrives (and a second daemon
 # for the same TUN is refused). A gateway whose TUN is deleted exits saying why, and
 # one that is gone (deleted TUN, SIGKILL) leaves its prefixes blackholed, not open.
+# Once up, the control thread keeps only its network capabilities, the workers none.
 # Root only; traffic stays in the namespaces.
 #
 # usage: tests/e2e/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
@@ -479,6 +480,36 @@ routes_untouched() {
     fi
 }
 want routes-untouched && routes_untouched
+
+# --- privileges: once up, the control thread keeps NET_ADMIN, NET_BIND_SERVICE and
+# NET_RAW (0x3400) in every set, bounding included, and the ESP workers keep nothing;
+# the tunnel still works and a clean stop still removes the rules and routes.
+privileges() {
+    CASE=$RUN/privileges; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE=""
+    log "case privileges: capabilities after start-up"
+    if ! sites_start "$ESPTUN" "$CASE" alice; then fail privileges "no Child SA"; sites_stop; return; fi
+    local why="" pid task name want set got
+    for pid in "$ALICE_PID" "$BOB_PID"; do
+        for task in /proc/"$pid"/task/*; do
+            name=$(cat "$task/comm")
+            want=0000000000003400; [[ $name == esp-worker-* ]] && want=0000000000000000
+            for set in CapEff CapPrm CapBnd; do
+                got=$(awk -v s="$set:" '$1 == s { print $2 }' "$task/status")
+                [[ $got == "$want" ]] || why+="${why:+; }$pid/$name $set $got, not $want"
+            done
+            got=$(awk '$1 == "CapInh:" { print $2 }' "$task/status")
+            [[ $got == 0000000000000000 ]] || why+="${why:+; }$pid/$name CapInh $got"
+        done
+    done
+    log "  alice's threads: $(for t in /proc/"$ALICE_PID"/task/*; do printf '%s=%s ' "$(cat "$t/comm")" "$(awk '$1 == "CapEff:" { print $2 }' "$t/status")"; done)"
+    ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }no ping"
+    sites_stop
+    [[ -z $(ip -n "$NS_AG" route show table 4500; ip -n "$NS_BG" route show table 4500) ]] ||
+        why+="${why:+; }table 4500 left behind by a clean stop"
+    if [[ -z $why ]]; then pass privileges; else fail privileges "$why"; fi
+}
+want privileges && privileges
 
 # --- on demand: start_action = "trap" negotiates on the first packet, which is held --
 trap_case() {
