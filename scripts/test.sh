@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, property, golden, in-memory IKE and
-# command-line tests, a build of the benchmarks, then in network namespaces (root)
+# command-line tests, a build of the benchmarks, cargo deny against deny.toml, then in
+# network namespaces (root)
 # the esptun<->esptun tunnel tests, the strongSwan interop tests and a 40-second rekey
 # soak with the fault cases, against esptun and strongSwan (ESPTUN_SKIP_NETNS=1 leaves
 # those three out, and says so). Root, but for
@@ -26,6 +27,8 @@ step "cargo test"
 cargo test --locked
 step "cargo bench --no-run"
 cargo bench --locked --no-run
+step "cargo deny: advisories, licences, duplicate versions, sources (scripts/deny.sh)"
+scripts/deny.sh
 if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
     step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop and lifecycle tests did not run"
 else
