@@ -29,6 +29,6 @@ pub mod esp;
 pub mod ike;
 pub mod inspect;
 pub mod netio;
-pub mod privilege;
 pub mod pki;
+pub mod privilege;
 pub mod wire;

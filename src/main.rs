@@ -33,6 +33,22 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show the running daemon's IKE SAs and Child SAs, as `swanctl --list-sas` does.
+    Status {
+        #[command(flatten)]
+        daemon: Daemon,
+        /// Print the daemon's JSON answer (its field names are stable, see README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the running daemon's drop counters, by reason.
+    Counters {
+        #[command(flatten)]
+        daemon: Daemon,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a CA or a host certificate for the tunnel's gateways.
     Pki {
         #[command(subcommand)]
@@ -49,6 +65,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which daemon a command asks.
+#[derive(clap::Args)]
+struct Daemon {
+    /// The daemon's TUN device (each daemon in a network namespace has its own).
+    #[arg(long, default_value = "esptun0")]
+    tun: String,
+    /// The control socket, instead of the one for --tun in this network namespace.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// Sends `command` to the daemon and prints its answer, as JSON or as `text` makes it.
+    fn ask(
+        &self,
+        command: &str,
+        json: bool,
+        text: fn(&serde_json::Value) -> String,
+    ) -> Result<(), String> {
+        use esptun::control::api;
+        let path = self
+            .socket
+            .clone()
+            .unwrap_or_else(|| api::instance_path(&self.tun, "sock"));
+        let answer = api::call(&path, command)?;
+        if json {
+            println!("{answer:#}");
+        } else {
+            print!("{}", text(&answer));
+        }
+        Ok(())
+    }
+}
+
+/// `esptun counters` as text.
+fn counters_text(answer: &serde_json::Value) -> String {
+    let drops = answer["drops"].as_object().map_or_else(String::new, |d| {
+        d.iter().map(|(why, n)| format!(" {why}={n}")).collect()
+    });
+    format!(
+        "drops:{drops}\nmalformed IKE: {}\n",
+        answer["ike_malformed"]
+    )
 }
 
 #[derive(Subcommand)]
@@ -143,6 +204,10 @@ fn main() -> ExitCode {
             keylog,
         }),
         Command::Check { config } => run_check(&config),
+        Command::Status { daemon, json } => {
+            daemon.ask("status", json, esptun::control::status::text)
+        }
+        Command::Counters { daemon, json } => daemon.ask("counters", json, counters_text),
         Command::Pki { what } => run_pki(what),
         Command::Inspect {
             capture,

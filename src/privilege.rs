@@ -19,9 +19,14 @@ pub const CONTROL: [Capability; 3] = [
 /// Threads it starts later inherit the reduced sets; threads started before keep
 /// theirs and must call it themselves.
 pub fn restrict(keep: &[Capability]) -> Result<(), String> {
-    let failed = |what: &str, e: caps::errors::CapsError| format!("dropping capabilities ({what}): {e}");
+    let failed =
+        |what: &str, e: caps::errors::CapsError| format!("dropping capabilities ({what}): {e}");
     let permitted = caps::read(None, CapSet::Permitted).map_err(|e| failed("read", e))?;
-    let keep: CapsHashSet = keep.iter().copied().filter(|c| permitted.contains(c)).collect();
+    let keep: CapsHashSet = keep
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
     // Without CAP_SETPCAP (started unprivileged with file capabilities) the bounding
     // set cannot shrink, and holds nothing we could use anyway.
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {

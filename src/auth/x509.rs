@@ -126,13 +126,14 @@ pub fn validate_chain(
         )
         .map_err(|e| AuthError::UntrustedChain(format!("{subject}: {}", describe(&e))))?;
     // webpki leaves the leaf's key usage alone; AUTH is a signature, so it must allow one.
-    if let Ok(Some(usage)) = cert.key_usage() {
-        if !usage.value.digital_signature() && !usage.value.non_repudiation() {
-            return Err(AuthError::UntrustedChain(format!(
-                "{subject}: key usage {} does not allow signatures",
-                usage.value
-            )));
-        }
+    if let Ok(Some(usage)) = cert.key_usage()
+        && !usage.value.digital_signature()
+        && !usage.value.non_repudiation()
+    {
+        return Err(AuthError::UntrustedChain(format!(
+            "{subject}: key usage {} does not allow signatures",
+            usage.value
+        )));
     }
     PublicKey::from_spki(cert.public_key())
 }

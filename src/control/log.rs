@@ -266,7 +266,9 @@ mod tests {
         fs::write(&victim, "untouched").unwrap();
         fs::remove_file(dir.join("esp_sa")).unwrap();
         std::os::unix::fs::symlink(&victim, dir.join("esp_sa")).unwrap();
-        let refused = KeyLog::create(&dir).err().expect("a planted symlink is refused");
+        let refused = KeyLog::create(&dir)
+            .err()
+            .expect("a planted symlink is refused");
         assert!(refused.to_string().contains("esp_sa"), "{refused}");
         assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
         fs::remove_dir_all(&dir).unwrap();

@@ -1,9 +1,12 @@
 //! The control thread: binds the IKE sockets, drives the sans-IO engine with the
 //! real clock and the OS random generator, initiates the connections marked to
-//! start, logs every event, and on SIGINT/SIGTERM deletes its IKE SAs before leaving.
+//! start, logs every event, answers `esptun status` on its control socket, and on
+//! SIGINT/SIGTERM deletes its IKE SAs before leaving.
 
+pub mod api;
 mod log;
 mod socket;
+pub mod status;
 
 use crate::config::Config;
 use crate::crypto::Random;
@@ -17,7 +20,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{SignalKind, signal};
@@ -62,17 +65,13 @@ pub fn run(options: Options) -> Result<(), String> {
     runtime.block_on(serve(config, options))
 }
 
-/// Where each daemon records itself, one file per network namespace and TUN device.
-const RUN_DIR: &str = "/run/esptun";
-
 /// Makes this the only esptun for its TUN in this network namespace: a second one would
 /// share the ports and the device and, leaving, remove the first one's routes. The lock
 /// is held (and the file names our PID) until the daemon exits.
 fn claim_instance(tun: &str) -> Result<Flock<File>, String> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
-    std::fs::create_dir_all(RUN_DIR).map_err(|e| format!("{RUN_DIR}: {e}"))?;
-    let path = Path::new(RUN_DIR).join(format!("{netns}-{tun}.pid"));
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(api::RUN_DIR).map_err(|e| format!("{}: {e}", api::RUN_DIR))?;
+    let path = api::instance_path(tun, "pid");
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -144,6 +143,10 @@ struct Daemon {
     natt_port: u16,
     /// IKE SAs whose own address is translated: (our address, the peer's).
     keepalives: HashMap<IkeSpi, (SocketAddr, SocketAddr)>,
+    /// The SAs that are up, for `esptun status`.
+    registry: status::Registry,
+    /// The daemon's monotonic clock: `start.elapsed()` is the engine's now.
+    start: std::time::Instant,
 }
 
 async fn serve(config: Config, options: Options) -> Result<(), String> {
@@ -212,6 +215,8 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         dataplane,
         natt_port: listen.natt_port,
         keepalives: HashMap::new(),
+        registry: status::Registry::default(),
+        start,
     };
     for (index, c) in config.connections.iter().enumerate() {
         // Where the peer is, for initiating (at start, on demand, again later).
@@ -261,6 +266,8 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         }
     }
     daemon.dataplane.drop_stale_routes();
+    let control = api::Server::bind(&api::instance_path(&config.dataplane.tun, "sock"))?;
+    let (requests, mut request_rx) = mpsc::channel::<api::Request>(16);
     crate::privilege::restrict(&crate::privilege::CONTROL)?;
     daemon.endpoint.start(now());
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -316,6 +323,10 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                 }
             },
             _ = report.recv() => println!("{}", daemon.dataplane.report()),
+            () = control.serve_next(&requests) => {}
+            Some((command, reply)) = request_rx.recv() => {
+                let _ = reply.send(daemon.answer(&command));
+            }
             _ = interrupt.recv(), if stopping.is_none() => {
                 println!("interrupted: deleting IKE SAs");
                 daemon.endpoint.delete_all(now());
@@ -353,6 +364,22 @@ impl Daemon {
         self.endpoint.handle(now, r.local, r.remote, ike);
     }
 
+    /// The answer to a control socket command (one of [`api::COMMANDS`]).
+    fn answer(&self, command: &str) -> serde_json::Value {
+        match command {
+            "status" => self.registry.status(self.start.elapsed(), &self.dataplane),
+            _ => {
+                let drops: serde_json::Map<String, serde_json::Value> = self
+                    .dataplane
+                    .drops()
+                    .into_iter()
+                    .map(|(why, n)| (why.to_string(), n.into()))
+                    .collect();
+                serde_json::json!({ "drops": drops, "ike_malformed": self.endpoint.malformed() })
+            }
+        }
+    }
+
     /// The socket to send from `local` to `remote`: bound to `local`, else the wildcard.
     fn socket(&self, local: SocketAddr, remote: SocketAddr) -> Option<&IkeSocket> {
         let candidates = || {
@@ -369,10 +396,10 @@ impl Daemon {
     /// RFC 3948 §2.3: one 0xff byte keeps our NAT's mapping for the peer open.
     fn send_keepalives(&self) {
         for &(local, remote) in self.keepalives.values() {
-            if let Some(socket) = self.socket(local, remote) {
-                if let Err(e) = socket.send(&[0xff], local.ip(), remote) {
-                    eprintln!("keepalive {local} -> {remote}: {e}");
-                }
+            if let Some(socket) = self.socket(local, remote)
+                && let Err(e) = socket.send(&[0xff], local.ip(), remote)
+            {
+                eprintln!("keepalive {local} -> {remote}: {e}");
             }
         }
     }
@@ -382,6 +409,7 @@ impl Daemon {
     fn flush(&mut self) {
         while let Some(event) = self.endpoint.poll_event() {
             println!("{}", log::line(&event));
+            self.registry.on_event(&event, self.start.elapsed());
             match &event {
                 Event::Message(m) if self.options.verbose => println!("{}", log::json(m)),
                 Event::IkeSaUp(up) | Event::IkeSaRekeyed { up, .. } => {
@@ -391,20 +419,20 @@ impl Daemon {
                     if up.behind_nat {
                         self.keepalives.insert(up.spi_i, (up.local, up.remote));
                     }
-                    if let Some(k) = self.keylog.as_mut() {
-                        if let Err(e) = k.ike(up) {
-                            eprintln!("key log: {e}");
-                        }
+                    if let Some(k) = self.keylog.as_mut()
+                        && let Err(e) = k.ike(up)
+                    {
+                        eprintln!("key log: {e}");
                     }
                 }
                 Event::ChildSaUp(c) => {
                     if let Err(e) = self.dataplane.install(c) {
                         eprintln!("CHILD_SA {} not installed: {e}", c.child);
                     }
-                    if let Some(k) = self.keylog.as_mut() {
-                        if let Err(e) = k.esp(c) {
-                            eprintln!("key log: {e}");
-                        }
+                    if let Some(k) = self.keylog.as_mut()
+                        && let Err(e) = k.esp(c)
+                    {
+                        eprintln!("key log: {e}");
                     }
                 }
                 Event::ChildSaOutbound { spi_in, .. } => self.dataplane.activate(*spi_in),

@@ -339,10 +339,11 @@ impl Dataplane {
         // = 1` does the same; otherwise the solicitations are only dropped, so warn.
         let gen_mode = format!("/proc/sys/net/ipv6/conf/{}/addr_gen_mode", settings.tun);
         let current = std::fs::read_to_string(&gen_mode).unwrap_or_default();
-        if !current.is_empty() && current.trim() != "1" {
-            if let Err(e) = std::fs::write(&gen_mode, "1") {
-                eprintln!("{gen_mode}: {e}; the TUN gets a link-local address");
-            }
+        if !current.is_empty()
+            && current.trim() != "1"
+            && let Err(e) = std::fs::write(&gen_mode, "1")
+        {
+            eprintln!("{gen_mode}: {e}; the TUN gets a link-local address");
         }
         first.enabled(true)?;
         let tun_index = first.if_index()?;
@@ -675,21 +676,40 @@ impl Dataplane {
                     .reached(limits)
                     .or_else(|| sa.outbound.traffic.reached(limits))
             };
-            if !sa.reported.1 {
-                if let Some(cause) = reached(&sa.lifetime.hard) {
-                    sa.reported = (true, true);
-                    out.push((spi, true, cause));
-                    continue;
-                }
+            if !sa.reported.1
+                && let Some(cause) = reached(&sa.lifetime.hard)
+            {
+                sa.reported = (true, true);
+                out.push((spi, true, cause));
+                continue;
             }
-            if !sa.reported.0 {
-                if let Some(cause) = reached(&sa.lifetime.soft) {
-                    sa.reported.0 = true;
-                    out.push((spi, false, cause));
-                }
+            if !sa.reported.0
+                && let Some(cause) = reached(&sa.lifetime.soft)
+            {
+                sa.reported.0 = true;
+                out.push((spi, false, cause));
             }
         }
         out
+    }
+
+    /// The Child SA's traffic so far: (packets, bytes) in, then out.
+    pub fn traffic(&self, spi_in: u32) -> Option<((u64, u64), (u64, u64))> {
+        let sa = self.installed.get(&spi_in)?;
+        Some((sa.inbound.get(), sa.outbound.traffic.get()))
+    }
+
+    /// Packets dropped so far, by reason, summed over the workers.
+    pub fn drops(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|&why| {
+                (
+                    why.name(),
+                    self.workers.iter().map(|w| w.drops.get(why)).sum(),
+                )
+            })
+            .collect()
     }
 
     /// Per-SA traffic and the drop counters, one line each.
@@ -701,9 +721,8 @@ impl Dataplane {
             let _ = writeln!(out, "{}", describe(*spi, sa));
         }
         let _ = write!(out, "drops:");
-        for why in DropReason::ALL {
-            let total: u64 = self.workers.iter().map(|w| w.drops.get(why)).sum();
-            let _ = write!(out, " {}={total}", why.name());
+        for (why, total) in self.drops() {
+            let _ = write!(out, " {why}={total}");
         }
         out
     }

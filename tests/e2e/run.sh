@@ -14,7 +14,8 @@
 # trapped child is negotiated by its first packet, which arrives (and a second daemon
 # for the same TUN is refused). A gateway whose TUN is deleted exits saying why, and
 # one that is gone (deleted TUN, SIGKILL) leaves its prefixes blackholed, not open.
-# Once up, the control thread keeps only its network capabilities, the workers none.
+# Once up, the control thread keeps only its network capabilities, the workers none;
+# `esptun status` shows on each side the SAs the logs name.
 # Root only; traffic stays in the namespaces.
 #
 # usage: tests/e2e/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
@@ -32,7 +33,7 @@ while [[ $# -gt 0 ]]; do case $1 in
 esac; done
 [[ $(id -u) == 0 ]] || { echo "e2e: needs root (namespaces, TUN)" >&2; exit 1; }
 [[ -x $ESPTUN ]] || { echo "e2e: no esptun binary at $ESPTUN (cargo build --release)" >&2; exit 1; }
-for tool in nc tcpdump nft ss sha256sum timeout; do
+for tool in nc tcpdump nft ss sha256sum timeout jq; do
     command -v $tool >/dev/null || { echo "e2e: $tool missing (scripts/deps.sh test installs it)" >&2; exit 1; }
 done
 
@@ -510,6 +511,42 @@ privileges() {
     if [[ -z $why ]]; then pass privileges; else fail privileges "$why"; fi
 }
 want privileges && privileges
+
+# --- esptun status: each gateway lists the SA pair the logs name, with the other
+# side's SPIs swapped, the pings' packets counted, and as text too; counters shows
+# the drops; with no daemon the command says so.
+status_case() {
+    CASE=$RUN/status; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE=""
+    log "case status: esptun status and counters against both gateways"
+    if ! sites_start "$ESPTUN" "$CASE" alice; then fail status "no Child SA"; sites_stop; return; fi
+    local why="" a b spi_in spi_out
+    ip netns exec "$NS_AH" ping -c 5 -i 0.1 -W 2 -q "$HOST_B" >/dev/null || why="no ping"
+    a=$(ip netns exec "$NS_AG" "$ESPTUN" status --json) || why+="${why:+; }alice's status failed"
+    b=$(ip netns exec "$NS_BG" "$ESPTUN" status --json) || why+="${why:+; }bob's status failed"
+    read -r spi_in spi_out < <(grep -o 'CHILD_SA site/lan UP spi_in [0-9a-f]* spi_out [0-9a-f]*' "$CASE/alice.log" | tail -1 | awk '{print $5, $7}')
+    jq -e --arg i "$spi_in" --arg o "$spi_out" '.ike_sas | length == 1 and .[0].connection == "site"
+        and .[0].state == "ESTABLISHED" and .[0].local_id == "alice.example" and .[0].remote_id == "bob.example"
+        and (.[0].child_sas | length == 1) and .[0].child_sas[0].name == "lan"
+        and .[0].child_sas[0].spi_in == $i and .[0].child_sas[0].spi_out == $o
+        and .[0].child_sas[0].packets_out >= 5 and .[0].child_sas[0].packets_in >= 5
+        and .[0].child_sas[0].remote_ts == ["10.2.0.0/24", "fd00:2::/64"]' <<<"$a" >/dev/null ||
+        why+="${why:+; }alice's status is not the SA she logged: $a"
+    jq -e --arg i "$spi_in" --arg o "$spi_out" '.ike_sas[0].child_sas[0].spi_in == $o
+        and .ike_sas[0].child_sas[0].spi_out == $i and .ike_sas[0].spi_i == '"$(jq '.ike_sas[0].spi_i' <<<"$a")" <<<"$b" >/dev/null ||
+        why+="${why:+; }bob's status does not mirror alice's: $b"
+    local text; text=$(ip netns exec "$NS_AG" "$ESPTUN" status)
+    grep -q "^site: ESTABLISHED, IKEv2, " <<<"$text" && grep -q -E "^  lan: INSTALLED, TUNNEL, ESP( in UDP)? SPIs: ${spi_in}_i ${spi_out}_o" <<<"$text" ||
+        why+="${why:+; }status text: $text"
+    log "  alice: $(grep -E '^ +(lan|in |out )' <<<"$text" | tr -s ' ' | paste -sd';')"
+    ip netns exec "$NS_AG" "$ESPTUN" counters | grep -q '^drops: no_sa=' || why+="${why:+; }no counters"
+    local none
+    none=$(ip netns exec "$NS_AH" "$ESPTUN" status 2>&1) && why+="${why:+; }status without a daemon succeeded"
+    grep -q "no esptun daemon is running" <<<"$none" || why+="${why:+; }without a daemon: $none"
+    sites_stop
+    if [[ -z $why ]]; then pass status; else fail status "$why"; fi
+}
+want status && status_case
 
 # --- on demand: start_action = "trap" negotiates on the first packet, which is held --
 trap_case() {

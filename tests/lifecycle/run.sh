@@ -153,24 +153,14 @@ start_bob() {
 # bob_log: the file bob's gateway logs to now.
 bob_log() { if [[ $BOB_KIND == esptun ]]; then echo "${BOB_LOG:-$CASE/bob.log}"; else echo "$CASE/charon/charon.log"; fi; }
 
-# esptun_state log: "IKE_SAs CHILD_SAs ike=SPI,... child=IN:OUT,..." of what the log shows
-# up: ESTABLISHED and REKEYED IKE SAs not yet DOWN, Child SAs UP and not yet DELETED.
+# esptun_state ns: "IKE_SAs CHILD_SAs ike=SPI,... child=IN:OUT,..." of what the gateway in
+# namespace ns lists with `esptun status` (none while it does not answer).
 esptun_state() {
-    # A gateway just started may not have opened its log yet.
-    [[ -f $1 ]] || { echo "0 0 ike= child="; return; }
-    awk '$1 == "IKE_SA" {
-        spi = $2; sub(":", "", spi)
-        if ($3 == "ESTABLISHED" || $3 == "REKEYED") ike[spi] = 1
-        else if ($3 == "DOWN") delete ike[spi]
-        else if ($3 == "CHILD_SA" && $5 == "UP" && $6 == "spi_in") child[$7] = $9
-        else if ($3 == "CHILD_SA" && $4 == "DELETED" && $5 == "spi_in") delete child[$6]
-    }
-    END {
-        ni = 0; nc = 0; il = ""; cl = ""
-        for (s in ike) { ni++; il = il (il == "" ? "" : ",") s }
-        for (s in child) { nc++; cl = cl (cl == "" ? "" : ",") s ":" child[s] }
-        print ni, nc, "ike=" il, "child=" cl
-    }' "$1"
+    local json
+    json=$(ip netns exec "$1" "$ESPTUN" status --json 2>/dev/null) || { echo "0 0 ike= child="; return; }
+    jq -r '[(.ike_sas | length), ([.ike_sas[].child_sas[]] | length),
+        "ike=" + ([.ike_sas[].spi_i] | join(",")),
+        "child=" + ([.ike_sas[].child_sas[] | .spi_in + ":" + .spi_out] | join(","))] | map(tostring) | join(" ")' <<<"$json"
 }
 
 # charon_state: the same for charon, from swanctl --list-sas (child as our IN:OUT, i.e.
@@ -201,8 +191,8 @@ sorted_view() { # "N M ike=.. child=.." -> "ike=sorted child=sorted"
 # one_each: both sides hold exactly one IKE SA and one Child SA, and the same ones.
 # Sets STATE_A and STATE_B.
 one_each() {
-    STATE_A=$(esptun_state "$CASE/alice.log")
-    if [[ $BOB_KIND == esptun ]]; then STATE_B=$(esptun_state "$(bob_log)"); else STATE_B=$(charon_state) || return 1; fi
+    STATE_A=$(esptun_state "$NS_AG")
+    if [[ $BOB_KIND == esptun ]]; then STATE_B=$(esptun_state "$NS_BG"); else STATE_B=$(charon_state) || return 1; fi
     [[ $STATE_A == "1 1 "* && $STATE_B == "1 1 "* ]] || return 1
     [[ $(sorted_view "$STATE_A") == "$(mirror "$(sorted_view "$STATE_B")")" ]]
 }
@@ -606,7 +596,7 @@ fault_killed() {
     notes+="; $(grep -c 'sent INFORMATIONAL request' "$CASE/alice.log") liveness checks sent"
     # Its SAs are gone, data plane included; pings go nowhere (and not in clear).
     sleep 3
-    local state; state=$(esptun_state "$CASE/alice.log")
+    local state; state=$(esptun_state "$NS_AG")
     [[ $state == "0 0 "* ]] || why+="${why:+; }alice still holds SAs: $state"
     local sas; sas=$(dataplane_sas "$CASE/alice.log" "$ALICE_PID")
     (( sas == 0 )) || why+="${why:+; }alice's data plane still holds $sas Child SAs"

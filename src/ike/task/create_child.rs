@@ -80,34 +80,34 @@ pub(super) fn response(
     req: ChildRequest,
     payloads: Vec<Payload>,
 ) {
-    if let Some(group) = child::wanted_group(&payloads) {
-        if req.restarts < MAX_RESTARTS {
-            let index = req.index;
-            ctx.child_spis.remove(&req.spi_in);
-            sa.log(ctx, format!("peer wants {group} for PFS, retrying"));
-            let spi_in = ctx.alloc_child_spi();
-            let req = ChildRequest {
-                spi_in,
-                proposals: req
-                    .proposals
-                    .iter()
-                    .map(|p| crate::wire::payload::Proposal {
-                        spi: spi_in.to_be_bytes().to_vec(),
-                        ..p.clone()
-                    })
-                    .collect(),
-                ..req
-            };
-            let retried = child::restart_with(ctx, req, group).and_then(|req| {
-                let payloads = child::payloads(&req);
-                send(sa, ctx, req, payloads)
-            });
-            if let Err(e) = retried {
-                ctx.child_spis.remove(&spi_in);
-                failed(sa, ctx, index, None, e);
-            }
-            return;
+    if let Some(group) = child::wanted_group(&payloads)
+        && req.restarts < MAX_RESTARTS
+    {
+        let index = req.index;
+        ctx.child_spis.remove(&req.spi_in);
+        sa.log(ctx, format!("peer wants {group} for PFS, retrying"));
+        let spi_in = ctx.alloc_child_spi();
+        let req = ChildRequest {
+            spi_in,
+            proposals: req
+                .proposals
+                .iter()
+                .map(|p| crate::wire::payload::Proposal {
+                    spi: spi_in.to_be_bytes().to_vec(),
+                    ..p.clone()
+                })
+                .collect(),
+            ..req
+        };
+        let retried = child::restart_with(ctx, req, group).and_then(|req| {
+            let payloads = child::payloads(&req);
+            send(sa, ctx, req, payloads)
+        });
+        if let Err(e) = retried {
+            ctx.child_spis.remove(&spi_in);
+            failed(sa, ctx, index, None, e);
         }
+        return;
     }
     let old = req.rekeys;
     // A collision decided before the SA goes in: the loser never sends with its
@@ -142,11 +142,11 @@ pub(super) fn response(
                         c.state = ChildState::Rekeyed;
                     }
                 }
-                if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == old) {
-                    if c.is_active() {
-                        c.state = ChildState::Rekeyed;
-                        sa.queue.push_back(Work::DeleteChildren(vec![old]));
-                    }
+                if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == old)
+                    && c.is_active()
+                {
+                    c.state = ChildState::Rekeyed;
+                    sa.queue.push_back(Work::DeleteChildren(vec![old]));
                 }
             } else {
                 sa.log(
@@ -159,10 +159,10 @@ pub(super) fn response(
                 if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == req.spi_in) {
                     c.state = ChildState::Deleting;
                 }
-                if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == old) {
-                    if c.is_active() {
-                        c.state = ChildState::Rekeyed;
-                    }
+                if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == old)
+                    && c.is_active()
+                {
+                    c.state = ChildState::Rekeyed;
                 }
                 sa.queue.push_back(Work::DeleteChildren(vec![req.spi_in]));
             }

@@ -1,0 +1,225 @@
+//! What `esptun status` shows: the IKE SAs that are up and their Child SAs, kept
+//! from the engine's events, with each Child SA's traffic read from the data plane
+//! when asked. The JSON it answers with is the interface (`esptun status --json`);
+//! the text form is made from it by the client, so the two never disagree.
+
+use crate::dataplane::Dataplane;
+use crate::ike::{ChildSaUp, Event, IkeSaUp};
+use crate::wire::IkeSpi;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// An IKE SA that is up.
+struct IkeEntry {
+    facts: Value,
+    since: Duration,
+}
+
+/// A Child SA that is up.
+struct ChildEntry {
+    spi_i: IkeSpi,
+    facts: Value,
+    since: Duration,
+    /// Its hard time limit, from when it was made.
+    life: Option<Duration>,
+}
+
+/// The SAs that are up, by IKE SA initiator SPI and by Child SA inbound SPI.
+#[derive(Default)]
+pub struct Registry {
+    ike: BTreeMap<u64, IkeEntry>,
+    children: BTreeMap<u32, ChildEntry>,
+}
+
+impl Registry {
+    /// Takes in an engine event at `now` (the daemon's monotonic clock).
+    pub fn on_event(&mut self, event: &Event, now: Duration) {
+        match event {
+            Event::IkeSaUp(up) => self.ike_up(up, now),
+            Event::IkeSaRekeyed { old, up } => {
+                self.ike_up(up, now);
+                for child in self.children.values_mut() {
+                    if child.spi_i == *old {
+                        child.spi_i = up.spi_i;
+                    }
+                }
+            }
+            Event::IkeSaDown { spi_i, .. } => {
+                self.ike.remove(&spi_i.0);
+                self.children.retain(|_, c| c.spi_i != *spi_i);
+            }
+            Event::ChildSaUp(c) => self.child_up(c, now),
+            Event::ChildSaOutbound { spi_in, .. } => {
+                if let Some(c) = self.children.get_mut(spi_in) {
+                    c.facts["outbound"] = json!(true);
+                }
+            }
+            Event::ChildSaDown { spi_in, .. } => {
+                self.children.remove(spi_in);
+            }
+            _ => {}
+        }
+    }
+
+    fn ike_up(&mut self, up: &IkeSaUp, now: Duration) {
+        let facts = json!({
+            "connection": up.connection,
+            "state": "ESTABLISHED",
+            "spi_i": format!("{:016x}", up.spi_i.0),
+            "spi_r": format!("{:016x}", up.spi_r.0),
+            "initiator": up.initiator,
+            "local": up.local.to_string(),
+            "local_id": up.local_id.to_string(),
+            "remote": up.remote.to_string(),
+            "remote_id": up.remote_id.to_string(),
+            "algorithms": up.suite.to_string(),
+            "behind_nat": up.behind_nat,
+        });
+        self.ike.insert(up.spi_i.0, IkeEntry { facts, since: now });
+    }
+
+    fn child_up(&mut self, c: &ChildSaUp, now: Duration) {
+        let integ = c.integ.map(|i| format!("/{i}")).unwrap_or_default();
+        let facts = json!({
+            "name": c.child,
+            "state": "INSTALLED",
+            "spi_in": format!("{:08x}", c.spi_in),
+            "spi_out": format!("{:08x}", c.spi_out),
+            "algorithms": format!("{}{integ}{}", c.encr, if c.esn { "/ESN" } else { "" }),
+            "encap": c.encap,
+            "outbound": c.outbound,
+            "local_ts": c.local_ts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "remote_ts": c.remote_ts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        });
+        let entry = ChildEntry {
+            spi_i: c.spi_i,
+            facts,
+            since: now,
+            life: c.lifetime.hard.time,
+        };
+        self.children.insert(c.spi_in, entry);
+    }
+
+    /// Every IKE SA with its Child SAs, their ages, the time each Child SA has left
+    /// and its traffic.
+    pub fn status(&self, now: Duration, dataplane: &Dataplane) -> Value {
+        let ike_sas: Vec<Value> = self
+            .ike
+            .iter()
+            .map(|(&spi_i, ike)| {
+                let mut facts = ike.facts.clone();
+                facts["established_secs"] = json!(now.saturating_sub(ike.since).as_secs());
+                let children: Vec<Value> = self
+                    .children
+                    .iter()
+                    .filter(|(_, c)| c.spi_i.0 == spi_i)
+                    .map(|(&spi_in, c)| {
+                        let mut facts = c.facts.clone();
+                        let age = now.saturating_sub(c.since);
+                        facts["installed_secs"] = json!(age.as_secs());
+                        facts["expires_secs"] =
+                            json!(c.life.map(|l| l.saturating_sub(age).as_secs()));
+                        let ((packets_in, bytes_in), (packets_out, bytes_out)) =
+                            dataplane.traffic(spi_in).unwrap_or_default();
+                        facts["packets_in"] = json!(packets_in);
+                        facts["bytes_in"] = json!(bytes_in);
+                        facts["packets_out"] = json!(packets_out);
+                        facts["bytes_out"] = json!(bytes_out);
+                        facts
+                    })
+                    .collect();
+                facts["child_sas"] = json!(children);
+                facts
+            })
+            .collect();
+        json!({ "ike_sas": ike_sas })
+    }
+}
+
+/// `esptun status` as text, in the manner of `swanctl --list-sas`.
+pub fn text(status: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let empty = Vec::new();
+    let sas = status["ike_sas"].as_array().unwrap_or(&empty);
+    if sas.is_empty() {
+        out.push_str("no IKE SA is up\n");
+    }
+    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    for ike in sas {
+        let star = |initiator: bool| if initiator { "*" } else { "" };
+        let initiator = ike["initiator"].as_bool().unwrap_or(false);
+        let _ = writeln!(
+            out,
+            "{}: {}, IKEv2, {}_i{} {}_r{}",
+            s(&ike["connection"]),
+            s(&ike["state"]),
+            s(&ike["spi_i"]),
+            star(initiator),
+            s(&ike["spi_r"]),
+            star(!initiator)
+        );
+        let _ = writeln!(
+            out,
+            "  local  '{}' @ {}",
+            s(&ike["local_id"]),
+            s(&ike["local"])
+        );
+        let nat = if ike["behind_nat"].as_bool() == Some(true) {
+            " (we are behind a NAT)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  remote '{}' @ {}{nat}",
+            s(&ike["remote_id"]),
+            s(&ike["remote"])
+        );
+        let _ = writeln!(out, "  {}", s(&ike["algorithms"]));
+        let _ = writeln!(out, "  established {}s ago", ike["established_secs"]);
+        for c in ike["child_sas"].as_array().unwrap_or(&empty) {
+            let encap = if c["encap"].as_bool() == Some(true) {
+                "ESP in UDP"
+            } else {
+                "ESP"
+            };
+            let _ = writeln!(
+                out,
+                "  {}: {}, TUNNEL, {encap} SPIs: {}_i {}_o",
+                s(&c["name"]),
+                s(&c["state"]),
+                s(&c["spi_in"]),
+                s(&c["spi_out"])
+            );
+            let _ = writeln!(out, "    {}", s(&c["algorithms"]));
+            let expires = c["expires_secs"]
+                .as_u64()
+                .map(|e| format!(", expires in {e}s"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "    installed {}s ago{expires}", c["installed_secs"]);
+            let _ = writeln!(
+                out,
+                "    in  {}, {} bytes, {} packets",
+                s(&c["spi_in"]),
+                c["bytes_in"],
+                c["packets_in"]
+            );
+            let _ = writeln!(
+                out,
+                "    out {}, {} bytes, {} packets",
+                s(&c["spi_out"]),
+                c["bytes_out"],
+                c["packets_out"]
+            );
+            let list = |v: &Value| {
+                let items = v.as_array().unwrap_or(&empty).iter().map(s);
+                items.collect::<Vec<_>>().join(" ")
+            };
+            let _ = writeln!(out, "    local  {}", list(&c["local_ts"]));
+            let _ = writeln!(out, "    remote {}", list(&c["remote_ts"]));
+        }
+    }
+    out
+}
