@@ -49,6 +49,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the running daemon's connections and whether each is up.
+    Conns {
+        #[command(flatten)]
+        daemon: Daemon,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Initiate a connection (after `down`, or one that does not start by itself).
+    Up {
+        /// The connection's name.
+        name: String,
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Delete a connection's IKE SAs and keep it down (no restart, no trap) until `up`.
+    Down {
+        /// The connection's name.
+        name: String,
+        #[command(flatten)]
+        daemon: Daemon,
+    },
     /// Make a CA or a host certificate for the tunnel's gateways.
     Pki {
         #[command(subcommand)]
@@ -208,6 +230,19 @@ fn main() -> ExitCode {
             daemon.ask("status", json, esptun::control::status::text)
         }
         Command::Counters { daemon, json } => daemon.ask("counters", json, counters_text),
+        Command::Conns { daemon, json } => {
+            daemon.ask("conns", json, esptun::control::status::conns_text)
+        }
+        Command::Up { name, daemon } => daemon.ask(&format!("up {name}"), false, |a| {
+            format!("{}: initiating\n", a["up"].as_str().unwrap_or("?"))
+        }),
+        Command::Down { name, daemon } => daemon.ask(&format!("down {name}"), false, |a| {
+            format!(
+                "{}: down, {} IKE SA(s) deleted\n",
+                a["down"].as_str().unwrap_or("?"),
+                a["ike_sas_deleted"]
+            )
+        }),
         Command::Pki { what } => run_pki(what),
         Command::Inspect {
             capture,

@@ -2427,3 +2427,44 @@ fn childless_ike_sa_creates_the_children_that_should_be_up_again() {
     pair.run_for(60);
     assert_eq!(pair.assert_converged(), 1, "and B keeps it");
 }
+
+#[test]
+fn a_connection_taken_down_stays_down_until_brought_up() {
+    let a = Spec {
+        start_action: Action::Start,
+        dpd_action: Action::Start,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.start_a();
+    pair.run_until(secs(1));
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(pair.a.down(pair.now, 0), 1);
+    pair.collect();
+    pair.run_for(120);
+    assert_eq!(Pair::downs(&pair.events_a), [DownReason::DeletedLocally]);
+    assert_eq!(Pair::downs(&pair.events_b), [DownReason::DeletedByPeer]);
+    assert!(pair.a.held(0));
+    // Neither start_action = "start" nor a packet for the child brings it back.
+    pair.a.acquire(pair.now, 0, 0);
+    pair.collect();
+    pair.run_for(60);
+    assert_eq!(
+        Pair::sent(&pair.events_a, ExchangeType::IKE_SA_INIT, false),
+        1
+    );
+    assert!(pair.live(Side::A).is_empty());
+    pair.a.up(pair.now, 0).unwrap();
+    pair.collect();
+    pair.run_for(5);
+    assert!(!pair.a.held(0));
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(Pair::ike_up(&pair.events_a), 2);
+    // A responder's connection has no peer to dial.
+    assert!(
+        pair.b
+            .up(pair.now, 0)
+            .unwrap_err()
+            .contains("waits for the peer")
+    );
+}

@@ -1,8 +1,9 @@
 //! The control socket: `esptun status` and `esptun counters` ask the running daemon
 //! over a unix stream socket beside its instance lock (one per network namespace and
 //! TUN device, so `ip netns exec NS esptun status` finds the daemon of that
-//! namespace). A client writes one command word and a newline; the daemon answers
-//! with one JSON document and closes. Only root and the daemon's own user may ask.
+//! namespace). A client writes one command line (a word, for some a connection's
+//! name after it); the daemon answers with one JSON document and closes. Only root
+//! and the daemon's own user may ask.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -15,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 /// Where each daemon records itself, one file per network namespace and TUN device.
 pub const RUN_DIR: &str = "/run/esptun";
 
-/// The commands the daemon answers.
-pub const COMMANDS: [&str; 2] = ["status", "counters"];
+/// The commands the daemon answers; `up` and `down` take a connection's name.
+pub const COMMANDS: [&str; 5] = ["status", "counters", "conns", "up", "down"];
 
 /// The longest command line read; anything longer is refused.
 const MAX_REQUEST: u64 = 64;
@@ -94,7 +95,8 @@ async fn serve(stream: UnixStream, requests: mpsc::Sender<Request>) -> std::io::
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let command = line.trim().to_string();
-    let answer = if COMMANDS.contains(&command.as_str()) {
+    let word = command.split_whitespace().next().unwrap_or_default();
+    let answer = if COMMANDS.contains(&word) {
         let (reply, answer) = oneshot::channel();
         if requests.send((command, reply)).await.is_err() {
             return Ok(());

@@ -364,10 +364,51 @@ impl Daemon {
         self.endpoint.handle(now, r.local, r.remote, ike);
     }
 
-    /// The answer to a control socket command (one of [`api::COMMANDS`]).
-    fn answer(&self, command: &str) -> serde_json::Value {
-        match command {
-            "status" => self.registry.status(self.start.elapsed(), &self.dataplane),
+    /// The answer to a control socket command (one of [`api::COMMANDS`], with its
+    /// argument).
+    fn answer(&mut self, command: &str) -> serde_json::Value {
+        let (word, name) = command.split_once(' ').unwrap_or((command, ""));
+        let policy = self
+            .endpoint
+            .policies()
+            .iter()
+            .position(|p| p.name == name.trim());
+        let now = ike::Instant(self.start.elapsed());
+        match (word, policy) {
+            ("status", _) => self.registry.status(self.start.elapsed(), &self.dataplane),
+            ("conns", _) => {
+                let conns: Vec<serde_json::Value> = self
+                    .endpoint
+                    .policies()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        serde_json::json!({
+                            "name": p.name,
+                            "remote_addrs": p.remote_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                            "children": p.children.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                            "ike_sas": self.registry.ike_sas_of(&p.name),
+                            "held": self.endpoint.held(i),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({ "connections": conns })
+            }
+            ("up" | "down", None) => {
+                serde_json::json!({ "error": format!("no connection named {:?}", name.trim()) })
+            }
+            ("up", Some(policy)) => {
+                println!("{name}: brought up (esptun up)");
+                match self.endpoint.up(now, policy) {
+                    Ok(()) => serde_json::json!({ "up": name }),
+                    Err(e) => serde_json::json!({ "error": e }),
+                }
+            }
+            ("down", Some(policy)) => {
+                println!("{name}: taken down (esptun down)");
+                let deleted = self.endpoint.down(now, policy);
+                serde_json::json!({ "down": name, "ike_sas_deleted": deleted })
+            }
             _ => {
                 let drops: serde_json::Map<String, serde_json::Value> = self
                     .dataplane

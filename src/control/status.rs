@@ -101,6 +101,14 @@ impl Registry {
         self.children.insert(c.spi_in, entry);
     }
 
+    /// How many IKE SAs of connection `name` are up.
+    pub fn ike_sas_of(&self, name: &str) -> usize {
+        self.ike
+            .values()
+            .filter(|e| e.facts["connection"] == name)
+            .count()
+    }
+
     /// Every IKE SA with its Child SAs, their ages, the time each Child SA has left
     /// and its traffic.
     pub fn status(&self, now: Duration, dataplane: &Dataplane) -> Value {
@@ -220,6 +228,35 @@ pub fn text(status: &Value) -> String {
             let _ = writeln!(out, "    local  {}", list(&c["local_ts"]));
             let _ = writeln!(out, "    remote {}", list(&c["remote_ts"]));
         }
+    }
+    out
+}
+
+/// `esptun conns` as text: a line per connection.
+pub fn conns_text(answer: &Value) -> String {
+    let empty = Vec::new();
+    let mut out = String::new();
+    for c in answer["connections"].as_array().unwrap_or(&empty) {
+        let n = c["ike_sas"].as_u64().unwrap_or(0);
+        let state = match (n, c["held"].as_bool() == Some(true)) {
+            (0, true) => "down (esptun down)".to_string(),
+            (0, false) => "down".to_string(),
+            (n, _) => format!("up ({n} IKE SA{})", if n == 1 { "" } else { "s" }),
+        };
+        let list = |v: &Value| {
+            let items = v.as_array().unwrap_or(&empty).iter();
+            items
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let peers = list(&c["remote_addrs"]);
+        out.push_str(&format!(
+            "{}: {state}; peer {}; children {}\n",
+            c["name"].as_str().unwrap_or("?"),
+            if peers.is_empty() { "any" } else { &peers },
+            list(&c["children"])
+        ));
     }
     out
 }

@@ -114,6 +114,9 @@ struct Conn {
     failures: u32,
     /// When to initiate again.
     retry_at: Option<Instant>,
+    /// Taken down by the operator: never initiated (at start, again, on demand)
+    /// until brought up.
+    held: bool,
 }
 
 /// The longest wait between two initiations of one connection.
@@ -294,7 +297,7 @@ impl Endpoint {
         else {
             return;
         };
-        if !self.peers.contains_key(&index) {
+        if !self.peers.contains_key(&index) || self.held(index) {
             return;
         }
         let children = &sa.policy.children;
@@ -441,7 +444,7 @@ impl Endpoint {
         let on_demand = [c.start_action, c.dpd_action, c.close_action]
             .iter()
             .any(|a| *a != Action::None);
-        if !on_demand || self.stopping {
+        if !on_demand || self.stopping || self.held(policy) {
             return;
         }
         let established = self
@@ -510,6 +513,59 @@ impl Endpoint {
                 informational::invalid_spi(sa, ctx, spi);
             });
         }
+    }
+
+    /// Takes the connection at `policy` down for the operator: deletes its IKE SAs
+    /// (Delete to established peers) and initiates it no more, whatever its actions
+    /// say, until [`Endpoint::up`]. Returns how many IKE SAs it deleted.
+    pub fn down(&mut self, now: Instant, policy: usize) -> usize {
+        let Some(p) = self.shared.policies.get(policy).cloned() else {
+            return 0;
+        };
+        let conn = self.conns.entry(policy).or_default();
+        conn.held = true;
+        conn.retry_at = None;
+        let spis: Vec<IkeSpi> = self
+            .sas
+            .iter()
+            .filter(|(_, sa)| Arc::ptr_eq(&sa.policy, &p))
+            .map(|(spi, _)| *spi)
+            .collect();
+        for &spi in &spis {
+            self.with_sa(now, spi, informational::delete);
+        }
+        spis.len()
+    }
+
+    /// Brings the connection at `policy` up for the operator, after
+    /// [`Endpoint::down`] or without one: initiates it unless an IKE SA of it exists.
+    /// Fails if its peer is unknown (it waits for the peer to connect).
+    pub fn up(&mut self, now: Instant, policy: usize) -> Result<(), String> {
+        let name = self
+            .shared
+            .policies
+            .get(policy)
+            .map(|p| p.name.clone())
+            .ok_or_else(|| format!("no connection {policy}"))?;
+        if !self.peers.contains_key(&policy) {
+            return Err(format!(
+                "{name}: its peer is not known: it waits for the peer to connect"
+            ));
+        }
+        let idle = !self.has_sa(policy);
+        let conn = self.conns.entry(policy).or_default();
+        conn.held = false;
+        conn.failures = 0;
+        if idle {
+            conn.retry_at = Some(now);
+            self.handle_timeout(now);
+        }
+        Ok(())
+    }
+
+    /// True if the operator took the connection at `policy` down.
+    pub fn held(&self, policy: usize) -> bool {
+        self.conns.get(&policy).is_some_and(|c| c.held)
     }
 
     /// Deletes every IKE SA: Delete to established peers, silence for the others.

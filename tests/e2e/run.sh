@@ -514,7 +514,8 @@ want privileges && privileges
 
 # --- esptun status: each gateway lists the SA pair the logs name, with the other
 # side's SPIs swapped, the pings' packets counted, and as text too; counters shows
-# the drops; with no daemon the command says so.
+# the drops; esptun down deletes the connection's SAs on both sides and keeps it down,
+# esptun up brings it back; with no daemon the command says so.
 status_case() {
     CASE=$RUN/status; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
     SITES_DATAPLANE=""
@@ -540,6 +541,28 @@ status_case() {
         why+="${why:+; }status text: $text"
     log "  alice: $(grep -E '^ +(lan|in |out )' <<<"$text" | tr -s ' ' | paste -sd';')"
     ip netns exec "$NS_AG" "$ESPTUN" counters | grep -q '^drops: no_sa=' || why+="${why:+; }no counters"
+    # down: the IKE SA goes on both sides and stays gone (alice's start = true would
+    # redial within seconds); up brings it back.
+    local out
+    out=$(ip netns exec "$NS_AG" "$ESPTUN" down site 2>&1) || why+="${why:+; }down failed: $out"
+    sites_wait "$CASE/alice.log" "DOWN site: deleted" 5 || why+="${why:+; }no DOWN after esptun down"
+    sleep 4
+    [[ $(ip netns exec "$NS_AG" "$ESPTUN" status --json | jq '.ike_sas | length') == 0 &&
+        $(ip netns exec "$NS_BG" "$ESPTUN" status --json | jq '.ike_sas | length') == 0 ]] ||
+        why+="${why:+; }SAs 4 s after esptun down: $(ip netns exec "$NS_AG" "$ESPTUN" status)"
+    ip netns exec "$NS_AG" "$ESPTUN" conns | grep -q '^site: down (esptun down); peer 192.0.2.2; children lan' ||
+        why+="${why:+; }conns: $(ip netns exec "$NS_AG" "$ESPTUN" conns)"
+    ip netns exec "$NS_AH" ping -c 2 -i 0.2 -W 1 -q "$HOST_B" >/dev/null 2>&1 && why+="${why:+; }a ping passed while down"
+    out=$(ip netns exec "$NS_AG" "$ESPTUN" down nosuch 2>&1) && why+="${why:+; }down nosuch succeeded"
+    grep -q 'no connection named "nosuch"' <<<"$out" || why+="${why:+; }down nosuch: $out"
+    ip netns exec "$NS_AG" "$ESPTUN" up site >/dev/null || why+="${why:+; }up failed"
+    local i
+    for i in $(seq 50); do
+        ip netns exec "$NS_AG" "$ESPTUN" conns | grep -q '^site: up (1 IKE SA)' && break
+        sleep 0.1
+    done
+    ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }no ping after esptun up"
+    log "  down, then up: $(ip netns exec "$NS_AG" "$ESPTUN" conns) after $((i))00 ms"
     local none
     none=$(ip netns exec "$NS_AH" "$ESPTUN" status 2>&1) && why+="${why:+; }status without a daemon succeeded"
     grep -q "no esptun daemon is running" <<<"$none" || why+="${why:+; }without a daemon: $none"
