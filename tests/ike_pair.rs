@@ -820,6 +820,20 @@ fn no_common_proposal_is_refused() {
         vec![DownReason::Refused(NotifyType::NO_PROPOSAL_CHOSEN)]
     );
     assert_eq!(pair.b.half_open(), 0, "the refusal kept no state");
+    // B says what was offered and what it has, as charon does.
+    let refused: Vec<&str> = logs(&pair.events_b)
+        .into_iter()
+        .filter(|l| l.contains("refused: no acceptable proposal"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{:?}", logs(&pair.events_b));
+    assert!(
+        refused[0].ends_with(
+            "; received AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE25519; \
+             configured site: AES_CBC_256/PRF_HMAC_SHA2_256/HMAC_SHA2_256_128/MODP_2048"
+        ),
+        "{}",
+        refused[0]
+    );
 }
 
 #[test]
@@ -1040,6 +1054,14 @@ fn identity_not_in_the_certificate_fails_authentication() {
     assert_eq!(
         Pair::downs(&pair.events_a),
         vec![DownReason::Refused(NotifyType::AUTHENTICATION_FAILED)]
+    );
+    // A says what it presented, which its operator compares with B's configuration.
+    assert!(
+        logs(&pair.events_a).contains(
+            &"IKE_AUTH refused with AUTHENTICATION_FAILED (we sent the identity someone-else.example and authenticated by pubkey)"
+        ),
+        "{:?}",
+        logs(&pair.events_a)
     );
 }
 

@@ -30,13 +30,15 @@ fn chains_validate_with_and_without_intermediates() {
         assert!(
             validate_chain(&leaf, std::slice::from_ref(&sub.der), &anchors(&root), NOW).is_ok()
         );
-        assert!(
-            matches!(
-                validate_chain(&leaf, &[], &anchors(&root), NOW),
-                Err(AuthError::UntrustedChain(_))
-            ),
-            "the intermediate is needed"
-        );
+        // Without the intermediate, the error names it as the issuer not found.
+        let e = validate_chain(&leaf, &[], &anchors(&root), NOW).unwrap_err();
+        assert!(matches!(e, AuthError::UntrustedChain(_)), "{e}");
+        assert!(e.to_string().contains("the issuer CN=Sub"), "{e}");
+        // With it but a root we do not trust, the root's name is the one missing.
+        let other = Ca::root("Other", Alg::P256);
+        let e = validate_chain(&leaf, std::slice::from_ref(&sub.der), &anchors(&other), NOW)
+            .unwrap_err();
+        assert!(e.to_string().contains("the issuer CN=Root"), "{e}");
     }
 }
 

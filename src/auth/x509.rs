@@ -124,7 +124,17 @@ pub fn validate_chain(
             None,
             None,
         )
-        .map_err(|e| AuthError::UntrustedChain(format!("{subject}: {}", describe(&e))))?;
+        .map_err(|e| {
+            let why = match e {
+                webpki::Error::UnknownIssuer => format!(
+                    "not issued by a trusted CA: none of ours is, nor any certificate it sent, \
+                     the issuer {}",
+                    missing_issuer(&cert, &intermediates)
+                ),
+                e => describe(&e),
+            };
+            AuthError::UntrustedChain(format!("{subject}: {why}"))
+        })?;
     // webpki leaves the leaf's key usage alone; AUTH is a signature, so it must allow one.
     if let Ok(Some(usage)) = cert.key_usage()
         && !usage.value.digital_signature()
@@ -138,9 +148,29 @@ pub fn validate_chain(
     PublicKey::from_spki(cert.public_key())
 }
 
+/// The issuer the chain from `leaf` up through `intermediates` (as sent, in any
+/// order) stops at: the name a trusted CA would need.
+fn missing_issuer(leaf: &X509Certificate<'_>, intermediates: &[CertificateDer<'_>]) -> String {
+    let parsed: Vec<X509Certificate<'_>> = intermediates
+        .iter()
+        .filter_map(|c| X509Certificate::from_der(c).ok().map(|(_, c)| c))
+        .collect();
+    let mut issuer = leaf.issuer();
+    // Each step must reach a new certificate: a loop of intermediates ends it.
+    for _ in 0..parsed.len() {
+        match parsed
+            .iter()
+            .find(|c| c.subject() == issuer && c.issuer() != issuer)
+        {
+            Some(next) => issuer = next.issuer(),
+            None => break,
+        }
+    }
+    issuer.to_string()
+}
+
 fn describe(e: &webpki::Error) -> String {
     match e {
-        webpki::Error::UnknownIssuer => "not issued by a trusted CA".into(),
         webpki::Error::CertExpired { time, not_after } => format!(
             "expired at {} (now {})",
             not_after.as_secs(),

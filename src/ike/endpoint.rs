@@ -706,14 +706,12 @@ impl Endpoint {
         kind: Refusal,
         remote: SocketAddr,
         spi_i: IkeSpi,
-        text: impl FnOnce() -> String,
+        text: impl FnOnce(&Self) -> String,
     ) -> bool {
         let first = self.refusals.note(now, kind, remote);
         if first {
-            self.shared.events.push_back(Event::Log {
-                spi_i,
-                text: text(),
-            });
+            let text = text(self);
+            self.shared.events.push_back(Event::Log { spi_i, text });
         }
         first
     }
@@ -740,7 +738,7 @@ impl Endpoint {
         let load = half_open + self.init_rate.recent(now);
         self.init_rate.record(now);
         if half_open >= limit {
-            self.refuse(now, Refusal::OverLimit, remote, spi_i, || {
+            self.refuse(now, Refusal::OverLimit, remote, spi_i, |_| {
                 format!("dropped IKE_SA_INIT from {remote}: {half_open} half-open SAs")
             });
             return;
@@ -760,7 +758,7 @@ impl Endpoint {
                     && self.cookies.verify(&n.data, nonce, remote, spi_i));
             if !echoed {
                 let cookie = self.cookies.make(nonce, remote, spi_i);
-                let record = self.refuse(now, Refusal::Cookie, remote, spi_i, || {
+                let record = self.refuse(now, Refusal::Cookie, remote, spi_i, |_| {
                     format!("IKE_SA_INIT from {remote}: COOKIE demanded (load {load})")
                 });
                 let notify = NotifyPayload::new(NotifyType::COOKIE, cookie);
@@ -771,7 +769,7 @@ impl Endpoint {
             let from = source_of(remote.ip());
             let held = self.half_open.from(from);
             if held >= per_source {
-                self.refuse(now, Refusal::OverSourceLimit, remote, spi_i, || {
+                self.refuse(now, Refusal::OverSourceLimit, remote, spi_i, |_| {
                     format!("dropped IKE_SA_INIT from {remote}: it holds {held} half-open SAs")
                 });
                 return;
@@ -817,13 +815,51 @@ impl Endpoint {
                     }
                     _ => (Refusal::Refused, Vec::new()),
                 };
-                let record = self.refuse(now, kind, remote, spi_i, || {
-                    format!("IKE_SA_INIT from {remote} refused: {e}")
+                // Only the first of a flood is told, so only its detail is worked out.
+                let record = self.refuse(now, kind, remote, spi_i, |me| {
+                    let detail = match e {
+                        Error::NoProposalChosen => me.proposals_seen(local, remote, message),
+                        _ => String::new(),
+                    };
+                    format!("IKE_SA_INIT from {remote} refused: {e}{detail}")
                 });
                 let notify = NotifyPayload::new(e.notify(), data);
                 self.stateless_reply(local, remote, spi_i, notify, record);
             }
         }
+    }
+
+    /// What a peer offered in its IKE_SA_INIT and what the connections for its
+    /// addresses have, as charon logs a NO_PROPOSAL_CHOSEN.
+    fn proposals_seen(&self, local: SocketAddr, remote: SocketAddr, message: &Message) -> String {
+        use super::proposal::Notation;
+        let list = |proposals: &[crate::wire::payload::Proposal]| {
+            let items: Vec<String> = proposals.iter().map(|p| Notation(p).to_string()).collect();
+            items.join(", ")
+        };
+        let offered = message.payloads.iter().find_map(|p| match p {
+            Payload::Sa(sa) => Some(list(&sa.proposals)),
+            _ => None,
+        });
+        let configured: Vec<String> = self
+            .shared
+            .policies
+            .iter()
+            .filter(|p| {
+                (p.local_addrs.is_empty() || p.local_addrs.contains(&local.ip()))
+                    && (p.remote_addrs.is_empty() || p.remote_addrs.contains(&remote.ip()))
+            })
+            .map(|p| format!("{}: {}", p.name, list(&p.proposals)))
+            .collect();
+        format!(
+            "; received {}; configured {}",
+            offered.unwrap_or_else(|| "no SA payload".into()),
+            if configured.is_empty() {
+                format!("no connection for {local} <-> {remote}")
+            } else {
+                configured.join("; ")
+            }
+        )
     }
 
     /// Acts on the clock for every SA whose deadline has come.

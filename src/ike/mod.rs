@@ -158,6 +158,14 @@ impl LocalAuth {
             Self::Pubkey { id, .. } | Self::Psk { id, .. } => id,
         }
     }
+
+    /// How we authenticate, in words (`pubkey` as swanctl names it, or `psk`).
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::Pubkey { .. } => "pubkey",
+            Self::Psk { .. } => "psk",
+        }
+    }
 }
 
 impl RemoteAuth {

@@ -180,7 +180,16 @@ pub(super) fn response(
         let notify = notifies(&payloads)
             .find(|n| n.notify_type.is_error())
             .map_or(NotifyType::INVALID_SYNTAX, |n| n.notify_type);
-        sa.log(ctx, format!("IKE_AUTH refused with {notify}"));
+        // What the peer's operator needs to match against its configuration.
+        let sent = match notify {
+            NotifyType::AUTHENTICATION_FAILED => format!(
+                " (we sent the identity {} and authenticated by {})",
+                sa.policy.local.id(),
+                sa.policy.local.method()
+            ),
+            _ => String::new(),
+        };
+        sa.log(ctx, format!("IKE_AUTH refused with {notify}{sent}"));
         release(ctx);
         sa.down(ctx, DownReason::Refused(notify));
         return;
