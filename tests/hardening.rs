@@ -759,6 +759,40 @@ fn refusals_that_come_after_their_summary_is_due_are_still_counted() {
 }
 
 #[test]
+fn half_open_sas_made_in_a_flood_expire_when_their_time_comes() {
+    // The endpoint files each SA's deadline rather than asking every SA for it on
+    // each datagram (quadratic in a flood of full IKE_SA_INITs); a responder SA is
+    // made outside `with_sa` and must be filed all the same.
+    let mut net = Net::new();
+    let gw = net.add(
+        GW,
+        Settings {
+            cookie_threshold: 5000,
+            half_open_limit: 6000,
+            ..settings()
+        },
+        vec![policy(Conn::default())],
+    );
+    let template = init_request(&["aes128gcm16-prfsha256-x25519"]);
+    let timeout = settings().half_open_timeout;
+    let half_open = |net: &Net| net.nodes[gw].endpoint.half_open();
+    for i in 0..100 {
+        net.inject(gw, MALLORY, &forge(&template, 60_000 + i, |_| {}));
+    }
+    net.now = Instant(Duration::from_secs(10));
+    for i in 0..100 {
+        net.inject(gw, MALLORY, &forge(&template, 70_000 + i, |_| {}));
+    }
+    assert_eq!(half_open(&net), 200);
+    net.run_until(Instant(timeout - Duration::from_millis(1)));
+    assert_eq!(half_open(&net), 200);
+    net.run_until(Instant(timeout));
+    assert_eq!(half_open(&net), 100, "the first hundred at {timeout:?}");
+    net.run_until(Instant(timeout + Duration::from_secs(10)));
+    assert_eq!(half_open(&net), 0, "the second hundred 10 s later");
+}
+
+#[test]
 fn a_cookie_is_honoured_for_one_rotation_of_the_secret_only() {
     let template = init_request(&["aes128gcm16-prfsha256-x25519"]);
     for (wait, honoured) in [(130, true), (250, false)] {
