@@ -762,7 +762,8 @@ fn refusals_that_come_after_their_summary_is_due_are_still_counted() {
 fn half_open_sas_made_in_a_flood_expire_when_their_time_comes() {
     // The endpoint files each SA's deadline rather than asking every SA for it on
     // each datagram (quadratic in a flood of full IKE_SA_INITs); a responder SA is
-    // made outside `with_sa` and must be filed all the same.
+    // made outside `with_sa` and must be filed all the same. And its entry in the
+    // index of initiators' SPIs goes with it, found without a walk.
     let mut net = Net::new();
     let gw = net.add(
         GW,
@@ -790,6 +791,9 @@ fn half_open_sas_made_in_a_flood_expire_when_their_time_comes() {
     assert_eq!(half_open(&net), 100, "the first hundred at {timeout:?}");
     net.run_until(Instant(timeout + Duration::from_secs(10)));
     assert_eq!(half_open(&net), 0, "the second hundred 10 s later");
+    // Gone with its SA: the IKE_SA_INIT that made it, sent again, makes a new one.
+    net.inject(gw, MALLORY, &forge(&template, 60_000, |_| {}));
+    assert_eq!(half_open(&net), 1);
 }
 
 #[test]

@@ -65,6 +65,9 @@ pub struct Endpoint {
     deadlines: HashMap<IkeSpi, Instant>,
     /// Responder SAs by the initiator's SPI and address, to spot retransmitted IKE_SA_INIT.
     by_initiator: HashMap<(IkeSpi, SocketAddr), IkeSpi>,
+    /// Its keys by our SPI, so a responder SA that goes takes its entry with it
+    /// without a walk over all of them (one per half-open SA expiring in a flood).
+    initiator_of: HashMap<IkeSpi, (IkeSpi, SocketAddr)>,
     half_open: HalfOpen,
     init_rate: InitRate,
     cookies: Cookies,
@@ -148,6 +151,7 @@ impl Endpoint {
             timers: BTreeSet::new(),
             deadlines: HashMap::new(),
             by_initiator: HashMap::new(),
+            initiator_of: HashMap::new(),
             half_open: HalfOpen::default(),
             init_rate: InitRate::default(),
             cookies,
@@ -223,7 +227,9 @@ impl Endpoint {
         }
         if sa.state == State::Dead {
             self.schedule(spi, None);
-            self.by_initiator.retain(|_, ours| *ours != spi);
+            if let Some(key) = self.initiator_of.remove(&spi) {
+                self.by_initiator.remove(&key);
+            }
             self.after_down(now, &sa);
         } else {
             if sa.state == State::Established {
@@ -774,6 +780,7 @@ impl Endpoint {
             Ok(sa) => {
                 let spi_r = sa.our_spi();
                 self.by_initiator.insert((spi_i, remote), spi_r);
+                self.initiator_of.insert(spi_r, (spi_i, remote));
                 self.half_open.add(spi_r, source);
                 self.schedule(spi_r, sa.deadline());
                 self.sas.insert(spi_r, sa);
