@@ -20,6 +20,7 @@ DEMO="iproute2 iputils-ping procps iperf3 coreutils"
 # kernel-libipsec plugin (libcharon-extra-plugins) and the openssl plugin for GCM,
 # ECDSA, ECP and ChaCha20 (libstrongswan-standard-plugins), and swanctl.
 # tests/lifecycle: jq (iperf3's JSON), perl (Time::HiRes: log time stamps).
+# tests/flood: nft and jq (answer counters), nstat (iproute2), charon as above.
 TUNNELS="netcat-openbsd tcpdump nftables charon-systemd strongswan-swanctl
     libcharon-extra-plugins libstrongswan-standard-plugins jq perl"
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, property, golden, in-memory IKE and
 # command-line tests, a build of the benchmarks, cargo deny against deny.toml, then in
-# network namespaces (root)
-# the esptun<->esptun tunnel tests, the strongSwan interop tests and a 40-second rekey
-# soak with the fault cases, against esptun and strongSwan (ESPTUN_SKIP_NETNS=1 leaves
-# those three out, and says so). Root, but for
+# network namespaces (root) the esptun<->esptun tunnel tests, the strongSwan interop
+# tests, a 40-second rekey soak with the fault cases, against esptun and strongSwan,
+# and a short IKE_SA_INIT flood while esptun and strongSwan connect
+# (ESPTUN_SKIP_NETNS=1 leaves those four out, and says so). Root, but for
 # ESPTUN_SKIP_NETNS=1; installs what it uses first (scripts/deps.sh).
 # Run from anywhere; exits non-zero on the first failure.
 set -euo pipefail
@@ -30,14 +30,16 @@ cargo bench --locked --no-run
 step "cargo deny: advisories, licences, duplicate versions, sources (scripts/deny.sh)"
 scripts/deny.sh
 if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
-    step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop and lifecycle tests did not run"
+    step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, lifecycle and flood tests did not run"
 else
-    cargo build --locked --release
+    cargo build --locked --release --bins --example flood
     step "esptun <-> esptun tunnels (tests/e2e/run.sh)"
     tests/e2e/run.sh
     step "interop with strongSwan (tests/interop/run.sh)"
     tests/interop/run.sh
     step "the SA lifecycle: rekey soak and faults (tests/lifecycle/run.sh --seconds 40)"
     tests/lifecycle/run.sh --seconds 40
+    step "an IKE_SA_INIT flood while peers connect (tests/flood/run.sh --short)"
+    tests/flood/run.sh --short
 fi
 echo "all tests passed"

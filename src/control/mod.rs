@@ -15,7 +15,7 @@ use crate::ike::{self, Endpoint, Event, Settings, ts};
 use crate::wire::IkeSpi;
 use log::KeyLog;
 use nix::fcntl::{Flock, FlockArg};
-use socket::{IkeSocket, Received};
+use socket::{IkeSocket, MAX_DATAGRAM, Received};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -177,8 +177,9 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
     for socket in &sockets {
         let (socket, tx) = (socket.clone(), tx.clone());
         tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
             loop {
-                match socket.recv().await {
+                match socket.recv(&mut buf).await {
                     Ok(r) => {
                         if tx.send(r).await.is_err() {
                             return;

@@ -4,7 +4,7 @@
 
 use crate::netio::{self, PacketInfo};
 use nix::libc;
-use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg, sendmsg};
+use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg, sendmsg, setsockopt, sockopt};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -12,7 +12,13 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Largest datagram we read: IKE messages are far smaller, fragments smaller still.
-const MAX_DATAGRAM: usize = 65_535;
+pub const MAX_DATAGRAM: usize = 65_535;
+
+/// Room for a burst: when a flood outpaces the control thread for a moment (a burst,
+/// the thread off the CPU), the default 208 KB fill and legitimate requests are
+/// dropped with the flood, each costing its peer a retransmission timeout (4 s by
+/// default). 4 MB hold some 4000 datagrams, a fifth of a second at 20 000/s.
+const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// A bound UDP socket on one address and port.
 pub struct IkeSocket {
@@ -36,6 +42,11 @@ impl IkeSocket {
     /// `mark` keeps its packets out of the TUN.
     pub fn bind(addr: SocketAddr, reuse_port: bool, mark: u32) -> io::Result<Self> {
         let fd = netio::bind_udp(addr, reuse_port, false, mark)?;
+        // SO_RCVBUFFORCE goes past net.core.rmem_max with CAP_NET_ADMIN, which esptun
+        // has for its TUN; without it, as much as rmem_max allows.
+        if setsockopt(&fd, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+            setsockopt(&fd, sockopt::RcvBuf, &RECEIVE_BUFFER)?;
+        }
         let socket = UdpSocket::from_std(std::net::UdpSocket::from(fd))?;
         Ok(Self {
             socket,
@@ -43,22 +54,26 @@ impl IkeSocket {
         })
     }
 
-    /// Waits for the next datagram.
-    pub async fn recv(&self) -> io::Result<Received> {
+    /// Waits for the next datagram, read into `buf` (of [`MAX_DATAGRAM`] bytes, the
+    /// caller's to reuse: a fresh one per datagram cost a 64 KB allocation and
+    /// memset each, and under a flood those stood 1024 deep in the channel).
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
         loop {
             self.socket.readable().await?;
-            match self.socket.try_io(Interest::READABLE, || self.recv_now()) {
+            match self
+                .socket
+                .try_io(Interest::READABLE, || self.recv_now(buf))
+            {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return other,
             }
         }
     }
 
-    fn recv_now(&self) -> io::Result<Received> {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+    fn recv_now(&self, buf: &mut [u8]) -> io::Result<Received> {
         let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
         let (len, remote, local_ip) = {
-            let mut iov = [IoSliceMut::new(&mut buf)];
+            let mut iov = [IoSliceMut::new(buf)];
             let msg = recvmsg::<SockaddrStorage>(
                 self.socket.as_raw_fd(),
                 &mut iov,
@@ -73,9 +88,8 @@ impl IkeSocket {
             (msg.bytes, remote, local_ip)
         };
         let remote = remote.ok_or_else(|| io::Error::other("datagram without a source address"))?;
-        buf.truncate(len);
         Ok(Received {
-            data: buf,
+            data: buf[..len].to_vec(),
             remote,
             local: SocketAddr::new(local_ip, self.bound.port()),
         })

@@ -228,7 +228,9 @@ impl Refusals {
     /// message sent, if any), false if it was only counted.
     pub fn note(&mut self, now: Instant, kind: Refusal, remote: SocketAddr) -> bool {
         match self.windows.get_mut(&kind) {
-            Some(w) if now < w.ends => {
+            // A window that is over but not yet summed up keeps counting: the driver's
+            // timer fires a little after the deadline, and a flood fills that gap.
+            Some(w) if now < w.ends || w.more > 0 => {
                 w.more += 1;
                 w.last_from = Some(remote);
                 false

@@ -11,7 +11,7 @@ use super::{Action, ChildPolicy, DownReason, Error, Event, Instant, Policy, Tran
 use crate::crypto::Random;
 use crate::wire::payload::{NotifyPayload, Payload};
 use crate::wire::{ExchangeType, Flags, Header, IkeSpi, Message, NotifyType};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,8 +57,17 @@ pub struct Endpoint {
     shared: Shared,
     /// Keyed by our SPI.
     sas: HashMap<IkeSpi, IkeSa>,
+    /// Each SA's deadline, refreshed whenever the SA may have changed (`with_sa`, a
+    /// new responder SA, ESP seen), so that the next timeout is the first entry: a
+    /// walk over every SA per datagram made a flood of full IKE_SA_INITs, whose
+    /// half-open SAs pile up, cost time quadratic in their number.
+    timers: BTreeSet<(Instant, IkeSpi)>,
+    deadlines: HashMap<IkeSpi, Instant>,
     /// Responder SAs by the initiator's SPI and address, to spot retransmitted IKE_SA_INIT.
     by_initiator: HashMap<(IkeSpi, SocketAddr), IkeSpi>,
+    /// Its keys by our SPI, so a responder SA that goes takes its entry with it
+    /// without a walk over all of them (one per half-open SA expiring in a flood).
+    initiator_of: HashMap<IkeSpi, (IkeSpi, SocketAddr)>,
     half_open: HalfOpen,
     init_rate: InitRate,
     cookies: Cookies,
@@ -142,7 +151,10 @@ impl Endpoint {
                 events: VecDeque::new(),
             },
             sas: HashMap::new(),
+            timers: BTreeSet::new(),
+            deadlines: HashMap::new(),
             by_initiator: HashMap::new(),
+            initiator_of: HashMap::new(),
             half_open: HalfOpen::default(),
             init_rate: InitRate::default(),
             cookies,
@@ -190,6 +202,17 @@ impl Endpoint {
         }
     }
 
+    /// Files the SA's deadline (`None`: it has none, or is gone).
+    fn schedule(&mut self, spi: IkeSpi, deadline: Option<Instant>) {
+        if let Some(old) = self.deadlines.remove(&spi) {
+            self.timers.remove(&(old, spi));
+        }
+        if let Some(at) = deadline {
+            self.deadlines.insert(spi, at);
+            self.timers.insert((at, spi));
+        }
+    }
+
     /// Runs `f` on one SA with the endpoint's shared state lent out, starts the work
     /// it queued, reaps it if done, and carries out what it asked of the endpoint.
     fn with_sa(&mut self, now: Instant, spi: IkeSpi, f: impl FnOnce(&mut IkeSa, &mut Ctx<'_>)) {
@@ -206,12 +229,16 @@ impl Endpoint {
             self.half_open.remove(spi);
         }
         if sa.state == State::Dead {
-            self.by_initiator.retain(|_, ours| *ours != spi);
+            self.schedule(spi, None);
+            if let Some(key) = self.initiator_of.remove(&spi) {
+                self.by_initiator.remove(&key);
+            }
             self.after_down(now, &sa);
         } else {
             if sa.state == State::Established {
                 self.connected(&sa.policy);
             }
+            self.schedule(spi, sa.deadline());
             self.sas.insert(spi, sa);
         }
         for request in requests {
@@ -481,12 +508,14 @@ impl Endpoint {
     /// The data plane received authentic ESP on the Child SA with inbound SPI
     /// `spi_in`: its peer is alive (no liveness check is due).
     pub fn inbound_seen(&mut self, now: Instant, spi_in: u32) {
-        if let Some(sa) = self
+        if let Some((spi, sa)) = self
             .sas
-            .values_mut()
-            .find(|sa| sa.children.iter().any(|c| c.spi_in == spi_in))
+            .iter_mut()
+            .find(|(_, sa)| sa.children.iter().any(|c| c.spi_in == spi_in))
         {
             sa.last_inbound = now;
+            let (spi, deadline) = (*spi, sa.deadline());
+            self.schedule(spi, deadline);
         }
     }
 
@@ -805,7 +834,9 @@ impl Endpoint {
             Ok(sa) => {
                 let spi_r = sa.our_spi();
                 self.by_initiator.insert((spi_i, remote), spi_r);
+                self.initiator_of.insert(spi_r, (spi_i, remote));
                 self.half_open.add(spi_r, source);
+                self.schedule(spi_r, sa.deadline());
                 self.sas.insert(spi_r, sa);
             }
             Err(e) => {
@@ -867,10 +898,9 @@ impl Endpoint {
         self.ephemerals.forget_expired(now);
         self.refusals.summarize(now, &mut self.shared.events);
         let due: Vec<IkeSpi> = self
-            .sas
-            .iter()
-            .filter(|(_, sa)| sa.deadline().is_some_and(|d| d <= now))
-            .map(|(spi, _)| *spi)
+            .timers
+            .range(..=(now, IkeSpi(u64::MAX)))
+            .map(|(_, spi)| *spi)
             .collect();
         for spi in due {
             self.with_sa(now, spi, IkeSa::handle_timeout);
@@ -899,9 +929,10 @@ impl Endpoint {
     /// The earliest time [`Endpoint::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let restarts = self.conns.values().filter_map(|c| c.retry_at);
-        self.sas
-            .values()
-            .filter_map(IkeSa::deadline)
+        self.timers
+            .first()
+            .map(|(at, _)| *at)
+            .into_iter()
             .chain(restarts)
             .chain(self.ephemerals.next_expiry())
             .chain(self.refusals.next_summary())
