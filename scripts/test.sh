@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, property, golden, in-memory IKE and
-# command-line tests, a build of the benchmarks, then in network namespaces (root)
-# the esptun<->esptun tunnel tests, the strongSwan interop tests and a 40-second rekey
-# soak with the fault cases, against esptun and strongSwan (ESPTUN_SKIP_NETNS=1 leaves
-# those three out, and says so). Root, but for
+# command-line tests, a build of the benchmarks, 10 s of every fuzz target, then in
+# network namespaces (root) the esptun<->esptun tunnel tests, the strongSwan interop
+# tests and a 40-second rekey soak with the fault cases, against esptun and strongSwan
+# (ESPTUN_SKIP_NETNS=1 leaves those three out, and says so). Root, but for
 # ESPTUN_SKIP_NETNS=1; installs what it uses first (scripts/deps.sh).
 # Run from anywhere; exits non-zero on the first failure.
 set -euo pipefail
@@ -26,6 +26,8 @@ step "cargo test"
 cargo test --locked
 step "cargo bench --no-run"
 cargo bench --locked --no-run
+step "fuzz targets, 10 s each (scripts/fuzz.sh --seconds 10)"
+scripts/fuzz.sh --seconds 10
 if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
     step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop and lifecycle tests did not run"
 else
