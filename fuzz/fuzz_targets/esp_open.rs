@@ -81,10 +81,10 @@ fuzz_target!(|data: &[u8]| {
             }
             packet
         };
-        if let Ok((inner, _next_header, _seq)) = inbound.open(&mut packet) {
-            if let Some(flow) = Flow::parse(&packet[inner]) {
-                let _ = flow.selected(&remote, &local);
-            }
+        if let Ok((inner, _next_header, _seq)) = inbound.open(&mut packet)
+            && let Some(flow) = Flow::parse(&packet[inner])
+        {
+            let _ = flow.selected(&remote, &local);
         }
     }
 });
