@@ -4,10 +4,11 @@
 # Prints nothing when everything is there, and otherwise what it installs. Installing
 # needs root (no sudo is used). scripts/demo.sh and scripts/test.sh run it first.
 #
-# usage: scripts/deps.sh demo|test|unit
+# usage: scripts/deps.sh demo|test|unit|fuzz
 #   demo  scripts/demo.sh and scripts/bench-tunnel.sh: the build, the namespaces, iperf3
 #   test  scripts/test.sh: demo's, rustfmt and clippy, and the tunnel and interop tests' tools
 #   unit  scripts/test.sh with ESPTUN_SKIP_NETNS=1: the build, rustfmt and clippy
+#   fuzz  scripts/fuzz.sh: the build (g++ also compiles libFuzzer)
 set -euo pipefail
 
 # gcc, make and pkg-config build aws-lc-sys; cargo fetches crates over HTTPS;
@@ -28,7 +29,8 @@ case ${1:-} in
     demo) packages="$BUILD $DEMO" components="" ;;
     test) packages="$BUILD $DEMO $TUNNELS" components="rustfmt clippy" ;;
     unit) packages="$BUILD" components="rustfmt clippy" ;;
-    *) echo "usage: $0 demo|test|unit" >&2; exit 2 ;;
+    fuzz) packages="$BUILD" components="" ;;
+    *) echo "usage: $0 demo|test|unit|fuzz" >&2; exit 2 ;;
 esac
 
 missing=()

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, property, golden, in-memory IKE and
-# command-line tests, a build of the benchmarks, cargo deny against deny.toml, then in
-# network namespaces (root) the esptun<->esptun tunnel tests, the strongSwan interop
-# tests, a 40-second rekey soak with the fault cases, against esptun and strongSwan,
-# and a short IKE_SA_INIT flood while esptun and strongSwan connect
-# (ESPTUN_SKIP_NETNS=1 leaves those four out, and says so). Root, but for
+# command-line tests, a build of the benchmarks, cargo deny against deny.toml, 10 s of
+# every fuzz target, then in network namespaces (root) the esptun<->esptun tunnel tests,
+# the strongSwan interop tests, a 40-second rekey soak with the fault cases, against
+# esptun and strongSwan, and a short IKE_SA_INIT flood while esptun and strongSwan
+# connect (ESPTUN_SKIP_NETNS=1 leaves those four out, and says so). Root, but for
 # ESPTUN_SKIP_NETNS=1; installs what it uses first (scripts/deps.sh).
 # Run from anywhere; exits non-zero on the first failure.
 set -euo pipefail
@@ -29,6 +29,8 @@ step "cargo bench --no-run"
 cargo bench --locked --no-run
 step "cargo deny: advisories, licences, duplicate versions, sources (scripts/deny.sh)"
 scripts/deny.sh
+step "fuzz targets, 10 s each (scripts/fuzz.sh --seconds 10)"
+scripts/fuzz.sh --seconds 10
 if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
     step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, lifecycle and flood tests did not run"
 else

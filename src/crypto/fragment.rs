@@ -2,9 +2,9 @@
 //! payloads, each sealed on its own, and putting the decrypted pieces back together.
 
 use super::Random;
-use super::sk::{SkError, SkKey, encode_inner};
+use super::sk::{SkError, SkKey, encode_inner, seal_plain};
 use crate::wire::payload::{Payload, SkfPayload, first_type};
-use crate::wire::{Header, Message, PayloadType};
+use crate::wire::{Header, PayloadType};
 
 /// Most fragments accepted for one message: enough for 64 KiB in 1 KiB pieces.
 pub const MAX_FRAGMENTS: u16 = 64;
@@ -31,26 +31,20 @@ pub fn seal_fragments(
     let total = u16::try_from(chunks.len()).map_err(|_| SkError::Truncated(max_len))?;
     let mut out = Vec::with_capacity(chunks.len());
     for (i, piece) in chunks.iter().enumerate() {
-        let body = key.unsealed_body(piece);
-        let body_len = body.len();
-        let message = Message {
-            header: header.clone(),
-            payloads: vec![Payload::Skf(SkfPayload {
-                // §2.5: only the first fragment names the first inner payload.
-                first_payload: if i == 0 {
-                    first_type(inner)
-                } else {
-                    PayloadType::NONE
-                },
+        // §2.5: only the first fragment names the first inner payload.
+        let first_payload = if i == 0 {
+            first_type(inner)
+        } else {
+            PayloadType::NONE
+        };
+        out.push(seal_plain(key, header, piece, rng, |data| {
+            Payload::Skf(SkfPayload {
+                first_payload,
                 fragment_number: i as u16 + 1,
                 total_fragments: total,
-                data: body,
-            })],
-        };
-        let mut bytes = message.encode()?;
-        let body_start = bytes.len() - body_len;
-        key.seal_in_place(&mut bytes, body_start, rng)?;
-        out.push(bytes);
+                data,
+            })
+        })?);
     }
     Ok(out)
 }
@@ -143,7 +137,7 @@ mod tests {
     use crate::crypto::{Secret, SeededRandom};
     use crate::wire::Reader;
     use crate::wire::payload::{CertPayload, decode_chain};
-    use crate::wire::{CertEncoding, ExchangeType, Flags, IkeSpi};
+    use crate::wire::{CertEncoding, ExchangeType, Flags, IkeSpi, Message};
 
     fn header() -> Header {
         Header {

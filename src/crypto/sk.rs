@@ -104,7 +104,7 @@ impl SkKey {
     }
 
     /// The SK body (IV, payloads, padding, pad length, ICV) for `plain`, not yet sealed.
-    pub(super) fn unsealed_body(&self, plain: &[u8]) -> Vec<u8> {
+    fn unsealed_body(&self, plain: &[u8]) -> Vec<u8> {
         let iv_len = self.encr.iv_len();
         let pad = self.padding_len(plain.len());
         let mut body = vec![0u8; self.sealed_len(plain.len())];
@@ -220,15 +220,30 @@ pub fn seal_message(
     inner: &[Payload],
     rng: &mut dyn Random,
 ) -> Result<Vec<u8>, SkError> {
-    let plain = encode_inner(inner)?;
-    let body = key.unsealed_body(&plain);
+    let first_payload = first_type(inner);
+    seal_plain(key, header, &encode_inner(inner)?, rng, |data| {
+        Payload::Sk(SkPayload {
+            first_payload,
+            data,
+        })
+    })
+}
+
+/// Builds `HDR` and the SK or SKF payload that `payload` makes around the unsealed
+/// body of the encoded payloads `plain`, then encrypts it. `plain` need not decode,
+/// so tests and fuzz targets can protect any bytes.
+pub fn seal_plain(
+    key: &mut SkKey,
+    header: &Header,
+    plain: &[u8],
+    rng: &mut dyn Random,
+    payload: impl FnOnce(Vec<u8>) -> Payload,
+) -> Result<Vec<u8>, SkError> {
+    let body = key.unsealed_body(plain);
     let body_len = body.len();
     let message = Message {
         header: header.clone(),
-        payloads: vec![Payload::Sk(SkPayload {
-            first_payload: first_type(inner),
-            data: body,
-        })],
+        payloads: vec![payload(body)],
     };
     let mut bytes = message.encode()?;
     let body_start = bytes.len() - body_len;
