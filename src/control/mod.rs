@@ -147,6 +147,43 @@ struct Daemon {
     registry: status::Registry,
     /// The daemon's monotonic clock: `start.elapsed()` is the engine's now.
     start: std::time::Instant,
+    send_errors: SendErrors,
+}
+
+/// Send failures, told at most once a second: answers to a flood from spoofed,
+/// unreachable sources would otherwise make a log line each.
+#[derive(Default)]
+struct SendErrors {
+    /// When the current second began.
+    since: Option<Duration>,
+    /// Failures since, not yet told.
+    more: u64,
+    last: String,
+}
+
+impl SendErrors {
+    /// The lines to log for failure `what`: none if it is not the first in a second.
+    fn note(&mut self, now: Duration, what: String) -> Vec<String> {
+        if self
+            .since
+            .is_some_and(|t| now.saturating_sub(t) < Duration::from_secs(1))
+        {
+            self.more += 1;
+            self.last = what;
+            return Vec::new();
+        }
+        self.since = Some(now);
+        self.flush().into_iter().chain([what]).collect()
+    }
+
+    /// The line for the failures only counted so far, if any.
+    fn flush(&mut self) -> Option<String> {
+        (self.more > 0).then(|| {
+            let line = format!("{} more send failures, the last: {}", self.more, self.last);
+            self.more = 0;
+            line
+        })
+    }
 }
 
 async fn serve(config: Config, options: Options) -> Result<(), String> {
@@ -218,6 +255,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         keepalives: HashMap::new(),
         registry: status::Registry::default(),
         start,
+        send_errors: SendErrors::default(),
     };
     for (index, c) in config.connections.iter().enumerate() {
         // Where the peer is, for initiating (at start, on demand, again later).
@@ -296,6 +334,9 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
             () = sleep_until(wake) => daemon.endpoint.handle_timeout(now()),
             _ = keepalive.tick() => daemon.send_keepalives(),
             _ = lifetimes.tick() => {
+                if let Some(line) = daemon.send_errors.flush() {
+                    eprintln!("{line}");
+                }
                 for (spi_in, hard, cause) in daemon.dataplane.expiries() {
                     daemon.endpoint.expire_child(now(), spi_in, hard, cause);
                 }
@@ -491,8 +532,13 @@ impl Daemon {
             }
         }
         while let Some(t) = self.endpoint.poll_transmit() {
+            let now = self.start.elapsed();
             let Some(socket) = self.socket(t.local, t.remote) else {
-                eprintln!("no socket for {} -> {}", t.local, t.remote);
+                let what = format!("no socket for {} -> {}", t.local, t.remote);
+                self.send_errors
+                    .note(now, what)
+                    .iter()
+                    .for_each(|l| eprintln!("{l}"));
                 continue;
             };
             let data = if t.local.port() == self.natt_port {
@@ -501,8 +547,40 @@ impl Daemon {
                 t.data
             };
             if let Err(e) = socket.send(&data, t.local.ip(), t.remote) {
-                eprintln!("send {} -> {}: {e}", t.local, t.remote);
+                let what = format!("send {} -> {}: {e}", t.local, t.remote);
+                self.send_errors
+                    .note(now, what)
+                    .iter()
+                    .for_each(|l| eprintln!("{l}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_failures_in_a_flood_make_a_line_a_second_and_a_count() {
+        let mut errors = SendErrors::default();
+        let ms = Duration::from_millis;
+        let mut lines = Vec::new();
+        for i in 0..3000 {
+            lines.extend(errors.note(ms(i), format!("send to {i}")));
+        }
+        lines.extend(errors.flush());
+        assert_eq!(
+            lines,
+            [
+                "send to 0",
+                "999 more send failures, the last: send to 999",
+                "send to 1000",
+                "999 more send failures, the last: send to 1999",
+                "send to 2000",
+                "999 more send failures, the last: send to 2999",
+            ]
+        );
+        assert_eq!(errors.flush(), None);
     }
 }
