@@ -806,13 +806,7 @@ impl Endpoint {
             source = Some(from);
         }
         let candidates: Vec<Arc<Policy>> = self
-            .shared
-            .policies
-            .iter()
-            .filter(|p| {
-                (p.local_addrs.is_empty() || p.local_addrs.contains(&local.ip()))
-                    && (p.remote_addrs.is_empty() || p.remote_addrs.contains(&remote.ip()))
-            })
+            .policies_for(local, remote)
             .cloned()
             .collect();
         let mut requests = Vec::new();
@@ -860,6 +854,18 @@ impl Endpoint {
         }
     }
 
+    /// The connections whose addresses admit an IKE SA from `remote` to `local`.
+    fn policies_for(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> impl Iterator<Item = &Arc<Policy>> {
+        self.shared.policies.iter().filter(move |p| {
+            (p.local_addrs.is_empty() || p.local_addrs.contains(&local.ip()))
+                && (p.remote_addrs.is_empty() || p.remote_addrs.contains(&remote.ip()))
+        })
+    }
+
     /// What a peer offered in its IKE_SA_INIT and what the connections for its
     /// addresses have, as charon logs a NO_PROPOSAL_CHOSEN.
     fn proposals_seen(&self, local: SocketAddr, remote: SocketAddr, message: &Message) -> String {
@@ -873,13 +879,7 @@ impl Endpoint {
             _ => None,
         });
         let configured: Vec<String> = self
-            .shared
-            .policies
-            .iter()
-            .filter(|p| {
-                (p.local_addrs.is_empty() || p.local_addrs.contains(&local.ip()))
-                    && (p.remote_addrs.is_empty() || p.remote_addrs.contains(&remote.ip()))
-            })
+            .policies_for(local, remote)
             .map(|p| format!("{}: {}", p.name, list(&p.proposals)))
             .collect();
         format!(
