@@ -805,10 +805,7 @@ impl Endpoint {
             }
             source = Some(from);
         }
-        let candidates: Vec<Arc<Policy>> = self
-            .policies_for(local, remote)
-            .cloned()
-            .collect();
+        let candidates: Vec<Arc<Policy>> = self.policies_for(local, remote).cloned().collect();
         let mut requests = Vec::new();
         let mut ctx = self.shared.ctx(now, &self.sas, &mut requests);
         let result = if candidates.is_empty() {
