@@ -1,6 +1,8 @@
 //! What the fuzz targets share: the files a configuration names, and a reader that
 //! takes what a target needs from the fuzzer's bytes.
 
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -18,6 +20,11 @@ pub fn files() -> &'static Path {
         }
         for psk in ["site-b.psk", "site.psk"] {
             std::fs::write(dir.join(psk), "a shared secret of decent length\n").expect("PSK file");
+        }
+        // esptun refuses keys and PSKs that others may read.
+        for secret in ["left.key", "right.key", "site-b.psk", "site.psk"] {
+            std::fs::set_permissions(dir.join(secret), Permissions::from_mode(0o600))
+                .expect("chmod 600");
         }
         dir
     })
