@@ -93,21 +93,26 @@ fn ike_up(up: &IkeSaUp, what: &str) -> String {
     )
 }
 
-fn child_up(c: &ChildSaUp) -> String {
+/// A Child SA's algorithms as logged and as `esptun status` shows them:
+/// encryption, then integrity and ESN when it has them.
+pub fn esp_algorithms(c: &ChildSaUp) -> String {
     let integ = c.integ.map(|i| format!("/{i}")).unwrap_or_default();
+    format!("{}{integ}{}", c.encr, if c.esn { "/ESN" } else { "" })
+}
+
+fn child_up(c: &ChildSaUp) -> String {
     let rekeys = c
         .rekeys
         .map(|old| format!(" (rekeys {old:08x}_i)"))
         .unwrap_or_default();
     format!(
-        "IKE_SA {:016x}: CHILD_SA {}/{} UP spi_in {:08x} spi_out {:08x} {}{integ}{} local_ts {} remote_ts {} {} -> {}{}{rekeys}",
+        "IKE_SA {:016x}: CHILD_SA {}/{} UP spi_in {:08x} spi_out {:08x} {} local_ts {} remote_ts {} {} -> {}{}{rekeys}",
         c.spi_i.0,
         c.connection,
         c.child,
         c.spi_in,
         c.spi_out,
-        c.encr,
-        if c.esn { "/ESN" } else { "" },
+        esp_algorithms(c),
         selectors(&c.local_ts),
         selectors(&c.remote_ts),
         c.local,

@@ -80,13 +80,12 @@ impl Registry {
     }
 
     fn child_up(&mut self, c: &ChildSaUp, now: Duration) {
-        let integ = c.integ.map(|i| format!("/{i}")).unwrap_or_default();
         let facts = json!({
             "name": c.child,
             "state": "INSTALLED",
             "spi_in": format!("{:08x}", c.spi_in),
             "spi_out": format!("{:08x}", c.spi_out),
-            "algorithms": format!("{}{integ}{}", c.encr, if c.esn { "/ESN" } else { "" }),
+            "algorithms": super::log::esp_algorithms(c),
             "encap": c.encap,
             "outbound": c.outbound,
             "local_ts": c.local_ts.iter().map(ToString::to_string).collect::<Vec<_>>(),
