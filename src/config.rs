@@ -149,6 +149,10 @@ pub struct Connection {
     pub remote_port: u16,
     /// The `[[connection]]` table, for errors found after loading (e.g. when initiating).
     pub origin: Origin,
+    /// SHA-256 over the `[[connection]]` table (as parsed: layout and comments do not
+    /// count) and the certificates and PSK it reads: a reload replaces the connection
+    /// when this changed, and leaves it and its SAs alone when not.
+    pub fingerprint: [u8; 32],
 }
 
 /// A list the user wrote, with the span of the whole list (for "must not be empty").
@@ -457,6 +461,15 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let src = Source { text, file: path };
         let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+        // The same file as plain values, each connection's written out canonically.
+        let tables: Vec<String> = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|mut t| t.remove("connection"))
+            .and_then(|v| match v {
+                Value::Array(a) => Some(a.iter().map(ToString::to_string).collect()),
+                _ => None,
+            })
+            .unwrap_or_default();
         let listen = listen(&src, raw.listen)?;
         let ike = ike_settings(&src, &raw.ike)?;
         let mut connections: Vec<Connection> = Vec::new();
@@ -470,7 +483,8 @@ impl Config {
                     format!("duplicate connection name {:?}", name.get_ref()),
                 ));
             }
-            let connection = connection(&src, c, key.clone())?;
+            let table = tables.get(i).map_or("", String::as_str);
+            let connection = connection(&src, c, key.clone(), table)?;
             overlap(&src, c.get_ref(), &key, &connection, &connections)?;
             connections.push(connection);
         }
@@ -1203,8 +1217,16 @@ fn connection(
     src: &Source<'_>,
     c_at: &Spanned<RawConnection>,
     key: String,
+    table: &str,
 ) -> Result<Connection, ConfigError> {
     let origin = src.origin(c_at.span(), &key);
+    let mut fingerprint = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    // Length-prefixed, so that no two different inputs run together the same way.
+    let mut absorb = |bytes: &[u8]| {
+        fingerprint.update(&(bytes.len() as u64).to_be_bytes());
+        fingerprint.update(bytes);
+    };
+    absorb(table.as_bytes());
     let c = c_at.get_ref();
     let local = c.local.get_ref();
     let remote = c.remote.get_ref();
@@ -1227,6 +1249,9 @@ fn connection(
         }
         (Some(_), Some(file)) => Some(read_psk(src, file, &format!("{key}.psk_file"))?),
     };
+    if let Some(psk) = &psk {
+        absorb(psk.expose());
+    }
 
     let local_id = identity_at(src, &local.id, &format!("{local_key}.id"))?;
     let local_auth = match psk.clone().filter(|_| local.auth.get_ref() == "psk") {
@@ -1235,6 +1260,8 @@ fn connection(
             let certs_key = format!("{local_key}.certs");
             let files = required_list(src, local.certs.as_ref(), &c.local, &certs_key)?;
             let certs = certificates(src, files, &certs_key)?;
+            // The key must match the first certificate: it changes only with it.
+            certs.iter().for_each(|c| absorb(c));
             let k = format!("{local_key}.key");
             let key_file = local
                 .key
@@ -1272,8 +1299,10 @@ fn connection(
         None => {
             let k = format!("{remote_key}.cacerts");
             let files = required_list(src, remote.cacerts.as_ref(), &c.remote, &k)?;
-            let anchors = TrustAnchors::new(certificates(src, files, &k)?)
-                .map_err(|e| src.error(files, &k, e.to_string()))?;
+            let cacerts = certificates(src, files, &k)?;
+            cacerts.iter().for_each(|c| absorb(c));
+            let anchors =
+                TrustAnchors::new(cacerts).map_err(|e| src.error(files, &k, e.to_string()))?;
             RemoteAuth::Pubkey {
                 id: remote_id,
                 anchors: Arc::new(anchors),
@@ -1403,6 +1432,11 @@ fn connection(
         start: initiate,
         remote_port: c.remote_port.unwrap_or(500),
         origin,
+        fingerprint: fingerprint
+            .finish()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes"),
     })
 }
 

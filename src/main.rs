@@ -71,6 +71,13 @@ enum Command {
         #[command(flatten)]
         daemon: Daemon,
     },
+    /// Read the running daemon's configuration file again: added connections start,
+    /// removed ones go down, changed ones are replaced, the others keep their SAs (as
+    /// SIGHUP does). A file with an error changes nothing.
+    Reload {
+        #[command(flatten)]
+        daemon: Daemon,
+    },
     /// Make a CA or a host certificate for the tunnel's gateways.
     Pki {
         #[command(subcommand)]
@@ -242,6 +249,9 @@ fn main() -> ExitCode {
                 a["down"].as_str().unwrap_or("?"),
                 a["ike_sas_deleted"]
             )
+        }),
+        Command::Reload { daemon } => daemon.ask("reload", false, |a| {
+            format!("{}\n", a["reloaded"].as_str().unwrap_or("?"))
         }),
         Command::Pki { what } => run_pki(what),
         Command::Inspect {

@@ -1148,3 +1148,70 @@ fn selectors_overlapping_another_connections_are_refused() {
     second(r#"["10.1.0.0/24"]"#, r#"["10.3.0.0/24", "fd00:3::/64"]"#).unwrap();
     second(r#"["10.4.0.0/24"]"#, r#"["10.2.0.0/24"]"#).unwrap();
 }
+
+#[test]
+fn a_connection_fingerprint_follows_its_table_and_files_not_layout() {
+    let dir = Dir::new("fingerprint");
+    let text = r#"
+[[connection]]
+name = "a"
+psk_file = "site-b.psk"
+local = { auth = "psk", id = "a.example" }
+remote = { auth = "psk" }
+[[connection.children]]
+name = "c"
+remote_ts = ["10.2.0.0/24"]
+
+[[connection]]
+name = "b"
+[connection.local]
+auth = "pubkey"
+id = "left.example"
+certs = ["chain.crt"]
+key = "left.key"
+[connection.remote]
+auth = "pubkey"
+cacerts = ["ca.crt"]
+[[connection.children]]
+name = "c"
+remote_ts = ["10.3.0.0/24"]
+"#;
+    let prints = |text: &str| -> Vec<[u8; 32]> {
+        let config = dir.load(text).unwrap();
+        config.connections.iter().map(|c| c.fingerprint).collect()
+    };
+    let before = prints(text);
+    assert_ne!(before[0], before[1]);
+    // Comments, blank lines, and another way to write the same table change nothing.
+    let relaid = text
+        .replace(
+            "local = { auth = \"psk\", id = \"a.example\" }",
+            "# ours\nlocal.auth = \"psk\"\nlocal.id = \"a.example\"\n",
+        )
+        .replace(
+            "[[connection.children]]\nname = \"c\"\nremote_ts = [\"10.3",
+            "\n[[connection.children]] # the LAN\nname   = \"c\"\nremote_ts = [\"10.3",
+        );
+    assert_ne!(relaid, text);
+    assert_eq!(prints(&relaid), before);
+    // A key of one connection changes that one only.
+    let rekeyed = text.replace(
+        "remote_ts = [\"10.2.0.0/24\"]",
+        "remote_ts = [\"10.2.0.0/24\"]\nrekey_time = \"10m\"",
+    );
+    assert_ne!(rekeyed, text);
+    let after = prints(&rekeyed);
+    assert_ne!(after[0], before[0]);
+    assert_eq!(after[1], before[1]);
+    // So does the content of a file it reads (the PSK here, certificates likewise).
+    std::fs::write(
+        dir.0.join("site-b.psk"),
+        "another secret, as long as needed\n",
+    )
+    .unwrap();
+    let after = prints(text);
+    assert_ne!(after[0], before[0]);
+    assert_eq!(after[1], before[1]);
+    std::fs::write(dir.0.join("ca.crt"), Ca::root("Other CA", Alg::P256).pem).unwrap();
+    assert_ne!(prints(text)[1], before[1]);
+}

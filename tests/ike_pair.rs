@@ -2490,3 +2490,73 @@ fn a_connection_taken_down_stays_down_until_brought_up() {
             .contains("waits for the peer")
     );
 }
+
+#[test]
+fn a_reload_replaces_a_changed_connection_and_its_sas() {
+    let starting = || Spec {
+        start_action: Action::Start,
+        ..Spec::default()
+    };
+    let b = Spec {
+        esp: vec!["aes128gcm16", "aes256gcm16"],
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(starting(), b);
+    pair.start_a();
+    pair.run_until(secs(1));
+    assert_eq!(pair.assert_converged(), 1);
+    let old_spi = pair.live(Side::A)[0];
+    // What `esptun reload` does with a connection whose ESP proposal changed.
+    let changed = policy(
+        Spec {
+            esp: vec!["aes256gcm16"],
+            ..starting()
+        },
+        true,
+    );
+    let new = pair.a.add_policy(changed);
+    pair.a.add_peer(new, A.parse().unwrap(), B.parse().unwrap());
+    assert_eq!(pair.a.retire(pair.now, 0), 1);
+    pair.a.schedule_start(pair.now, new);
+    pair.collect();
+    pair.run_for(10);
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(Pair::downs(&pair.events_a), [DownReason::DeletedLocally]);
+    assert_eq!(Pair::ike_up(&pair.events_a), 2);
+    let last = *Pair::children(&pair.events_a).last().unwrap();
+    assert_eq!(
+        (last.policy, last.encr.to_string()),
+        (new, "AES_GCM_16-256".to_string())
+    );
+    assert_ne!(pair.live(Side::A), [old_spi]);
+    // The retired connection is gone for good: not named, not started again.
+    assert_eq!(pair.a.find("site"), Some(new));
+    assert_eq!(pair.a.connections().count(), 1);
+    pair.run_for(120);
+    assert_eq!(Pair::ike_up(&pair.events_a), 2);
+}
+
+#[test]
+fn a_retired_connection_accepts_no_peer() {
+    let a = Spec {
+        start_action: Action::Start,
+        close_action: Action::Start,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, Spec::default());
+    pair.start_a();
+    pair.run_until(secs(1));
+    assert_eq!(pair.assert_converged(), 1);
+    // B's only connection is removed: its SA goes, and A's retries find no match.
+    assert_eq!(pair.b.retire(pair.now, 0), 1);
+    pair.collect();
+    pair.run_for(30);
+    assert_eq!(pair.b.connections().count(), 0);
+    assert_eq!(pair.b.find("site"), None);
+    assert_eq!(Pair::ike_up(&pair.events_b), 1);
+    assert!(pair.live(Side::B).is_empty());
+    assert!(
+        Pair::sent(&pair.events_a, ExchangeType::IKE_SA_INIT, false) > 1,
+        "A keeps trying"
+    );
+}

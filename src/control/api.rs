@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 pub const RUN_DIR: &str = "/run/esptun";
 
 /// The commands the daemon answers; `up` and `down` take a connection's name.
-pub const COMMANDS: [&str; 5] = ["status", "counters", "conns", "up", "down"];
+pub const COMMANDS: [&str; 6] = ["status", "counters", "conns", "up", "down", "reload"];
 
 /// The longest command line read; anything longer is refused.
 const MAX_REQUEST: u64 = 64;

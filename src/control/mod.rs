@@ -8,7 +8,7 @@ mod log;
 mod socket;
 pub mod status;
 
-use crate::config::Config;
+use crate::config::{Config, Connection, DataplaneSettings, IkeSettings, Listen};
 use crate::crypto::Random;
 use crate::dataplane::{Dataplane, DataplaneEvent};
 use crate::ike::{self, Endpoint, Event, Settings, ts};
@@ -148,6 +148,11 @@ struct Daemon {
     /// The daemon's monotonic clock: `start.elapsed()` is the engine's now.
     start: std::time::Instant,
     send_errors: SendErrors,
+    /// Each connection's [`Connection::fingerprint`](crate::config::Connection), by
+    /// the engine's policy index: what a reload compares.
+    fingerprints: Vec<[u8; 32]>,
+    /// The sections a reload cannot change: `[listen]`, `[ike]`, `[dataplane]`.
+    sections: (Listen, IkeSettings, DataplaneSettings),
 }
 
 /// Send failures, told at most once a second: answers to a flood from spoofed,
@@ -236,17 +241,12 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         retransmit: config.ike.retransmit,
         unix_time_at_start,
     };
-    let policies = config
-        .connections
-        .iter()
-        .map(|c| c.policy.clone())
-        .collect();
     let keylog = match &options.keylog {
         Some(dir) => Some(KeyLog::create(dir).map_err(|e| format!("{}: {e}", dir.display()))?),
         None => None,
     };
     let mut daemon = Daemon {
-        endpoint: Endpoint::new(settings, policies, Box::new(OsRandom)),
+        endpoint: Endpoint::new(settings, Vec::new(), Box::new(OsRandom)),
         sockets,
         options,
         keylog,
@@ -256,53 +256,16 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         registry: status::Registry::default(),
         start,
         send_errors: SendErrors::default(),
+        fingerprints: Vec::new(),
+        sections: (
+            config.listen.clone(),
+            config.ike.clone(),
+            config.dataplane.clone(),
+        ),
     };
-    for (index, c) in config.connections.iter().enumerate() {
-        // Where the peer is, for initiating (at start, on demand, again later).
-        let mut peer = None;
-        if let Some(&remote_ip) = c.policy.remote_addrs.first() {
-            let remote = SocketAddr::new(remote_ip, c.remote_port);
-            let local_ip = match c.policy.local_addrs.first() {
-                Some(ip) => Some(*ip),
-                None => match route_source(remote, config.dataplane.fwmark) {
-                    Ok(ip) => Some(ip),
-                    Err(e) if c.start => return Err(c.origin.error(e).to_string()),
-                    Err(e) => {
-                        eprintln!("{}", c.origin.error(e));
-                        None
-                    }
-                },
-            };
-            if let Some(local_ip) = local_ip {
-                let local = SocketAddr::new(local_ip, listen.ike_port);
-                daemon.endpoint.add_peer(index, local, remote);
-                peer = Some((local, remote));
-            }
-        }
-        // Fail closed from now on: the children's traffic goes through the TUN or nowhere.
-        let local_ip = peer
-            .map(|(local, _)| local.ip())
-            .or_else(|| c.policy.local_addrs.first().copied());
-        for (child_index, child) in c.policy.children.iter().enumerate() {
-            let remote_ts = match c.policy.remote_addrs.first() {
-                Some(&ip) => ts::or_dynamic(&child.remote_ts, ip),
-                // Dynamic, and the peer is whoever comes: its SA will route it.
-                None if child.remote_ts.is_empty() => continue,
-                None => child.remote_ts.clone(),
-            };
-            let local_ts = match local_ip {
-                Some(ip) => ts::or_dynamic(&child.local_ts, ip),
-                None => child.local_ts.clone(),
-            };
-            let name = format!("{}/{}", c.policy.name, child.name);
-            daemon
-                .dataplane
-                .protect(index, child_index, &name, &local_ts, &remote_ts)
-                .map_err(|e| c.origin.error(e).to_string())?;
-        }
-        if let Some((local, remote)) = peer.filter(|_| c.start) {
-            println!("initiating {} {local} -> {remote}", c.policy.name);
-        }
+    for c in &config.connections {
+        let peer = daemon.peer_of(c)?;
+        daemon.add_connection(c, peer).1?;
     }
     daemon.dataplane.drop_stale_routes();
     let control = api::Server::bind(&api::instance_path(&config.dataplane.tun, "sock"))?;
@@ -312,6 +275,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut report = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
     let mut lifetimes = tokio::time::interval(LIFETIME_CHECK);
     let mut stopping: Option<tokio::time::Instant> = None;
@@ -365,6 +329,11 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                 }
             },
             _ = report.recv() => println!("{}", daemon.dataplane.report()),
+            _ = hangup.recv(), if stopping.is_none() => {
+                if let Err(e) = daemon.reload(now()) {
+                    eprintln!("{e}");
+                }
+            }
             () = control.serve_next(&requests) => {}
             Some((command, reply)) = request_rx.recv() => {
                 let _ = reply.send(daemon.answer(&command));
@@ -406,24 +375,178 @@ impl Daemon {
         self.endpoint.handle(now, r.local, r.remote, ike);
     }
 
+    /// Where the connection's peer is, if it names one: (our address, the peer's).
+    /// Our address is the one the kernel routes from when the connection names none;
+    /// failing to find one is an error only for a connection that starts at once.
+    fn peer_of(&self, c: &Connection) -> Result<Option<(SocketAddr, SocketAddr)>, String> {
+        let (listen, _, dataplane) = &self.sections;
+        let Some(&remote_ip) = c.policy.remote_addrs.first() else {
+            return Ok(None);
+        };
+        let remote = SocketAddr::new(remote_ip, c.remote_port);
+        let local_ip = match c.policy.local_addrs.first() {
+            Some(&ip) => ip,
+            None => match route_source(remote, dataplane.fwmark) {
+                Ok(ip) => ip,
+                Err(e) if c.start => return Err(c.origin.error(e).to_string()),
+                Err(e) => {
+                    eprintln!("{}", c.origin.error(e));
+                    return Ok(None);
+                }
+            },
+        };
+        Ok(Some((SocketAddr::new(local_ip, listen.ike_port), remote)))
+    }
+
+    /// Puts a connection in service, at start or by a reload: the engine gets its
+    /// policy and peer, and its children's traffic goes through the TUN or nowhere
+    /// from now on. Returns its index, and whether every route went in.
+    fn add_connection(
+        &mut self,
+        c: &Connection,
+        peer: Option<(SocketAddr, SocketAddr)>,
+    ) -> (usize, Result<(), String>) {
+        let index = self.endpoint.add_policy(c.policy.clone());
+        self.fingerprints.push(c.fingerprint);
+        if let Some((local, remote)) = peer {
+            self.endpoint.add_peer(index, local, remote);
+            if c.start {
+                println!("initiating {} {local} -> {remote}", c.policy.name);
+            }
+        }
+        let local_ip = peer
+            .map(|(local, _)| local.ip())
+            .or_else(|| c.policy.local_addrs.first().copied());
+        let mut routed = Ok(());
+        for (child_index, child) in c.policy.children.iter().enumerate() {
+            let remote_ts = match c.policy.remote_addrs.first() {
+                Some(&ip) => ts::or_dynamic(&child.remote_ts, ip),
+                // Dynamic, and the peer is whoever comes: its SA will route it.
+                None if child.remote_ts.is_empty() => continue,
+                None => child.remote_ts.clone(),
+            };
+            let local_ts = match local_ip {
+                Some(ip) => ts::or_dynamic(&child.local_ts, ip),
+                None => child.local_ts.clone(),
+            };
+            let name = format!("{}/{}", c.policy.name, child.name);
+            if let Err(e) = self
+                .dataplane
+                .protect(index, child_index, &name, &local_ts, &remote_ts)
+            {
+                routed = Err(c.origin.error(e).to_string());
+                break;
+            }
+        }
+        (index, routed)
+    }
+
+    /// Takes the connection at `index` out of service: Deletes for its IKE SAs, its
+    /// Child SAs out of the data plane as they go, then its routes.
+    fn retire_connection(&mut self, now: ike::Instant, index: usize) {
+        self.endpoint.retire(now, index);
+        self.flush();
+        self.dataplane.unprotect(index);
+    }
+
+    /// Reads the configuration file again and applies what changed in it: new
+    /// connections are added (and started as configured), removed ones retired,
+    /// changed ones replaced (the new one in service before the old one's SAs go),
+    /// unchanged ones keep their SAs. A file that does not load, or that changes a
+    /// section only a restart applies, changes nothing. Returns what it did.
+    fn reload(&mut self, now: ike::Instant) -> Result<String, String> {
+        let path = self.options.config.clone();
+        let refused = |why: String| format!("reload refused, nothing changed: {why}");
+        let config = Config::load(&path).map_err(|e| refused(e.to_string()))?;
+        let (listen, ike, dataplane) = &self.sections;
+        for (section, same) in [
+            ("listen", config.listen == *listen),
+            ("ike", config.ike == *ike),
+            ("dataplane", config.dataplane == *dataplane),
+        ] {
+            if !same {
+                return Err(refused(format!(
+                    "{}: [{section}] changed: a reload applies [[connection]] changes only; restart esptun for this one",
+                    path.display()
+                )));
+            }
+        }
+        let running: Vec<(usize, String)> = self
+            .endpoint
+            .connections()
+            .map(|(i, p)| (i, p.name.clone()))
+            .collect();
+        let old = |name: &str| running.iter().find(|(_, n)| n == name).map(|&(i, _)| i);
+        // Everything that can fail on the file's account before anything changes.
+        let mut plan = Vec::new();
+        for c in &config.connections {
+            let replaces = old(&c.policy.name);
+            if replaces.is_some_and(|i| self.fingerprints[i] == c.fingerprint) {
+                continue;
+            }
+            plan.push((c, replaces, self.peer_of(c).map_err(refused)?));
+        }
+        let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        for (c, replaces, peer) in plan {
+            let name = c.policy.name.clone();
+            // A route the kernel refuses now is told, and the rest still applied:
+            // the file is good, and the connections before it are changed already.
+            let (index, routed) = self.add_connection(c, peer);
+            if let Err(e) = routed {
+                eprintln!("reload: {e}");
+            }
+            if let Some(old) = replaces {
+                self.retire_connection(now, old);
+                changed.push(name);
+            } else {
+                added.push(name);
+            }
+            self.endpoint.schedule_start(now, index);
+        }
+        for (index, name) in &running {
+            if !config.connections.iter().any(|c| c.policy.name == *name) {
+                self.retire_connection(now, *index);
+                removed.push(name.clone());
+            }
+        }
+        let list = |names: &[String]| {
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        let unchanged = config.connections.len() - added.len() - changed.len();
+        let line = format!(
+            "reloaded {}: added {}; changed {}; removed {}; {unchanged} unchanged",
+            path.display(),
+            list(&added),
+            list(&changed),
+            list(&removed)
+        );
+        println!("{line}");
+        Ok(line)
+    }
+
     /// The answer to a control socket command (one of [`api::COMMANDS`], with its
     /// argument).
     fn answer(&mut self, command: &str) -> serde_json::Value {
         let (word, name) = command.split_once(' ').unwrap_or((command, ""));
-        let policy = self
-            .endpoint
-            .policies()
-            .iter()
-            .position(|p| p.name == name.trim());
+        let policy = self.endpoint.find(name.trim());
         let now = ike::Instant(self.start.elapsed());
         match (word, policy) {
             ("status", _) => self.registry.status(self.start.elapsed(), &self.dataplane),
+            ("reload", _) => match self.reload(now) {
+                Ok(line) => serde_json::json!({ "reloaded": line }),
+                Err(e) => {
+                    eprintln!("{e}");
+                    serde_json::json!({ "error": e })
+                }
+            },
             ("conns", _) => {
                 let conns: Vec<serde_json::Value> = self
                     .endpoint
-                    .policies()
-                    .iter()
-                    .enumerate()
+                    .connections()
                     .map(|(i, p)| {
                         serde_json::json!({
                             "name": p.name,

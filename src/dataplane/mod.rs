@@ -235,6 +235,8 @@ pub struct Inbound {
 enum Command {
     /// Hold packets for a child while no SA covers them (every worker).
     Protect(Arc<Protection>),
+    /// Forget the protections of this connection and the packets held for them.
+    Unprotect(usize),
     /// Send with this SA, ahead of every older one, starting with the packets held
     /// for its child (every worker).
     Outbound(Arc<Outbound>),
@@ -285,8 +287,10 @@ pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     sockets: Vec<(Transport, SocketAddr)>,
     installed: HashMap<u32, Installed>,
-    /// Prefixes of protected children, routed from start-up until shutdown.
-    protected: Vec<(IpAddr, u8)>,
+    /// Prefixes of protected children, with the connection of each, routed from
+    /// start-up (or the reload that added it) until shutdown (or the reload that
+    /// removed the last connection protecting it).
+    protected: Vec<((IpAddr, u8), usize)>,
     /// How many installed SAs route each prefix no protected one covers.
     route_users: HashMap<(IpAddr, u8), usize>,
     /// Our table and rules, left in place unless released.
@@ -436,7 +440,8 @@ impl Dataplane {
             .filter(|&a| local_ts.iter().any(|t| holds(&t.addrs, a)))
             .collect();
         for prefix in remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
-            if self.protected.contains(&prefix) {
+            if self.protected.iter().any(|&(p, _)| p == prefix) {
+                self.protected.push((prefix, policy));
                 continue;
             }
             if let Some(own) = ours.iter().find(|&&a| covers(prefix, a)) {
@@ -458,9 +463,36 @@ impl Dataplane {
                     .map_err(failed)?;
             }
             self.routes.add_blackhole(prefix).map_err(failed)?;
-            self.protected.push(prefix);
+            self.protected.push((prefix, policy));
         }
         Ok(())
+    }
+
+    /// Stops protecting the children of connection `policy` (a reload removed or
+    /// replaced it): the workers drop what they hold for them, and the prefixes no
+    /// other connection protects lose their routes and blackholes.
+    pub fn unprotect(&mut self, policy: usize) {
+        for w in &self.workers {
+            w.send(Command::Unprotect(policy));
+        }
+        let (mut gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.protected)
+            .into_iter()
+            .partition(|&(_, p)| p == policy);
+        self.protected = kept;
+        gone.sort_unstable();
+        gone.dedup();
+        for (prefix, _) in gone {
+            if self.protected.iter().any(|&(p, _)| p == prefix) {
+                continue;
+            }
+            let removed = self
+                .routes
+                .delete(prefix, self.tun_index)
+                .and_then(|()| self.routes.delete_blackhole(prefix));
+            if let Err(e) = removed {
+                eprintln!("remove route {}/{}: {e}", prefix.0, prefix.1);
+            }
+        }
     }
 
     /// Ends start-up: an earlier run's blackholes for prefixes no longer protected go.
@@ -584,7 +616,7 @@ impl Dataplane {
         let mut routes = Vec::new();
         let mut sources: Option<Vec<IpAddr>> = None;
         for prefix in c.remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
-            if self.protected.iter().any(|&p| within(prefix, p)) {
+            if self.protected.iter().any(|&(p, _)| within(prefix, p)) {
                 continue;
             }
             if !self.route_users.contains_key(&prefix) {

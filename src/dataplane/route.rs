@@ -134,6 +134,12 @@ impl Routes {
         }
     }
 
+    /// Deletes the blackhole of `prefix/len`: no connection protects it any more.
+    pub fn delete_blackhole(&mut self, (prefix, len): (IpAddr, u8)) -> io::Result<()> {
+        let route = route_message(self.table, prefix, len, Target::Blackhole);
+        self.request(RTM_DELROUTE, 0, &route)
+    }
+
     /// Deletes the blackholes of an earlier run that this one did not take over.
     pub fn drop_stale(&mut self) {
         for route in std::mem::take(&mut self.stale) {

@@ -314,6 +314,9 @@ impl Worker {
                     queue: HoldQueue::new(HOLD_PACKETS, self.hold_size),
                     acquired: None,
                 }),
+                Command::Unprotect(policy) => {
+                    self.held.retain(|h| h.protection.policy != policy);
+                }
                 Command::Outbound(sa) => {
                     let (policy, child) = (sa.policy, sa.child);
                     self.spd.activate(sa);

@@ -83,6 +83,10 @@ pub struct Endpoint {
     invalid_ike_spi: (Instant, u32),
     /// `delete_all` was called: nothing restarts any more.
     stopping: bool,
+    /// Connections a reload removed or replaced: their index stays (SAs, events and
+    /// the data plane name connections by index), but nothing matches, initiates or
+    /// names them any more.
+    retired: HashSet<usize>,
 }
 
 /// What every SA borrows while it works: kept apart from `sas` so both can be borrowed.
@@ -165,12 +169,52 @@ impl Endpoint {
             conns: HashMap::new(),
             invalid_ike_spi: (Instant::default(), 0),
             stopping: false,
+            retired: HashSet::new(),
         }
     }
 
-    /// The policies, in configuration order.
+    /// Every policy ever loaded, retired ones included, by index.
     pub fn policies(&self) -> &[Arc<Policy>] {
         &self.shared.policies
+    }
+
+    /// The connections in service (not retired by a reload), with their indexes.
+    pub fn connections(&self) -> impl Iterator<Item = (usize, &Arc<Policy>)> {
+        self.shared
+            .policies
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.retired.contains(i))
+    }
+
+    /// The index of the connection in service named `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.connections()
+            .find(|(_, p)| p.name == name)
+            .map(|(i, _)| i)
+    }
+
+    /// Adds a connection (a reload found it new or changed) and returns its index;
+    /// [`Endpoint::add_peer`] and [`Endpoint::schedule_start`] then apply as at start.
+    pub fn add_policy(&mut self, policy: Arc<Policy>) -> usize {
+        self.shared.policies.push(policy);
+        self.shared.policies.len() - 1
+    }
+
+    /// Takes the connection at `policy` out of service for good (a reload removed or
+    /// replaced it): its IKE SAs are deleted as by [`Endpoint::down`], and it is
+    /// never matched, initiated or named again. Returns how many IKE SAs it deleted.
+    pub fn retire(&mut self, now: Instant, policy: usize) -> usize {
+        let deleted = self.down(now, policy);
+        self.retired.insert(policy);
+        self.peers.remove(&policy);
+        if let Some(p) = self.shared.policies.get(policy) {
+            // Half-open SAs of other connections may still have chosen it in IKE_AUTH.
+            for sa in self.sas.values_mut() {
+                sa.candidates.retain(|c| !Arc::ptr_eq(c, p));
+            }
+        }
+        deleted
     }
 
     /// Datagrams dropped because they did not decode.
@@ -420,19 +464,23 @@ impl Endpoint {
 
     /// Initiates every connection with a known peer whose children start at once.
     pub fn start(&mut self, now: Instant) {
-        let due: Vec<usize> = (0..self.shared.policies.len())
-            .filter(|i| {
-                self.peers.contains_key(i)
-                    && self.shared.policies[*i]
-                        .children
-                        .iter()
-                        .any(|c| c.start_action == Action::Start)
-            })
-            .collect();
-        for index in due {
-            self.conns.entry(index).or_default().retry_at = Some(now);
+        for index in 0..self.shared.policies.len() {
+            self.schedule_start(now, index);
         }
         self.handle_timeout(now);
+    }
+
+    /// Has the connection at `policy` initiated at the next timeout if its peer is
+    /// known, a child of it starts at once and it is in service.
+    pub fn schedule_start(&mut self, now: Instant, policy: usize) {
+        let starts = self
+            .shared
+            .policies
+            .get(policy)
+            .is_some_and(|p| p.children.iter().any(|c| c.start_action == Action::Start));
+        if starts && self.peers.contains_key(&policy) && !self.retired.contains(&policy) {
+            self.conns.entry(policy).or_default().retry_at = Some(now);
+        }
     }
 
     /// The data plane reports that the Child SA with inbound SPI `spi_in` crossed its
@@ -857,7 +905,7 @@ impl Endpoint {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> impl Iterator<Item = &Arc<Policy>> {
-        self.shared.policies.iter().filter(move |p| {
+        self.connections().map(|(_, p)| p).filter(move |p| {
             (p.local_addrs.is_empty() || p.local_addrs.contains(&local.ip()))
                 && (p.remote_addrs.is_empty() || p.remote_addrs.contains(&remote.ip()))
         })

@@ -15,7 +15,9 @@
 # for the same TUN is refused). A gateway whose TUN is deleted exits saying why, and
 # one that is gone (deleted TUN, SIGKILL) leaves its prefixes blackholed, not open.
 # Once up, the control thread keeps only its network capabilities, the workers none;
-# `esptun status` shows on each side the SAs the logs name.
+# `esptun status` shows on each side the SAs the logs name; `esptun reload` and SIGHUP
+# leave an unchanged connection's SAs alone, refuse a broken file, replace a changed
+# connection's SAs, and remove and add connections with their routes.
 # Root only; traffic stays in the namespaces.
 #
 # usage: tests/e2e/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
@@ -570,6 +572,61 @@ status_case() {
     if [[ -z $why ]]; then pass status; else fail status "$why"; fi
 }
 want status && status_case
+
+# --- reload: unchanged connections keep their SAs, changed ones are replaced --------
+reload_case() {
+    CASE=$RUN/reload; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE=""
+    log "case reload: esptun reload and SIGHUP on alice: unchanged, refused, changed, removed, added"
+    if ! sites_start "$ESPTUN" "$CASE" alice; then fail reload "no Child SA"; sites_stop; return; fi
+    local why="" out first now i conf=$CASE/alice.toml orig=$CASE/alice.orig
+    cp "$conf" "$orig"
+    spis() { ip netns exec "$1" "$ESPTUN" status --json | jq -r '[.ike_sas[].spi_i] | join(" ")'; }
+    reload() { ip netns exec "$NS_AG" "$ESPTUN" reload 2>&1; }
+    pings() { ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null; }
+    first=$(spis "$NS_AG")
+    # The same connection, laid out differently: nothing happens to its SAs.
+    sed -i 's/^name = "site"$/name   =   "site"   # the far site/' "$conf"
+    out=$(reload) || why="unchanged reload failed: $out"
+    grep -q "added none; changed none; removed none; 1 unchanged" <<<"$out" || why+="${why:+; }unchanged: $out"
+    # A broken file and a change only a restart applies are refused whole.
+    sed 's/^start = true$/start = maybe/' "$orig" >"$conf"
+    out=$(reload) && why+="${why:+; }a broken file was accepted"
+    grep -q "reload refused, nothing changed: $conf:[0-9]*: connection\[0\]\.start: " <<<"$out" || why+="${why:+; }broken: $out"
+    sed 's/^tun = "esptun0"$/&\nworkers = 1/' "$orig" >"$conf"
+    out=$(reload) && why+="${why:+; }a [dataplane] change was accepted"
+    grep -q "\[dataplane\] changed: .*restart esptun" <<<"$out" || why+="${why:+; }dataplane: $out"
+    [[ $(spis "$NS_AG") == "$first" ]] || why+="${why:+; }IKE SA $first replaced by $(spis "$NS_AG") before any change"
+    pings || why+="${why:+; }no ping after the refused reloads"
+    # A changed connection (SIGHUP, as systemctl reload sends) gets a new IKE SA; the
+    # old one goes on both sides.
+    sed 's/^esp_proposals = .*/&\nrekey_time = "30m"/' "$orig" >"$conf"
+    kill -HUP "$ALICE_PID"
+    sites_wait "$CASE/alice.log" "reloaded .*: added none; changed site; removed none; 0 unchanged" 5 || why+="${why:+; }no reload line after SIGHUP"
+    for i in $(seq 50); do
+        now=$(spis "$NS_AG")
+        [[ -n $now && $now != *" "* && $now != "$first" && $(spis "$NS_BG") == "$now" ]] && break
+        sleep 0.1
+    done
+    [[ -n $now && $now != "$first" && $(spis "$NS_BG") == "$now" ]] ||
+        why+="${why:+; }after the change: alice has IKE SAs '$now', bob '$(spis "$NS_BG")' (was $first)"
+    pings || why+="${why:+; }no ping over the replaced connection"
+    log "  changed: IKE SA $first replaced by $now in $((i))00 ms"
+    # Removed: its SAs and routes go. Added again: it connects as at start.
+    sed '/^\[\[connection\]\]$/,$d' "$orig" >"$conf"
+    out=$(reload) && grep -q "removed site; 0 unchanged" <<<"$out" || why+="${why:+; }remove: $out"
+    sleep 1
+    [[ -z $(spis "$NS_AG") && -z $(spis "$NS_BG") ]] || why+="${why:+; }IKE SAs left after the removal: alice '$(spis "$NS_AG")', bob '$(spis "$NS_BG")'"
+    out=$(ip netns exec "$NS_AG" ip route show table all proto 50)
+    [[ -z $out ]] || why+="${why:+; }routes left after the removal: $out"
+    cp "$orig" "$conf"
+    out=$(reload) && grep -q "added site; changed none; removed none; 0 unchanged" <<<"$out" || why+="${why:+; }add: $out"
+    for i in $(seq 50); do [[ -n $(spis "$NS_BG") ]] && break; sleep 0.1; done
+    pings || why+="${why:+; }no ping after adding the connection back"
+    sites_stop
+    if [[ -z $why ]]; then pass reload; else fail reload "$why"; fi
+}
+want reload && reload_case
 
 # --- on demand: start_action = "trap" negotiates on the first packet, which is held --
 trap_case() {
