@@ -22,8 +22,10 @@ DEMO="iproute2 iputils-ping procps iperf3 coreutils"
 # ECDSA, ECP and ChaCha20 (libstrongswan-standard-plugins), and swanctl.
 # tests/lifecycle: jq (iperf3's JSON), perl (Time::HiRes: log time stamps).
 # tests/flood: nft and jq (answer counters), nstat (iproute2), charon as above.
+# tests/e2e's metrics: curl scrapes, Debian's python3 parses with prometheus_client.
 TUNNELS="netcat-openbsd tcpdump nftables charon-systemd strongswan-swanctl
-    libcharon-extra-plugins libstrongswan-standard-plugins jq perl"
+    libcharon-extra-plugins libstrongswan-standard-plugins jq perl curl
+    python3-prometheus-client"
 
 case ${1:-} in
     demo) packages="$BUILD $DEMO" components="" ;;

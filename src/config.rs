@@ -83,6 +83,8 @@ pub struct Config {
     pub connections: Vec<Connection>,
     /// The userspace ESP data plane.
     pub dataplane: DataplaneSettings,
+    /// Where Prometheus scrapes the metrics (`[metrics] listen`); none serves none.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The TUN device and the ESP workers.
@@ -169,6 +171,14 @@ struct RawConfig {
     connection: Vec<Spanned<RawConnection>>,
     #[serde(default)]
     dataplane: RawDataplane,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -493,6 +503,22 @@ impl Config {
             ike,
             connections,
             dataplane: dataplane(&src, raw.dataplane)?,
+            metrics: raw
+                .metrics
+                .listen
+                .map(|at| {
+                    at.get_ref().parse().map_err(|_| {
+                        src.error(
+                            &at,
+                            "metrics.listen",
+                            format!(
+                                "{:?} is not an address and port (\"127.0.0.1:9469\", \"[::1]:9469\")",
+                                at.get_ref()
+                            ),
+                        )
+                    })
+                })
+                .transpose()?,
         })
     }
 }

@@ -161,6 +161,7 @@ fn the_documented_example_loads() {
     );
     assert_eq!(config.ike.cookie_threshold, 10);
     assert_eq!(config.ike.half_open_timeout, Duration::from_secs(30));
+    assert_eq!(config.metrics, Some("127.0.0.1:9469".parse().unwrap()));
     let [c] = config.connections.as_slice() else {
         panic!("one connection")
     };
@@ -401,7 +402,12 @@ fn mistakes_name_file_line_and_key() {
         (
             "[ike]",
             "[ikee]",
-            "site.toml:6: ikee: unknown key `ikee`, expected one of `listen`, `ike`, `connection`, `dataplane`",
+            "site.toml:6: ikee: unknown key `ikee`, expected one of `listen`, `ike`, `connection`, `dataplane`, `metrics`",
+        ),
+        (
+            "listen = \"127.0.0.1:9469\"",
+            "listen = \"localhost:9469\"",
+            "site.toml:60: metrics.listen: \"localhost:9469\" is not an address and port (\"127.0.0.1:9469\", \"[::1]:9469\")",
         ),
         // Wrong types.
         (
@@ -593,13 +599,13 @@ fn duplicate_names_and_missing_children_are_errors() {
         &example[example.find("[[connection]]").unwrap()..example.find("[dataplane]").unwrap()];
     assert_eq!(
         dir.load(&format!("{example}{connection}")).unwrap_err(),
-        "site.toml:59: connection[1].name: duplicate connection name \"site-b\""
+        "site.toml:62: connection[1].name: duplicate connection name \"site-b\""
     );
     let children = &example
         [example.find("[[connection.children]]").unwrap()..example.find("[dataplane]").unwrap()];
     assert_eq!(
         dir.load(&format!("{example}{children}")).unwrap_err(),
-        "site.toml:59: connection[0].children[1].name: duplicate child name \"net\""
+        "site.toml:62: connection[0].children[1].name: duplicate child name \"net\""
     );
     let childless = &example[..example.find("[[connection.children]]").unwrap()];
     assert_eq!(
@@ -1138,7 +1144,7 @@ fn selectors_overlapping_another_connections_are_refused() {
             r#"["10.3.0.0/24", "fd00:2::8:0/112"]"#
         )
         .unwrap_err(),
-        "site.toml:85: connection[1].children[0].remote_ts[1]: overlaps the selectors of \
+        "site.toml:88: connection[1].children[0].remote_ts[1]: overlaps the selectors of \
          connection \"site-b\" child \"net\": a packet in both would go to whichever peer's SA \
          came up last; narrow one"
     );

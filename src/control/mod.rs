@@ -5,6 +5,7 @@
 
 pub mod api;
 mod log;
+mod metrics;
 mod socket;
 pub mod status;
 
@@ -151,8 +152,11 @@ struct Daemon {
     /// Each connection's [`Connection::fingerprint`](crate::config::Connection), by
     /// the engine's policy index: what a reload compares.
     fingerprints: Vec<[u8; 32]>,
-    /// The sections a reload cannot change: `[listen]`, `[ike]`, `[dataplane]`.
-    sections: (Listen, IkeSettings, DataplaneSettings),
+    /// The sections a reload cannot change: `[listen]`, `[ike]`, `[dataplane]`,
+    /// `[metrics]`.
+    sections: (Listen, IkeSettings, DataplaneSettings, Option<SocketAddr>),
+    /// Served when `[metrics] listen` is set.
+    metrics: Option<metrics::Metrics>,
 }
 
 /// Send failures, told at most once a second: answers to a flood from spoofed,
@@ -261,8 +265,13 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
             config.listen.clone(),
             config.ike.clone(),
             config.dataplane.clone(),
+            config.metrics,
         ),
+        metrics: config.metrics.map(metrics::Metrics::start).transpose()?,
     };
+    if let Some(at) = config.metrics {
+        println!("metrics on http://{at}/metrics");
+    }
     for c in &config.connections {
         let peer = daemon.peer_of(c)?;
         daemon.add_connection(c, peer).1?;
@@ -306,6 +315,9 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                 }
                 for spi_in in daemon.dataplane.inbound_active() {
                     daemon.endpoint.inbound_seen(now(), spi_in);
+                }
+                if let Some(m) = daemon.metrics.as_mut() {
+                    m.refresh(&daemon.endpoint, &daemon.dataplane, &daemon.registry);
                 }
             }
             Some(e) = dataplane_events.recv() => match e {
@@ -379,7 +391,7 @@ impl Daemon {
     /// Our address is the one the kernel routes from when the connection names none;
     /// failing to find one is an error only for a connection that starts at once.
     fn peer_of(&self, c: &Connection) -> Result<Option<(SocketAddr, SocketAddr)>, String> {
-        let (listen, _, dataplane) = &self.sections;
+        let (listen, _, dataplane, _) = &self.sections;
         let Some(&remote_ip) = c.policy.remote_addrs.first() else {
             return Ok(None);
         };
@@ -458,11 +470,12 @@ impl Daemon {
         let path = self.options.config.clone();
         let refused = |why: String| format!("reload refused, nothing changed: {why}");
         let config = Config::load(&path).map_err(|e| refused(e.to_string()))?;
-        let (listen, ike, dataplane) = &self.sections;
+        let (listen, ike, dataplane, metrics) = &self.sections;
         for (section, same) in [
             ("listen", config.listen == *listen),
             ("ike", config.ike == *ike),
             ("dataplane", config.dataplane == *dataplane),
+            ("metrics", config.metrics == *metrics),
         ] {
             if !same {
                 return Err(refused(format!(
@@ -615,6 +628,9 @@ impl Daemon {
     fn flush(&mut self) {
         while let Some(event) = self.endpoint.poll_event() {
             println!("{}", log::line(&event));
+            if let Some(m) = self.metrics.as_mut() {
+                m.on_event(&event, &self.registry);
+            }
             self.registry.on_event(&event, self.start.elapsed());
             match &event {
                 Event::Message(m) if self.options.verbose => println!("{}", log::json(m)),

@@ -100,6 +100,27 @@ impl Registry {
         self.children.insert(c.spi_in, entry);
     }
 
+    /// Whether the IKE SA with initiator SPI `spi_i` is up.
+    pub fn is_up(&self, spi_i: IkeSpi) -> bool {
+        self.ike.contains_key(&spi_i.0)
+    }
+
+    /// Each Child SA that is up: its inbound SPI, connection and child name.
+    pub fn child_sas(&self) -> impl Iterator<Item = (u32, &str, &str)> {
+        self.children.iter().map(|(&spi_in, c)| {
+            let connection = self
+                .ike
+                .get(&c.spi_i.0)
+                .and_then(|ike| ike.facts["connection"].as_str())
+                .unwrap_or_default();
+            (
+                spi_in,
+                connection,
+                c.facts["name"].as_str().unwrap_or_default(),
+            )
+        })
+    }
+
     /// How many IKE SAs of connection `name` are up.
     pub fn ike_sas_of(&self, name: &str) -> usize {
         self.ike

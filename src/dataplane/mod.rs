@@ -121,6 +121,23 @@ impl Drops {
     }
 }
 
+/// The batches one worker moved, by size, for each direction (outbound: packets read
+/// from the TUN at once; inbound: datagrams received at once). Only that worker
+/// writes them, once a batch; the control thread sums them for metrics.
+pub struct Batches([[AtomicU64; worker::BATCH + 1]; 2]);
+
+impl Default for Batches {
+    fn default() -> Self {
+        Self([const { [const { AtomicU64::new(0) }; worker::BATCH + 1] }; 2])
+    }
+}
+
+impl Batches {
+    fn count(&self, inbound: bool, size: usize) {
+        self.0[usize::from(inbound)][size.min(worker::BATCH)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Packets and bytes (inner) through one SA direction.
 #[derive(Default)]
 pub struct Traffic {
@@ -252,6 +269,7 @@ struct WorkerHandle {
     commands: Sender<Command>,
     wake: Arc<EventFd>,
     drops: Arc<Drops>,
+    batches: Arc<Batches>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -369,8 +387,10 @@ impl Dataplane {
                 EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
             )?);
             let drops = Arc::new(Drops::default());
+            let batches = Arc::new(Batches::default());
             queue.set_nonblocking(true)?;
             let (w_wake, w_drops, w_events) = (wake.clone(), drops.clone(), events.clone());
+            let w_batches = batches.clone();
             let supervisor = events.clone();
             let hold_size = usize::from(mtu);
             // Built on its own thread: the batch headers hold raw pointers (not Send).
@@ -384,6 +404,7 @@ impl Dataplane {
                             commands: rx,
                             wake: w_wake,
                             drops: w_drops,
+                            batches: w_batches,
                             events: w_events,
                         };
                         worker::Worker::new(queue, sockets, channels, hold_size).run()
@@ -393,6 +414,7 @@ impl Dataplane {
                 commands: tx,
                 wake,
                 drops,
+                batches,
                 thread: Some(thread),
             });
         }
@@ -729,6 +751,26 @@ impl Dataplane {
     pub fn traffic(&self, spi_in: u32) -> Option<((u64, u64), (u64, u64))> {
         let sa = self.installed.get(&spi_in)?;
         Some((sa.inbound.get(), sa.outbound.traffic.get()))
+    }
+
+    /// How many batches of each size (the index) every worker moved so far:
+    /// outbound, then inbound.
+    pub fn batch_sizes(&self) -> [Vec<u64>; 2] {
+        [false, true].map(|inbound| {
+            (0..=worker::BATCH)
+                .map(|size| {
+                    self.workers
+                        .iter()
+                        .map(|w| w.batches.0[usize::from(inbound)][size].load(Ordering::Relaxed))
+                        .sum()
+                })
+                .collect()
+        })
+    }
+
+    /// How many Child SAs are installed.
+    pub fn installed(&self) -> usize {
+        self.installed.len()
     }
 
     /// Packets dropped so far, by reason, summed over the workers.

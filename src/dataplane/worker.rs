@@ -3,7 +3,8 @@
 use super::packet::{self, Flow};
 use super::socket::{Batch, EspSockets, Transport};
 use super::{
-    Command, DataplaneEvent, DropReason, Drops, HOLD_PACKETS, Inbound, Outbound, Protection,
+    Batches, Command, DataplaneEvent, DropReason, Drops, HOLD_PACKETS, Inbound, Outbound,
+    Protection,
 };
 use crate::esp::{EspError, HEADROOM, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use crate::netio;
@@ -21,7 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 /// Packets per batch, from the TUN and from each socket.
-const BATCH: usize = IDEAL_BATCH_SIZE;
+pub(super) const BATCH: usize = IDEAL_BATCH_SIZE;
 /// Segments a 64 KiB GSO packet splits into when its MSS is at least 1 KiB.
 const GSO_SEGMENTS: usize = 64;
 /// Every buffer holds the largest IP packet plus the room sealing adds around it.
@@ -53,6 +54,8 @@ pub struct Channels {
     pub wake: Arc<EventFd>,
     /// The drop counters.
     pub drops: Arc<Drops>,
+    /// The batch size counters.
+    pub batches: Arc<Batches>,
     /// Acquires and unknown SPIs.
     pub events: UnboundedSender<DataplaneEvent>,
 }
@@ -64,6 +67,7 @@ pub struct Worker {
     commands: Receiver<Command>,
     wake: Arc<EventFd>,
     drops: Arc<Drops>,
+    batches: Arc<Batches>,
     events: UnboundedSender<DataplaneEvent>,
     spd: Spd,
     /// Protected children, each with the packets this worker holds for it.
@@ -237,6 +241,7 @@ impl Worker {
             commands: channels.commands,
             wake: channels.wake,
             drops: channels.drops,
+            batches: channels.batches,
             events: channels.events,
             spd: Spd::default(),
             held: Vec::new(),
@@ -362,6 +367,9 @@ impl Worker {
                 }
             }
         }
+        if count > 0 {
+            self.batches.count(false, count);
+        }
         self.seal_and_send(count, true);
         Ok(())
     }
@@ -467,6 +475,7 @@ impl Worker {
         {
             return;
         }
+        self.batches.count(true, self.received.len());
         // The control thread hands over an inbound SA before it sends the answer that
         // lets the peer use it, so what it sent before these packets came must apply
         // to them (a rekey's first packets would otherwise find no SA).

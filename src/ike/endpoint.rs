@@ -7,7 +7,7 @@ use super::ephemeral::Ephemerals;
 use super::exchange::RetransmitPolicy;
 use super::ike_sa::{Ctx, IkeSa, Request, State};
 use super::task::{create_child, ike_init, informational};
-use super::{Action, ChildPolicy, DownReason, Error, Event, Instant, Policy, Transmit};
+use super::{Action, ChildPolicy, DownReason, Error, Event, Instant, Policy, Stats, Transmit};
 use crate::crypto::Random;
 use crate::wire::payload::{NotifyPayload, Payload};
 use crate::wire::{ExchangeType, Flags, Header, IkeSpi, Message, NotifyType};
@@ -97,6 +97,7 @@ struct Shared {
     child_spis: HashSet<u32>,
     out: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    stats: Stats,
 }
 
 impl Shared {
@@ -113,6 +114,7 @@ impl Shared {
             out: &mut self.out,
             events: &mut self.events,
             child_spis: &mut self.child_spis,
+            stats: &mut self.stats,
             policies: &self.policies,
             others,
             requests,
@@ -153,6 +155,7 @@ impl Endpoint {
                 child_spis: HashSet::new(),
                 out: VecDeque::new(),
                 events: VecDeque::new(),
+                stats: Stats::default(),
             },
             sas: HashMap::new(),
             timers: BTreeSet::new(),
@@ -215,6 +218,11 @@ impl Endpoint {
             }
         }
         deleted
+    }
+
+    /// The engine's running totals.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats
     }
 
     /// Datagrams dropped because they did not decode.
@@ -453,6 +461,7 @@ impl Endpoint {
         self.sas.insert(spi, sa);
         let mut result = Ok(());
         self.with_sa(now, spi, |sa, ctx| {
+            ctx.stats.handshakes_started += 1;
             if let Err(e) = ike_init::start(sa, ctx) {
                 sa.log(ctx, format!("cannot initiate: {e}"));
                 sa.down(ctx, super::DownReason::Failed(e.clone()));
@@ -875,6 +884,7 @@ impl Endpoint {
                 self.by_initiator.insert((spi_i, remote), spi_r);
                 self.initiator_of.insert(spi_r, (spi_i, remote));
                 self.half_open.add(spi_r, source);
+                self.shared.stats.handshakes_started += 1;
                 self.schedule(spi_r, sa.deadline());
                 self.sas.insert(spi_r, sa);
             }

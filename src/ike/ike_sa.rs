@@ -148,6 +148,8 @@ pub(super) struct Ctx<'a> {
     pub events: &'a mut VecDeque<Event>,
     /// Inbound ESP SPIs in use on this endpoint.
     pub child_spis: &'a mut HashSet<u32>,
+    /// The endpoint's running totals.
+    pub stats: &'a mut super::Stats,
     /// Every policy, in configuration order.
     pub policies: &'a [Arc<Policy>],
     /// The endpoint's other IKE SAs, by our SPI (to pick SPIs not in use).
@@ -849,6 +851,7 @@ impl IkeSa {
             Timeout::Idle => {}
             Timeout::Retransmit(datagrams) => {
                 let datagrams = datagrams.to_vec();
+                ctx.stats.retransmits += 1;
                 self.log(ctx, "retransmitting request");
                 self.transmit(ctx, &datagrams);
             }

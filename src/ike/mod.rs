@@ -300,6 +300,16 @@ pub enum Event {
     },
 }
 
+/// Running totals of the engine's work, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// IKE SAs begun: IKE_SA_INITs we sent, and half-open SAs a peer's made (the
+    /// requests refused statelessly, a flood's, are not counted).
+    pub handshakes_started: u64,
+    /// Requests sent again for want of an answer.
+    pub retransmits: u64,
+}
+
 /// Why an IKE SA went down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DownReason {

@@ -35,7 +35,7 @@ while [[ $# -gt 0 ]]; do case $1 in
 esac; done
 [[ $(id -u) == 0 ]] || { echo "e2e: needs root (namespaces, TUN)" >&2; exit 1; }
 [[ -x $ESPTUN ]] || { echo "e2e: no esptun binary at $ESPTUN (cargo build --release)" >&2; exit 1; }
-for tool in nc tcpdump nft ss sha256sum timeout jq; do
+for tool in nc tcpdump nft ss sha256sum timeout jq curl; do
     command -v $tool >/dev/null || { echo "e2e: $tool missing (scripts/deps.sh test installs it)" >&2; exit 1; }
 done
 
@@ -518,10 +518,16 @@ want privileges && privileges
 # side's SPIs swapped, the pings' packets counted, and as text too; counters shows
 # the drops; esptun down deletes the connection's SAs on both sides and keeps it down,
 # esptun up brings it back; with no daemon the command says so.
+# scrape: alice's metrics as JSON (tests/e2e/prom.py).
+scrape() {
+    ip netns exec "$NS_AG" curl -sf --max-time 5 http://127.0.0.1:9469/metrics | /usr/bin/python3 "$HERE/prom.py"
+}
+
 status_case() {
     CASE=$RUN/status; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
-    SITES_DATAPLANE=""
-    log "case status: esptun status and counters against both gateways"
+    # Each gateway serves metrics on the loopback of its own namespace.
+    SITES_DATAPLANE=$'[metrics]\nlisten = "127.0.0.1:9469"'
+    log "case status: esptun status, counters and metrics against both gateways"
     if ! sites_start "$ESPTUN" "$CASE" alice; then fail status "no Child SA"; sites_stop; return; fi
     local why="" a b spi_in spi_out
     ip netns exec "$NS_AH" ping -c 5 -i 0.1 -W 2 -q "$HOST_B" >/dev/null || why="no ping"
@@ -543,6 +549,19 @@ status_case() {
         why+="${why:+; }status text: $text"
     log "  alice: $(grep -E '^ +(lan|in |out )' <<<"$text" | tr -s ' ' | paste -sd';')"
     ip netns exec "$NS_AG" "$ESPTUN" counters | grep -q '^drops: no_sa=' || why+="${why:+; }no counters"
+    # Metrics: scraped over HTTP and parsed by prometheus_client's parser. The data
+    # plane's counters reach the exporter once a second.
+    sleep 1.2
+    local m
+    m=$(scrape) || why+="${why:+; }no metrics"
+    jq -e '."esptun_ike_sas{state=\"established\"}" == 1 and ."esptun_child_sas_installed" == 1
+        and ."esptun_children_down{child=\"lan\",connection=\"site\"}" == 0
+        and ."esptun_ike_handshakes_started_total" == 1 and ."esptun_ike_handshakes_completed_total" == 1
+        and ([to_entries[] | select(.key | startswith("esptun_child_sa_packets_total{") and contains("direction=\"out\"")) | .value] | add) >= 5
+        and ."esptun_worker_batch_packets_count{direction=\"inbound\"}" >= 5
+        and has("esptun_dropped_packets_total{reason=\"no_sa\"}")' <<<"$m" >/dev/null ||
+        why+="${why:+; }alice's metrics: $m"
+    log "  metrics: $(jq -c '{established: ."esptun_ike_sas{state=\"established\"}", started: .esptun_ike_handshakes_started_total, batches_in: ."esptun_worker_batch_packets_count{direction=\"inbound\"}"}' <<<"$m" 2>/dev/null)"
     # down: the IKE SA goes on both sides and stays gone (alice's start = true would
     # redial within seconds); up brings it back.
     local out
@@ -555,6 +574,9 @@ status_case() {
     ip netns exec "$NS_AG" "$ESPTUN" conns | grep -q '^site: down (esptun down); peer 192.0.2.2; children lan' ||
         why+="${why:+; }conns: $(ip netns exec "$NS_AG" "$ESPTUN" conns)"
     ip netns exec "$NS_AH" ping -c 2 -i 0.2 -W 1 -q "$HOST_B" >/dev/null 2>&1 && why+="${why:+; }a ping passed while down"
+    m=$(scrape)
+    jq -e '."esptun_children_down{child=\"lan\",connection=\"site\"}" == 1 and ."esptun_ike_sas{state=\"established\"}" == 0' <<<"$m" >/dev/null ||
+        why+="${why:+; }metrics while down: $m"
     out=$(ip netns exec "$NS_AG" "$ESPTUN" down nosuch 2>&1) && why+="${why:+; }down nosuch succeeded"
     grep -q 'no connection named "nosuch"' <<<"$out" || why+="${why:+; }down nosuch: $out"
     ip netns exec "$NS_AG" "$ESPTUN" up site >/dev/null || why+="${why:+; }up failed"
