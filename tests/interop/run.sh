@@ -2,7 +2,8 @@
 # esptun against strongSwan's charon (kernel-libipsec), each in its own network
 # namespace: every auth method x proposal, esptun initiating and charon initiating,
 # with pings (and one 200 MB TCP transfer per role) through each tunnel, then the
-# failures that must fail cleanly. Root only; traffic stays in the namespaces.
+# failures that must fail cleanly. Each SA as `esptun status --json` shows it must be
+# the one `swanctl --list-sas` shows. Root only; traffic stays in the namespaces.
 #
 # usage: tests/interop/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
 set -euo pipefail
@@ -19,7 +20,7 @@ while [[ $# -gt 0 ]]; do case $1 in
 esac; done
 [[ $(id -u) == 0 ]] || { echo "interop: needs root (namespaces)" >&2; exit 1; }
 [[ -x $ESPTUN ]] || { echo "interop: no esptun binary at $ESPTUN (cargo build --release)" >&2; exit 1; }
-for tool in ip ping ss nc sha256sum timeout charon-systemd swanctl; do
+for tool in ip ping ss nc sha256sum timeout charon-systemd swanctl jq; do
     command -v $tool >/dev/null || { echo "interop: $tool missing (scripts/deps.sh test installs it)" >&2; exit 1; }
 done
 
@@ -211,19 +212,18 @@ charon_sa() {
     echo "$spi_i $spi_r $spi_in $spi_out $lts $rts"
 }
 
-# esptun's view, from its log, in the same order (its in/out and local/remote swapped)
+# esptun's view, from `esptun status --json` (so that it shows what charon's --list-sas
+# does), in the same order (its in/out and local/remote swapped)
 esptun_sa() {
-    local est child
-    est=$(grep -m1 ' ESTABLISHED ' "$1/esptun.log") || return 1
-    child=$(grep -m1 'CHILD_SA .* UP ' "$1/esptun.log") || return 1
-    local spi_i spi_r spi_in spi_out lts rts
-    spi_i=$(grep -o 'spi_i [0-9a-f]*' <<<"$est" | cut -d' ' -f2)
-    spi_r=$(grep -o 'spi_r [0-9a-f]*' <<<"$est" | cut -d' ' -f2)
-    spi_in=$(grep -o 'spi_in [0-9a-f]*' <<<"$child" | cut -d' ' -f2)
-    spi_out=$(grep -o 'spi_out [0-9a-f]*' <<<"$child" | cut -d' ' -f2)
-    lts=$(grep -o 'local_ts [^ ]*' <<<"$child" | cut -d' ' -f2 | tr ',' '\n' | sort | paste -sd,)
-    rts=$(grep -o 'remote_ts [^ ]*' <<<"$child" | cut -d' ' -f2 | tr ',' '\n' | sort | paste -sd,)
-    echo "$spi_i $spi_r $spi_out $spi_in $rts $lts"
+    local status fields
+    status=$(ip netns exec "$NS_E" "$ESPTUN" status --json 2>/dev/null) || return 1
+    fields=$(jq -r '.ike_sas[0] as $ike | $ike.child_sas[0] // empty | select(.state == "INSTALLED")
+        | [$ike.spi_i, $ike.spi_r, .spi_out, .spi_in, (.remote_ts | join(",")), (.local_ts | join(","))] | join(" ")' <<<"$status")
+    [[ -n $fields ]] || return 1
+    local spi_i spi_r spi_out spi_in rts lts
+    read -r spi_i spi_r spi_out spi_in rts lts <<<"$fields"
+    sorted() { tr ',' '\n' <<<"$1" | sort | paste -sd,; }
+    echo "$spi_i $spi_r $spi_out $spi_in $(sorted "$rts") $(sorted "$lts")"
 }
 
 PASSED=0 FAILED=()
