@@ -150,13 +150,14 @@ sites_start() {
 
 # sites_gateway esptun dir alice|bob [log]: starts that gateway on dir/NAME.toml, its
 # output in dir/NAME.log (or log); sets ALICE_PID or BOB_PID. SITES_ESPTUN_ARGS adds
-# arguments (-v); SITES_STAMP=1 also writes each line, prefixed with the time of day
+# arguments (-v), SITES_KEYLOG=1 `--keylog dir/NAME.keys`; SITES_STAMP=1 also writes each line, prefixed with the time of day
 # to the millisecond, to the log's .ts twin (the log itself stays as esptun wrote it).
 sites_gateway() {
     local ns=$NS_AG log=${4:-$2/$3.log}
     [[ $3 == bob ]] && ns=$NS_BG
     local args=()
     read -r -a args <<<"${SITES_ESPTUN_ARGS:-}"
+    [[ ${SITES_KEYLOG:-0} == 1 ]] && args+=(--keylog "$2/$3.keys")
     if [[ ${SITES_STAMP:-0} == 1 ]]; then
         # ip netns exec execs esptun, so $! is esptun's PID either way.
         ip netns exec "$ns" "$1" run --config "$2/$3.toml" "${args[@]}" \

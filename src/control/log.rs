@@ -137,10 +137,13 @@ pub fn json(m: &MessageRecord) -> String {
     .to_string()
 }
 
-/// Appends IKE and ESP keys to a Wireshark profile directory.
+/// Appends IKE and ESP keys to a Wireshark profile directory, and to `keys.json`
+/// there for `esptun inspect --keys` (one object per SA, in the shape of
+/// `tests/vectors/*/keys.json`).
 pub struct KeyLog {
     ike: File,
     esp: File,
+    json: File,
 }
 
 fn hex(s: &Secret) -> String {
@@ -181,11 +184,30 @@ impl KeyLog {
                 "Wireshark UAT: IKEv2 decryption table",
             )?,
             esp: table("esp_sa", "Wireshark UAT: ESP SAs")?,
+            json: open("keys.json")?,
         })
     }
 
-    /// Records an IKE SA's keys, if Wireshark can decrypt its suite.
+    /// Appends one object to `keys.json`.
+    fn json(&mut self, entry: &serde_json::Value) -> io::Result<()> {
+        writeln!(self.json, "{entry}")?;
+        self.json.flush()
+    }
+
+    /// Records an IKE SA's keys (for Wireshark, if it can decrypt its suite).
     pub fn ike(&mut self, up: &IkeSaUp) -> io::Result<()> {
+        let k = &up.keys;
+        self.json(&serde_json::json!({ "ike_sas": [{
+            "spi_i": format!("{:016x}", up.spi_i.0),
+            "spi_r": format!("{:016x}", up.spi_r.0),
+            "sk_d": hex(&k.sk_d),
+            "sk_ai": hex(&k.sk_ai),
+            "sk_ar": hex(&k.sk_ar),
+            "sk_ei": hex(&k.sk_ei),
+            "sk_er": hex(&k.sk_er),
+            "sk_pi": hex(&k.sk_pi),
+            "sk_pr": hex(&k.sk_pr),
+        }]}))?;
         let encr = match up.suite.encr {
             Encr::AesCbc { key_len } => format!("AES-CBC-{} [RFC3602]", key_len * 8),
             Encr::AesGcm16 { key_len } => {
@@ -205,7 +227,6 @@ impl KeyLog {
             Some(Integ::HmacSha384) => "HMAC_SHA2_384_192 [RFC4868]",
             Some(Integ::HmacSha512) => "HMAC_SHA2_512_256 [RFC4868]",
         };
-        let k = &up.keys;
         writeln!(
             self.ike,
             "{:016x},{:016x},{},{},\"{encr}\",{},{},\"{integ}\"",
@@ -221,6 +242,14 @@ impl KeyLog {
 
     /// Records both directions of a Child SA.
     pub fn esp(&mut self, c: &ChildSaUp) -> io::Result<()> {
+        self.json(&serde_json::json!({ "child_sas": [{
+            "spi_left_to_right": format!("{:08x}", c.spi_out),
+            "spi_right_to_left": format!("{:08x}", c.spi_in),
+            "encryption_initiator": hex(&c.keys_out.0),
+            "encryption_responder": hex(&c.keys_in.0),
+            "integrity_initiator": hex(&c.keys_out.1),
+            "integrity_responder": hex(&c.keys_in.1),
+        }]}))?;
         let encr = match c.encr {
             Encr::AesCbc { .. } => "AES-CBC [RFC3602]",
             Encr::AesGcm16 { .. } => "AES-GCM with 16 octet ICV [RFC4106]",
@@ -264,7 +293,12 @@ mod tests {
         KeyLog::create(&dir).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
-        for name in ["preferences", "ikev2_decryption_table", "esp_sa"] {
+        for name in [
+            "preferences",
+            "ikev2_decryption_table",
+            "esp_sa",
+            "keys.json",
+        ] {
             assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
         }
         let victim = dir.join("victim");

@@ -1,5 +1,7 @@
 //! The key file `inspect --keys` reads: the IKE and Child SA keys of a capture, in
-//! the JSON shape the strongSwan vectors in `tests/vectors/*/keys.json` use.
+//! the JSON shape the strongSwan vectors in `tests/vectors/*/keys.json` use, as one
+//! object or as several in a row (`esptun run --keylog DIR` appends one per SA to
+//! `DIR/keys.json`), whose lists are joined.
 
 use crate::crypto::Secret;
 use crate::wire::IkeSpi;
@@ -9,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, Deserialize)]
 pub struct KeyLog {
     /// IKE SAs, the first one and each rekeyed one.
+    #[serde(default)]
     pub ike_sas: Vec<IkeSaKeys>,
     /// Child SAs (ESP).
     #[serde(default)]
@@ -24,11 +27,12 @@ pub struct IkeSaKeys {
     /// The responder's SPI.
     #[serde(deserialize_with = "ike_spi")]
     pub spi_r: IkeSpi,
-    /// The Diffie-Hellman shared secret g^ir.
-    #[serde(deserialize_with = "secret")]
+    /// The Diffie-Hellman shared secret g^ir (the vectors have it; esptun's key log
+    /// does not keep it).
+    #[serde(default, deserialize_with = "secret")]
     pub g_ir: Secret,
-    /// SKEYSEED.
-    #[serde(deserialize_with = "secret")]
+    /// SKEYSEED (likewise).
+    #[serde(default, deserialize_with = "secret")]
     pub skeyseed: Secret,
     /// SK_d.
     #[serde(deserialize_with = "secret")]
@@ -53,7 +57,8 @@ pub struct IkeSaKeys {
     pub sk_pr: Secret,
 }
 
-/// The SPIs and keys of one Child SA, named by the direction of its traffic.
+/// The SPIs and keys of one Child SA, named by the direction of its traffic ("left":
+/// the initiating gateway in the vectors, the gateway that wrote esptun's key log).
 #[derive(Debug, Deserialize)]
 pub struct ChildSaKeys {
     /// SPI of the SA carrying traffic from the left (initiating) gateway.
@@ -90,10 +95,19 @@ pub struct KeyLogError {
 impl KeyLog {
     /// Parses a key file; `path` names it in errors, which carry line and column.
     pub fn parse(path: &str, json: &str) -> Result<Self, KeyLogError> {
-        serde_json::from_str(json).map_err(|source| KeyLogError {
-            path: path.to_owned(),
-            source,
-        })
+        let mut log = Self {
+            ike_sas: Vec::new(),
+            child_sas: Vec::new(),
+        };
+        for part in serde_json::Deserializer::from_str(json).into_iter::<Self>() {
+            let part = part.map_err(|source| KeyLogError {
+                path: path.to_owned(),
+                source,
+            })?;
+            log.ike_sas.extend(part.ike_sas);
+            log.child_sas.extend(part.child_sas);
+        }
+        Ok(log)
     }
 
     /// The keys of the IKE SA with these SPIs.
@@ -140,6 +154,27 @@ mod tests {
         let sa = &log.ike_sas[1];
         assert!(log.ike_sa(sa.spi_i, sa.spi_r).is_some());
         assert!(log.ike_sa(sa.spi_r, sa.spi_i).is_none());
+    }
+
+    #[test]
+    fn objects_in_a_row_are_joined() {
+        let ike = |spi: &str| {
+            format!(
+                r#"{{"ike_sas": [{{"spi_i": "{spi}", "spi_r": "0000000000000002", "sk_d": "", "sk_ei": "00", "sk_er": "01", "sk_pi": "", "sk_pr": ""}}]}}"#
+            )
+        };
+        let child = r#"{"child_sas": [{"spi_left_to_right": "00000003", "spi_right_to_left": "00000004", "encryption_initiator": "05", "encryption_responder": "06"}]}"#;
+        let text = format!(
+            "{}\n{child}\n{}\n",
+            ike("0000000000000001"),
+            ike("0000000000000007")
+        );
+        let log = KeyLog::parse("keys.json", &text).unwrap();
+        assert_eq!(log.ike_sas.len(), 2);
+        assert_eq!(log.child_sas.len(), 1);
+        assert!(log.ike_sa(IkeSpi(7), IkeSpi(2)).is_some());
+        assert_eq!(log.ike_sas[0].sk_er.expose(), [1]);
+        assert!(log.ike_sas[0].g_ir.is_empty());
     }
 
     #[test]

@@ -527,9 +527,21 @@ status_case() {
     CASE=$RUN/status; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
     # Each gateway serves metrics on the loopback of its own namespace.
     SITES_DATAPLANE=$'[metrics]\nlisten = "127.0.0.1:9469"'
-    log "case status: esptun status, counters and metrics against both gateways"
-    if ! sites_start "$ESPTUN" "$CASE" alice; then fail status "no Child SA"; sites_stop; return; fi
+    log "case status: esptun status, counters, metrics and the key log against both gateways"
+    # IKE from the start, which alice's key log (as inspect --keys reads it) decrypts.
+    ip netns exec "$NS_AG" tcpdump -i wan -n -w "$CASE/ike.pcap" udp port 500 or udp port 4500 2>/dev/null &
+    local dump=$!
+    sleep 0.5
+    SITES_KEYLOG=1
+    if ! sites_start "$ESPTUN" "$CASE" alice; then SITES_KEYLOG=0; kill $dump; fail status "no Child SA"; sites_stop; return; fi
+    SITES_KEYLOG=0
     local why="" a b spi_in spi_out
+    sleep 0.5; kill $dump; wait $dump 2>/dev/null || true
+    local keys=$CASE/alice.keys/keys.json inspected
+    [[ $(stat -c %a "$keys") == 600 ]] || why="$keys is mode $(stat -c %a "$keys"), not 600"
+    inspected=$("$ESPTUN" inspect "$CASE/ike.pcap" --keys "$keys" 2>&1) || why+="${why:+; }inspect --keys failed: $inspected"
+    grep -q "IDi type=FQDN id=alice.example" <<<"$inspected" && ! grep ' SK ' <<<"$inspected" | grep -q -v 'integrity=ok' ||
+        why+="${why:+; }inspect --keys $keys did not decrypt alice's IKE_AUTH: $(grep -m3 ' SK ' <<<"$inspected")"
     ip netns exec "$NS_AH" ping -c 5 -i 0.1 -W 2 -q "$HOST_B" >/dev/null || why="no ping"
     a=$(ip netns exec "$NS_AG" "$ESPTUN" status --json) || why+="${why:+; }alice's status failed"
     b=$(ip netns exec "$NS_BG" "$ESPTUN" status --json) || why+="${why:+; }bob's status failed"
