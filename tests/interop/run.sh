@@ -3,7 +3,8 @@
 # namespace: every auth method x proposal, esptun initiating and charon initiating,
 # with pings (and one 200 MB TCP transfer per role) through each tunnel, then the
 # failures that must fail cleanly. Each SA as `esptun status --json` shows it must be
-# the one `swanctl --list-sas` shows. Root only; traffic stays in the namespaces.
+# the one `swanctl --list-sas` shows. Last, deploy/examples/strongswan, rendered as a
+# newcomer would, must carry traffic. Root only; traffic stays in the namespaces.
 #
 # usage: tests/interop/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
 set -euo pipefail
@@ -399,6 +400,41 @@ retransmit_timeout = 1
 retransmit_tries = 2' lifecycle peer-dead charon_dies
 }
 
+# deploy/examples/strongswan as README tells a newcomer to use it: a PKI from `esptun
+# pki ca` and `esptun pki issue`, both files rendered by render.sh with this test's
+# addresses, the certificates where swanctl.conf's comments say; nothing else.
+run_deploy_example() {
+    local name=deploy/examples/strongswan d=$RUN/deploy-example theirs="" ours="" why
+    [[ $name =~ $ONLY ]] || return 0
+    mkdir -p "$d"
+    "$ESPTUN" pki ca --out "$d/pki" >/dev/null
+    "$ESPTUN" pki issue --dir "$d/pki" --san left.example >/dev/null
+    "$ESPTUN" pki issue --dir "$d/pki" --san right.example >/dev/null
+    LEFT_ADDR=$ADDR_E RIGHT_ADDR=$ADDR_C CERT_DIR=$d/pki \
+        "$HERE/../../deploy/examples/render.sh" "$HERE/../../deploy/examples/strongswan" "$d/rendered"
+    cp "$d/rendered/esptun.toml" "$d/esptun.toml"
+    charon_strongswan_conf "$d"
+    cp "$d/rendered/swanctl.conf" "$d/swanctl/swanctl.conf"
+    cp "$d/pki/ca.crt" "$d/swanctl/x509ca/"
+    cp "$d/pki/right.example.crt" "$d/swanctl/x509/"
+    cp "$d/pki/right.example.key" "$d/swanctl/private/"
+    start_charon "$d" || { fail "$name" "charon did not load the rendered swanctl.conf"; stop_all; return; }
+    start_esptun "$d" || { fail "$name" "esptun did not start on the rendered esptun.toml"; stop_all; return; }
+    for _ in $(seq 100); do
+        theirs=$(charon_sa "$d" || true); ours=$(esptun_sa "$d" || true)
+        [[ -n $theirs && -n $ours ]] && break
+        sleep 0.1
+    done
+    if [[ -z $theirs || $theirs != "$ours" ]]; then
+        fail "$name" "charon '${theirs}', esptun '${ours}'"; show_logs "$d"
+    elif ! why=$(traffic "$d" example); then
+        fail "$name" "$why"; show_logs "$d"
+    else
+        pass "$name" "$why"
+    fi
+    stop_all
+}
+
 log "$("$ESPTUN" --version) against charon $(dpkg-query -W -f '${Version}' charon-systemd 2>/dev/null)"
 ONLY=${ONLY:-.}   # a regex over case names, to rerun a few
 for who in esptun charon; do
@@ -417,6 +453,7 @@ for who in esptun charon; do
 done
 
 run_lifecycle
+run_deploy_example
 
 log "$PASSED passed, ${#FAILED[@]} failed"
 (( ${#FAILED[@]} == 0 )) || { printf '  failed: %s\n' "${FAILED[@]}"; exit 1; }
