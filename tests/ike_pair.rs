@@ -1631,6 +1631,31 @@ fn delete_of_the_old_ike_sa_overtaking_the_losers_rekey_answer_keeps_the_childre
     }
 }
 
+#[test]
+fn the_peers_redundant_ike_sa_goes_when_the_peer_drops_it_silently() {
+    for seed in 1..=4 {
+        let (mut pair, loser) = crossing_ike_rekeys(seed);
+        let winner = other(loser);
+        let children = (pair.live(Side::A), pair.live(Side::B));
+        // As charon does when the winner's Delete of the old IKE SA overtakes the
+        // winner's answer to its own rekey: it drops its new SA without a word (and
+        // the answer with it). The winner holds that SA alone.
+        let answer = pair.wire.iter().position(|(to, _)| *to == loser).unwrap();
+        pair.wire.remove(answer);
+        // The winner deletes it after the grace (the peer answers INVALID_IKE_SPI;
+        // without an answer it would be gone after one retransmission): well before
+        // its hard lifetime, and without ever making Child SAs on it.
+        pair.run_for(25);
+        assert_eq!(pair.assert_converged(), 1, "seed {seed}");
+        assert_eq!((pair.live(Side::A), pair.live(Side::B)), children);
+        let said = logs(pair.events(winner));
+        assert!(
+            !said.iter().any(|l| l.contains("creating them again")),
+            "seed {seed}: {said:#?}"
+        );
+    }
+}
+
 fn is_response(t: &Transmit) -> bool {
     Message::decode(&t.data).unwrap().header.flags.response()
 }

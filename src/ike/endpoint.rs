@@ -5,7 +5,7 @@
 use super::admission::{Cookies, HalfOpen, InitRate, Refusal, Refusals, source_of};
 use super::ephemeral::Ephemerals;
 use super::exchange::RetransmitPolicy;
-use super::ike_sa::{Ctx, IkeSa, Request, State};
+use super::ike_sa::{Ctx, IkeSa, REDUNDANT_GRACE, Request, State, Work};
 use super::task::{create_child, ike_init, informational};
 use super::{Action, ChildPolicy, DownReason, Error, Event, Instant, Policy, Stats, Transmit};
 use crate::crypto::Random;
@@ -305,6 +305,11 @@ impl Endpoint {
                 self.sas.insert(spi, *sa);
                 self.with_sa(now, spi, |_, _| {});
             }
+            Request::Redundant(spi) => self.with_sa(now, spi, |sa, ctx| {
+                sa.redundant();
+                sa.delayed
+                    .push((ctx.now + REDUNDANT_GRACE, Work::DeleteIke));
+            }),
             Request::AdoptChildren { to, children, work } => match self.sas.get_mut(&to) {
                 Some(target) => {
                     target.children.extend(children);

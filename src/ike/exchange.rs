@@ -100,6 +100,11 @@ impl Requester {
         }
     }
 
+    /// Retransmits each request at most `tries` times from now on.
+    pub fn limit_tries(&mut self, tries: u32) {
+        self.policy.tries = self.policy.tries.min(tries);
+    }
+
     /// The message ID the next request will carry.
     pub fn next_message_id(&self) -> Result<u32, RequestError> {
         self.next_id.ok_or(RequestError::MessageIdsExhausted)

@@ -26,6 +26,11 @@ const CHILDLESS_CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// Child SA creations failing in a row after which a childless IKE SA is closed,
 /// leaving the retry to the connection's back-off.
 const MAX_CHILD_FAILURES: u32 = 3;
+/// How long the peer's SA from a rekey collision we won may wait for the peer's
+/// Delete. A peer that learns of the collision only from our Delete of the old SA
+/// drops its SA without a word (charon: "peer did not notice IKE_SA rekey
+/// collision"), so ours would otherwise stay until its hard lifetime.
+pub(super) const REDUNDANT_GRACE: Duration = Duration::from_secs(10);
 
 /// An unprotected INVALID_IKE_SPI answer (RFC 7296 §2.21.4): the peer lost the SA.
 fn lost_by_peer(message: &Message) -> bool {
@@ -125,6 +130,10 @@ pub(super) enum Work {
 pub(super) enum Request {
     /// A new IKE SA to index (one made by an IKE SA rekey).
     Spawn(Box<IkeSa>),
+    /// The IKE SA with our SPI `spi` is the peer's from a rekey collision our
+    /// exchange won (RFC 7296 §2.8.2): the peer should delete it, and we do if it
+    /// has not after [`REDUNDANT_GRACE`].
+    Redundant(IkeSpi),
     /// Give these Child SAs, and the work for them, to the IKE SA with our SPI `to`
     /// (its rekey replaced this one).
     AdoptChildren {
@@ -856,11 +865,19 @@ impl IkeSa {
                 self.transmit(ctx, &datagrams);
             }
             Timeout::GiveUp => {
-                self.log(ctx, "giving up after retransmissions");
                 let reason = match self.pending.take() {
                     Some(Task::Delete) => DownReason::DeletedLocally,
                     _ => DownReason::PeerDead,
                 };
+                // A replaced SA the peer no longer knows is no sign of a dead peer.
+                self.log(
+                    ctx,
+                    if self.superseded && reason == DownReason::DeletedLocally {
+                        "no answer to the Delete of this replaced IKE_SA: removing it"
+                    } else {
+                        "giving up after retransmissions"
+                    },
+                );
                 self.down(ctx, reason);
             }
         }
@@ -891,9 +908,19 @@ impl IkeSa {
         }
     }
 
-    /// Whether a childless SA brings back its children rather than closing.
+    /// Marks this SA as the redundant one of a rekey collision: it carries nothing
+    /// and only awaits its deletion, whose Delete is retransmitted once at most (the
+    /// peer may have dropped the SA already, silently).
+    pub fn redundant(&mut self) {
+        self.superseded = true;
+        self.requester.limit_tries(1);
+    }
+
+    /// Whether a childless SA brings back its children rather than closing (never
+    /// one a rekey replaced: its children live on elsewhere).
     fn recreates_children(&self) -> bool {
-        self.child_failures < MAX_CHILD_FAILURES
+        !self.superseded
+            && self.child_failures < MAX_CHILD_FAILURES
             && self
                 .policy
                 .children

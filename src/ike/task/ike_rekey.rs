@@ -178,15 +178,17 @@ pub(super) fn response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, r: IkeRekey, payloads:
                 .as_ref()
                 .is_none_or(|theirs| we_win((&r.nonce, &new.nonce_r), theirs));
             if won {
-                if sa.peer_rekey.is_some() {
+                if let Some(theirs) = sa.peer_rekey.take() {
                     sa.log(ctx, "IKE_SA rekey collision: our exchange wins");
+                    ctx.requests
+                        .push(Request::Redundant(IkeSpi(theirs.created)));
                 }
                 hand_over(sa, ctx, &mut new);
                 sa.queue.push_back(Work::DeleteIke);
             } else {
                 sa.log(ctx, "IKE_SA rekey collision: the peer's exchange wins");
                 adopt_into_peers(sa, ctx);
-                new.superseded = true;
+                new.redundant();
                 new.queue.push_back(Work::DeleteIke);
             }
             ctx.requests.push(Request::Spawn(Box::new(new)));
