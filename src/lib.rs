@@ -28,6 +28,7 @@ pub mod dataplane;
 pub mod esp;
 pub mod ike;
 pub mod inspect;
+pub mod logging;
 pub mod netio;
 pub mod pki;
 pub mod privilege;

@@ -20,8 +20,11 @@ enum Command {
         /// The configuration file (TOML, see README).
         #[arg(long)]
         config: PathBuf,
-        /// Also print every IKE message as JSON, decrypted.
-        #[arg(short, long)]
+        /// Log lines of this level and the more severe ones.
+        #[arg(long, value_enum, default_value = "info")]
+        log_level: esptun::logging::Level,
+        /// Also log every IKE message as JSON, decrypted (--log-level debug).
+        #[arg(short, long, conflicts_with = "log_level")]
         verbose: bool,
         /// Write IKE and ESP keys to this directory as a Wireshark profile.
         #[arg(long)]
@@ -225,13 +228,14 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run {
             config,
+            log_level,
             verbose,
             keylog,
-        } => esptun::control::run(esptun::control::Options {
-            config,
-            verbose,
-            keylog,
-        }),
+        } => {
+            use esptun::logging::{Level, set_level};
+            set_level(if verbose { Level::Debug } else { log_level });
+            esptun::control::run(esptun::control::Options { config, keylog })
+        }
         Command::Check { config } => run_check(&config),
         Command::Status { daemon, json } => {
             daemon.ask("status", json, esptun::control::status::text)

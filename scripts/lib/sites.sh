@@ -184,17 +184,20 @@ sites_wait() {
 }
 
 # sites_report log pid: the gateway's per-SA counters and drops, asked for with SIGUSR1:
-# the report's CHILD_SA lines and its drops line. (A Child SA that is removed logs a
-# line of the same form: only lines after the signal count, and only those right
-# before the drops line, so one slips in only if logged just before the report.)
+# the report's CHILD_SA lines and its drops line, without their time and level. (A
+# Child SA that is removed logs a line of the same form after its connection's name,
+# which the awk below does not take.)
 sites_report() {
     local before
     before=$(wc -l <"$1")
     kill -USR1 "$2"
     for _ in $(seq 50); do
-        tail -n +"$((before + 1))" "$1" | grep -q '^drops:' && break
+        tail -n +"$((before + 1))" "$1" | sites_unstamp | grep -q '^drops:' && break
         sleep 0.1
     done
-    tail -n +"$((before + 1))" "$1" | awk '/^CHILD_SA .* in [0-9]+ packets/ {buf = buf $0 "\n"; next}
+    tail -n +"$((before + 1))" "$1" | sites_unstamp | awk '/^CHILD_SA .* in [0-9]+ packets/ {buf = buf $0 "\n"; next}
          /^drops:/ {print buf $0; exit} {buf = ""}'
 }
+
+# sites_unstamp: stdin to stdout, each esptun log line without its time and level.
+sites_unstamp() { sed -E 's/^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z [A-Z]+ +//'; }

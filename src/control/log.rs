@@ -3,7 +3,9 @@
 //! decrypt a capture of the tunnel.
 
 use crate::crypto::{Encr, Integ, Secret};
-use crate::ike::{ChildSaUp, Event, IkeSaUp, MessageRecord};
+use crate::ike::{ChildSaUp, DownReason, Event, IkeSaUp, MessageRecord};
+use crate::logging::Level;
+use crate::wire::IkeSpi;
 use crate::wire::message::summarize;
 use crate::wire::payload::TsRange;
 use std::fs::{self, File, OpenOptions};
@@ -18,11 +20,52 @@ fn selectors(list: &[TsRange]) -> String {
         .join(",")
 }
 
+/// The connection an event names, if it does (Child SA events name only their IKE SA).
+pub fn connection(event: &Event) -> Option<&str> {
+    match event {
+        Event::Message(m) => m.connection.as_deref(),
+        Event::Log { connection, .. } => connection.as_deref(),
+        Event::IkeSaUp(up) | Event::IkeSaRekeyed { up, .. } => Some(&up.connection),
+        Event::IkeSaDown { connection, .. } => Some(connection),
+        Event::ChildSaUp(c) => Some(&c.connection),
+        Event::ChildSaOutbound { .. } | Event::ChildSaFailed { .. } | Event::ChildSaDown { .. } => {
+            None
+        }
+    }
+}
+
+/// The IKE SA an event concerns, by initiator SPI.
+pub fn spi_i(event: &Event) -> Option<IkeSpi> {
+    match event {
+        Event::Message(m) => Some(m.spi_i),
+        Event::IkeSaUp(up) | Event::IkeSaRekeyed { up, .. } => Some(up.spi_i),
+        Event::ChildSaUp(c) => Some(c.spi_i),
+        Event::Log { spi_i, .. }
+        | Event::IkeSaDown { spi_i, .. }
+        | Event::ChildSaOutbound { spi_i, .. }
+        | Event::ChildSaFailed { spi_i, .. }
+        | Event::ChildSaDown { spi_i, .. } => Some(*spi_i),
+    }
+}
+
+/// How severe an event is: a negotiation that failed, or a peer that went silent,
+/// is a warning; the rest is information.
+pub fn level(event: &Event) -> Level {
+    match event {
+        Event::ChildSaFailed { .. }
+        | Event::IkeSaDown {
+            reason: DownReason::PeerDead | DownReason::Failed(_) | DownReason::Refused(_),
+            ..
+        } => Level::Warn,
+        _ => Level::Info,
+    }
+}
+
 /// The one line printed for an event.
 pub fn line(event: &Event) -> String {
     match event {
         Event::Message(m) => message(m),
-        Event::Log { spi_i, text } => format!("IKE_SA {:016x}: {text}", spi_i.0),
+        Event::Log { spi_i, text, .. } => format!("IKE_SA {:016x}: {text}", spi_i.0),
         Event::IkeSaUp(up) => ike_up(up, "ESTABLISHED"),
         Event::IkeSaRekeyed { old, up } => {
             format!("{} (rekeys {:016x})", ike_up(up, "REKEYED"), old.0)

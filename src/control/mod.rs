@@ -13,6 +13,7 @@ use crate::config::{Config, Connection, DataplaneSettings, IkeSettings, Listen};
 use crate::crypto::Random;
 use crate::dataplane::{Dataplane, DataplaneEvent};
 use crate::ike::{self, Endpoint, Event, Settings, ts};
+use crate::logging::Level;
 use crate::wire::IkeSpi;
 use log::KeyLog;
 use nix::fcntl::{Flock, FlockArg};
@@ -32,8 +33,6 @@ use tokio::sync::mpsc;
 pub struct Options {
     /// The configuration file.
     pub config: PathBuf,
-    /// Print every IKE message as JSON, decrypted.
-    pub verbose: bool,
     /// Write keys to this Wireshark profile directory.
     pub keylog: Option<PathBuf>,
 }
@@ -205,14 +204,14 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
             let bound = SocketAddr::new(*addr, port);
             let socket = IkeSocket::bind(bound, port == listen.natt_port, config.dataplane.fwmark)
                 .map_err(|e| format!("bind {bound}: {e}"))?;
-            println!("listening on {bound}");
+            crate::info!("listening on {bound}");
             sockets.push(Arc::new(socket));
         }
     }
     // After the IKE sockets: the NAT-T port's group must have the control socket first.
     let (dataplane, mut dataplane_events) = Dataplane::start(&config.dataplane, &listen)
         .map_err(|e| format!("data plane ({}): {e}", config.dataplane.tun))?;
-    println!(
+    crate::info!(
         "data plane: TUN {} (path MTU {}, offload {}), {} workers",
         config.dataplane.tun,
         config.dataplane.path_mtu,
@@ -231,7 +230,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                             return;
                         }
                     }
-                    Err(e) => eprintln!("receive on {}: {e}", socket.bound),
+                    Err(e) => crate::warn!("receive on {}: {e}", socket.bound),
                 }
             }
         });
@@ -270,7 +269,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         metrics: config.metrics.map(metrics::Metrics::start).transpose()?,
     };
     if let Some(at) = config.metrics {
-        println!("metrics on http://{at}/metrics");
+        crate::info!("metrics on http://{at}/metrics");
     }
     for c in &config.connections {
         let peer = daemon.peer_of(c)?;
@@ -293,7 +292,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         if stopping.is_some_and(|until| {
             daemon.endpoint.established() == 0 || tokio::time::Instant::now() >= until
         }) {
-            println!("{}", daemon.dataplane.report());
+            report_counters(&daemon.dataplane);
             daemon.dataplane.release_routes();
             return Ok(());
         }
@@ -308,7 +307,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
             _ = keepalive.tick() => daemon.send_keepalives(),
             _ = lifetimes.tick() => {
                 if let Some(line) = daemon.send_errors.flush() {
-                    eprintln!("{line}");
+                    crate::warn!("{line}");
                 }
                 for (spi_in, hard, cause) in daemon.dataplane.expiries() {
                     daemon.endpoint.expire_child(now(), spi_in, hard, cause);
@@ -340,10 +339,10 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                     ));
                 }
             },
-            _ = report.recv() => println!("{}", daemon.dataplane.report()),
+            _ = report.recv() => report_counters(&daemon.dataplane),
             _ = hangup.recv(), if stopping.is_none() => {
                 if let Err(e) = daemon.reload(now()) {
-                    eprintln!("{e}");
+                    crate::warn!("{e}");
                 }
             }
             () = control.serve_next(&requests) => {}
@@ -351,16 +350,23 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                 let _ = reply.send(daemon.answer(&command));
             }
             _ = interrupt.recv(), if stopping.is_none() => {
-                println!("interrupted: deleting IKE SAs");
+                crate::info!("interrupted: deleting IKE SAs");
                 daemon.endpoint.delete_all(now());
                 stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
             }
             _ = terminate.recv(), if stopping.is_none() => {
-                println!("terminated: deleting IKE SAs");
+                crate::info!("terminated: deleting IKE SAs");
                 daemon.endpoint.delete_all(now());
                 stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
             }
         }
+    }
+}
+
+/// Logs each Child SA's counters and the drops (SIGUSR1, and at exit).
+fn report_counters(dataplane: &Dataplane) {
+    for line in dataplane.report().lines() {
+        crate::info!("{line}");
     }
 }
 
@@ -402,7 +408,7 @@ impl Daemon {
                 Ok(ip) => ip,
                 Err(e) if c.start => return Err(c.origin.error(e).to_string()),
                 Err(e) => {
-                    eprintln!("{}", c.origin.error(e));
+                    crate::warn!("{}", c.origin.error(e));
                     return Ok(None);
                 }
             },
@@ -423,7 +429,7 @@ impl Daemon {
         if let Some((local, remote)) = peer {
             self.endpoint.add_peer(index, local, remote);
             if c.start {
-                println!("initiating {} {local} -> {remote}", c.policy.name);
+                crate::info!("initiating {} {local} -> {remote}", c.policy.name);
             }
         }
         let local_ip = peer
@@ -506,7 +512,7 @@ impl Daemon {
             // the file is good, and the connections before it are changed already.
             let (index, routed) = self.add_connection(c, peer);
             if let Err(e) = routed {
-                eprintln!("reload: {e}");
+                crate::warn!("reload: {e}");
             }
             if let Some(old) = replaces {
                 self.retire_connection(now, old);
@@ -537,7 +543,7 @@ impl Daemon {
             list(&changed),
             list(&removed)
         );
-        println!("{line}");
+        crate::info!("{line}");
         Ok(line)
     }
 
@@ -552,7 +558,7 @@ impl Daemon {
             ("reload", _) => match self.reload(now) {
                 Ok(line) => serde_json::json!({ "reloaded": line }),
                 Err(e) => {
-                    eprintln!("{e}");
+                    crate::warn!("{e}");
                     serde_json::json!({ "error": e })
                 }
             },
@@ -576,14 +582,14 @@ impl Daemon {
                 serde_json::json!({ "error": format!("no connection named {:?}", name.trim()) })
             }
             ("up", Some(policy)) => {
-                println!("{name}: brought up (esptun up)");
+                crate::info!("{name}: brought up (esptun up)");
                 match self.endpoint.up(now, policy) {
                     Ok(()) => serde_json::json!({ "up": name }),
                     Err(e) => serde_json::json!({ "error": e }),
                 }
             }
             ("down", Some(policy)) => {
-                println!("{name}: taken down (esptun down)");
+                crate::info!("{name}: taken down (esptun down)");
                 let deleted = self.endpoint.down(now, policy);
                 serde_json::json!({ "down": name, "ike_sas_deleted": deleted })
             }
@@ -618,7 +624,7 @@ impl Daemon {
             if let Some(socket) = self.socket(local, remote)
                 && let Err(e) = socket.send(&[0xff], local.ip(), remote)
             {
-                eprintln!("keepalive {local} -> {remote}: {e}");
+                crate::warn!("keepalive {local} -> {remote}: {e}");
             }
         }
     }
@@ -627,13 +633,21 @@ impl Daemon {
     /// in the data plane before the message that lets the peer use it leaves.
     fn flush(&mut self) {
         while let Some(event) = self.endpoint.poll_event() {
-            println!("{}", log::line(&event));
+            let connection = log::connection(&event)
+                .or_else(|| log::spi_i(&event).and_then(|spi| self.registry.connection_of(spi)))
+                .unwrap_or("-")
+                .to_string();
+            let line = log::line(&event);
+            match log::level(&event) {
+                Level::Warn => crate::warn!("{connection} {line}"),
+                _ => crate::info!("{connection} {line}"),
+            }
             if let Some(m) = self.metrics.as_mut() {
                 m.on_event(&event, &self.registry);
             }
             self.registry.on_event(&event, self.start.elapsed());
             match &event {
-                Event::Message(m) if self.options.verbose => println!("{}", log::json(m)),
+                Event::Message(m) => crate::debug!("{connection} {}", log::json(m)),
                 Event::IkeSaUp(up) | Event::IkeSaRekeyed { up, .. } => {
                     if let Event::IkeSaRekeyed { old, .. } = &event {
                         self.keepalives.remove(old);
@@ -644,23 +658,23 @@ impl Daemon {
                     if let Some(k) = self.keylog.as_mut()
                         && let Err(e) = k.ike(up)
                     {
-                        eprintln!("key log: {e}");
+                        crate::error!("key log: {e}");
                     }
                 }
                 Event::ChildSaUp(c) => {
                     if let Err(e) = self.dataplane.install(c) {
-                        eprintln!("CHILD_SA {} not installed: {e}", c.child);
+                        crate::error!("{connection} CHILD_SA {} not installed: {e}", c.child);
                     }
                     if let Some(k) = self.keylog.as_mut()
                         && let Err(e) = k.esp(c)
                     {
-                        eprintln!("key log: {e}");
+                        crate::error!("key log: {e}");
                     }
                 }
                 Event::ChildSaOutbound { spi_in, .. } => self.dataplane.activate(*spi_in),
                 Event::ChildSaDown { spi_in, .. } => {
                     if let Some(line) = self.dataplane.remove(*spi_in) {
-                        println!("{line}");
+                        crate::info!("{connection} {line}");
                     }
                 }
                 // Its Child SAs came first, each as ChildSaDown (a rekeyed IKE SA has none).
@@ -677,7 +691,7 @@ impl Daemon {
                 self.send_errors
                     .note(now, what)
                     .iter()
-                    .for_each(|l| eprintln!("{l}"));
+                    .for_each(|l| crate::warn!("{l}"));
                 continue;
             };
             let data = if t.local.port() == self.natt_port {
@@ -690,7 +704,7 @@ impl Daemon {
                 self.send_errors
                     .note(now, what)
                     .iter()
-                    .for_each(|l| eprintln!("{l}"));
+                    .for_each(|l| crate::warn!("{l}"));
             }
         }
     }

@@ -100,6 +100,11 @@ impl Registry {
         self.children.insert(c.spi_in, entry);
     }
 
+    /// The connection of the IKE SA with initiator SPI `spi_i`, if it is up.
+    pub fn connection_of(&self, spi_i: IkeSpi) -> Option<&str> {
+        self.ike.get(&spi_i.0)?.facts["connection"].as_str()
+    }
+
     /// Whether the IKE SA with initiator SPI `spi_i` is up.
     pub fn is_up(&self, spi_i: IkeSpi) -> bool {
         self.ike.contains_key(&spi_i.0)

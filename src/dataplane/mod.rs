@@ -350,7 +350,7 @@ impl Dataplane {
         let (first, offload) = match build(settings.offload) {
             Ok(dev) => (dev, settings.offload),
             Err(e) if settings.offload => {
-                eprintln!("TUN offload unavailable ({e}); using plain reads and writes");
+                crate::warn!("TUN offload unavailable ({e}); using plain reads and writes");
                 (build(false)?, false)
             }
             Err(e) => return Err(e),
@@ -365,7 +365,7 @@ impl Dataplane {
             && current.trim() != "1"
             && let Err(e) = std::fs::write(&gen_mode, "1")
         {
-            eprintln!("{gen_mode}: {e}; the TUN gets a link-local address");
+            crate::warn!("{gen_mode}: {e}; the TUN gets a link-local address");
         }
         first.enabled(true)?;
         let tun_index = first.if_index()?;
@@ -467,9 +467,11 @@ impl Dataplane {
                 continue;
             }
             if let Some(own) = ours.iter().find(|&&a| covers(prefix, a)) {
-                eprintln!(
+                crate::warn!(
                     "{name}: {}/{} holds this host's address {own}: its neighbours there are reached through {}",
-                    prefix.0, prefix.1, self.settings.tun
+                    prefix.0,
+                    prefix.1,
+                    self.settings.tun
                 );
             }
             let failed = |e| {
@@ -512,7 +514,7 @@ impl Dataplane {
                 .delete(prefix, self.tun_index)
                 .and_then(|()| self.routes.delete_blackhole(prefix));
             if let Err(e) = removed {
-                eprintln!("remove route {}/{}: {e}", prefix.0, prefix.1);
+                crate::warn!("remove route {}/{}: {e}", prefix.0, prefix.1);
             }
         }
     }
@@ -532,7 +534,7 @@ impl Dataplane {
     /// This host's addresses; none (so routes get no source) if the kernel will not say.
     fn addresses(&mut self) -> Vec<IpAddr> {
         self.routes.addresses().unwrap_or_else(|e| {
-            eprintln!("cannot list this host's addresses: {e}");
+            crate::warn!("cannot list this host's addresses: {e}");
             Vec::new()
         })
     }
@@ -659,9 +661,11 @@ impl Dataplane {
                     .routes
                     .add(prefix, self.tun_index, source(sources, prefix.0))
                 {
-                    eprintln!(
+                    crate::warn!(
                         "route {}/{} into {}: {e}",
-                        prefix.0, prefix.1, self.settings.tun
+                        prefix.0,
+                        prefix.1,
+                        self.settings.tun
                     );
                     continue;
                 }
@@ -701,7 +705,7 @@ impl Dataplane {
             if *users == 0 {
                 self.route_users.remove(prefix);
                 if let Err(e) = self.routes.delete(*prefix, self.tun_index) {
-                    eprintln!("remove route {}/{}: {e}", prefix.0, prefix.1);
+                    crate::warn!("remove route {}/{}: {e}", prefix.0, prefix.1);
                 }
             }
         }

@@ -238,7 +238,7 @@ impl Routes {
                     let _ = self.request(RTM_DELROUTE, 0, &route);
                 }
             }
-            Err(e) => eprintln!("routing table {}: cannot list its routes: {e}", self.table),
+            Err(e) => crate::warn!("routing table {}: cannot list its routes: {e}", self.table),
         }
     }
 }

@@ -280,7 +280,7 @@ impl Batch {
                 ) {
                     Ok(_) => rest = &rest[run..],
                     Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
-                        eprintln!(
+                        crate::warn!(
                             "UDP GSO refused on {}: sending datagrams one by one",
                             socket.bound
                         );

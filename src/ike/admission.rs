@@ -287,6 +287,7 @@ impl Refusals {
         lines.sort();
         events.extend(lines.into_iter().map(|text| Event::Log {
             spi_i: IkeSpi(0),
+            connection: None,
             text,
         }));
     }

@@ -400,6 +400,7 @@ impl Endpoint {
                 if tries != 0 && conn.failures >= tries {
                     self.shared.events.push_back(Event::Log {
                         spi_i: sa.spi_i,
+                        connection: Some(sa.policy.name.clone()),
                         text: format!("{}: giving up after {tries} keying tries", sa.policy.name),
                     });
                     conn.failures = 0;
@@ -423,6 +424,7 @@ impl Endpoint {
                 backoff.mul_f64(0.5 + f64::from(u16::from_be_bytes(r)) / f64::from(u16::MAX) / 2.0);
             self.shared.events.push_back(Event::Log {
                 spi_i: sa.spi_i,
+                connection: Some(sa.policy.name.clone()),
                 text: format!(
                     "{}: initiating again in {:.1} s",
                     sa.policy.name,
@@ -562,6 +564,7 @@ impl Endpoint {
         if let Err(e) = self.initiate(now, policy, local, remote) {
             self.shared.events.push_back(Event::Log {
                 spi_i: IkeSpi(0),
+                connection: Some(p.name.clone()),
                 text: format!("{}: cannot initiate on demand: {e}", p.name),
             });
         }
@@ -710,6 +713,7 @@ impl Endpoint {
         if self.refusals.note(now, Refusal::UnknownSpi, remote) {
             self.shared.events.push_back(Event::Log {
                 spi_i: h.spi_i,
+                connection: None,
                 text: format!(
                     "{} request from {remote} for an unknown IKE_SA (SPIs {:016x}_i {:016x}_r)",
                     h.exchange, h.spi_i.0, h.spi_r.0
@@ -772,6 +776,7 @@ impl Endpoint {
                 .events
                 .push_back(Event::Message(super::MessageRecord {
                     spi_i,
+                    connection: None,
                     sent: true,
                     exchange: ExchangeType::IKE_SA_INIT,
                     response: true,
@@ -802,7 +807,11 @@ impl Endpoint {
         let first = self.refusals.note(now, kind, remote);
         if first {
             let text = text(self);
-            self.shared.events.push_back(Event::Log { spi_i, text });
+            self.shared.events.push_back(Event::Log {
+                spi_i,
+                connection: None,
+                text,
+            });
         }
         first
     }

@@ -472,8 +472,15 @@ impl IkeSa {
     pub fn log(&self, ctx: &mut Ctx<'_>, text: impl Into<String>) {
         ctx.events.push_back(Event::Log {
             spi_i: self.spi_i,
+            connection: self.connection(),
             text: text.into(),
         });
+    }
+
+    /// The connection's name, once it is sure: a responder's is only a candidate
+    /// until IKE_AUTH picks it.
+    pub fn connection(&self) -> Option<String> {
+        (self.initiator || self.remote_id.is_some()).then(|| self.policy.name.clone())
     }
 
     /// Logs a message dropped as not authentic, at most once a second: a flood of
@@ -583,6 +590,7 @@ impl IkeSa {
     ) {
         ctx.events.push_back(Event::Message(MessageRecord {
             spi_i: self.spi_i,
+            connection: self.connection(),
             sent,
             exchange: header.exchange,
             response: header.flags.response(),

@@ -243,6 +243,8 @@ pub enum Event {
     Log {
         /// The IKE SA, by its initiator SPI.
         spi_i: IkeSpi,
+        /// Its connection, once known (a responder knows it after IKE_AUTH).
+        connection: Option<String>,
         /// What happened.
         text: String,
     },
@@ -348,6 +350,8 @@ impl std::fmt::Display for DownReason {
 pub struct MessageRecord {
     /// The IKE SA, by its initiator SPI.
     pub spi_i: IkeSpi,
+    /// Its connection, once known (a responder knows it after IKE_AUTH).
+    pub connection: Option<String>,
     /// True for a message we sent.
     pub sent: bool,
     /// The exchange.

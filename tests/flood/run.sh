@@ -97,7 +97,7 @@ fail() {
     for f in "$CASE"/alice.log.ts "$CASE"/bob.log "$CASE"/charon/charon.log; do
         [[ -f $f ]] || continue
         echo "----- ${f#"$CASE"/} (last lines) -----"
-        grep -v '^{' "$f" | tail -n 15 || true
+        grep -v ' DEBUG ' "$f" | tail -n 15 || true
     done
 }
 now() { echo "$EPOCHREALTIME"; }

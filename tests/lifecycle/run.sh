@@ -105,7 +105,7 @@ fail() {
     for f in "$CASE"/alice.log "$CASE"/bob*.log "$CASE"/charon/charon.log; do
         [[ -f $f ]] || continue
         echo "----- ${f#"$CASE"/} (last lines) -----"
-        grep -v '^{' "$f" | tail -n 15 || true
+        grep -v ' DEBUG ' "$f" | tail -n 15 || true
     done
 }
 now() { echo "$EPOCHREALTIME"; }
