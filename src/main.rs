@@ -60,16 +60,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Initiate a connection (after `down`, or one that does not start by itself).
+    /// Initiate a connection (after `down`, or one that does not start by itself), or
+    /// CONN/CHILD: negotiate that child again, on the connection's IKE SA.
     Up {
-        /// The connection's name.
+        /// The connection's name, or CONN/CHILD.
         name: String,
         #[command(flatten)]
         daemon: Daemon,
     },
-    /// Delete a connection's IKE SAs and keep it down (no restart, no trap) until `up`.
+    /// Delete a connection's IKE SAs and keep it down (no restart, no trap) until `up`;
+    /// CONN/CHILD deletes only that child's Child SAs and keeps it down.
     Down {
-        /// The connection's name.
+        /// The connection's name, or CONN/CHILD.
         name: String,
         #[command(flatten)]
         daemon: Daemon,
@@ -248,10 +250,13 @@ fn main() -> ExitCode {
             format!("{}: initiating\n", a["up"].as_str().unwrap_or("?"))
         }),
         Command::Down { name, daemon } => daemon.ask(&format!("down {name}"), false, |a| {
+            let (n, what) = match a.get("child_sas_deleted") {
+                Some(n) => (n, "Child SA"),
+                None => (&a["ike_sas_deleted"], "IKE SA"),
+            };
             format!(
-                "{}: down, {} IKE SA(s) deleted\n",
-                a["down"].as_str().unwrap_or("?"),
-                a["ike_sas_deleted"]
+                "{}: down, {n} {what}(s) deleted\n",
+                a["down"].as_str().unwrap_or("?")
             )
         }),
         Command::Reload { daemon } => daemon.ask("reload", false, |a| {

@@ -2585,3 +2585,75 @@ fn a_retired_connection_accepts_no_peer() {
         "A keeps trying"
     );
 }
+
+#[test]
+fn a_child_taken_down_stays_down_on_its_ike_sa_until_brought_up() {
+    let a = Spec {
+        start_action: Action::Start,
+        dpd_action: Action::Start,
+        close_action: Action::Start,
+        second_child: true,
+        ..Spec::default()
+    };
+    let b = Spec {
+        second_child: true,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, b);
+    pair.start_a();
+    pair.run_until(secs(1));
+    assert_eq!(pair.assert_converged(), 2);
+    let names = |pair: &Pair| -> Vec<String> {
+        let mut v: Vec<String> = pair
+            .plane_a
+            .children
+            .values()
+            .map(|c| c.child.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    // net2 goes on both sides; neither close_action, the childless check nor a
+    // trapped packet brings it back; the IKE SA stays.
+    assert_eq!(pair.a.down_child(pair.now, 0, 1), 1);
+    pair.collect();
+    pair.a.acquire(pair.now, 0, 1);
+    pair.collect();
+    pair.run_for(60);
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(names(&pair), ["net"]);
+    assert_eq!(pair.a.held_children(0), [1]);
+    // Both children down: A keeps its IKE SA, idle; B (whose own policy closes a
+    // childless IKE SA) deletes it, and A, every child held, does not dial again.
+    assert_eq!(pair.a.down_child(pair.now, 0, 0), 1);
+    pair.collect();
+    pair.run_for(120);
+    assert_eq!(pair.assert_converged(), 0);
+    assert_eq!(pair.a.established() + pair.b.established(), 0);
+    assert_eq!(Pair::ike_up(&pair.events_a), 1);
+    assert!(
+        !logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("creating them again"))
+    );
+    assert!(
+        pair.a
+            .up(pair.now, 0)
+            .unwrap_err()
+            .contains("every child of it is down")
+    );
+    // net2 up: a new IKE SA, whose IKE_AUTH carries net2 (net stays down); then net
+    // on the same IKE SA.
+    pair.a.up_child(pair.now, 0, 1).unwrap();
+    pair.collect();
+    pair.run_for(5);
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(names(&pair), ["net2"]);
+    assert_eq!(Pair::ike_up(&pair.events_a), 2);
+    pair.a.up_child(pair.now, 0, 0).unwrap();
+    pair.collect();
+    pair.run_for(5);
+    assert_eq!(pair.assert_converged(), 2);
+    assert_eq!(Pair::ike_up(&pair.events_a), 2);
+    assert!(pair.a.held_children(0).is_empty());
+}

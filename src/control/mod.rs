@@ -551,8 +551,17 @@ impl Daemon {
     /// argument).
     fn answer(&mut self, command: &str) -> serde_json::Value {
         let (word, name) = command.split_once(' ').unwrap_or((command, ""));
-        let policy = self.endpoint.find(name.trim());
+        let name = name.trim();
+        // CONN or CONN/CHILD.
+        let (conn, child) = match name.split_once('/') {
+            Some((conn, child)) => (conn, Some(child)),
+            None => (name, None),
+        };
+        let policy = self.endpoint.find(conn);
         let now = ike::Instant(self.start.elapsed());
+        if let (Some(policy), Some(child), "up" | "down") = (policy, child, word) {
+            return self.answer_child(now, word, policy, name, child);
+        }
         match (word, policy) {
             ("status", _) => self.registry.status(self.start.elapsed(), &self.dataplane),
             ("reload", _) => match self.reload(now) {
@@ -573,13 +582,15 @@ impl Daemon {
                             "children": p.children.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
                             "ike_sas": self.registry.ike_sas_of(&p.name),
                             "held": self.endpoint.held(i),
+                            "children_held": self.endpoint.held_children(i).into_iter()
+                                .map(|c| p.children[c].name.clone()).collect::<Vec<_>>(),
                         })
                     })
                     .collect();
                 serde_json::json!({ "connections": conns })
             }
             ("up" | "down", None) => {
-                serde_json::json!({ "error": format!("no connection named {:?}", name.trim()) })
+                serde_json::json!({ "error": format!("no connection named {conn:?}") })
             }
             ("up", Some(policy)) => {
                 crate::info!("{name}: brought up (esptun up)");
@@ -602,6 +613,35 @@ impl Daemon {
                     .collect();
                 serde_json::json!({ "drops": drops, "ike_malformed": self.endpoint.malformed() })
             }
+        }
+    }
+
+    /// `esptun up|down CONN/CHILD`: one child of connection `policy`.
+    fn answer_child(
+        &mut self,
+        now: ike::Instant,
+        word: &str,
+        policy: usize,
+        name: &str,
+        child: &str,
+    ) -> serde_json::Value {
+        let Some(index) = self.endpoint.policies()[policy]
+            .children
+            .iter()
+            .position(|c| c.name == child)
+        else {
+            return serde_json::json!({ "error": format!("no child named {child:?} in {name:?}") });
+        };
+        if word == "up" {
+            crate::info!("{name}: brought up (esptun up)");
+            match self.endpoint.up_child(now, policy, index) {
+                Ok(()) => serde_json::json!({ "up": name }),
+                Err(e) => serde_json::json!({ "error": e }),
+            }
+        } else {
+            crate::info!("{name}: taken down (esptun down)");
+            let deleted = self.endpoint.down_child(now, policy, index);
+            serde_json::json!({ "down": name, "child_sas_deleted": deleted })
         }
     }
 

@@ -276,11 +276,17 @@ pub fn conns_text(answer: &Value) -> String {
                 .join(", ")
         };
         let peers = list(&c["remote_addrs"]);
+        let held = list(&c["children_held"]);
         out.push_str(&format!(
-            "{}: {state}; peer {}; children {}\n",
+            "{}: {state}; peer {}; children {}{}\n",
             c["name"].as_str().unwrap_or("?"),
             if peers.is_empty() { "any" } else { &peers },
-            list(&c["children"])
+            list(&c["children"]),
+            if held.is_empty() {
+                String::new()
+            } else {
+                format!(" ({held} down: esptun down)")
+            }
         ));
     }
     out

@@ -98,6 +98,8 @@ struct Shared {
     out: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// Children the operator took down, by policy and child index.
+    held: HashSet<(usize, usize)>,
 }
 
 impl Shared {
@@ -115,6 +117,7 @@ impl Shared {
             events: &mut self.events,
             child_spis: &mut self.child_spis,
             stats: &mut self.stats,
+            held: &self.held,
             policies: &self.policies,
             others,
             requests,
@@ -156,6 +159,7 @@ impl Endpoint {
                 out: VecDeque::new(),
                 events: VecDeque::new(),
                 stats: Stats::default(),
+                held: HashSet::new(),
             },
             sas: HashMap::new(),
             timers: BTreeSet::new(),
@@ -381,7 +385,9 @@ impl Endpoint {
         else {
             return;
         };
-        if !self.peers.contains_key(&index) || self.held(index) {
+        let all_held =
+            (0..sa.policy.children.len()).all(|c| self.shared.held.contains(&(index, c)));
+        if !self.peers.contains_key(&index) || self.held(index) || all_held {
             return;
         }
         let children = &sa.policy.children;
@@ -535,7 +541,8 @@ impl Endpoint {
         let on_demand = [c.start_action, c.dpd_action, c.close_action]
             .iter()
             .any(|a| *a != Action::None);
-        if !on_demand || self.stopping || self.held(policy) {
+        let child_held = self.shared.held.contains(&(policy, child));
+        if !on_demand || self.stopping || self.held(policy) || child_held {
             return;
         }
         let established = self
@@ -646,6 +653,12 @@ impl Endpoint {
                 "{name}: its peer is not known: it waits for the peer to connect"
             ));
         }
+        let children = self.shared.policies[policy].children.len();
+        if (0..children).all(|c| self.shared.held.contains(&(policy, c))) {
+            return Err(format!(
+                "{name}: every child of it is down: bring one up (esptun up {name}/CHILD)"
+            ));
+        }
         let idle = !self.has_sa(policy);
         let conn = self.conns.entry(policy).or_default();
         conn.held = false;
@@ -655,6 +668,88 @@ impl Endpoint {
             self.handle_timeout(now);
         }
         Ok(())
+    }
+
+    /// Takes child `child` of the connection at `policy` down for the operator:
+    /// deletes its Child SAs (Delete to the peer), and no action, trap or childless
+    /// IKE SA creates it again until [`Endpoint::up_child`]. Its IKE SA stays. Returns
+    /// how many Child SAs it deleted.
+    pub fn down_child(&mut self, now: Instant, policy: usize, child: usize) -> usize {
+        let Some(p) = self.shared.policies.get(policy).cloned() else {
+            return 0;
+        };
+        self.shared.held.insert((policy, child));
+        let mut deleted = 0;
+        let spis: Vec<IkeSpi> = self
+            .sas
+            .iter()
+            .filter(|(_, sa)| Arc::ptr_eq(&sa.policy, &p))
+            .map(|(spi, _)| *spi)
+            .collect();
+        for spi in spis {
+            self.with_sa(now, spi, |sa, _| {
+                let doomed: Vec<u32> = sa
+                    .children
+                    .iter()
+                    .filter(|c| c.index == child && c.is_active())
+                    .map(|c| c.spi_in)
+                    .collect();
+                deleted += doomed.len();
+                if !doomed.is_empty() {
+                    sa.queue.push_back(Work::DeleteChildren(doomed));
+                }
+            });
+        }
+        deleted
+    }
+
+    /// Brings child `child` of the connection at `policy` up again after
+    /// [`Endpoint::down_child`] (or without one): negotiated on the connection's IKE
+    /// SA, or with a new one as [`Endpoint::up`] makes. Fails if the whole connection
+    /// is down (`esptun up CONN` first) or its peer is unknown.
+    pub fn up_child(&mut self, now: Instant, policy: usize, child: usize) -> Result<(), String> {
+        self.shared.held.remove(&(policy, child));
+        let name = self
+            .shared
+            .policies
+            .get(policy)
+            .map(|p| p.name.clone())
+            .ok_or_else(|| format!("no connection {policy}"))?;
+        if self.held(policy) {
+            return Err(format!(
+                "{name} is down: bring it up first (esptun up {name})"
+            ));
+        }
+        let p = self.shared.policies[policy].clone();
+        let established = self
+            .sas
+            .iter()
+            .find(|(_, sa)| {
+                Arc::ptr_eq(&sa.policy, &p) && sa.state == State::Established && !sa.superseded
+            })
+            .map(|(spi, _)| *spi);
+        match established {
+            Some(spi) => {
+                self.with_sa(now, spi, |sa, _| {
+                    create_child::recreate_if_wanted(sa, child)
+                });
+                Ok(())
+            }
+            None => self.up(now, policy),
+        }
+    }
+
+    /// The children of the connection at `policy` the operator took down.
+    pub fn held_children(&self, policy: usize) -> Vec<usize> {
+        let mut held: Vec<usize> = self
+            .shared
+            .held
+            .iter()
+            .filter(|(p, _)| *p == policy)
+            .map(|(_, c)| *c)
+            .collect();
+        held.sort_unstable();
+        held
     }
 
     /// True if the operator took the connection at `policy` down.

@@ -159,6 +159,8 @@ pub(super) struct Ctx<'a> {
     pub child_spis: &'a mut HashSet<u32>,
     /// The endpoint's running totals.
     pub stats: &'a mut super::Stats,
+    /// Children the operator took down, by policy and child index: never created.
+    pub held: &'a HashSet<(usize, usize)>,
     /// Every policy, in configuration order.
     pub policies: &'a [Arc<Policy>],
     /// The endpoint's other IKE SAs, by our SPI (to pick SPIs not in use).
@@ -174,6 +176,11 @@ impl Ctx<'_> {
             .iter()
             .position(|p| Arc::ptr_eq(p, policy))
             .unwrap_or_default()
+    }
+
+    /// Whether the operator took child `child` of `policy` down.
+    pub fn is_held(&self, policy: &Arc<Policy>, child: usize) -> bool {
+        !self.held.is_empty() && self.held.contains(&(self.policy_index(policy), child))
     }
 
     /// Seconds since the Unix epoch, for certificate validity.
@@ -903,13 +910,19 @@ impl IkeSa {
     /// No Child SA left: bring back the children that should be up, or close the SA
     /// (after a few failed tries the whole connection starts over instead).
     fn childless(&mut self, ctx: &mut Ctx<'_>) {
-        if self.recreates_children() {
+        let wanted: Vec<usize> = (0..self.policy.children.len())
+            .filter(|&i| {
+                self.policy.children[i].start_action == Action::Start
+                    && !ctx.is_held(&self.policy, i)
+            })
+            .collect();
+        let held = (0..self.policy.children.len()).any(|i| ctx.is_held(&self.policy, i));
+        if self.recreates_children() && !wanted.is_empty() {
             self.log(ctx, "no CHILD_SA left, creating them again");
-            for i in 0..self.policy.children.len() {
-                if self.policy.children[i].start_action == Action::Start {
-                    self.queue.push_back(Work::CreateChild(i));
-                }
-            }
+            self.queue.extend(wanted.into_iter().map(Work::CreateChild));
+        } else if held && !self.superseded {
+            // The operator took children down (esptun down CONN/CHILD): the IKE SA
+            // stays, idle, for `esptun up`.
         } else {
             self.log(ctx, "no CHILD_SA left, closing the IKE_SA");
             self.queue.push_back(Work::DeleteIke);

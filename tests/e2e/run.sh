@@ -574,9 +574,23 @@ status_case() {
         and has("esptun_dropped_packets_total{reason=\"no_sa\"}")' <<<"$m" >/dev/null ||
         why+="${why:+; }alice's metrics: $m"
     log "  metrics: $(jq -c '{established: ."esptun_ike_sas{state=\"established\"}", started: .esptun_ike_handshakes_started_total, batches_in: ."esptun_worker_batch_packets_count{direction=\"inbound\"}"}' <<<"$m" 2>/dev/null)"
+    # down CONN/CHILD: the Child SA goes on both sides, the IKE SA stays; up brings it back.
+    local out
+    out=$(ip netns exec "$NS_AG" "$ESPTUN" down site/lan 2>&1) || why+="${why:+; }down site/lan failed: $out"
+    grep -q "^site/lan: down, 1 Child SA(s) deleted" <<<"$out" || why+="${why:+; }down site/lan: $out"
+    # Deleted on both sides, it still takes stragglers for 3 s (as after a rekey).
+    sleep 3.5
+    [[ $(ip netns exec "$NS_AG" "$ESPTUN" status --json | jq '[.ike_sas | length, (.[0].child_sas | length)]' -c) == "[1,0]" ]] ||
+        why+="${why:+; }after down site/lan: $(ip netns exec "$NS_AG" "$ESPTUN" status)"
+    ip netns exec "$NS_AG" "$ESPTUN" conns | grep -q '^site: up (1 IKE SA); peer 192.0.2.2; children lan (lan down: esptun down)' ||
+        why+="${why:+; }conns after down site/lan: $(ip netns exec "$NS_AG" "$ESPTUN" conns)"
+    ip netns exec "$NS_AH" ping -c 2 -i 0.2 -W 1 -q "$HOST_B" >/dev/null 2>&1 && why+="${why:+; }a ping passed with lan down"
+    ip netns exec "$NS_AG" "$ESPTUN" up site/lan >/dev/null || why+="${why:+; }up site/lan failed"
+    ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }no ping after up site/lan"
+    [[ $(ip netns exec "$NS_AG" "$ESPTUN" status --json | jq '[.ike_sas | length, (.[0].child_sas | length)]' -c) == "[1,1]" ]] ||
+        why+="${why:+; }after up site/lan: $(ip netns exec "$NS_AG" "$ESPTUN" status)"
     # down: the IKE SA goes on both sides and stays gone (alice's start = true would
     # redial within seconds); up brings it back.
-    local out
     out=$(ip netns exec "$NS_AG" "$ESPTUN" down site 2>&1) || why+="${why:+; }down failed: $out"
     sites_wait "$CASE/alice.log" "DOWN site: deleted" 5 || why+="${why:+; }no DOWN after esptun down"
     sleep 4

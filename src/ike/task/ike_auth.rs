@@ -148,7 +148,11 @@ pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), E
     let child = if policy.children.is_empty() {
         None
     } else {
-        let (req, child_payloads) = child::request(sa, ctx, 0, None, true)?;
+        // The first child the operator did not take down (the first if all are).
+        let first = (0..policy.children.len())
+            .find(|&i| !ctx.is_held(&policy, i))
+            .unwrap_or(0);
+        let (req, child_payloads) = child::request(sa, ctx, first, None, true)?;
         payloads.extend(child_payloads);
         Some(req)
     };
@@ -220,7 +224,8 @@ pub(super) fn response(
     sa.established(ctx);
     announce(sa, ctx);
     // Every further child of the connection follows in CREATE_CHILD_SA (§1.3.1).
-    for index in 1..sa.policy.children.len() {
+    let first = child.as_ref().map(|req| req.index);
+    for index in (0..sa.policy.children.len()).filter(|&i| Some(i) != first) {
         sa.queue.push_back(Work::CreateChild(index));
     }
     let Some(req) = child else {

@@ -39,7 +39,7 @@ impl Task {
     pub fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>, work: Work) {
         let result = match work {
             Work::CreateChild(index) => {
-                if create_child::has_active(sa, index) {
+                if create_child::has_active(sa, index) || ctx.is_held(&sa.policy, index) {
                     Ok(())
                 } else {
                     create_child::start(sa, ctx, index, None)
