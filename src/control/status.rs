@@ -23,6 +23,8 @@ struct ChildEntry {
     since: Duration,
     /// Its hard time limit, from when it was made.
     life: Option<Duration>,
+    /// When the engine rekeys it, from when it was made.
+    rekey: Option<Duration>,
 }
 
 /// The SAs that are up, by IKE SA initiator SPI and by Child SA inbound SPI.
@@ -96,6 +98,7 @@ impl Registry {
             facts,
             since: now,
             life: c.lifetime.hard.time,
+            rekey: c.rekey_after,
         };
         self.children.insert(c.spi_in, entry);
     }
@@ -151,6 +154,8 @@ impl Registry {
                         let mut facts = c.facts.clone();
                         let age = now.saturating_sub(c.since);
                         facts["installed_secs"] = json!(age.as_secs());
+                        facts["rekey_secs"] =
+                            json!(c.rekey.map(|r| r.saturating_sub(age).as_secs()));
                         facts["expires_secs"] =
                             json!(c.life.map(|l| l.saturating_sub(age).as_secs()));
                         let ((packets_in, bytes_in), (packets_out, bytes_out)) =
@@ -227,11 +232,19 @@ pub fn text(status: &Value) -> String {
                 s(&c["spi_out"])
             );
             let _ = writeln!(out, "    {}", s(&c["algorithms"]));
+            let rekey = c["rekey_secs"]
+                .as_u64()
+                .map(|r| format!(", rekeying in {r}s"))
+                .unwrap_or_default();
             let expires = c["expires_secs"]
                 .as_u64()
                 .map(|e| format!(", expires in {e}s"))
                 .unwrap_or_default();
-            let _ = writeln!(out, "    installed {}s ago{expires}", c["installed_secs"]);
+            let _ = writeln!(
+                out,
+                "    installed {}s ago{rekey}{expires}",
+                c["installed_secs"]
+            );
             let _ = writeln!(
                 out,
                 "    in  {}, {} bytes, {} packets",

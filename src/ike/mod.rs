@@ -432,6 +432,9 @@ pub struct ChildSaUp {
     pub remote: SocketAddr,
     /// Its lifetimes (the data plane enforces bytes and packets).
     pub lifetime: Lifetime,
+    /// When the engine will rekey it, from now (its soft time less a random part
+    /// of `rand_time`); None if time never rekeys it.
+    pub rekey_after: Option<Duration>,
     /// Start sending with it at once; otherwise wait for [`Event::ChildSaOutbound`].
     pub outbound: bool,
     /// The inbound SPI of the Child SA this one rekeys.

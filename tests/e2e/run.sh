@@ -551,7 +551,8 @@ status_case() {
         and (.[0].child_sas | length == 1) and .[0].child_sas[0].name == "lan"
         and .[0].child_sas[0].spi_in == $i and .[0].child_sas[0].spi_out == $o
         and .[0].child_sas[0].packets_out >= 5 and .[0].child_sas[0].packets_in >= 5
-        and .[0].child_sas[0].remote_ts == ["10.2.0.0/24", "fd00:2::/64"]' <<<"$a" >/dev/null ||
+        and .[0].child_sas[0].remote_ts == ["10.2.0.0/24", "fd00:2::/64"]
+        and .[0].child_sas[0].rekey_secs > 3000 and .[0].child_sas[0].rekey_secs < .[0].child_sas[0].expires_secs' <<<"$a" >/dev/null ||
         why+="${why:+; }alice's status is not the SA she logged: $a"
     jq -e --arg i "$spi_in" --arg o "$spi_out" '.ike_sas[0].child_sas[0].spi_in == $o
         and .ike_sas[0].child_sas[0].spi_out == $i and .ike_sas[0].spi_i == '"$(jq '.ike_sas[0].spi_i' <<<"$a")" <<<"$b" >/dev/null ||

@@ -481,6 +481,7 @@ fn up(sa: &mut IkeSa, ctx: &mut Ctx<'_>, n: Negotiated<'_>) -> Result<(), Error>
         local: sa.local,
         remote: sa.remote,
         lifetime,
+        rekey_after: soft_at.map(|t| t.0.saturating_sub(ctx.now.0)),
         outbound: n.outbound,
         rekeys: n.rekeys,
         policy: ctx.policy_index(&sa.policy),
