@@ -441,6 +441,16 @@ impl Endpoint {
         }
     }
 
+    /// Our SPI of an established IKE SA of `policy` that no rekey replaced.
+    fn live_sa(&self, policy: &Arc<Policy>) -> Option<IkeSpi> {
+        self.sas
+            .iter()
+            .find(|(_, sa)| {
+                Arc::ptr_eq(&sa.policy, policy) && sa.state == State::Established && !sa.superseded
+            })
+            .map(|(spi, _)| *spi)
+    }
+
     /// True if an IKE SA of the policy at `policy` exists (in any state).
     fn has_sa(&self, policy: usize) -> bool {
         self.shared
@@ -545,14 +555,7 @@ impl Endpoint {
         if !on_demand || self.stopping || self.held(policy) || child_held {
             return;
         }
-        let established = self
-            .sas
-            .iter()
-            .find(|(_, sa)| {
-                Arc::ptr_eq(&sa.policy, &p) && sa.state == State::Established && !sa.superseded
-            })
-            .map(|(spi, _)| *spi);
-        if let Some(spi) = established {
+        if let Some(spi) = self.live_sa(&p) {
             self.with_sa(now, spi, |sa, _| {
                 create_child::recreate_if_wanted(sa, child)
             });
@@ -720,15 +723,7 @@ impl Endpoint {
                 "{name} is down: bring it up first (esptun up {name})"
             ));
         }
-        let p = self.shared.policies[policy].clone();
-        let established = self
-            .sas
-            .iter()
-            .find(|(_, sa)| {
-                Arc::ptr_eq(&sa.policy, &p) && sa.state == State::Established && !sa.superseded
-            })
-            .map(|(spi, _)| *spi);
-        match established {
+        match self.live_sa(&self.shared.policies[policy]) {
             Some(spi) => {
                 self.with_sa(now, spi, |sa, _| {
                     create_child::recreate_if_wanted(sa, child)
