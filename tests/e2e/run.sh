@@ -626,18 +626,47 @@ want status && status_case
 reload_case() {
     CASE=$RUN/reload; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
     SITES_DATAPLANE=""
-    log "case reload: esptun reload and SIGHUP on alice: unchanged, refused, changed, removed, added"
+    log "case reload: esptun reload and SIGHUP on alice: added, unchanged, refused, changed, removed, added back"
     if ! sites_start "$ESPTUN" "$CASE" alice; then fail reload "no Child SA"; sites_stop; return; fi
     local why="" out first now i conf=$CASE/alice.toml orig=$CASE/alice.orig
-    cp "$conf" "$orig"
     spis() { ip netns exec "$1" "$ESPTUN" status --json | jq -r '[.ike_sas[].spi_i] | join(" ")'; }
     reload() { ip netns exec "$NS_AG" "$ESPTUN" reload 2>&1; }
     pings() { ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null; }
     first=$(spis "$NS_AG")
-    # The same connection, laid out differently: nothing happens to its SAs.
+    # A second connection added (to a peer that is not there): site's SAs stay.
+    cat >>"$conf" <<CONF
+
+[[connection]]
+name = "spare"
+remote_addrs = ["192.0.2.99"]
+rekey_time = "4h"
+[connection.local]
+auth = "pubkey"
+id = "alice.example"
+certs = ["$CASE/pki/alice.example.crt"]
+key = "$CASE/pki/alice.example.key"
+[connection.remote]
+auth = "pubkey"
+id = "carol.example"
+cacerts = ["$CASE/pki/ca.crt"]
+[[connection.children]]
+name = "lan"
+local_ts = ["10.1.0.0/24"]
+remote_ts = ["10.9.0.0/24"]
+CONF
+    cp "$conf" "$orig"
+    out=$(reload) || why="adding reload failed: $out"
+    grep -q "added spare; changed none; removed none; 1 unchanged" <<<"$out" || why+="${why:+; }add: $out"
+    ip netns exec "$NS_AG" ip route show table 4500 | grep -q '^10.9.0.0/24 dev esptun0' || why+="${why:+; }spare not routed"
+    # The same connections, laid out differently: nothing happens to their SAs.
     sed -i 's/^name = "site"$/name   =   "site"   # the far site/' "$conf"
-    out=$(reload) || why="unchanged reload failed: $out"
-    grep -q "added none; changed none; removed none; 1 unchanged" <<<"$out" || why+="${why:+; }unchanged: $out"
+    out=$(reload) || why+="${why:+; }unchanged reload failed: $out"
+    grep -q "added none; changed none; removed none; 2 unchanged" <<<"$out" || why+="${why:+; }unchanged: $out"
+    # Another connection changed: site's SAs stay.
+    sed 's/^rekey_time = "4h"$/rekey_time = "5h"/' "$orig" >"$conf"
+    out=$(reload) || why+="${why:+; }reload failed: $out"
+    grep -q "added none; changed spare; removed none; 1 unchanged" <<<"$out" || why+="${why:+; }spare changed: $out"
+    cp "$conf" "$orig"
     # A broken file and a change only a restart applies are refused whole.
     sed 's/^start = true$/start = maybe/' "$orig" >"$conf"
     out=$(reload) && why+="${why:+; }a broken file was accepted"
@@ -645,13 +674,13 @@ reload_case() {
     sed 's/^tun = "esptun0"$/&\nworkers = 1/' "$orig" >"$conf"
     out=$(reload) && why+="${why:+; }a [dataplane] change was accepted"
     grep -q "\[dataplane\] changed: .*restart esptun" <<<"$out" || why+="${why:+; }dataplane: $out"
-    [[ $(spis "$NS_AG") == "$first" ]] || why+="${why:+; }IKE SA $first replaced by $(spis "$NS_AG") before any change"
+    [[ $(spis "$NS_AG") == "$first" ]] || why+="${why:+; }IKE SA $first replaced by $(spis "$NS_AG") before site changed"
     pings || why+="${why:+; }no ping after the refused reloads"
     # A changed connection (SIGHUP, as systemctl reload sends) gets a new IKE SA; the
     # old one goes on both sides.
     sed 's/^esp_proposals = .*/&\nrekey_time = "30m"/' "$orig" >"$conf"
     kill -HUP "$ALICE_PID"
-    sites_wait "$CASE/alice.log" "reloaded .*: added none; changed site; removed none; 0 unchanged" 5 || why+="${why:+; }no reload line after SIGHUP"
+    sites_wait "$CASE/alice.log" "reloaded .*: added none; changed site; removed none; 1 unchanged" 5 || why+="${why:+; }no reload line after SIGHUP"
     for i in $(seq 50); do
         now=$(spis "$NS_AG")
         [[ -n $now && $now != *" "* && $now != "$first" && $(spis "$NS_BG") == "$now" ]] && break
@@ -663,13 +692,13 @@ reload_case() {
     log "  changed: IKE SA $first replaced by $now in $((i))00 ms"
     # Removed: its SAs and routes go. Added again: it connects as at start.
     sed '/^\[\[connection\]\]$/,$d' "$orig" >"$conf"
-    out=$(reload) && grep -q "removed site; 0 unchanged" <<<"$out" || why+="${why:+; }remove: $out"
+    out=$(reload) && grep -q -E "removed (spare, site|site, spare); 0 unchanged" <<<"$out" || why+="${why:+; }remove: $out"
     sleep 1
     [[ -z $(spis "$NS_AG") && -z $(spis "$NS_BG") ]] || why+="${why:+; }IKE SAs left after the removal: alice '$(spis "$NS_AG")', bob '$(spis "$NS_BG")'"
     out=$(ip netns exec "$NS_AG" ip route show table all proto 50)
     [[ -z $out ]] || why+="${why:+; }routes left after the removal: $out"
     cp "$orig" "$conf"
-    out=$(reload) && grep -q "added site; changed none; removed none; 0 unchanged" <<<"$out" || why+="${why:+; }add: $out"
+    out=$(reload) && grep -q "added site, spare; changed none; removed none; 0 unchanged" <<<"$out" || why+="${why:+; }add back: $out"
     for i in $(seq 50); do [[ -n $(spis "$NS_BG") ]] && break; sleep 0.1; done
     pings || why+="${why:+; }no ping after adding the connection back"
     sites_stop
