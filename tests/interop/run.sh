@@ -196,6 +196,13 @@ start_esptun() { # dir
 stop_all() {
     kill "$ESPTUN_PID" "$CHARON_PID" 2>/dev/null || true
     wait "$ESPTUN_PID" "$CHARON_PID" 2>/dev/null || true
+    # A charon a case restarted in a subshell (lifecycle/peer-dead) is no child of ours.
+    local _
+    for _ in $(seq 50); do
+        [[ -z $(ip netns pids "$NS_C" 2>/dev/null) ]] && break
+        ip netns pids "$NS_C" 2>/dev/null | xargs -r kill 2>/dev/null || true
+        sleep 0.1
+    done
     PIDS=()
 }
 
