@@ -317,7 +317,7 @@ run_failure() {
     elif grep -q ' ESTABLISHED ' "$d/esptun.log" && [[ $variant != untrusted && $variant != id-mismatch ]]; then
         fail "$name" "esptun reports an established SA"; show_logs "$d"
     else
-        pass "$name" "esptun: $(grep -E -m1 'DOWN interop|refused' "$d/esptun.log" | sed 's/^IKE_SA [0-9a-f]*: //')"
+        pass "$name" "esptun: $(grep -E -m1 'DOWN interop|refused' "$d/esptun.log" | sed -E 's/^.* IKE_SA [0-9a-f]*: //')"
     fi
     stop_all
 }

@@ -641,14 +641,14 @@ fault_restart() {
     fi
     local a=$CASE/alice.log
     if [[ $mode == we ]]; then
-        local down; down=$(grep -m1 -E 'DOWN site: ' "$a" | sed 's/^IKE_SA [0-9a-f]*: //' || true)
+        local down; down=$(grep -m1 -o -E 'DOWN site: .*' "$a" || true)
         [[ $down == "DOWN site: peer not answering" ]] || why+="${why:+; }alice's old IKE SA: '${down:-not down}'"
         grep -q 'the peer has no such IKE_SA' "$a" && notes+="; alice learnt it from INVALID_IKE_SPI"
         grep -q 'initiating again' "$a" || why+="${why:+; }alice did not redial"
         grep -q 'sent IKE_AUTH request .*N(INITIAL_CONTACT)' "$a" || why+="${why:+; }alice's new IKE_AUTH had no INITIAL_CONTACT"
         notes+="; alice: $(grep -m1 -o 'initiating again in [0-9.]* s' "$a" || true)"
     else
-        grep -q 'DOWN site: replaced: the peer sent INITIAL_CONTACT' "$a" || why+="${why:+; }alice did not drop the stale IKE SA on INITIAL_CONTACT ($(grep -E 'DOWN site' "$a" | sed 's/^IKE_SA [0-9a-f]*: //' | paste -sd';' ))"
+        grep -q 'DOWN site: replaced: the peer sent INITIAL_CONTACT' "$a" || why+="${why:+; }alice did not drop the stale IKE SA on INITIAL_CONTACT ($(grep -o -E 'DOWN site.*' "$a" | paste -sd';' ))"
         grep -q 'received IKE_AUTH request .*N(INITIAL_CONTACT)' "$a" || why+="${why:+; }bob's IKE_AUTH carried no INITIAL_CONTACT"
     fi
     fault_end "$name" "$why" "$notes"
