@@ -385,8 +385,7 @@ impl Endpoint {
         else {
             return;
         };
-        let all_held =
-            (0..sa.policy.children.len()).all(|c| self.shared.held.contains(&(index, c)));
+        let all_held = self.all_children_held(index);
         if !self.peers.contains_key(&index) || self.held(index) || all_held {
             return;
         }
@@ -656,8 +655,7 @@ impl Endpoint {
                 "{name}: its peer is not known: it waits for the peer to connect"
             ));
         }
-        let children = self.shared.policies[policy].children.len();
-        if (0..children).all(|c| self.shared.held.contains(&(policy, c))) {
+        if self.all_children_held(policy) {
             return Err(format!(
                 "{name}: every child of it is down: bring one up (esptun up {name}/CHILD)"
             ));
@@ -732,6 +730,17 @@ impl Endpoint {
             }
             None => self.up(now, policy),
         }
+    }
+
+    /// True if the connection at `policy` has children and the operator took every
+    /// one of them down.
+    fn all_children_held(&self, policy: usize) -> bool {
+        let children = self
+            .shared
+            .policies
+            .get(policy)
+            .map_or(0, |p| p.children.len());
+        children > 0 && (0..children).all(|c| self.shared.held.contains(&(policy, c)))
     }
 
     /// The children of the connection at `policy` the operator took down.
