@@ -10,6 +10,7 @@ use crate::ike::{DownReason, Endpoint, Event};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use metrics_util::MetricKindMask;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -71,11 +72,13 @@ impl Metrics {
         gauge!("esptun_ike_sas", "state" => "established").set(endpoint.established() as f64);
         gauge!("esptun_ike_sas", "state" => "half_open").set(endpoint.half_open() as f64);
         gauge!("esptun_child_sas_installed").set(dataplane.installed() as f64);
+        let up: HashSet<(&str, &str)> = registry
+            .child_sas()
+            .map(|(_, conn, child)| (conn, child))
+            .collect();
         for (_, policy) in endpoint.connections() {
             for child in &policy.children {
-                let up = registry
-                    .child_sas()
-                    .any(|(_, conn, name)| conn == policy.name && name == child.name);
+                let up = up.contains(&(policy.name.as_str(), child.name.as_str()));
                 gauge!("esptun_children_down", "connection" => policy.name.clone(), "child" => child.name.clone())
                     .set(if up { 0.0 } else { 1.0 });
             }

@@ -559,9 +559,17 @@ impl Daemon {
         };
         let policy = self.endpoint.find(conn);
         let now = ike::Instant(self.start.elapsed());
-        if let (Some(policy), Some(child), "up" | "down") = (policy, child, word) {
-            return self.answer_child(now, word, policy, name, child);
-        }
+        // The child's index, when CONN/CHILD names one.
+        let child = match (word, policy, child) {
+            ("up" | "down", Some(policy), Some(child)) => {
+                let children = &self.endpoint.policies()[policy].children;
+                let Some(index) = children.iter().position(|c| c.name == child) else {
+                    return serde_json::json!({ "error": format!("no child named {child:?} in {name:?}") });
+                };
+                Some(index)
+            }
+            _ => None,
+        };
         match (word, policy) {
             ("status", _) => self.registry.status(self.start.elapsed(), &self.dataplane),
             ("reload", _) => match self.reload(now) {
@@ -594,15 +602,27 @@ impl Daemon {
             }
             ("up", Some(policy)) => {
                 crate::info!("{name}: brought up (esptun up)");
-                match self.endpoint.up(now, policy) {
+                let result = match child {
+                    Some(child) => self.endpoint.up_child(now, policy, child),
+                    None => self.endpoint.up(now, policy),
+                };
+                match result {
                     Ok(()) => serde_json::json!({ "up": name }),
                     Err(e) => serde_json::json!({ "error": e }),
                 }
             }
             ("down", Some(policy)) => {
                 crate::info!("{name}: taken down (esptun down)");
-                let deleted = self.endpoint.down(now, policy);
-                serde_json::json!({ "down": name, "ike_sas_deleted": deleted })
+                match child {
+                    Some(child) => {
+                        let deleted = self.endpoint.down_child(now, policy, child);
+                        serde_json::json!({ "down": name, "child_sas_deleted": deleted })
+                    }
+                    None => {
+                        let deleted = self.endpoint.down(now, policy);
+                        serde_json::json!({ "down": name, "ike_sas_deleted": deleted })
+                    }
+                }
             }
             _ => {
                 let drops: serde_json::Map<String, serde_json::Value> = self
@@ -613,35 +633,6 @@ impl Daemon {
                     .collect();
                 serde_json::json!({ "drops": drops, "ike_malformed": self.endpoint.malformed() })
             }
-        }
-    }
-
-    /// `esptun up|down CONN/CHILD`: one child of connection `policy`.
-    fn answer_child(
-        &mut self,
-        now: ike::Instant,
-        word: &str,
-        policy: usize,
-        name: &str,
-        child: &str,
-    ) -> serde_json::Value {
-        let Some(index) = self.endpoint.policies()[policy]
-            .children
-            .iter()
-            .position(|c| c.name == child)
-        else {
-            return serde_json::json!({ "error": format!("no child named {child:?} in {name:?}") });
-        };
-        if word == "up" {
-            crate::info!("{name}: brought up (esptun up)");
-            match self.endpoint.up_child(now, policy, index) {
-                Ok(()) => serde_json::json!({ "up": name }),
-                Err(e) => serde_json::json!({ "error": e }),
-            }
-        } else {
-            crate::info!("{name}: taken down (esptun down)");
-            let deleted = self.endpoint.down_child(now, policy, index);
-            serde_json::json!({ "down": name, "child_sas_deleted": deleted })
         }
     }
 
@@ -677,10 +668,10 @@ impl Daemon {
                 .or_else(|| log::spi_i(&event).and_then(|spi| self.registry.connection_of(spi)))
                 .unwrap_or("-")
                 .to_string();
-            let line = log::line(&event);
+            // Formatted only when the level lets the line out.
             match log::level(&event) {
-                Level::Warn => crate::warn!("{connection} {line}"),
-                _ => crate::info!("{connection} {line}"),
+                Level::Warn => crate::warn!("{connection} {}", log::line(&event)),
+                _ => crate::info!("{connection} {}", log::line(&event)),
             }
             if let Some(m) = self.metrics.as_mut() {
                 m.on_event(&event, &self.registry);

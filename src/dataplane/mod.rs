@@ -462,7 +462,7 @@ impl Dataplane {
             .filter(|&a| local_ts.iter().any(|t| holds(&t.addrs, a)))
             .collect();
         for prefix in remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
-            if self.protected.iter().any(|&(p, _)| p == prefix) {
+            if self.is_protected(prefix) {
                 self.protected.push((prefix, policy));
                 continue;
             }
@@ -492,6 +492,11 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether a protected child of some connection routes `prefix`.
+    fn is_protected(&self, prefix: (IpAddr, u8)) -> bool {
+        self.protected.iter().any(|&(p, _)| p == prefix)
+    }
+
     /// Stops protecting the children of connection `policy` (a reload removed or
     /// replaced it): the workers drop what they hold for them, and the prefixes no
     /// other connection protects lose their routes and blackholes.
@@ -506,7 +511,7 @@ impl Dataplane {
         gone.sort_unstable();
         gone.dedup();
         for (prefix, _) in gone {
-            if self.protected.iter().any(|&(p, _)| p == prefix) {
+            if self.is_protected(prefix) {
                 continue;
             }
             let removed = self

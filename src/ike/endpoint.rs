@@ -440,6 +440,15 @@ impl Endpoint {
         }
     }
 
+    /// Our SPIs of every IKE SA of `policy`, in any state.
+    fn sas_of(&self, policy: &Arc<Policy>) -> Vec<IkeSpi> {
+        self.sas
+            .iter()
+            .filter(|(_, sa)| Arc::ptr_eq(&sa.policy, policy))
+            .map(|(spi, _)| *spi)
+            .collect()
+    }
+
     /// Our SPI of an established IKE SA of `policy` that no rekey replaced.
     fn live_sa(&self, policy: &Arc<Policy>) -> Option<IkeSpi> {
         self.sas
@@ -628,12 +637,7 @@ impl Endpoint {
         let conn = self.conns.entry(policy).or_default();
         conn.held = true;
         conn.retry_at = None;
-        let spis: Vec<IkeSpi> = self
-            .sas
-            .iter()
-            .filter(|(_, sa)| Arc::ptr_eq(&sa.policy, &p))
-            .map(|(spi, _)| *spi)
-            .collect();
+        let spis = self.sas_of(&p);
         for &spi in &spis {
             self.with_sa(now, spi, informational::delete);
         }
@@ -681,13 +685,7 @@ impl Endpoint {
         };
         self.shared.held.insert((policy, child));
         let mut deleted = 0;
-        let spis: Vec<IkeSpi> = self
-            .sas
-            .iter()
-            .filter(|(_, sa)| Arc::ptr_eq(&sa.policy, &p))
-            .map(|(spi, _)| *spi)
-            .collect();
-        for spi in spis {
+        for spi in self.sas_of(&p) {
             self.with_sa(now, spi, |sa, _| {
                 let doomed: Vec<u32> = sa
                     .children
