@@ -440,6 +440,15 @@ impl Endpoint {
         }
     }
 
+    /// The name of the connection at `policy`, for the operator's messages.
+    fn name_of(&self, policy: usize) -> Result<String, String> {
+        self.shared
+            .policies
+            .get(policy)
+            .map(|p| p.name.clone())
+            .ok_or_else(|| format!("no connection {policy}"))
+    }
+
     /// Our SPIs of every IKE SA of `policy`, in any state.
     fn sas_of(&self, policy: &Arc<Policy>) -> Vec<IkeSpi> {
         self.sas
@@ -648,12 +657,7 @@ impl Endpoint {
     /// [`Endpoint::down`] or without one: initiates it unless an IKE SA of it exists.
     /// Fails if its peer is unknown (it waits for the peer to connect).
     pub fn up(&mut self, now: Instant, policy: usize) -> Result<(), String> {
-        let name = self
-            .shared
-            .policies
-            .get(policy)
-            .map(|p| p.name.clone())
-            .ok_or_else(|| format!("no connection {policy}"))?;
+        let name = self.name_of(policy)?;
         if !self.peers.contains_key(&policy) {
             return Err(format!(
                 "{name}: its peer is not known: it waits for the peer to connect"
@@ -708,12 +712,7 @@ impl Endpoint {
     /// is down (`esptun up CONN` first) or its peer is unknown.
     pub fn up_child(&mut self, now: Instant, policy: usize, child: usize) -> Result<(), String> {
         self.shared.held.remove(&(policy, child));
-        let name = self
-            .shared
-            .policies
-            .get(policy)
-            .map(|p| p.name.clone())
-            .ok_or_else(|| format!("no connection {policy}"))?;
+        let name = self.name_of(policy)?;
         if self.held(policy) {
             return Err(format!(
                 "{name} is down: bring it up first (esptun up {name})"
