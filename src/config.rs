@@ -3,14 +3,14 @@
 //! so every error can name the file, the line and the key. The keys are documented
 //! in README "Configuration".
 
-use crate::auth::identity;
+use crate::auth::identity::{self, RemoteId};
 use crate::auth::private_key::PrivateKey;
 use crate::auth::x509::{TrustAnchors, check_identity, read_certificates};
 use crate::crypto::Secret;
 use crate::ike::exchange::RetransmitPolicy;
 use crate::ike::{
-    Action, ChildPolicy, IkeLifetime, Lifetime, Limits, LocalAuth, Policy, RemoteAuth, Settings,
-    proposal,
+    Action, AddressPool, ChildPolicy, IkeLifetime, Lifetime, Limits, LocalAuth, Policy, RemoteAuth,
+    Settings, proposal,
 };
 use crate::wire::ProtocolId;
 use crate::wire::payload::{AddrRange, Identity, Proposal, TsRange};
@@ -85,6 +85,8 @@ pub struct Config {
     pub dataplane: DataplaneSettings,
     /// Where Prometheus scrapes the metrics (`[metrics] listen`); none serves none.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Virtual IP pools (`[[pool]]`), which connections' `pools` name.
+    pub pools: Vec<AddressPool>,
 }
 
 /// The TUN device and the ESP workers.
@@ -173,6 +175,17 @@ struct RawConfig {
     dataplane: RawDataplane,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    pool: Vec<Spanned<RawPool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Spanned<String>,
+    addrs: Spanned<String>,
+    #[serde(default)]
+    dns: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -239,6 +252,10 @@ struct RawConnection {
     remote: Spanned<RawRemote>,
     #[serde(default)]
     children: Vec<Spanned<RawChild>>,
+    #[serde(default)]
+    pools: Vec<Spanned<String>>,
+    #[serde(default)]
+    vips: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -482,6 +499,11 @@ impl Config {
             .unwrap_or_default();
         let listen = listen(&src, raw.listen)?;
         let ike = ike_settings(&src, &raw.ike)?;
+        let mut pools: Vec<AddressPool> = Vec::new();
+        for (i, p) in raw.pool.iter().enumerate() {
+            let pool = pool(&src, p.get_ref(), &format!("pool[{i}]"), &pools)?;
+            pools.push(pool);
+        }
         let mut connections: Vec<Connection> = Vec::new();
         for (i, c) in raw.connection.iter().enumerate() {
             let key = format!("connection[{i}]");
@@ -494,7 +516,7 @@ impl Config {
                 ));
             }
             let table = tables.get(i).map_or("", String::as_str);
-            let connection = connection(&src, c, key.clone(), table)?;
+            let connection = connection(&src, c, key.clone(), table, &pools)?;
             overlap(&src, c.get_ref(), &key, &connection, &connections)?;
             connections.push(connection);
         }
@@ -519,8 +541,142 @@ impl Config {
                     })
                 })
                 .transpose()?,
+            pools,
         })
     }
+}
+
+/// One `[[pool]]`: a CIDR prefix (without its network address, nor an IPv4
+/// broadcast address), a range `FIRST-LAST` or one address, and DNS servers.
+fn pool(
+    src: &Source<'_>,
+    raw: &RawPool,
+    key: &str,
+    earlier: &[AddressPool],
+) -> Result<AddressPool, ConfigError> {
+    let name = raw.name.get_ref();
+    if earlier.iter().any(|p| p.name == *name) {
+        return Err(src.error(
+            &raw.name,
+            format!("{key}.name"),
+            format!("duplicate pool name {name:?}"),
+        ));
+    }
+    let at = &raw.addrs;
+    let text = at.get_ref().trim();
+    let bad = || {
+        src.error(
+            at,
+            format!("{key}.addrs"),
+            format!("{text:?} is not a CIDR prefix, FIRST-LAST range or address (\"10.3.0.0/24\", \"10.3.0.10-10.3.0.99\", \"fd00:3::/112\")"),
+        )
+    };
+    let addrs = match text.split_once('-') {
+        Some((first, last)) => {
+            match (
+                first.trim().parse::<IpAddr>(),
+                last.trim().parse::<IpAddr>(),
+            ) {
+                (Ok(IpAddr::V4(s)), Ok(IpAddr::V4(e))) if s <= e => AddrRange::V4(s, e),
+                (Ok(IpAddr::V6(s)), Ok(IpAddr::V6(e))) if s <= e => AddrRange::V6(s, e),
+                _ => return Err(bad()),
+            }
+        }
+        None => {
+            let range = selector(src, at, &format!("{key}.addrs"))?.addrs;
+            // A prefix's first address names the network (and, in IPv4, its last
+            // the broadcast): no client may have them, unless that is all there is.
+            match range {
+                AddrRange::V4(s, e) if text.contains('/') && u32::from(e) - u32::from(s) >= 3 => {
+                    AddrRange::V4((u32::from(s) + 1).into(), (u32::from(e) - 1).into())
+                }
+                AddrRange::V6(s, e) if text.contains('/') && u128::from(e) - u128::from(s) >= 1 => {
+                    AddrRange::V6((u128::from(s) + 1).into(), e)
+                }
+                other => other,
+            }
+        }
+    };
+    Ok(AddressPool {
+        name: name.clone(),
+        addrs,
+        dns: ips(src, &raw.dns, &format!("{key}.dns"))?,
+    })
+}
+
+/// A connection's `pools` (each must be a `[[pool]]`) and `vips` (at most one per
+/// family); a connection is a gateway to its peer or its client, not both.
+fn virtual_ips(
+    src: &Source<'_>,
+    raw: &RawConnection,
+    key: &str,
+    pools: &[AddressPool],
+) -> Result<(Vec<String>, Vec<IpAddr>), ConfigError> {
+    for (i, name) in raw.pools.iter().enumerate() {
+        if !pools.iter().any(|p| p.name == *name.get_ref()) {
+            return Err(src.error(
+                name,
+                format!("{key}.pools[{i}]"),
+                format!("no [[pool]] is named {:?}", name.get_ref()),
+            ));
+        }
+    }
+    let vips = ips(src, &raw.vips, &format!("{key}.vips"))?;
+    for (i, vip) in vips.iter().enumerate() {
+        let at = &raw.vips[i];
+        if vips[..i].iter().any(|v| v.is_ipv4() == vip.is_ipv4()) {
+            return Err(src.error(at, format!("{key}.vips[{i}]"), "one virtual IP per family"));
+        }
+        if let Some(first) = raw.pools.first() {
+            return Err(src.error(
+                at,
+                format!("{key}.vips[{i}]"),
+                format!(
+                    "a connection either leases virtual IPs (pools, line {}) or asks for them (vips), not both",
+                    src.line(first.span().start)
+                ),
+            ));
+        }
+    }
+    // The dynamic side's selectors are the virtual IPs: other ones would let the
+    // client claim addresses that are not its own, or never match its packets.
+    for (j, child) in raw.children.iter().enumerate() {
+        let child = child.get_ref();
+        let (side, list, why) = if raw.pools.is_empty() {
+            (
+                "local_ts",
+                &child.local_ts,
+                "the virtual IPs the gateway leases us",
+            )
+        } else {
+            (
+                "remote_ts",
+                &child.remote_ts,
+                "the virtual IPs leased to the client",
+            )
+        };
+        if let Some(first) = list
+            .first()
+            .filter(|_| !raw.pools.is_empty() || !vips.is_empty())
+        {
+            return Err(src.error(
+                first,
+                format!("{key}.children[{j}].{side}[0]"),
+                format!(
+                    "must be left out: with {} it is {why}",
+                    if raw.pools.is_empty() {
+                        "vips"
+                    } else {
+                        "pools"
+                    }
+                ),
+            ));
+        }
+    }
+    Ok((
+        raw.pools.iter().map(|p| p.get_ref().clone()).collect(),
+        vips,
+    ))
 }
 
 /// Refuses a child whose selectors overlap a child of an earlier connection (both
@@ -1244,6 +1400,7 @@ fn connection(
     c_at: &Spanned<RawConnection>,
     key: String,
     table: &str,
+    pools: &[AddressPool],
 ) -> Result<Connection, ConfigError> {
     let origin = src.origin(c_at.span(), &key);
     let mut fingerprint = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -1315,10 +1472,9 @@ fn connection(
     };
 
     let remote_id = match &remote.id {
-        Some(id) if id.get_ref().trim() != "%any" => {
-            Some(identity_at(src, id, &format!("{remote_key}.id"))?)
-        }
-        _ => None,
+        Some(id) => identity::parse_remote(id.get_ref())
+            .map_err(|e| src.error(id, format!("{remote_key}.id"), e.to_string()))?,
+        None => RemoteId::Any,
     };
     let remote_auth = match psk.filter(|_| remote.auth.get_ref() == "psk") {
         Some(psk) => RemoteAuth::Psk { id: remote_id, psk },
@@ -1432,6 +1588,7 @@ fn connection(
         None => 1280,
     };
     let initiate = children.iter().any(|ch| ch.start_action == Action::Start);
+    let (pools, vips) = virtual_ips(src, c, &key, pools)?;
     Ok(Connection {
         policy: Arc::new(Policy {
             name: c.name.get_ref().clone(),
@@ -1454,6 +1611,8 @@ fn connection(
                 .filter(|d| !d.is_zero()),
             // swanctl gives up after one try; a gateway's tunnels must come back by themselves.
             keyingtries: c.keyingtries.unwrap_or(0),
+            pools,
+            vips,
         }),
         start: initiate,
         remote_port: c.remote_port.unwrap_or(500),

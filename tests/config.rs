@@ -4,6 +4,7 @@
 mod common;
 
 use common::pki::{Alg, Ca, Leaf};
+use esptun::auth::identity::RemoteId;
 use esptun::config::{Config, ConfigError, Origin};
 use esptun::ike::exchange::RetransmitPolicy;
 use esptun::ike::{Action, IkeLifetime, Lifetime, Limits, LocalAuth, RemoteAuth};
@@ -180,7 +181,7 @@ fn the_documented_example_loads() {
         matches!(&p.local, LocalAuth::Pubkey { id: Identity::Fqdn(f), certs, .. } if f == "left.example" && certs.len() == 1)
     );
     assert!(
-        matches!(&p.remote, RemoteAuth::Pubkey { id: Some(Identity::Fqdn(f)), .. } if f == "right.example")
+        matches!(&p.remote, RemoteAuth::Pubkey { id: RemoteId::Exact(Identity::Fqdn(f)), .. } if f == "right.example")
     );
     let [child] = p.children.as_slice() else {
         panic!("one child")
@@ -277,7 +278,13 @@ name = "c"
     assert_eq!(p.fragment_size, 1280);
     let numbers: Vec<u8> = p.proposals.iter().map(|p| p.number).collect();
     assert_eq!(numbers, [1, 2], "the two default IKE proposals");
-    assert!(matches!(&p.remote, RemoteAuth::Psk { id: None, .. }));
+    assert!(matches!(
+        &p.remote,
+        RemoteAuth::Psk {
+            id: RemoteId::Any,
+            ..
+        }
+    ));
     let child = &p.children[0];
     assert_eq!(
         child.esp_proposals.len(),
@@ -356,7 +363,7 @@ local_ts = ["10.9.8.7/16", "192.0.2.1", "fd00::1"]
         matches!(&a.local, LocalAuth::Psk { psk, .. } if psk.expose() == b"a shared secret, long enough")
     );
     assert!(
-        matches!(&a.remote, RemoteAuth::Psk { id: None, psk } if psk.expose() == b"a shared secret, long enough")
+        matches!(&a.remote, RemoteAuth::Psk { id: RemoteId::Any, psk } if psk.expose() == b"a shared secret, long enough")
     );
     let b = &config.connections[1].policy;
     assert!(
@@ -402,7 +409,7 @@ fn mistakes_name_file_line_and_key() {
         (
             "[ike]",
             "[ikee]",
-            "site.toml:6: ikee: unknown key `ikee`, expected one of `listen`, `ike`, `connection`, `dataplane`, `metrics`",
+            "site.toml:6: ikee: unknown key `ikee`, expected one of `listen`, `ike`, `connection`, `dataplane`, `metrics`, `pool`",
         ),
         (
             "listen = \"127.0.0.1:9469\"",
@@ -1220,4 +1227,142 @@ remote_ts = ["10.3.0.0/24"]
     assert_eq!(after[1], before[1]);
     std::fs::write(dir.0.join("ca.crt"), Ca::root("Other CA", Alg::P256).pem).unwrap();
     assert_ne!(prints(text)[1], before[1]);
+}
+
+#[test]
+fn road_warrior_pools_and_vips_load_and_their_mistakes_are_named() {
+    let dir = Dir::new("pools");
+    let gateway = |pools: &str, conn: &str, child: &str| {
+        format!(
+            r#"{pools}
+[[connection]]
+name = "rw"
+psk_file = "site-b.psk"
+local = {{ auth = "psk", id = "gw.example" }}
+remote = {{ auth = "psk", id = "*@example.org" }}
+{conn}
+[[connection.children]]
+name = "net"
+local_ts = ["10.1.0.0/24"]
+{child}
+"#
+        )
+    };
+    let pools = r#"
+[[pool]]
+name = "rw4"
+addrs = "10.3.0.0/24"
+dns = ["10.1.0.53"]
+[[pool]]
+name = "rw6"
+addrs = "fd00:3::/112"
+[[pool]]
+name = "few"
+addrs = "10.4.0.10-10.4.0.11"
+"#;
+    let config = dir
+        .load(&gateway(pools, r#"pools = ["rw4", "rw6"]"#, ""))
+        .unwrap();
+    let p: Vec<_> = config
+        .pools
+        .iter()
+        .map(|p| (p.name.as_str(), p.addrs))
+        .collect();
+    assert_eq!(
+        p,
+        [
+            ("rw4", v4("10.3.0.1", "10.3.0.254")),
+            ("rw6", v6("fd00:3::1", "fd00:3::ffff")),
+            ("few", v4("10.4.0.10", "10.4.0.11")),
+        ]
+    );
+    assert_eq!(
+        config.pools[0].dns,
+        ["10.1.0.53".parse::<IpAddr>().unwrap()]
+    );
+    let policy = &config.connections[0].policy;
+    assert_eq!(policy.pools, ["rw4", "rw6"]);
+    assert!(
+        policy
+            .remote
+            .id()
+            .accepts(&Identity::Rfc822("carol@example.org".into()))
+    );
+    assert!(
+        !policy
+            .remote
+            .id()
+            .accepts(&Identity::Rfc822("carol@example.com".into()))
+    );
+
+    let client = dir
+        .load(
+            r#"
+[[connection]]
+name = "home"
+remote_addrs = ["192.0.2.1"]
+vips = ["0.0.0.0", "::"]
+psk_file = "site-b.psk"
+local = { auth = "psk", id = "carol@example.org" }
+remote = { auth = "psk", id = "gw.example" }
+[[connection.children]]
+name = "net"
+remote_ts = ["0.0.0.0/0"]
+"#,
+        )
+        .unwrap();
+    assert_eq!(
+        client.connections[0].policy.vips,
+        ["0.0.0.0".parse::<IpAddr>().unwrap(), "::".parse().unwrap()]
+    );
+
+    let cases = [
+        (
+            gateway(pools, r#"pools = ["rw5"]"#, ""),
+            "site.toml:18: connection[0].pools[0]: no [[pool]] is named \"rw5\"",
+        ),
+        (
+            gateway(
+                pools,
+                r#"pools = ["rw4"]"#,
+                r#"remote_ts = ["10.3.0.0/24"]"#,
+            ),
+            "site.toml:22: connection[0].children[0].remote_ts[0]: must be left out: with pools it is the virtual IPs leased to the client",
+        ),
+        (
+            gateway(pools, "pools = [\"rw4\"]\nvips = [\"0.0.0.0\"]", ""),
+            "site.toml:19: connection[0].vips[0]: a connection either leases virtual IPs (pools, line 18) or asks for them (vips), not both",
+        ),
+        (
+            gateway("", r#"vips = ["0.0.0.0", "10.0.0.1"]"#, ""),
+            "site.toml:7: connection[0].vips[1]: one virtual IP per family",
+        ),
+        (
+            gateway("", r#"vips = ["0.0.0.0"]"#, ""),
+            "site.toml:10: connection[0].children[0].local_ts[0]: must be left out: with vips it is the virtual IPs the gateway leases us",
+        ),
+        (
+            gateway(
+                "[[pool]]\nname = \"p\"\naddrs = \"10.3.0.9-10.3.0.1\"",
+                "",
+                "",
+            ),
+            "site.toml:3: pool[0].addrs: \"10.3.0.9-10.3.0.1\" is not a CIDR prefix, FIRST-LAST range or address (\"10.3.0.0/24\", \"10.3.0.10-10.3.0.99\", \"fd00:3::/112\")",
+        ),
+        (
+            gateway(
+                "[[pool]]\nname = \"p\"\naddrs = \"10.3.0.1\"\n[[pool]]\nname = \"p\"\naddrs = \"10.3.0.2\"",
+                "",
+                "",
+            ),
+            "site.toml:5: pool[1].name: duplicate pool name \"p\"",
+        ),
+        (
+            gateway("", "", "").replace("*@example.org", "@#ab*"),
+            "site.toml:6: connection[0].remote.id: key ID \"ab*\" is not hex",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(dir.load(&text).err().as_deref(), Some(want), "{text}");
+    }
 }

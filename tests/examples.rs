@@ -105,8 +105,8 @@ fn summary(c: &Connection) -> BTreeMap<&'static str, String> {
         LocalAuth::Psk { id, .. } => (id.to_string(), "psk"),
     };
     let (remote_id, remote_auth) = match &p.remote {
-        RemoteAuth::Pubkey { id, .. } => (id.as_ref().map(ToString::to_string), "pubkey"),
-        RemoteAuth::Psk { id, .. } => (id.as_ref().map(ToString::to_string), "psk"),
+        RemoteAuth::Pubkey { id, .. } => (id.exact().map(ToString::to_string), "pubkey"),
+        RemoteAuth::Psk { id, .. } => (id.exact().map(ToString::to_string), "psk"),
     };
     let child = &p.children[0];
     let ts = |t: &[esptun::wire::payload::TsRange]| {

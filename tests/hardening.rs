@@ -4,6 +4,7 @@
 //! rotation, downgrades through a second connection, answers naming transforms we
 //! never offered, and the configuration of the limits.
 
+use esptun::auth::identity::RemoteId;
 use esptun::config::Config;
 use esptun::crypto::sk::{open_message, seal_message};
 use esptun::crypto::{Random, SeededRandom, SkKey};
@@ -79,7 +80,7 @@ fn policy(c: Conn) -> Arc<Policy> {
             psk: psk.clone(),
         },
         remote: RemoteAuth::Psk {
-            id: c.peer.map(id),
+            id: c.peer.map_or(RemoteId::Any, |p| RemoteId::Exact(id(p))),
             psk,
         },
         children: vec![ChildPolicy {
@@ -96,6 +97,8 @@ fn policy(c: Conn) -> Arc<Policy> {
         ike_lifetime: c.ike_lifetime,
         dpd_delay: None,
         keyingtries: 1,
+        pools: Vec::new(),
+        vips: Vec::new(),
     })
 }
 

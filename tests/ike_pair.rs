@@ -4,7 +4,7 @@
 mod common;
 
 use common::pki::{Alg, Ca, Leaf, NOW};
-use esptun::auth::identity;
+use esptun::auth::identity::{self, RemoteId};
 use esptun::auth::private_key::PrivateKey;
 use esptun::auth::x509::TrustAnchors;
 use esptun::crypto::ChildKeys;
@@ -12,8 +12,8 @@ use esptun::crypto::Secret;
 use esptun::crypto::SeededRandom;
 use esptun::ike::exchange::RetransmitPolicy;
 use esptun::ike::{
-    Action, ChildPolicy, ChildSaUp, DownReason, Endpoint, Event, IkeLifetime, Instant, Lifetime,
-    Limits, LocalAuth, Policy, RemoteAuth, Settings, Transmit,
+    Action, AddressPool, ChildPolicy, ChildSaUp, DownReason, Endpoint, Event, IkeLifetime, IkeSaUp,
+    Instant, Lifetime, Limits, LocalAuth, Policy, RemoteAuth, Settings, Transmit,
 };
 use esptun::ike::{Error, MessageRecord, proposal};
 use esptun::wire::payload::{AddrRange, Payload, TsRange};
@@ -132,13 +132,15 @@ fn policy(spec: Spec, left: bool) -> Arc<Policy> {
             psk: Secret::from_slice(spec.psk),
         },
         remote: RemoteAuth::Psk {
-            id: Some(identity::parse(peer).unwrap()),
+            id: RemoteId::Exact(identity::parse(peer).unwrap()),
             psk: Secret::from_slice(spec.psk),
         },
         children,
         ike_lifetime: spec.ike_lifetime,
         dpd_delay: spec.dpd_delay,
         keyingtries: spec.keyingtries,
+        pools: Vec::new(),
+        vips: Vec::new(),
     })
 }
 
@@ -165,13 +167,17 @@ fn with_certs(p: &Policy, auth: CertAuth) -> Arc<Policy> {
             key: Arc::new(PrivateKey::from_pem_or_der(auth.key.as_bytes()).unwrap()),
         },
         remote: RemoteAuth::Pubkey {
-            id: auth.peer_id.map(|id| identity::parse(id).unwrap()),
+            id: auth.peer_id.map_or(RemoteId::Any, |id| {
+                RemoteId::Exact(identity::parse(id).unwrap())
+            }),
             anchors: Arc::new(TrustAnchors::new(vec![auth.trusted_ca]).unwrap()),
         },
         children: p.children.clone(),
         ike_lifetime: p.ike_lifetime,
         dpd_delay: p.dpd_delay,
         keyingtries: p.keyingtries,
+        pools: p.pools.clone(),
+        vips: p.vips.clone(),
     })
 }
 
@@ -2656,4 +2662,194 @@ fn a_child_taken_down_stays_down_on_its_ike_sa_until_brought_up() {
     assert_eq!(pair.assert_converged(), 2);
     assert_eq!(Pair::ike_up(&pair.events_a), 2);
     assert!(pair.a.held_children(0).is_empty());
+}
+
+/// `p` as a road warrior's policy: asking for `vips` (a client), or leasing from
+/// `pools` (a gateway); the virtual side's selectors are left to the addresses.
+fn virtual_ips(p: &Policy, pools: &[&str], vips: &[&str]) -> Arc<Policy> {
+    let LocalAuth::Psk { id, psk } = &p.local else {
+        panic!("a PSK policy");
+    };
+    let children = p
+        .children
+        .iter()
+        .map(|c| ChildPolicy {
+            local_ts: if vips.is_empty() {
+                c.local_ts.clone()
+            } else {
+                Vec::new()
+            },
+            remote_ts: if pools.is_empty() {
+                c.remote_ts.clone()
+            } else {
+                Vec::new()
+            },
+            ..c.clone()
+        })
+        .collect();
+    Arc::new(Policy {
+        name: p.name.clone(),
+        local_addrs: Vec::new(),
+        remote_addrs: Vec::new(),
+        proposals: p.proposals.clone(),
+        encap: p.encap,
+        fragment_size: p.fragment_size,
+        local: LocalAuth::Psk {
+            id: id.clone(),
+            psk: psk.clone(),
+        },
+        remote: RemoteAuth::Psk {
+            id: RemoteId::Any,
+            psk: psk.clone(),
+        },
+        children,
+        ike_lifetime: p.ike_lifetime,
+        dpd_delay: p.dpd_delay,
+        keyingtries: p.keyingtries,
+        pools: pools.iter().map(|s| s.to_string()).collect(),
+        vips: vips.iter().map(|s| s.parse().unwrap()).collect(),
+    })
+}
+
+/// A client (A, asking for `vips`) and its gateway (B, with pools rw4 = 10.3.0.1-2
+/// and rw6 = fd00:3::1-2, and 10.2.0.0/24 and fd00:2::/64 behind it).
+fn road_warrior(vips: &[&str], pools: &[&str]) -> Pair {
+    let lan = || Spec {
+        remote_ts: vec![
+            cidr("10.2.0.0", "10.2.0.255"),
+            cidr("fd00:2::", "fd00:2::ffff"),
+        ],
+        ..Spec::default()
+    };
+    let pool = |name: &str, first: &str, last: &str, dns: &str| AddressPool {
+        name: name.into(),
+        addrs: cidr(first, last).addrs,
+        dns: vec![dns.parse().unwrap()],
+    };
+    let gateway = Settings {
+        pools: vec![
+            pool("rw4", "10.3.0.1", "10.3.0.2", "10.2.0.53"),
+            pool("rw6", "fd00:3::1", "fd00:3::2", "fd00:2::53"),
+        ],
+        ..settings()
+    };
+    Pair::new(
+        virtual_ips(&policy(lan(), true), &[], vips),
+        virtual_ips(&policy(lan(), false), pools, &[]),
+        gateway,
+    )
+}
+
+fn ike_ups(events: &[Event]) -> Vec<&IkeSaUp> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::IkeSaUp(up) => Some(up.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_road_warrior_gets_virtual_ips_and_dns_and_its_selectors_are_narrowed_to_them() {
+    let mut pair = road_warrior(&["0.0.0.0", "::"], &["rw4", "rw6"]);
+    pair.initiate();
+    pair.drive();
+    pair.assert_tunnel();
+    let vips: Vec<std::net::IpAddr> =
+        vec!["10.3.0.1".parse().unwrap(), "fd00:3::1".parse().unwrap()];
+    let (client, gateway) = (ike_ups(&pair.events_a)[0], ike_ups(&pair.events_b)[0]);
+    assert_eq!(client.virtual_ips, vips);
+    assert_eq!(
+        client.dns,
+        [
+            "10.2.0.53".parse::<std::net::IpAddr>().unwrap(),
+            "fd00:2::53".parse().unwrap()
+        ]
+    );
+    assert_eq!(gateway.virtual_ips, vips);
+    let hosts = vec![cidr("10.3.0.1", "10.3.0.1"), cidr("fd00:3::1", "fd00:3::1")];
+    assert_eq!(Pair::children(&pair.events_a)[0].local_ts, hosts);
+    assert_eq!(Pair::children(&pair.events_b)[0].remote_ts, hosts);
+    // The split-include subnets are the gateway's side of its children.
+    let reply = pair.events_a.iter().find_map(|e| match e {
+        Event::Message(m) if !m.sent && m.exchange == ExchangeType::IKE_AUTH => {
+            m.payloads.iter().find_map(|p| match p {
+                Payload::Cp(cp) => Some(cp.clone()),
+                _ => None,
+            })
+        }
+        _ => None,
+    });
+    let kinds: Vec<u16> = reply.unwrap().attributes.iter().map(|a| a.kind.0).collect();
+    assert_eq!(
+        kinds,
+        [1, 8, 3, 10, 13, 15],
+        "ADDR, ADDR6, DNS, DNS6, SUBNET, SUBNET6"
+    );
+    assert_eq!(pair.b.leases(), (2, 0));
+}
+
+#[test]
+fn a_road_warrior_gets_its_address_back_and_the_lease_goes_offline_in_between() {
+    let mut pair = road_warrior(&["0.0.0.0"], &["rw4"]);
+    pair.initiate();
+    pair.drive();
+    pair.a.delete_all(pair.now);
+    pair.collect();
+    pair.drive();
+    assert_eq!(pair.b.leases(), (0, 1));
+    pair.a = Endpoint::new(
+        settings(),
+        pair.a.policies().to_vec(),
+        Box::new(SeededRandom::new(77)),
+    );
+    pair.initiate();
+    pair.drive();
+    let ups = ike_ups(&pair.events_a);
+    assert_eq!(ups.len(), 2);
+    assert_eq!(ups[0].virtual_ips, ups[1].virtual_ips);
+    assert_eq!(pair.b.leases(), (1, 0));
+}
+
+#[test]
+fn a_gateway_without_an_address_of_the_family_refuses_and_the_client_closes() {
+    // The client asks for IPv4 only; the gateway leases IPv6 only.
+    let mut pair = road_warrior(&["0.0.0.0"], &["rw6"]);
+    pair.initiate();
+    pair.drive();
+    assert!(Pair::children(&pair.events_a).is_empty());
+    assert!(Pair::children(&pair.events_b).is_empty());
+    assert!(matches!(
+        Pair::downs(&pair.events_a)[..],
+        [DownReason::Failed(Error::AddressFailure(_))]
+    ));
+    assert!(
+        logs(&pair.events_a).iter().any(|l| l.contains(
+            "the gateway assigned no virtual IP (the gateway sent INTERNAL_ADDRESS_FAILURE)"
+        )),
+        "{:?}",
+        logs(&pair.events_a)
+    );
+    assert!(pair.events_b.iter().any(|e| matches!(
+        e,
+        Event::ChildSaFailed { reason: Error::AddressFailure(why), .. } if why == "no IPv4 address left in pools rw6"
+    )));
+    assert_eq!(pair.a.established() + pair.b.established(), 0);
+    assert_eq!(pair.b.leases(), (0, 0));
+}
+
+#[test]
+fn a_gateway_with_pools_gives_no_child_sa_to_a_peer_asking_for_no_address() {
+    let mut pair = road_warrior(&[], &["rw4"]);
+    pair.initiate();
+    pair.drive();
+    assert!(Pair::children(&pair.events_b).is_empty());
+    assert!(pair.events_a.iter().any(|e| matches!(
+        e,
+        Event::ChildSaFailed {
+            reason: Error::Notified(NotifyType::FAILED_CP_REQUIRED),
+            ..
+        }
+    )));
 }

@@ -22,6 +22,9 @@ pub enum IdentityError {
         "distinguished name component {0:?}: expected one of C, ST, L, O, OU, CN, SN, serialNumber, E, DC followed by =value"
     )]
     BadDnComponent(String),
+    /// `*` in an identity that has no text to match it against.
+    #[error("identity pattern {0:?}: `*` works in FQDNs, e-mail addresses and DN values only")]
+    BadPattern(String),
 }
 
 /// Parses an identity the way strongSwan's `id =` option does.
@@ -52,6 +55,138 @@ pub fn parse(text: &str) -> Result<Identity, IdentityError> {
         None if text.contains('@') => Identity::Rfc822(text.into()),
         None => Identity::Fqdn(text.into()),
     })
+}
+
+/// The identity a connection demands of its peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteId {
+    /// `%any`: whatever identity the peer's credential vouches for.
+    Any,
+    /// Exactly this identity.
+    Exact(Identity),
+    /// A pattern with `*` wildcards: in an FQDN or e-mail address (`*.example.org`,
+    /// `*@example.org`), or for an RDN's value in a DN (`C=CH, O=Example, CN=*`).
+    Pattern(IdPattern),
+}
+
+/// An identity with `*` wildcards, as written, and the identity it parses to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPattern {
+    text: String,
+    /// The pattern as an identity of the type it matches (`*` kept as text).
+    shape: Identity,
+}
+
+impl RemoteId {
+    /// The one identity accepted, if only one is.
+    pub fn exact(&self) -> Option<&Identity> {
+        match self {
+            Self::Exact(id) => Some(id),
+            Self::Any | Self::Pattern(_) => None,
+        }
+    }
+
+    /// Whether the peer may claim `id` (its credential must still vouch for it).
+    pub fn accepts(&self, id: &Identity) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(want) => want == id,
+            Self::Pattern(p) => p.matches(id),
+        }
+    }
+}
+
+impl std::fmt::Display for RemoteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => f.write_str("%any"),
+            Self::Exact(id) => id.fmt(f),
+            Self::Pattern(p) => f.write_str(&p.text),
+        }
+    }
+}
+
+impl IdPattern {
+    fn matches(&self, id: &Identity) -> bool {
+        match (&self.shape, id) {
+            (Identity::Fqdn(p), Identity::Fqdn(s)) | (Identity::Rfc822(p), Identity::Rfc822(s)) => {
+                glob(
+                    p.to_ascii_lowercase().as_bytes(),
+                    s.to_ascii_lowercase().as_bytes(),
+                )
+            }
+            (Identity::DerDn(p), Identity::DerDn(s)) => {
+                match (dn_attributes(p), dn_attributes(s)) {
+                    (Some(p), Some(s)) => {
+                        p.len() == s.len()
+                            && p.iter().zip(&s).all(|((pt, pv), (st, sv))| {
+                                pt == st && glob(pv.as_bytes(), sv.as_bytes())
+                            })
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parses the `remote.id` option: `%any`, a pattern with `*`, or one identity.
+pub fn parse_remote(text: &str) -> Result<RemoteId, IdentityError> {
+    let text = text.trim();
+    if text == "%any" {
+        return Ok(RemoteId::Any);
+    }
+    let id = parse(text)?;
+    if !text.contains('*') {
+        return Ok(RemoteId::Exact(id));
+    }
+    match id {
+        Identity::Fqdn(_) | Identity::Rfc822(_) | Identity::DerDn(_) => {
+            Ok(RemoteId::Pattern(IdPattern {
+                text: text.to_owned(),
+                shape: id,
+            }))
+        }
+        _ => Err(IdentityError::BadPattern(text.into())),
+    }
+}
+
+/// A DN's attributes in order, as (type OID, value text); None if not readable.
+fn dn_attributes(der: &[u8]) -> Option<Vec<(String, String)>> {
+    use x509_parser::prelude::FromDer;
+    let (_, name) = x509_parser::x509::X509Name::from_der(der).ok()?;
+    name.iter()
+        .flat_map(|rdn| rdn.iter())
+        .map(|a| Some((a.attr_type().to_id_string(), a.as_str().ok()?.to_owned())))
+        .collect()
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of bytes.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    // The last `*` seen and where in `text` its run ended, to backtrack to.
+    let (mut p, mut t, mut star) = (0, 0, None);
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// ASN.1 string tags used for DN attribute values.
@@ -163,6 +298,45 @@ mod tests {
                 .unwrap();
         assert!(rest.is_empty());
         assert_eq!(name.to_string(), "C=CH, O=Example Org, CN=gw.example");
+    }
+
+    #[test]
+    fn patterns_match_the_identities_they_describe() {
+        let accepts =
+            |pattern: &str, id: &str| parse_remote(pattern).unwrap().accepts(&parse(id).unwrap());
+        assert!(accepts("*@example.org", "alice@example.org"));
+        assert!(accepts("*@example.org", "Bob@Example.ORG"));
+        assert!(!accepts("*@example.org", "alice@example.org.evil"));
+        assert!(
+            !accepts("*@example.org", "example.org"),
+            "an FQDN is no e-mail address"
+        );
+        assert!(accepts("*.example.org", "laptop.example.org"));
+        assert!(!accepts("*.example.org", "example.org"));
+        assert!(accepts("a*b*c", "abc"));
+        assert!(accepts("a*b*c", "axxbyybc"));
+        assert!(!accepts("a*b*c", "axxbyyb"));
+        assert!(accepts(
+            "C=CH, O=Example, CN=*",
+            "C=CH, O=Example, CN=carol"
+        ));
+        assert!(!accepts("C=CH, O=Example, CN=*", "C=CH, O=Other, CN=carol"));
+        assert!(!accepts(
+            "C=CH, O=Example, CN=*",
+            "C=CH, O=Example, OU=x, CN=carol"
+        ));
+        assert!(accepts("%any", "anyone.example"));
+        assert!(accepts("gw.example", "gw.example"));
+        assert!(!accepts("gw.example", "gw2.example"));
+        assert_eq!(parse_remote(" %any ").unwrap(), RemoteId::Any);
+        assert_eq!(
+            parse_remote("*@example.org").unwrap().to_string(),
+            "*@example.org"
+        );
+        assert!(matches!(
+            parse_remote("@#0a*"),
+            Err(IdentityError::BadKeyId(_))
+        ));
     }
 
     #[test]

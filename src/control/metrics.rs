@@ -72,6 +72,9 @@ impl Metrics {
         gauge!("esptun_ike_sas", "state" => "established").set(endpoint.established() as f64);
         gauge!("esptun_ike_sas", "state" => "half_open").set(endpoint.half_open() as f64);
         gauge!("esptun_child_sas_installed").set(dataplane.installed() as f64);
+        let (online, offline) = endpoint.leases();
+        gauge!("esptun_virtual_ips", "state" => "online").set(online as f64);
+        gauge!("esptun_virtual_ips", "state" => "offline").set(offline as f64);
         let up: HashSet<(&str, &str)> = registry
             .child_sas()
             .map(|(_, conn, child)| (conn, child))
@@ -145,6 +148,10 @@ fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("esptun_ike_sas", "IKE SAs by state");
     describe_gauge!("esptun_child_sas_installed", "Child SAs in the data plane");
+    describe_gauge!(
+        "esptun_virtual_ips",
+        "Virtual IP leases: online (an IKE SA holds it), offline (kept for its identity)"
+    );
     describe_gauge!(
         "esptun_children_down",
         "1 while a configured child has no Child SA"

@@ -12,7 +12,7 @@ pub mod status;
 use crate::config::{Config, Connection, DataplaneSettings, IkeSettings, Listen};
 use crate::crypto::Random;
 use crate::dataplane::{Dataplane, DataplaneEvent};
-use crate::ike::{self, Endpoint, Event, Settings, ts};
+use crate::ike::{self, AddressPool, Endpoint, Event, Settings, ts};
 use crate::logging::Level;
 use crate::wire::IkeSpi;
 use log::KeyLog;
@@ -143,6 +143,8 @@ struct Daemon {
     natt_port: u16,
     /// IKE SAs whose own address is translated: (our address, the peer's).
     keepalives: HashMap<IkeSpi, (SocketAddr, SocketAddr)>,
+    /// The virtual IPs gateways leased us, on the TUN while their IKE SA lives.
+    virtual_ips: HashMap<IkeSpi, Vec<IpAddr>>,
     /// The SAs that are up, for `esptun status`.
     registry: status::Registry,
     /// The daemon's monotonic clock: `start.elapsed()` is the engine's now.
@@ -152,8 +154,14 @@ struct Daemon {
     /// the engine's policy index: what a reload compares.
     fingerprints: Vec<[u8; 32]>,
     /// The sections a reload cannot change: `[listen]`, `[ike]`, `[dataplane]`,
-    /// `[metrics]`.
-    sections: (Listen, IkeSettings, DataplaneSettings, Option<SocketAddr>),
+    /// `[metrics]`, `[[pool]]` (whose leases the engine holds).
+    sections: (
+        Listen,
+        IkeSettings,
+        DataplaneSettings,
+        Option<SocketAddr>,
+        Vec<AddressPool>,
+    ),
     /// Served when `[metrics] listen` is set.
     metrics: Option<metrics::Metrics>,
 }
@@ -243,6 +251,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         half_open_timeout: config.ike.half_open_timeout,
         retransmit: config.ike.retransmit,
         unix_time_at_start,
+        pools: config.pools.clone(),
     };
     let keylog = match &options.keylog {
         Some(dir) => Some(KeyLog::create(dir).map_err(|e| format!("{}: {e}", dir.display()))?),
@@ -256,6 +265,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         dataplane,
         natt_port: listen.natt_port,
         keepalives: HashMap::new(),
+        virtual_ips: HashMap::new(),
         registry: status::Registry::default(),
         start,
         send_errors: SendErrors::default(),
@@ -265,6 +275,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
             config.ike.clone(),
             config.dataplane.clone(),
             config.metrics,
+            config.pools.clone(),
         ),
         metrics: config.metrics.map(metrics::Metrics::start).transpose()?,
     };
@@ -397,7 +408,7 @@ impl Daemon {
     /// Our address is the one the kernel routes from when the connection names none;
     /// failing to find one is an error only for a connection that starts at once.
     fn peer_of(&self, c: &Connection) -> Result<Option<(SocketAddr, SocketAddr)>, String> {
-        let (listen, _, dataplane, _) = &self.sections;
+        let (listen, _, dataplane, _, _) = &self.sections;
         let Some(&remote_ip) = c.policy.remote_addrs.first() else {
             return Ok(None);
         };
@@ -435,15 +446,26 @@ impl Daemon {
         let local_ip = peer
             .map(|(local, _)| local.ip())
             .or_else(|| c.policy.local_addrs.first().copied());
+        // A gateway's clients are within its pools, whichever address each leases; a
+        // client's own address is whichever the gateway leases it.
+        let pools = &self.sections.4;
+        let leased: Vec<_> = pools
+            .iter()
+            .filter(|p| c.policy.pools.contains(&p.name))
+            .map(|p| ts::of(p.addrs))
+            .collect();
+        let ours: Vec<_> = c.policy.vips.iter().map(|&v| ts::family_of(v)).collect();
         let mut routed = Ok(());
         for (child_index, child) in c.policy.children.iter().enumerate() {
             let remote_ts = match c.policy.remote_addrs.first() {
+                _ if !leased.is_empty() => leased.clone(),
                 Some(&ip) => ts::or_dynamic(&child.remote_ts, ip),
                 // Dynamic, and the peer is whoever comes: its SA will route it.
                 None if child.remote_ts.is_empty() => continue,
                 None => child.remote_ts.clone(),
             };
             let local_ts = match local_ip {
+                _ if !ours.is_empty() => ours.clone(),
                 Some(ip) => ts::or_dynamic(&child.local_ts, ip),
                 None => child.local_ts.clone(),
             };
@@ -476,16 +498,17 @@ impl Daemon {
         let path = self.options.config.clone();
         let refused = |why: String| format!("reload refused, nothing changed: {why}");
         let config = Config::load(&path).map_err(|e| refused(e.to_string()))?;
-        let (listen, ike, dataplane, metrics) = &self.sections;
+        let (listen, ike, dataplane, metrics, pools) = &self.sections;
         for (section, same) in [
-            ("listen", config.listen == *listen),
-            ("ike", config.ike == *ike),
-            ("dataplane", config.dataplane == *dataplane),
-            ("metrics", config.metrics == *metrics),
+            ("[listen]", config.listen == *listen),
+            ("[ike]", config.ike == *ike),
+            ("[dataplane]", config.dataplane == *dataplane),
+            ("[metrics]", config.metrics == *metrics),
+            ("[[pool]]", config.pools == *pools),
         ] {
             if !same {
                 return Err(refused(format!(
-                    "{}: [{section}] changed: a reload applies [[connection]] changes only; restart esptun for this one",
+                    "{}: {section} changed: a reload applies [[connection]] changes only; restart esptun for this one",
                     path.display()
                 )));
             }
@@ -682,6 +705,16 @@ impl Daemon {
                 Event::IkeSaUp(up) | Event::IkeSaRekeyed { up, .. } => {
                     if let Event::IkeSaRekeyed { old, .. } = &event {
                         self.keepalives.remove(old);
+                        if let Some(vips) = self.virtual_ips.remove(old) {
+                            self.virtual_ips.insert(up.spi_i, vips);
+                        }
+                    } else if up.initiator && !up.virtual_ips.is_empty() {
+                        for &vip in &up.virtual_ips {
+                            if let Err(e) = self.dataplane.add_virtual_ip(vip) {
+                                crate::error!("{}: {e}", up.connection);
+                            }
+                        }
+                        self.virtual_ips.insert(up.spi_i, up.virtual_ips.clone());
                     }
                     if up.behind_nat {
                         self.keepalives.insert(up.spi_i, (up.local, up.remote));
@@ -711,6 +744,11 @@ impl Daemon {
                 // Its Child SAs came first, each as ChildSaDown (a rekeyed IKE SA has none).
                 Event::IkeSaDown { spi_i, .. } => {
                     self.keepalives.remove(spi_i);
+                    for vip in self.virtual_ips.remove(spi_i).unwrap_or_default() {
+                        if !self.virtual_ips.values().any(|v| v.contains(&vip)) {
+                            self.dataplane.remove_virtual_ip(vip);
+                        }
+                    }
                 }
                 _ => {}
             }

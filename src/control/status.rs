@@ -77,6 +77,8 @@ impl Registry {
             "remote_id": up.remote_id.to_string(),
             "algorithms": up.suite.to_string(),
             "behind_nat": up.behind_nat,
+            "virtual_ips": up.virtual_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "dns": up.dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
         });
         self.ike.insert(up.spi_i.0, IkeEntry { facts, since: now });
     }
@@ -215,6 +217,29 @@ pub fn text(status: &Value) -> String {
             s(&ike["remote_id"]),
             s(&ike["remote"])
         );
+        let strings = |v: &serde_json::Value| {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        };
+        let vips = strings(&ike["virtual_ips"]);
+        if !vips.is_empty() {
+            let whose = if ike["initiator"].as_bool() == Some(true) {
+                "ours"
+            } else {
+                "peer's"
+            };
+            let _ = writeln!(out, "  virtual IPs {vips} ({whose})");
+        }
+        let dns = strings(&ike["dns"]);
+        if !dns.is_empty() {
+            let _ = writeln!(out, "  DNS {dns}");
+        }
         let _ = writeln!(out, "  {}", s(&ike["algorithms"]));
         let _ = writeln!(out, "  established {}s ago", ike["established_secs"]);
         for c in ike["child_sas"].as_array().unwrap_or(&empty) {

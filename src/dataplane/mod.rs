@@ -456,10 +456,16 @@ impl Dataplane {
             w.send(Command::Protect(protection.clone()));
         }
         let ours = self.addresses();
+        // A selector for a whole family (a client's, before it has its virtual IP)
+        // says nothing about which address is ours: the kernel picks the TUN's.
         let sources: Vec<IpAddr> = ours
             .iter()
             .copied()
-            .filter(|&a| local_ts.iter().any(|t| holds(&t.addrs, a)))
+            .filter(|&a| {
+                local_ts
+                    .iter()
+                    .any(|t| holds(&t.addrs, a) && *t != crate::ike::ts::family_of(a))
+            })
             .collect();
         for prefix in remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
             if self.is_protected(prefix) {
@@ -534,6 +540,21 @@ impl Dataplane {
     /// blackholed until esptun runs again.
     pub fn release_routes(&mut self) {
         self.routes.release();
+    }
+
+    /// Puts a virtual IP the gateway leased us on the TUN: the routes into it then
+    /// take it as their source.
+    pub fn add_virtual_ip(&mut self, addr: IpAddr) -> Result<(), String> {
+        self.routes
+            .add_address(self.tun_index, addr)
+            .map_err(|e| format!("add virtual IP {addr} to {}: {e}", self.settings.tun))
+    }
+
+    /// Takes a virtual IP off the TUN: its lease is over.
+    pub fn remove_virtual_ip(&mut self, addr: IpAddr) {
+        if let Err(e) = self.routes.delete_address(self.tun_index, addr) {
+            crate::warn!("remove virtual IP {addr} from {}: {e}", self.settings.tun);
+        }
     }
 
     /// This host's addresses; none (so routes get no source) if the kernel will not say.

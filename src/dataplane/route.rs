@@ -21,6 +21,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_GETADDR: u16 = 22;
 const RTM_NEWRULE: u16 = 32;
 const RTM_DELRULE: u16 = 33;
@@ -44,6 +46,8 @@ const RTA_PREFSRC: u16 = 7;
 const RTA_TABLE: u16 = 15;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+/// A virtual IP is ours alone: no duplicate address detection to wait for.
+const IFA_F_NODAD: u8 = 0x02;
 const FRA_PRIORITY: u16 = 6;
 const FRA_FWMARK: u16 = 10;
 const FRA_TABLE: u16 = 15;
@@ -151,6 +155,24 @@ impl Routes {
     pub fn delete(&mut self, (prefix, len): (IpAddr, u8), oif: u32) -> io::Result<()> {
         let route = route_message(self.table, prefix, len, Target::Tun { oif, src: None });
         self.request(RTM_DELROUTE, 0, &route)
+    }
+
+    /// Puts `addr` (a virtual IP, as a host address) on interface `index`; one
+    /// already there is fine.
+    pub fn add_address(&mut self, index: u32, addr: IpAddr) -> io::Result<()> {
+        match self.request(
+            RTM_NEWADDR,
+            NLM_F_CREATE | NLM_F_EXCL,
+            &address_message(index, addr),
+        ) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes `addr` off interface `index`.
+    pub fn delete_address(&mut self, index: u32, addr: IpAddr) -> io::Result<()> {
+        self.request(RTM_DELADDR, 0, &address_message(index, addr))
     }
 
     /// This host's global addresses (the candidates for a route's source).
@@ -377,6 +399,17 @@ fn prefix_of(body: &[u8]) -> Option<(IpAddr, u8)> {
     Some((addr, len))
 }
 
+/// struct ifaddrmsg and attributes for host address `addr` on interface `index`.
+fn address_message(index: u32, addr: IpAddr) -> Vec<u8> {
+    let (family, octets) = octets(addr);
+    let len = if addr.is_ipv4() { 32 } else { 128 };
+    let mut body = vec![family, len, IFA_F_NODAD, RT_SCOPE_UNIVERSE];
+    body.extend_from_slice(&index.to_ne_bytes());
+    attribute(&mut body, IFA_LOCAL, &octets);
+    attribute(&mut body, IFA_ADDRESS, &octets);
+    body
+}
+
 /// struct fib_rule_hdr and attributes for `not fwmark MARK lookup TABLE`.
 fn rule_message(family: u8, table: u32, mark: u32) -> Vec<u8> {
     let mut body = vec![family, 0, 0, 0, table_byte(table), 0, 0, FR_ACT_TO_TBL];
@@ -544,5 +577,17 @@ mod tests {
         assert_eq!(address_of(&v6), Some("fd00:1::1".parse().unwrap()));
         v6[3] = RT_SCOPE_LINK;
         assert_eq!(address_of(&v6), None);
+    }
+
+    #[test]
+    fn a_virtual_ip_is_a_host_address_without_dad_on_the_tun() {
+        for vip in ["10.3.0.7", "fd00:3::7"] {
+            let vip: IpAddr = vip.parse().unwrap();
+            let body = address_message(9, vip);
+            assert_eq!(body[1], if vip.is_ipv4() { 32 } else { 128 });
+            assert_eq!(body[2], IFA_F_NODAD);
+            assert_eq!(body[4..8], 9u32.to_ne_bytes());
+            assert_eq!(address_of(&body), Some(vip));
+        }
     }
 }

@@ -8,6 +8,7 @@ use super::{
 };
 use crate::esp::{EspError, HEADROOM, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use crate::netio;
+use crate::wire::payload::{AddrRange, TsRange};
 use crossbeam_channel::Receiver;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EventFd;
@@ -93,28 +94,109 @@ pub struct Worker {
     stopping: bool,
 }
 
-/// The security policy database: outbound SAs, the one activated last first, so
-/// that it carries what older SAs with the same selectors would.
+/// The security policy database: outbound SAs, among those that cover a packet
+/// the one activated last first, so that it carries what older SAs with the same
+/// selectors would. SAs whose remote selectors are single addresses (a gateway's
+/// road warriors, by their virtual IPs) are found by the packet's destination, so
+/// thousands of them cost one hash lookup; they come before the others, being the
+/// most specific.
 #[derive(Default)]
-struct Spd(Vec<Arc<Outbound>>);
+struct Spd {
+    /// Every SA, in a slot that stays its own until it is removed.
+    slots: Vec<Option<Arc<Outbound>>>,
+    free: Vec<usize>,
+    /// Slots by install id (our inbound SPI).
+    by_id: HashMap<u32, usize>,
+    /// Slots of the SAs for single addresses, by address, the one activated last first.
+    hosts: HashMap<IpAddr, Vec<usize>>,
+    /// Slots of the others, the one activated last first.
+    ranges: Vec<usize>,
+}
 
 impl Spd {
     fn activate(&mut self, sa: Arc<Outbound>) {
-        self.0.insert(0, sa);
+        self.remove(sa.id);
+        let hosts = single_addresses(&sa.remote_ts);
+        let id = sa.id;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(sa);
+                slot
+            }
+            None => {
+                self.slots.push(Some(sa));
+                self.slots.len() - 1
+            }
+        };
+        self.by_id.insert(id, slot);
+        match hosts {
+            Some(addrs) => {
+                for addr in addrs {
+                    self.hosts.entry(addr).or_default().insert(0, slot);
+                }
+            }
+            None => self.ranges.insert(0, slot),
+        }
     }
 
     /// Forgets the SA installed as inbound SPI `id`, and no other (outbound SPIs are
     /// the peers' choice: two peers may pick the same).
     fn remove(&mut self, id: u32) {
-        self.0.retain(|sa| sa.id != id);
+        let Some(slot) = self.by_id.remove(&id) else {
+            return;
+        };
+        let Some(sa) = self.slots[slot].take() else {
+            return;
+        };
+        match single_addresses(&sa.remote_ts) {
+            Some(addrs) => {
+                for addr in addrs {
+                    if let Some(slots) = self.hosts.get_mut(&addr) {
+                        slots.retain(|&s| s != slot);
+                        if slots.is_empty() {
+                            self.hosts.remove(&addr);
+                        }
+                    }
+                }
+            }
+            None => self.ranges.retain(|&s| s != slot),
+        }
+        self.free.push(slot);
     }
 
-    /// The index of the SA for `flow`.
+    /// The slot of the SA for `flow`.
     fn lookup(&self, flow: &Flow) -> Option<usize> {
-        self.0
-            .iter()
-            .position(|sa| flow.selected(&sa.local_ts, &sa.remote_ts))
+        let covers = |&slot: &usize| {
+            self.slots[slot]
+                .as_ref()
+                .is_some_and(|sa| flow.selected(&sa.local_ts, &sa.remote_ts))
+        };
+        let host = self
+            .hosts
+            .get(&flow.dst)
+            .and_then(|s| s.iter().copied().find(covers));
+        host.or_else(|| self.ranges.iter().copied().find(covers))
     }
+
+    /// The SA in `slot`, one [`Spd::lookup`] returned.
+    fn get(&self, slot: usize) -> &Outbound {
+        self.slots[slot]
+            .as_deref()
+            .expect("lookup returns occupied slots")
+    }
+}
+
+/// The addresses of selectors that each cover a single address; None if any covers more.
+fn single_addresses(selectors: &[TsRange]) -> Option<Vec<IpAddr>> {
+    selectors
+        .iter()
+        .map(|t| match t.addrs {
+            AddrRange::V4(s, e) if s == e => Some(IpAddr::V4(s)),
+            AddrRange::V6(s, e) if s == e => Some(IpAddr::V6(s)),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|addrs| !addrs.is_empty())
 }
 
 /// A protected child as one worker sees it.
@@ -423,7 +505,7 @@ impl Worker {
         }
         // One send per run of packets with the same SA (usually the whole batch).
         for run in sealed.chunk_by(|a, b| a.sa == b.sa) {
-            let sa = &self.spd.0[run[0].sa];
+            let sa = self.spd.get(run[0].sa);
             let packets: Vec<&[u8]> = run.iter().map(|s| &self.tx[s.buf][s.head..]).collect();
             let socket = &self.sockets.0[sa.socket];
             let failed = self.batch.send(socket, &packets, sa.peer, sa.local);
@@ -561,7 +643,7 @@ fn seal(spd: &Spd, buf: &mut Vec<u8>) -> Result<(usize, usize), Refused> {
     let packet = &buf[HEADROOM..];
     let flow = Flow::parse(packet).ok_or(Refused::Drop(DropReason::Malformed))?;
     let index = spd.lookup(&flow).ok_or(Refused::NoSa(flow))?;
-    let sa = &spd.0[index];
+    let sa = spd.get(index);
     if sa.traffic.reached(&sa.hard).is_some() {
         return Err(Refused::Drop(DropReason::Expired));
     }
@@ -676,8 +758,13 @@ mod tests {
         }
     }
 
+    /// The install ids of the SAs not indexed by address, the first one first.
     fn ids(spd: &Spd) -> Vec<u32> {
-        spd.0.iter().map(|sa| sa.id).collect()
+        spd.ranges.iter().map(|&s| spd.get(s).id).collect()
+    }
+
+    fn found(spd: &Spd, dst: [u8; 4]) -> Option<u32> {
+        spd.lookup(&to(dst)).map(|s| spd.get(s).id)
     }
 
     #[test]
@@ -685,16 +772,46 @@ mod tests {
         let mut spd = Spd::default();
         spd.activate(outbound(1, 0x100, net([10, 2, 0, 0], [10, 2, 0, 255])));
         spd.activate(outbound(2, 0x200, net([10, 2, 0, 0], [10, 2, 255, 255])));
-        assert_eq!(spd.lookup(&to([10, 2, 0, 5])), Some(0));
-        assert_eq!(spd.0[0].id, 2);
-        assert_eq!(spd.lookup(&to([10, 2, 9, 5])), Some(0));
-        assert_eq!(spd.lookup(&to([10, 3, 0, 1])), None);
+        assert_eq!(found(&spd, [10, 2, 0, 5]), Some(2));
+        assert_eq!(found(&spd, [10, 2, 9, 5]), Some(2));
+        assert_eq!(found(&spd, [10, 3, 0, 1]), None);
         // A rekey: the new SA takes over; the old one is found again once it goes.
         spd.activate(outbound(3, 0x300, net([10, 2, 0, 0], [10, 2, 255, 255])));
         assert_eq!(ids(&spd), [3, 2, 1]);
         spd.remove(3);
         spd.remove(2);
-        assert_eq!(spd.0[spd.lookup(&to([10, 2, 0, 5])).unwrap()].id, 1);
+        assert_eq!(found(&spd, [10, 2, 0, 5]), Some(1));
+    }
+
+    #[test]
+    fn clients_are_found_by_their_address_before_wider_selectors() {
+        let mut spd = Spd::default();
+        spd.activate(outbound(1, 0x100, net([10, 3, 0, 0], [10, 3, 0, 255])));
+        for client in 2..1002u32 {
+            let [_, _, hi, lo] = (client - 2).to_be_bytes();
+            let vip = [10, 3, hi, lo];
+            spd.activate(outbound(client, client, net(vip, vip)));
+        }
+        assert_eq!(spd.hosts.len(), 1000);
+        assert_eq!(found(&spd, [10, 3, 0, 7]), Some(9));
+        assert_eq!(found(&spd, [10, 3, 3, 231]), Some(1001));
+        spd.remove(9);
+        assert_eq!(
+            found(&spd, [10, 3, 0, 7]),
+            Some(1),
+            "the wider SA covers it now"
+        );
+        // A client's rekey: the new SA takes over at once, the old one goes later.
+        spd.activate(outbound(2000, 0x2000, net([10, 3, 0, 8], [10, 3, 0, 8])));
+        assert_eq!(found(&spd, [10, 3, 0, 8]), Some(2000));
+        spd.remove(2000);
+        assert_eq!(found(&spd, [10, 3, 0, 8]), Some(10));
+        // Slots are reused, and a removed SA leaves no trace.
+        let slots = spd.slots.len();
+        spd.activate(outbound(3000, 0x3000, net([10, 9, 0, 1], [10, 9, 0, 1])));
+        assert_eq!(spd.slots.len(), slots);
+        spd.remove(3000);
+        assert!(!spd.hosts.contains_key(&IpAddr::from([10, 9, 0, 1])));
     }
 
     #[test]
@@ -705,7 +822,7 @@ mod tests {
         spd.activate(outbound(2, 0xabcd, net([10, 3, 0, 0], [10, 3, 0, 255])));
         spd.remove(2);
         assert_eq!(ids(&spd), [1]);
-        assert_eq!(spd.lookup(&to([10, 2, 0, 5])), Some(0));
+        assert_eq!(found(&spd, [10, 2, 0, 5]), Some(1));
         spd.remove(0xabcd);
         assert_eq!(ids(&spd), [1], "an outbound SPI names nothing");
     }

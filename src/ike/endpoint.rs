@@ -6,8 +6,11 @@ use super::admission::{Cookies, HalfOpen, InitRate, Refusal, Refusals, source_of
 use super::ephemeral::Ephemerals;
 use super::exchange::RetransmitPolicy;
 use super::ike_sa::{Ctx, IkeSa, REDUNDANT_GRACE, Request, State, Work};
+use super::pool::Pools;
 use super::task::{create_child, ike_init, informational};
-use super::{Action, ChildPolicy, DownReason, Error, Event, Instant, Policy, Stats, Transmit};
+use super::{
+    Action, AddressPool, ChildPolicy, DownReason, Error, Event, Instant, Policy, Stats, Transmit,
+};
 use crate::crypto::Random;
 use crate::wire::payload::{NotifyPayload, Payload};
 use crate::wire::{ExchangeType, Flags, Header, IkeSpi, Message, NotifyType};
@@ -36,6 +39,8 @@ pub struct Settings {
     pub retransmit: RetransmitPolicy,
     /// Wall-clock time (since the Unix epoch) at `Instant(0)`, for certificate validity.
     pub unix_time_at_start: Duration,
+    /// Virtual IP pools that connections' `pools` name.
+    pub pools: Vec<AddressPool>,
 }
 
 impl Default for Settings {
@@ -48,6 +53,7 @@ impl Default for Settings {
             half_open_timeout: Duration::from_secs(30),
             retransmit: RetransmitPolicy::default(),
             unix_time_at_start: Duration::ZERO,
+            pools: Vec::new(),
         }
     }
 }
@@ -100,6 +106,8 @@ struct Shared {
     stats: Stats,
     /// Children the operator took down, by policy and child index.
     held: HashSet<(usize, usize)>,
+    /// The virtual IP leases.
+    pools: Pools,
 }
 
 impl Shared {
@@ -118,6 +126,7 @@ impl Shared {
             child_spis: &mut self.child_spis,
             stats: &mut self.stats,
             held: &self.held,
+            pools: &mut self.pools,
             policies: &self.policies,
             others,
             requests,
@@ -150,6 +159,7 @@ impl Endpoint {
         mut rng: Box<dyn Random + Send>,
     ) -> Self {
         let cookies = Cookies::new(rng.as_mut());
+        let pools = Pools::new(&settings.pools);
         Self {
             shared: Shared {
                 settings,
@@ -160,6 +170,7 @@ impl Endpoint {
                 events: VecDeque::new(),
                 stats: Stats::default(),
                 held: HashSet::new(),
+                pools,
             },
             sas: HashMap::new(),
             timers: BTreeSet::new(),
@@ -178,6 +189,11 @@ impl Endpoint {
             stopping: false,
             retired: HashSet::new(),
         }
+    }
+
+    /// Virtual IP leases in all pools: (online, offline).
+    pub fn leases(&self) -> (usize, usize) {
+        self.shared.pools.leases()
     }
 
     /// Every policy ever loaded, retired ones included, by index.

@@ -28,6 +28,12 @@ pub enum Error {
     /// A required payload is missing or one is malformed.
     #[error("invalid syntax: {0}")]
     InvalidSyntax(String),
+    /// No virtual IP could be leased to the peer, or none was leased to us.
+    #[error("no virtual IP: {0}")]
+    AddressFailure(String),
+    /// The connection leases virtual IPs and the peer asked for none.
+    #[error("the peer asked for no virtual IP, which this connection requires")]
+    CpRequired,
     /// The peer answered with an error notify.
     #[error("peer sent {0}")]
     Notified(NotifyType),
@@ -45,6 +51,8 @@ impl Error {
             Self::AuthenticationFailed(_) => NotifyType::AUTHENTICATION_FAILED,
             Self::TsUnacceptable => NotifyType::TS_UNACCEPTABLE,
             Self::InvalidSyntax(_) => NotifyType::INVALID_SYNTAX,
+            Self::AddressFailure(_) => NotifyType::INTERNAL_ADDRESS_FAILURE,
+            Self::CpRequired => NotifyType::FAILED_CP_REQUIRED,
             Self::Notified(n) => *n,
             Self::Internal(_) => NotifyType::NO_PROPOSAL_CHOSEN,
         }

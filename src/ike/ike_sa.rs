@@ -13,7 +13,7 @@ use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, Random, SkKey};
 use crate::wire::payload::{Identity, NotifyPayload, Payload, TsRange, decode_chain};
 use crate::wire::{ExchangeType, Flags, Header, IkeSpi, Message, Reader};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,6 +161,8 @@ pub(super) struct Ctx<'a> {
     pub stats: &'a mut super::Stats,
     /// Children the operator took down, by policy and child index: never created.
     pub held: &'a HashSet<(usize, usize)>,
+    /// The virtual IP leases.
+    pub pools: &'a mut super::pool::Pools,
     /// Every policy, in configuration order.
     pub policies: &'a [Arc<Policy>],
     /// The endpoint's other IKE SAs, by our SPI (to pick SPIs not in use).
@@ -290,6 +292,11 @@ pub(super) struct IkeSa {
     pub delayed: Vec<(Instant, Work)>,
     /// The peer's authenticated identity.
     pub remote_id: Option<Identity>,
+    /// The client's virtual IPs: leased to the peer (with the pool each came from),
+    /// or to us (with none).
+    pub virtual_ips: Vec<(IpAddr, Option<String>)>,
+    /// DNS servers the gateway named, when we are its client.
+    pub dns: Vec<IpAddr>,
     /// Send INITIAL_CONTACT in IKE_AUTH: we hold no other IKE SA with this peer.
     pub initial_contact: bool,
     /// When to rekey the IKE SA (soft) and when it must end (hard).
@@ -362,6 +369,8 @@ impl IkeSa {
             queue: VecDeque::new(),
             delayed: Vec::new(),
             remote_id: None,
+            virtual_ips: Vec::new(),
+            dns: Vec::new(),
             initial_contact: false,
             rekey_at: None,
             expire_at: None,
@@ -403,6 +412,8 @@ impl IkeSa {
             behind_nat: self.behind_nat,
             local_id: self.policy.local.id().clone(),
             remote_id: self.remote_id.clone()?,
+            virtual_ips: self.virtual_ips.iter().map(|(a, _)| *a).collect(),
+            dns: self.dns.clone(),
             suite: self.suite?,
             keys: self.keys.clone()?,
         })
@@ -523,6 +534,13 @@ impl IkeSa {
                 spi_in: c.spi_in,
                 spi_out: c.spi_out,
             });
+        }
+        if let Some(id) = &self.remote_id {
+            for (_, pool) in std::mem::take(&mut self.virtual_ips) {
+                if let Some(pool) = pool {
+                    ctx.pools.release(&pool, id);
+                }
+            }
         }
         self.down_reason = Some(reason.clone());
         ctx.events.push_back(Event::IkeSaDown {

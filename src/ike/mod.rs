@@ -15,13 +15,16 @@ mod error;
 pub mod exchange;
 mod ike_sa;
 mod natd;
+mod pool;
 pub mod proposal;
 mod task;
 pub mod ts;
 
 pub use endpoint::{Endpoint, Settings};
 pub use error::Error;
+pub use pool::AddressPool;
 
+use crate::auth::identity::RemoteId;
 use crate::auth::private_key::PrivateKey;
 use crate::auth::x509::TrustAnchors;
 use crate::crypto::{Encr, IkeKeys, IkeSuite, Integ, Secret};
@@ -73,6 +76,12 @@ pub struct Policy {
     pub dpd_delay: Option<Duration>,
     /// Initiations tried before giving up; 0 tries forever.
     pub keyingtries: u32,
+    /// As the peer's gateway: the pools (by name) its virtual IPs are leased from,
+    /// first one with room first; dynamic remote selectors then mean those addresses.
+    pub pools: Vec<String>,
+    /// As the peer's client: the virtual IPs we ask for (0.0.0.0 or :: for any of
+    /// that family); dynamic local selectors then mean the addresses we get.
+    pub vips: Vec<IpAddr>,
 }
 
 /// The IKE SA's lifetime, as swanctl's connection `rekey_time`, `over_time`, `rand_time`.
@@ -137,15 +146,15 @@ pub enum LocalAuth {
 pub enum RemoteAuth {
     /// Signature by a certificate that chains to one of `anchors`.
     Pubkey {
-        /// The identity the peer must claim; None accepts any that its certificate holds.
-        id: Option<Identity>,
+        /// The identity the peer may claim (its certificate must hold it too).
+        id: RemoteId,
         /// The CAs we trust for this peer.
         anchors: Arc<TrustAnchors>,
     },
     /// Pre-shared key.
     Psk {
-        /// The identity the peer must claim; None accepts any.
-        id: Option<Identity>,
+        /// The identity the peer may claim.
+        id: RemoteId,
         /// The shared key.
         psk: Secret,
     },
@@ -169,10 +178,10 @@ impl LocalAuth {
 }
 
 impl RemoteAuth {
-    /// The identity the peer must claim, if one is configured.
-    pub fn id(&self) -> Option<&Identity> {
+    /// The identity the peer may claim.
+    pub fn id(&self) -> &RemoteId {
         match self {
-            Self::Pubkey { id, .. } | Self::Psk { id, .. } => id.as_ref(),
+            Self::Pubkey { id, .. } | Self::Psk { id, .. } => id,
         }
     }
 }
@@ -391,6 +400,10 @@ pub struct IkeSaUp {
     pub local_id: Identity,
     /// The peer's authenticated identity.
     pub remote_id: Identity,
+    /// The client's virtual IPs: leased to the peer by us, or to us by the peer.
+    pub virtual_ips: Vec<IpAddr>,
+    /// DNS servers the gateway named (when we are its client).
+    pub dns: Vec<IpAddr>,
     /// Negotiated algorithms.
     pub suite: IkeSuite,
     /// Its keys, for key logging.

@@ -3,19 +3,32 @@
 //! is within what it asked for.
 
 use crate::wire::payload::{AddrRange, TrafficSelector, TsRange};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// A selector covering exactly one address, any protocol and port.
-pub fn host(addr: IpAddr) -> TsRange {
+/// A selector covering `addrs`, any protocol and port.
+pub fn of(addrs: AddrRange) -> TsRange {
     TsRange {
         ip_protocol: 0,
         start_port: 0,
         end_port: u16::MAX,
-        addrs: match addr {
-            IpAddr::V4(a) => AddrRange::V4(a, a),
-            IpAddr::V6(a) => AddrRange::V6(a, a),
-        },
+        addrs,
     }
+}
+
+/// A selector covering exactly one address, any protocol and port.
+pub fn host(addr: IpAddr) -> TsRange {
+    of(match addr {
+        IpAddr::V4(a) => AddrRange::V4(a, a),
+        IpAddr::V6(a) => AddrRange::V6(a, a),
+    })
+}
+
+/// A selector covering every address of `addr`'s family.
+pub fn family_of(addr: IpAddr) -> TsRange {
+    of(match addr {
+        IpAddr::V4(_) => AddrRange::V4(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST),
+        IpAddr::V6(_) => AddrRange::V6(Ipv6Addr::UNSPECIFIED, Ipv6Addr::from(u128::MAX)),
+    })
 }
 
 /// The configured selectors, or the IKE address when none are ("dynamic").

@@ -4,6 +4,7 @@
 
 use super::super::ike_sa::{ChildSa, ChildState, Ctx, IkeSa};
 use super::super::{ChildPolicy, ChildSaUp, Error, Event, Lifetime, Limits, proposal, ts};
+use super::cp;
 use crate::crypto::{ChildKeys, Encr, Integ, KeyExchange, Secret};
 use crate::wire::message::{find_notify, notifies};
 use crate::wire::payload::{
@@ -123,8 +124,8 @@ pub(in super::super) fn request(
     let (local_ts, remote_ts) = match rekeys {
         Some(old) => (old.local_ts.clone(), old.remote_ts.clone()),
         None => (
-            ts::or_dynamic(&child.local_ts, sa.local.ip()),
-            ts::or_dynamic(&child.remote_ts, sa.remote.ip()),
+            cp::dynamic(sa, &child.local_ts, true),
+            cp::dynamic(sa, &child.remote_ts, false),
         ),
     };
     let proposals = offer(child, spi_in, in_auth);
@@ -313,8 +314,8 @@ pub(in super::super) fn respond(
         let Some(chosen) = proposal::select(&offer(&child, 0, in_auth), &offered) else {
             continue;
         };
-        let remote_ts = ts::narrow(&tsi, &ts::or_dynamic(&child.remote_ts, sa.remote.ip()));
-        let local_ts = ts::narrow(&tsr, &ts::or_dynamic(&child.local_ts, sa.local.ip()));
+        let remote_ts = ts::narrow(&tsi, &cp::dynamic(sa, &child.remote_ts, false));
+        let local_ts = ts::narrow(&tsr, &cp::dynamic(sa, &child.local_ts, true));
         if remote_ts.is_empty() || local_ts.is_empty() {
             error = Error::TsUnacceptable;
             continue;

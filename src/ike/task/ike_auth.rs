@@ -5,6 +5,7 @@ use super::super::ike_sa::{Ctx, IkeSa, Request, State, Work};
 use super::super::{DownReason, Error, Event, LocalAuth, Policy, RemoteAuth};
 use super::Task;
 use super::child::{self, ChildRequest};
+use super::cp;
 use crate::auth::x509::{check_identity, validate_chain};
 use crate::auth::{Credential, psk_auth_data, signed_octets, verify};
 use crate::wire::message::{find_notify, notifies};
@@ -91,7 +92,8 @@ fn authenticate_peer(
 ) -> Result<(), Error> {
     let failed = |why: String| Error::AuthenticationFailed(why);
     let auth = auth_payload(payloads).ok_or_else(|| failed("no AUTH payload".into()))?;
-    if let Some(want) = policy.remote.id().filter(|want| **want != id.id) {
+    let want = policy.remote.id();
+    if !want.accepts(&id.id) {
         return Err(failed(format!(
             "peer identity {} is not the expected {want}",
             id.id
@@ -139,12 +141,13 @@ pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), E
             authorities: anchors.certreq_hashes(),
         }));
     }
-    if let Some(remote_id) = policy.remote.id() {
+    if let Some(remote_id) = policy.remote.id().exact() {
         payloads.push(Payload::IdR(IdPayload {
             id: remote_id.clone(),
         }));
     }
     payloads.push(Payload::Auth(our_auth(sa, &id)?));
+    payloads.extend(cp::request(&policy.vips));
     let child = if policy.children.is_empty() {
         None
     } else {
@@ -220,6 +223,22 @@ pub(super) fn response(
             return;
         }
     };
+    if let Err(e) = cp::accept(sa, &payloads) {
+        let why = refusal_of_child(&payloads);
+        sa.log(ctx, format!("{e}{why}: closing the IKE_SA"));
+        release(ctx);
+        let delete = vec![Payload::Delete(crate::wire::payload::DeletePayload::ike())];
+        if let Err(send) = sa.send_request(
+            ctx,
+            ExchangeType::INFORMATIONAL,
+            delete,
+            Task::Informational,
+        ) {
+            sa.log(ctx, format!("cannot send Delete: {send}"));
+        }
+        sa.down(ctx, DownReason::Failed(e));
+        return;
+    }
     sa.remote_id = Some(id.id.clone());
     sa.established(ctx);
     announce(sa, ctx);
@@ -255,6 +274,13 @@ pub(super) fn response(
     }
 }
 
+/// ", the gateway sent NOTIFY" for the error notify that refused the Child SA, if any.
+fn refusal_of_child(payloads: &[Payload]) -> String {
+    child::refusal(payloads).map_or_else(String::new, |n| {
+        format!(" (the gateway sent {})", n.notify_type)
+    })
+}
+
 /// Responder: picks the policy the IDs ask for among `candidates`.
 fn choose_policy(
     candidates: &[Arc<Policy>],
@@ -263,7 +289,7 @@ fn choose_policy(
     method: AuthMethod,
 ) -> Option<Arc<Policy>> {
     let fits = |p: &Arc<Policy>, strict: bool| {
-        let remote_ok = p.remote.id().is_none_or(|want| *want == peer.id);
+        let remote_ok = p.remote.id().accepts(&peer.id);
         let local_ok = !strict || ours.is_none_or(|id| *p.local.id() == id.id);
         let method_ok = matches!(
             (&p.remote, method),
@@ -331,6 +357,7 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
         }
     }
     sa.remote_id = Some(peer_id.id.clone());
+    let config_reply = cp::lease(sa, ctx, &payloads);
     sa.established(ctx);
     announce(sa, ctx);
     if find_notify(&payloads, NotifyType::INITIAL_CONTACT).is_some() {
@@ -339,7 +366,11 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
             remote_id: peer_id.id.clone(),
         });
     }
-    match child::respond(sa, ctx, &payloads, true, None) {
+    let child = config_reply.and_then(|reply| {
+        out.extend(reply);
+        child::respond(sa, ctx, &payloads, true, None)
+    });
+    match child {
         Ok(Some(answer)) => out.extend(answer.payloads),
         Ok(None) => {}
         Err(e) => {

@@ -145,6 +145,8 @@ fn successor(
 fn hand_over(old: &mut IkeSa, ctx: &mut Ctx<'_>, new: &mut IkeSa) {
     old.superseded = true;
     new.children = std::mem::take(&mut old.children);
+    new.virtual_ips = std::mem::take(&mut old.virtual_ips);
+    new.dns = std::mem::take(&mut old.dns);
     new.delayed.extend(old.take_child_work(ctx.now));
     if let Some(up) = new.summary() {
         ctx.events.push_back(Event::IkeSaRekeyed {

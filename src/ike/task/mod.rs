@@ -3,6 +3,7 @@
 //! queued [`Work`] becomes a request when the window is free.
 
 pub(super) mod child;
+pub(super) mod cp;
 pub(super) mod create_child;
 pub(super) mod ike_auth;
 pub(super) mod ike_init;
