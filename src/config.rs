@@ -256,6 +256,7 @@ struct RawConnection {
     pools: Vec<Spanned<String>>,
     #[serde(default)]
     vips: Vec<Spanned<String>>,
+    mobike: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -1613,6 +1614,7 @@ fn connection(
             keyingtries: c.keyingtries.unwrap_or(0),
             pools,
             vips,
+            mobike: c.mobike.unwrap_or(true),
         }),
         start: initiate,
         remote_port: c.remote_port.unwrap_or(500),

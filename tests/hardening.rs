@@ -99,6 +99,7 @@ fn policy(c: Conn) -> Arc<Policy> {
         keyingtries: 1,
         pools: Vec::new(),
         vips: Vec::new(),
+        mobike: true,
     })
 }
 

@@ -59,6 +59,8 @@ struct Spec {
     keyingtries: u32,
     /// A second child, "net2", between 10.1.1/24 and 10.2.1/24.
     second_child: bool,
+    /// Announce MOBIKE.
+    mobike: bool,
 }
 
 impl Default for Spec {
@@ -83,6 +85,7 @@ impl Default for Spec {
             close_action: Action::None,
             keyingtries: 0,
             second_child: false,
+            mobike: true,
         }
     }
 }
@@ -141,6 +144,7 @@ fn policy(spec: Spec, left: bool) -> Arc<Policy> {
         keyingtries: spec.keyingtries,
         pools: Vec::new(),
         vips: Vec::new(),
+        mobike: spec.mobike,
     })
 }
 
@@ -178,6 +182,7 @@ fn with_certs(p: &Policy, auth: CertAuth) -> Arc<Policy> {
         keyingtries: p.keyingtries,
         pools: p.pools.clone(),
         vips: p.vips.clone(),
+        mobike: p.mobike,
     })
 }
 
@@ -2708,6 +2713,7 @@ fn virtual_ips(p: &Policy, pools: &[&str], vips: &[&str]) -> Arc<Policy> {
         keyingtries: p.keyingtries,
         pools: pools.iter().map(|s| s.to_string()).collect(),
         vips: vips.iter().map(|s| s.parse().unwrap()).collect(),
+        mobike: true,
     })
 }
 
@@ -2852,4 +2858,79 @@ fn a_gateway_with_pools_gives_no_child_sa_to_a_peer_asking_for_no_address() {
             ..
         }
     )));
+}
+
+fn moves(events: &[Event]) -> Vec<(SocketAddr, SocketAddr, Vec<u32>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::IkeSaMoved {
+                local,
+                remote,
+                children,
+                ..
+            } => Some((*local, *remote, children.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_whose_address_changes_moves_the_sa_and_its_child_sas_with_mobike() {
+    let mut pair = road_warrior(&["0.0.0.0"], &["rw4"]);
+    pair.initiate();
+    pair.drive();
+    let [(spi, local, remote)] = pair.a.roaming()[..] else {
+        panic!("one SA that roams: {:?}", pair.a.roaming());
+    };
+    assert_eq!((local, remote), (A.parse().unwrap(), B.parse().unwrap()));
+    let new: SocketAddr = "198.51.100.7:500".parse().unwrap();
+    pair.a.update_addresses(pair.now, spi, new.ip());
+    pair.collect();
+    pair.drive();
+    let child_a = Pair::children(&pair.events_a)[0].spi_in;
+    let child_b = Pair::children(&pair.events_b)[0].spi_in;
+    assert_eq!(
+        moves(&pair.events_a),
+        [(new, B.parse().unwrap(), vec![child_a])]
+    );
+    assert_eq!(
+        moves(&pair.events_b),
+        [(B.parse().unwrap(), new, vec![child_b])]
+    );
+    assert!(
+        logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("our address is now 198.51.100.7:500"))
+    );
+    // Nothing was negotiated again, and the SA stays where it went.
+    pair.assert_tunnel();
+    pair.a.update_addresses(pair.now, spi, new.ip());
+    pair.collect();
+    pair.drive();
+    assert_eq!(moves(&pair.events_a).len(), 1);
+}
+
+#[test]
+fn without_mobike_an_established_sa_answers_a_request_where_it_came_from_but_stays() {
+    let mut pair = Pair::psk(
+        Spec {
+            mobike: false,
+            ..Spec::default()
+        },
+        Spec::default(),
+    );
+    pair.initiate();
+    pair.drive();
+    assert!(pair.a.roaming().is_empty(), "MOBIKE needs both sides");
+    // A's next request arrives from elsewhere (no NAT was detected, no MOBIKE).
+    pair.a.down_child(pair.now, 0, 0);
+    pair.collect();
+    let (to, mut t) = pair.wire.pop_front().unwrap();
+    let stray: SocketAddr = "198.51.100.7:500".parse().unwrap();
+    t.local = stray;
+    pair.deliver((to, t));
+    let (_, answer) = pair.wire.back().unwrap();
+    assert_eq!(answer.remote, stray, "answered where the request came from");
+    assert!(moves(&pair.events_b).is_empty());
 }

@@ -28,9 +28,10 @@ pub fn connection(event: &Event) -> Option<&str> {
         Event::IkeSaUp(up) | Event::IkeSaRekeyed { up, .. } => Some(&up.connection),
         Event::IkeSaDown { connection, .. } => Some(connection),
         Event::ChildSaUp(c) => Some(&c.connection),
-        Event::ChildSaOutbound { .. } | Event::ChildSaFailed { .. } | Event::ChildSaDown { .. } => {
-            None
-        }
+        Event::IkeSaMoved { .. }
+        | Event::ChildSaOutbound { .. }
+        | Event::ChildSaFailed { .. }
+        | Event::ChildSaDown { .. } => None,
     }
 }
 
@@ -42,6 +43,7 @@ pub fn spi_i(event: &Event) -> Option<IkeSpi> {
         Event::ChildSaUp(c) => Some(c.spi_i),
         Event::Log { spi_i, .. }
         | Event::IkeSaDown { spi_i, .. }
+        | Event::IkeSaMoved { spi_i, .. }
         | Event::ChildSaOutbound { spi_i, .. }
         | Event::ChildSaFailed { spi_i, .. }
         | Event::ChildSaDown { spi_i, .. } => Some(*spi_i),
@@ -76,6 +78,17 @@ pub fn line(event: &Event) -> String {
             reason,
             ..
         } => format!("IKE_SA {:016x}: DOWN {connection}: {reason}", spi_i.0),
+        Event::IkeSaMoved {
+            spi_i,
+            local,
+            remote,
+            encap,
+            ..
+        } => format!(
+            "IKE_SA {:016x}: MOVED to {local} <-> {remote}, ESP{}",
+            spi_i.0,
+            if *encap { " in UDP" } else { "" }
+        ),
         Event::ChildSaUp(c) => child_up(c),
         Event::ChildSaOutbound { spi_i, spi_in } => format!(
             "IKE_SA {:016x}: CHILD_SA {spi_in:08x}_i now carries outbound traffic",

@@ -326,6 +326,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                 for spi_in in daemon.dataplane.inbound_active() {
                     daemon.endpoint.inbound_seen(now(), spi_in);
                 }
+                daemon.follow_our_address(now());
                 if let Some(m) = daemon.metrics.as_mut() {
                     m.refresh(&daemon.endpoint, &daemon.dataplane, &daemon.registry);
                 }
@@ -335,6 +336,9 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                 DataplaneEvent::Acquire { .. } if stopping.is_some() => {}
                 DataplaneEvent::Acquire { policy, child } => {
                     daemon.endpoint.acquire(now(), policy, child);
+                }
+                DataplaneEvent::PeerMoved { spi_in, remote } => {
+                    daemon.endpoint.esp_moved(now(), spi_in, remote);
                 }
                 DataplaneEvent::UnknownSpi { local, remote, spi } => {
                     daemon.endpoint.unknown_spi(now(), local, remote, spi);
@@ -425,6 +429,20 @@ impl Daemon {
             },
         };
         Ok(Some((SocketAddr::new(local_ip, listen.ike_port), remote)))
+    }
+
+    /// Moves the IKE SAs we initiated with MOBIKE to the address the kernel now
+    /// routes to their peers from, when it changed (an address went, a link
+    /// changed). Without a route the SA stays, for the address may come back.
+    fn follow_our_address(&mut self, now: ike::Instant) {
+        let fwmark = self.sections.2.fwmark;
+        for (spi, local, remote) in self.endpoint.roaming() {
+            if let Ok(ip) = route_source(remote, fwmark)
+                && ip != local.ip()
+            {
+                self.endpoint.update_addresses(now, spi, ip);
+            }
+        }
     }
 
     /// Puts a connection in service, at start or by a reload: the engine gets its
@@ -742,6 +760,23 @@ impl Daemon {
                     }
                 }
                 // Its Child SAs came first, each as ChildSaDown (a rekeyed IKE SA has none).
+                Event::IkeSaMoved {
+                    spi_i,
+                    local,
+                    remote,
+                    encap,
+                    behind_nat,
+                    children,
+                } => {
+                    for &spi_in in children {
+                        self.dataplane.move_child(spi_in, *local, *remote, *encap);
+                    }
+                    if *behind_nat {
+                        self.keepalives.insert(*spi_i, (*local, *remote));
+                    } else {
+                        self.keepalives.remove(spi_i);
+                    }
+                }
                 Event::IkeSaDown { spi_i, .. } => {
                     self.keepalives.remove(spi_i);
                     for vip in self.virtual_ips.remove(spi_i).unwrap_or_default() {

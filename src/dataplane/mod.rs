@@ -193,6 +193,14 @@ pub enum DataplaneEvent {
         /// The SPI.
         spi: u32,
     },
+    /// Authentic ESP in UDP came from `remote`, not from where the Child SA sends:
+    /// a NAT in front of the peer mapped it anew. Sent once per new address.
+    PeerMoved {
+        /// The Child SA, by our inbound SPI.
+        spi_in: u32,
+        /// Where it came from.
+        remote: SocketAddr,
+    },
     /// A worker stopped without being told to: its share of the traffic is lost and
     /// the steering programs still send it packets, so the daemon must not go on.
     WorkerFailed {
@@ -212,9 +220,11 @@ struct Protection {
     remote_ts: Vec<TsRange>,
 }
 
-/// An outbound Child SA with its policy, shared by every worker.
+/// An outbound Child SA with its policy, shared by every worker. A move (MOBIKE,
+/// a NAT's new mapping) replaces it with one on the new path that shares its SA
+/// state and counters.
 pub struct Outbound {
-    sa: OutboundSa,
+    sa: Arc<OutboundSa>,
     spi: u32,
     /// Our inbound SPI, which names the Child SA everywhere (the outbound SPI is the
     /// peer's choice and need not be unique).
@@ -236,7 +246,7 @@ pub struct Outbound {
     max_inner: usize,
     /// Bytes and packets after which it must not be used.
     hard: Limits,
-    traffic: Traffic,
+    traffic: Arc<Traffic>,
 }
 
 /// An inbound Child SA, owned by one worker.
@@ -246,6 +256,9 @@ pub struct Inbound {
     remote_ts: Vec<TsRange>,
     hard: Limits,
     traffic: Arc<Traffic>,
+    /// Where the peer sends ESP in UDP from, to notice a NAT's new mapping; None
+    /// for raw ESP.
+    peer: Option<SocketAddr>,
 }
 
 /// What the control thread tells a worker.
@@ -259,6 +272,11 @@ enum Command {
     Outbound(Arc<Outbound>),
     /// Take ownership of an inbound SA (the worker its SPI is steered to).
     Inbound(u32, Box<Inbound>),
+    /// Send with this SA instead of the one with its install id, if that one is in
+    /// use (every worker).
+    Move(Arc<Outbound>),
+    /// The peer of this inbound SA now sends from here (its owner).
+    InboundPeer(u32, SocketAddr),
     /// Forget both directions of the Child SA with this inbound SPI.
     Remove(u32),
     /// Leave the loop.
@@ -279,6 +297,24 @@ impl WorkerHandle {
         if self.commands.send(command).is_ok() {
             let _ = self.wake.write(1);
         }
+    }
+}
+
+/// Where an outbound SA's packets go.
+struct Path {
+    /// Index into each worker's sockets.
+    socket: usize,
+    peer: SocketAddr,
+    local: IpAddr,
+    encap: bool,
+}
+
+impl Path {
+    /// The largest inner packet that `sa` fits into the path MTU on this path.
+    fn max_inner(&self, sa: &OutboundSa, path_mtu: u16) -> usize {
+        let outer_ip = if self.local.is_ipv4() { 20 } else { 40 };
+        let udp = if self.encap { 8 } else { 0 };
+        sa.max_payload(usize::from(path_mtu) - outer_ip - udp)
     }
 }
 
@@ -574,20 +610,7 @@ impl Dataplane {
         if self.installed.contains_key(&c.spi_in) {
             return Err(format!("inbound SPI {:08x} is installed already", c.spi_in));
         }
-        let transport = if c.encap {
-            Transport::Udp
-        } else {
-            Transport::Raw
-        };
-        let socket = self
-            .sockets
-            .iter()
-            .position(|&(t, bound)| {
-                t == transport
-                    && bound.is_ipv4() == c.local.is_ipv4()
-                    && (bound.ip() == c.local.ip() || bound.ip().is_unspecified())
-            })
-            .ok_or_else(|| format!("no ESP socket for {}", c.local.ip()))?;
+        let path = self.path(c.local, c.remote, c.encap)?;
         let keys = |spi, (encryption, integrity)| SaKeys {
             spi,
             encr: c.encr,
@@ -603,28 +626,20 @@ impl Dataplane {
             self.settings.replay_window,
         )
         .map_err(|e| e.to_string())?;
-        let outer_ip = if c.local.is_ipv4() { 20 } else { 40 };
-        let udp = if c.encap { 8 } else { 0 };
-        let room = usize::from(self.settings.path_mtu) - outer_ip - udp;
-        let max_inner = out_sa.max_payload(room);
         let outbound = Arc::new(Outbound {
-            sa: out_sa,
+            max_inner: path.max_inner(&out_sa, self.settings.path_mtu),
+            sa: Arc::new(out_sa),
             spi: c.spi_out,
             id: c.spi_in,
             policy: c.policy,
             child: c.child_index,
             local_ts: c.local_ts.clone(),
             remote_ts: c.remote_ts.clone(),
-            socket,
-            peer: if c.encap {
-                c.remote
-            } else {
-                SocketAddr::new(c.remote.ip(), 0)
-            },
-            local: c.local.ip(),
-            max_inner,
+            socket: path.socket,
+            peer: path.peer,
+            local: path.local,
             hard: c.lifetime.hard,
-            traffic: Traffic::default(),
+            traffic: Arc::default(),
         });
         let traffic = Arc::new(Traffic::default());
         let inbound = Box::new(Inbound {
@@ -633,6 +648,7 @@ impl Dataplane {
             remote_ts: c.remote_ts.clone(),
             hard: c.lifetime.hard,
             traffic: traffic.clone(),
+            peer: c.encap.then_some(c.remote),
         });
         // Inbound first: the peer may send as soon as it has installed its side.
         self.workers[socket::owner(c.spi_in, self.workers.len())]
@@ -657,6 +673,79 @@ impl Dataplane {
             },
         );
         Ok(())
+    }
+
+    /// Where an SA from `local` to `remote` sends: the socket of its transport and
+    /// family bound to `local` (or the wildcard), and the peer's address and port.
+    fn path(&self, local: SocketAddr, remote: SocketAddr, encap: bool) -> Result<Path, String> {
+        let transport = if encap {
+            Transport::Udp
+        } else {
+            Transport::Raw
+        };
+        let socket = self
+            .sockets
+            .iter()
+            .position(|&(t, bound)| {
+                t == transport
+                    && bound.is_ipv4() == local.is_ipv4()
+                    && (bound.ip() == local.ip() || bound.ip().is_unspecified())
+            })
+            .ok_or_else(|| format!("no ESP socket for {}", local.ip()))?;
+        Ok(Path {
+            socket,
+            peer: if encap {
+                remote
+            } else {
+                SocketAddr::new(remote.ip(), 0)
+            },
+            local: local.ip(),
+            encap,
+        })
+    }
+
+    /// Moves the Child SA with inbound SPI `spi_in` to a new path (its IKE SA moved:
+    /// MOBIKE, or a NAT's new mapping of the peer): it sends from `local` to `remote`
+    /// from now on, with the same keys, sequence numbers and counters.
+    pub fn move_child(&mut self, spi_in: u32, local: SocketAddr, remote: SocketAddr, encap: bool) {
+        let Some(installed) = self.installed.get(&spi_in) else {
+            return;
+        };
+        let path = match self.path(local, remote, encap) {
+            Ok(path) => path,
+            Err(e) => {
+                crate::warn!("CHILD_SA {spi_in:08x}_i stays where it was: {e}");
+                return;
+            }
+        };
+        let old = &installed.outbound;
+        let moved = Arc::new(Outbound {
+            max_inner: path.max_inner(&old.sa, self.settings.path_mtu),
+            sa: old.sa.clone(),
+            spi: old.spi,
+            id: old.id,
+            policy: old.policy,
+            child: old.child,
+            local_ts: old.local_ts.clone(),
+            remote_ts: old.remote_ts.clone(),
+            socket: path.socket,
+            peer: path.peer,
+            local: path.local,
+            hard: old.hard,
+            traffic: old.traffic.clone(),
+        });
+        if installed.active {
+            for w in &self.workers {
+                w.send(Command::Move(moved.clone()));
+            }
+        }
+        if encap {
+            self.workers[socket::owner(spi_in, self.workers.len())]
+                .send(Command::InboundPeer(spi_in, remote));
+        }
+        if let Some(installed) = self.installed.get_mut(&spi_in) {
+            installed.outbound = moved;
+        }
     }
 
     /// Routes the SA's remote prefixes that no protected route covers (those of a

@@ -15,7 +15,7 @@ use nix::sys::eventfd::EventFd;
 use nix::sys::socket::SockaddrStorage;
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,6 +162,14 @@ impl Spd {
             None => self.ranges.retain(|&s| s != slot),
         }
         self.free.push(slot);
+    }
+
+    /// Puts `sa` in the place of the SA with its install id, if this worker sends
+    /// with that one (its order among the others stays).
+    fn replace(&mut self, sa: Arc<Outbound>) {
+        if let Some(&slot) = self.by_id.get(&sa.id) {
+            self.slots[slot] = Some(sa);
+        }
     }
 
     /// The slot of the SA for `flow`.
@@ -412,6 +420,12 @@ impl Worker {
                 Command::Inbound(spi, sa) => {
                     self.inbound.insert(spi, sa);
                 }
+                Command::Move(sa) => self.spd.replace(sa),
+                Command::InboundPeer(spi, peer) => {
+                    if let Some(sa) = self.inbound.get_mut(&spi) {
+                        sa.peer = Some(peer);
+                    }
+                }
                 Command::Remove(id) => {
                     self.inbound.remove(&id);
                     self.spd.remove(id);
@@ -578,8 +592,16 @@ impl Worker {
                 let ihl = usize::from(buf[RX_OFFSET] & 0x0f) * 4;
                 esp.start += ihl.min(len);
             }
-            match open(&mut self.inbound, &mut buf[esp.clone()]) {
-                Ok(inner) => {
+            let from = sender
+                .as_ref()
+                .filter(|_| socket.transport == Transport::Udp);
+            match open(&mut self.inbound, &mut buf[esp.clone()], from) {
+                Ok((inner, moved)) => {
+                    if let Some((spi_in, remote)) = moved {
+                        let _ = self
+                            .events
+                            .send(DataplaneEvent::PeerMoved { spi_in, remote });
+                    }
                     let (start, end) = (esp.start + inner.start, esp.start + inner.end);
                     let k = ready.len();
                     std::mem::swap(&mut self.rx[i], &mut self.to_tun[k]);
@@ -665,12 +687,18 @@ fn seal(spd: &Spd, buf: &mut Vec<u8>) -> Result<(usize, usize), Refused> {
     Ok((head, index))
 }
 
-/// Opens an ESP packet in place; returns the inner packet's range within it. NoSa
-/// means an SPI (the first four bytes) no SA of this worker has.
+/// An opened packet: the inner packet's range, and (SPI, sender) when its peer moved.
+type Opened = (std::ops::Range<usize>, Option<(u32, SocketAddr)>);
+
+/// Opens an ESP packet in place; returns the inner packet's range within it, and
+/// (SPI, sender) when it came in UDP from elsewhere than its SA's peer (a NAT
+/// mapped the peer anew; reported once per new address). NoSa means an SPI (the
+/// first four bytes) no SA of this worker has.
 fn open(
     inbound: &mut HashMap<u32, Box<Inbound>>,
     esp: &mut [u8],
-) -> Result<std::ops::Range<usize>, DropReason> {
+    sender: Option<&SockaddrStorage>,
+) -> Result<Opened, DropReason> {
     let spi = esp
         .get(..4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
@@ -697,7 +725,14 @@ fn open(
         return Err(DropReason::SelectorMismatch);
     }
     sa.traffic.add(packet.len());
-    Ok(inner)
+    let moved = match (sa.peer, sender.and_then(netio::socket_addr)) {
+        (Some(peer), Some(from)) if peer != from => {
+            sa.peer = Some(from);
+            Some((spi, from))
+        }
+        _ => None,
+    };
+    Ok((inner, moved))
 }
 
 #[cfg(test)]
@@ -731,7 +766,7 @@ mod tests {
         })
         .unwrap();
         Arc::new(Outbound {
-            sa,
+            sa: Arc::new(sa),
             spi,
             id,
             policy: 0,
@@ -743,7 +778,7 @@ mod tests {
             local: "192.0.2.1".parse().unwrap(),
             max_inner: 1400,
             hard: Limits::default(),
-            traffic: super::super::Traffic::default(),
+            traffic: Arc::default(),
         })
     }
 

@@ -613,6 +613,63 @@ impl Endpoint {
         }
     }
 
+    /// The IKE SAs that move when our address does (we initiated them and MOBIKE
+    /// is on): our SPI, our address, the peer's.
+    pub fn roaming(&self) -> Vec<(IkeSpi, SocketAddr, SocketAddr)> {
+        self.sas
+            .iter()
+            .filter(|(_, sa)| {
+                sa.initiator
+                    && sa.mobike
+                    && sa.state == State::Established
+                    && !sa.superseded
+                    && sa.policy.local_addrs.is_empty()
+            })
+            .map(|(&spi, sa)| (spi, sa.local, sa.remote))
+            .collect()
+    }
+
+    /// Our address for the IKE SA with our SPI `spi` is now `local` (its port
+    /// kept): tell the peer and move there (MOBIKE).
+    pub fn update_addresses(&mut self, now: Instant, spi: IkeSpi, local: std::net::IpAddr) {
+        self.with_sa(now, spi, |sa, _| {
+            let to = SocketAddr::new(local, sa.local.port());
+            if sa.mobike && to != sa.local {
+                // A request in flight is retransmitted from there too; the gateway
+                // answers where it came from.
+                sa.local = to;
+                sa.queue.retain(|w| !matches!(w, Work::UpdateAddresses(_)));
+                sa.queue.push_back(Work::UpdateAddresses(to));
+            }
+        });
+    }
+
+    /// Authentic ESP on the Child SA with inbound SPI `spi_in` came from `remote`,
+    /// not where its IKE SA sends: a NAT in front of the peer mapped it anew. The
+    /// SA follows (RFC 7296 §2.23) when the peer is the one behind the NAT, and
+    /// checks the new path with a liveness check. ESP that an attacker replays from
+    /// elsewhere fails the replay check first; one on the path can redirect only
+    /// what it could already drop (RFC 3948 §3.3).
+    pub fn esp_moved(&mut self, now: Instant, spi_in: u32, remote: SocketAddr) {
+        let Some(spi) = self
+            .sas
+            .iter()
+            .find(|(_, sa)| sa.children.iter().any(|c| c.spi_in == spi_in))
+            .map(|(spi, _)| *spi)
+        else {
+            return;
+        };
+        self.with_sa(now, spi, |sa, ctx| {
+            if sa.state == State::Established && sa.peer_behind_nat() && remote != sa.remote {
+                let local = sa.local;
+                sa.move_to(ctx, local, remote);
+                if !sa.queue.contains(&Work::Dpd) {
+                    sa.queue.push_back(Work::Dpd);
+                }
+            }
+        });
+    }
+
     /// The data plane received authentic ESP on the Child SA with inbound SPI
     /// `spi_in`: its peer is alive (no liveness check is due).
     pub fn inbound_seen(&mut self, now: Instant, spi_in: u32) {

@@ -124,6 +124,8 @@ pub(super) enum Work {
     InvalidSpi(u32),
     /// Delete the IKE SA.
     DeleteIke,
+    /// Our address changed to this one: move the SA there (MOBIKE).
+    UpdateAddresses(SocketAddr),
 }
 
 /// What an IKE SA asks of the endpoint, which holds the other SAs.
@@ -282,6 +284,10 @@ pub(super) struct IkeSa {
     pub nat_detected: bool,
     /// Our own address is translated: we owe the NAT keepalives (RFC 3948 §2.3).
     pub behind_nat: bool,
+    /// Both sides announced MOBIKE (RFC 4555) and our policy allows it.
+    pub mobike: bool,
+    /// Where the request being answered came from: (our address, the peer's).
+    pub reply_to: Option<(SocketAddr, SocketAddr)>,
     /// Fragments of the message being reassembled: (message ID, is response, pieces).
     pub reassembly: Option<(u32, bool, Reassembly)>,
     pub children: Vec<ChildSa>,
@@ -363,6 +369,8 @@ impl IkeSa {
             peer_hashes: None,
             nat_detected: false,
             behind_nat: false,
+            mobike: false,
+            reply_to: None,
             reassembly: None,
             children: Vec::new(),
             half_open_until: None,
@@ -436,7 +444,12 @@ impl IkeSa {
     /// own), to go with them to the IKE SA that replaces this one; queued work is
     /// due at `now`.
     pub fn take_child_work(&mut self, now: Instant) -> Vec<(Instant, Work)> {
-        let for_children = |w: &Work| !matches!(w, Work::RekeyIke | Work::Dpd | Work::DeleteIke);
+        let for_children = |w: &Work| {
+            !matches!(
+                w,
+                Work::RekeyIke | Work::Dpd | Work::DeleteIke | Work::UpdateAddresses(_)
+            )
+        };
         let (queued, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
             .into_iter()
             .partition(for_children);
@@ -596,13 +609,54 @@ impl IkeSa {
     }
 
     fn transmit(&self, ctx: &mut Ctx<'_>, datagrams: &[Vec<u8>]) {
+        self.transmit_on(ctx, datagrams, (self.local, self.remote));
+    }
+
+    /// Sends from `local` to `remote`: a response goes where its request came from
+    /// (RFC 7296 §2.11), which under MOBIKE need not be the SA's addresses.
+    fn transmit_on(
+        &self,
+        ctx: &mut Ctx<'_>,
+        datagrams: &[Vec<u8>],
+        (local, remote): (SocketAddr, SocketAddr),
+    ) {
         for d in datagrams {
             ctx.out.push_back(Transmit {
-                local: self.local,
-                remote: self.remote,
+                local,
+                remote,
                 data: d.clone(),
             });
         }
+    }
+
+    /// Whether the peer is behind a NAT (and we are not the translated side only).
+    pub fn peer_behind_nat(&self) -> bool {
+        self.nat_detected && !self.behind_nat
+    }
+
+    /// Takes `local` and `remote` as the SA's addresses from now on. Once it is
+    /// established, its Child SAs follow ([`Event::IkeSaMoved`]).
+    pub fn move_to(&mut self, ctx: &mut Ctx<'_>, local: SocketAddr, remote: SocketAddr) {
+        if (self.local, self.remote) == (local, remote) {
+            return;
+        }
+        (self.local, self.remote) = (local, remote);
+        if self.state == State::Established {
+            self.announce_move(ctx);
+        }
+    }
+
+    /// Tells the driver the SA's Child SAs send from its addresses from now on.
+    pub fn announce_move(&self, ctx: &mut Ctx<'_>) {
+        let (local, remote) = (self.local, self.remote);
+        ctx.events.push_back(Event::IkeSaMoved {
+            spi_i: self.spi_i,
+            local,
+            remote,
+            encap: local.port() == ctx.settings.natt_port,
+            behind_nat: self.behind_nat,
+            children: self.children.iter().map(|c| c.spi_in).collect(),
+        });
     }
 
     fn record(
@@ -664,7 +718,8 @@ impl IkeSa {
         self.responder.responded(message_id, datagrams.clone());
         let sizes: Vec<usize> = datagrams.iter().map(Vec::len).collect();
         self.record(ctx, &header, true, &sizes, &inner);
-        self.transmit(ctx, &datagrams);
+        let to = self.reply_to.unwrap_or((self.local, self.remote));
+        self.transmit_on(ctx, &datagrams, to);
         Ok(datagrams)
     }
 
@@ -803,7 +858,7 @@ impl IkeSa {
                 };
                 if first {
                     let cached = cached.to_vec();
-                    self.transmit(ctx, &cached);
+                    self.transmit_on(ctx, &cached, (local, remote));
                 }
                 return;
             }
@@ -821,12 +876,18 @@ impl IkeSa {
                 }
             }
         };
-        // An authentic request shows where the peer is now (RFC 7296 §2.23: NAT).
-        self.local = local;
-        self.remote = remote;
+        // An authentic request shows where the peer is now: until it is established
+        // (floating to the NAT-T port), and after when it is behind a NAT that may
+        // map it anew (RFC 7296 §2.23); under MOBIKE only UPDATE_SA_ADDRESSES moves
+        // the SA (RFC 4555 §3.5).
+        if self.state != State::Established || (!self.mobike && self.peer_behind_nat()) {
+            self.move_to(ctx, local, remote);
+        }
+        self.reply_to = Some((local, remote));
         self.last_inbound = ctx.now;
         self.record(ctx, &header, false, &[datagram.len()], &payloads);
         Task::respond(self, ctx, &header, payloads);
+        self.reply_to = None;
     }
 
     /// Acts on the clock: half-open expiry, IKE and Child SA lifetimes, stragglers'

@@ -82,6 +82,8 @@ pub struct Policy {
     /// As the peer's client: the virtual IPs we ask for (0.0.0.0 or :: for any of
     /// that family); dynamic local selectors then mean the addresses we get.
     pub vips: Vec<IpAddr>,
+    /// Announce MOBIKE (RFC 4555): a client moves its SAs when its address changes.
+    pub mobike: bool,
 }
 
 /// The IKE SA's lifetime, as swanctl's connection `rekey_time`, `over_time`, `rand_time`.
@@ -288,6 +290,22 @@ pub enum Event {
         spi_i: IkeSpi,
         /// Our inbound SPI, which names the Child SA.
         spi_in: u32,
+    },
+    /// The IKE SA's addresses changed (MOBIKE, or a NAT that mapped the peer anew):
+    /// its Child SAs send from `local` to `remote` from now on.
+    IkeSaMoved {
+        /// The IKE SA.
+        spi_i: IkeSpi,
+        /// Our address and port.
+        local: SocketAddr,
+        /// The peer's address and port.
+        remote: SocketAddr,
+        /// ESP goes in UDP (RFC 3948) on these ports.
+        encap: bool,
+        /// Our address is translated now: we owe the NAT keepalives.
+        behind_nat: bool,
+        /// Its Child SAs, by our inbound SPI.
+        children: Vec<u32>,
     },
     /// A Child SA could not be negotiated; its IKE SA stays up.
     ChildSaFailed {

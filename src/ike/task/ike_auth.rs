@@ -5,7 +5,7 @@ use super::super::ike_sa::{Ctx, IkeSa, Request, State, Work};
 use super::super::{DownReason, Error, Event, LocalAuth, Policy, RemoteAuth};
 use super::Task;
 use super::child::{self, ChildRequest};
-use super::cp;
+use super::{cp, mobike};
 use crate::auth::x509::{check_identity, validate_chain};
 use crate::auth::{Credential, psk_auth_data, signed_octets, verify};
 use crate::wire::message::{find_notify, notifies};
@@ -148,6 +148,7 @@ pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), E
     }
     payloads.push(Payload::Auth(our_auth(sa, &id)?));
     payloads.extend(cp::request(&policy.vips));
+    payloads.extend(mobike::supported(sa));
     let child = if policy.children.is_empty() {
         None
     } else {
@@ -240,6 +241,7 @@ pub(super) fn response(
         return;
     }
     sa.remote_id = Some(id.id.clone());
+    mobike::negotiated(sa, &payloads);
     sa.established(ctx);
     announce(sa, ctx);
     // Every further child of the connection follows in CREATE_CHILD_SA (§1.3.1).
@@ -347,6 +349,10 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
     sa.policy = policy.clone();
     let peer_id = peer_id.clone();
     let (id, mut out) = identity_payloads(&policy, false);
+    mobike::negotiated(sa, &payloads);
+    if sa.mobike {
+        out.extend(mobike::supported(sa));
+    }
     match our_auth(sa, &id) {
         Ok(auth) => out.push(Payload::Auth(auth)),
         Err(e) => {

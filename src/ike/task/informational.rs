@@ -24,7 +24,7 @@ fn esp_spis(d: &DeletePayload) -> impl Iterator<Item = u32> + '_ {
 
 /// Answers an INFORMATIONAL request.
 pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloads: Vec<Payload>) {
-    let mut out = Vec::new();
+    let mut out = super::mobike::update_requested(sa, ctx, &payloads);
     let mut down = None;
     for p in &payloads {
         match p {

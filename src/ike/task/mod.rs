@@ -9,6 +9,7 @@ pub(super) mod ike_auth;
 pub(super) mod ike_init;
 pub(super) mod ike_rekey;
 pub(in super::super) mod informational;
+pub(in super::super) mod mobike;
 
 use super::ike_sa::{Ctx, IkeSa, State, Work};
 use super::{DownReason, Error};
@@ -33,6 +34,8 @@ pub(super) enum Task {
     Delete,
     /// Another INFORMATIONAL (an error notify, a liveness check); its answer needs no action.
     Informational,
+    /// INFORMATIONAL moving the SA to our new address (MOBIKE).
+    UpdateAddresses(mobike::Update),
 }
 
 impl Task {
@@ -71,6 +74,10 @@ impl Task {
                 informational::delete(sa, ctx);
                 Ok(())
             }
+            Work::UpdateAddresses(local) => {
+                mobike::start_update(sa, ctx, local);
+                Ok(())
+            }
         };
         if let Err(e) = result {
             sa.log(ctx, format!("cannot start a request: {e}"));
@@ -94,6 +101,7 @@ impl Task {
             Self::DeleteChildren(spis) => informational::children_deleted(sa, ctx, &spis),
             Self::Delete => sa.down(ctx, DownReason::DeletedLocally),
             Self::Informational => {}
+            Self::UpdateAddresses(update) => mobike::updated(sa, ctx, update, &payloads),
         }
     }
 

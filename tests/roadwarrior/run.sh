@@ -1,0 +1,803 @@
+#!/bin/bash
+# esptun as a road-warrior gateway handing out virtual IPs from address pools to
+# strongSwan clients (charon with kernel-libipsec, and charon-cmd), and esptun as a
+# road-warrior client, each in network namespaces of their own on one WAN bridge:
+#
+#   gw        esptun (or, for esptun-client-strongswan-gw, charon) on 192.0.2.1, the
+#             protected LAN 10.1.0.1 and fd00:1::1 on its lo
+#   c1..cN    clients on the WAN, 192.0.2.(10+k)
+#   nat       a NAT router (nft masquerade) on 192.0.2.254, with n1 and n2
+#             (172.16.0.11, .12) behind it on 172.16.0.0/24
+#   wan       the bridge br0 joining them, where each case's capture is taken
+#
+# Every host has a default route over the WAN, so a packet the tunnel does not catch
+# leaves in clear and is seen. The cases:
+#
+#   vips                 one charon client gets a v4 VIP from 10.3.0.0/24 and a v6 VIP
+#                        from fd00:3::/112, pings 10.1.0.1 and fd00:1::1 from them;
+#                        the CP reply holds DNS, DNS6, SUBNET and SUBNET6; `esptun status`
+#                        shows the VIPs on the IKE SA
+#   same-address         the client disconnects (esptun logs the IKE SA down) and
+#                        connects again: it gets the same VIPs
+#   clients              N charon clients connect at once: distinct VIPs, each pings;
+#                        reports the time to all established and the gateway's RSS per
+#                        client; then n1 and n2, behind one NAT, up side by side, pinging
+#   pool-exhausted       a 2-address v4 pool, no v6 pool: two clients work, the third is
+#                        refused with INTERNAL_ADDRESS_FAILURE
+#   wrong-identity       a client certified as someone@other.example (not *@example.org)
+#                        is refused with AUTHENTICATION_FAILED and gets nothing
+#   charon-cmd           charon-cmd (ikev2-pub, PKCS#12 credentials) gets both VIPs, pings
+#   esptun-client-strongswan-gw  esptun as a client of a charon gateway with a pool:
+#                        the VIP on esptun0, pings with and without -I VIP
+#   esptun-client-esptun-gw      two esptun clients (c1, c2) of the esptun gateway at
+#                        once: distinct VIPs, both ping
+#
+# After each case the WAN capture must hold no packet whose outer IP header carries an
+# inner address (10.1.0.0/24, 10.3.0.0/24, fd00::/8), and, where traffic flowed, ESP.
+# Root only; traffic stays in the namespaces (esptun-rw-PID-*), removed on exit.
+#
+# usage: tests/roadwarrior/run.sh [--esptun PATH] [--clients N] [--keep]
+#   --clients N  clients of the clients case (default 8, up to 200)
+#   --keep       keep the run directory (configurations, logs, captures, key logs)
+#   ONLY=REGEX   runs only the cases whose names match
+# Exits 1 if any case fails.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../../scripts/lib/charon.sh
+source "$HERE/../../scripts/lib/charon.sh"
+ESPTUN=${ESPTUN:-$HERE/../../target/release/esptun}
+CLIENTS=8 KEEP=0
+usage() { sed -n '/^# usage:/,/^# Exits/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+while [[ $# -gt 0 ]]; do case $1 in
+    --esptun) [[ $# -ge 2 ]] || usage; ESPTUN=$2; shift 2 ;;
+    --clients) [[ ${2:-} =~ ^[0-9]+$ ]] || usage; (( $2 >= 1 && $2 <= 200 )) || usage; CLIENTS=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    *) usage ;;
+esac; done
+[[ $(id -u) == 0 ]] || { echo "roadwarrior: needs root (namespaces)" >&2; exit 1; }
+[[ -x $ESPTUN ]] || { echo "roadwarrior: no esptun binary at $ESPTUN (cargo build --release)" >&2; exit 1; }
+ESPTUN=$(realpath "$ESPTUN")
+for tool in ip ping sysctl tcpdump nft jq openssl timeout charon-systemd swanctl charon-cmd; do
+    command -v $tool >/dev/null || { echo "roadwarrior: $tool missing (scripts/deps.sh test installs it)" >&2; exit 1; }
+done
+ONLY=${ONLY:-.}   # a regex over case names, to rerun a few
+
+RUN=$(mktemp -d /tmp/esptun-rw.XXXXXX)
+PKI=$RUN/pki
+P=esptun-rw-$$                        # the namespaces: $P-gw, $P-wan, $P-nat, $P-c1.., $P-n1, $P-n2
+HOSTS=$(( CLIENTS > 3 ? CLIENTS : 3 ))  # client namespaces (pool-exhausted needs three)
+GW4=192.0.2.1 GW6=2001:db8::1 NAT4=192.0.2.254 NAT6=2001:db8::fe
+INNER='net 10.1.0.0/24 or net 10.3.0.0/24 or net fd00::/8'
+ESP_UDP='udp port 4500 and udp[8:4] != 0'   # ESP in UDP (not IKE: no non-ESP marker)
+NSS=()      # the namespaces made
+BG=()       # background processes of the current case
+TCPDUMP_PID=""
+PASSED=0 FAILED=()
+WHY="" NOTE="" FOCUS=""   # a case's reason to fail, its report, the host whose log tells most
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*"; }
+pass() { PASSED=$((PASSED + 1)); log "PASS $1${2:+ ($2)}"; }
+fail() { FAILED+=("$1"); log "FAIL $1: $2"; }
+
+ns_of() { echo "$P-${1##*/}"; }   # a host's namespace, from its name or its directory's
+
+# stop_all: every process in the namespaces (SIGTERM, SIGKILL after 3 s), the capture first.
+stop_all() {
+    local round pids ns
+    [[ -z $TCPDUMP_PID ]] || capture_stop
+    for round in $(seq 60); do
+        pids=$(for ns in "${NSS[@]}"; do ip netns pids "$ns" 2>/dev/null || true; done)
+        [[ -z $pids ]] && break
+        # shellcheck disable=SC2086 # one pid a word
+        if (( round == 1 )); then kill $pids 2>/dev/null || true
+        elif (( round > 30 )); then kill -9 $pids 2>/dev/null || true; fi
+        sleep 0.1
+    done
+    if (( ${#BG[@]} )); then wait "${BG[@]}" 2>/dev/null || true; fi
+    BG=()
+}
+
+cleanup() {
+    local ns
+    stop_all
+    for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+    if (( KEEP )); then log "kept $RUN"; else rm -rf "$RUN"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- topology ------------------------------------------------------------------------
+ns_add() {
+    ip netns add "$1"; NSS+=("$1")
+    ip -n "$1" link set lo up
+    ip netns exec "$1" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+}
+
+# wan_port host addr4 addr6: host's eth0, a port of the WAN bridge
+wan_port() {
+    local ns; ns=$(ns_of "$1")
+    ip -n "$ns" link add eth0 type veth peer name "$1" netns "$P-wan"
+    ip -n "$P-wan" link set "$1" master br0 up
+    ip -n "$ns" addr add "$2/24" dev eth0
+    ip -n "$ns" addr add "$3/64" dev eth0 nodad
+    ip -n "$ns" link set eth0 up
+}
+
+topology() {
+    local k i ns
+    ns_add "$P-wan"
+    ip netns exec "$P-wan" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    ip -n "$P-wan" link add br0 type bridge
+    ip -n "$P-wan" link set br0 up
+    # the gateway, its protected LAN on lo; default routes to the NAT router, so that
+    # whatever the tunnel does not catch leaves in clear (onto the capture)
+    ns_add "$P-gw"; wan_port gw $GW4 $GW6
+    ip -n "$P-gw" addr add 10.1.0.1/32 dev lo; ip -n "$P-gw" addr add fd00:1::1/128 dev lo
+    ip -n "$P-gw" route add default via $NAT4; ip -n "$P-gw" -6 route add default via $NAT6
+    # the NAT router and its LAN with n1 and n2
+    ns_add "$P-nat"; wan_port nat $NAT4 $NAT6
+    ip netns exec "$P-nat" sysctl -qw net.ipv4.ip_forward=1
+    ip -n "$P-nat" link add lan0 type bridge
+    ip -n "$P-nat" addr add 172.16.0.1/24 dev lan0
+    ip -n "$P-nat" link set lan0 up
+    ip netns exec "$P-nat" nft -f - <<'NFT'
+table ip nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "eth0" ip saddr 172.16.0.0/24 masquerade
+    }
+}
+NFT
+    for i in 1 2; do
+        ns=$P-n$i; ns_add "$ns"
+        ip -n "$ns" link add eth0 type veth peer name "n$i" netns "$P-nat"
+        ip -n "$P-nat" link set "n$i" master lan0 up
+        ip -n "$ns" addr add "172.16.0.1$i/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" route add default via 172.16.0.1
+    done
+    for k in $(seq "$HOSTS"); do
+        ns_add "$P-c$k"; wan_port "c$k" "192.0.2.$((10 + k))" "2001:db8::$((10 + k))"
+        ip -n "$P-c$k" route add default via $NAT4; ip -n "$P-c$k" -6 route add default via $NAT6
+    done
+    # every host reaches the gateway (the NAT'd ones through the NAT)
+    local hosts=(nat n1 n2) pids=() bad=() h
+    for k in $(seq "$HOSTS"); do hosts+=("c$k"); done
+    for h in "${hosts[@]}"; do
+        ( for _ in $(seq 30); do ip netns exec "$(ns_of "$h")" ping -c1 -W1 -q $GW4 >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1 ) &
+        pids+=($!)
+    done
+    for i in "${!hosts[@]}"; do wait "${pids[i]}" || bad+=("${hosts[i]}"); done
+    (( ${#bad[@]} == 0 )) || { echo "roadwarrior: no route to $GW4 from ${bad[*]}" >&2; exit 1; }
+}
+
+# --- PKI: made by `esptun pki` (ECDSA P-256) ----------------------------------------------
+make_pki() {
+    local k
+    "$ESPTUN" pki ca --out "$PKI" >/dev/null
+    "$ESPTUN" pki issue --dir "$PKI" --id gw.example >/dev/null
+    "$ESPTUN" pki issue --dir "$PKI" --id someone@other.example >/dev/null
+    "$ESPTUN" pki issue --dir "$PKI" --id client-n1@example.org >/dev/null
+    "$ESPTUN" pki issue --dir "$PKI" --id client-n2@example.org >/dev/null
+    for k in $(seq "$HOSTS"); do "$ESPTUN" pki issue --dir "$PKI" --id "client-$k@example.org" >/dev/null; done
+    # charon-cmd loads RSA keys (--rsa) or PKCS#12 containers (--p12): the ECDSA key in one,
+    # whose password charon-cmd reads from stdin (with no terminal; it fails on an empty one)
+    (umask 077; echo roadwarrior >"$PKI/p12.pass")
+    openssl pkcs12 -export -inkey "$PKI/client-1@example.org.key" -in "$PKI/client-1@example.org.crt" \
+        -passout "file:$PKI/p12.pass" -out "$PKI/client-1@example.org.p12"
+    chmod 600 "$PKI/client-1@example.org.p12"
+}
+
+# --- the WAN capture ---------------------------------------------------------------------
+capture_start() { # file
+    ip netns exec "$P-wan" tcpdump -i br0 -n -U --immediate-mode -Z root -w "$1" >"$1.log" 2>&1 &
+    TCPDUMP_PID=$!
+    for _ in $(seq 50); do grep -q "listening on" "$1.log" 2>/dev/null && return 0; sleep 0.1; done
+    echo "roadwarrior: tcpdump did not start: $(cat "$1.log")" >&2; exit 1
+}
+
+capture_stop() {
+    sleep 0.2   # the last packets
+    kill -INT "$TCPDUMP_PID" 2>/dev/null || true
+    wait "$TCPDUMP_PID" 2>/dev/null || true
+    TCPDUMP_PID=""
+}
+
+# wan_check pcap esp|noesp: the capture shows no inner address in an outer IP header,
+# and (esp) holds ESP, so that the first check is not vacuous. Prints a summary, or
+# why not (and fails).
+wan_check() {
+    local leaked total udp raw
+    leaked=$(tcpdump -r "$1" -n "$INNER" 2>/dev/null) || { echo "tcpdump cannot read $1"; return 1; }
+    if [[ -n $leaked ]]; then
+        echo "$(wc -l <<<"$leaked") packets on the WAN with an inner address in clear, e.g. $(head -1 <<<"$leaked")"
+        return 1
+    fi
+    total=$(tcpdump -r "$1" -n 2>/dev/null | wc -l)
+    udp=$(tcpdump -r "$1" -n "$ESP_UDP" 2>/dev/null | wc -l)
+    raw=$(tcpdump -r "$1" -n esp 2>/dev/null | wc -l)
+    if [[ $2 == esp ]] && (( udp + raw == 0 )); then
+        echo "no ESP in the WAN capture ($total packets): the check for inner addresses would prove nothing"
+        return 1
+    fi
+    echo "WAN clean: $total packets, ESP: $udp in UDP, $raw raw"
+}
+
+# --- esptun ------------------------------------------------------------------------------
+# esptun_gw_conf dir v4-pool [v6-pool]: the road-warrior gateway, pools rw4 (and rw6)
+esptun_gw_conf() {
+    local d=$1 pools='"rw4"'
+    mkdir -p "$d"
+    {
+        printf '[listen]\naddrs = ["%s"]\n\n' $GW4
+        printf '[[pool]]\nname = "rw4"\naddrs = "%s"\ndns = ["10.1.0.53"]\n\n' "$2"
+        if [[ -n ${3:-} ]]; then
+            printf '[[pool]]\nname = "rw6"\naddrs = "%s"\ndns = ["fd00:1::53"]\n\n' "$3"
+            pools+=', "rw6"'
+        fi
+        cat <<TOML
+[[connection]]
+name = "rw"
+pools = [$pools]
+proposals = ["aes128gcm16-prfsha256-x25519"]
+[connection.local]
+auth = "pubkey"
+id = "gw.example"
+certs = ["$PKI/gw.example.crt"]
+key = "$PKI/gw.example.key"
+[connection.remote]
+auth = "pubkey"
+id = "*@example.org"
+cacerts = ["$PKI/ca.crt"]
+[[connection.children]]
+name = "net"
+local_ts = ["10.1.0.0/24", "fd00:1::/64"]
+esp_proposals = ["aes128gcm16"]
+TOML
+    } >"$d/esptun.toml"
+}
+
+# esptun_client_conf dir k: esptun on ck, a road-warrior client of 192.0.2.1 asking for an
+# IPv4 virtual IP, as client-k@example.org
+esptun_client_conf() {
+    local d=$1 id=client-$2@example.org
+    mkdir -p "$d"
+    cat >"$d/esptun.toml" <<TOML
+[listen]
+addrs = ["192.0.2.$((10 + $2))"]
+
+[[connection]]
+name = "home"
+remote_addrs = ["$GW4"]
+vips = ["0.0.0.0"]
+proposals = ["aes128gcm16-prfsha256-x25519"]
+start = true
+[connection.local]
+auth = "pubkey"
+id = "$id"
+certs = ["$PKI/$id.crt"]
+key = "$PKI/$id.key"
+[connection.remote]
+auth = "pubkey"
+id = "gw.example"
+cacerts = ["$PKI/ca.crt"]
+[[connection.children]]
+name = "net"
+remote_ts = ["10.1.0.0/24"]
+esp_proposals = ["aes128gcm16"]
+TOML
+}
+
+# esptun_start dir listen-address: esptun in the namespace of dir's host, on dir/esptun.toml;
+# waits until it listens. Sets ESPTUN_PID.
+esptun_start() {
+    local d=$1
+    ip netns exec "$(ns_of "$d")" "$ESPTUN" run --config "$d/esptun.toml" --keylog "$d/keys" >"$d/esptun.log" 2>&1 &
+    ESPTUN_PID=$!; BG+=("$ESPTUN_PID")
+    for _ in $(seq 100); do
+        grep -q "listening on $2:4500" "$d/esptun.log" 2>/dev/null && return 0
+        kill -0 "$ESPTUN_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    WHY="esptun did not start on ${d##*/}: $(tail -n 3 "$d/esptun.log" | tr '\n' ' ')"; FOCUS=$d
+    return 1
+}
+
+# gw_up dir v4-pool [v6-pool]: the esptun gateway running in gw, as GW_DIR
+gw_up() {
+    GW_DIR=$1
+    esptun_gw_conf "$@"
+    esptun_start "$GW_DIR" $GW4
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# esptun_vips id: the virtual IPs `esptun status --json` shows on the IKE SA of that
+# remote identity, sorted, on one line
+esptun_vips() {
+    ip netns exec "$P-gw" "$ESPTUN" status --json 2>/dev/null \
+        | jq -r --arg id "$1" '.ike_sas[]? | select(.remote_id | tostring | contains($id)) | .virtual_ips[]?' \
+        | sort | paste -sd' '
+}
+
+# gw_remotes: the peers (address:port) of the gateway's IKE SAs, one a line
+gw_remotes() { ip netns exec "$P-gw" "$ESPTUN" status --json 2>/dev/null | jq -r '.ike_sas[]? | .remote'; }
+
+# esptun_client_vip dir: the IPv4 address on the esptun client's TUN
+esptun_client_vip() {
+    ip -n "$(ns_of "$1")" -o -4 addr show dev esptun0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -1
+}
+
+# esptun_client_up dir...: each dir's esptun client logged its virtual IP (20 s) and has it
+# on esptun0 in 10.3.0.0/24; sets VIPS (one per dir, in order)
+esptun_client_up() {
+    local d vip
+    VIPS=()
+    for d; do
+        if ! wait_for 20 grep -qs 'virtual IP' "$d/esptun.log"; then
+            WHY="${d##*/}: esptun logged no virtual IP"; FOCUS=$d; return 1
+        fi
+        vip=""
+        for _ in $(seq 20); do vip=$(esptun_client_vip "$d"); [[ -n $vip ]] && break; sleep 0.1; done
+        [[ $vip == 10.3.0.* ]] || { WHY="${d##*/}: esptun0 has '${vip}', not a VIP of 10.3.0.0/24 ($(grep -m1 'virtual IP' "$d/esptun.log"))"; FOCUS=$d; return 1; }
+        VIPS+=("$vip")
+    done
+}
+
+# --- charon clients ----------------------------------------------------------------------
+# charon_client_conf dir id [vips]: a charon road-warrior client of 192.0.2.1 (connection
+# rw, child net) asking for virtual IPs (default 0.0.0.0,::) as id
+charon_client_conf() {
+    local d=$1 id=$2
+    mkdir -p "$d"
+    charon_strongswan_conf "$d" "retransmit_tries = 3
+    retransmit_timeout = 2"
+    cp "$PKI/ca.crt" "$d/swanctl/x509ca/"
+    cp "$PKI/$id.crt" "$d/swanctl/x509/client.crt"
+    cp "$PKI/$id.key" "$d/swanctl/private/client.key"
+    cat >"$d/swanctl/swanctl.conf" <<CONF
+connections {
+    rw {
+        version = 2
+        remote_addrs = $GW4
+        vips = ${3:-0.0.0.0,::}
+        proposals = aes128gcm16-prfsha256-x25519
+        rekey_time = 0
+        reauth_time = 0
+        local {
+            auth = pubkey
+            certs = client.crt
+            id = $id
+        }
+        remote {
+            auth = pubkey
+            id = gw.example
+        }
+        children {
+            net {
+                remote_ts = 10.1.0.0/24,fd00:1::/64
+                esp_proposals = aes128gcm16
+                rekey_time = 0
+                start_action = none
+            }
+        }
+    }
+}
+secrets {
+    private-client {
+        file = client.key
+    }
+}
+CONF
+}
+
+# charons_start dir...: charon in each dir's host namespace (dir named c1, n2, gw), in parallel
+charons_start() {
+    local d pids=() bad=() i
+    for d; do
+        ( charon_start "$d" "$(ns_of "$d")" ) >"$d/start.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do
+        d=${*:i+1:1}
+        # (swanctl --load-all succeeds when a connection fails to load)
+        if ! wait "${pids[i]}" || grep -Eq 'config discarded|[1-9][0-9]* failed to load' "$d/load.log" 2>/dev/null; then
+            bad+=("${d##*/}"); FOCUS=$d
+        fi
+    done
+    (( ${#bad[@]} == 0 )) || { WHY="charon did not start on ${bad[*]}: $(grep -h -E "loading .* failed|error" "$FOCUS/load.log" "$FOCUS/start.log" 2>/dev/null | awk '!seen[$0]++' | head -2 | tr '\n' ' ')"; return 1; }
+}
+
+# clients dir k...: charon client conf for ck (client-k@example.org) in dir/ck, and their dirs in DIRS
+clients() {
+    local d=$1 k
+    shift
+    DIRS=()
+    for k; do charon_client_conf "$d/c$k" "client-$k@example.org"; DIRS+=("$d/c$k"); done
+}
+
+# charon_vips dir: the virtual IPs charon holds (local-vips), space-separated
+charon_vips() {
+    charon_sw "$1" --list-sas --raw 2>/dev/null | tr -d '\n' | grep -o 'local-vips=\[[^]]*\]' | head -1 \
+        | sed 's/^local-vips=\[//; s/\]$//'
+}
+charon_installed() { charon_sw "$1" --list-sas --raw 2>/dev/null | grep -q 'state=INSTALLED'; }
+
+# initiate dir...: swanctl --initiate in each dir at once (output in dir/initiate.log);
+# fails naming the ones that did not come up
+initiate() {
+    local d pids=() bad=() i
+    for d; do
+        charon_sw "$d" --initiate --child net --timeout 20 >"$d/initiate.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do wait "${pids[i]}" || bad+=("${*:i+1:1}"); done
+    if (( ${#bad[@]} )); then
+        WHY="not established: $(for d in "${bad[@]}"; do printf '%s ' "${d##*/}"; done)($(charon_why "${bad[0]}"))"
+        FOCUS=${bad[0]}
+        return 1
+    fi
+}
+
+# up dir...: initiate, then each has its Child SA installed and an IPv4 VIP in 10.3.0.0/24
+# (and an IPv6 one in fd00:3::/112 when it has any); sets VIP4 and VIP6 (arrays, in order)
+up() {
+    local d v vip4 vip6
+    VIP4=() VIP6=()
+    initiate "$@" || return 1
+    for d; do
+        vip4="" vip6=""
+        for v in $(charon_vips "$d"); do
+            if [[ $v == *:* ]]; then vip6=$v; else vip4=$v; fi
+        done
+        charon_installed "$d" || { WHY="${d##*/}: no Child SA installed"; FOCUS=$d; return 1; }
+        [[ $vip4 == 10.3.0.* ]] || { WHY="${d##*/}: IPv4 virtual IP '$vip4' not in 10.3.0.0/24"; FOCUS=$d; return 1; }
+        [[ -z $vip6 || $vip6 =~ ^fd00:3::[0-9a-f]{1,4}$ ]] || { WHY="${d##*/}: IPv6 virtual IP '$vip6' not in fd00:3::/112"; FOCUS=$d; return 1; }
+        VIP4+=("$vip4"); VIP6+=("$vip6")
+    done
+}
+
+# charon_why dir: the line of charon's log that tells best why nothing came up
+charon_why() {
+    local re line=""
+    for re in 'received [A-Z_]+ notify error' 'received [A-Z_]+ notify, no CHILD_SA' 'giving up after' \
+        'retransmit [0-9]+ of request' 'failed to establish|establishing .* failed|no .* found|unable to|failed'; do
+        line=$(grep -E "$re" "$1/charon.log" 2>/dev/null | grep -v "plugin '" | tail -1) && [[ -n $line ]] && break
+    done
+    [[ -n $line ]] || line=$(grep -v "^plugin '" "$1/initiate.log" 2>/dev/null | tail -1)
+    sed -E 's/^[0-9:. ]*[0-9]+\[[A-Z]+\] (<[^>]*> )?//' <<<"${line:-nothing logged}"
+}
+
+# cp_reply dir: the attributes of the CP payload in the IKE_AUTH response charon parsed
+cp_reply() { grep -m1 'parsed IKE_AUTH response .*CPRP(' "$1/charon.log" | grep -o 'CPRP([^)]*)' | sed 's/^CPRP(//; s/)$//'; }
+
+# --- traffic -------------------------------------------------------------------------------
+# ping_ok host|dir [source] destination: a few pings (three tries) from the host's
+# namespace, from source when given
+ping_ok() {
+    local ns fam=() src=()
+    ns=$(ns_of "$1")
+    [[ ${*: -1} == *:* ]] && fam=(-6)
+    (( $# == 3 )) && src=(-I "$2")
+    for _ in 1 2 3; do
+        ip netns exec "$ns" ping "${fam[@]}" -c 2 -i 0.2 -W 2 -q "${src[@]}" "${*: -1}" >/dev/null 2>&1 && return 0
+        sleep 0.3
+    done
+    return 1
+}
+
+# pings_ok "host source" ...: ping_ok 10.1.0.1 for each at once; fails naming the failed
+pings_ok() {
+    local spec pids=() bad=() i
+    for spec; do
+        # shellcheck disable=SC2086 # "host source"
+        ping_ok $spec 10.1.0.1 &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do wait "${pids[i]}" || bad+=("${*:i+1:1}"); done
+    (( ${#bad[@]} == 0 )) || { WHY="no ping through to 10.1.0.1 from: ${bad[*]}"; FOCUS=$CASE/${bad[0]%% *}; return 1; }
+}
+
+# wait_for seconds command...: polls until the command succeeds.
+wait_for() { local t=$1; shift; for _ in $(seq $((t * 5))); do "$@" && return 0; sleep 0.2; done; return 1; }
+
+no_duplicates() { # what values...
+    local what=$1 dup
+    shift
+    dup=$(printf '%s\n' "$@" | sort | uniq -d | paste -sd' ')
+    [[ -z $dup ]] || { WHY="$what given twice: $dup"; return 1; }
+}
+
+ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+
+# --- cases -----------------------------------------------------------------------------------
+case_vips() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    clients "$CASE" 1; FOCUS=${DIRS[0]}
+    charons_start "${DIRS[@]}" || return 1
+    up "${DIRS[@]}" || return 1
+    local v4=${VIP4[0]} v6=${VIP6[0]} cp attr theirs
+    [[ -n $v6 ]] || { WHY="no IPv6 virtual IP (local-vips: $(charon_vips "${DIRS[0]}"))"; return 1; }
+    ping_ok c1 "$v4" 10.1.0.1 || { WHY="no IPv4 ping from $v4 to 10.1.0.1"; return 1; }
+    ping_ok c1 "$v6" fd00:1::1 || { WHY="no IPv6 ping from $v6 to fd00:1::1"; return 1; }
+    cp=$(cp_reply "${DIRS[0]}")
+    for attr in ADDR ADDR6 DNS DNS6 SUBNET SUBNET6; do
+        [[ " $cp " == *" $attr "* ]] || { WHY="the CP reply lacks $attr: CPRP($cp)"; return 1; }
+    done
+    theirs=$(esptun_vips client-1@example.org)
+    [[ $theirs == "$(printf '%s\n' "$v4" "$v6" | sort | paste -sd' ')" ]] \
+        || { WHY="esptun status shows virtual_ips '$theirs', charon holds $v4 $v6"; FOCUS=$GW_DIR; return 1; }
+    NOTE="VIPs $v4 $v6, CPRP($cp), pings v4/v6, esptun status agrees"
+    # the attributes' values (charon logs only their types), from the capture decrypted
+    # with the gateway's keys, when `esptun inspect` shows them
+    local reply want
+    reply=$("$ESPTUN" inspect --keys "$GW_DIR/keys/keys.json" "$CASE/wan.pcap" 2>/dev/null | grep -m1 'CP type=CFG_REPLY' || true)
+    if [[ -z $reply ]]; then NOTE+=" (values unchecked: esptun inspect shows no CFG_REPLY)"; return 0; fi
+    for want in INTERNAL_IP4_DNS=10.1.0.53 INTERNAL_IP6_DNS=fd00:1::53 INTERNAL_IP4_SUBNET=10.1.0.0/255.255.255.0 INTERNAL_IP6_SUBNET=fd00:1::/64; do
+        [[ $reply == *"$want"* ]] || { WHY="the CP reply lacks $want: ${reply#"${reply%%[! ]*}"}"; FOCUS=$GW_DIR; return 1; }
+    done
+    NOTE+=", DNS 10.1.0.53 fd00:1::53 and SUBNET 10.1.0.0/24 fd00:1::/64 in it (esptun inspect)"
+}
+
+case_same_address() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    clients "$CASE" 1; FOCUS=${DIRS[0]}
+    local d=${DIRS[0]} before after
+    charons_start "$d" || return 1
+    up "$d" || return 1
+    before="${VIP4[0]} ${VIP6[0]}"
+    charon_sw "$d" --terminate --ike rw --timeout 10 >"$d/terminate.log" 2>&1 || { WHY="swanctl --terminate failed"; return 1; }
+    wait_for 10 grep -qs ' DOWN rw' "$GW_DIR/esptun.log" || { WHY="esptun did not log the IKE SA down"; FOCUS=$GW_DIR; return 1; }
+    up "$d" || return 1
+    after="${VIP4[0]} ${VIP6[0]}"
+    [[ $after == "$before" ]] || { WHY="VIPs $before before, $after after reconnecting"; return 1; }
+    ping_ok c1 "${VIP4[0]}" 10.1.0.1 || { WHY="no ping after reconnecting"; return 1; }
+    NOTE="VIPs $before again after the IKE SA went down ($(grep -m1 ' DOWN rw' "$GW_DIR/esptun.log" | sed -E 's/^.* DOWN rw: //'))"
+}
+
+case_clients() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local k t0 ms rss0 rss1 specs=() nat=("$CASE/n1" "$CASE/n2") nat4 natted ks
+    mapfile -t ks < <(seq "$CLIENTS")
+    clients "$CASE" "${ks[@]}"; FOCUS=${DIRS[0]}
+    charon_client_conf "$CASE/n1" client-n1@example.org
+    charon_client_conf "$CASE/n2" client-n2@example.org
+    charons_start "${DIRS[@]}" "${nat[@]}" || return 1
+    rss0=$(rss_kib "$ESPTUN_PID")
+    t0=$(date +%s%N)
+    up "${DIRS[@]}" || return 1
+    ms=$(ms_since "$t0")
+    rss1=$(rss_kib "$ESPTUN_PID")
+    no_duplicates "IPv4 VIP" "${VIP4[@]}" || return 1
+    no_duplicates "IPv6 VIP" "${VIP6[@]}" || return 1
+    for k in $(seq "$CLIENTS"); do specs+=("c$k ${VIP4[k-1]}"); done
+    pings_ok "${specs[@]}" || return 1
+    NOTE="$CLIENTS clients established in $ms ms from the first initiate, distinct VIPs, all ping; gateway RSS $rss0 -> $rss1 KiB, $(( (rss1 - rss0) / CLIENTS )) KiB per client"
+    # two clients behind one NAT, side by side: one address, two ports
+    up "${nat[@]}" || return 1
+    nat4=("${VIP4[@]}")
+    no_duplicates "IPv4 VIP" "${nat4[@]}" || return 1
+    pings_ok "n1 ${nat4[0]}" "n2 ${nat4[1]}" || return 1
+    natted=$(grep -l 'local host is behind NAT' "$CASE/n1/charon.log" "$CASE/n2/charon.log" | wc -l)
+    (( natted == 2 )) || { WHY="n1 and n2 do not both see the NAT ($natted do)"; FOCUS=${nat[0]}; return 1; }
+    natted=$(gw_remotes | grep "^$NAT4:" | sort -u | paste -sd' ')
+    [[ $natted =~ ^[^\ ]+\ [^\ ]+$ ]] || { WHY="the gateway's IKE SAs from the NAT: '$natted' (n1 and n2 need one each)"; FOCUS=$GW_DIR; return 1; }
+    NOTE+="; n1, n2 behind the NAT up at once ($natted: ${nat4[*]}), both ping"
+}
+
+case_pool_exhausted() {
+    gw_up "$CASE/gw" 10.3.0.10-10.3.0.11 || return 1
+    clients "$CASE" 1 2 3; FOCUS=${DIRS[2]}
+    local d3=${DIRS[2]} got=()
+    charons_start "${DIRS[@]}" || return 1
+    up "${DIRS[0]}" || return 1; got+=("${VIP4[0]}")
+    up "${DIRS[1]}" || return 1; got+=("${VIP4[0]}")
+    [[ $(printf '%s\n' "${got[@]}" | sort | paste -sd' ') == "10.3.0.10 10.3.0.11" ]] \
+        || { WHY="the first two got ${got[*]}, not 10.3.0.10 and 10.3.0.11"; return 1; }
+    pings_ok "c1 ${got[0]}" "c2 ${got[1]}" || return 1
+    if initiate "$d3"; then WHY="the third client got a Child SA (VIPs: $(charon_vips "$d3"))"; return 1; fi
+    grep -q INTERNAL_ADDRESS_FAILURE "$d3/charon.log" || { WHY="c3 was not refused with INTERNAL_ADDRESS_FAILURE"; return 1; }
+    [[ -z $(charon_vips "$d3") ]] || { WHY="c3 holds VIPs $(charon_vips "$d3")"; return 1; }
+    WHY=""
+    NOTE="c1, c2 got ${got[*]} and ping; c3: $(grep -m1 INTERNAL_ADDRESS_FAILURE "$d3/charon.log" | sed -E 's/^.*\] //')"
+}
+
+case_wrong_identity() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local d=$CASE/c1
+    FOCUS=$d
+    charon_client_conf "$d" someone@other.example
+    charons_start "$d" || return 1
+    if initiate "$d"; then WHY="someone@other.example got a Child SA"; return 1; fi
+    grep -q AUTHENTICATION_FAILED "$d/charon.log" || { WHY="not refused with AUTHENTICATION_FAILED"; return 1; }
+    [[ -z $(charon_vips "$d") ]] || { WHY="it holds VIPs $(charon_vips "$d")"; return 1; }
+    WHY=""
+    NOTE="refused: $(grep -m1 AUTHENTICATION_FAILED "$d/charon.log" | sed -E 's/^.*\] //')"
+}
+
+# charon_cmd_conf dir: strongswan.conf for charon-cmd (charon_strongswan_conf's plugins
+# and pkcs12; no vici), logging to dir/charon.log
+charon_cmd_conf() {
+    local d=$1
+    mkdir -p "$d"
+    cat >"$d/strongswan.conf" <<CONF
+charon-cmd {
+    load = random nonce openssl aesni aes gcm sha1 sha2 hmac kdf gmp curve25519 x509 pubkey pkcs1 pkcs8 pkcs12 pem constraints kernel-libipsec kernel-netlink socket-default
+    load_modular = no
+    install_routes = yes
+    retransmit_tries = 3
+    retransmit_timeout = 2
+    filelog {
+        charon {
+            path = $d/charon.log
+            time_format = %H:%M:%S
+            time_add_ms = yes
+            ike_name = yes
+            flush_line = yes
+            default = 1
+            ike = 2
+            enc = 1
+        }
+    }
+    plugins {
+        kernel-libipsec {
+            allow_peer_ts = no
+        }
+        openssl {
+            fips_mode = 0
+        }
+    }
+}
+CONF
+}
+
+case_charon_cmd() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local d=$CASE/c1 id=client-1@example.org v4 v6
+    FOCUS=$d
+    charon_cmd_conf "$d"
+    ip netns exec "$(ns_of "$d")" env STRONGSWAN_CONF="$d/strongswan.conf" charon-cmd --host $GW4 \
+        --identity $id --remote-identity gw.example --cert "$PKI/ca.crt" --p12 "$PKI/$id.p12" \
+        --profile ikev2-pub --remote-ts 10.1.0.0/24 --remote-ts fd00:1::/64 \
+        --ike-proposal aes128gcm16-prfsha256-x25519 --esp-proposal aes128gcm16 \
+        <"$PKI/p12.pass" >"$d/charon-cmd.out" 2>&1 &
+    BG+=($!)
+    wait_for 20 grep -qs 'CHILD_SA cmd{[0-9]*} established' "$d/charon.log" \
+        || { WHY="charon-cmd did not establish ($(charon_why "$d"))"; return 1; }
+    v4=$(grep -o 'installing new virtual IP [0-9.]*$' "$d/charon.log" | awk '{print $NF}' | head -1)
+    v6=$(grep -o 'installing new virtual IP [0-9a-f:]*:[0-9a-f:]*$' "$d/charon.log" | awk '{print $NF}' | head -1)
+    [[ $v4 == 10.3.0.* ]] || { WHY="IPv4 virtual IP '$v4' not in 10.3.0.0/24"; return 1; }
+    [[ $v6 =~ ^fd00:3::[0-9a-f]{1,4}$ ]] || { WHY="IPv6 virtual IP '$v6' not in fd00:3::/112"; return 1; }
+    ping_ok c1 "$v4" 10.1.0.1 || { WHY="no IPv4 ping from $v4"; return 1; }
+    ping_ok c1 "$v6" fd00:1::1 || { WHY="no IPv6 ping from $v6"; return 1; }
+    NOTE="VIPs $v4 $v6, pings v4/v6"
+}
+
+# charon_gw_conf dir: charon as the road-warrior gateway in gw, pool rw4
+charon_gw_conf() {
+    local d=$1
+    mkdir -p "$d"
+    charon_strongswan_conf "$d"
+    cp "$PKI/ca.crt" "$d/swanctl/x509ca/"
+    cp "$PKI/gw.example.crt" "$d/swanctl/x509/"
+    cp "$PKI/gw.example.key" "$d/swanctl/private/"
+    cat >"$d/swanctl/swanctl.conf" <<CONF
+connections {
+    rw {
+        version = 2
+        local_addrs = $GW4
+        pools = rw4
+        proposals = aes128gcm16-prfsha256-x25519
+        rekey_time = 0
+        reauth_time = 0
+        local {
+            auth = pubkey
+            certs = gw.example.crt
+            id = gw.example
+        }
+        remote {
+            auth = pubkey
+            id = %any
+            cacerts = ca.crt
+        }
+        children {
+            net {
+                local_ts = 10.1.0.0/24
+                esp_proposals = aes128gcm16
+                rekey_time = 0
+            }
+        }
+    }
+}
+pools {
+    rw4 {
+        addrs = 10.3.0.0/24
+        dns = 10.1.0.53
+    }
+}
+secrets {
+    private-gw {
+        file = gw.example.key
+    }
+}
+CONF
+}
+
+case_esptun_client_strongswan_gw() {
+    local gw=$CASE/gw d=$CASE/c1 vip theirs
+    FOCUS=$d
+    charon_gw_conf "$gw"
+    charons_start "$gw" || return 1
+    esptun_client_conf "$d" 1
+    esptun_start "$d" 192.0.2.11 || return 1
+    esptun_client_up "$d" || return 1
+    vip=${VIPS[0]}
+    theirs=$(charon_sw "$gw" --list-sas --raw 2>/dev/null | tr -d '\n' | grep -o 'remote-vips=\[[^]]*\]' | head -1)
+    [[ $theirs == "remote-vips=[$vip]" ]] || { WHY="esptun0 has $vip, charon gave ${theirs:-nothing}"; FOCUS=$gw; return 1; }
+    ping_ok c1 10.1.0.1 || { WHY="no ping to 10.1.0.1 (source by route)"; return 1; }
+    ping_ok c1 "$vip" 10.1.0.1 || { WHY="no ping to 10.1.0.1 from $vip"; return 1; }
+    NOTE="VIP $vip on esptun0 (charon: ${theirs#remote-vips=}), pings with and without -I"
+}
+
+case_esptun_client_esptun_gw() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local d1=$CASE/c1 d2=$CASE/c2
+    FOCUS=$d1
+    esptun_client_conf "$d1" 1; esptun_client_conf "$d2" 2
+    esptun_start "$d1" 192.0.2.11 || return 1
+    esptun_start "$d2" 192.0.2.12 || return 1
+    esptun_client_up "$d1" "$d2" || return 1
+    no_duplicates "VIP" "${VIPS[@]}" || return 1
+    pings_ok c1 c2 || return 1
+    ping_ok c1 "${VIPS[0]}" 10.1.0.1 || { WHY="no ping from c1's VIP ${VIPS[0]}"; return 1; }
+    local k theirs
+    for k in 1 2; do
+        theirs=$(esptun_vips "client-$k@example.org")
+        [[ $theirs == "${VIPS[k-1]}" ]] || { WHY="esptun status shows virtual_ips '$theirs' for c$k, which has ${VIPS[k-1]}"; FOCUS=$GW_DIR; return 1; }
+    done
+    NOTE="c1 ${VIPS[0]}, c2 ${VIPS[1]}, both ping, esptun status agrees"
+}
+
+show_logs() {
+    local f shown=" "
+    for f in "$GW_DIR/esptun.log" "$GW_DIR/charon.log" "$FOCUS/esptun.log" "$FOCUS/charon.log" "$FOCUS/charon-cmd.out"; do
+        [[ -s $f && $shown != *" $f "* ]] || continue
+        shown+="$f "
+        echo "----- ${f#"$RUN"/} -----"; tail -n 25 "$f"
+    done
+}
+
+# run_case name function esp|noesp: the case in its own directory, under a WAN capture
+run_case() {
+    local name=$1 fn=$2 rc=0 wan
+    [[ $name =~ $ONLY ]] || return 0
+    CASE=$RUN/$name GW_DIR=$RUN/$name/gw WHY="" NOTE="" FOCUS=""
+    mkdir -p "$CASE"
+    capture_start "$CASE/wan.pcap"
+    "$fn" || rc=$?
+    capture_stop
+    if (( rc )); then
+        fail "$name" "${WHY:-failed}"; show_logs
+    elif ! wan=$(wan_check "$CASE/wan.pcap" "$3"); then
+        fail "$name" "$wan"; show_logs
+    else
+        pass "$name" "$NOTE; $wan"
+    fi
+    stop_all
+}
+
+log "$("$ESPTUN" --version) against charon $(dpkg-query -W -f '${Version}' charon-systemd 2>/dev/null), $CLIENTS clients, in $RUN"
+topology
+make_pki
+run_case vips case_vips esp
+run_case same-address case_same_address esp
+run_case clients case_clients esp
+run_case pool-exhausted case_pool_exhausted esp
+run_case wrong-identity case_wrong_identity noesp
+run_case charon-cmd case_charon_cmd esp
+run_case esptun-client-strongswan-gw case_esptun_client_strongswan_gw esp
+run_case esptun-client-esptun-gw case_esptun_client_esptun_gw esp
+
+log "$PASSED passed, ${#FAILED[@]} failed"
+(( ${#FAILED[@]} == 0 )) || { printf '  failed: %s\n' "${FAILED[@]}"; exit 1; }
