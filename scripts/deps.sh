@@ -23,8 +23,9 @@ DEMO="iproute2 iputils-ping procps iperf3 coreutils"
 # tests/lifecycle: jq (iperf3's JSON), perl (Time::HiRes: log time stamps).
 # tests/flood: nft and jq (answer counters), nstat (iproute2), charon as above.
 # tests/e2e's metrics: curl scrapes, Debian's python3 parses with prometheus_client.
-# tests/roadwarrior: charon-cmd as a client, openssl for its PKCS#12 credentials.
-TUNNELS="netcat-openbsd tcpdump nftables charon-systemd charon-cmd strongswan-swanctl openssl
+# tests/roadwarrior: charon-cmd as a client, openssl for its PKCS#12 credentials,
+# conntrack to make its NAT forget a mapping.
+TUNNELS="netcat-openbsd tcpdump nftables charon-systemd charon-cmd strongswan-swanctl openssl conntrack
     libcharon-extra-plugins libstrongswan-standard-plugins jq perl curl
     python3-prometheus-client"
 

@@ -2,9 +2,10 @@
 # The whole test suite: formatting, lints, unit, property, golden, in-memory IKE and
 # command-line tests, a build of the benchmarks, cargo deny against deny.toml, 10 s of
 # every fuzz target, then in network namespaces (root) the esptun<->esptun tunnel tests,
-# the strongSwan interop tests, a 40-second rekey soak with the fault cases, against
+# the strongSwan interop tests, road warriors (virtual IPs, many clients, MOBIKE) with
+# strongSwan and esptun clients, a 40-second rekey soak with the fault cases, against
 # esptun and strongSwan, and a short IKE_SA_INIT flood while esptun and strongSwan
-# connect (ESPTUN_SKIP_NETNS=1 leaves those four out, and says so). Root, but for
+# connect (ESPTUN_SKIP_NETNS=1 leaves those five out, and says so). Root, but for
 # ESPTUN_SKIP_NETNS=1; installs what it uses first (scripts/deps.sh).
 # Run from anywhere; exits non-zero on the first failure.
 set -euo pipefail
@@ -32,13 +33,15 @@ scripts/deny.sh
 step "fuzz targets, 10 s each (scripts/fuzz.sh --seconds 10)"
 scripts/fuzz.sh --seconds 10
 if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
-    step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, lifecycle and flood tests did not run"
+    step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, road-warrior, lifecycle and flood tests did not run"
 else
     cargo build --locked --release --bins --example flood
     step "esptun <-> esptun tunnels (tests/e2e/run.sh)"
     tests/e2e/run.sh
     step "interop with strongSwan (tests/interop/run.sh)"
     tests/interop/run.sh
+    step "road warriors: pools, many clients, esptun as a client, MOBIKE (tests/roadwarrior/run.sh)"
+    tests/roadwarrior/run.sh
     step "the SA lifecycle: rekey soak and faults (tests/lifecycle/run.sh --seconds 40)"
     tests/lifecycle/run.sh --seconds 40
     step "an IKE_SA_INIT flood while peers connect (tests/flood/run.sh --short)"

@@ -31,6 +31,12 @@
 #                        the VIP on esptun0, pings with and without -I VIP
 #   esptun-client-esptun-gw      two esptun clients (c1, c2) of the esptun gateway at
 #                        once: distinct VIPs, both ping
+#   mobike-strongswan-client     a charon client's WAN address changes in the middle
+#                        of a 40 MiB TCP transfer: MOBIKE moves the SAs, the transfer
+#                        arrives whole
+#   mobike-esptun-client the same with an esptun client, which notices by itself
+#   nat-rebind           the NAT in front of n1 maps it anew mid-transfer (another
+#                        public address): the gateway follows its authentic ESP
 #
 # After each case the WAN capture must hold no packet whose outer IP header carries an
 # inner address (10.1.0.0/24, 10.3.0.0/24, fd00::/8), and, where traffic flowed, ESP.
@@ -58,7 +64,7 @@ esac; done
 [[ $(id -u) == 0 ]] || { echo "roadwarrior: needs root (namespaces)" >&2; exit 1; }
 [[ -x $ESPTUN ]] || { echo "roadwarrior: no esptun binary at $ESPTUN (cargo build --release)" >&2; exit 1; }
 ESPTUN=$(realpath "$ESPTUN")
-for tool in ip ping sysctl tcpdump nft jq openssl timeout charon-systemd swanctl charon-cmd; do
+for tool in ip ping sysctl tcpdump nft jq openssl timeout charon-systemd swanctl charon-cmd nc ss sha256sum conntrack; do
     command -v $tool >/dev/null || { echo "roadwarrior: $tool missing (scripts/deps.sh test installs it)" >&2; exit 1; }
 done
 ONLY=${ONLY:-.}   # a regex over case names, to rerun a few
@@ -759,6 +765,104 @@ case_esptun_client_esptun_gw() {
     NOTE="c1 ${VIPS[0]}, c2 ${VIPS[1]}, both ping, esptun status agrees"
 }
 
+# --- roaming: a TCP transfer that must survive a move ------------------------------------
+# transfer_start host source: 40 MiB, 1 MiB every 0.1 s (so that it lasts ~4 s), from
+# source on host to 10.1.0.1:5001 in gw; the listener writes its SHA-256 to CASE/received
+transfer_start() {
+    local ns; ns=$(ns_of "$1")
+    [[ -f $RUN/chunk ]] || head -c 1M /dev/urandom >"$RUN/chunk"
+    [[ -f $RUN/stream.sum ]] || for _ in $(seq 40); do cat "$RUN/chunk"; done | sha256sum | cut -d' ' -f1 >"$RUN/stream.sum"
+    ip netns exec "$P-gw" sh -c "timeout 60 nc -l 10.1.0.1 5001 | sha256sum | cut -d' ' -f1 >'$CASE/received'" &
+    XFER_LISTENER=$!; BG+=("$XFER_LISTENER")
+    for _ in $(seq 50); do ip netns exec "$P-gw" ss -ltn | grep -q ':5001 ' && break; sleep 0.1; done
+    ( for _ in $(seq 40); do cat "$RUN/chunk"; sleep 0.1; done ) \
+        | timeout 60 ip netns exec "$ns" nc -N -s "$2" 10.1.0.1 5001 2>"$CASE/nc.err" &
+    XFER_SENDER=$!; BG+=("$XFER_SENDER")
+}
+
+# transfer_ok: the transfer ended and arrived whole
+transfer_ok() {
+    wait "$XFER_SENDER" 2>/dev/null || true
+    wait "$XFER_LISTENER" 2>/dev/null || true
+    [[ -s $CASE/received && $(cat "$CASE/received") == "$(cat "$RUN/stream.sum")" ]] \
+        || { WHY="the 40 MiB TCP transfer did not survive the move (SHA-256 $(cat "$CASE/received" 2>/dev/null) vs $(cat "$RUN/stream.sum")$(sed 's/^/; nc: /' "$CASE/nc.err" 2>/dev/null | head -1))"; return 1; }
+}
+
+# move_host host old new: the host's WAN address changes from old to new (/24), its
+# default route with it
+move_host() {
+    local ns; ns=$(ns_of "$1")
+    ip -n "$ns" addr del "$2/24" dev eth0
+    ip -n "$ns" addr add "$3/24" dev eth0
+    ip -n "$ns" route replace default via $NAT4
+}
+
+case_mobike_strongswan_client() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    clients "$CASE" 1; FOCUS=${DIRS[0]}
+    charons_start "${DIRS[@]}" || return 1
+    up "${DIRS[@]}" || return 1
+    transfer_start c1 "${VIP4[0]}"
+    sleep 1
+    move_host c1 192.0.2.11 192.0.2.111
+    wait_for 15 grep -qs 'MOVED to 192.0.2.1:4500 <-> 192.0.2.111:' "$GW_DIR/esptun.log" \
+        || { WHY="the gateway did not move the SA to 192.0.2.111"; FOCUS=$GW_DIR; return 1; }
+    transfer_ok || return 1
+    move_host c1 192.0.2.111 192.0.2.11
+    NOTE="charon moved to 192.0.2.111 mid-transfer ($(grep -c 'UPDATE_SA_ADDRESSES\|UPD_SA_ADDR' "${DIRS[0]}/charon.log") log lines name UPDATE_SA_ADDRESSES); gateway: $(grep -m1 'MOVED' "$GW_DIR/esptun.log" | sed -E 's/^.*: MOVED/MOVED/'); 40 MiB TCP intact"
+}
+
+case_mobike_esptun_client() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local d=$CASE/c1
+    FOCUS=$d
+    esptun_client_conf "$d" 1
+    # any address: the one it has now goes away
+    sed -i 's/^addrs = .*/addrs = ["0.0.0.0"]/' "$d/esptun.toml"
+    esptun_start "$d" 0.0.0.0 || return 1
+    esptun_client_up "$d" || return 1
+    transfer_start c1 "${VIPS[0]}"
+    sleep 1
+    move_host c1 192.0.2.11 192.0.2.111
+    wait_for 15 grep -qs 'MOVED to 192.0.2.1:[0-9]* <-> 192.0.2.111:' "$GW_DIR/esptun.log" \
+        || { WHY="the gateway did not move the SA to 192.0.2.111"; FOCUS=$GW_DIR; return 1; }
+    wait_for 5 grep -qs 'MOVED to 192.0.2.111:' "$d/esptun.log" || { WHY="the client did not move its SA"; return 1; }
+    transfer_ok || return 1
+    move_host c1 192.0.2.111 192.0.2.11
+    NOTE="esptun client moved to 192.0.2.111 mid-transfer: $(grep -m1 'our address is now' "$d/esptun.log" | sed -E 's/^.*IKE_SA [0-9a-f]*: //'); 40 MiB TCP intact"
+}
+
+case_nat_rebind() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local d=$CASE/n1
+    FOCUS=$d
+    charon_client_conf "$d" client-n1@example.org
+    charons_start "$d" || return 1
+    up "$d" || return 1
+    transfer_start n1 "${VIP4[0]}"
+    sleep 1
+    # The NAT router gets another public address and forgets its mappings: n1's next
+    # packets come from there, a port of its choice.
+    ip -n "$P-nat" addr add 192.0.2.253/24 dev eth0
+    nat_rule "snat to 192.0.2.253"
+    wait_for 15 grep -qs 'MOVED to 192.0.2.1:4500 <-> 192.0.2.253:' "$GW_DIR/esptun.log" \
+        || { WHY="the gateway did not follow the NAT to 192.0.2.253"; FOCUS=$GW_DIR; return 1; }
+    transfer_ok || return 1
+    NOTE="the NAT mapped n1 anew mid-transfer; gateway: $(grep 'MOVED' "$GW_DIR/esptun.log" | tail -1 | sed -E 's/^.*: MOVED/MOVED/'); 40 MiB TCP intact"
+    nat_rule masquerade
+    ip -n "$P-nat" addr del 192.0.2.253/24 dev eth0
+}
+
+# nat_rule action: the NAT router translates its LAN with `action` from now on, and
+# forgets the mappings it made (in one step: no packet leaves untranslated)
+nat_rule() {
+    ip netns exec "$P-nat" nft -f - <<NFT
+flush chain ip nat postrouting
+add rule ip nat postrouting oifname "eth0" ip saddr 172.16.0.0/24 $1
+NFT
+    ip netns exec "$P-nat" conntrack -F >/dev/null 2>&1 || true
+}
+
 show_logs() {
     local f shown=" "
     for f in "$GW_DIR/esptun.log" "$GW_DIR/charon.log" "$FOCUS/esptun.log" "$FOCUS/charon.log" "$FOCUS/charon-cmd.out"; do
@@ -798,6 +902,9 @@ run_case wrong-identity case_wrong_identity noesp
 run_case charon-cmd case_charon_cmd esp
 run_case esptun-client-strongswan-gw case_esptun_client_strongswan_gw esp
 run_case esptun-client-esptun-gw case_esptun_client_esptun_gw esp
+run_case mobike-strongswan-client case_mobike_strongswan_client esp
+run_case mobike-esptun-client case_mobike_esptun_client esp
+run_case nat-rebind case_nat_rebind esp
 
 log "$PASSED passed, ${#FAILED[@]} failed"
 (( ${#FAILED[@]} == 0 )) || { printf '  failed: %s\n' "${FAILED[@]}"; exit 1; }
