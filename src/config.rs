@@ -153,6 +153,10 @@ pub struct Connection {
     pub remote_port: u16,
     /// The `[[connection]]` table, for errors found after loading (e.g. when initiating).
     pub origin: Origin,
+    /// A command run when an IKE SA of the connection comes up and when it goes,
+    /// told about it in its environment (`ESPTUN_*`), e.g. to apply the DNS servers
+    /// a gateway named.
+    pub updown: Option<PathBuf>,
     /// SHA-256 over the `[[connection]]` table (as parsed: layout and comments do not
     /// count) and the certificates and PSK it reads: a reload replaces the connection
     /// when this changed, and leaves it and its SAs alone when not.
@@ -257,6 +261,7 @@ struct RawConnection {
     #[serde(default)]
     vips: Vec<Spanned<String>>,
     mobike: Option<bool>,
+    updown: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1617,6 +1622,25 @@ fn connection(
             mobike: c.mobike.unwrap_or(true),
         }),
         start: initiate,
+        updown: c
+            .updown
+            .as_ref()
+            .map(|cmd| {
+                use std::os::unix::fs::PermissionsExt;
+                let path = src.path(cmd);
+                let key = format!("{key}.updown");
+                let meta = std::fs::metadata(&path)
+                    .map_err(|e| src.error(cmd, &key, format!("{}: {e}", path.display())))?;
+                if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                    return Err(src.error(
+                        cmd,
+                        &key,
+                        format!("{} is not an executable file", path.display()),
+                    ));
+                }
+                Ok(path)
+            })
+            .transpose()?,
         remote_port: c.remote_port.unwrap_or(500),
         origin,
         fingerprint: fingerprint

@@ -2221,7 +2221,7 @@ fn inbound_esp_postpones_dpd() {
     pair.initiate();
     pair.run_until(secs(20));
     let spi = pair.live(Side::A)[0];
-    pair.a.inbound_seen(pair.now, spi);
+    pair.a.inbound_seen(pair.now, &[spi]);
     pair.run_until(Instant(Duration::from_millis(49_900)));
     assert_eq!(
         Pair::sent(&pair.events_a, ExchangeType::INFORMATIONAL, false),

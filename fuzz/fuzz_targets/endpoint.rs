@@ -264,7 +264,7 @@ impl Pair {
             0 => e.expire_child(now, spi, false, "fuzz"),
             1 => e.expire_child(now, spi, true, "fuzz"),
             2 => e.acquire(now, 0, pick % 3),
-            3 => e.inbound_seen(now, spi),
+            3 => e.inbound_seen(now, &[spi]),
             4 => e.unknown_spi(now, addr(to), addr(1 - to), spi ^ 1),
             5 => {
                 let _ = e.initiate(now, 0, addr(to), addr(1 - to));

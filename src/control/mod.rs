@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{SignalKind, signal};
@@ -118,6 +118,60 @@ fn route_source(remote: SocketAddr, mark: u32) -> Result<IpAddr, String> {
     Ok(probe.local_addr().map_err(|e| e.to_string())?.ip())
 }
 
+/// The environment of an `updown` command: `ESPTUN_*` variables and their values.
+type UpdownEnv = Vec<(&'static str, String)>;
+
+/// What a connection's `updown` command is told about an IKE SA, besides the event.
+fn updown_env(up: &ike::IkeSaUp, tun: &str) -> UpdownEnv {
+    let list = |addrs: &[IpAddr]| {
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    vec![
+        ("ESPTUN_CONNECTION", up.connection.clone()),
+        ("ESPTUN_TUN", tun.to_owned()),
+        (
+            "ESPTUN_ROLE",
+            if up.initiator {
+                "initiator"
+            } else {
+                "responder"
+            }
+            .to_owned(),
+        ),
+        ("ESPTUN_LOCAL", up.local.to_string()),
+        ("ESPTUN_REMOTE", up.remote.to_string()),
+        ("ESPTUN_LOCAL_ID", up.local_id.to_string()),
+        ("ESPTUN_REMOTE_ID", up.remote_id.to_string()),
+        ("ESPTUN_VIRTUAL_IPS", list(&up.virtual_ips)),
+        ("ESPTUN_DNS", list(&up.dns)),
+    ]
+}
+
+/// Runs `cmd` for `event` ("up" or "down") without waiting for it: a slow hook
+/// must not stall IKE. Its failure is logged.
+fn run_updown(cmd: &Path, event: &'static str, env: &[(&'static str, String)]) {
+    let spawned = std::process::Command::new(cmd)
+        .env("ESPTUN_EVENT", event)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    let cmd = cmd.display().to_string();
+    match spawned {
+        Ok(mut child) => {
+            std::thread::spawn(move || match child.wait() {
+                Ok(status) if status.success() => {}
+                Ok(status) => crate::warn!("updown {cmd} {event}: {status}"),
+                Err(e) => crate::warn!("updown {cmd} {event}: {e}"),
+            });
+        }
+        Err(e) => crate::warn!("updown {cmd} {event}: {e}"),
+    }
+}
+
 #[allow(clippy::disallowed_methods, reason = "the driver owns the clocks")]
 fn clocks() -> (std::time::Instant, Duration) {
     let unix = SystemTime::now()
@@ -143,8 +197,17 @@ struct Daemon {
     natt_port: u16,
     /// IKE SAs whose own address is translated: (our address, the peer's).
     keepalives: HashMap<IkeSpi, (SocketAddr, SocketAddr)>,
-    /// The virtual IPs gateways leased us, on the TUN while their IKE SA lives.
-    virtual_ips: HashMap<IkeSpi, Vec<IpAddr>>,
+    /// The virtual IPs gateways leased us, by connection, on the TUN. They stay
+    /// when their IKE SA goes (without an SA their packets are held or dropped):
+    /// the kernel flushes every IPv4 route through a device whose last IPv4 address
+    /// is removed, which would take the TUN routes of every connection with it. A
+    /// new lease replaces them, added before the old ones are removed.
+    virtual_ips: HashMap<String, Vec<IpAddr>>,
+    /// Each connection's `updown` command, by name.
+    updown: HashMap<String, PathBuf>,
+    /// The IKE SAs whose `updown` ran for "up": the command and what it was told,
+    /// for "down".
+    hooked: HashMap<IkeSpi, (PathBuf, UpdownEnv)>,
     /// The SAs that are up, for `esptun status`.
     registry: status::Registry,
     /// The daemon's monotonic clock: `start.elapsed()` is the engine's now.
@@ -266,6 +329,8 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         natt_port: listen.natt_port,
         keepalives: HashMap::new(),
         virtual_ips: HashMap::new(),
+        updown: HashMap::new(),
+        hooked: HashMap::new(),
         registry: status::Registry::default(),
         start,
         send_errors: SendErrors::default(),
@@ -323,9 +388,8 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                 for (spi_in, hard, cause) in daemon.dataplane.expiries() {
                     daemon.endpoint.expire_child(now(), spi_in, hard, cause);
                 }
-                for spi_in in daemon.dataplane.inbound_active() {
-                    daemon.endpoint.inbound_seen(now(), spi_in);
-                }
+                let active = daemon.dataplane.inbound_active();
+                daemon.endpoint.inbound_seen(now(), &active);
                 daemon.follow_our_address(now());
                 if let Some(m) = daemon.metrics.as_mut() {
                     m.refresh(&daemon.endpoint, &daemon.dataplane, &daemon.registry);
@@ -455,6 +519,10 @@ impl Daemon {
     ) -> (usize, Result<(), String>) {
         let index = self.endpoint.add_policy(c.policy.clone());
         self.fingerprints.push(c.fingerprint);
+        match &c.updown {
+            Some(cmd) => self.updown.insert(c.policy.name.clone(), cmd.clone()),
+            None => self.updown.remove(&c.policy.name),
+        };
         if let Some((local, remote)) = peer {
             self.endpoint.add_peer(index, local, remote);
             if c.start {
@@ -723,16 +791,32 @@ impl Daemon {
                 Event::IkeSaUp(up) | Event::IkeSaRekeyed { up, .. } => {
                     if let Event::IkeSaRekeyed { old, .. } = &event {
                         self.keepalives.remove(old);
-                        if let Some(vips) = self.virtual_ips.remove(old) {
-                            self.virtual_ips.insert(up.spi_i, vips);
+                        if let Some(hooked) = self.hooked.remove(old) {
+                            self.hooked.insert(up.spi_i, hooked);
                         }
-                    } else if up.initiator && !up.virtual_ips.is_empty() {
-                        for &vip in &up.virtual_ips {
+                    } else if let Some(cmd) = self.updown.get(&up.connection) {
+                        let env = updown_env(up, &self.sections.2.tun);
+                        run_updown(cmd, "up", &env);
+                        self.hooked.insert(up.spi_i, (cmd.clone(), env));
+                    }
+                    if matches!(event, Event::IkeSaUp(_))
+                        && up.initiator
+                        && !up.virtual_ips.is_empty()
+                    {
+                        let old = self
+                            .virtual_ips
+                            .insert(up.connection.clone(), up.virtual_ips.clone())
+                            .unwrap_or_default();
+                        for &vip in up.virtual_ips.iter().filter(|v| !old.contains(v)) {
                             if let Err(e) = self.dataplane.add_virtual_ip(vip) {
                                 crate::error!("{}: {e}", up.connection);
                             }
                         }
-                        self.virtual_ips.insert(up.spi_i, up.virtual_ips.clone());
+                        for vip in old {
+                            if !self.virtual_ips.values().any(|v| v.contains(&vip)) {
+                                self.dataplane.remove_virtual_ip(vip);
+                            }
+                        }
                     }
                     if up.behind_nat {
                         self.keepalives.insert(up.spi_i, (up.local, up.remote));
@@ -779,10 +863,8 @@ impl Daemon {
                 }
                 Event::IkeSaDown { spi_i, .. } => {
                     self.keepalives.remove(spi_i);
-                    for vip in self.virtual_ips.remove(spi_i).unwrap_or_default() {
-                        if !self.virtual_ips.values().any(|v| v.contains(&vip)) {
-                            self.dataplane.remove_virtual_ip(vip);
-                        }
+                    if let Some((cmd, env)) = self.hooked.remove(spi_i) {
+                        run_updown(&cmd, "down", &env);
                     }
                 }
                 _ => {}

@@ -670,16 +670,19 @@ impl Endpoint {
         });
     }
 
-    /// The data plane received authentic ESP on the Child SA with inbound SPI
-    /// `spi_in`: its peer is alive (no liveness check is due).
-    pub fn inbound_seen(&mut self, now: Instant, spi_in: u32) {
-        if let Some((spi, sa)) = self
-            .sas
-            .iter_mut()
-            .find(|(_, sa)| sa.children.iter().any(|c| c.spi_in == spi_in))
-        {
-            sa.last_inbound = now;
-            let (spi, deadline) = (*spi, sa.deadline());
+    /// The data plane received authentic ESP on the Child SAs with these inbound
+    /// SPIs: their peers are alive (no liveness check is due). One pass over the
+    /// SAs however many there are, for a gateway with thousands of busy clients.
+    pub fn inbound_seen(&mut self, now: Instant, spis_in: &[u32]) {
+        let seen: HashSet<u32> = spis_in.iter().copied().collect();
+        let mut alive = Vec::new();
+        for (spi, sa) in &mut self.sas {
+            if sa.children.iter().any(|c| seen.contains(&c.spi_in)) {
+                sa.last_inbound = now;
+                alive.push((*spi, sa.deadline()));
+            }
+        }
+        for (spi, deadline) in alive {
             self.schedule(spi, deadline);
         }
     }

@@ -31,6 +31,9 @@
 #                        the VIP on esptun0, pings with and without -I VIP
 #   esptun-client-esptun-gw      two esptun clients (c1, c2) of the esptun gateway at
 #                        once: distinct VIPs, both ping
+#   esptun-client-reconnects     an esptun client's updown hook is told its VIP and
+#                        DNS server; the gateway is killed and restarted: the client
+#                        notices (DPD), its hook runs "down", and it connects again
 #   mobike-strongswan-client     a charon client's WAN address changes in the middle
 #                        of a 40 MiB TCP transfer: MOBIKE moves the SAs, the transfer
 #                        arrives whole
@@ -765,6 +768,35 @@ case_esptun_client_esptun_gw() {
     NOTE="c1 ${VIPS[0]}, c2 ${VIPS[1]}, both ping, esptun status agrees"
 }
 
+case_esptun_client_reconnects() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local d=$CASE/c1 first gw_pid=$ESPTUN_PID
+    FOCUS=$d
+    esptun_client_conf "$d" 1
+    # an updown hook that records what it is told; a dead gateway is noticed in seconds
+    cat >"$d/updown" <<'HOOK'
+#!/bin/sh
+echo "$ESPTUN_EVENT vips=$ESPTUN_VIRTUAL_IPS dns=$ESPTUN_DNS tun=$ESPTUN_TUN" >>"$(dirname "$0")/updown.log"
+HOOK
+    chmod 755 "$d/updown"
+    sed -i 's/^start = true$/start = true\nupdown = "updown"\ndpd_delay = "1s"/; s/^\[\[connection\]\]$/[ike]\nretransmit_timeout = 0.5\nretransmit_tries = 2\n\n[[connection]]/' "$d/esptun.toml"
+    sed -i 's/^esp_proposals = \["aes128gcm16"\]$/esp_proposals = ["aes128gcm16"]\ndpd_action = "restart"/' "$d/esptun.toml"
+    esptun_start "$d" 192.0.2.11 || return 1
+    ESPTUN_CLIENT_PID=$ESPTUN_PID
+    esptun_client_up "$d" || return 1
+    first=${VIPS[0]}
+    wait_for 5 grep -qs "^up vips=$first dns=10.1.0.53 tun=esptun0$" "$d/updown.log" \
+        || { WHY="the updown hook was not told 'up vips=$first dns=10.1.0.53 tun=esptun0': $(cat "$d/updown.log" 2>/dev/null)"; return 1; }
+    # The gateway dies and comes back without its state.
+    kill -9 "$gw_pid"; wait "$gw_pid" 2>/dev/null || true
+    gw_up "$CASE/restarted/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    wait_for 30 grep -qs '^down ' "$d/updown.log" || { WHY="the client never noticed the dead gateway (no down hook)"; return 1; }
+    wait_for 30 grep -qs ' ESTABLISHED ' "$GW_DIR/esptun.log" || { WHY="the client did not come back to the restarted gateway"; FOCUS=$GW_DIR; return 1; }
+    wait_for 10 ping_ok c1 10.1.0.1 || { WHY="no ping after reconnecting"; return 1; }
+    kill -0 "$ESPTUN_CLIENT_PID" || { WHY="the client is gone"; return 1; }
+    NOTE="VIP $first; hook: $(paste -sd';' "$d/updown.log"); gateway killed and restarted: the client saw it dead, reconnected by itself, pings again"
+}
+
 # --- roaming: a TCP transfer that must survive a move ------------------------------------
 # transfer_start host source: 40 MiB, 1 MiB every 0.1 s (so that it lasts ~4 s), from
 # source on host to 10.1.0.1:5001 in gw; the listener writes its SHA-256 to CASE/received
@@ -902,6 +934,7 @@ run_case wrong-identity case_wrong_identity noesp
 run_case charon-cmd case_charon_cmd esp
 run_case esptun-client-strongswan-gw case_esptun_client_strongswan_gw esp
 run_case esptun-client-esptun-gw case_esptun_client_esptun_gw esp
+run_case esptun-client-reconnects case_esptun_client_reconnects esp
 run_case mobike-strongswan-client case_mobike_strongswan_client esp
 run_case mobike-esptun-client case_mobike_esptun_client esp
 run_case nat-rebind case_nat_rebind esp
