@@ -146,6 +146,15 @@ fn counters_text(answer: &serde_json::Value) -> String {
     )
 }
 
+/// `pki issue --profile`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProfileArg {
+    /// A gateway road-warrior clients dial.
+    Gateway,
+    /// A road-warrior client.
+    Client,
+}
+
 #[derive(Subcommand)]
 enum PkiCommand {
     /// A self-signed CA: writes DIR/ca.crt and DIR/ca.key.
@@ -192,6 +201,12 @@ enum PkiCommand {
         /// Add the ipsecIKE extended key usage to serverAuth and clientAuth.
         #[arg(long)]
         ipsec_ike: bool,
+        /// What the certificate is for: a gateway that Windows, macOS/iOS and Android
+        /// clients dial (serverAuth, ipsecIKE; the first --san a DNS name or IP
+        /// address), or such a client (clientAuth, ipsecIKE). Without it: serverAuth
+        /// and clientAuth, for either end of a tunnel.
+        #[arg(long, value_enum)]
+        profile: Option<ProfileArg>,
         /// Replace an existing certificate and key of that name.
         #[arg(long)]
         force: bool,
@@ -311,7 +326,7 @@ fn unix_now() -> u64 {
 }
 
 fn run_pki(what: PkiCommand) -> Result<(), String> {
-    use esptun::pki::{self, Host, KeyType};
+    use esptun::pki::{self, Host, KeyType, Profile};
     let kind = |rsa| {
         if rsa {
             KeyType::Rsa3072
@@ -342,6 +357,7 @@ fn run_pki(what: PkiCommand) -> Result<(), String> {
             rsa,
             days,
             ipsec_ike,
+            profile,
             force,
         } => {
             let dir = pki_dir(dir)?;
@@ -351,6 +367,11 @@ fn run_pki(what: PkiCommand) -> Result<(), String> {
                 kind: kind(rsa),
                 days,
                 ipsec_ike,
+                profile: match profile {
+                    None => Profile::Host,
+                    Some(ProfileArg::Gateway) => Profile::Gateway,
+                    Some(ProfileArg::Client) => Profile::Client,
+                },
             };
             let issued = pki::make_host(&ca, &host, unix_now()).map_err(|e| e.to_string())?;
             stored(pki::store(&dir, &host.sans[0], &issued, force))

@@ -1,8 +1,8 @@
 //! `esptun pki`: a CA and host certificates good enough for a tunnel (rcgen), the
 //! files they are kept in, and a description of any certificate (`pki show`).
 //! Host certificates carry their names as subject alternative names (the first also
-//! as subject CN), the key usage IKE signatures need, and serverAuth/clientAuth
-//! (optionally ipsecIKE). Time comes in as an argument, like everywhere outside the
+//! as subject CN), the key usage IKE signatures need, and the extended key usages of
+//! their [`Profile`]. Time comes in as an argument, like everywhere outside the
 //! drivers.
 
 use crate::auth::identity;
@@ -47,6 +47,20 @@ pub struct Issued {
     pub key_pem: String,
 }
 
+/// What a host certificate is for, which decides its extended key usages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// Either end of a tunnel: serverAuth and clientAuth (ipsecIKE when asked).
+    #[default]
+    Host,
+    /// A gateway that Windows, macOS/iOS and Android clients dial: serverAuth and
+    /// ipsecIKE, and the first name a DNS name or an IP address, which those clients
+    /// compare with the server they were told to connect to.
+    Gateway,
+    /// A road-warrior client: clientAuth and ipsecIKE.
+    Client,
+}
+
 /// What a host certificate names and allows.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -59,8 +73,10 @@ pub struct Host {
     /// Validity in days from the start of today.
     pub days: u32,
     /// Add id-kp-ipsecIKE to serverAuth and clientAuth: some IKE peers (older Windows
-    /// and macOS clients) insist on it.
+    /// and macOS clients) insist on it. The gateway and client profiles always have it.
     pub ipsec_ike: bool,
+    /// The extended key usages (and, for a gateway, the names) it must have.
+    pub profile: Profile,
 }
 
 /// Why a certificate could not be made, stored or read.
@@ -189,15 +205,31 @@ pub fn make_host(ca: &Issued, host: &Host, now_unix: u64) -> Result<Issued, PkiE
         .iter()
         .map(|name| san(name))
         .collect::<Result<_, _>>()?;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    if host.ipsec_ike {
-        p.extended_key_usages
-            .push(ExtendedKeyUsagePurpose::Other(IPSEC_IKE.to_vec()));
+    if host.profile == Profile::Gateway
+        && let Some(SanType::Rfc822Name(_)) = p.subject_alt_names.first()
+    {
+        return Err(PkiError::Identity(format!(
+            "--profile gateway: the first --san must be the DNS name or IP address the \
+             clients dial (they check the gateway's certificate against it), not the \
+             e-mail address {first}"
+        )));
     }
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let ipsec_ike = ExtendedKeyUsagePurpose::Other(IPSEC_IKE.to_vec());
+    p.extended_key_usages = match host.profile {
+        Profile::Host => {
+            let mut usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            if host.ipsec_ike {
+                usages.push(ipsec_ike);
+            }
+            usages
+        }
+        Profile::Gateway => vec![ExtendedKeyUsagePurpose::ServerAuth, ipsec_ike],
+        Profile::Client => vec![ExtendedKeyUsagePurpose::ClientAuth, ipsec_ike],
+    };
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let key = key(host.kind)?;

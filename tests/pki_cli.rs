@@ -269,3 +269,138 @@ fn damaged_files_are_reported_in_words() {
         "{err}"
     );
 }
+
+/// The value of the line of `pki show` output that starts with `name`.
+fn shown(text: &str, name: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line[name.len()..].trim().to_string()
+}
+
+/// True when the openssl command is there; says so on stderr when not.
+fn have_openssl(test: &str) -> bool {
+    let there = Command::new("openssl").arg("version").output().is_ok();
+    if !there {
+        eprintln!(
+            "{test}: SKIPPED the openssl checks: no openssl command (apt-get install openssl)"
+        );
+    }
+    there
+}
+
+#[test]
+fn profiles_give_native_clients_the_usages_they_check() {
+    let dir = Scratch::new("profiles");
+    dir.ok(&["pki", "ca"]);
+    dir.ok(&[
+        "pki",
+        "issue",
+        "--profile",
+        "gateway",
+        "--san",
+        "vpn.example.org",
+        "--san",
+        "192.0.2.1",
+    ]);
+    dir.ok(&[
+        "pki",
+        "issue",
+        "--profile",
+        "gateway",
+        "--san",
+        "198.51.100.7",
+    ]);
+    dir.ok(&[
+        "pki",
+        "issue",
+        "--profile",
+        "client",
+        "--san",
+        "alice@example.org",
+    ]);
+    dir.ok(&[
+        "pki",
+        "issue",
+        "--profile",
+        "client",
+        "--san",
+        "laptop.example.org",
+        "--rsa",
+    ]);
+    let show = |name: &str| dir.ok(&["pki", "show", &format!("certs/{name}.crt")]);
+
+    let gw = show("vpn.example.org");
+    assert_eq!(shown(&gw, "subject:"), "CN=vpn.example.org, O=esptun");
+    assert_eq!(
+        shown(&gw, "alt names:"),
+        "DNS:vpn.example.org, IP:192.0.2.1"
+    );
+    assert_eq!(shown(&gw, "key usage:"), "Digital Signature");
+    assert_eq!(shown(&gw, "ext key usage:"), "serverAuth, ipsecIKE");
+    let by_ip = show("198.51.100.7");
+    assert_eq!(shown(&by_ip, "subject:"), "CN=198.51.100.7, O=esptun");
+    assert_eq!(shown(&by_ip, "alt names:"), "IP:198.51.100.7");
+    let client = show("alice@example.org");
+    assert_eq!(shown(&client, "subject:"), "CN=alice@example.org, O=esptun");
+    assert_eq!(shown(&client, "alt names:"), "email:alice@example.org");
+    assert_eq!(shown(&client, "ext key usage:"), "clientAuth, ipsecIKE");
+    let laptop = show("laptop.example.org");
+    assert_eq!(shown(&laptop, "alt names:"), "DNS:laptop.example.org");
+    assert_eq!(shown(&laptop, "key:"), "RSA-3072");
+
+    // esptun's own peer validation takes each, for the identity it names.
+    let anchors = TrustAnchors::new(vec![cert(&dir.path("certs/ca.crt"))]).unwrap();
+    for id in [
+        "vpn.example.org",
+        "198.51.100.7",
+        "alice@example.org",
+        "laptop.example.org",
+    ] {
+        let leaf = cert(&dir.path(&format!("certs/{id}.crt")));
+        assert!(validate_chain(&leaf, &[], &anchors, now()).is_ok(), "{id}");
+        assert!(
+            check_identity(&identity::parse(id).unwrap(), &leaf).is_ok(),
+            "{id}"
+        );
+    }
+    // So does OpenSSL, for the purpose each is made for (and not the other one).
+    if have_openssl("profiles") {
+        let verify = |purpose: &str, name: &str| {
+            Command::new("openssl")
+                .args(["verify", "-CAfile", "certs/ca.crt", "-purpose", purpose])
+                .arg(format!("certs/{name}.crt"))
+                .current_dir(&dir.0)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(verify("sslserver", "vpn.example.org"));
+        assert!(!verify("sslclient", "vpn.example.org"));
+        assert!(verify("sslclient", "alice@example.org"));
+        assert!(!verify("sslserver", "alice@example.org"));
+    }
+
+    // A gateway is named by what clients dial; an e-mail address is no such thing.
+    let err = dir.fails(&[
+        "pki",
+        "issue",
+        "--profile",
+        "gateway",
+        "--san",
+        "ops@example.org",
+    ]);
+    assert!(
+        err.contains("--profile gateway: the first --san must be the DNS name or IP address"),
+        "{err}"
+    );
+    assert!(!dir.path("certs/ops@example.org.crt").exists());
+    // Without --profile, nothing changed: serverAuth and clientAuth.
+    dir.ok(&["pki", "issue", "--san", "site.example"]);
+    assert_eq!(
+        shown(&show("site.example"), "ext key usage:"),
+        "serverAuth, clientAuth"
+    );
+}
