@@ -12,8 +12,9 @@
 set -euo pipefail
 
 # gcc, make and pkg-config build aws-lc-sys; cargo fetches crates over HTTPS;
-# tests/systemd.rs checks deploy/systemd with systemd-analyze.
-BUILD="build-essential pkg-config ca-certificates systemd"
+# tests/systemd.rs checks deploy/systemd with systemd-analyze; tests/pki_cli.rs reads
+# `esptun pki` certificates and PKCS#12 bundles back with openssl.
+BUILD="build-essential pkg-config ca-certificates systemd openssl"
 # scripts/lib/sites.sh and its callers: ip and ss, ping, sysctl, iperf3, and timeout,
 # sha256sum, nproc (bash, grep, sed, awk and getconf come with every Debian).
 DEMO="iproute2 iputils-ping procps iperf3 coreutils"

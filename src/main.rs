@@ -211,6 +211,26 @@ enum PkiCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Bundle DIR/NAME.crt, its key and DIR/ca.crt as a PKCS#12 file that Windows,
+    /// macOS/iOS and Android import (PBES2 with AES-256-CBC, an HMAC-SHA-256 MAC).
+    Export {
+        /// Directory with NAME.crt, NAME.key and ca.crt [default: certs]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The certificate's name: its first --san when `pki issue` made it.
+        #[arg(long)]
+        name: String,
+        /// The PKCS#12 file to write (mode 0600).
+        #[arg(long, value_name = "FILE.p12")]
+        out: PathBuf,
+        /// Protect it with the first line of this file; without it, a random password
+        /// is made and printed once.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Replace an existing FILE.p12.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print each certificate in a PEM or DER file: subject, issuer, validity, key,
     /// alternative names, key usages, SHA-256 fingerprint.
     Show {
@@ -325,6 +345,19 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The operating system's random generator, for salts, IVs and passwords.
+struct OsRandom;
+
+impl esptun::crypto::Random for OsRandom {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the command line is a driver: real randomness enters here"
+    )]
+    fn fill(&mut self, out: &mut [u8]) {
+        aws_lc_rs::rand::fill(out).expect("the OS random generator failed");
+    }
+}
+
 fn run_pki(what: PkiCommand) -> Result<(), String> {
     use esptun::pki::{self, Host, KeyType, Profile};
     let kind = |rsa| {
@@ -375,6 +408,31 @@ fn run_pki(what: PkiCommand) -> Result<(), String> {
             };
             let issued = pki::make_host(&ca, &host, unix_now()).map_err(|e| e.to_string())?;
             stored(pki::store(&dir, &host.sans[0], &issued, force))
+        }
+        PkiCommand::Export {
+            dir,
+            name,
+            out,
+            password_file,
+            force,
+        } => {
+            let dir = pki_dir(dir)?;
+            let (password, made) = match password_file {
+                Some(file) => (pki::read_password(&file).map_err(|e| e.to_string())?, false),
+                None => (pki::random_password(&mut OsRandom), true),
+            };
+            let certs = pki::export(&dir, &name, &out, &password, force, &mut OsRandom)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "wrote {}: {name}'s certificate, its key and {} CA certificate(s)",
+                out.display(),
+                certs - 1
+            );
+            if made {
+                // Only here: nothing keeps it, and the device importing the file asks for it.
+                println!("password: {password}");
+            }
+            Ok(())
         }
         PkiCommand::Show { file } => {
             print!("{}", pki::show(&file).map_err(|e| e.to_string())?);

@@ -1,14 +1,18 @@
 //! `esptun pki`: a CA and host certificates good enough for a tunnel (rcgen), the
-//! files they are kept in, and a description of any certificate (`pki show`).
+//! files they are kept in, a description of any certificate (`pki show`), and PKCS#12
+//! bundles for devices to import (`pki export`).
 //! Host certificates carry their names as subject alternative names (the first also
 //! as subject CN), the key usage IKE signatures need, and the extended key usages of
 //! their [`Profile`]. Time comes in as an argument, like everywhere outside the
 //! drivers.
 
+pub mod p12;
+
 use crate::auth::identity;
 use crate::auth::private_key::PrivateKey;
 use crate::auth::signature::{KeyKind, PublicKey};
 use crate::auth::x509::read_certificates;
+use crate::crypto::{Random, Secret};
 use crate::wire::payload::Identity;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -316,6 +320,145 @@ pub fn store(
     write(&key, 0o600, &issued.key_pem)?;
     write(&cert, 0o644, &issued.cert_pem)?;
     Ok((cert, key))
+}
+
+/// The characters of a generated password: no 0/O, 1/l/I, so that it can be read
+/// off a screen and typed on a phone. 32 of them, so a byte's low 5 bits pick one
+/// without bias.
+const PASSWORD_ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+
+/// A random password of 20 characters (100 bits) for a PKCS#12 bundle.
+pub fn random_password(rng: &mut dyn Random) -> String {
+    let mut bytes = [0u8; 20];
+    rng.fill(&mut bytes);
+    let password = bytes
+        .iter()
+        .map(|b| char::from(PASSWORD_ALPHABET[usize::from(b & 31)]))
+        .collect();
+    bytes.fill(0);
+    password
+}
+
+/// The password in `path`: its first line, without the line end. Empty is refused,
+/// since some importers cannot take a bundle without one.
+pub fn read_password(path: &Path) -> Result<String, PkiError> {
+    let unreadable = |why: &str| PkiError::Unreadable {
+        path: path.to_owned(),
+        why: why.into(),
+    };
+    let bytes = Secret::new(std::fs::read(path).map_err(io_error(path))?);
+    let text = std::str::from_utf8(bytes.expose()).map_err(|_| unreadable("not UTF-8 text"))?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(unreadable(
+            "empty: the password is its first line, and an empty one is refused",
+        ));
+    }
+    Ok(line.to_owned())
+}
+
+/// Bundles DIR/NAME.crt (with any chain after it), DIR/NAME.key and DIR/ca.crt into a
+/// PKCS#12 file `out` (mode 0600) for a device to import, protected by `password`.
+/// The key must be PKCS#8 (as `pki issue` writes it) and belong to the certificate.
+/// `out` is replaced only when `force`. Returns the number of certificates bundled.
+pub fn export(
+    dir: &Path,
+    name: &str,
+    out: &Path,
+    password: &str,
+    force: bool,
+    rng: &mut dyn Random,
+) -> Result<usize, PkiError> {
+    let unreadable = |path: &Path, why: String| PkiError::Unreadable {
+        path: path.to_owned(),
+        why,
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => unreadable(
+                path,
+                format!(
+                    "{e} (esptun pki issue --dir {} --san {name} makes it)",
+                    dir.display()
+                ),
+            ),
+            _ => io_error(path)(e),
+        })
+    };
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    let ca_path = dir.join("ca.crt");
+    let mut certs =
+        read_certificates(&read(&cert_path)?).map_err(|e| unreadable(&cert_path, e.to_string()))?;
+    let ca =
+        read_certificates(&read(&ca_path)?).map_err(|e| unreadable(&ca_path, e.to_string()))?;
+    let key_bytes = Secret::new(read(&key_path)?);
+    let key = PrivateKey::from_pem_or_der(key_bytes.expose())
+        .map_err(|e| unreadable(&key_path, e.to_string()))?;
+    if !key.matches_certificate(&certs[0]) {
+        return Err(unreadable(
+            &key_path,
+            format!("not the key of {}", cert_path.display()),
+        ));
+    }
+    let pkcs8 = pkcs8_der(key_bytes.expose()).ok_or_else(|| {
+        unreadable(
+            &key_path,
+            "not a PKCS#8 key, which PKCS#12 carries (openssl pkcs8 -topk8 -nocrypt converts it)"
+                .into(),
+        )
+    })?;
+    let leaf = certs.remove(0);
+    for c in ca {
+        if c != leaf && !certs.contains(&c) {
+            certs.push(c);
+        }
+    }
+    let bundle = p12::encode(name, &leaf, &pkcs8, &certs, password, rng).map_err(|e| {
+        PkiError::Unreadable {
+            path: out.to_owned(),
+            why: e.to_string(),
+        }
+    })?;
+    match std::fs::symlink_metadata(out) {
+        Ok(_) if !force => return Err(PkiError::Exists(out.to_owned())),
+        Ok(_) => std::fs::remove_file(out).map_err(io_error(out))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(out)(e)),
+    }
+    // It holds the key, sealed only by the password: its owner's alone.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .and_then(|mut f| f.write_all(&bundle))
+        .map_err(io_error(out))?;
+    Ok(1 + certs.len())
+}
+
+/// The PKCS#8 DER of a PEM "PRIVATE KEY" block or of DER PKCS#8.
+fn pkcs8_der(bytes: &[u8]) -> Option<Secret> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+    match PrivateKeyDer::from_pem_slice(bytes) {
+        Ok(PrivateKeyDer::Pkcs8(key)) => Some(Secret::from_slice(key.secret_pkcs8_der())),
+        Ok(_) => None,
+        // DER: PKCS#8 starts SEQUENCE { INTEGER 0, SEQUENCE { OID ...
+        Err(_) => {
+            let der = Secret::from_slice(bytes);
+            let looks_pkcs8 = bytes.len() > 8 && bytes[0] == 0x30 && {
+                let at = if bytes[1] & 0x80 != 0 {
+                    2 + usize::from(bytes[1] & 0x7f)
+                } else {
+                    2
+                };
+                // version 0 (RFC 5208) or 1 (RFC 5958)
+                matches!(bytes.get(at..at + 4), Some([0x02, 0x01, 0x00 | 0x01, 0x30]))
+            };
+            looks_pkcs8.then_some(der)
+        }
+    }
 }
 
 /// A subject alternative name as `DNS:`, `IP:` or `email:` and the value.

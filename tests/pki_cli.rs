@@ -404,3 +404,213 @@ fn profiles_give_native_clients_the_usages_they_check() {
         "serverAuth, clientAuth"
     );
 }
+
+/// Runs openssl in `dir` with `args`: whether it succeeded, and its output and error
+/// output (where `pkcs12 -info` prints the layout).
+fn openssl(dir: &Scratch, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text.into_owned())
+}
+
+#[test]
+fn export_writes_a_pkcs12_bundle_that_openssl_and_esptun_read() {
+    use esptun::pki::p12;
+    let dir = Scratch::new("export");
+    dir.ok(&["pki", "ca"]);
+    dir.ok(&[
+        "pki",
+        "issue",
+        "--profile",
+        "client",
+        "--san",
+        "alice@example.org",
+    ]);
+    std::fs::write(dir.path("pw"), "a long pass phrase\n").unwrap();
+    let said = dir.ok(&[
+        "pki",
+        "export",
+        "--name",
+        "alice@example.org",
+        "--out",
+        "alice.p12",
+        "--password-file",
+        "pw",
+    ]);
+    assert!(said.starts_with("wrote alice.p12"), "{said}");
+    assert!(
+        !said.contains("password:"),
+        "a given password is not printed: {said}"
+    );
+    assert_eq!(mode(&dir.path("alice.p12")), 0o600, "it holds the key");
+    let leaf = cert(&dir.path("certs/alice@example.org.crt"));
+    let ca = cert(&dir.path("certs/ca.crt"));
+
+    // esptun's own reader: the MAC, both PBES2 layers, the bags.
+    let bundle = std::fs::read(dir.path("alice.p12")).unwrap();
+    let read = p12::decode(&bundle, "a long pass phrase").unwrap();
+    let certs: Vec<&Vec<u8>> = read.certs.iter().map(|c| &c.der).collect();
+    assert_eq!(certs, [&leaf, &ca]);
+    assert_eq!(read.certs[0].name.as_deref(), Some("alice@example.org"));
+    assert_eq!(read.keys.len(), 1);
+    let key = PrivateKey::from_pem_or_der(read.keys[0].pkcs8.expose()).unwrap();
+    assert!(
+        key.matches_certificate(&leaf),
+        "the key inside is the certificate's"
+    );
+    assert_eq!(
+        read.keys[0].key_id, read.certs[0].key_id,
+        "key and certificate are paired"
+    );
+    assert_eq!(
+        p12::decode(&bundle, "a long pass phrase\n").unwrap_err(),
+        p12::P12Error::BadMac,
+        "the line end is not part of the password"
+    );
+
+    // Not replaced without --force.
+    let err = dir.fails(&[
+        "pki",
+        "export",
+        "--name",
+        "alice@example.org",
+        "--out",
+        "alice.p12",
+        "--password-file",
+        "pw",
+    ]);
+    assert!(
+        err.contains("alice.p12: exists (--force replaces it)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dir.path("alice.p12")).unwrap(), bundle);
+
+    // No password file: a random password, printed once, opens it.
+    let said = dir.ok(&[
+        "pki",
+        "export",
+        "--name",
+        "alice@example.org",
+        "--out",
+        "made.p12",
+    ]);
+    let password = said
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .unwrap_or_else(|| panic!("no password printed: {said}"));
+    assert_eq!(password.len(), 20);
+    let made = std::fs::read(dir.path("made.p12")).unwrap();
+    assert_eq!(p12::decode(&made, password).unwrap().keys.len(), 1);
+    let err = dir.fails(&[
+        "pki",
+        "export",
+        "--name",
+        "bob@example.org",
+        "--out",
+        "bob.p12",
+    ]);
+    assert!(
+        err.contains("certs/bob@example.org.crt: No such file"),
+        "{err}"
+    );
+    std::fs::write(dir.path("empty"), "\n").unwrap();
+    let err = dir.fails(&[
+        "pki",
+        "export",
+        "--name",
+        "alice@example.org",
+        "--out",
+        "e.p12",
+        "--password-file",
+        "empty",
+    ]);
+    assert!(err.contains("empty: empty"), "{err}");
+
+    if !have_openssl("export") {
+        return;
+    }
+    // OpenSSL reads it as it reads its own `pkcs12 -export` (OpenSSL 3's defaults).
+    let (ok, info) = openssl(
+        &dir,
+        &[
+            "pkcs12",
+            "-info",
+            "-nokeys",
+            "-in",
+            "alice.p12",
+            "-passin",
+            "file:pw",
+        ],
+    );
+    assert!(ok, "{info}");
+    for expected in [
+        "MAC: sha256, Iteration 2048",
+        "PKCS7 Encrypted data: PBES2, PBKDF2, AES-256-CBC, Iteration 2048, PRF hmacWithSHA256",
+        "Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC, Iteration 2048, PRF hmacWithSHA256",
+        "subject=CN = alice@example.org, O = esptun",
+        "subject=CN = esptun CA, O = esptun",
+        "friendlyName: alice@example.org",
+    ] {
+        assert!(info.contains(expected), "no {expected:?} in\n{info}");
+    }
+    // The key OpenSSL decrypts is the certificate's.
+    let (ok, key_pem) = openssl(
+        &dir,
+        &[
+            "pkcs12",
+            "-nocerts",
+            "-nodes",
+            "-in",
+            "alice.p12",
+            "-passin",
+            "file:pw",
+        ],
+    );
+    assert!(ok, "{key_pem}");
+    let key = PrivateKey::from_pem_or_der(key_pem.as_bytes()).unwrap();
+    assert!(key.matches_certificate(&leaf));
+    let (ok, wrong) = openssl(
+        &dir,
+        &[
+            "pkcs12",
+            "-info",
+            "-nokeys",
+            "-in",
+            "alice.p12",
+            "-passin",
+            "pass:wrong",
+        ],
+    );
+    assert!(!ok && wrong.contains("Mac verify error"), "{wrong}");
+    // And esptun reads what OpenSSL writes by default (its KDF and MAC agree with ours).
+    let (ok, said) = openssl(
+        &dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            "certs/alice@example.org.key",
+            "-in",
+            "certs/alice@example.org.crt",
+            "-certfile",
+            "certs/ca.crt",
+            "-passout",
+            "file:pw",
+            "-out",
+            "openssl.p12",
+        ],
+    );
+    assert!(ok, "{said}");
+    let theirs = p12::decode(
+        &std::fs::read(dir.path("openssl.p12")).unwrap(),
+        "a long pass phrase",
+    )
+    .unwrap();
+    assert!(theirs.certs.iter().any(|c| c.der == leaf));
+    let key = PrivateKey::from_pem_or_der(theirs.keys[0].pkcs8.expose()).unwrap();
+    assert!(key.matches_certificate(&leaf));
+}

@@ -77,6 +77,12 @@ impl Secret {
         &self.0
     }
 
+    /// The secret bytes, to be filled in place (a key derived into it leaves no copy
+    /// outside).
+    pub fn expose_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()
