@@ -161,6 +161,11 @@ pub struct Connection {
     /// count) and the certificates and PSK it reads: a reload replaces the connection
     /// when this changed, and leaves it and its SAs alone when not.
     pub fingerprint: [u8; 32],
+    /// `legacy_windows_proposals = true`: SHA-1 integrity and MODP-1024 are allowed.
+    pub legacy_windows_proposals: bool,
+    /// The weak algorithms its IKE and ESP proposals use (empty without the opt-in,
+    /// which is needed for any), for the warning at start.
+    pub weak_algorithms: Vec<String>,
 }
 
 /// A list the user wrote, with the span of the whole list (for "must not be empty").
@@ -262,6 +267,7 @@ struct RawConnection {
     vips: Vec<Spanned<String>>,
     mobike: Option<bool>,
     updown: Option<Spanned<String>>,
+    legacy_windows_proposals: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -1251,12 +1257,17 @@ fn ips(src: &Source<'_>, list: &[Spanned<String>], key: &str) -> Result<Vec<IpAd
 }
 
 /// Proposals numbered from 1 in the order written, or the defaults when the key is absent.
+/// One that uses an algorithm only Windows' built-in client still proposes by default
+/// (SHA-1 integrity, MODP-1024) needs `legacy`, the connection's opt-in; the names of
+/// those in use go into `weak`.
 fn proposals(
     src: &Source<'_>,
     list: Option<&List>,
     defaults: &[&str],
     protocol: ProtocolId,
     key: &str,
+    legacy: bool,
+    weak: &mut Vec<String>,
 ) -> Result<Vec<Proposal>, ConfigError> {
     let Some(list) = list else {
         let texts: Vec<String> = defaults.iter().map(|s| (*s).to_owned()).collect();
@@ -1273,9 +1284,33 @@ fn proposals(
         .iter()
         .zip(1..)
         .map(|(text, number)| {
-            proposal::parse(text.get_ref(), protocol)
+            let at = format!("{key}[{}]", number - 1);
+            let p = proposal::parse(text.get_ref(), protocol)
                 .map(|p| Proposal { number, ..p })
-                .map_err(|e| src.error(text, format!("{key}[{}]", number - 1), e.to_string()))
+                .map_err(|e| src.error(text, &at, e.to_string()))?;
+            let legacy_ones = proposal::legacy_transforms(&p);
+            if !legacy_ones.is_empty() && !legacy {
+                return Err(src.error(
+                    text,
+                    &at,
+                    format!(
+                        "`{}` uses {}: weak algorithms (SHA-1, a 1024-bit group) that only \
+                         Windows' built-in client still proposes by default. Set \
+                         legacy_windows_proposals = true in this connection to accept them, \
+                         or rather switch the Windows clients to strong proposals \
+                         (Set-VpnConnectionIPsecConfiguration, README \"Road warrior \
+                         clients\") and leave them out",
+                        text.get_ref(),
+                        legacy_ones.join(", ")
+                    ),
+                ));
+            }
+            for name in legacy_ones {
+                if !weak.contains(&name) {
+                    weak.push(name);
+                }
+            }
+            Ok(p)
         })
         .collect()
 }
@@ -1512,6 +1547,11 @@ fn connection(
             "start = true needs remote_addrs",
         ));
     }
+    let legacy = c
+        .legacy_windows_proposals
+        .as_ref()
+        .is_some_and(|l| *l.get_ref());
+    let mut weak = Vec::new();
     let mut children: Vec<ChildPolicy> = Vec::new();
     for (i, ch_at) in c.children.iter().enumerate() {
         let ch = ch_at.get_ref();
@@ -1562,6 +1602,8 @@ fn connection(
                 &DEFAULT_ESP_PROPOSALS,
                 ProtocolId::ESP,
                 &format!("{k}.esp_proposals"),
+                legacy,
+                &mut weak,
             )?,
             lifetime,
             rand_time,
@@ -1595,18 +1637,27 @@ fn connection(
     };
     let initiate = children.iter().any(|ch| ch.start_action == Action::Start);
     let (pools, vips) = virtual_ips(src, c, &key, pools)?;
+    let mut ike_weak = Vec::new();
+    let ike_proposals = proposals(
+        src,
+        c.proposals.as_ref(),
+        &DEFAULT_PROPOSALS,
+        ProtocolId::IKE,
+        &format!("{key}.proposals"),
+        legacy,
+        &mut ike_weak,
+    )?;
+    for name in weak {
+        if !ike_weak.contains(&name) {
+            ike_weak.push(name);
+        }
+    }
     Ok(Connection {
         policy: Arc::new(Policy {
             name: c.name.get_ref().clone(),
             local_addrs: ips(src, &c.local_addrs, &format!("{key}.local_addrs"))?,
             remote_addrs,
-            proposals: proposals(
-                src,
-                c.proposals.as_ref(),
-                &DEFAULT_PROPOSALS,
-                ProtocolId::IKE,
-                &format!("{key}.proposals"),
-            )?,
+            proposals: ike_proposals,
             encap: c.encap,
             fragment_size,
             local: local_auth,
@@ -1648,6 +1699,8 @@ fn connection(
             .as_ref()
             .try_into()
             .expect("SHA-256 is 32 bytes"),
+        legacy_windows_proposals: legacy,
+        weak_algorithms: ike_weak,
     })
 }
 

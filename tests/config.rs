@@ -1366,3 +1366,81 @@ remote_ts = ["0.0.0.0/0"]
         assert_eq!(dir.load(&text).err().as_deref(), Some(want), "{text}");
     }
 }
+
+#[test]
+fn windows_legacy_proposals_need_the_connections_opt_in() {
+    let dir = Dir::new("legacy");
+    let file = |conn: &str, esp: &str| {
+        format!(
+            r#"[[connection]]
+name = "win"
+psk_file = "site-b.psk"
+local = {{ auth = "psk", id = "gw.example" }}
+remote = {{ auth = "psk" }}
+{conn}
+[[connection.children]]
+name = "net"
+{esp}
+"#
+        )
+    };
+    // Without the opt-in: an error at the proposal, saying how to opt in and why not to.
+    let err = dir
+        .load(&file(
+            r#"proposals = ["aes256-sha256-modp2048", "aes256-sha1-modp1024"]"#,
+            "",
+        ))
+        .unwrap_err();
+    assert!(
+        err.starts_with("site.toml:6: connection[0].proposals[1]: `aes256-sha1-modp1024` uses HMAC_SHA1_96, MODP_1024, PRF_HMAC_SHA1: weak algorithms"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Set legacy_windows_proposals = true in this connection")
+            && err.contains("Set-VpnConnectionIPsecConfiguration"),
+        "{err}"
+    );
+    let err = dir
+        .load(&file("", r#"esp_proposals = ["aes256-sha1"]"#))
+        .unwrap_err();
+    assert!(
+        err.starts_with("site.toml:9: connection[0].children[0].esp_proposals[0]: `aes256-sha1` uses HMAC_SHA1_96:"),
+        "{err}"
+    );
+    let err = dir
+        .load(&file(
+            r#"proposals = ["aes256-sha256-modp1024"]
+legacy_windows_proposals = false"#,
+            "",
+        ))
+        .unwrap_err();
+    assert!(err.contains("uses MODP_1024:"), "{err}");
+
+    // With it: loaded, and the weak algorithms named for the warning at start.
+    let config = dir
+        .load(&file(
+            r#"proposals = ["aes256-sha1-modp1024"]
+legacy_windows_proposals = true"#,
+            r#"esp_proposals = ["aes256-sha1", "aes256gcm16"]"#,
+        ))
+        .unwrap();
+    let c = &config.connections[0];
+    assert!(c.legacy_windows_proposals);
+    assert_eq!(
+        c.weak_algorithms,
+        ["HMAC_SHA1_96", "MODP_1024", "PRF_HMAC_SHA1"]
+    );
+    assert_eq!(c.policy.children[0].esp_proposals.len(), 2);
+    // A strong connection is untouched, and an opt-in that enables nothing names nothing.
+    let config = dir
+        .load(&file("legacy_windows_proposals = true", ""))
+        .unwrap();
+    assert!(config.connections[0].weak_algorithms.is_empty());
+    let config = dir.load(&file("", "")).unwrap();
+    assert!(!config.connections[0].legacy_windows_proposals);
+    // A SHA-1 PRF alone was allowed before and still is.
+    assert!(
+        dir.load(&file(r#"proposals = ["aes256gcm16-prfsha1-ecp256"]"#, ""))
+            .is_ok()
+    );
+}

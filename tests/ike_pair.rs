@@ -664,6 +664,60 @@ fn every_suite_of_the_interop_matrix_negotiates() {
     }
 }
 
+/// Windows' built-in client's default proposals (the opt-in of
+/// `legacy_windows_proposals` in the configuration): IKE with AES-CBC-256,
+/// HMAC-SHA-1-96, PRF-HMAC-SHA-1 and MODP-1024, ESP with AES-CBC-256 and
+/// HMAC-SHA-1-96. Both ends key the same SK and ESP suites, and an ESP packet one
+/// side seals with its keys the other opens with its own.
+#[test]
+fn windows_legacy_suite_negotiates_and_keys_esp_with_hmac_sha1_96() {
+    use esptun::crypto::{Encr, Integ, Prf};
+    use esptun::esp::{InboundSa, NEXT_HEADER_IPV4, OutboundSa, SaKeys};
+    let spec = || Spec {
+        proposals: vec!["aes256-sha1-modp1024"],
+        esp: vec!["aes256-sha1"],
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(spec(), spec());
+    pair.initiate();
+    pair.drive();
+    pair.assert_tunnel();
+    for events in [&pair.events_a, &pair.events_b] {
+        let suite = ike_ups(events)[0].suite;
+        assert_eq!(suite.encr, Encr::AesCbc { key_len: 32 });
+        assert_eq!(suite.integ, Some(Integ::HmacSha1));
+        assert_eq!(suite.prf, Prf::HmacSha1);
+        assert_eq!(suite.group, KeGroup::MODP_1024);
+    }
+    let (a, b) = (
+        Pair::children(&pair.events_a)[0],
+        Pair::children(&pair.events_b)[0],
+    );
+    assert_eq!(
+        (a.encr, a.integ),
+        (Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha1))
+    );
+    assert_eq!((a.keys_out.0.len(), a.keys_out.1.len()), (32, 20));
+    fn sa<'a>(up: &ChildSaUp, spi: u32, keys: &'a (Secret, Secret)) -> SaKeys<'a> {
+        SaKeys {
+            spi,
+            encr: up.encr,
+            integ: up.integ,
+            esn: up.esn,
+            encryption: &keys.0,
+            integrity: &keys.1,
+        }
+    }
+    let out = OutboundSa::new(&sa(a, a.spi_out, &a.keys_out)).unwrap();
+    let mut inb = InboundSa::new(&sa(b, b.spi_in, &b.keys_in), 64).unwrap();
+    let mut buf = vec![0; 64];
+    buf.extend_from_slice(&[0x45; 84]);
+    let head = out.seal(&mut buf, 64, NEXT_HEADER_IPV4).unwrap();
+    let mut packet = buf[head..].to_vec();
+    let (range, _, _) = inb.open(&mut packet).unwrap();
+    assert_eq!(&packet[range], &[0x45; 84]);
+}
+
 #[test]
 fn responder_narrows_traffic_selectors() {
     let wide = Spec {

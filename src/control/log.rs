@@ -294,6 +294,7 @@ impl KeyLog {
         };
         let integ = match up.suite.integ {
             None => "NONE [RFC4306]",
+            Some(Integ::HmacSha1) => "HMAC_SHA1_96 [RFC2404]",
             Some(Integ::HmacSha256) => "HMAC_SHA2_256_128 [RFC4868]",
             Some(Integ::HmacSha384) => "HMAC_SHA2_384_192 [RFC4868]",
             Some(Integ::HmacSha512) => "HMAC_SHA2_512_256 [RFC4868]",
@@ -328,6 +329,7 @@ impl KeyLog {
         };
         let integ = match c.integ {
             None => "NULL",
+            Some(Integ::HmacSha1) => "HMAC-SHA-1-96 [RFC2404]",
             Some(Integ::HmacSha256) => "HMAC-SHA-256-128 [RFC4868]",
             Some(Integ::HmacSha384) => "HMAC-SHA-384-192 [RFC4868]",
             Some(Integ::HmacSha512) => "HMAC-SHA-512-256 [RFC4868]",

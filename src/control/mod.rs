@@ -517,6 +517,22 @@ impl Daemon {
         c: &Connection,
         peer: Option<(SocketAddr, SocketAddr)>,
     ) -> (usize, Result<(), String>) {
+        if c.legacy_windows_proposals {
+            let name = &c.policy.name;
+            if c.weak_algorithms.is_empty() {
+                crate::warn!(
+                    "{name}: legacy_windows_proposals = true, but no proposal uses SHA-1 \
+                     integrity or MODP-1024: the opt-in can go"
+                );
+            } else {
+                crate::warn!(
+                    "{name}: legacy_windows_proposals = true: negotiating the weak {} for \
+                     Windows' default proposals; switch the clients to strong proposals \
+                     (README \"Road warrior clients\") and drop the opt-in",
+                    c.weak_algorithms.join(", ")
+                );
+            }
+        }
         let index = self.endpoint.add_policy(c.policy.clone());
         self.fingerprints.push(c.fingerprint);
         match &c.updown {

@@ -1,4 +1,5 @@
-//! Key exchange groups: MODP 14/15/16, ECP 19/20/21 (RFC 5903) and Curve25519 (RFC 8031).
+//! Key exchange groups: MODP 14/15/16, ECP 19/20/21 (RFC 5903) and Curve25519 (RFC 8031),
+//! and MODP 2 for Windows' default proposals (only with `legacy_windows_proposals`).
 //!
 //! Public values use the IKE encodings: the prime's length for MODP, x | y without
 //! a point-format octet for ECP (RFC 5903 §7), 32 octets for Curve25519. Peer values
@@ -303,7 +304,7 @@ mod tests {
     #[test]
     fn every_group_agrees_with_itself() {
         let mut rng = SeededRandom::new(3);
-        for g in [14, 15, 16, 19, 20, 21, 31].map(KeGroup) {
+        for g in [2, 14, 15, 16, 19, 20, 21, 31].map(KeGroup) {
             assert!(KeyExchange::is_supported(g));
             let a = KeyExchange::generate(g, &mut rng).unwrap();
             let b = KeyExchange::generate(g, &mut rng).unwrap();
@@ -313,8 +314,8 @@ mod tests {
                 "{g}"
             );
         }
-        assert!(!KeyExchange::is_supported(KeGroup::MODP_1024));
-        assert!(KeyExchange::generate(KeGroup::MODP_1024, &mut rng).is_err());
+        assert!(!KeyExchange::is_supported(KeGroup::MODP_1536));
+        assert!(KeyExchange::generate(KeGroup::MODP_1536, &mut rng).is_err());
     }
 
     #[test]
@@ -341,7 +342,7 @@ mod tests {
     #[test]
     fn peer_values_are_checked_before_any_private_value_is_used() {
         let mut rng = SeededRandom::new(5);
-        for g in [14, 15, 16, 19, 20, 21, 31].map(KeGroup) {
+        for g in [2, 14, 15, 16, 19, 20, 21, 31].map(KeGroup) {
             let len = KeyExchange::public_len(g).unwrap();
             let ours = KeyExchange::generate(g, &mut rng).unwrap();
             assert_eq!(ours.public_value().len(), len, "{g}");
@@ -378,6 +379,6 @@ mod tests {
         let x25519 = KeyExchange::generate(KeGroup::CURVE25519, &mut rng).unwrap();
         let peer = PeerValue::parse(KeGroup::CURVE25519, x25519.public_value()).unwrap();
         assert!(p256.agree(peer).is_err());
-        assert!(PeerValue::parse(KeGroup::MODP_1024, &[2; 128]).is_err());
+        assert!(PeerValue::parse(KeGroup::MODP_1536, &[2; 192]).is_err());
     }
 }

@@ -1,5 +1,7 @@
-//! Finite-field Diffie-Hellman over the RFC 3526 MODP groups 14, 15 and 16, with
-//! constant-time exponentiation (crypto-bigint Montgomery form).
+//! Finite-field Diffie-Hellman over the RFC 3526 MODP groups 14, 15 and 16, and the
+//! RFC 2409 group 2 that Windows' built-in client proposes by default (configuration
+//! allows it only with `legacy_windows_proposals`), with constant-time exponentiation
+//! (crypto-bigint Montgomery form).
 
 use super::{Random, Secret};
 use crate::wire::KeGroup;
@@ -10,6 +12,7 @@ use zeroize::Zeroize;
 /// One of the supported MODP groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ModpGroup {
+    Modp1024,
     Modp2048,
     Modp3072,
     Modp4096,
@@ -18,6 +21,7 @@ pub(super) enum ModpGroup {
 impl ModpGroup {
     pub(super) fn from_group(group: KeGroup) -> Option<Self> {
         Some(match group {
+            KeGroup::MODP_1024 => Self::Modp1024,
             KeGroup::MODP_2048 => Self::Modp2048,
             KeGroup::MODP_3072 => Self::Modp3072,
             KeGroup::MODP_4096 => Self::Modp4096,
@@ -28,6 +32,7 @@ impl ModpGroup {
     /// Length of the prime, and so of public values and shared secrets.
     pub(super) fn len(self) -> usize {
         match self {
+            Self::Modp1024 => 128,
             Self::Modp2048 => 256,
             Self::Modp3072 => 384,
             Self::Modp4096 => 512,
@@ -35,9 +40,11 @@ impl ModpGroup {
     }
 
     /// Private exponent size: twice the group's security strength (NIST SP 800-56A
-    /// rev. 3 §5.6.1.1.1: 112, 128 and 152 bits for these primes).
+    /// rev. 3 §5.6.1.1.1: 112, 128 and 152 bits for the RFC 3526 primes; 80 for the
+    /// 1024-bit one).
     fn exponent_bits(self) -> u32 {
         match self {
+            Self::Modp1024 => 160,
             Self::Modp2048 => 224,
             Self::Modp3072 => 256,
             Self::Modp4096 => 304,
@@ -74,6 +81,7 @@ impl ModpGroup {
 
     fn in_range(self, y: &[u8]) -> bool {
         match self {
+            Self::Modp1024 => in_range::<16>(MODP_1024_HEX, y),
             Self::Modp2048 => in_range::<32>(MODP_2048_HEX, y),
             Self::Modp3072 => in_range::<48>(MODP_3072_HEX, y),
             Self::Modp4096 => in_range::<64>(MODP_4096_HEX, y),
@@ -88,6 +96,7 @@ impl ModpGroup {
         padded.zeroize();
         let bits = self.exponent_bits();
         let out = match self {
+            Self::Modp1024 => pow::<16>(MODP_1024_HEX, base, &e, bits),
             Self::Modp2048 => pow::<32>(MODP_2048_HEX, base, &e, bits),
             Self::Modp3072 => pow::<48>(MODP_3072_HEX, base, &e, bits),
             Self::Modp4096 => pow::<64>(MODP_4096_HEX, base, &e, bits),
@@ -106,7 +115,7 @@ fn in_range<const L: usize>(prime_hex: &str, y: &[u8]) -> bool {
 fn pow<const L: usize>(prime_hex: &str, base: &[u8], exponent: &U512, bits: u32) -> Secret {
     let p = Odd::new(Uint::<L>::from_be_hex(prime_hex))
         .into_option()
-        .expect("RFC 3526 primes are odd");
+        .expect("RFC 2409 and RFC 3526 primes are odd");
     let params = FixedMontyParams::new(p);
     let base = Uint::<L>::from_be_slice(base);
     let mut result = FixedMontyForm::new(&base, &params)
@@ -116,6 +125,14 @@ fn pow<const L: usize>(prime_hex: &str, base: &[u8], exponent: &U512, bits: u32)
     result.zeroize();
     out
 }
+
+/// The 1024-bit MODP prime of RFC 2409 §6.2 (the Second Oakley Group).
+const MODP_1024_HEX: &str = concat!(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74",
+    "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F1437",
+    "4FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED",
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381FFFFFFFFFFFFFFFF",
+);
 
 /// The 2048-bit MODP prime of RFC 3526.
 const MODP_2048_HEX: &str = concat!(
@@ -174,6 +191,7 @@ mod tests {
     fn both_sides_agree_in_every_group() {
         let mut rng = SeededRandom::new(7);
         for g in [
+            ModpGroup::Modp1024,
             ModpGroup::Modp2048,
             ModpGroup::Modp3072,
             ModpGroup::Modp4096,

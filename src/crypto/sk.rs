@@ -296,6 +296,7 @@ mod tests {
 
     fn suites() -> Vec<(Encr, Option<Integ>)> {
         vec![
+            (Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha1)),
             (Encr::AesCbc { key_len: 16 }, Some(Integ::HmacSha256)),
             (Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha384)),
             (Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha512)),
@@ -326,6 +327,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Windows' default IKE suite: the ICV is HMAC-SHA-1 over everything up to it
+    /// (header, SK header, IV, ciphertext), truncated to 12 octets (RFC 2404, RFC 7296
+    /// §3.14).
+    #[test]
+    fn hmac_sha1_96_icv_is_twelve_octets_over_the_whole_message() {
+        let mut rng = SeededRandom::new(5);
+        let (mut tx, rx) = keys(Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha1));
+        let bytes = seal_message(&mut tx, &header(), &inner(), &mut rng).unwrap();
+        let msg = Message::decode(&bytes).unwrap();
+        let Payload::Sk(sk) = &msg.payloads[0] else {
+            panic!("no SK")
+        };
+        // IV 16, ciphertext in whole blocks, ICV 12.
+        assert_eq!((sk.data.len() - 16 - 12) % 16, 0);
+        let (covered, icv) = bytes.split_at(bytes.len() - 12);
+        let mac = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &[7; 20]),
+            covered,
+        );
+        assert_eq!(icv, &mac.as_ref()[..12]);
+        assert_eq!(open_message(&rx, &bytes, sk).unwrap(), inner());
     }
 
     #[test]

@@ -112,9 +112,13 @@ impl fmt::Display for Encr {
     }
 }
 
-/// A negotiated integrity transform: HMAC-SHA-2 truncated to half its output (RFC 4868).
+/// A negotiated integrity transform: HMAC-SHA-2 truncated to half its output (RFC 4868),
+/// or HMAC-SHA-1 truncated to 96 bits (RFC 2404) for Windows' default proposals, which
+/// configuration allows only with `legacy_windows_proposals`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Integ {
+    /// AUTH_HMAC_SHA1_96.
+    HmacSha1,
     /// AUTH_HMAC_SHA2_256_128.
     HmacSha256,
     /// AUTH_HMAC_SHA2_384_192.
@@ -127,6 +131,7 @@ impl Integ {
     /// The algorithm for a transform ID, if implemented.
     pub fn from_id(id: IntegId) -> Option<Self> {
         Some(match id {
+            IntegId::HMAC_SHA1_96 => Self::HmacSha1,
             IntegId::HMAC_SHA2_256_128 => Self::HmacSha256,
             IntegId::HMAC_SHA2_384_192 => Self::HmacSha384,
             IntegId::HMAC_SHA2_512_256 => Self::HmacSha512,
@@ -137,24 +142,29 @@ impl Integ {
     /// The transform ID.
     pub fn id(self) -> IntegId {
         match self {
+            Self::HmacSha1 => IntegId::HMAC_SHA1_96,
             Self::HmacSha256 => IntegId::HMAC_SHA2_256_128,
             Self::HmacSha384 => IntegId::HMAC_SHA2_384_192,
             Self::HmacSha512 => IntegId::HMAC_SHA2_512_256,
         }
     }
 
-    /// Key length: the full hash output (RFC 4868 §2.1.1).
+    /// Key length: the full hash output (RFC 4868 §2.1.1, RFC 2404 §3).
     pub fn key_len(self) -> usize {
         self.algorithm().digest_algorithm().output_len()
     }
 
-    /// Length of the truncated ICV.
+    /// Length of the truncated ICV: half the hash for SHA-2, 96 bits for SHA-1.
     pub fn icv_len(self) -> usize {
-        self.key_len() / 2
+        match self {
+            Self::HmacSha1 => 12,
+            _ => self.key_len() / 2,
+        }
     }
 
     pub(crate) fn algorithm(self) -> hmac::Algorithm {
         match self {
+            Self::HmacSha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
             Self::HmacSha256 => hmac::HMAC_SHA256,
             Self::HmacSha384 => hmac::HMAC_SHA384,
             Self::HmacSha512 => hmac::HMAC_SHA512,
@@ -268,6 +278,41 @@ mod tests {
             (s.encr.key_material_len(), s.integ.unwrap().key_len()),
             (32, 32)
         );
+    }
+
+    /// RFC 2202 §3 test cases 1, 2 and 6 for HMAC-SHA-1, truncated to 96 bits as
+    /// AUTH_HMAC_SHA1_96 sends them (RFC 2404 §2), with a 20-byte key where RFC 2202
+    /// has one (RFC 2404 §3 keys it with 160 bits).
+    #[test]
+    fn hmac_sha1_96_matches_rfc2202() {
+        let integ = Integ::from_id(IntegId::HMAC_SHA1_96).unwrap();
+        assert_eq!((integ.key_len(), integ.icv_len()), (20, 12));
+        let cases: [(&[u8], &[u8], &str); 3] = [
+            (
+                &[0x0b; 20],
+                b"Hi There",
+                "b617318655057264e28bc0b6fb378c8ef146be00",
+            ),
+            (
+                b"Jefe",
+                b"what do ya want for nothing?",
+                "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79",
+            ),
+            (
+                &[0xaa; 80],
+                b"Test Using Larger Than Block-Size Key - Hash Key First",
+                "aa4ae5e15272d00e95705637ce8a3b55ed402112",
+            ),
+        ];
+        for (key, data, full) in cases {
+            let tag = hmac::sign(&hmac::Key::new(integ.algorithm(), key), data);
+            assert_eq!(hex::encode(tag.as_ref()), full);
+            assert_eq!(
+                hex::encode(&tag.as_ref()[..integ.icv_len()]),
+                full[..24],
+                "truncated to 96 bits"
+            );
+        }
     }
 
     #[test]

@@ -331,13 +331,37 @@ mod tests {
         )
     }
 
-    const SUITES: [(Encr, Option<Integ>); 5] = [
+    const SUITES: [(Encr, Option<Integ>); 6] = [
         (Encr::AesGcm16 { key_len: 16 }, None),
         (Encr::AesGcm16 { key_len: 32 }, None),
         (Encr::ChaCha20Poly1305, None),
         (Encr::AesCbc { key_len: 16 }, Some(Integ::HmacSha256)),
         (Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha512)),
+        (Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha1)),
     ];
+
+    /// Windows' default ESP suite, AES-CBC-256 with HMAC-SHA-1-96: the ICV is the
+    /// first 12 octets of HMAC-SHA-1 over SPI, sequence number, IV and ciphertext
+    /// (RFC 4303 §2.8, RFC 2404).
+    #[test]
+    fn hmac_sha1_96_icv_is_twelve_octets_over_header_iv_and_ciphertext() {
+        let (out, mut inb) = pair(Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha1), false);
+        let mut buf = vec![0; HEADROOM];
+        buf.extend_from_slice(&[0x45; 60]);
+        let head = out.seal(&mut buf, HEADROOM, NEXT_HEADER_IPV4).unwrap();
+        let packet = buf[head..].to_vec();
+        // SPI 4, sequence 4, IV 16, ciphertext in whole blocks, ICV 12.
+        assert_eq!((packet.len() - 8 - 16 - 12) % 16, 0);
+        let (covered, icv) = packet.split_at(packet.len() - 12);
+        let mac = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &[7; 20]),
+            covered,
+        );
+        assert_eq!(icv, &mac.as_ref()[..12]);
+        let mut packet = packet;
+        let (range, _, _) = inb.open(&mut packet).unwrap();
+        assert_eq!(&packet[range], &[0x45; 60]);
+    }
 
     #[test]
     fn every_suite_round_trips_in_place_and_rejects_replays_and_tampering() {

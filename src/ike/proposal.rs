@@ -58,6 +58,8 @@ const KEYWORDS: &[Keyword] = &[
     kw("aes256gcm128", ENCR, EncrId::AES_GCM_16.0, Some(256)),
     kw("aes256gcm", ENCR, EncrId::AES_GCM_16.0, Some(256)),
     kw("chacha20poly1305", ENCR, EncrId::CHACHA20_POLY1305.0, None),
+    kw("sha1", INTEG, IntegId::HMAC_SHA1_96.0, None),
+    kw("sha", INTEG, IntegId::HMAC_SHA1_96.0, None),
     kw("sha256", INTEG, IntegId::HMAC_SHA2_256_128.0, None),
     kw("sha2_256", INTEG, IntegId::HMAC_SHA2_256_128.0, None),
     kw("sha384", INTEG, IntegId::HMAC_SHA2_384_192.0, None),
@@ -68,6 +70,7 @@ const KEYWORDS: &[Keyword] = &[
     kw("prfsha256", PRF, PrfId::HMAC_SHA2_256.0, None),
     kw("prfsha384", PRF, PrfId::HMAC_SHA2_384.0, None),
     kw("prfsha512", PRF, PrfId::HMAC_SHA2_512.0, None),
+    kw("modp1024", KE, KeGroup::MODP_1024.0, None),
     kw("modp2048", KE, KeGroup::MODP_2048.0, None),
     kw("modp3072", KE, KeGroup::MODP_3072.0, None),
     kw("modp4096", KE, KeGroup::MODP_4096.0, None),
@@ -83,6 +86,7 @@ const KEYWORDS: &[Keyword] = &[
 /// The PRF strongSwan pairs with an integrity algorithm when none is named.
 fn prf_for(integ: u16) -> Option<u16> {
     match IntegId(integ) {
+        IntegId::HMAC_SHA1_96 => Some(PrfId::HMAC_SHA1.0),
         IntegId::HMAC_SHA2_256_128 => Some(PrfId::HMAC_SHA2_256.0),
         IntegId::HMAC_SHA2_384_192 => Some(PrfId::HMAC_SHA2_384.0),
         IntegId::HMAC_SHA2_512_256 => Some(PrfId::HMAC_SHA2_512.0),
@@ -176,6 +180,37 @@ pub fn parse(text: &str, protocol: ProtocolId) -> Result<Proposal, ProposalError
         spi: Vec::new(),
         transforms,
     })
+}
+
+/// The transforms of `p` that only Windows' built-in client still proposes by default
+/// (HMAC-SHA-1-96, the 1024-bit MODP group), by name: a configuration may use them only
+/// with `legacy_windows_proposals`. PRF_HMAC_SHA1, which `sha1` brings along, is named
+/// with them when they come together; alone it was allowed before and still is.
+pub fn legacy_transforms(p: &Proposal) -> Vec<String> {
+    let weak = |t: &&Transform| {
+        (t.kind == INTEG && t.id == IntegId::HMAC_SHA1_96.0)
+            || (t.kind == KE && t.id == KeGroup::MODP_1024.0)
+    };
+    let mut names: Vec<String> = p
+        .transforms
+        .iter()
+        .filter(weak)
+        .map(|t| {
+            Notation(&Proposal {
+                transforms: vec![t.clone()],
+                ..p.clone()
+            })
+            .to_string()
+        })
+        .collect();
+    let sha1_prf = p
+        .transforms
+        .iter()
+        .any(|t| t.kind == PRF && t.id == PrfId::HMAC_SHA1.0);
+    if !names.is_empty() && sha1_prf {
+        names.push(format!("PRF_{}", PrfId::HMAC_SHA1));
+    }
+    names
 }
 
 /// Parses a list of proposals, numbering them 1, 2, … as RFC 7296 §3.3.1 asks.
@@ -367,6 +402,34 @@ mod tests {
             parse("3des-sha1-modp1024", ProtocolId::IKE),
             Err(ProposalError::UnknownKeyword("3des".into()))
         );
+    }
+
+    #[test]
+    fn windows_default_proposals_parse_and_are_named_as_legacy() {
+        let p = ike("aes256-sha1-modp1024");
+        assert_eq!(
+            Notation(&p).to_string(),
+            "AES_CBC_256/PRF_HMAC_SHA1/HMAC_SHA1_96/MODP_1024"
+        );
+        assert_eq!(
+            legacy_transforms(&p),
+            ["HMAC_SHA1_96", "MODP_1024", "PRF_HMAC_SHA1"]
+        );
+        let p = esp("aes256-sha1");
+        assert_eq!(Notation(&p).to_string(), "AES_CBC_256/HMAC_SHA1_96/NO_ESN");
+        assert_eq!(legacy_transforms(&p), ["HMAC_SHA1_96"]);
+        assert_eq!(
+            legacy_transforms(&ike("aes256-sha256-modp1024")),
+            ["MODP_1024"]
+        );
+        // The strong proposals name nothing, nor does a SHA-1 PRF on its own.
+        for text in [
+            "aes128gcm16-prfsha256-x25519",
+            "aes256-sha256-modp2048",
+            "aes256gcm16-prfsha1-ecp256",
+        ] {
+            assert!(legacy_transforms(&ike(text)).is_empty(), "{text}");
+        }
     }
 
     #[test]

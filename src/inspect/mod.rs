@@ -235,9 +235,14 @@ impl Inspector<'_> {
 
 /// The SK suites whose key sizes match SK_e and SK_a.
 fn suites_for_key_lengths(sk_e: &Secret, sk_a: &Secret) -> Vec<SkSuite> {
-    let integ = [Integ::HmacSha256, Integ::HmacSha384, Integ::HmacSha512]
-        .into_iter()
-        .find(|i| i.key_len() == sk_a.len());
+    let integ = [
+        Integ::HmacSha1,
+        Integ::HmacSha256,
+        Integ::HmacSha384,
+        Integ::HmacSha512,
+    ]
+    .into_iter()
+    .find(|i| i.key_len() == sk_a.len());
     let encrs = [
         Encr::AesGcm16 { key_len: 16 },
         Encr::AesGcm16 { key_len: 32 },
