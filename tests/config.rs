@@ -71,7 +71,7 @@ impl Drop for Dir {
     }
 }
 
-/// The example from README "Configuration" (its only TOML block), verbatim; the
+/// The example from README "Configuration" (its first TOML block), verbatim; the
 /// line numbers in the expected errors below count from its first line.
 fn example() -> &'static str {
     let readme = include_str!("../README.md");
