@@ -1551,7 +1551,17 @@ fn connection(
         .legacy_windows_proposals
         .as_ref()
         .is_some_and(|l| *l.get_ref());
+    // IKE proposals before the children's, so that an error names the first line.
     let mut weak = Vec::new();
+    let ike_proposals = proposals(
+        src,
+        c.proposals.as_ref(),
+        &DEFAULT_PROPOSALS,
+        ProtocolId::IKE,
+        &format!("{key}.proposals"),
+        legacy,
+        &mut weak,
+    )?;
     let mut children: Vec<ChildPolicy> = Vec::new();
     for (i, ch_at) in c.children.iter().enumerate() {
         let ch = ch_at.get_ref();
@@ -1637,21 +1647,6 @@ fn connection(
     };
     let initiate = children.iter().any(|ch| ch.start_action == Action::Start);
     let (pools, vips) = virtual_ips(src, c, &key, pools)?;
-    let mut ike_weak = Vec::new();
-    let ike_proposals = proposals(
-        src,
-        c.proposals.as_ref(),
-        &DEFAULT_PROPOSALS,
-        ProtocolId::IKE,
-        &format!("{key}.proposals"),
-        legacy,
-        &mut ike_weak,
-    )?;
-    for name in weak {
-        if !ike_weak.contains(&name) {
-            ike_weak.push(name);
-        }
-    }
     Ok(Connection {
         policy: Arc::new(Policy {
             name: c.name.get_ref().clone(),
@@ -1700,7 +1695,7 @@ fn connection(
             .try_into()
             .expect("SHA-256 is 32 bytes"),
         legacy_windows_proposals: legacy,
-        weak_algorithms: ike_weak,
+        weak_algorithms: weak,
     })
 }
 

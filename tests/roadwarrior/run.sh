@@ -41,6 +41,25 @@
 #   nat-rebind           the NAT in front of n1 maps it anew mid-transfer (another
 #                        public address): the gateway follows its authentic ESP
 #
+# Then charon as each platform's built-in client would connect (proposals, identities,
+# AUTH methods; no real device here), against a gateway certificate made with
+# `pki issue --profile gateway` (vpn.example.org) and client certificates made with
+# `--profile client`:
+#
+#   windows              Windows 10/11's defaults: exactly aes256-sha1-modp1024 (IKE) and
+#                        aes256-sha1 (ESP), the certificate's subject DN as identity, no
+#                        RFC 7427; the gateway has legacy_windows_proposals = true and warns:
+#                        VIP, ping, charon shows HMAC_SHA1_96/MODP_1024 negotiated
+#   windows-no-opt-in    the same client against a gateway without the opt-in (whose
+#                        `esptun check` refuses the legacy proposals, naming the opt-in):
+#                        refused with NO_PROPOSAL_CHOSEN
+#   macos                macOS/iOS: aes256-sha256-ecp256 and aes256-sha256-modp2048 (IKE),
+#                        aes256-sha256 (ESP), e-mail identity, no RFC 7427
+#                        (signature_authentication = no: plain ECDSA AUTH both ways): VIP, ping
+#   android              the strongSwan app's defaults (`default` proposals, RFC 7427), its
+#                        certificate and key taken out of an `esptun pki export` PKCS#12
+#                        bundle with openssl: VIP, ping
+#
 # After each case the WAN capture must hold no packet whose outer IP header carries an
 # inner address (10.1.0.0/24, 10.3.0.0/24, fd00::/8), and, where traffic flowed, ESP.
 # Root only; traffic stays in the namespaces (esptun-rw-PID-*), removed on exit.
@@ -190,6 +209,12 @@ make_pki() {
     "$ESPTUN" pki issue --dir "$PKI" --id client-n1@example.org >/dev/null
     "$ESPTUN" pki issue --dir "$PKI" --id client-n2@example.org >/dev/null
     for k in $(seq "$HOSTS"); do "$ESPTUN" pki issue --dir "$PKI" --id "client-$k@example.org" >/dev/null; done
+    # the native-client cases: what Windows, macOS/iOS and Android check on each side
+    "$ESPTUN" pki issue --dir "$PKI" --profile gateway --san vpn.example.org >/dev/null
+    local os
+    for os in windows mac android; do
+        "$ESPTUN" pki issue --dir "$PKI" --profile client --san "$os-1@example.org" >/dev/null
+    done
     # charon-cmd loads RSA keys (--rsa) or PKCS#12 containers (--p12): the ECDSA key in one,
     # whose password charon-cmd reads from stdin (with no terminal; it fails on an empty one)
     (umask 077; echo roadwarrior >"$PKI/p12.pass")
@@ -234,9 +259,13 @@ wan_check() {
 }
 
 # --- esptun ------------------------------------------------------------------------------
-# esptun_gw_conf dir v4-pool [v6-pool]: the road-warrior gateway, pools rw4 (and rw6)
+# esptun_gw_conf dir v4-pool [v6-pool]: the road-warrior gateway, pools rw4 (and rw6).
+# GW_ID (default gw.example, its certificate and key from $PKI), GW_REMOTE_ID (default
+# *@example.org), GW_PROPOSALS and GW_ESP (TOML array items, default the AES-GCM ones)
+# and GW_EXTRA (connection lines) change it.
 esptun_gw_conf() {
     local d=$1 pools='"rw4"'
+    local proposals=${GW_PROPOSALS:-'"aes128gcm16-prfsha256-x25519"'} esp=${GW_ESP:-'"aes128gcm16"'}
     mkdir -p "$d"
     {
         printf '[listen]\naddrs = ["%s"]\n\n' $GW4
@@ -249,20 +278,21 @@ esptun_gw_conf() {
 [[connection]]
 name = "rw"
 pools = [$pools]
-proposals = ["aes128gcm16-prfsha256-x25519"]
+proposals = [$proposals]
+${GW_EXTRA:-}
 [connection.local]
 auth = "pubkey"
-id = "gw.example"
-certs = ["$PKI/gw.example.crt"]
-key = "$PKI/gw.example.key"
+id = "${GW_ID:-gw.example}"
+certs = ["$PKI/${GW_ID:-gw.example}.crt"]
+key = "$PKI/${GW_ID:-gw.example}.key"
 [connection.remote]
 auth = "pubkey"
-id = "*@example.org"
+id = "${GW_REMOTE_ID:-*@example.org}"
 cacerts = ["$PKI/ca.crt"]
 [[connection.children]]
 name = "net"
 local_ts = ["10.1.0.0/24", "fd00:1::/64"]
-esp_proposals = ["aes128gcm16"]
+esp_proposals = [$esp]
 TOML
     } >"$d/esptun.toml"
 }
@@ -356,12 +386,16 @@ esptun_client_up() {
 
 # --- charon clients ----------------------------------------------------------------------
 # charon_client_conf dir id [vips]: a charon road-warrior client of 192.0.2.1 (connection
-# rw, child net) asking for virtual IPs (default 0.0.0.0,::) as id
+# rw, child net) asking for virtual IPs (default 0.0.0.0,::) as id (its certificate
+# $PKI/id.crt). CLIENT_ID (the IKE identity, default id), CLIENT_GW_ID (default
+# gw.example), CLIENT_PROPOSALS and CLIENT_ESP (swanctl lists, default the AES-GCM ones)
+# and CLIENT_CHARON (strongswan.conf lines) change it.
 charon_client_conf() {
     local d=$1 id=$2
     mkdir -p "$d"
     charon_strongswan_conf "$d" "retransmit_tries = 3
-    retransmit_timeout = 2"
+    retransmit_timeout = 2
+    ${CLIENT_CHARON:-}"
     cp "$PKI/ca.crt" "$d/swanctl/x509ca/"
     cp "$PKI/$id.crt" "$d/swanctl/x509/client.crt"
     cp "$PKI/$id.key" "$d/swanctl/private/client.key"
@@ -371,22 +405,22 @@ connections {
         version = 2
         remote_addrs = $GW4
         vips = ${3:-0.0.0.0,::}
-        proposals = aes128gcm16-prfsha256-x25519
+        proposals = ${CLIENT_PROPOSALS:-aes128gcm16-prfsha256-x25519}
         rekey_time = 0
         reauth_time = 0
         local {
             auth = pubkey
             certs = client.crt
-            id = $id
+            id = "${CLIENT_ID:-$id}"
         }
         remote {
             auth = pubkey
-            id = gw.example
+            id = ${CLIENT_GW_ID:-gw.example}
         }
         children {
             net {
                 remote_ts = 10.1.0.0/24,fd00:1::/64
-                esp_proposals = aes128gcm16
+                esp_proposals = ${CLIENT_ESP:-aes128gcm16}
                 rekey_time = 0
                 start_action = none
             }
@@ -895,6 +929,141 @@ NFT
     ip netns exec "$P-nat" conntrack -F >/dev/null 2>&1 || true
 }
 
+# --- native clients: charon configured as each platform's built-in client ---------------
+# raw_field text name n: the value of the n-th name=value in swanctl's raw output
+raw_field() { grep -o "$2=[^ ]*" <<<"$1" | sed -n "${3}p" | cut -d= -f2; }
+
+# charon_algs dir: the IKE and ESP algorithms of charon's SAs, as
+# "IKE encr-bits/integ/prf/group ESP encr-bits/integ"
+charon_algs() {
+    local raw
+    raw=$(charon_sw "$1" --list-sas --raw 2>/dev/null | tr -d '\n')
+    echo "IKE $(raw_field "$raw" encr-alg 1)-$(raw_field "$raw" encr-keysize 1)/$(raw_field "$raw" integ-alg 1)/$(raw_field "$raw" prf-alg 1)/$(raw_field "$raw" dh-group 1)" \
+        "ESP $(raw_field "$raw" encr-alg 2)-$(raw_field "$raw" encr-keysize 2)/$(raw_field "$raw" integ-alg 2)"
+}
+
+# native_up dir what: up, pings 10.1.0.1 from the IPv4 VIP, and the gateway's status
+# shows that VIP on the client's IKE SA (id: the identity esptun saw); what names the
+# client in WHY
+native_up() {
+    local d=$1 what=$2 id=$3 theirs
+    up "$d" || return 1
+    ping_ok "${d##*/}" "${VIP4[0]}" 10.1.0.1 || { WHY="$what: no ping from ${VIP4[0]} to 10.1.0.1"; return 1; }
+    theirs=$(esptun_vips "$id")
+    [[ " $theirs " == *" ${VIP4[0]} "* ]] \
+        || { WHY="esptun status shows virtual_ips '$theirs' for $id, charon holds ${VIP4[0]}"; FOCUS=$GW_DIR; return 1; }
+}
+
+# The Windows client: its default proposals, its certificate's subject DN as identity
+# (Windows sends ID_DER_ASN1_DN with machine certificates), no RFC 7427.
+windows_client() {
+    local CLIENT_PROPOSALS=aes256-sha1-modp1024 CLIENT_ESP=aes256-sha1 CLIENT_GW_ID=vpn.example.org
+    local CLIENT_ID="CN=windows-1@example.org, O=esptun" CLIENT_CHARON="signature_authentication = no"
+    charon_client_conf "$1" windows-1@example.org
+}
+
+case_windows() {
+    local GW_ID=vpn.example.org GW_REMOTE_ID="CN=*@example.org, O=esptun"
+    local GW_PROPOSALS='"aes256gcm16-prfsha256-ecp256", "aes256-sha1-modp1024"'
+    local GW_ESP='"aes256gcm16", "aes256-sha1"' GW_EXTRA="legacy_windows_proposals = true"
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local d=$CASE/c1 warned algs
+    FOCUS=$d
+    wait_for 5 grep -qs 'legacy_windows_proposals = true' "$GW_DIR/esptun.log" \
+        || { WHY="esptun did not warn about the opt-in at start"; FOCUS=$GW_DIR; return 1; }
+    warned=$(grep -m1 'legacy_windows_proposals = true' "$GW_DIR/esptun.log")
+    [[ $warned == *"rw: "*"HMAC_SHA1_96, MODP_1024, PRF_HMAC_SHA1"* ]] \
+        || { WHY="the warning does not name the connection and the weak algorithms: $warned"; FOCUS=$GW_DIR; return 1; }
+    windows_client "$d"
+    charons_start "$d" || return 1
+    native_up "$d" windows "windows-1@example.org" || return 1
+    algs=$(charon_algs "$d")
+    [[ $algs == "IKE AES_CBC-256/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_1024 ESP AES_CBC-256/HMAC_SHA1_96" ]] \
+        || { WHY="negotiated $algs, not Windows' defaults"; return 1; }
+    grep -q "authentication of 'vpn.example.org' with ECDSA-256 signature successful" "$d/charon.log" \
+        || { WHY="charon did not authenticate the gateway with a plain ECDSA-256 AUTH"; return 1; }
+    NOTE="VIP ${VIP4[0]}, ping; $algs; gateway warned: ${warned#*WARN }"
+}
+
+case_windows_no_opt_in() {
+    local d=$CASE/c1 refused
+    FOCUS=$d
+    # The opt-in is what lets the legacy proposals load at all.
+    local GW_ID=vpn.example.org GW_REMOTE_ID="CN=*@example.org, O=esptun"
+    local GW_PROPOSALS='"aes256gcm16-prfsha256-ecp256", "aes256-sha1-modp1024"' GW_ESP='"aes256gcm16", "aes256-sha1"'
+    esptun_gw_conf "$CASE/check" 10.3.0.0/24
+    if refused=$("$ESPTUN" check --config "$CASE/check/esptun.toml" 2>&1); then
+        WHY="esptun check took aes256-sha1-modp1024 without legacy_windows_proposals"; return 1
+    fi
+    [[ $refused == *"proposals[1]: \`aes256-sha1-modp1024\` uses"*"Set legacy_windows_proposals = true"* ]] \
+        || { WHY="esptun check's refusal does not name the proposal and the opt-in: $refused"; return 1; }
+    # A gateway with strong proposals only: the Windows client finds nothing it offers.
+    local GW_PROPOSALS='"aes256gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"' GW_ESP='"aes256gcm16", "aes256-sha256"'
+    gw_up "$CASE/gw" 10.3.0.0/24 || return 1
+    windows_client "$d"
+    charons_start "$d" || return 1
+    if initiate "$d"; then WHY="the Windows client got a Child SA from a gateway without the opt-in"; return 1; fi
+    grep -q 'received NO_PROPOSAL_CHOSEN notify error' "$d/charon.log" \
+        || { WHY="not refused with NO_PROPOSAL_CHOSEN ($(charon_why "$d"))"; return 1; }
+    grep -q 'no acceptable proposal' "$GW_DIR/esptun.log" \
+        || { WHY="esptun did not log why it refused"; FOCUS=$GW_DIR; return 1; }
+    WHY=""
+    NOTE="esptun check: ${refused%%: weak*}...; charon: $(grep -m1 NO_PROPOSAL_CHOSEN "$d/charon.log" | sed -E 's/^.*\] //')"
+}
+
+case_macos() {
+    local GW_ID=vpn.example.org
+    local GW_PROPOSALS='"aes256-sha256-ecp256", "aes256-sha256-modp2048"' GW_ESP='"aes256-sha256"'
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local d=$CASE/c1 algs
+    FOCUS=$d
+    local CLIENT_PROPOSALS="aes256-sha256-ecp256, aes256-sha256-modp2048" CLIENT_ESP=aes256-sha256
+    local CLIENT_GW_ID=vpn.example.org CLIENT_CHARON="signature_authentication = no"
+    charon_client_conf "$d" mac-1@example.org
+    charons_start "$d" || return 1
+    native_up "$d" macos mac-1@example.org || return 1
+    algs=$(charon_algs "$d")
+    [[ $algs == "IKE AES_CBC-256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/ECP_256 ESP AES_CBC-256/HMAC_SHA2_256_128" ]] \
+        || { WHY="negotiated $algs"; return 1; }
+    # No RFC 7427 either way: charon signs and verifies with the plain ECDSA method.
+    grep -q "authentication of 'vpn.example.org' with ECDSA-256 signature successful" "$d/charon.log" \
+        || { WHY="charon did not verify a plain ECDSA-256 AUTH from the gateway"; return 1; }
+    grep -q "authentication of 'mac-1@example.org' (myself) with ECDSA-256 signature successful" "$d/charon.log" \
+        || { WHY="charon did not sign with a plain ECDSA-256 AUTH"; return 1; }
+    NOTE="VIP ${VIP4[0]}, ping; $algs; plain ECDSA-256 AUTH both ways"
+}
+
+case_android() {
+    local GW_ID=vpn.example.org
+    local GW_PROPOSALS='"aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-x25519"' GW_ESP='"aes256gcm16", "aes128gcm16"'
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local d=$CASE/c1 id=android-1@example.org p12=$CASE/android.p12 algs
+    FOCUS=$d
+    (umask 077; echo "android p12 password" >"$CASE/p12.pass")
+    "$ESPTUN" pki export --dir "$PKI" --name $id --out "$p12" --password-file "$CASE/p12.pass" >"$CASE/export.out" 2>&1 \
+        || { WHY="pki export failed: $(cat "$CASE/export.out")"; return 1; }
+    local CLIENT_PROPOSALS=default CLIENT_ESP=default CLIENT_GW_ID=vpn.example.org
+    charon_client_conf "$d" $id
+    # What the app imports is the bundle: charon gets certificate, key and CA from it.
+    rm -f "$d"/swanctl/x509/* "$d"/swanctl/x509ca/* "$d"/swanctl/private/*
+    if ! { openssl pkcs12 -in "$p12" -passin "file:$CASE/p12.pass" -clcerts -nokeys 2>/dev/null \
+            | openssl x509 -out "$d/swanctl/x509/client.crt" \
+        && openssl pkcs12 -in "$p12" -passin "file:$CASE/p12.pass" -cacerts -nokeys 2>/dev/null \
+            | openssl x509 -out "$d/swanctl/x509ca/ca.crt" \
+        && openssl pkcs12 -in "$p12" -passin "file:$CASE/p12.pass" -nocerts -nodes 2>/dev/null \
+            | openssl pkey -out "$d/swanctl/private/client.key"; }; then
+        WHY="openssl could not take certificate, CA and key out of $p12"; return 1
+    fi
+    chmod 600 "$d/swanctl/private/client.key"
+    charons_start "$d" || return 1
+    native_up "$d" android $id || return 1
+    algs=$(charon_algs "$d")
+    # RFC 7427 (the app's default): charon names the signature scheme it verified.
+    grep -q "authentication of 'vpn.example.org' with ECDSA_WITH_SHA" "$d/charon.log" \
+        || { WHY="the gateway's AUTH was not an RFC 7427 signature"; return 1; }
+    NOTE="VIP ${VIP4[0]}, ping; $algs; certificate and key from the PKCS#12 bundle, RFC 7427 AUTH"
+}
+
 show_logs() {
     local f shown=" "
     for f in "$GW_DIR/esptun.log" "$GW_DIR/charon.log" "$FOCUS/esptun.log" "$FOCUS/charon.log" "$FOCUS/charon-cmd.out"; do
@@ -935,6 +1104,11 @@ run_case charon-cmd case_charon_cmd esp
 run_case esptun-client-strongswan-gw case_esptun_client_strongswan_gw esp
 run_case esptun-client-esptun-gw case_esptun_client_esptun_gw esp
 run_case esptun-client-reconnects case_esptun_client_reconnects esp
+# before the MOBIKE and NAT cases, whose TCP transfers may still be closing afterwards
+run_case windows case_windows esp
+run_case windows-no-opt-in case_windows_no_opt_in noesp
+run_case macos case_macos esp
+run_case android case_android esp
 run_case mobike-strongswan-client case_mobike_strongswan_client esp
 run_case mobike-esptun-client case_mobike_esptun_client esp
 run_case nat-rebind case_nat_rebind esp
