@@ -855,11 +855,14 @@ transfer_ok() {
 }
 
 # move_host host old new: the host's WAN address changes from old to new (/24), its
-# default route with it
+# default route with it. The new one comes first: with the old one gone first, a
+# virtual IP would for a moment be the host's only IPv4 address, and its kernel would
+# ARP for the router from it, onto the WAN.
 move_host() {
     local ns; ns=$(ns_of "$1")
-    ip -n "$ns" addr del "$2/24" dev eth0
+    ip netns exec "$ns" sysctl -qw net.ipv4.conf.eth0.promote_secondaries=1
     ip -n "$ns" addr add "$3/24" dev eth0
+    ip -n "$ns" addr del "$2/24" dev eth0
     ip -n "$ns" route replace default via $NAT4
 }
 
