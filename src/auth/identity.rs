@@ -2,6 +2,7 @@
 //! `user@example.org` (RFC822), `example.org` or `@example.org` (FQDN), `@#0a0b` (key ID),
 //! or a distinguished name such as `C=CH, O=Example, CN=gw.example.org` (DER DN).
 
+use crate::wire::der::tlv;
 use crate::wire::payload::Identity;
 use std::net::IpAddr;
 
@@ -234,22 +235,6 @@ fn encode_dn(text: &str) -> Result<Vec<u8>, IdentityError> {
         return Err(IdentityError::Empty);
     }
     Ok(tlv(0x30, &rdns))
-}
-
-/// One DER tag-length-value.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let len = content.len();
-    let mut out = vec![tag];
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|&&b| b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
 }
 
 #[cfg(test)]

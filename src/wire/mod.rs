@@ -4,6 +4,7 @@
 //! checked against the bytes present, errors say what was wrong and where, and
 //! nothing is allocated beyond a constant factor of the datagram.
 
+pub mod der;
 pub mod enums;
 pub mod header;
 pub mod message;
