@@ -660,7 +660,7 @@ impl Endpoint {
             return;
         };
         self.with_sa(now, spi, |sa, ctx| {
-            if sa.state == State::Established && sa.peer_behind_nat() && remote != sa.remote {
+            if sa.state == State::Established && sa.peer_behind_nat && remote != sa.remote {
                 let local = sa.local;
                 sa.move_to(ctx, local, remote);
                 if !sa.queue.contains(&Work::Dpd) {

@@ -284,6 +284,8 @@ pub(super) struct IkeSa {
     pub nat_detected: bool,
     /// Our own address is translated: we owe the NAT keepalives (RFC 3948 §2.3).
     pub behind_nat: bool,
+    /// The peer's address is translated: a NAT may map it anew (RFC 7296 §2.23).
+    pub peer_behind_nat: bool,
     /// Both sides announced MOBIKE (RFC 4555) and our policy allows it.
     pub mobike: bool,
     /// Where the request being answered came from: (our address, the peer's).
@@ -369,6 +371,7 @@ impl IkeSa {
             peer_hashes: None,
             nat_detected: false,
             behind_nat: false,
+            peer_behind_nat: false,
             mobike: false,
             reply_to: None,
             reassembly: None,
@@ -629,9 +632,11 @@ impl IkeSa {
         }
     }
 
-    /// Whether the peer is behind a NAT (and we are not the translated side only).
-    pub fn peer_behind_nat(&self) -> bool {
-        self.nat_detected && !self.behind_nat
+    /// Takes the outcome of NAT detection (RFC 7296 §2.23) on the SA's path.
+    pub fn note_nat(&mut self, ours: bool, theirs: bool) {
+        self.nat_detected = ours || theirs;
+        self.behind_nat = ours;
+        self.peer_behind_nat = theirs;
     }
 
     /// Takes `local` and `remote` as the SA's addresses from now on. Once it is
@@ -880,7 +885,7 @@ impl IkeSa {
         // (floating to the NAT-T port), and after when it is behind a NAT that may
         // map it anew (RFC 7296 §2.23); under MOBIKE only UPDATE_SA_ADDRESSES moves
         // the SA (RFC 4555 §3.5).
-        if self.state != State::Established || (!self.mobike && self.peer_behind_nat()) {
+        if self.state != State::Established || (!self.mobike && self.peer_behind_nat) {
             self.move_to(ctx, local, remote);
         }
         self.reply_to = Some((local, remote));

@@ -1,7 +1,9 @@
 //! NAT detection (RFC 7296 §2.23): each side hashes the addresses it believes it
 //! sends from and to; a mismatch on arrival means a NAT rewrote them.
 
-use crate::wire::IkeSpi;
+use crate::wire::message::notifies;
+use crate::wire::payload::Payload;
+use crate::wire::{IkeSpi, NotifyType};
 use aws_lc_rs::digest;
 use std::net::{IpAddr, SocketAddr};
 
@@ -16,6 +18,27 @@ pub(super) fn hash(spi_i: IkeSpi, spi_r: IkeSpi, addr: SocketAddr) -> Vec<u8> {
     }
     ctx.update(&addr.port().to_be_bytes());
     ctx.finish().as_ref().to_vec()
+}
+
+/// NAT detection on the path `local` -> `remote` from the peer's NAT_DETECTION
+/// notifies (hashed with the SPIs `spi_i`, `spi_r`): (we are translated, the peer
+/// is); None if it sent none.
+pub(super) fn detect(
+    (spi_i, spi_r): (IkeSpi, IkeSpi),
+    payloads: &[Payload],
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> Option<(bool, bool)> {
+    let of = |t| notifies(payloads).filter(move |n| n.notify_type == t);
+    let mut destination = of(NotifyType::NAT_DETECTION_DESTINATION_IP).peekable();
+    let mut source = of(NotifyType::NAT_DETECTION_SOURCE_IP).peekable();
+    destination.peek()?;
+    source.peek()?;
+    let (ours, theirs) = (hash(spi_i, spi_r, local), hash(spi_i, spi_r, remote));
+    Some((
+        !destination.any(|n| n.data == ours),
+        !source.any(|n| n.data == theirs),
+    ))
 }
 
 #[cfg(test)]

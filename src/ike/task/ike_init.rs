@@ -230,15 +230,9 @@ fn init_payloads(payloads: &[Payload]) -> Result<(&SaPayload, &KePayload, &[u8])
 /// NAT detection, fragmentation and signature hashes, from either side's message.
 fn peer_capabilities(sa: &mut IkeSa, ctx: &mut Ctx<'_>, header: &Header, payloads: &[Payload]) {
     let of = |t| notifies(payloads).filter(move |n| n.notify_type == t);
-    let mut destination = of(NotifyType::NAT_DETECTION_DESTINATION_IP).peekable();
-    let mut source = of(NotifyType::NAT_DETECTION_SOURCE_IP).peekable();
-    if destination.peek().is_some() && source.peek().is_some() {
-        let ours = natd::hash(header.spi_i, header.spi_r, sa.local);
-        let theirs = natd::hash(header.spi_i, header.spi_r, sa.remote);
-        let local_nat = !destination.any(|n| n.data == ours);
-        let remote_nat = !source.any(|n| n.data == theirs);
-        sa.nat_detected = local_nat || remote_nat;
-        sa.behind_nat = local_nat;
+    let spis = (header.spi_i, header.spi_r);
+    if let Some((local_nat, remote_nat)) = natd::detect(spis, payloads, sa.local, sa.remote) {
+        sa.note_nat(local_nat, remote_nat);
         if local_nat {
             sa.log(ctx, "NAT detected on our side");
         }

@@ -135,6 +135,7 @@ fn successor(
     new.peer_hashes = old.peer_hashes.clone();
     new.nat_detected = old.nat_detected;
     new.behind_nat = old.behind_nat;
+    new.peer_behind_nat = old.peer_behind_nat;
     new.remote_id = old.remote_id.clone();
     new.established(ctx);
     new

@@ -46,27 +46,6 @@ fn nat_detection(sa: &IkeSa, local: SocketAddr, remote: SocketAddr) -> [Payload;
     ]
 }
 
-/// NAT detection on the path `local` -> `remote` from the peer's notifies: (we are
-/// translated, the peer is); None if it sent none.
-fn translated(
-    sa: &IkeSa,
-    payloads: &[Payload],
-    local: SocketAddr,
-    remote: SocketAddr,
-) -> Option<(bool, bool)> {
-    let of = |t| notifies(payloads).filter(move |n| n.notify_type == t);
-    let ours = natd::hash(sa.spi_i, sa.spi_r, local);
-    let theirs = natd::hash(sa.spi_i, sa.spi_r, remote);
-    let mut destination = of(NotifyType::NAT_DETECTION_DESTINATION_IP).peekable();
-    let mut source = of(NotifyType::NAT_DETECTION_SOURCE_IP).peekable();
-    destination.peek()?;
-    source.peek()?;
-    Some((
-        !destination.any(|n| n.data == ours),
-        !source.any(|n| n.data == theirs),
-    ))
-}
-
 /// Gateway: the payloads answering an INFORMATIONAL request that holds
 /// UPDATE_SA_ADDRESSES (none for other requests): the SA moves to the addresses the
 /// request came over, after NAT detection on them, unless the peer forbade NATs
@@ -83,7 +62,7 @@ pub(super) fn update_requested(
         sa.log(ctx, "UPDATE_SA_ADDRESSES without MOBIKE: ignored");
         return Vec::new();
     };
-    let nat = translated(sa, payloads, local, remote);
+    let nat = natd::detect((sa.spi_i, sa.spi_r), payloads, local, remote);
     if nat.is_some_and(|(ours, theirs)| ours || theirs)
         && find_notify(payloads, NotifyType::NO_NATS_ALLOWED).is_some()
     {
@@ -94,8 +73,7 @@ pub(super) fn update_requested(
         return vec![notify(NotifyType::UNEXPECTED_NAT_DETECTED, Vec::new())];
     }
     if let Some((ours, theirs)) = nat {
-        sa.nat_detected = ours || theirs;
-        sa.behind_nat = ours;
+        sa.note_nat(ours, theirs);
     }
     sa.move_to(ctx, local, remote);
     let mut out = nat_detection(sa, local, remote).to_vec();
@@ -145,9 +123,8 @@ pub(super) fn updated(sa: &mut IkeSa, ctx: &mut Ctx<'_>, update: Update, payload
         return;
     }
     let (local, remote) = (sa.local, sa.remote);
-    if let Some((ours, theirs)) = translated(sa, payloads, local, remote) {
-        sa.nat_detected = ours || theirs;
-        sa.behind_nat = ours;
+    if let Some((ours, theirs)) = natd::detect((sa.spi_i, sa.spi_r), payloads, local, remote) {
+        sa.note_nat(ours, theirs);
     }
     sa.announce_move(ctx);
 }
