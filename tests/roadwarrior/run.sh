@@ -37,7 +37,11 @@
 #   mobike-strongswan-client     a charon client's WAN address changes in the middle
 #                        of a 40 MiB TCP transfer: MOBIKE moves the SAs, the transfer
 #                        arrives whole
+#   esptun-client-full-tunnel    an esptun client with remote_ts 0.0.0.0/0: its pings
+#                        to the LAN and to the gateway's own address go through the
+#                        tunnel, its IKE still reaches the gateway
 #   mobike-esptun-client the same with an esptun client, which notices by itself
+#   mobike-esptun-client-strongswan-gw   the same against a charon gateway
 #   nat-rebind           the NAT in front of n1 maps it anew mid-transfer (another
 #                        public address): the gateway follows its authentic ESP
 #
@@ -831,6 +835,51 @@ HOOK
     NOTE="VIP $first; hook: $(paste -sd';' "$d/updown.log"); gateway killed and restarted: the client saw it dead, reconnected by itself, pings again"
 }
 
+case_esptun_client_full_tunnel() {
+    gw_up_full() {
+        esptun_gw_conf "$CASE/gw" 10.3.0.0/24
+        sed -i 's|^local_ts = .*|local_ts = ["0.0.0.0/0"]|' "$CASE/gw/esptun.toml"
+        esptun_start "$CASE/gw" $GW4
+    }
+    gw_up_full || return 1
+    local d=$CASE/c1 dpds
+    FOCUS=$d
+    esptun_client_conf "$d" 1
+    sed -i 's|^remote_ts = .*|remote_ts = ["0.0.0.0/0"]|; s/^start = true$/start = true\ndpd_delay = "1s"/' "$d/esptun.toml"
+    esptun_start "$d" 192.0.2.11 || return 1
+    esptun_client_up "$d" || return 1
+    ping_ok c1 10.1.0.1 || { WHY="no ping to 10.1.0.1 through the full tunnel"; return 1; }
+    # the gateway's own address is tunnelled too; only esptun's IKE and ESP go around
+    ping_ok c1 $GW4 || { WHY="no ping to the gateway's address through the tunnel"; return 1; }
+    answered() { (( $(grep -c 'received INFORMATIONAL response' "$d/esptun.log") > $1 )); }
+    dpds=$(grep -c 'received INFORMATIONAL response' "$d/esptun.log")
+    wait_for 5 answered $((dpds + 1)) \
+        || { WHY="IKE stopped reaching the gateway under the full tunnel (no DPD answered)"; return 1; }
+    capture_stop
+    local clear
+    clear=$(tcpdump -r "$CASE/wan.pcap" -n 'icmp and host 192.0.2.11' 2>/dev/null | wc -l)
+    (( clear == 0 )) || { WHY="$clear ICMP packets between the client and the gateway in clear"; return 1; }
+    NOTE="VIP ${VIPS[0]}, remote_ts 0.0.0.0/0: pings to 10.1.0.1 and to the gateway's own address $GW4 tunnelled (no ICMP in clear), IKE liveness checks still answered"
+}
+
+case_mobike_esptun_client_strongswan_gw() {
+    local gw=$CASE/gw d=$CASE/c1
+    FOCUS=$d
+    charon_gw_conf "$gw"
+    charons_start "$gw" || return 1
+    esptun_client_conf "$d" 1
+    sed -i 's/^addrs = .*/addrs = ["0.0.0.0"]/' "$d/esptun.toml"
+    esptun_start "$d" 0.0.0.0 || return 1
+    esptun_client_up "$d" || return 1
+    transfer_start c1 "${VIPS[0]}"
+    sleep 1
+    move_host c1 192.0.2.11 192.0.2.111
+    wait_for 15 grep -qs 'MOVED to 192.0.2.111:' "$d/esptun.log" || { WHY="the client did not move its SA (charon: $(charon_why "$gw"))"; return 1; }
+    transfer_ok || return 1
+    move_host c1 192.0.2.111 192.0.2.11
+    NOTE="esptun client moved to 192.0.2.111 mid-transfer, charon gateway followed ($(grep -m1 -o 'UPD_SA_ADDR[^]]*' "$gw/charon.log" | head -1)); 40 MiB TCP intact"
+}
+
 # --- roaming: a TCP transfer that must survive a move ------------------------------------
 # transfer_start host source: 40 MiB, 1 MiB every 0.1 s (so that it lasts ~4 s), from
 # source on host to 10.1.0.1:5001 in gw; the listener writes its SHA-256 to CASE/received
@@ -1112,8 +1161,10 @@ run_case windows case_windows esp
 run_case windows-no-opt-in case_windows_no_opt_in noesp
 run_case macos case_macos esp
 run_case android case_android esp
+run_case esptun-client-full-tunnel case_esptun_client_full_tunnel esp
 run_case mobike-strongswan-client case_mobike_strongswan_client esp
 run_case mobike-esptun-client case_mobike_esptun_client esp
+run_case mobike-esptun-client-strongswan-gw case_mobike_esptun_client_strongswan_gw esp
 run_case nat-rebind case_nat_rebind esp
 
 log "$PASSED passed, ${#FAILED[@]} failed"
