@@ -2774,12 +2774,17 @@ fn virtual_ips(p: &Policy, pools: &[&str], vips: &[&str]) -> Arc<Policy> {
 /// A client (A, asking for `vips`) and its gateway (B, with pools rw4 = 10.3.0.1-2
 /// and rw6 = fd00:3::1-2, and 10.2.0.0/24 and fd00:2::/64 behind it).
 fn road_warrior(vips: &[&str], pools: &[&str]) -> Pair {
+    road_warrior_with(vips, pools, Spec::default)
+}
+
+/// [`road_warrior`] with both sides' policies made from `spec` (their selectors set).
+fn road_warrior_with(vips: &[&str], pools: &[&str], spec: fn() -> Spec) -> Pair {
     let lan = || Spec {
         remote_ts: vec![
             cidr("10.2.0.0", "10.2.0.255"),
             cidr("fd00:2::", "fd00:2::ffff"),
         ],
-        ..Spec::default()
+        ..spec()
     };
     let pool = |name: &str, first: &str, last: &str, dns: &str| AddressPool {
         name: name.into(),
@@ -2987,4 +2992,41 @@ fn without_mobike_an_established_sa_answers_a_request_where_it_came_from_but_sta
     let (_, answer) = pair.wire.back().unwrap();
     assert_eq!(answer.remote, stray, "answered where the request came from");
     assert!(moves(&pair.events_b).is_empty());
+}
+
+#[test]
+fn a_road_warrior_keeps_its_address_through_ike_and_child_sa_rekeys() {
+    let mut pair = road_warrior_with(&["0.0.0.0"], &["rw4"], || Spec {
+        ike_lifetime: ike_rekey_after(100),
+        lifetime: soft_hard(60, 90),
+        ..Spec::default()
+    });
+    pair.initiate();
+    pair.run_for(350);
+    let vip = cidr("10.3.0.1", "10.3.0.1");
+    let rekeyed: Vec<Vec<std::net::IpAddr>> = pair
+        .events_a
+        .iter()
+        .filter_map(|e| match e {
+            Event::IkeSaRekeyed { up, .. } => Some(up.virtual_ips.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(rekeyed.len() >= 2, "IKE SA rekeys: {}", rekeyed.len());
+    let vip_addr: std::net::IpAddr = "10.3.0.1".parse().unwrap();
+    assert!(rekeyed.iter().all(|v| v == &[vip_addr]), "{rekeyed:?}");
+    let children = Pair::children(&pair.events_a);
+    assert!(children.len() >= 5, "Child SA rekeys: {}", children.len());
+    assert!(children.iter().all(|c| c.local_ts == [vip]));
+    assert!(
+        Pair::children(&pair.events_b)
+            .iter()
+            .all(|c| c.remote_ts == [vip])
+    );
+    assert_eq!(
+        pair.b.leases(),
+        (1, 0),
+        "one lease, held by the current IKE SA"
+    );
+    pair.assert_converged();
 }

@@ -330,13 +330,28 @@ impl Endpoint {
                 sa.delayed
                     .push((ctx.now + REDUNDANT_GRACE, Work::DeleteIke));
             }),
-            Request::AdoptChildren { to, children, work } => match self.sas.get_mut(&to) {
+            Request::AdoptChildren {
+                to,
+                children,
+                work,
+                virtual_ips,
+                dns,
+                remote_id,
+            } => match self.sas.get_mut(&to) {
                 Some(target) => {
                     target.children.extend(children);
                     target.delayed.extend(work);
+                    target.virtual_ips = virtual_ips;
+                    target.dns = dns;
                     self.with_sa(now, to, |_, _| {});
                 }
                 None => {
+                    // No SA to hold the leases: they go offline.
+                    for (_, pool) in virtual_ips {
+                        if let (Some(pool), Some(id)) = (pool, &remote_id) {
+                            self.shared.pools.release(&pool, id);
+                        }
+                    }
                     for c in children {
                         self.shared.child_spis.remove(&c.spi_in);
                         self.shared.events.push_back(Event::ChildSaDown {

@@ -136,12 +136,16 @@ pub(super) enum Request {
     /// exchange won (RFC 7296 §2.8.2): the peer should delete it, and we do if it
     /// has not after [`REDUNDANT_GRACE`].
     Redundant(IkeSpi),
-    /// Give these Child SAs, and the work for them, to the IKE SA with our SPI `to`
-    /// (its rekey replaced this one).
+    /// Give these Child SAs, the work for them and the virtual IPs and DNS servers,
+    /// to the IKE SA with our SPI `to` (its rekey replaced this one).
     AdoptChildren {
         to: IkeSpi,
         children: Vec<ChildSa>,
         work: Vec<(Instant, Work)>,
+        virtual_ips: Vec<(IpAddr, Option<String>)>,
+        dns: Vec<IpAddr>,
+        /// Whose leases the virtual IPs are.
+        remote_id: Option<Identity>,
     },
     /// Report the IKE SA with our SPI `spi` as the replacement of `old` (initiator SPI).
     Announce { spi: IkeSpi, old: IkeSpi },

@@ -220,6 +220,9 @@ pub(super) fn adopt_into_peers(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
         to: IkeSpi(theirs.created),
         children,
         work: sa.take_child_work(ctx.now),
+        virtual_ips: std::mem::take(&mut sa.virtual_ips),
+        dns: std::mem::take(&mut sa.dns),
+        remote_id: sa.remote_id.clone(),
     });
     ctx.requests.push(Request::Announce {
         spi: IkeSpi(theirs.created),
