@@ -31,6 +31,8 @@
 #                        the VIP on esptun0, pings with and without -I VIP
 #   esptun-client-esptun-gw      two esptun clients (c1, c2) of the esptun gateway at
 #                        once: distinct VIPs, both ping
+#   esptun-client-dual-stack     an esptun client asks for both families: both on
+#                        esptun0, both ping with the kernel choosing the source
 #   esptun-client-reconnects     an esptun client's updown hook is told its VIP and
 #                        DNS server; the gateway is killed and restarted: the client
 #                        notices (DPD), its hook runs "down", and it connects again
@@ -806,6 +808,26 @@ case_esptun_client_esptun_gw() {
     NOTE="c1 ${VIPS[0]}, c2 ${VIPS[1]}, both ping, esptun status agrees"
 }
 
+case_esptun_client_dual_stack() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    local d=$CASE/c1 v6
+    FOCUS=$d
+    esptun_client_conf "$d" 1
+    sed -i 's|^vips = .*|vips = ["0.0.0.0", "::"]|; s|^remote_ts = .*|remote_ts = ["10.1.0.0/24", "fd00:1::/64"]|' "$d/esptun.toml"
+    esptun_start "$d" 192.0.2.11 || return 1
+    esptun_client_up "$d" || return 1
+    for _ in $(seq 20); do
+        v6=$(ip -n "$(ns_of "$d")" -o -6 addr show dev esptun0 scope global 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -1)
+        [[ -n $v6 ]] && break; sleep 0.1
+    done
+    [[ $v6 =~ ^fd00:3::[0-9a-f]{1,4}$ ]] || { WHY="esptun0 has IPv6 '${v6}', not a VIP of fd00:3::/112"; return 1; }
+    ping_ok c1 10.1.0.1 || { WHY="no IPv4 ping (source by route)"; return 1; }
+    ping_ok c1 fd00:1::1 || { WHY="no IPv6 ping (source by route)"; return 1; }
+    [[ $(esptun_vips client-1@example.org) == "$(printf '%s\n' "${VIPS[0]}" "$v6" | sort | paste -sd' ')" ]] \
+        || { WHY="esptun status shows '$(esptun_vips client-1@example.org)'"; FOCUS=$GW_DIR; return 1; }
+    NOTE="esptun client got ${VIPS[0]} and $v6 on esptun0, pings both families with the kernel choosing them as sources"
+}
+
 case_esptun_client_reconnects() {
     gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
     local d=$CASE/c1 first gw_pid=$ESPTUN_PID
@@ -1155,6 +1177,7 @@ run_case wrong-identity case_wrong_identity noesp
 run_case charon-cmd case_charon_cmd esp
 run_case esptun-client-strongswan-gw case_esptun_client_strongswan_gw esp
 run_case esptun-client-esptun-gw case_esptun_client_esptun_gw esp
+run_case esptun-client-dual-stack case_esptun_client_dual_stack esp
 run_case esptun-client-reconnects case_esptun_client_reconnects esp
 # before the MOBIKE and NAT cases, whose TCP transfers may still be closing afterwards
 run_case windows case_windows esp
