@@ -24,6 +24,9 @@
 #                        client; then n1 and n2, behind one NAT, up side by side, pinging
 #   pool-exhausted       a 2-address v4 pool, no v6 pool: two clients work, the third is
 #                        refused with INTERNAL_ADDRESS_FAILURE
+#   rekeys               a charon client and the gateway both rekey IKE and Child SAs
+#                        every few seconds for 20 s under pings: none lost, the VIPs
+#                        stay the client's
 #   wrong-identity       a client certified as someone@other.example (not *@example.org)
 #                        is refused with AUTHENTICATION_FAILED and gets nothing
 #   charon-cmd           charon-cmd (ikev2-pub, PKCS#12 credentials) gets both VIPs, pings
@@ -652,6 +655,32 @@ case_pool_exhausted() {
     NOTE="c1, c2 got ${got[*]} and ping; c3: $(grep -m1 INTERNAL_ADDRESS_FAILURE "$d3/charon.log" | sed -E 's/^.*\] //')"
 }
 
+case_rekeys() {
+    gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
+    clients "$CASE" 1; FOCUS=${DIRS[0]}
+    local d=${DIRS[0]} ikes children
+    # both sides rekey: charon its IKE SA every ~6 s and its Child SA every ~4 s, the
+    # gateway its IKE SA every ~5 s and its Child SA every ~3 s (collisions included)
+    sed -i '0,/rekey_time = 0/s//rekey_time = 6s/; 0,/reauth_time = 0/s//reauth_time = 0\n        over_time = 30s/' "$d/swanctl/swanctl.conf"
+    sed -i 's/^                rekey_time = 0$/                rekey_time = 4s\n                life_time = 30s\n                rand_time = 1s/' "$d/swanctl/swanctl.conf"
+    sed -i 's/^proposals = \(.*\)$/proposals = \1\nrekey_time = "5s"\nover_time = "30s"\nrand_time = "2s"/' "$GW_DIR/esptun.toml"
+    printf 'rekey_time = "3s"\nlife_time = "30s"\nrand_time = "1s"\n' >>"$GW_DIR/esptun.toml"
+    kill "$ESPTUN_PID"; wait "$ESPTUN_PID" 2>/dev/null || true
+    esptun_start "$GW_DIR" $GW4 || return 1
+    charons_start "$d" || return 1
+    up "$d" || return 1
+    local v4=${VIP4[0]} v6=${VIP6[0]}
+    ip netns exec "$(ns_of "$d")" ping -c 100 -i 0.2 -q -I "$v4" 10.1.0.1 >"$CASE/ping.out" 2>&1 || true
+    ikes=$(grep -c ' REKEYED ' "$GW_DIR/esptun.log" || true)
+    children=$(grep -c 'CHILD_SA .* UP .*(rekeys' "$GW_DIR/esptun.log" || true)
+    (( ikes >= 2 && children >= 2 )) || { WHY="only $ikes IKE and $children Child SA rekeys in 20 s"; FOCUS=$GW_DIR; return 1; }
+    grep -q ' 0% packet loss' "$CASE/ping.out" || { WHY="pings lost across the rekeys: $(grep 'packet loss' "$CASE/ping.out")"; return 1; }
+    [[ $(esptun_vips client-1@example.org) == "$(printf '%s\n' "$v4" "$v6" | sort | paste -sd' ')" ]] \
+        || { WHY="after the rekeys esptun status shows virtual_ips '$(esptun_vips client-1@example.org)', charon holds $v4 $v6"; FOCUS=$GW_DIR; return 1; }
+    [[ $(charon_vips "$d") == "$v4 $v6" || $(charon_vips "$d") == "$v6 $v4" ]] || { WHY="charon now holds $(charon_vips "$d")"; return 1; }
+    NOTE="$ikes IKE and $children Child SA rekeys in 20 s (both sides start them), 100/100 pings from $v4, the lease stays with the current IKE SA"
+}
+
 case_wrong_identity() {
     gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
     local d=$CASE/c1
@@ -1173,6 +1202,7 @@ run_case vips case_vips esp
 run_case same-address case_same_address esp
 run_case clients case_clients esp
 run_case pool-exhausted case_pool_exhausted esp
+run_case rekeys case_rekeys esp
 run_case wrong-identity case_wrong_identity noesp
 run_case charon-cmd case_charon_cmd esp
 run_case esptun-client-strongswan-gw case_esptun_client_strongswan_gw esp
