@@ -3030,3 +3030,54 @@ fn a_road_warrior_keeps_its_address_through_ike_and_child_sa_rekeys() {
     );
     pair.assert_converged();
 }
+
+#[test]
+fn a_client_that_moves_behind_a_nat_floats_to_the_natt_port_and_then_moves() {
+    let mut pair = road_warrior(&["0.0.0.0"], &["rw4"]);
+    pair.initiate();
+    pair.drive();
+    let [(spi, ..)] = pair.a.roaming()[..] else {
+        panic!("one SA");
+    };
+    // A's new address is behind a NAT that shows it to B as 203.0.113.9 (same port).
+    let inside: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+    let outside: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+    pair.a.update_addresses(pair.now, spi, inside);
+    pair.collect();
+    for _ in 0..100 {
+        let Some((to, mut t)) = pair.wire.pop_front() else {
+            break;
+        };
+        match to {
+            Side::B if t.local.ip() == inside => t.local.set_ip(outside),
+            Side::A if t.remote.ip() == outside => t.remote.set_ip(inside),
+            _ => {}
+        }
+        pair.deliver((to, t));
+    }
+    let natt = |ip| SocketAddr::new(ip, 4500);
+    let b: SocketAddr = "192.0.2.2:4500".parse().unwrap();
+    assert!(
+        logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("NAT on the new path: floating to 198.51.100.7:4500")),
+        "{:?}",
+        logs(&pair.events_a)
+    );
+    let (a_moves, b_moves) = (moves(&pair.events_a), moves(&pair.events_b));
+    assert_eq!(
+        a_moves.len(),
+        1,
+        "A moves once, from the NAT-T port: {a_moves:?}"
+    );
+    assert_eq!((a_moves[0].0, a_moves[0].1), (natt(inside), b));
+    assert_eq!(
+        (b_moves.last().unwrap().0, b_moves.last().unwrap().1),
+        (b, natt(outside))
+    );
+    let encap = pair
+        .events_a
+        .iter()
+        .any(|e| matches!(e, Event::IkeSaMoved { encap: true, .. }));
+    assert!(encap, "ESP goes in UDP from now on");
+}

@@ -3,7 +3,7 @@
 //! Child SAs there without negotiating anything again. NAT detection runs again on
 //! the new path; COOKIE2 ties the answer to the request (§3.5, §3.6).
 
-use super::super::ike_sa::{Ctx, IkeSa};
+use super::super::ike_sa::{Ctx, IkeSa, Work};
 use super::super::natd;
 use super::Task;
 use crate::wire::message::{find_notify, notifies};
@@ -125,6 +125,24 @@ pub(super) fn updated(sa: &mut IkeSa, ctx: &mut Ctx<'_>, update: Update, payload
     let (local, remote) = (sa.local, sa.remote);
     if let Some((ours, theirs)) = natd::detect((sa.spi_i, sa.spi_r), payloads, local, remote) {
         sa.note_nat(ours, theirs);
+    }
+    let natt = ctx.settings.natt_port;
+    if sa.behind_nat && local.port() != natt {
+        // The new path has a NAT the old one had not: ESP must go in UDP, so the SA
+        // floats to the NAT-T ports first (RFC 7296 §2.23) and says so from there.
+        sa.local.set_port(natt);
+        if sa.remote.port() == 500 {
+            sa.remote.set_port(4500);
+        }
+        sa.log(
+            ctx,
+            format!(
+                "NAT on the new path: floating to {} -> {}",
+                sa.local, sa.remote
+            ),
+        );
+        sa.queue.push_front(Work::UpdateAddresses(sa.local));
+        return;
     }
     sa.announce_move(ctx);
 }
