@@ -710,10 +710,10 @@ fn windows_legacy_suite_negotiates_and_keys_esp_with_hmac_sha1_96() {
     }
     let out = OutboundSa::new(&sa(a, a.spi_out, &a.keys_out)).unwrap();
     let mut inb = InboundSa::new(&sa(b, b.spi_in, &b.keys_in), 64).unwrap();
-    let mut buf = vec![0; 64];
-    buf.extend_from_slice(&[0x45; 84]);
-    let head = out.seal(&mut buf, 64, NEXT_HEADER_IPV4).unwrap();
-    let mut packet = buf[head..].to_vec();
+    let mut buf = vec![0; 64 + 84 + 64];
+    buf[64..64 + 84].fill(0x45);
+    let esp = out.seal(&mut buf, 64, 84, NEXT_HEADER_IPV4).unwrap();
+    let mut packet = buf[esp].to_vec();
     let (range, _, _) = inb.open(&mut packet).unwrap();
     assert_eq!(&packet[range], &[0x45; 84]);
 }

@@ -22,11 +22,13 @@
 //! one is activated once the peer has its side, and the old SA keeps opening
 //! stragglers until it is removed.
 
+mod buf;
 mod packet;
 mod route;
 mod socket;
 mod worker;
 
+pub use buf::PacketBuf;
 pub use packet::Flow;
 
 use crate::config::{DataplaneSettings, Listen};

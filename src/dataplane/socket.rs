@@ -3,6 +3,7 @@
 //! without NAT. Classic BPF programs steer each packet to the worker that owns its
 //! SPI, and IKE (behind the non-ESP marker) to the control thread.
 
+use super::buf::PacketBuf;
 use crate::config::Listen;
 use crate::netio::{self, PacketInfo};
 use nix::errno::Errno;
@@ -229,13 +230,16 @@ impl Batch {
     pub fn recv(
         &mut self,
         socket: &EspSocket,
-        bufs: &mut [Vec<u8>],
+        bufs: &mut [PacketBuf],
         offset: usize,
         received: &mut Vec<(usize, Option<SockaddrStorage>)>,
     ) -> io::Result<()> {
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
             .iter_mut()
-            .map(|b| [IoSliceMut::new(&mut b[offset..])])
+            .map(|b| {
+                b.reset();
+                [IoSliceMut::new(&mut b.as_mut()[offset..])]
+            })
             .collect();
         let results = recvmmsg(
             socket.fd.as_raw_fd(),

@@ -1,5 +1,6 @@
 //! One ESP worker: a loop over its TUN queue, its sockets and its command channel.
 
+use super::buf::PacketBuf;
 use super::packet::{self, Flow};
 use super::socket::{Batch, EspSockets, Transport};
 use super::{
@@ -80,11 +81,11 @@ pub struct Worker {
     inbound: HashMap<u32, Box<Inbound>>,
     batch: Batch,
     /// Packets from the TUN, sealed in place.
-    tx: Vec<Vec<u8>>,
+    tx: Vec<PacketBuf>,
     /// Datagrams from the sockets, opened in place.
-    rx: Vec<Vec<u8>>,
+    rx: Vec<PacketBuf>,
     /// Inner packets for the TUN, swapped out of `rx` (keeps `rx` whole for the next batch).
-    to_tun: Vec<Vec<u8>>,
+    to_tun: Vec<PacketBuf>,
     sizes: Vec<usize>,
     gso: Vec<u8>,
     gro: GROTable,
@@ -324,7 +325,11 @@ impl Worker {
     /// Sets a worker up, holding packets of up to `hold_size` bytes for protected
     /// children; nothing runs until `run`.
     pub fn new(tun: SyncDevice, sockets: EspSockets, channels: Channels, hold_size: usize) -> Self {
-        let buffers = || (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect::<Vec<_>>();
+        let buffers = || {
+            (0..BATCH)
+                .map(|_| PacketBuf::new(BUF_LEN))
+                .collect::<Vec<_>>()
+        };
         Self {
             tun,
             sockets,
@@ -446,6 +451,10 @@ impl Worker {
         // With offload one read can split into a segment per buffer: read only while a
         // full-size GSO packet (64 KiB, ≥ 1 KiB segments) is sure to fit.
         while count == 0 || BATCH - count >= GSO_SEGMENTS {
+            // tun-rs reads into each buffer's whole length: give it the whole storage.
+            for buf in &mut self.tx[count..] {
+                buf.reset();
+            }
             let got = self.tun.recv_multiple(
                 &mut self.gso,
                 &mut self.tx[count..],
@@ -482,7 +491,7 @@ impl Worker {
         };
         let mut count = 0;
         while let Some(packet) = held.queue.pop() {
-            self.tx[count][HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
+            self.tx[count].storage_mut()[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
             self.sizes[count] = packet.len();
             count += 1;
         }
@@ -497,7 +506,7 @@ impl Worker {
         let mut sealed: Vec<Sealed> = Vec::with_capacity(count);
         for i in 0..count {
             let buf = &mut self.tx[i];
-            buf.truncate(HEADROOM + self.sizes[i]);
+            buf.set_len(HEADROOM + self.sizes[i]);
             match seal(&self.spd, buf) {
                 Ok((head, sa)) => sealed.push(Sealed { buf: i, head, sa }),
                 Err(Refused::NoSa(flow)) if hold => self.hold(i, &flow, &mut now),
@@ -520,15 +529,15 @@ impl Worker {
         // One send per run of packets with the same SA (usually the whole batch).
         for run in sealed.chunk_by(|a, b| a.sa == b.sa) {
             let sa = self.spd.get(run[0].sa);
-            let packets: Vec<&[u8]> = run.iter().map(|s| &self.tx[s.buf][s.head..]).collect();
+            let packets: Vec<&[u8]> = run
+                .iter()
+                .map(|s| &self.tx[s.buf].as_ref()[s.head..])
+                .collect();
             let socket = &self.sockets.0[sa.socket];
             let failed = self.batch.send(socket, &packets, sa.peer, sa.local);
             for _ in 0..failed {
                 self.drops.count(DropReason::Io);
             }
-        }
-        for buf in &mut self.tx[..count] {
-            buf.resize(BUF_LEN, 0);
         }
     }
 
@@ -543,7 +552,7 @@ impl Worker {
             self.drops.count(DropReason::NoSa);
             return;
         };
-        if !held.queue.push(&self.tx[i][HEADROOM..]) {
+        if !held.queue.push(&self.tx[i].as_ref()[HEADROOM..]) {
             self.drops.count(DropReason::HoldOverflow);
         }
         let now = *now.get_or_insert_with(clock);
@@ -585,7 +594,7 @@ impl Worker {
         let mut ready: Vec<usize> = Vec::with_capacity(self.received.len());
         for (i, (len, sender)) in self.received.iter().enumerate() {
             let len = *len;
-            let buf = &mut self.rx[i];
+            let buf = self.rx[i].as_mut();
             let mut esp = RX_OFFSET..RX_OFFSET + len;
             if raw_v4 {
                 // Raw IPv4 sockets deliver the IP header too.
@@ -605,7 +614,7 @@ impl Worker {
                     let (start, end) = (esp.start + inner.start, esp.start + inner.end);
                     let k = ready.len();
                     std::mem::swap(&mut self.rx[i], &mut self.to_tun[k]);
-                    self.to_tun[k].truncate(end);
+                    self.to_tun[k].set_len(end);
                     ready.push(start);
                 }
                 Err(DropReason::NoSa) => {
@@ -645,9 +654,6 @@ impl Worker {
             }
             start = end;
         }
-        for buf in &mut self.to_tun[..ready.len()] {
-            buf.resize(BUF_LEN, 0);
-        }
     }
 }
 
@@ -660,9 +666,10 @@ enum Refused {
     TooBig(Vec<u8>),
 }
 
-/// Finds the SA for the packet at `buf[HEADROOM..]` and seals it in place.
-fn seal(spd: &Spd, buf: &mut Vec<u8>) -> Result<(usize, usize), Refused> {
-    let packet = &buf[HEADROOM..];
+/// Finds the SA for the packet at `buf[HEADROOM..]` and seals it in place, leaving
+/// `buf` as long as the ESP packet's end; returns where ESP starts and the SA's slot.
+fn seal(spd: &Spd, buf: &mut PacketBuf) -> Result<(usize, usize), Refused> {
+    let packet = &buf.as_ref()[HEADROOM..];
     let flow = Flow::parse(packet).ok_or(Refused::Drop(DropReason::Malformed))?;
     let index = spd.lookup(&flow).ok_or(Refused::NoSa(flow))?;
     let sa = spd.get(index);
@@ -679,12 +686,17 @@ fn seal(spd: &Spd, buf: &mut Vec<u8>) -> Result<(usize, usize), Refused> {
         IpAddr::V4(_) => NEXT_HEADER_IPV4,
         IpAddr::V6(_) => NEXT_HEADER_IPV6,
     };
-    let head = sa
+    let esp = sa
         .sa
-        .seal(buf, HEADROOM, next_header)
-        .map_err(|_| Refused::Drop(DropReason::Expired))?;
+        .seal(buf.storage_mut(), HEADROOM, len, next_header)
+        .map_err(|e| match e {
+            // Not with BUF_LEN's room after the largest IP packet.
+            EspError::NoRoom | EspError::NoHeadroom => Refused::Drop(DropReason::TooBig),
+            _ => Refused::Drop(DropReason::Expired),
+        })?;
+    buf.set_len(esp.end);
     sa.traffic.add(len);
-    Ok((head, index))
+    Ok((esp.start, index))
 }
 
 /// An opened packet: the inner packet's range, and (SPI, sender) when its peer moved.
@@ -739,7 +751,7 @@ fn open(
 mod tests {
     use super::*;
     use crate::crypto::{Encr, Secret};
-    use crate::esp::{OutboundSa, SaKeys};
+    use crate::esp::{InboundSa, OutboundSa, SaKeys};
     use crate::ike::Limits;
     use crate::wire::payload::{AddrRange, TsRange};
     use std::net::Ipv4Addr;
@@ -860,6 +872,78 @@ mod tests {
         assert_eq!(found(&spd, [10, 2, 0, 5]), Some(1));
         spd.remove(0xabcd);
         assert_eq!(ids(&spd), [1], "an outbound SPI names nothing");
+    }
+
+    /// The fast path's buffers are sealed into, received into, opened in and swapped
+    /// between `rx` and `to_tun` for every packet, with no clearing in between: each
+    /// packet, large or small, must come out whole, and no buffer may grow or shrink.
+    #[test]
+    fn buffers_are_reused_for_every_packet_with_explicit_lengths() {
+        let mut spd = Spd::default();
+        let Ok(mut sa) = Arc::try_unwrap(outbound(1, 0x100, net([10, 2, 0, 0], [10, 2, 0, 255])))
+        else {
+            unreachable!("not shared yet");
+        };
+        // A GSO super-packet's segments, or a path with jumbo frames.
+        sa.max_inner = 65_535;
+        spd.activate(Arc::new(sa));
+        let (key, none) = (Secret::new(vec![7; 20]), Secret::new(Vec::new()));
+        let keys = SaKeys {
+            spi: 0x100,
+            encr: Encr::AesGcm16 { key_len: 16 },
+            integ: None,
+            esn: false,
+            encryption: &key,
+            integrity: &none,
+        };
+        let mut inbound = HashMap::new();
+        inbound.insert(
+            0x100,
+            Box::new(Inbound {
+                sa: InboundSa::new(&keys, 64).unwrap(),
+                local_ts: vec![net([10, 2, 0, 0], [10, 2, 0, 255])],
+                remote_ts: vec![net([10, 1, 0, 0], [10, 1, 0, 255])],
+                hard: Limits::default(),
+                traffic: Arc::default(),
+                peer: None,
+            }),
+        );
+        let (mut tx, mut rx, mut to_tun) = (
+            PacketBuf::new(BUF_LEN),
+            PacketBuf::new(BUF_LEN),
+            PacketBuf::new(BUF_LEN),
+        );
+        let mut packet = Vec::new();
+        for i in 0..300usize {
+            // From an empty UDP datagram to the largest IP packet, in no order.
+            let payload = vec![i as u8; (i * 7919) % (65_535 - 28 + 1)];
+            packet.clear();
+            etherparse::PacketBuilder::ipv4([10, 1, 0, 2], [10, 2, 0, 5], 64)
+                .udp(1000, 2000)
+                .write(&mut packet, &payload)
+                .unwrap();
+            // As the TUN read and seal_and_send leave it.
+            tx.reset();
+            tx.storage_mut()[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
+            tx.set_len(HEADROOM + packet.len());
+            let Ok((head, _)) = seal(&spd, &mut tx) else {
+                panic!("packet {i} not sealed");
+            };
+            let esp = &tx.as_ref()[head..];
+            // As the socket read leaves it.
+            rx.reset();
+            rx.storage_mut()[RX_OFFSET..RX_OFFSET + esp.len()].copy_from_slice(esp);
+            let esp = RX_OFFSET..RX_OFFSET + esp.len();
+            let Ok((inner, _)) = open(&mut inbound, &mut rx.as_mut()[esp.clone()], None) else {
+                panic!("packet {i} not opened");
+            };
+            std::mem::swap(&mut rx, &mut to_tun);
+            to_tun.set_len(esp.start + inner.end);
+            assert_eq!(&to_tun.as_ref()[esp.start + inner.start..], &packet[..]);
+            for b in [&tx, &rx, &to_tun] {
+                assert_eq!(b.capacity(), BUF_LEN);
+            }
+        }
     }
 
     #[test]

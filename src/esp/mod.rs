@@ -15,6 +15,7 @@ use aws_lc_rs::aead::Aad;
 use aws_lc_rs::cipher::{DecryptionContext, EncryptionContext};
 use aws_lc_rs::hmac;
 use replay::ReplayWindow;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use subtle::ConstantTimeEq;
 
@@ -51,6 +52,9 @@ pub enum EspError {
     /// Not enough headroom in front of the packet.
     #[error("no headroom for the ESP header")]
     NoHeadroom,
+    /// Not enough room after the packet for padding, trailer and ICV.
+    #[error("no room after the packet for the ESP trailer and ICV")]
+    NoRoom,
 }
 
 /// The IV length: the sequence number for AEAD, one AES block for CBC.
@@ -137,19 +141,29 @@ impl OutboundSa {
         (blocks - blocks % align(&self.cipher)).saturating_sub(2)
     }
 
-    /// Seals the inner packet at `buf[start..]` into ESP in place: the header and IV go
-    /// into the headroom before `start`, padding, trailer and ICV are appended.
-    /// Returns where the ESP packet begins.
+    /// Seals the inner packet at `buf[start..start + len]` into ESP in place: the
+    /// header and IV go into the headroom before `start`, padding, trailer and ICV
+    /// after the packet, inside `buf` (nothing grows or is zeroed). Returns the ESP
+    /// packet's range in `buf`.
     pub fn seal(
         &self,
-        buf: &mut Vec<u8>,
+        buf: &mut [u8],
         start: usize,
+        len: usize,
         next_header: u8,
-    ) -> Result<usize, EspError> {
+    ) -> Result<Range<usize>, EspError> {
         let iv_len = iv_len(&self.cipher);
         let head = start
             .checked_sub(ESP_HEADER_LEN + iv_len)
             .ok_or(EspError::NoHeadroom)?;
+        let align = align(&self.cipher);
+        let pad = (align - (len + 2) % align) % align;
+        let payload_end = start + len + pad + 2;
+        let end = payload_end + self.cipher.icv_len();
+        // Checked before a sequence number is spent on a packet that cannot go out.
+        if end > buf.len() {
+            return Err(EspError::NoRoom);
+        }
         // Relaxed is enough: uniqueness comes from the atomic increment itself. The
         // counter cannot wrap: 2^64 packets take centuries at any line rate.
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -161,10 +175,12 @@ impl OutboundSa {
         if seq > limit {
             return Err(EspError::SequenceExhausted);
         }
-        let payload_len = buf.len() - start;
-        let align = align(&self.cipher);
-        let pad = (align - (payload_len + 2) % align) % align;
-        buf.extend((1..=pad as u8).chain([pad as u8, next_header]));
+        let trailer = &mut buf[start + len..payload_end];
+        for (b, i) in trailer.iter_mut().zip(1u8..) {
+            *b = i;
+        }
+        trailer[pad] = pad as u8;
+        trailer[pad + 1] = next_header;
         buf[head..head + 4].copy_from_slice(&self.spi.to_be_bytes());
         buf[head + 4..head + 8].copy_from_slice(&(seq as u32).to_be_bytes());
         let seq_hi = ((seq >> 32) as u32).to_be_bytes();
@@ -177,10 +193,10 @@ impl OutboundSa {
                     .seal_in_place_separate_tag(
                         nonce(salt, &iv),
                         Aad::from(&aad[..aad_len]),
-                        &mut buf[start..],
+                        &mut buf[start..payload_end],
                     )
                     .map_err(|_| EspError::BadIcv)?;
-                buf.extend_from_slice(tag.as_ref());
+                buf[payload_end..end].copy_from_slice(tag.as_ref());
             }
             Cipher::Cbc {
                 encrypt,
@@ -198,18 +214,21 @@ impl OutboundSa {
                     .map_err(|_| EspError::BadPadding)?;
                 buf[head + 8..start].copy_from_slice(&iv);
                 encrypt
-                    .less_safe_encrypt(&mut buf[start..], EncryptionContext::Iv128(iv.into()))
+                    .less_safe_encrypt(
+                        &mut buf[start..payload_end],
+                        EncryptionContext::Iv128(iv.into()),
+                    )
                     .map_err(|_| EspError::BadPadding)?;
                 let mut ctx = hmac::Context::with_key(mac);
-                ctx.update(&buf[head..]);
+                ctx.update(&buf[head..payload_end]);
                 if self.esn {
                     ctx.update(&seq_hi);
                 }
                 let icv = ctx.sign();
-                buf.extend_from_slice(&icv.as_ref()[..integ.icv_len()]);
+                buf[payload_end..end].copy_from_slice(&icv.as_ref()[..integ.icv_len()]);
             }
         }
-        Ok(head)
+        Ok(head..end)
     }
 }
 
@@ -331,6 +350,19 @@ mod tests {
         )
     }
 
+    /// Room after an inner packet for any suite's padding, trailer and ICV.
+    const TAILROOM: usize = 15 + 2 + 32;
+
+    /// The ESP packet `out` makes of `inner`.
+    fn sealed(out: &OutboundSa, inner: &[u8], next_header: u8) -> Vec<u8> {
+        let mut buf = vec![0; HEADROOM + inner.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + inner.len()].copy_from_slice(inner);
+        let esp = out
+            .seal(&mut buf, HEADROOM, inner.len(), next_header)
+            .unwrap();
+        buf[esp].to_vec()
+    }
+
     const SUITES: [(Encr, Option<Integ>); 6] = [
         (Encr::AesGcm16 { key_len: 16 }, None),
         (Encr::AesGcm16 { key_len: 32 }, None),
@@ -346,10 +378,7 @@ mod tests {
     #[test]
     fn hmac_sha1_96_icv_is_twelve_octets_over_header_iv_and_ciphertext() {
         let (out, mut inb) = pair(Encr::AesCbc { key_len: 32 }, Some(Integ::HmacSha1), false);
-        let mut buf = vec![0; HEADROOM];
-        buf.extend_from_slice(&[0x45; 60]);
-        let head = out.seal(&mut buf, HEADROOM, NEXT_HEADER_IPV4).unwrap();
-        let packet = buf[head..].to_vec();
+        let packet = sealed(&out, &[0x45; 60], NEXT_HEADER_IPV4);
         // SPI 4, sequence 4, IV 16, ciphertext in whole blocks, ICV 12.
         assert_eq!((packet.len() - 8 - 16 - 12) % 16, 0);
         let (covered, icv) = packet.split_at(packet.len() - 12);
@@ -370,19 +399,14 @@ mod tests {
                 let (out, mut inb) = pair(encr, integ, esn);
                 for len in [0usize, 1, 20, 1400] {
                     let inner: Vec<u8> = (0..len).map(|i| i as u8).collect();
-                    let mut buf = vec![0; HEADROOM];
-                    buf.extend_from_slice(&inner);
-                    let head = out.seal(&mut buf, HEADROOM, NEXT_HEADER_IPV4).unwrap();
-                    let mut packet = buf[head..].to_vec();
+                    let mut packet = sealed(&out, &inner, NEXT_HEADER_IPV4);
                     let mut copy = packet.clone();
                     let (range, nh, _) = inb.open(&mut packet).unwrap();
                     assert_eq!(&packet[range], &inner[..], "{encr} {esn}");
                     assert_eq!(nh, NEXT_HEADER_IPV4);
                     assert!(matches!(inb.open(&mut copy), Err(EspError::Replay(_))));
                 }
-                let mut buf = vec![0; HEADROOM + 40];
-                let head = out.seal(&mut buf, HEADROOM, NEXT_HEADER_IPV6).unwrap();
-                let mut packet = buf[head..].to_vec();
+                let mut packet = sealed(&out, &[0; 40], NEXT_HEADER_IPV6);
                 let last = packet.len() - 1;
                 packet[last] ^= 1;
                 assert_eq!(
@@ -399,18 +423,14 @@ mod tests {
     fn sequence_numbers_never_wrap() {
         let (mut out, _) = pair(Encr::AesGcm16 { key_len: 16 }, None, false);
         out.next_seq = AtomicU64::new(u64::from(u32::MAX));
-        let mut buf = vec![0; HEADROOM + 4];
-        assert!(out.seal(&mut buf, HEADROOM, 4).is_ok());
-        let mut buf = vec![0; HEADROOM + 4];
-        assert_eq!(
-            out.seal(&mut buf, HEADROOM, 4).unwrap_err(),
-            EspError::SequenceExhausted
-        );
-        let mut buf = vec![0; HEADROOM + 4];
-        assert_eq!(
-            out.seal(&mut buf, HEADROOM, 4).unwrap_err(),
-            EspError::SequenceExhausted
-        );
+        let mut buf = vec![0; HEADROOM + 4 + TAILROOM];
+        assert!(out.seal(&mut buf, HEADROOM, 4, 4).is_ok());
+        for _ in 0..2 {
+            assert_eq!(
+                out.seal(&mut buf, HEADROOM, 4, 4).unwrap_err(),
+                EspError::SequenceExhausted
+            );
+        }
     }
 
     #[test]
@@ -422,11 +442,7 @@ mod tests {
             let (out, _) = pair(encr, integ, false);
             for room in [1000, 1001, 1002, 1003, 1452] {
                 let fits = out.max_payload(room);
-                let sealed = |len: usize| {
-                    let mut buf = vec![0; HEADROOM + len];
-                    let head = out.seal(&mut buf, HEADROOM, 4).unwrap();
-                    buf.len() - head
-                };
+                let sealed = |len: usize| sealed(&out, &vec![0; len], 4).len();
                 assert!(sealed(fits) <= room, "{encr:?} {room}");
                 assert!(sealed(fits + 1) > room, "{encr:?} {room}");
             }
@@ -436,11 +452,7 @@ mod tests {
     #[test]
     fn cbc_ivs_differ_per_packet_and_hide_the_counter() {
         let (out, _) = pair(Encr::AesCbc { key_len: 16 }, Some(Integ::HmacSha256), false);
-        let iv = |_| {
-            let mut buf = vec![0; HEADROOM + 32];
-            let head = out.seal(&mut buf, HEADROOM, 4).unwrap();
-            buf[head + 8..head + 24].to_vec()
-        };
+        let iv = |_| sealed(&out, &[0; 32], 4)[8..24].to_vec();
         let ivs: Vec<Vec<u8>> = (0..3).map(iv).collect();
         assert_ne!(ivs[0], ivs[1]);
         assert_ne!(ivs[1], ivs[2]);
@@ -453,8 +465,52 @@ mod tests {
     fn too_little_headroom_is_an_error() {
         let (out, _) = pair(Encr::AesGcm16 { key_len: 16 }, None, false);
         assert_eq!(
-            out.seal(&mut vec![0; 20], 4, 4).unwrap_err(),
+            out.seal(&mut [0; 20], 4, 4, 4).unwrap_err(),
             EspError::NoHeadroom
         );
+    }
+
+    #[test]
+    fn too_little_room_after_the_packet_is_an_error_and_spends_no_sequence_number() {
+        for (encr, integ) in SUITES {
+            let (out, mut inb) = pair(encr, integ, false);
+            let esp = sealed(&out, &[0x45; 100], NEXT_HEADER_IPV4);
+            let tail = esp.len() - ESP_HEADER_LEN - iv_len(&out.cipher) - 100;
+            let mut buf = vec![0; HEADROOM + 100 + tail - 1];
+            assert_eq!(
+                out.seal(&mut buf, HEADROOM, 100, 4).unwrap_err(),
+                EspError::NoRoom,
+                "{encr}"
+            );
+            buf.push(0);
+            let esp = out.seal(&mut buf, HEADROOM, 100, 4).unwrap();
+            assert_eq!(esp.end, buf.len(), "{encr}: exactly fits");
+            assert_eq!(inb.open(&mut buf[esp]).unwrap().2, 2, "{encr}");
+        }
+    }
+
+    /// The data plane seals and opens every packet in the same few buffers, reused
+    /// without clearing: leftovers of a longer packet must never leak into a shorter
+    /// one, and nothing may depend on the buffer's size beyond the packet.
+    #[test]
+    fn one_buffer_serves_many_packets_of_any_size_without_clearing() {
+        for (encr, integ) in SUITES {
+            let (out, mut inb) = pair(encr, integ, true);
+            let mut buf = vec![0xee; HEADROOM + 2000 + TAILROOM];
+            let capacity = buf.len();
+            for i in 0..500usize {
+                let len = (i * 397) % 2000;
+                let fill = i as u8;
+                buf[HEADROOM..HEADROOM + len].fill(fill);
+                let esp = out.seal(&mut buf, HEADROOM, len, 4).unwrap();
+                assert!(esp.end <= capacity);
+                let at = esp.start;
+                let (inner, nh, seq) = inb.open(&mut buf[esp]).unwrap();
+                assert_eq!((nh, seq, inner.len()), (4, i as u64 + 1, len), "{encr}");
+                let inner = at + inner.start..at + inner.end;
+                assert!(buf[inner].iter().all(|&b| b == fill), "{encr}");
+            }
+            assert_eq!(buf.len(), capacity);
+        }
     }
 }
