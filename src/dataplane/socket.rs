@@ -4,6 +4,7 @@
 //! SPI, and IKE (behind the non-ESP marker) to the control thread.
 
 use super::buf::PacketBuf;
+use super::worker::BATCH;
 use crate::config::Listen;
 use crate::netio::{self, PacketInfo};
 use nix::errno::Errno;
@@ -208,6 +209,9 @@ fn gso_run(packets: &[&[u8]]) -> usize {
 pub struct Batch {
     recv: MultiHeaders<SockaddrStorage>,
     send: MultiHeaders<SockaddrStorage>,
+    /// The destination of each datagram of a sendmmsg (kept for its capacity; an
+    /// array on the stack would mean writing 16 KiB to send one datagram).
+    dests: Vec<Option<SockaddrStorage>>,
     /// Send runs of equal-sized UDP datagrams as one GSO send; off once the kernel
     /// or the device refuses it.
     gso: bool,
@@ -219,6 +223,7 @@ impl Batch {
         Self {
             recv: MultiHeaders::preallocate(size, None),
             send: MultiHeaders::preallocate(size, Some(nix::cmsg_space!(libc::in6_pktinfo))),
+            dests: Vec::with_capacity(size),
             gso: true,
         }
     }
@@ -234,17 +239,19 @@ impl Batch {
         offset: usize,
         received: &mut Vec<(usize, Option<SockaddrStorage>)>,
     ) -> io::Result<()> {
-        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
-            .iter_mut()
-            .map(|b| {
+        // On the stack: this runs for every batch.
+        let n = bufs.len().min(BATCH);
+        let mut bufs = bufs.iter_mut();
+        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
+            [IoSliceMut::new(bufs.next().map_or(&mut [][..], |b| {
                 b.reset();
-                [IoSliceMut::new(&mut b.as_mut()[offset..])]
-            })
-            .collect();
+                &mut b.as_mut()[offset..]
+            }))]
+        });
         let results = recvmmsg(
             socket.fd.as_raw_fd(),
             &mut self.recv,
-            iovs.iter_mut(),
+            iovs[..n].iter_mut(),
             MsgFlags::MSG_DONTWAIT,
             None,
         )?;
@@ -273,11 +280,14 @@ impl Batch {
             if self.gso && socket.transport == Transport::Udp && run > 1 {
                 // One datagram per iovec, split by the kernel (or the NIC) at `segment`.
                 let segment = rest[0].len() as u16;
-                let iovs: Vec<IoSlice<'_>> = rest[..run].iter().map(|p| IoSlice::new(p)).collect();
+                let mut iovs = [IoSlice::new(&[]); GSO_MAX_SEGMENTS];
+                for (iov, p) in iovs.iter_mut().zip(&rest[..run]) {
+                    *iov = IoSlice::new(p);
+                }
                 let cmsgs = [info.cmsg(), ControlMessage::UdpGsoSegments(&segment)];
                 match sendmsg(
                     socket.fd.as_raw_fd(),
-                    &iovs,
+                    &iovs[..run],
                     &cmsgs,
                     MsgFlags::empty(),
                     Some(&to),
@@ -301,16 +311,19 @@ impl Batch {
             let take = if self.gso && socket.transport == Transport::Udp {
                 1
             } else {
-                rest.len()
+                rest.len().min(BATCH)
             };
-            let iovs: Vec<[IoSlice<'_>; 1]> =
-                rest[..take].iter().map(|p| [IoSlice::new(p)]).collect();
-            let addrs = vec![Some(to); iovs.len()];
+            let mut iovs = [[IoSlice::new(&[])]; BATCH];
+            for (iov, p) in iovs.iter_mut().zip(&rest[..take]) {
+                *iov = [IoSlice::new(p)];
+            }
+            self.dests.clear();
+            self.dests.resize(take, Some(to));
             match sendmmsg(
                 socket.fd.as_raw_fd(),
                 &mut self.send,
-                &iovs,
-                &addrs,
+                &iovs[..take],
+                &self.dests,
                 cmsg,
                 MsgFlags::empty(),
             ) {

@@ -87,6 +87,10 @@ pub struct Worker {
     /// Inner packets for the TUN, swapped out of `rx` (keeps `rx` whole for the next batch).
     to_tun: Vec<PacketBuf>,
     sizes: Vec<usize>,
+    /// The batch's sealed packets, in `tx` order (kept between batches for its capacity).
+    sealed: Vec<Sealed>,
+    /// Where each inner packet in `to_tun` starts (kept for its capacity, as `sealed`).
+    ready: Vec<usize>,
     gso: Vec<u8>,
     gro: GROTable,
     /// Each received datagram's length and sender.
@@ -348,6 +352,8 @@ impl Worker {
             rx: buffers(),
             to_tun: buffers(),
             sizes: vec![0; BATCH],
+            sealed: Vec::with_capacity(BATCH),
+            ready: Vec::with_capacity(BATCH),
             gso: vec![0; VIRTIO_NET_HDR_LEN + 65_535],
             gro: GROTable::default(),
             received: Vec::with_capacity(BATCH),
@@ -503,7 +509,9 @@ impl Worker {
     /// (else, or without such a child, dropped): never sent in clear.
     fn seal_and_send(&mut self, count: usize, hold: bool) {
         let mut now = None;
-        let mut sealed: Vec<Sealed> = Vec::with_capacity(count);
+        // Taken out so that `self` stays free to borrow; put back, with its capacity.
+        let mut sealed = std::mem::take(&mut self.sealed);
+        sealed.clear();
         for i in 0..count {
             let buf = &mut self.tx[i];
             buf.set_len(HEADROOM + self.sizes[i]);
@@ -527,18 +535,21 @@ impl Worker {
             }
         }
         // One send per run of packets with the same SA (usually the whole batch).
+        let mut packets: [&[u8]; BATCH] = [&[]; BATCH];
         for run in sealed.chunk_by(|a, b| a.sa == b.sa) {
             let sa = self.spd.get(run[0].sa);
-            let packets: Vec<&[u8]> = run
-                .iter()
-                .map(|s| &self.tx[s.buf].as_ref()[s.head..])
-                .collect();
+            for (p, s) in packets.iter_mut().zip(run) {
+                *p = &self.tx[s.buf].as_ref()[s.head..];
+            }
             let socket = &self.sockets.0[sa.socket];
-            let failed = self.batch.send(socket, &packets, sa.peer, sa.local);
+            let failed = self
+                .batch
+                .send(socket, &packets[..run.len()], sa.peer, sa.local);
             for _ in 0..failed {
                 self.drops.count(DropReason::Io);
             }
         }
+        self.sealed = sealed;
     }
 
     /// Holds the packet in `tx[i]` for the protected child `flow` belongs to, and asks
@@ -591,7 +602,8 @@ impl Worker {
         let raw_v4 = socket.transport == Transport::Raw && socket.bound.is_ipv4();
         let mut now = None;
         // Where each inner packet in to_tun[..ready.len()] starts.
-        let mut ready: Vec<usize> = Vec::with_capacity(self.received.len());
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
         for (i, (len, sender)) in self.received.iter().enumerate() {
             let len = *len;
             let buf = self.rx[i].as_mut();
@@ -654,6 +666,7 @@ impl Worker {
             }
             start = end;
         }
+        self.ready = ready;
     }
 }
 
