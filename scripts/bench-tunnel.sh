@@ -6,15 +6,22 @@
 #   - strongSwan <-> strongSwan with kernel-libipsec (its userspace ESP), when installed,
 # and the gateways' CPU seconds (user + system, both gateways) per GB carried.
 #
-# usage: scripts/bench-tunnel.sh [seconds per run, default 10]   (as root, or with sudo;
-# installs what the demo uses first, scripts/deps.sh demo; strongSwan comes with
-# scripts/deps.sh test)
+# usage: scripts/bench-tunnel.sh [--esptun PATH] [seconds per run, default 10]   (as root,
+# or with sudo; installs what the demo uses first, scripts/deps.sh demo; strongSwan comes
+# with scripts/deps.sh test). Without --esptun it builds and runs target/release/esptun;
+# with it, that binary (to compare two builds on the same machine).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/sites.sh
 source "$ROOT/scripts/lib/sites.sh"
 # shellcheck source=lib/charon.sh
 source "$ROOT/scripts/lib/charon.sh"
+ESPTUN=
+if [[ ${1:-} == --esptun ]]; then
+    ESPTUN=$2
+    shift 2
+    [[ -x $ESPTUN ]] || { echo "no esptun binary at $ESPTUN" >&2; exit 2; }
+fi
 DURATION=${1:-10}
 [[ $(id -u) == 0 ]] || { echo "run as root: sudo scripts/bench-tunnel.sh, or as root scripts/bench-tunnel.sh" >&2; exit 1; }
 "$ROOT/scripts/deps.sh" demo
@@ -28,8 +35,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-(cd "$ROOT" && cargo build --release --quiet)
-ESPTUN=$ROOT/target/release/esptun
+if [[ -z $ESPTUN ]]; then
+    (cd "$ROOT" && cargo build --release --quiet)
+    ESPTUN=$ROOT/target/release/esptun
+fi
 sites_pki "$RUN/pki" "$ESPTUN"
 sites_up
 ip netns exec "$NS_BH" iperf3 -s -B "$HOST_B" >"$RUN/iperf3-server.log" 2>&1 &
