@@ -63,13 +63,15 @@ fuzz_target!(|data: &[u8]| {
         } else {
             // Sealed with the SA's keys, so the fuzzer reaches past the ICV; then, if
             // it asks, a new sequence number and some bytes changed.
-            let mut buf = vec![0; HEADROOM];
-            buf.extend(input.chunk());
+            let inner = input.chunk();
+            // Room after the packet for any suite's padding, trailer and ICV.
+            let mut buf = vec![0; HEADROOM + inner.len() + 64];
+            buf[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
             let next_header = input.u8();
-            let Ok(head) = outbound.seal(&mut buf, HEADROOM, next_header) else {
+            let Ok(esp) = outbound.seal(&mut buf, HEADROOM, inner.len(), next_header) else {
                 continue;
             };
-            let mut packet = buf.split_off(head);
+            let mut packet = buf[esp].to_vec();
             if op & 2 != 0 {
                 let seq = u32::from(input.u16()) << 16 | u32::from(input.u16());
                 packet[4..8].copy_from_slice(&seq.to_be_bytes());
