@@ -9,15 +9,15 @@
 #   DIR/charon.log              charon's log (filelog, time of day to the millisecond)
 #   DIR/charon.vici             the control socket swanctl talks to (charon_sw)
 
-# charon_strongswan_conf dir [lines]: strongswan.conf for a charon-systemd whose log
-# is dir/charon.log and control socket dir/charon.vici; `lines` go into the
-# charon-systemd section (e.g. "retransmit_tries = 2").
+# charon_strongswan_conf dir [lines] [daemon]: strongswan.conf for a charon-systemd (or
+# `daemon`, e.g. charon-cmd) whose log is dir/charon.log and control socket
+# dir/charon.vici; `lines` go into the daemon's section (e.g. "retransmit_tries = 2").
 charon_strongswan_conf() {
     local d=$1 sub
     for sub in x509 x509ca private; do mkdir -p "$d/swanctl/$sub"; done
     cat >"$d/strongswan.conf" <<CONF
-charon-systemd {
-    load = random nonce openssl aesni aes gcm sha1 sha2 hmac kdf gmp curve25519 x509 pubkey pkcs1 pkcs8 pem constraints kernel-libipsec kernel-netlink socket-default vici
+${3:-charon-systemd} {
+    load = random nonce openssl aesni aes gcm sha1 sha2 hmac kdf gmp curve25519 x509 pubkey pkcs1 pkcs8 pkcs12 pem constraints kernel-libipsec kernel-netlink socket-default vici
     load_modular = no
     install_routes = yes
     ${2:-}

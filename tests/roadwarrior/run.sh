@@ -694,47 +694,12 @@ case_wrong_identity() {
     NOTE="refused: $(grep -m1 AUTHENTICATION_FAILED "$d/charon.log" | sed -E 's/^.*\] //')"
 }
 
-# charon_cmd_conf dir: strongswan.conf for charon-cmd (charon_strongswan_conf's plugins
-# and pkcs12; no vici), logging to dir/charon.log
-charon_cmd_conf() {
-    local d=$1
-    mkdir -p "$d"
-    cat >"$d/strongswan.conf" <<CONF
-charon-cmd {
-    load = random nonce openssl aesni aes gcm sha1 sha2 hmac kdf gmp curve25519 x509 pubkey pkcs1 pkcs8 pkcs12 pem constraints kernel-libipsec kernel-netlink socket-default
-    load_modular = no
-    install_routes = yes
-    retransmit_tries = 3
-    retransmit_timeout = 2
-    filelog {
-        charon {
-            path = $d/charon.log
-            time_format = %H:%M:%S
-            time_add_ms = yes
-            ike_name = yes
-            flush_line = yes
-            default = 1
-            ike = 2
-            enc = 1
-        }
-    }
-    plugins {
-        kernel-libipsec {
-            allow_peer_ts = no
-        }
-        openssl {
-            fips_mode = 0
-        }
-    }
-}
-CONF
-}
-
 case_charon_cmd() {
     gw_up "$CASE/gw" 10.3.0.0/24 fd00:3::/112 || return 1
     local d=$CASE/c1 id=client-1@example.org v4 v6
     FOCUS=$d
-    charon_cmd_conf "$d"
+    charon_strongswan_conf "$d" "retransmit_tries = 3
+    retransmit_timeout = 2" charon-cmd
     ip netns exec "$(ns_of "$d")" env STRONGSWAN_CONF="$d/strongswan.conf" charon-cmd --host $GW4 \
         --identity $id --remote-identity gw.example --cert "$PKI/ca.crt" --p12 "$PKI/$id.p12" \
         --profile ikev2-pub --remote-ts 10.1.0.0/24 --remote-ts fd00:1::/64 \
