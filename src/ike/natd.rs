@@ -1,8 +1,7 @@
 //! NAT detection (RFC 7296 §2.23): each side hashes the addresses it believes it
 //! sends from and to; a mismatch on arrival means a NAT rewrote them.
 
-use crate::wire::message::notifies;
-use crate::wire::payload::Payload;
+use crate::wire::payload::{NotifyPayload, Payload};
 use crate::wire::{IkeSpi, NotifyType};
 use aws_lc_rs::digest;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +19,20 @@ pub(super) fn hash(spi_i: IkeSpi, spi_r: IkeSpi, addr: SocketAddr) -> Vec<u8> {
     ctx.finish().as_ref().to_vec()
 }
 
+/// Our NAT_DETECTION_SOURCE_IP and _DESTINATION_IP notifies for the path `local` ->
+/// `remote`, hashed with the SPIs `spi_i`, `spi_r`.
+pub(super) fn notifies(
+    (spi_i, spi_r): (IkeSpi, IkeSpi),
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> [Payload; 2] {
+    let notify = |kind, addr| Payload::Notify(NotifyPayload::new(kind, hash(spi_i, spi_r, addr)));
+    [
+        notify(NotifyType::NAT_DETECTION_SOURCE_IP, local),
+        notify(NotifyType::NAT_DETECTION_DESTINATION_IP, remote),
+    ]
+}
+
 /// NAT detection on the path `local` -> `remote` from the peer's NAT_DETECTION
 /// notifies (hashed with the SPIs `spi_i`, `spi_r`): (we are translated, the peer
 /// is); None if it sent none.
@@ -29,7 +42,7 @@ pub(super) fn detect(
     local: SocketAddr,
     remote: SocketAddr,
 ) -> Option<(bool, bool)> {
-    let of = |t| notifies(payloads).filter(move |n| n.notify_type == t);
+    let of = |t| crate::wire::message::notifies(payloads).filter(move |n| n.notify_type == t);
     let mut destination = of(NotifyType::NAT_DETECTION_DESTINATION_IP).peekable();
     let mut source = of(NotifyType::NAT_DETECTION_SOURCE_IP).peekable();
     destination.peek()?;

@@ -351,15 +351,8 @@ pub(in super::super) fn respond(
         Payload::Nonce(NoncePayload {
             data: sa.nonce_r.clone(),
         }),
-        notify(
-            NotifyType::NAT_DETECTION_SOURCE_IP,
-            natd::hash(sa.spi_i, sa.spi_r, local),
-        ),
-        notify(
-            NotifyType::NAT_DETECTION_DESTINATION_IP,
-            natd::hash(sa.spi_i, sa.spi_r, remote),
-        ),
     ];
+    out.extend(natd::notifies((sa.spi_i, sa.spi_r), local, remote));
     if sa.peer_fragmentation {
         out.push(notify(
             NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,

@@ -32,20 +32,6 @@ pub(super) fn negotiated(sa: &mut IkeSa, payloads: &[Payload]) {
     sa.mobike = sa.policy.mobike && find_notify(payloads, NotifyType::MOBIKE_SUPPORTED).is_some();
 }
 
-/// Our NAT detection notifies for the path `local` -> `remote`.
-fn nat_detection(sa: &IkeSa, local: SocketAddr, remote: SocketAddr) -> [Payload; 2] {
-    [
-        notify(
-            NotifyType::NAT_DETECTION_SOURCE_IP,
-            natd::hash(sa.spi_i, sa.spi_r, local),
-        ),
-        notify(
-            NotifyType::NAT_DETECTION_DESTINATION_IP,
-            natd::hash(sa.spi_i, sa.spi_r, remote),
-        ),
-    ]
-}
-
 /// Gateway: the payloads answering an INFORMATIONAL request that holds
 /// UPDATE_SA_ADDRESSES (none for other requests): the SA moves to the addresses the
 /// request came over, after NAT detection on them, unless the peer forbade NATs
@@ -76,7 +62,7 @@ pub(super) fn update_requested(
         sa.note_nat(ours, theirs);
     }
     sa.move_to(ctx, local, remote);
-    let mut out = nat_detection(sa, local, remote).to_vec();
+    let mut out = natd::notifies((sa.spi_i, sa.spi_r), local, remote).to_vec();
     if let Some(cookie2) = find_notify(payloads, NotifyType::COOKIE2) {
         out.push(notify(NotifyType::COOKIE2, cookie2.data.clone()));
     }
@@ -97,7 +83,7 @@ pub(in super::super) fn start_update(sa: &mut IkeSa, ctx: &mut Ctx<'_>, local: S
     let mut cookie2 = vec![0; 16];
     ctx.rng.fill(&mut cookie2);
     let mut payloads = vec![notify(NotifyType::UPDATE_SA_ADDRESSES, Vec::new())];
-    payloads.extend(nat_detection(sa, local, sa.remote));
+    payloads.extend(natd::notifies((sa.spi_i, sa.spi_r), local, sa.remote));
     payloads.push(notify(NotifyType::COOKIE2, cookie2.clone()));
     let task = Task::UpdateAddresses(Update { cookie2 });
     if let Err(e) = sa.send_request(ctx, ExchangeType::INFORMATIONAL, payloads, task) {
