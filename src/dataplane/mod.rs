@@ -77,11 +77,13 @@ pub enum DropReason {
     /// Outbound: for a protected child without SA, but its hold queue was full (the
     /// oldest held packet goes) or the packet too big to keep.
     HoldOverflow,
+    /// Outbound: held for a protected child longer than an SA took to come (30 s).
+    HoldExpired,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::NoSa,
         DropReason::Replay,
         DropReason::BadIcv,
@@ -91,6 +93,7 @@ impl DropReason {
         DropReason::Expired,
         DropReason::Io,
         DropReason::HoldOverflow,
+        DropReason::HoldExpired,
     ];
 
     /// The name in reports.
@@ -105,6 +108,7 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::Io => "io",
             DropReason::HoldOverflow => "hold_overflow",
+            DropReason::HoldExpired => "hold_expired",
         }
     }
 }

@@ -220,10 +220,17 @@ struct Held {
     acquired: Option<Instant>,
 }
 
+/// How long a packet waits for an SA before it is dropped: as long as the kernel's
+/// larval SAs hold theirs (`net.core.xfrm_acq_expires`). An SA that comes later
+/// should not carry a burst of stale packets (old SYNs, old DNS queries).
+const HOLD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Packets waiting for an SA: a ring of buffers allocated up front, the oldest
 /// pushed out when it is full.
 struct HoldQueue {
     slots: Vec<Vec<u8>>,
+    /// When each slot's packet was held.
+    held_at: Vec<Option<Instant>>,
     size: usize,
     start: usize,
     len: usize,
@@ -233,15 +240,16 @@ impl HoldQueue {
     fn new(slots: usize, size: usize) -> Self {
         Self {
             slots: (0..slots).map(|_| Vec::with_capacity(size)).collect(),
+            held_at: vec![None; slots],
             size,
             start: 0,
             len: 0,
         }
     }
 
-    /// Keeps a copy of `packet`; false if a packet was lost: the oldest, pushed
-    /// out, or this one, bigger than a buffer.
-    fn push(&mut self, packet: &[u8]) -> bool {
+    /// Keeps a copy of `packet`, held at `now`; false if a packet was lost: the
+    /// oldest, pushed out, or this one, bigger than a buffer.
+    fn push(&mut self, packet: &[u8], now: Instant) -> bool {
         if packet.len() > self.size {
             return false;
         }
@@ -256,18 +264,24 @@ impl HoldQueue {
         let slot = &mut self.slots[at];
         slot.clear();
         slot.extend_from_slice(packet);
+        self.held_at[at] = Some(now);
         !full
     }
 
-    /// Takes the oldest packet.
-    fn pop(&mut self) -> Option<&[u8]> {
-        if self.len == 0 {
-            return None;
+    /// Takes the oldest packet held for less than [`HOLD_TIMEOUT`] at `now`; older
+    /// ones are dropped on the way and counted in `stale`.
+    fn pop(&mut self, now: Instant, stale: &mut u64) -> Option<&[u8]> {
+        while self.len > 0 {
+            let at = self.start;
+            self.start = (at + 1) % self.slots.len();
+            self.len -= 1;
+            let fresh = self.held_at[at].is_some_and(|t| now.duration_since(t) < HOLD_TIMEOUT);
+            if fresh {
+                return Some(&self.slots[at]);
+            }
+            *stale += 1;
         }
-        let at = self.start;
-        self.start = (at + 1) % self.slots.len();
-        self.len -= 1;
-        Some(&self.slots[at])
+        None
     }
 }
 
@@ -495,11 +509,14 @@ impl Worker {
         else {
             return;
         };
-        let mut count = 0;
-        while let Some(packet) = held.queue.pop() {
+        let (now, mut stale, mut count) = (clock(), 0, 0);
+        while let Some(packet) = held.queue.pop(now, &mut stale) {
             self.tx[count].storage_mut()[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
             self.sizes[count] = packet.len();
             count += 1;
+        }
+        for _ in 0..stale {
+            self.drops.count(DropReason::HoldExpired);
         }
         self.seal_and_send(count, false);
     }
@@ -563,10 +580,10 @@ impl Worker {
             self.drops.count(DropReason::NoSa);
             return;
         };
-        if !held.queue.push(&self.tx[i].as_ref()[HEADROOM..]) {
+        let now = *now.get_or_insert_with(clock);
+        if !held.queue.push(&self.tx[i].as_ref()[HEADROOM..], now) {
             self.drops.count(DropReason::HoldOverflow);
         }
-        let now = *now.get_or_insert_with(clock);
         if held
             .acquired
             .is_none_or(|at| now.duration_since(at) >= REPORT_INTERVAL)
@@ -961,19 +978,38 @@ mod tests {
 
     #[test]
     fn hold_queue_pushes_out_the_oldest() {
+        let (now, mut stale) = (clock(), 0);
         let mut q = HoldQueue::new(3, 4);
-        assert!(q.push(&[1]) && q.push(&[2, 2]) && q.push(&[3]));
-        assert!(!q.push(&[4, 4, 4, 4]), "full: the oldest goes");
-        assert!(!q.push(&[5; 5]), "bigger than a buffer");
-        assert_eq!(q.pop(), Some(&[2, 2][..]));
-        assert!(q.push(&[6]));
+        assert!(q.push(&[1], now) && q.push(&[2, 2], now) && q.push(&[3], now));
+        assert!(!q.push(&[4, 4, 4, 4], now), "full: the oldest goes");
+        assert!(!q.push(&[5; 5], now), "bigger than a buffer");
+        assert_eq!(q.pop(now, &mut stale), Some(&[2, 2][..]));
+        assert!(q.push(&[6], now));
         let mut rest = Vec::new();
-        while let Some(p) = q.pop() {
+        while let Some(p) = q.pop(now, &mut stale) {
             rest.push(p.to_vec());
         }
+        assert_eq!(stale, 0);
         assert_eq!(rest, [vec![3], vec![4, 4, 4, 4], vec![6]]);
         let capacities: Vec<usize> = q.slots.iter().map(Vec::capacity).collect();
         assert_eq!(capacities, [4, 4, 4], "no buffer grew");
+    }
+
+    #[test]
+    fn packets_held_too_long_are_dropped_not_sent() {
+        let t0 = clock();
+        let mut q = HoldQueue::new(4, 4);
+        q.push(&[1], t0);
+        q.push(&[2], t0 + Duration::from_secs(10));
+        let mut stale = 0;
+        let later = t0 + HOLD_TIMEOUT + Duration::from_secs(1);
+        assert_eq!(
+            q.pop(later, &mut stale),
+            Some(&[2][..]),
+            "held 21 s: still sent"
+        );
+        assert_eq!(stale, 1, "held 31 s: dropped");
+        assert_eq!(q.pop(later, &mut stale), None);
     }
 
     #[test]
