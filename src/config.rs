@@ -652,37 +652,33 @@ fn virtual_ips(
     }
     // The dynamic side's selectors are the virtual IPs: other ones would let the
     // client claim addresses that are not its own, or never match its packets.
-    for (j, child) in raw.children.iter().enumerate() {
-        let child = child.get_ref();
-        let (side, list, why) = if raw.pools.is_empty() {
-            (
-                "local_ts",
-                &child.local_ts,
-                "the virtual IPs the gateway leases us",
-            )
-        } else {
-            (
-                "remote_ts",
-                &child.remote_ts,
-                "the virtual IPs leased to the client",
-            )
-        };
-        if let Some(first) = list
-            .first()
-            .filter(|_| !raw.pools.is_empty() || !vips.is_empty())
-        {
-            return Err(src.error(
-                first,
-                format!("{key}.children[{j}].{side}[0]"),
-                format!(
-                    "must be left out: with {} it is {why}",
-                    if raw.pools.is_empty() {
-                        "vips"
-                    } else {
-                        "pools"
-                    }
-                ),
-            ));
+    type Side = for<'a> fn(&'a RawChild) -> &'a Vec<Spanned<String>>;
+    let virtual_side: Option<(&str, &str, Side, &str)> = if !raw.pools.is_empty() {
+        Some((
+            "pools",
+            "remote_ts",
+            |c| &c.remote_ts,
+            "the virtual IPs leased to the client",
+        ))
+    } else if !vips.is_empty() {
+        Some((
+            "vips",
+            "local_ts",
+            |c| &c.local_ts,
+            "the virtual IPs the gateway leases us",
+        ))
+    } else {
+        None
+    };
+    if let Some((by, side, selectors, why)) = virtual_side {
+        for (j, child) in raw.children.iter().enumerate() {
+            if let Some(first) = selectors(child.get_ref()).first() {
+                return Err(src.error(
+                    first,
+                    format!("{key}.children[{j}].{side}[0]"),
+                    format!("must be left out: with {by} it is {why}"),
+                ));
+            }
         }
     }
     Ok((
@@ -1298,7 +1294,7 @@ fn proposals(
                          Windows' built-in client still proposes by default. Set \
                          legacy_windows_proposals = true in this connection to accept them, \
                          or rather switch the Windows clients to strong proposals \
-                         (Set-VpnConnectionIPsecConfiguration, README \"Road warrior \
+                         (Set-VpnConnectionIPsecConfiguration, README \"Native \
                          clients\") and leave them out",
                         text.get_ref(),
                         legacy_ones.join(", ")

@@ -134,21 +134,23 @@ fn message(m: &MessageRecord) -> String {
     )
 }
 
+/// Addresses as the log and `updown`'s environment show them: separated by spaces.
+pub fn addresses(addrs: &[std::net::IpAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn ike_up(up: &IkeSaUp, what: &str) -> String {
-    let list = |addrs: &[std::net::IpAddr]| {
-        addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     let mut vips = String::new();
     if !up.virtual_ips.is_empty() {
         let whose = if up.initiator { "our" } else { "peer's" };
-        vips = format!(", {whose} virtual IP {}", list(&up.virtual_ips));
+        vips = format!(", {whose} virtual IP {}", addresses(&up.virtual_ips));
     }
     if !up.dns.is_empty() {
-        vips += &format!(", DNS {}", list(&up.dns));
+        vips += &format!(", DNS {}", addresses(&up.dns));
     }
     format!(
         "IKE_SA {:016x}: {what} {} {} [{}] <-> {} [{}] spi_i {:016x} spi_r {:016x} {}{vips}",

@@ -123,13 +123,6 @@ type UpdownEnv = Vec<(&'static str, String)>;
 
 /// What a connection's `updown` command is told about an IKE SA, besides the event.
 fn updown_env(up: &ike::IkeSaUp, tun: &str) -> UpdownEnv {
-    let list = |addrs: &[IpAddr]| {
-        addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     vec![
         ("ESPTUN_CONNECTION", up.connection.clone()),
         ("ESPTUN_TUN", tun.to_owned()),
@@ -146,8 +139,8 @@ fn updown_env(up: &ike::IkeSaUp, tun: &str) -> UpdownEnv {
         ("ESPTUN_REMOTE", up.remote.to_string()),
         ("ESPTUN_LOCAL_ID", up.local_id.to_string()),
         ("ESPTUN_REMOTE_ID", up.remote_id.to_string()),
-        ("ESPTUN_VIRTUAL_IPS", list(&up.virtual_ips)),
-        ("ESPTUN_DNS", list(&up.dns)),
+        ("ESPTUN_VIRTUAL_IPS", log::addresses(&up.virtual_ips)),
+        ("ESPTUN_DNS", log::addresses(&up.dns)),
     ]
 }
 
@@ -528,7 +521,7 @@ impl Daemon {
                 crate::warn!(
                     "{name}: legacy_windows_proposals = true: negotiating the weak {} for \
                      Windows' default proposals; switch the clients to strong proposals \
-                     (README \"Road warrior clients\") and drop the opt-in",
+                     (README \"Native clients\") and drop the opt-in",
                     c.weak_algorithms.join(", ")
                 );
             }
@@ -859,7 +852,6 @@ impl Daemon {
                         crate::info!("{connection} {line}");
                     }
                 }
-                // Its Child SAs came first, each as ChildSaDown (a rekeyed IKE SA has none).
                 Event::IkeSaMoved {
                     spi_i,
                     local,
@@ -877,6 +869,7 @@ impl Daemon {
                         self.keepalives.remove(spi_i);
                     }
                 }
+                // Its Child SAs came first, each as ChildSaDown (a rekeyed IKE SA has none).
                 Event::IkeSaDown { spi_i, .. } => {
                     self.keepalives.remove(spi_i);
                     if let Some((cmd, env)) = self.hooked.remove(spi_i) {

@@ -227,8 +227,9 @@ struct Protection {
 }
 
 /// An outbound Child SA with its policy, shared by every worker. A move (MOBIKE,
-/// a NAT's new mapping) replaces it with one on the new path that shares its SA
-/// state and counters.
+/// a NAT's new mapping) replaces it with a clone on the new path, which shares its
+/// SA state and counters.
+#[derive(Clone)]
 pub struct Outbound {
     sa: Arc<OutboundSa>,
     spi: u32,
@@ -727,18 +728,10 @@ impl Dataplane {
         let old = &installed.outbound;
         let moved = Arc::new(Outbound {
             max_inner: path.max_inner(&old.sa, self.settings.path_mtu),
-            sa: old.sa.clone(),
-            spi: old.spi,
-            id: old.id,
-            policy: old.policy,
-            child: old.child,
-            local_ts: old.local_ts.clone(),
-            remote_ts: old.remote_ts.clone(),
             socket: path.socket,
             peer: path.peer,
             local: path.local,
-            hard: old.hard,
-            traffic: old.traffic.clone(),
+            ..Outbound::clone(old)
         });
         if installed.active {
             for w in &self.workers {

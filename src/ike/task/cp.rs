@@ -80,13 +80,16 @@ pub(super) fn lease(
     let asks = |kind| request.attributes.iter().any(|a| a.kind == kind);
     let mut attributes = Vec::new();
     let mut dns: Vec<IpAddr> = Vec::new();
-    for (ipv4, kind) in [
-        (true, CfgAttrType::INTERNAL_IP4_ADDRESS),
-        (false, CfgAttrType::INTERNAL_IP6_ADDRESS),
+    // The families asked for, to say which ran out.
+    let mut asked = Vec::new();
+    for (ipv4, kind, family) in [
+        (true, CfgAttrType::INTERNAL_IP4_ADDRESS, "IPv4"),
+        (false, CfgAttrType::INTERNAL_IP6_ADDRESS, "IPv6"),
     ] {
         if !asks(kind) {
             continue;
         }
+        asked.push(family);
         let Some((addr, pool)) = ctx.pools.acquire(&policy.pools, ipv4, &id) else {
             continue;
         };
@@ -107,21 +110,12 @@ pub(super) fn lease(
         sa.virtual_ips.push((addr, Some(pool)));
     }
     if sa.virtual_ips.is_empty() {
-        let families = ["IPv4", "IPv6"]
-            .into_iter()
-            .zip([
-                CfgAttrType::INTERNAL_IP4_ADDRESS,
-                CfgAttrType::INTERNAL_IP6_ADDRESS,
-            ])
-            .filter(|&(_, kind)| asks(kind))
-            .map(|(name, _)| name)
-            .collect::<Vec<_>>();
-        return Err(Error::AddressFailure(if families.is_empty() {
+        return Err(Error::AddressFailure(if asked.is_empty() {
             "the peer asked for no address".into()
         } else {
             format!(
                 "no {} address left in pools {}",
-                families.join(" or "),
+                asked.join(" or "),
                 policy.pools.join(", ")
             )
         }));

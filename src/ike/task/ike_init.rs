@@ -5,14 +5,12 @@
 use super::super::ephemeral::Ephemerals;
 use super::super::ike_sa::{Ctx, IkeSa};
 use super::super::{DownReason, Error, Policy, natd, proposal};
-use super::{Task, ike_auth};
+use super::{Task, ike_auth, notify};
 use crate::auth::signature::Hash;
 use crate::crypto::keys::skeyseed;
 use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, PeerValue, Secret, SkKey};
 use crate::wire::message::{find_notify, notifies};
-use crate::wire::payload::{
-    CertReqPayload, KePayload, NoncePayload, NotifyPayload, Payload, SaPayload,
-};
+use crate::wire::payload::{CertReqPayload, KePayload, NoncePayload, Payload, SaPayload};
 use crate::wire::{CertEncoding, ExchangeType, Header, IkeSpi, KeGroup, Message, NotifyType};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +19,6 @@ use std::sync::Arc;
 const MAX_RESTARTS: u8 = 3;
 /// The hashes we accept in RFC 7427 signatures, in the order we announce them.
 const HASHES: [Hash; 3] = [Hash::Sha256, Hash::Sha384, Hash::Sha512];
-
-fn notify(t: NotifyType, data: Vec<u8>) -> Payload {
-    Payload::Notify(NotifyPayload::new(t, data))
-}
 
 fn signature_hashes() -> Payload {
     let data = HASHES

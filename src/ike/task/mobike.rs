@@ -5,19 +5,15 @@
 
 use super::super::ike_sa::{Ctx, IkeSa, Work};
 use super::super::natd;
-use super::Task;
+use super::{Task, notify};
 use crate::wire::message::{find_notify, notifies};
-use crate::wire::payload::{NotifyPayload, Payload};
+use crate::wire::payload::Payload;
 use crate::wire::{ExchangeType, NotifyType};
 use std::net::SocketAddr;
 
 /// The UPDATE_SA_ADDRESSES request in flight: its COOKIE2.
 pub(in super::super) struct Update {
     cookie2: Vec<u8>,
-}
-
-fn notify(kind: NotifyType, data: Vec<u8>) -> Payload {
-    Payload::Notify(NotifyPayload::new(kind, data))
 }
 
 /// MOBIKE_SUPPORTED for IKE_AUTH, when the policy allows MOBIKE.

@@ -14,9 +14,14 @@ pub(in super::super) mod mobike;
 use super::ike_sa::{Ctx, IkeSa, State, Work};
 use super::{DownReason, Error};
 use crate::wire::payload::Payload;
-use crate::wire::{ExchangeType, Header, ProtocolId};
+use crate::wire::{ExchangeType, Header, NotifyType, ProtocolId};
 use child::ChildRequest;
 use ike_rekey::IkeRekey;
+
+/// A notify payload of `kind` carrying `data`.
+fn notify(kind: NotifyType, data: Vec<u8>) -> Payload {
+    Payload::Notify(crate::wire::payload::NotifyPayload::new(kind, data))
+}
 
 /// The exchange our outstanding request belongs to.
 pub(super) enum Task {
