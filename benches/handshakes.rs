@@ -51,6 +51,7 @@ fn policy(me: &str, peer: Option<&str>) -> Arc<Policy> {
             remote_ts: Vec::new(),
             esp_proposals: proposal::parse_all(&strings(&["aes128gcm16"]), ProtocolId::ESP)
                 .expect("proposal"),
+            transport: false,
             lifetime: Lifetime::default(),
             rand_time: Duration::ZERO,
             start_action: Action::None,

@@ -1611,6 +1611,7 @@ fn connection(
                 legacy,
                 &mut weak,
             )?,
+            transport: false,
             lifetime,
             rand_time,
             start_action,

@@ -88,6 +88,7 @@ fn policy(c: Conn) -> Arc<Policy> {
             local_ts: Vec::new(),
             remote_ts: Vec::new(),
             esp_proposals: proposal::parse_all(&strings(c.esp), ProtocolId::ESP).unwrap(),
+            transport: false,
             lifetime: Lifetime::default(),
             rand_time: Duration::ZERO,
             start_action: Action::None,

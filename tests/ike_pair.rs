@@ -61,6 +61,8 @@ struct Spec {
     second_child: bool,
     /// Announce MOBIKE.
     mobike: bool,
+    /// Every child asks for (and grants) transport mode.
+    transport: bool,
 }
 
 impl Default for Spec {
@@ -86,6 +88,7 @@ impl Default for Spec {
             keyingtries: 0,
             second_child: false,
             mobike: true,
+            transport: false,
         }
     }
 }
@@ -108,6 +111,7 @@ fn policy(spec: Spec, left: bool) -> Arc<Policy> {
         local_ts,
         remote_ts,
         esp_proposals: esp_proposals.clone(),
+        transport: spec.transport,
         lifetime: spec.lifetime,
         rand_time: Duration::ZERO,
         start_action: spec.start_action,
@@ -3080,4 +3084,182 @@ fn a_client_that_moves_behind_a_nat_floats_to_the_natt_port_and_then_moves() {
         .iter()
         .any(|e| matches!(e, Event::IkeSaMoved { encap: true, .. }));
     assert!(encap, "ESP goes in UDP from now on");
+}
+
+// ---- Transport mode (RFC 7296 §1.3.1). ----
+
+/// Whether the message carries USE_TRANSPORT_MODE.
+fn asks_transport(m: &MessageRecord) -> bool {
+    notify_types(m).contains(&NotifyType::USE_TRANSPORT_MODE)
+}
+
+/// A side's Child SA messages of one exchange (IKE SA rekeys left out): whether each
+/// carries USE_TRANSPORT_MODE.
+fn transport_notifies(events: &[Event], exchange: ExchangeType, response: bool) -> Vec<bool> {
+    messages(events, true, exchange, response)
+        .into_iter()
+        .filter(|m| !rekeys_ike(m))
+        .map(asks_transport)
+        .collect()
+}
+
+/// Each Child SA a side brought up: transport mode or not.
+fn modes(events: &[Event]) -> Vec<bool> {
+    Pair::children(events).iter().map(|c| c.transport).collect()
+}
+
+#[test]
+fn transport_children_on_both_sides_get_transport_mode_in_ike_auth_and_create_child_sa() {
+    let spec = || Spec {
+        transport: true,
+        second_child: true,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(spec(), spec());
+    pair.initiate();
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 2);
+    assert_eq!(modes(&pair.events_a), [true, true]);
+    assert_eq!(modes(&pair.events_b), [true, true]);
+    for exchange in [ExchangeType::IKE_AUTH, ExchangeType::CREATE_CHILD_SA] {
+        assert_eq!(
+            transport_notifies(&pair.events_a, exchange, false),
+            [true],
+            "{exchange} request"
+        );
+        assert_eq!(
+            transport_notifies(&pair.events_b, exchange, true),
+            [true],
+            "{exchange} response"
+        );
+    }
+}
+
+#[test]
+fn a_transport_initiator_deletes_the_tunnel_mode_child_sas_a_tunnel_responder_makes() {
+    let a = Spec {
+        transport: true,
+        second_child: true,
+        ..Spec::default()
+    };
+    let b = Spec {
+        second_child: true,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, b);
+    pair.initiate();
+    pair.drive();
+    for exchange in [ExchangeType::IKE_AUTH, ExchangeType::CREATE_CHILD_SA] {
+        assert_eq!(transport_notifies(&pair.events_a, exchange, false), [true]);
+        assert_eq!(transport_notifies(&pair.events_b, exchange, true), [false]);
+    }
+    // B made both in tunnel mode; A never installed them and had B delete them.
+    assert_eq!(modes(&pair.events_b), [false, false]);
+    assert!(Pair::children(&pair.events_a).is_empty());
+    let made_by_b: Vec<u32> = Pair::children(&pair.events_b)
+        .iter()
+        .map(|c| c.spi_out)
+        .collect();
+    assert_eq!(deleted(&pair.events_a), made_by_b);
+    let b_in: Vec<u32> = Pair::children(&pair.events_b)
+        .iter()
+        .map(|c| c.spi_in)
+        .collect();
+    assert_eq!(child_downs(&pair.events_b), b_in);
+    let declined: Vec<&str> = pair
+        .events_a
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaFailed {
+                child,
+                reason: Error::TransportModeDeclined,
+                ..
+            } => Some(child.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(declined, ["net", "net2"]);
+    assert!(
+        logs(&pair.events_b)
+            .iter()
+            .any(|l| l.contains("CHILD_SA net: the peer asks for transport mode, the child is configured for tunnel mode: tunnel mode")),
+        "{:?}",
+        logs(&pair.events_b)
+    );
+    assert_eq!(pair.assert_converged(), 0);
+}
+
+#[test]
+fn a_tunnel_initiator_gets_tunnel_mode_from_a_transport_responder_and_its_rekey_keeps_it() {
+    let b = Spec {
+        transport: true,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(Spec::default(), b);
+    pair.initiate();
+    pair.drive();
+    pair.assert_tunnel();
+    assert_eq!(
+        transport_notifies(&pair.events_a, ExchangeType::IKE_AUTH, false),
+        [false]
+    );
+    assert_eq!(
+        transport_notifies(&pair.events_b, ExchangeType::IKE_AUTH, true),
+        [false]
+    );
+    assert!(logs(&pair.events_b).iter().any(|l| l.contains(
+        "the peer asks for tunnel mode, the child is configured for transport mode: tunnel mode"
+    )));
+    // B rekeys the SA as it is, in tunnel mode, whatever its child's configuration.
+    let old_b = pair.live(Side::B)[0];
+    pair.expire(Side::B, old_b, false);
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(
+        transport_notifies(&pair.events_b, ExchangeType::CREATE_CHILD_SA, false),
+        [false]
+    );
+    assert_eq!(modes(&pair.events_a), [false, false]);
+    assert_eq!(modes(&pair.events_b), [false, false]);
+}
+
+#[test]
+fn rekeys_of_a_transport_child_sa_by_either_side_stay_in_transport_mode() {
+    let a = Spec {
+        transport: true,
+        lifetime: soft_hard(600, 660),
+        ike_lifetime: ike_rekey_after(400),
+        ..Spec::default()
+    };
+    let b = Spec {
+        transport: true,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(a, b);
+    pair.initiate();
+    // The IKE SA rekeys at 400 s, taking the Child SA along; A rekeys that at 600 s.
+    pair.run_until(secs(630));
+    assert_eq!(rekeyed(&pair.events_a).len(), 1);
+    let old_b = *pair.live(Side::B).last().unwrap();
+    pair.expire(Side::B, old_b, false);
+    pair.run_for(5);
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(modes(&pair.events_a), [true, true, true]);
+    assert_eq!(modes(&pair.events_b), [true, true, true]);
+    for side in [Side::A, Side::B] {
+        assert_eq!(
+            transport_notifies(pair.events(side), ExchangeType::CREATE_CHILD_SA, false),
+            [true],
+            "{side:?}'s rekey request"
+        );
+        assert_eq!(
+            transport_notifies(
+                pair.events(other(side)),
+                ExchangeType::CREATE_CHILD_SA,
+                true
+            ),
+            [true],
+            "the answer to {side:?}'s rekey"
+        );
+    }
 }

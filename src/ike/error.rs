@@ -34,6 +34,12 @@ pub enum Error {
     /// The connection leases virtual IPs and the peer asked for none.
     #[error("the peer asked for no virtual IP, which this connection requires")]
     CpRequired,
+    /// We asked for transport mode and the peer made a tunnel-mode Child SA (RFC 7296
+    /// §1.3.1: the initiator deletes one it cannot accept).
+    #[error(
+        "the peer declined transport mode (no USE_TRANSPORT_MODE in its answer): its tunnel-mode CHILD_SA is deleted"
+    )]
+    TransportModeDeclined,
     /// The peer answered with an error notify.
     #[error("peer sent {0}")]
     Notified(NotifyType),
@@ -53,6 +59,7 @@ impl Error {
             Self::InvalidSyntax(_) => NotifyType::INVALID_SYNTAX,
             Self::AddressFailure(_) => NotifyType::INTERNAL_ADDRESS_FAILURE,
             Self::CpRequired => NotifyType::FAILED_CP_REQUIRED,
+            Self::TransportModeDeclined => NotifyType::NO_PROPOSAL_CHOSEN,
             Self::Notified(n) => *n,
             Self::Internal(_) => NotifyType::NO_PROPOSAL_CHOSEN,
         }

@@ -78,6 +78,8 @@ pub(super) struct ChildSa {
     pub spi_out: u32,
     pub local_ts: Vec<TsRange>,
     pub remote_ts: Vec<TsRange>,
+    /// Transport mode, which its rekeys keep.
+    pub transport: bool,
     pub state: ChildState,
     /// When its soft time limit fires (once), and its hard one.
     pub soft_at: Option<Instant>,

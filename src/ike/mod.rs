@@ -199,6 +199,8 @@ pub struct ChildPolicy {
     pub remote_ts: Vec<TsRange>,
     /// ESP proposals in our order of preference.
     pub esp_proposals: Vec<Proposal>,
+    /// Ask for (and grant) transport mode with USE_TRANSPORT_MODE instead of tunnel mode.
+    pub transport: bool,
     /// When its Child SAs should be rekeyed (soft) and must end (hard).
     pub lifetime: Lifetime,
     /// Up to this much is taken off the soft time limit at random (swanctl's `rand_time`).
@@ -455,6 +457,8 @@ pub struct ChildSaUp {
     pub local_ts: Vec<TsRange>,
     /// The peer's selectors.
     pub remote_ts: Vec<TsRange>,
+    /// Transport mode (both sides sent USE_TRANSPORT_MODE); tunnel mode otherwise.
+    pub transport: bool,
     /// True for UDP encapsulation (RFC 3948) on the IKE SA's NAT-T ports.
     pub encap: bool,
     /// Our outer address and port.

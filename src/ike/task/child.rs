@@ -31,6 +31,8 @@ pub(in super::super) struct ChildRequest {
     pub kex: Option<KeyExchange>,
     /// The inbound SPI of the Child SA this one rekeys.
     pub rekeys: Option<u32>,
+    /// We asked for transport mode.
+    pub transport: bool,
     /// INVALID_KE_PAYLOAD retries so far.
     pub restarts: u8,
 }
@@ -138,6 +140,7 @@ pub(in super::super) fn request(
         nonce: Vec::new(),
         kex: None,
         rekeys: rekeys.map(|c| c.spi_in),
+        transport: rekeys.map_or(child.transport, |old| old.transport),
         restarts: 0,
     };
     if !in_auth {
@@ -158,6 +161,9 @@ pub(super) fn payloads(req: &ChildRequest) -> Vec<Payload> {
         n.protocol = ProtocolId::ESP;
         n.spi = old.to_be_bytes().to_vec();
         out.push(Payload::Notify(n));
+    }
+    if req.transport {
+        out.push(super::notify(NotifyType::USE_TRANSPORT_MODE, Vec::new()));
     }
     out.push(Payload::Sa(SaPayload {
         proposals: req.proposals.clone(),
@@ -229,6 +235,19 @@ pub(in super::super) fn accept(
     if !ts::within(&local_ts, &req.local_ts) || !ts::within(&remote_ts, &req.remote_ts) {
         return Err(Error::TsUnacceptable);
     }
+    match (
+        req.transport,
+        find_notify(payloads, NotifyType::USE_TRANSPORT_MODE).is_some(),
+    ) {
+        (true, false) => return Err(Error::TransportModeDeclined),
+        // The peer would treat its packets as transport mode, and we as tunnel mode.
+        (false, true) => {
+            return Err(Error::InvalidSyntax(
+                "USE_TRANSPORT_MODE in the answer to a tunnel-mode request".into(),
+            ));
+        }
+        _ => {}
+    }
     let g_ir = match (proposal::group(chosen), &req.kex) {
         (None, _) => None,
         (Some(group), Some(kex)) if kex.group() == group => {
@@ -261,6 +280,7 @@ pub(in super::super) fn accept(
             initiator: true,
             outbound,
             rekeys: req.rekeys,
+            transport: req.transport,
         },
     )
 }
@@ -296,6 +316,7 @@ pub(in super::super) fn respond(
         .map(|p| if in_auth { without_ke(p) } else { p.clone() })
         .collect();
     let (tsi, tsr) = (ts::ranges(&tsi.selectors), ts::ranges(&tsr.selectors));
+    let wants_transport = find_notify(payloads, NotifyType::USE_TRANSPORT_MODE).is_some();
     let ni = if in_auth {
         sa.nonce_i.clone()
     } else {
@@ -336,6 +357,23 @@ pub(in super::super) fn respond(
                 }
             }
         }
+        // Transport mode only when both sides want it; anything else is tunnel mode,
+        // which the initiator may still refuse (§1.3.1).
+        let transport = wants_transport && child.transport;
+        if wants_transport != child.transport {
+            let (asked, ours) = if wants_transport {
+                ("transport", "tunnel")
+            } else {
+                ("tunnel", "transport")
+            };
+            sa.log(
+                ctx,
+                format!(
+                    "CHILD_SA {}: the peer asks for {asked} mode, the child is configured for {ours} mode: tunnel mode",
+                    child.name
+                ),
+            );
+        }
         let spi_out = esp_spi(&chosen)?;
         let spi_in = ctx.alloc_child_spi();
         let nr = if in_auth {
@@ -358,15 +396,20 @@ pub(in super::super) fn respond(
                 initiator: false,
                 outbound: rekeys.is_none(),
                 rekeys: rekeys.map(|c| c.spi_in),
+                transport,
             },
         )?;
         let answer = Proposal {
             spi: spi_in.to_be_bytes().to_vec(),
             ..chosen
         };
-        let mut out = vec![Payload::Sa(SaPayload {
+        let mut out = Vec::new();
+        if transport {
+            out.push(super::notify(NotifyType::USE_TRANSPORT_MODE, Vec::new()));
+        }
+        out.push(Payload::Sa(SaPayload {
             proposals: vec![answer],
-        })];
+        }));
         if !in_auth {
             out.push(Payload::Nonce(NoncePayload { data: nr }));
         }
@@ -400,6 +443,7 @@ struct Negotiated<'a> {
     initiator: bool,
     outbound: bool,
     rekeys: Option<u32>,
+    transport: bool,
 }
 
 /// `lifetime` with the packet limits that keep a 32-bit sequence number from wrapping.
@@ -458,6 +502,7 @@ fn up(sa: &mut IkeSa, ctx: &mut Ctx<'_>, n: Negotiated<'_>) -> Result<(), Error>
         spi_out: n.spi_out,
         local_ts: n.local_ts.clone(),
         remote_ts: n.remote_ts.clone(),
+        transport: n.transport,
         state: ChildState::Installed,
         soft_at,
         hard_at: lifetime.hard.time.map(|t| ctx.now + t),
@@ -478,6 +523,7 @@ fn up(sa: &mut IkeSa, ctx: &mut Ctx<'_>, n: Negotiated<'_>) -> Result<(), Error>
         keys_out,
         local_ts: n.local_ts,
         remote_ts: n.remote_ts,
+        transport: n.transport,
         encap: sa.local.port() == ctx.settings.natt_port,
         local: sa.local,
         remote: sa.remote,
