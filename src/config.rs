@@ -81,7 +81,7 @@ pub struct Config {
     pub ike: IkeSettings,
     /// Connections, in file order.
     pub connections: Vec<Connection>,
-    /// The userspace ESP data plane.
+    /// The data plane: which one, and the userspace one's TUN device and workers.
     pub dataplane: DataplaneSettings,
     /// Where Prometheus scrapes the metrics (`[metrics] listen`); none serves none.
     pub metrics: Option<std::net::SocketAddr>,
@@ -89,9 +89,20 @@ pub struct Config {
     pub pools: Vec<AddressPool>,
 }
 
-/// The TUN device and the ESP workers.
+/// Where Child SAs are installed and ESP is sealed and opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataplaneMode {
+    /// esptun's own workers, on a TUN device: tunnel mode only.
+    Userspace,
+    /// The kernel's IPsec (XFRM): tunnel and transport mode.
+    Xfrm,
+}
+
+/// Which data plane, and the userspace one's TUN device and ESP workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataplaneSettings {
+    /// Which data plane carries the Child SAs.
+    pub mode: DataplaneMode,
     /// The TUN device's name.
     pub tun: String,
     /// Worker threads (one TUN queue and one socket per family each).
@@ -206,6 +217,7 @@ struct RawMetrics {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDataplane {
+    mode: Option<Spanned<String>>,
     tun: Option<Spanned<String>>,
     workers: Option<Spanned<usize>>,
     path_mtu: Option<Spanned<u16>>,
@@ -511,6 +523,8 @@ impl Config {
             .unwrap_or_default();
         let listen = listen(&src, raw.listen)?;
         let ike = ike_settings(&src, &raw.ike)?;
+        // Before the connections, whose children's mode it decides.
+        let dataplane = dataplane(&src, raw.dataplane)?;
         let mut pools: Vec<AddressPool> = Vec::new();
         for (i, p) in raw.pool.iter().enumerate() {
             let pool = pool(&src, p.get_ref(), &format!("pool[{i}]"), &pools)?;
@@ -528,7 +542,7 @@ impl Config {
                 ));
             }
             let table = tables.get(i).map_or("", String::as_str);
-            let connection = connection(&src, c, key.clone(), table, &pools)?;
+            let connection = connection(&src, c, key.clone(), table, &pools, dataplane.mode)?;
             overlap(&src, c.get_ref(), &key, &connection, &connections)?;
             connections.push(connection);
         }
@@ -536,7 +550,7 @@ impl Config {
             listen,
             ike,
             connections,
-            dataplane: dataplane(&src, raw.dataplane)?,
+            dataplane,
             metrics: raw
                 .metrics
                 .listen
@@ -685,6 +699,64 @@ fn virtual_ips(
         raw.pools.iter().map(|p| p.get_ref().clone()).collect(),
         vips,
     ))
+}
+
+/// Refuses a child with `mode = "transport"` (at key `key`) that the data plane, its
+/// connection's virtual IPs or its selectors (`ts`, local and remote) rule out.
+fn transport_child(
+    src: &Source<'_>,
+    c: &RawConnection,
+    ch: &RawChild,
+    mode: &Spanned<String>,
+    key: &str,
+    dataplane: DataplaneMode,
+    ts: (&[TsRange], &[TsRange]),
+) -> Result<(), ConfigError> {
+    let mode_key = format!("{key}.mode");
+    if dataplane == DataplaneMode::Userspace {
+        return Err(src.error(
+            mode,
+            mode_key,
+            "\"transport\" needs dataplane.mode = \"xfrm\": the userspace data plane only does tunnel mode",
+        ));
+    }
+    // Transport mode carries the hosts' own addresses; a virtual IP is an inner address.
+    let virtual_ips = [("pools", &c.pools), ("vips", &c.vips)];
+    if let Some((by, first)) = virtual_ips
+        .iter()
+        .find_map(|(by, list)| Some((by, list.first()?)))
+    {
+        return Err(src.error(
+            mode,
+            mode_key,
+            format!(
+                "\"transport\" cannot go with {by} (line {}): virtual IPs need tunnel mode",
+                src.line(first.span().start)
+            ),
+        ));
+    }
+    let is_host = |t: &TsRange| match t.addrs {
+        AddrRange::V4(a, b) => a == b,
+        AddrRange::V6(a, b) => a == b,
+    };
+    let sides = [
+        ("local_ts", &ch.local_ts, ts.0, "our"),
+        ("remote_ts", &ch.remote_ts, ts.1, "the peer's"),
+    ];
+    for (side, raw, parsed, whose) in sides {
+        if let Some(i) = parsed.iter().position(|t| !is_host(t)) {
+            return Err(src.error(
+                &raw[i],
+                format!("{key}.{side}[{i}]"),
+                format!(
+                    "{:?} is not a single address: mode = \"transport\" protects host-to-host \
+                     traffic (leave {side} out for {whose} IKE address)",
+                    raw[i].get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a child whose selectors overlap a child of an earlier connection (both
@@ -922,6 +994,20 @@ fn seconds(text: &str) -> Option<f64> {
 }
 
 fn dataplane(src: &Source<'_>, raw: RawDataplane) -> Result<DataplaneSettings, ConfigError> {
+    let mode = match raw.mode {
+        None => DataplaneMode::Userspace,
+        Some(m) => match m.get_ref().as_str() {
+            "userspace" => DataplaneMode::Userspace,
+            "xfrm" => DataplaneMode::Xfrm,
+            other => {
+                return Err(src.error(
+                    &m,
+                    "dataplane.mode",
+                    format!("{other:?}: expected \"userspace\" or \"xfrm\""),
+                ));
+            }
+        },
+    };
     let tun = match raw.tun {
         // IFNAMSIZ is 16 with the terminating NUL.
         Some(t)
@@ -991,6 +1077,7 @@ fn dataplane(src: &Source<'_>, raw: RawDataplane) -> Result<DataplaneSettings, C
         None => 0x45,
     };
     Ok(DataplaneSettings {
+        mode,
         tun,
         workers,
         path_mtu,
@@ -1438,6 +1525,7 @@ fn connection(
     key: String,
     table: &str,
     pools: &[AddressPool],
+    dataplane: DataplaneMode,
 ) -> Result<Connection, ConfigError> {
     let origin = src.origin(c_at.span(), &key);
     let mut fingerprint = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -1569,13 +1657,26 @@ fn connection(
                 format!("duplicate child name {:?}", ch.name.get_ref()),
             ));
         }
-        if let Some(mode) = ch.mode.as_ref().filter(|m| m.get_ref() != "tunnel") {
-            return Err(src.error(
-                mode,
-                format!("{k}.mode"),
-                format!("{:?}: only \"tunnel\" is supported", mode.get_ref()),
-            ));
-        }
+        let local_ts = selectors(src, &ch.local_ts, &format!("{k}.local_ts"))?;
+        let remote_ts = selectors(src, &ch.remote_ts, &format!("{k}.remote_ts"))?;
+        let transport = match &ch.mode {
+            None => false,
+            Some(mode) => match mode.get_ref().as_str() {
+                "tunnel" => false,
+                "transport" => {
+                    let ts = (local_ts.as_slice(), remote_ts.as_slice());
+                    transport_child(src, c, ch, mode, &k, dataplane, ts)?;
+                    true
+                }
+                other => {
+                    return Err(src.error(
+                        mode,
+                        format!("{k}.mode"),
+                        format!("{other:?}: expected \"tunnel\" or \"transport\""),
+                    ));
+                }
+            },
+        };
         let start_action = match (start, &ch.start_action) {
             (Some(start), Some(at)) => {
                 return Err(src.error(
@@ -1600,8 +1701,8 @@ fn connection(
         let (lifetime, rand_time) = child_lifetime(src, ch_at, &k)?;
         children.push(ChildPolicy {
             name: ch.name.get_ref().clone(),
-            local_ts: selectors(src, &ch.local_ts, &format!("{k}.local_ts"))?,
-            remote_ts: selectors(src, &ch.remote_ts, &format!("{k}.remote_ts"))?,
+            local_ts,
+            remote_ts,
             esp_proposals: proposals(
                 src,
                 ch.esp_proposals.as_ref(),
@@ -1611,7 +1712,7 @@ fn connection(
                 legacy,
                 &mut weak,
             )?,
-            transport: false,
+            transport,
             lifetime,
             rand_time,
             start_action,

@@ -5,7 +5,7 @@ mod common;
 
 use common::pki::{Alg, Ca, Leaf};
 use esptun::auth::identity::RemoteId;
-use esptun::config::{Config, ConfigError, Origin};
+use esptun::config::{Config, ConfigError, DataplaneMode, Origin};
 use esptun::ike::exchange::RetransmitPolicy;
 use esptun::ike::{Action, IkeLifetime, Lifetime, Limits, LocalAuth, RemoteAuth};
 use esptun::wire::ProtocolId;
@@ -187,6 +187,8 @@ fn the_documented_example_loads() {
         panic!("one child")
     };
     assert_eq!(child.name, "net");
+    assert!(!child.transport);
+    assert_eq!(config.dataplane.mode, DataplaneMode::Userspace);
     let addrs = |ts: &[esptun::wire::payload::TsRange]| -> Vec<AddrRange> {
         ts.iter().map(|t| t.addrs).collect()
     };
@@ -321,6 +323,8 @@ name = "c"
         (child.start_action, child.dpd_action, child.close_action),
         (Action::None, Action::None, Action::None)
     );
+    assert!(!child.transport, "tunnel mode");
+    assert_eq!(config.dataplane.mode, DataplaneMode::Userspace);
 }
 
 #[test]
@@ -414,7 +418,7 @@ fn mistakes_name_file_line_and_key() {
         (
             "listen = \"127.0.0.1:9469\"",
             "listen = \"localhost:9469\"",
-            "site.toml:60: metrics.listen: \"localhost:9469\" is not an address and port (\"127.0.0.1:9469\", \"[::1]:9469\")",
+            "site.toml:61: metrics.listen: \"localhost:9469\" is not an address and port (\"127.0.0.1:9469\", \"[::1]:9469\")",
         ),
         // Wrong types.
         (
@@ -466,7 +470,7 @@ fn mistakes_name_file_line_and_key() {
         (
             "mode =",
             "mode = \"transport\"",
-            "site.toml:44: connection[0].children[0].mode: \"transport\": only \"tunnel\" is supported",
+            "site.toml:44: connection[0].children[0].mode: \"transport\" needs dataplane.mode = \"xfrm\": the userspace data plane only does tunnel mode",
         ),
         (
             "mode =",
@@ -539,17 +543,17 @@ fn mistakes_name_file_line_and_key() {
         (
             "workers =",
             "workers = 0",
-            "site.toml:54: dataplane.workers: must be 1 to 256",
+            "site.toml:55: dataplane.workers: must be 1 to 256",
         ),
         (
             "path_mtu =",
             "path_mtu = 1280",
-            "site.toml:55: dataplane.path_mtu: must be within 1400..=65535",
+            "site.toml:56: dataplane.path_mtu: must be within 1400..=65535",
         ),
         (
             "tun =",
             "tun = \"a-name-far-too-long\"",
-            "site.toml:53: dataplane.tun: must be an interface name of 1 to 15 characters without '/' or spaces",
+            "site.toml:54: dataplane.tun: must be an interface name of 1 to 15 characters without '/' or spaces",
         ),
         // Syntax.
         (
@@ -606,13 +610,13 @@ fn duplicate_names_and_missing_children_are_errors() {
         &example[example.find("[[connection]]").unwrap()..example.find("[dataplane]").unwrap()];
     assert_eq!(
         dir.load(&format!("{example}{connection}")).unwrap_err(),
-        "site.toml:62: connection[1].name: duplicate connection name \"site-b\""
+        "site.toml:63: connection[1].name: duplicate connection name \"site-b\""
     );
     let children = &example
         [example.find("[[connection.children]]").unwrap()..example.find("[dataplane]").unwrap()];
     assert_eq!(
         dir.load(&format!("{example}{children}")).unwrap_err(),
-        "site.toml:62: connection[0].children[1].name: duplicate child name \"net\""
+        "site.toml:63: connection[0].children[1].name: duplicate child name \"net\""
     );
     let childless = &example[..example.find("[[connection.children]]").unwrap()];
     assert_eq!(
@@ -1151,7 +1155,7 @@ fn selectors_overlapping_another_connections_are_refused() {
             r#"["10.3.0.0/24", "fd00:2::8:0/112"]"#
         )
         .unwrap_err(),
-        "site.toml:88: connection[1].children[0].remote_ts[1]: overlaps the selectors of \
+        "site.toml:89: connection[1].children[0].remote_ts[1]: overlaps the selectors of \
          connection \"site-b\" child \"net\": a packet in both would go to whichever peer's SA \
          came up last; narrow one"
     );
@@ -1443,4 +1447,73 @@ legacy_windows_proposals = true"#,
         dir.load(&file(r#"proposals = ["aes256gcm16-prfsha1-ecp256"]"#, ""))
             .is_ok()
     );
+}
+
+#[test]
+fn transport_children_need_xfrm_host_selectors_and_no_virtual_ips() {
+    let dir = Dir::new("transport");
+    // The child's keys from line 12, the data plane's mode after them.
+    let file = |conn: &str, child: &str, dataplane: &str| {
+        format!("{}[dataplane]\n{dataplane}\n", lifecycle("", conn, child))
+    };
+    let xfrm = "mode = \"xfrm\"";
+    let config = dir.load(&file("", "mode = \"transport\"", xfrm)).unwrap();
+    assert_eq!(config.dataplane.mode, DataplaneMode::Xfrm);
+    let child = &config.connections[0].policy.children[0];
+    assert!(child.transport);
+    assert!(child.local_ts.is_empty() && child.remote_ts.is_empty());
+    let hosts = "mode = \"transport\"\nlocal_ts = [\"192.0.2.1\", \"2001:db8::1/128\"]\n\
+                 remote_ts = [\"192.0.2.2/32\"]";
+    let config = dir.load(&file("", hosts, xfrm)).unwrap();
+    assert!(config.connections[0].policy.children[0].transport);
+    let tunnel = dir.load(&file("", "mode = \"tunnel\"", xfrm)).unwrap();
+    assert!(!tunnel.connections[0].policy.children[0].transport);
+    let cases = [
+        (
+            file("", "mode = \"transport\"", ""),
+            "site.toml:12: connection[0].children[0].mode: \"transport\" needs dataplane.mode = \"xfrm\": the userspace data plane only does tunnel mode",
+        ),
+        (
+            file("", "mode = \"transport\"", "mode = \"userspace\""),
+            "site.toml:12: connection[0].children[0].mode: \"transport\" needs dataplane.mode = \"xfrm\": the userspace data plane only does tunnel mode",
+        ),
+        (
+            file(
+                "",
+                "mode = \"transport\"\nlocal_ts = [\"10.1.0.0/24\"]",
+                xfrm,
+            ),
+            "site.toml:13: connection[0].children[0].local_ts[0]: \"10.1.0.0/24\" is not a single address: mode = \"transport\" protects host-to-host traffic (leave local_ts out for our IKE address)",
+        ),
+        (
+            file(
+                "",
+                "mode = \"transport\"\nremote_ts = [\"192.0.2.2\",\n  \"fd00::/64\"]",
+                xfrm,
+            ),
+            "site.toml:14: connection[0].children[0].remote_ts[1]: \"fd00::/64\" is not a single address: mode = \"transport\" protects host-to-host traffic (leave remote_ts out for the peer's IKE address)",
+        ),
+        (
+            file("vips = [\"0.0.0.0\"]", "mode = \"transport\"", xfrm),
+            "site.toml:12: connection[0].children[0].mode: \"transport\" cannot go with vips (line 9): virtual IPs need tunnel mode",
+        ),
+        (
+            format!(
+                "[[pool]]\nname = \"p\"\naddrs = \"10.3.0.0/24\"\n{}",
+                file("pools = [\"p\"]", "mode = \"transport\"", xfrm)
+            ),
+            "site.toml:15: connection[0].children[0].mode: \"transport\" cannot go with pools (line 12): virtual IPs need tunnel mode",
+        ),
+        (
+            file("", "mode = \"beet\"", xfrm),
+            "site.toml:12: connection[0].children[0].mode: \"beet\": expected \"tunnel\" or \"transport\"",
+        ),
+        (
+            file("", "", "mode = \"kernel\""),
+            "site.toml:14: dataplane.mode: \"kernel\": expected \"userspace\" or \"xfrm\"",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(dir.load(&text).unwrap_err(), expected, "{text}");
+    }
 }

@@ -9,7 +9,7 @@ mod metrics;
 mod socket;
 pub mod status;
 
-use crate::config::{Config, Connection, DataplaneSettings, IkeSettings, Listen};
+use crate::config::{Config, Connection, DataplaneMode, DataplaneSettings, IkeSettings, Listen};
 use crate::crypto::Random;
 use crate::dataplane::{Dataplane, DataplaneEvent};
 use crate::ike::{self, AddressPool, Endpoint, Event, Settings, ts};
@@ -57,6 +57,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Runs the daemon until a signal stops it.
 pub fn run(options: Options) -> Result<(), String> {
     let config = Config::load(&options.config).map_err(|e| e.to_string())?;
+    // Better no daemon than one whose userspace workers carry transport-mode SAs.
+    if config.dataplane.mode == DataplaneMode::Xfrm {
+        return Err(format!(
+            "{}: dataplane.mode = \"xfrm\": installing SAs into the kernel is not implemented yet",
+            options.config.display()
+        ));
+    }
     let _instance = claim_instance(&config.dataplane.tun)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
