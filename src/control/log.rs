@@ -179,7 +179,7 @@ fn child_up(c: &ChildSaUp) -> String {
         .map(|old| format!(" (rekeys {old:08x}_i)"))
         .unwrap_or_default();
     format!(
-        "IKE_SA {:016x}: CHILD_SA {}/{} UP spi_in {:08x} spi_out {:08x} {} local_ts {} remote_ts {} {} -> {}{}{rekeys}",
+        "IKE_SA {:016x}: CHILD_SA {}/{} UP spi_in {:08x} spi_out {:08x} {} local_ts {} remote_ts {} {} -> {}{}{}{rekeys}",
         c.spi_i.0,
         c.connection,
         c.child,
@@ -190,6 +190,7 @@ fn child_up(c: &ChildSaUp) -> String {
         selectors(&c.remote_ts),
         c.local,
         c.remote,
+        if c.transport { " (transport mode)" } else { "" },
         if c.encap { " (UDP-encapsulated)" } else { "" },
     )
 }

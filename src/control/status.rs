@@ -90,6 +90,7 @@ impl Registry {
             "spi_in": format!("{:08x}", c.spi_in),
             "spi_out": format!("{:08x}", c.spi_out),
             "algorithms": super::log::esp_algorithms(c),
+            "mode": if c.transport { "transport" } else { "tunnel" },
             "encap": c.encap,
             "outbound": c.outbound,
             "local_ts": c.local_ts.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -250,9 +251,10 @@ pub fn text(status: &Value) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {}: {}, TUNNEL, {encap} SPIs: {}_i {}_o",
+                "  {}: {}, {}, {encap} SPIs: {}_i {}_o",
                 s(&c["name"]),
                 s(&c["state"]),
+                s(&c["mode"]).to_uppercase(),
                 s(&c["spi_in"]),
                 s(&c["spi_out"])
             );
@@ -328,4 +330,26 @@ pub fn conns_text(answer: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn the_text_names_each_child_sas_mode() {
+        let status = json!({ "ike_sas": [{ "child_sas": [
+            { "name": "host", "state": "INSTALLED", "mode": "transport" },
+            { "name": "net", "state": "INSTALLED", "mode": "tunnel" },
+        ] }] });
+        let text = super::text(&status);
+        assert!(
+            text.contains("\n  host: INSTALLED, TRANSPORT, ESP SPIs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  net: INSTALLED, TUNNEL, ESP SPIs"),
+            "{text}"
+        );
+    }
 }
