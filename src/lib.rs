@@ -30,6 +30,8 @@ pub mod ike;
 pub mod inspect;
 pub mod logging;
 pub mod netio;
+pub mod netlink;
 pub mod pki;
 pub mod privilege;
+pub mod sink;
 pub mod wire;

@@ -5,7 +5,7 @@
 //! second. A Child SA's series disappear a little after the SA does.
 
 use super::status::Registry;
-use crate::dataplane::Dataplane;
+use crate::sink::SaSink;
 use crate::ike::{DownReason, Endpoint, Event};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -64,7 +64,7 @@ impl Metrics {
     }
 
     /// Brings the gauges and the data plane's counters up to date.
-    pub fn refresh(&mut self, endpoint: &Endpoint, dataplane: &Dataplane, registry: &Registry) {
+    pub fn refresh(&mut self, endpoint: &Endpoint, dataplane: &dyn SaSink, registry: &Registry) {
         let stats = endpoint.stats();
         counter!("esptun_ike_handshakes_started_total").absolute(stats.handshakes_started);
         counter!("esptun_ike_retransmits_total").absolute(stats.retransmits);

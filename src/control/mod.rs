@@ -12,6 +12,7 @@ pub mod status;
 use crate::config::{Config, Connection, DataplaneMode, DataplaneSettings, IkeSettings, Listen};
 use crate::crypto::Random;
 use crate::dataplane::{Dataplane, DataplaneEvent};
+use crate::sink::{Protected, SaSink, xfrm::Xfrm};
 use crate::ike::{self, AddressPool, Endpoint, Event, Settings, ts};
 use crate::logging::Level;
 use crate::wire::IkeSpi;
@@ -57,13 +58,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Runs the daemon until a signal stops it.
 pub fn run(options: Options) -> Result<(), String> {
     let config = Config::load(&options.config).map_err(|e| e.to_string())?;
-    // Better no daemon than one whose userspace workers carry transport-mode SAs.
-    if config.dataplane.mode == DataplaneMode::Xfrm {
-        return Err(format!(
-            "{}: dataplane.mode = \"xfrm\": installing SAs into the kernel is not implemented yet",
-            options.config.display()
-        ));
-    }
     let _instance = claim_instance(&config.dataplane.tun)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -193,7 +187,7 @@ struct Daemon {
     sockets: Vec<Arc<IkeSocket>>,
     options: Options,
     keylog: Option<KeyLog>,
-    dataplane: Dataplane,
+    dataplane: Box<dyn SaSink>,
     natt_port: u16,
     /// IKE SAs whose own address is translated: (our address, the peer's).
     keepalives: HashMap<IkeSpi, (SocketAddr, SocketAddr)>,
@@ -273,22 +267,19 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
     for addr in &listen.addrs {
         for port in [listen.ike_port, listen.natt_port] {
             let bound = SocketAddr::new(*addr, port);
-            let socket = IkeSocket::bind(bound, port == listen.natt_port, config.dataplane.fwmark)
+            let natt = port == listen.natt_port;
+            let socket = IkeSocket::bind(bound, natt, config.dataplane.fwmark)
                 .map_err(|e| format!("bind {bound}: {e}"))?;
+            if config.dataplane.mode == DataplaneMode::Xfrm {
+                socket
+                    .prepare_for_kernel_esp(natt)
+                    .map_err(|e| format!("{bound}: kernel ESP: {e}"))?;
+            }
             crate::info!("listening on {bound}");
             sockets.push(Arc::new(socket));
         }
     }
-    // After the IKE sockets: the NAT-T port's group must have the control socket first.
-    let (dataplane, mut dataplane_events) = Dataplane::start(&config.dataplane, &listen)
-        .map_err(|e| format!("data plane ({}): {e}", config.dataplane.tun))?;
-    crate::info!(
-        "data plane: TUN {} (path MTU {}, offload {}), {} workers",
-        config.dataplane.tun,
-        config.dataplane.path_mtu,
-        if dataplane.offload { "on" } else { "off" },
-        config.dataplane.workers
-    );
+    let (dataplane, mut dataplane_events) = start_dataplane(&config.dataplane, &listen)?;
     let (tx, mut rx) = mpsc::channel::<Received>(1024);
     for socket in &sockets {
         let (socket, tx) = (socket.clone(), tx.clone());
@@ -351,7 +342,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         let peer = daemon.peer_of(c)?;
         daemon.add_connection(c, peer).1?;
     }
-    daemon.dataplane.drop_stale_routes();
+    daemon.dataplane.drop_stale();
     let control = api::Server::bind(&api::instance_path(&config.dataplane.tun, "sock"))?;
     let (requests, mut request_rx) = mpsc::channel::<api::Request>(16);
     crate::privilege::restrict(&crate::privilege::CONTROL)?;
@@ -368,8 +359,8 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         if stopping.is_some_and(|until| {
             daemon.endpoint.established() == 0 || tokio::time::Instant::now() >= until
         }) {
-            report_counters(&daemon.dataplane);
-            daemon.dataplane.release_routes();
+            report_counters(daemon.dataplane.as_ref());
+            daemon.dataplane.release();
             return Ok(());
         }
         let timer = daemon
@@ -392,7 +383,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                 daemon.endpoint.inbound_seen(now(), &active);
                 daemon.follow_our_address(now());
                 if let Some(m) = daemon.metrics.as_mut() {
-                    m.refresh(&daemon.endpoint, &daemon.dataplane, &daemon.registry);
+                    m.refresh(&daemon.endpoint, daemon.dataplane.as_ref(), &daemon.registry);
                 }
             }
             Some(e) = dataplane_events.recv() => match e {
@@ -418,7 +409,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
                     ));
                 }
             },
-            _ = report.recv() => report_counters(&daemon.dataplane),
+            _ = report.recv() => report_counters(daemon.dataplane.as_ref()),
             _ = hangup.recv(), if stopping.is_none() => {
                 if let Err(e) = daemon.reload(now()) {
                     crate::warn!("{e}");
@@ -442,8 +433,37 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
     }
 }
 
+/// Starts the data plane `settings.mode` names. The userspace one comes after the
+/// IKE sockets: the NAT-T port's group must have the control socket first.
+#[allow(clippy::type_complexity, reason = "said once, here")]
+fn start_dataplane(
+    settings: &DataplaneSettings,
+    listen: &Listen,
+) -> Result<(Box<dyn SaSink>, mpsc::UnboundedReceiver<DataplaneEvent>), String> {
+    match settings.mode {
+        DataplaneMode::Userspace => {
+            let (dataplane, events) = Dataplane::start(settings, listen)
+                .map_err(|e| format!("data plane ({}): {e}", settings.tun))?;
+            crate::info!(
+                "data plane: TUN {} (path MTU {}, offload {}), {} workers",
+                settings.tun,
+                settings.path_mtu,
+                if dataplane.offload { "on" } else { "off" },
+                settings.workers
+            );
+            Ok((Box::new(dataplane), events))
+        }
+        DataplaneMode::Xfrm => {
+            let (xfrm, events) = Xfrm::start(settings.replay_window)
+                .map_err(|e| format!("data plane (kernel XFRM): {e}"))?;
+            crate::info!("data plane: the kernel's IPsec (XFRM)");
+            Ok((Box::new(xfrm), events))
+        }
+    }
+}
+
 /// Logs each Child SA's counters and the drops (SIGUSR1, and at exit).
-fn report_counters(dataplane: &Dataplane) {
+fn report_counters(dataplane: &dyn SaSink) {
     for line in dataplane.report().lines() {
         crate::info!("{line}");
     }
@@ -572,10 +592,16 @@ impl Daemon {
                 None => child.local_ts.clone(),
             };
             let name = format!("{}/{}", c.policy.name, child.name);
-            if let Err(e) = self
-                .dataplane
-                .protect(index, child_index, &name, &local_ts, &remote_ts)
-            {
+            let protected = Protected {
+                policy: index,
+                child: child_index,
+                name: &name,
+                local_ts: &local_ts,
+                remote_ts: &remote_ts,
+                peer: peer.map(|(local, remote)| (local.ip(), remote.ip())),
+                transport: child.transport,
+            };
+            if let Err(e) = self.dataplane.protect(&protected) {
                 routed = Err(c.origin.error(e).to_string());
                 break;
             }
@@ -696,7 +722,7 @@ impl Daemon {
             _ => None,
         };
         match (word, policy) {
-            ("status", _) => self.registry.status(self.start.elapsed(), &self.dataplane),
+            ("status", _) => self.registry.status(self.start.elapsed(), self.dataplane.as_ref()),
             ("reload", _) => match self.reload(now) {
                 Ok(line) => serde_json::json!({ "reloaded": line }),
                 Err(e) => {

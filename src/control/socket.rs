@@ -54,6 +54,12 @@ impl IkeSocket {
         })
     }
 
+    /// Hands ESP to the kernel (`dataplane.mode = "xfrm"`): see
+    /// [`prepare_ike_socket`](crate::sink::xfrm::prepare_ike_socket).
+    pub fn prepare_for_kernel_esp(&self, natt: bool) -> io::Result<()> {
+        crate::sink::xfrm::prepare_ike_socket(&self.socket, self.bound.is_ipv4(), natt)
+    }
+
     /// Waits for the next datagram, read into `buf` (of [`MAX_DATAGRAM`] bytes, the
     /// caller's to reuse: a fresh one per datagram cost a 64 KB allocation and
     /// memset each, and under a flood those stood 1024 deep in the channel).

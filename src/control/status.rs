@@ -3,7 +3,7 @@
 //! when asked. The JSON it answers with is the interface (`esptun status --json`);
 //! the text form is made from it by the client, so the two never disagree.
 
-use crate::dataplane::Dataplane;
+use crate::sink::SaSink;
 use crate::ike::{ChildSaUp, Event, IkeSaUp};
 use crate::wire::IkeSpi;
 use serde_json::{Value, json};
@@ -142,7 +142,7 @@ impl Registry {
 
     /// Every IKE SA with its Child SAs, their ages, the time each Child SA has left
     /// and its traffic.
-    pub fn status(&self, now: Duration, dataplane: &Dataplane) -> Value {
+    pub fn status(&self, now: Duration, dataplane: &dyn SaSink) -> Value {
         let ike_sas: Vec<Value> = self
             .ike
             .iter()

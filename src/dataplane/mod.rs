@@ -13,7 +13,7 @@
 //! The control thread installs and removes SAs with messages that workers apply
 //! between batches.
 //!
-//! Fail closed: every configured child is [`Dataplane::protect`]ed from start-up to
+//! Fail closed: every configured child is [`SaSink::protect`](crate::sink::SaSink::protect)ed from start-up to
 //! shutdown. Its remote selectors are routed into the TUN (in esptun's own table, see
 //! [`route`]) whether or not it has an SA, and a packet for it without an SA is held
 //! in a small queue and an SA asked for ([`DataplaneEvent::Acquire`]), never sent in
@@ -34,6 +34,7 @@ pub use packet::Flow;
 use crate::config::{DataplaneSettings, Listen};
 use crate::esp::{InboundSa, OutboundSa, SaKeys};
 use crate::ike::{ChildSaUp, Lifetime, Limits};
+use crate::sink::{Protected, SaSink};
 use crate::wire::payload::{AddrRange, TsRange};
 use crossbeam_channel::Sender;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -475,20 +476,102 @@ impl Dataplane {
         Ok((dataplane, receiver))
     }
 
-    /// Protects child `child` of connection `policy` (`name` in logs) until shutdown:
-    /// routes the prefixes of `remote_ts` into the TUN, from one of this host's
-    /// addresses within `local_ts` when there is one, and has the workers hold packets
-    /// from `local_ts` to `remote_ts` that no SA covers and ask for an SA. The caller
-    /// resolves dynamic selectors to the IKE addresses. Fails if a route cannot be
-    /// added, since its packets would otherwise leave in clear.
-    pub fn protect(
-        &mut self,
-        policy: usize,
-        child: usize,
-        name: &str,
-        local_ts: &[TsRange],
-        remote_ts: &[TsRange],
-    ) -> Result<(), String> {
+    /// Whether a protected child of some connection routes `prefix`.
+    fn is_protected(&self, prefix: (IpAddr, u8)) -> bool {
+        self.protected.iter().any(|&(p, _)| p == prefix)
+    }
+
+    /// This host's addresses; none (so routes get no source) if the kernel will not say.
+    fn addresses(&mut self) -> Vec<IpAddr> {
+        self.routes.addresses().unwrap_or_else(|e| {
+            crate::warn!("cannot list this host's addresses: {e}");
+            Vec::new()
+        })
+    }
+
+    /// Where an SA from `local` to `remote` sends: the socket of its transport and
+    /// family bound to `local` (or the wildcard), and the peer's address and port.
+    fn path(&self, local: SocketAddr, remote: SocketAddr, encap: bool) -> Result<Path, String> {
+        let transport = if encap {
+            Transport::Udp
+        } else {
+            Transport::Raw
+        };
+        let socket = self
+            .sockets
+            .iter()
+            .position(|&(t, bound)| {
+                t == transport
+                    && bound.is_ipv4() == local.is_ipv4()
+                    && (bound.ip() == local.ip() || bound.ip().is_unspecified())
+            })
+            .ok_or_else(|| format!("no ESP socket for {}", local.ip()))?;
+        Ok(Path {
+            socket,
+            peer: if encap {
+                remote
+            } else {
+                SocketAddr::new(remote.ip(), 0)
+            },
+            local: local.ip(),
+            encap,
+        })
+    }
+
+    /// Routes the SA's remote prefixes that no protected route covers (those of a
+    /// child whose peer was unknown at start-up: dynamic selectors, any peer);
+    /// returns the prefixes it now uses.
+    fn route_negotiated(&mut self, c: &ChildSaUp) -> Vec<(IpAddr, u8)> {
+        let mut routes = Vec::new();
+        let mut sources: Option<Vec<IpAddr>> = None;
+        for prefix in c.remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
+            if self.protected.iter().any(|&(p, _)| within(prefix, p)) {
+                continue;
+            }
+            if !self.route_users.contains_key(&prefix) {
+                let sources = match &sources {
+                    Some(s) => s,
+                    None => {
+                        let ours = self.addresses();
+                        sources.insert(
+                            ours.into_iter()
+                                .filter(|&a| c.local_ts.iter().any(|t| holds(&t.addrs, a)))
+                                .collect(),
+                        )
+                    }
+                };
+                // The SA is already with the workers and stays installed (and
+                // tracked, so it is removed later); only this route is missing.
+                if let Err(e) = self
+                    .routes
+                    .add(prefix, self.tun_index, source(sources, prefix.0))
+                {
+                    crate::warn!(
+                        "route {}/{} into {}: {e}",
+                        prefix.0,
+                        prefix.1,
+                        self.settings.tun
+                    );
+                    continue;
+                }
+            }
+            *self.route_users.entry(prefix).or_default() += 1;
+            routes.push(prefix);
+        }
+        routes
+    }
+}
+
+impl SaSink for Dataplane {
+    fn protect(&mut self, protected: &Protected) -> Result<(), String> {
+        let &Protected {
+            policy,
+            child,
+            name,
+            local_ts,
+            remote_ts,
+            ..
+        } = protected;
         let protection = Arc::new(Protection {
             policy,
             child,
@@ -541,15 +624,7 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Whether a protected child of some connection routes `prefix`.
-    fn is_protected(&self, prefix: (IpAddr, u8)) -> bool {
-        self.protected.iter().any(|&(p, _)| p == prefix)
-    }
-
-    /// Stops protecting the children of connection `policy` (a reload removed or
-    /// replaced it): the workers drop what they hold for them, and the prefixes no
-    /// other connection protects lose their routes and blackholes.
-    pub fn unprotect(&mut self, policy: usize) {
+    fn unprotect(&mut self, policy: usize) {
         for w in &self.workers {
             w.send(Command::Unprotect(policy));
         }
@@ -573,47 +648,27 @@ impl Dataplane {
         }
     }
 
-    /// Ends start-up: an earlier run's blackholes for prefixes no longer protected go.
-    pub fn drop_stale_routes(&mut self) {
+    fn drop_stale(&mut self) {
         self.routes.drop_stale();
     }
 
-    /// Removes our routing rules and routes: the tunnels are closed on purpose.
-    /// Without it (esptun fails, panics, is killed) protected prefixes stay
-    /// blackholed until esptun runs again.
-    pub fn release_routes(&mut self) {
+    fn release(&mut self) {
         self.routes.release();
     }
 
-    /// Puts a virtual IP the gateway leased us on the TUN: the routes into it then
-    /// take it as their source.
-    pub fn add_virtual_ip(&mut self, addr: IpAddr) -> Result<(), String> {
+    fn add_virtual_ip(&mut self, addr: IpAddr) -> Result<(), String> {
         self.routes
             .add_address(self.tun_index, addr)
             .map_err(|e| format!("add virtual IP {addr} to {}: {e}", self.settings.tun))
     }
 
-    /// Takes a virtual IP off the TUN: its lease is over.
-    pub fn remove_virtual_ip(&mut self, addr: IpAddr) {
+    fn remove_virtual_ip(&mut self, addr: IpAddr) {
         if let Err(e) = self.routes.delete_address(self.tun_index, addr) {
             crate::warn!("remove virtual IP {addr} from {}: {e}", self.settings.tun);
         }
     }
 
-    /// This host's addresses; none (so routes get no source) if the kernel will not say.
-    fn addresses(&mut self) -> Vec<IpAddr> {
-        self.routes.addresses().unwrap_or_else(|e| {
-            crate::warn!("cannot list this host's addresses: {e}");
-            Vec::new()
-        })
-    }
-
-    /// Installs a Child SA: its inbound side at once, its outbound side too if
-    /// [`ChildSaUp::outbound`] says so (otherwise at [`Dataplane::activate`]). Its
-    /// remote selectors that no protected route covers are routed through the TUN
-    /// while it lives. Fails only before anything is installed; a route the kernel
-    /// refuses is reported and skipped.
-    pub fn install(&mut self, c: &ChildSaUp) -> Result<(), String> {
+    fn install(&mut self, c: &ChildSaUp) -> Result<(), String> {
         if self.installed.contains_key(&c.spi_in) {
             return Err(format!("inbound SPI {:08x} is installed already", c.spi_in));
         }
@@ -682,39 +737,19 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Where an SA from `local` to `remote` sends: the socket of its transport and
-    /// family bound to `local` (or the wildcard), and the peer's address and port.
-    fn path(&self, local: SocketAddr, remote: SocketAddr, encap: bool) -> Result<Path, String> {
-        let transport = if encap {
-            Transport::Udp
-        } else {
-            Transport::Raw
+    fn activate(&mut self, spi_in: u32) {
+        let Some(sa) = self.installed.get_mut(&spi_in) else {
+            return;
         };
-        let socket = self
-            .sockets
-            .iter()
-            .position(|&(t, bound)| {
-                t == transport
-                    && bound.is_ipv4() == local.is_ipv4()
-                    && (bound.ip() == local.ip() || bound.ip().is_unspecified())
-            })
-            .ok_or_else(|| format!("no ESP socket for {}", local.ip()))?;
-        Ok(Path {
-            socket,
-            peer: if encap {
-                remote
-            } else {
-                SocketAddr::new(remote.ip(), 0)
-            },
-            local: local.ip(),
-            encap,
-        })
+        if !sa.active {
+            sa.active = true;
+            for w in &self.workers {
+                w.send(Command::Outbound(sa.outbound.clone()));
+            }
+        }
     }
 
-    /// Moves the Child SA with inbound SPI `spi_in` to a new path (its IKE SA moved:
-    /// MOBIKE, or a NAT's new mapping of the peer): it sends from `local` to `remote`
-    /// from now on, with the same keys, sequence numbers and counters.
-    pub fn move_child(&mut self, spi_in: u32, local: SocketAddr, remote: SocketAddr, encap: bool) {
+    fn move_child(&mut self, spi_in: u32, local: SocketAddr, remote: SocketAddr, encap: bool) {
         let Some(installed) = self.installed.get(&spi_in) else {
             return;
         };
@@ -747,66 +782,7 @@ impl Dataplane {
         }
     }
 
-    /// Routes the SA's remote prefixes that no protected route covers (those of a
-    /// child whose peer was unknown at start-up: dynamic selectors, any peer);
-    /// returns the prefixes it now uses.
-    fn route_negotiated(&mut self, c: &ChildSaUp) -> Vec<(IpAddr, u8)> {
-        let mut routes = Vec::new();
-        let mut sources: Option<Vec<IpAddr>> = None;
-        for prefix in c.remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
-            if self.protected.iter().any(|&(p, _)| within(prefix, p)) {
-                continue;
-            }
-            if !self.route_users.contains_key(&prefix) {
-                let sources = match &sources {
-                    Some(s) => s,
-                    None => {
-                        let ours = self.addresses();
-                        sources.insert(
-                            ours.into_iter()
-                                .filter(|&a| c.local_ts.iter().any(|t| holds(&t.addrs, a)))
-                                .collect(),
-                        )
-                    }
-                };
-                // The SA is already with the workers and stays installed (and
-                // tracked, so it is removed later); only this route is missing.
-                if let Err(e) = self
-                    .routes
-                    .add(prefix, self.tun_index, source(sources, prefix.0))
-                {
-                    crate::warn!(
-                        "route {}/{} into {}: {e}",
-                        prefix.0,
-                        prefix.1,
-                        self.settings.tun
-                    );
-                    continue;
-                }
-            }
-            *self.route_users.entry(prefix).or_default() += 1;
-            routes.push(prefix);
-        }
-        routes
-    }
-
-    /// Sends with the Child SA whose inbound SPI is `spi_in` from now on, ahead of every
-    /// older SA, starting with the packets held for its child.
-    pub fn activate(&mut self, spi_in: u32) {
-        let Some(sa) = self.installed.get_mut(&spi_in) else {
-            return;
-        };
-        if !sa.active {
-            sa.active = true;
-            for w in &self.workers {
-                w.send(Command::Outbound(sa.outbound.clone()));
-            }
-        }
-    }
-
-    /// Removes the Child SA whose inbound SPI is `spi_in`, both directions, and
-    /// returns its final counters line.
-    pub fn remove(&mut self, spi_in: u32) -> Option<String> {
+    fn remove(&mut self, spi_in: u32) -> Option<String> {
         let sa = self.installed.remove(&spi_in)?;
         for w in &self.workers {
             w.send(Command::Remove(spi_in));
@@ -826,9 +802,7 @@ impl Dataplane {
         Some(describe(spi_in, &sa))
     }
 
-    /// Inbound SPIs of the Child SAs that opened packets since the last call (the
-    /// peer is alive).
-    pub fn inbound_active(&mut self) -> Vec<u32> {
+    fn inbound_active(&mut self) -> Vec<u32> {
         self.installed
             .iter_mut()
             .filter_map(|(&spi, sa)| {
@@ -838,9 +812,7 @@ impl Dataplane {
             .collect()
     }
 
-    /// Child SAs that crossed a soft or hard byte or packet limit since the last call:
-    /// (inbound SPI, hard, which limit). Each limit is reported once.
-    pub fn expiries(&mut self) -> Vec<(u32, bool, &'static str)> {
+    fn expiries(&mut self) -> Vec<(u32, bool, &'static str)> {
         let mut out = Vec::new();
         for (&spi, sa) in &mut self.installed {
             let reached = |limits: &Limits| {
@@ -865,15 +837,28 @@ impl Dataplane {
         out
     }
 
-    /// The Child SA's traffic so far: (packets, bytes) in, then out.
-    pub fn traffic(&self, spi_in: u32) -> Option<((u64, u64), (u64, u64))> {
+    fn traffic(&self, spi_in: u32) -> Option<((u64, u64), (u64, u64))> {
         let sa = self.installed.get(&spi_in)?;
         Some((sa.inbound.get(), sa.outbound.traffic.get()))
     }
 
-    /// How many batches of each size (the index) every worker moved so far:
-    /// outbound, then inbound.
-    pub fn batch_sizes(&self) -> [Vec<u64>; 2] {
+    fn installed(&self) -> usize {
+        self.installed.len()
+    }
+
+    fn drops(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|&why| {
+                (
+                    why.name(),
+                    self.workers.iter().map(|w| w.drops.get(why)).sum(),
+                )
+            })
+            .collect()
+    }
+
+    fn batch_sizes(&self) -> [Vec<u64>; 2] {
         [false, true].map(|inbound| {
             (0..=worker::BATCH)
                 .map(|size| {
@@ -886,26 +871,7 @@ impl Dataplane {
         })
     }
 
-    /// How many Child SAs are installed.
-    pub fn installed(&self) -> usize {
-        self.installed.len()
-    }
-
-    /// Packets dropped so far, by reason, summed over the workers.
-    pub fn drops(&self) -> Vec<(&'static str, u64)> {
-        DropReason::ALL
-            .iter()
-            .map(|&why| {
-                (
-                    why.name(),
-                    self.workers.iter().map(|w| w.drops.get(why)).sum(),
-                )
-            })
-            .collect()
-    }
-
-    /// Per-SA traffic and the drop counters, one line each.
-    pub fn report(&self) -> String {
+    fn report(&self) -> String {
         let mut out = String::new();
         let mut sas: Vec<_> = self.installed.iter().collect();
         sas.sort_by_key(|(spi, _)| **spi);
@@ -949,11 +915,12 @@ fn supervised(
 }
 
 fn describe(spi_in: u32, sa: &Installed) -> String {
-    let (in_packets, in_bytes) = sa.inbound.get();
-    let (out_packets, out_bytes) = sa.outbound.traffic.get();
-    format!(
-        "CHILD_SA {} {spi_in:08x}_i {:08x}_o: in {in_packets} packets {in_bytes} bytes, out {out_packets} packets {out_bytes} bytes",
-        sa.name, sa.outbound.spi
+    crate::sink::describe(
+        &sa.name,
+        spi_in,
+        sa.outbound.spi,
+        sa.inbound.get(),
+        sa.outbound.traffic.get(),
     )
 }
 

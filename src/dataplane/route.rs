@@ -10,13 +10,10 @@
 //! esptun runs again, claims the table and replaces them. Only a clean stop removes
 //! them.
 
+use crate::netlink::{NLM_F_CREATE, NLM_F_EXCL, Netlink, attribute, attributes};
 use nix::libc;
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
-};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
 
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
@@ -26,13 +23,6 @@ const RTM_DELADDR: u16 = 21;
 const RTM_GETADDR: u16 = 22;
 const RTM_NEWRULE: u16 = 32;
 const RTM_DELRULE: u16 = 33;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
 /// rtm_table for tables that do not fit its byte; RTA_TABLE holds the real one.
 const RT_TABLE_COMPAT: u8 = 252;
 const RT_SCOPE_UNIVERSE: u8 = 0;
@@ -57,7 +47,6 @@ const FIB_RULE_INVERT: u32 = 0x2;
 const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const NLMSG_HDRLEN: usize = 16;
 
 /// The protocol esptun's routes carry (ESP's IP protocol number): `ip route` shows
 /// `proto 50`, and start-up and shutdown delete only routes with it.
@@ -69,8 +58,7 @@ const BLACKHOLE_METRIC: u32 = 4500;
 
 /// A route-netlink socket and the table and mark it manages.
 pub struct Routes {
-    fd: OwnedFd,
-    seq: u32,
+    netlink: Netlink,
     table: u32,
     mark: u32,
     /// Blackholes an earlier run left, kept until [`Routes::drop_stale`] so that
@@ -84,15 +72,8 @@ impl Routes {
     /// families (unless it is there). Only [`Routes::release`] removes them: an
     /// esptun that fails, panics or is killed leaves its prefixes blackholed.
     pub fn claim(table: u32, mark: u32) -> io::Result<Self> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkRoute,
-        )?;
         let mut routes = Self {
-            fd,
-            seq: 0,
+            netlink: Netlink::open(libc::NETLINK_ROUTE)?,
             table,
             mark,
             stale: Vec::new(),
@@ -180,7 +161,7 @@ impl Routes {
         // struct ifaddrmsg: family, prefix length, flags, scope, interface index.
         let request = [AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0];
         let mut out = Vec::new();
-        self.dump(RTM_GETADDR, &request, |body| {
+        self.netlink.dump(RTM_GETADDR, &request, |body| {
             if let Some(addr) = address_of(body) {
                 out.push(addr);
             }
@@ -194,7 +175,7 @@ impl Routes {
         let request = [AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let mut ours = Vec::new();
         let table = self.table;
-        self.dump(RTM_GETROUTE, &request, |body| {
+        self.netlink.dump(RTM_GETROUTE, &request, |body| {
             if is_ours(body, table) {
                 ours.push(body.to_vec());
             }
@@ -202,49 +183,8 @@ impl Routes {
         Ok(ours)
     }
 
-    fn send(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<u32> {
-        self.seq = self.seq.wrapping_add(1);
-        let msg = message(kind, flags, self.seq, body);
-        sendto(
-            self.fd.as_raw_fd(),
-            &msg,
-            &NetlinkAddr::new(0, 0),
-            MsgFlags::empty(),
-        )?;
-        Ok(self.seq)
-    }
-
-    /// Sends one request and waits for its acknowledgement.
-    fn request(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
-        let seq = self.send(kind, NLM_F_REQUEST | NLM_F_ACK | flags, body)?;
-        let mut answer = vec![0u8; 8192];
-        loop {
-            let n = recv(self.fd.as_raw_fd(), &mut answer, MsgFlags::empty())?;
-            for (kind, got, body) in messages(&answer[..n]) {
-                if kind == NLMSG_ERROR && got == seq {
-                    return errno(body);
-                }
-            }
-        }
-    }
-
-    /// Sends a dump request and hands each answer's body to `each`.
-    fn dump(&mut self, kind: u16, body: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
-        let seq = self.send(kind, NLM_F_REQUEST | NLM_F_DUMP, body)?;
-        let mut answer = vec![0u8; 65536];
-        loop {
-            let n = recv(self.fd.as_raw_fd(), &mut answer, MsgFlags::empty())?;
-            for (kind, got, body) in messages(&answer[..n]) {
-                if got != seq {
-                    continue;
-                }
-                match kind {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => return errno(body),
-                    _ => each(body),
-                }
-            }
-        }
+    fn request(&self, kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
+        self.netlink.request(kind, flags, body)
     }
 
     /// Deletes our rules and every route of ours, on a clean stop. Errors only mean
@@ -263,76 +203,6 @@ impl Routes {
             Err(e) => crate::warn!("routing table {}: cannot list its routes: {e}", self.table),
         }
     }
-}
-
-/// One netlink message: header (length, type, flags, sequence, port 0), then `body`.
-fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(NLMSG_HDRLEN + body.len());
-    let total = (NLMSG_HDRLEN + body.len()) as u32;
-    msg.extend_from_slice(&total.to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(&flags.to_ne_bytes());
-    msg.extend_from_slice(&seq.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(body);
-    msg
-}
-
-/// The messages in one datagram: (type, sequence, body).
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < NLMSG_HDRLEN {
-            return None;
-        }
-        let len = u32::from_ne_bytes(buf[..4].try_into().ok()?) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return None;
-        }
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        let seq = u32::from_ne_bytes(buf[8..12].try_into().ok()?);
-        let body = &buf[NLMSG_HDRLEN..len];
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
-        Some((kind, seq, body))
-    })
-}
-
-/// The result an NLMSG_ERROR body carries (errno 0 is an acknowledgement).
-fn errno(body: &[u8]) -> io::Result<()> {
-    let code = body
-        .get(..4)
-        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| io::Error::other("short rtnetlink error"))?;
-    match code {
-        0 => Ok(()),
-        e => Err(io::Error::from_raw_os_error(-e)),
-    }
-}
-
-/// Appends an attribute, padded to 4 bytes.
-fn attribute(msg: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    msg.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(value);
-    msg.resize(msg.len().next_multiple_of(4), 0);
-}
-
-/// The attributes that follow a fixed header of `header` bytes: (type, value).
-fn attributes(body: &[u8], header: usize) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut rest = body.get(header..).unwrap_or_default();
-    std::iter::from_fn(move || {
-        if rest.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
-        if len < 4 || len > rest.len() {
-            return None;
-        }
-        // The top bits flag nested and byte-order attributes.
-        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
-        let value = &rest[4..len];
-        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
-        Some((kind, value))
-    })
 }
 
 fn table_byte(table: u32) -> u8 {
@@ -539,26 +409,6 @@ mod tests {
                 (FRA_FWMASK, u32::MAX.to_ne_bytes().to_vec()),
                 (FRA_TABLE, 4500u32.to_ne_bytes().to_vec()),
             ]
-        );
-    }
-
-    #[test]
-    fn messages_split_a_datagram_and_skip_a_torn_tail() {
-        let mut datagram = message(NLMSG_ERROR, 0, 7, &[0; 4]);
-        datagram.extend(message(NLMSG_DONE, 0, 8, &[1, 2]));
-        datagram.extend([0, 0]); // padding of the second
-        datagram.extend(&message(NLMSG_DONE, 0, 9, &[])[..10]);
-        let got: Vec<(u16, u32, Vec<u8>)> = messages(&datagram)
-            .map(|(k, s, b)| (k, s, b.to_vec()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![(NLMSG_ERROR, 7, vec![0; 4]), (NLMSG_DONE, 8, vec![1, 2])]
-        );
-        assert!(errno(&0i32.to_ne_bytes()).is_ok());
-        assert_eq!(
-            errno(&(-17i32).to_ne_bytes()).unwrap_err().raw_os_error(),
-            Some(17)
         );
     }
 
