@@ -26,9 +26,11 @@ DEMO="iproute2 iputils-ping procps iperf3 coreutils"
 # tests/e2e's metrics: curl scrapes, Debian's python3 parses with prometheus_client.
 # tests/roadwarrior: charon-cmd as a client, openssl for its PKCS#12 credentials,
 # conntrack to make its NAT forget a mapping.
+# tests/xfrm: ../shared/xfrm-vm/boot.sh needs kmod (depmod, modprobe) and cpio on the
+# host; it fetches QEMU and the guest kernel itself with apt-get download.
 TUNNELS="netcat-openbsd tcpdump nftables charon-systemd charon-cmd strongswan-swanctl openssl conntrack
     libcharon-extra-plugins libstrongswan-standard-plugins jq perl curl
-    python3-prometheus-client"
+    python3-prometheus-client kmod cpio"
 
 case ${1:-} in
     demo) packages="$BUILD $DEMO" components="" ;;

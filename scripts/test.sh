@@ -5,7 +5,8 @@
 # the strongSwan interop tests, road warriors (virtual IPs, many clients, MOBIKE) with
 # strongSwan and esptun clients, a 40-second rekey soak with the fault cases, against
 # esptun and strongSwan, and a short IKE_SA_INIT flood while esptun and strongSwan
-# connect (ESPTUN_SKIP_NETNS=1 leaves those five out, and says so). Root, but for
+# connect, and kernel ESP (dataplane.mode = "xfrm") in a VM whose kernel has it
+# (ESPTUN_SKIP_NETNS=1 leaves those six out, and says so). Root, but for
 # ESPTUN_SKIP_NETNS=1; installs what it uses first (scripts/deps.sh).
 # Run from anywhere; exits non-zero on the first failure.
 set -euo pipefail
@@ -33,9 +34,9 @@ scripts/deny.sh
 step "fuzz targets, 10 s each (scripts/fuzz.sh --seconds 10)"
 scripts/fuzz.sh --seconds 10
 if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
-    step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, road-warrior, lifecycle and flood tests did not run"
+    step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, road-warrior, lifecycle, flood and xfrm tests did not run"
 else
-    cargo build --locked --release --bins --example flood
+    cargo build --locked --release --bins --example flood --example xfer
     step "esptun <-> esptun tunnels (tests/e2e/run.sh)"
     tests/e2e/run.sh
     step "interop with strongSwan (tests/interop/run.sh)"
@@ -46,5 +47,7 @@ else
     tests/lifecycle/run.sh --seconds 40
     step "an IKE_SA_INIT flood while peers connect (tests/flood/run.sh --short)"
     tests/flood/run.sh --short
+    step "kernel ESP: esptun in xfrm mode against esptun in both modes, in a VM (tests/xfrm/run.sh)"
+    tests/xfrm/run.sh --xfer target/release/examples/xfer
 fi
 echo "all tests passed"

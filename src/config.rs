@@ -631,13 +631,22 @@ fn pool(
 }
 
 /// A connection's `pools` (each must be a `[[pool]]`) and `vips` (at most one per
-/// family); a connection is a gateway to its peer or its client, not both.
+/// family, and only for the userspace data plane, which puts them on its TUN); a
+/// connection is a gateway to its peer or its client, not both.
 fn virtual_ips(
     src: &Source<'_>,
     raw: &RawConnection,
     key: &str,
     pools: &[AddressPool],
+    dataplane: DataplaneMode,
 ) -> Result<(Vec<String>, Vec<IpAddr>), ConfigError> {
+    if let (DataplaneMode::Xfrm, Some(first)) = (dataplane, raw.vips.first()) {
+        return Err(src.error(
+            first,
+            format!("{key}.vips[0]"),
+            "asking for virtual IPs needs dataplane.mode = \"userspace\": in xfrm mode esptun has no TUN to put them on",
+        ));
+    }
     for (i, name) in raw.pools.iter().enumerate() {
         if !pools.iter().any(|p| p.name == *name.get_ref()) {
             return Err(src.error(
@@ -1744,7 +1753,7 @@ fn connection(
         None => 1280,
     };
     let initiate = children.iter().any(|ch| ch.start_action == Action::Start);
-    let (pools, vips) = virtual_ips(src, c, &key, pools)?;
+    let (pools, vips) = virtual_ips(src, c, &key, pools, dataplane)?;
     Ok(Connection {
         policy: Arc::new(Policy {
             name: c.name.get_ref().clone(),

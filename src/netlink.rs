@@ -238,9 +238,7 @@ mod tests {
         let mut body = vec![9u8; 4];
         attribute(&mut body, 1, &[1, 2, 3]);
         attribute(&mut body, 0x8002, &[4; 8]);
-        let got: Vec<(u16, Vec<u8>)> = attributes(&body, 4)
-            .map(|(k, v)| (k, v.to_vec()))
-            .collect();
+        let got: Vec<(u16, Vec<u8>)> = attributes(&body, 4).map(|(k, v)| (k, v.to_vec())).collect();
         assert_eq!(got, vec![(1, vec![1, 2, 3]), (2, vec![4; 8])]);
         body.extend([200, 0, 3, 0]);
         assert_eq!(attributes(&body, 4).count(), 2);

@@ -1505,6 +1505,10 @@ fn transport_children_need_xfrm_host_selectors_and_no_virtual_ips() {
             "site.toml:15: connection[0].children[0].mode: \"transport\" cannot go with pools (line 12): virtual IPs need tunnel mode",
         ),
         (
+            file("vips = [\"0.0.0.0\"]", "", xfrm),
+            "site.toml:9: connection[0].vips[0]: asking for virtual IPs needs dataplane.mode = \"userspace\": in xfrm mode esptun has no TUN to put them on",
+        ),
+        (
             file("", "mode = \"beet\"", xfrm),
             "site.toml:12: connection[0].children[0].mode: \"beet\": expected \"tunnel\" or \"transport\"",
         ),

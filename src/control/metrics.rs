@@ -5,8 +5,8 @@
 //! second. A Child SA's series disappear a little after the SA does.
 
 use super::status::Registry;
-use crate::sink::SaSink;
 use crate::ike::{DownReason, Endpoint, Event};
+use crate::sink::SaSink;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use metrics_util::MetricKindMask;

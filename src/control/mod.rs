@@ -12,9 +12,9 @@ pub mod status;
 use crate::config::{Config, Connection, DataplaneMode, DataplaneSettings, IkeSettings, Listen};
 use crate::crypto::Random;
 use crate::dataplane::{Dataplane, DataplaneEvent};
-use crate::sink::{Protected, SaSink, xfrm::Xfrm};
 use crate::ike::{self, AddressPool, Endpoint, Event, Settings, ts};
 use crate::logging::Level;
+use crate::sink::{Protected, SaSink, xfrm::Xfrm};
 use crate::wire::IkeSpi;
 use log::KeyLog;
 use nix::fcntl::{Flock, FlockArg};
@@ -722,7 +722,9 @@ impl Daemon {
             _ => None,
         };
         match (word, policy) {
-            ("status", _) => self.registry.status(self.start.elapsed(), self.dataplane.as_ref()),
+            ("status", _) => self
+                .registry
+                .status(self.start.elapsed(), self.dataplane.as_ref()),
             ("reload", _) => match self.reload(now) {
                 Ok(line) => serde_json::json!({ "reloaded": line }),
                 Err(e) => {

@@ -3,8 +3,8 @@
 //! when asked. The JSON it answers with is the interface (`esptun status --json`);
 //! the text form is made from it by the client, so the two never disagree.
 
-use crate::sink::SaSink;
 use crate::ike::{ChildSaUp, Event, IkeSaUp};
+use crate::sink::SaSink;
 use crate::wire::IkeSpi;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

@@ -312,10 +312,7 @@ impl Xfrm {
             return;
         }
         self.policies.remove(key);
-        if let Err(e) = self
-            .netlink
-            .request(XFRM_MSG_DELPOLICY, 0, &policy_id(key))
-        {
+        if let Err(e) = self.netlink.request(XFRM_MSG_DELPOLICY, 0, &policy_id(key)) {
             crate::warn!("delete XFRM policy {}: {e}", describe_key(key));
         }
     }
@@ -393,13 +390,9 @@ impl SaSink for Xfrm {
                 Some((local, remote)) => Self::tmpl(&key, reqid, local, remote, child.transport),
                 None => Action::Block,
             };
-            let policy = self.put_policy(&key, action).map_err(|e| {
-                format!(
-                    "{}: XFRM policy {}: {e}",
-                    child.name,
-                    describe_key(&key)
-                )
-            })?;
+            let policy = self
+                .put_policy(&key, action)
+                .map_err(|e| format!("{}: XFRM policy {}: {e}", child.name, describe_key(&key)))?;
             policy.protectors.insert(child.policy);
         }
         Ok(())
@@ -425,18 +418,14 @@ impl SaSink for Xfrm {
     fn release(&mut self) {
         for sa in self.installed.values() {
             for inbound in [true, false] {
-                let _ = self.netlink.request(
-                    XFRM_MSG_DELSA,
-                    0,
-                    &Self::state_of(sa, inbound),
-                );
+                let _ = self
+                    .netlink
+                    .request(XFRM_MSG_DELSA, 0, &Self::state_of(sa, inbound));
             }
         }
         self.installed.clear();
         for key in self.policies.keys() {
-            let _ = self
-                .netlink
-                .request(XFRM_MSG_DELPOLICY, 0, &policy_id(key));
+            let _ = self.netlink.request(XFRM_MSG_DELPOLICY, 0, &policy_id(key));
         }
         self.policies.clear();
     }
@@ -567,11 +556,9 @@ impl SaSink for Xfrm {
         let sa = self.installed.remove(&spi_in)?;
         for inbound in [true, false] {
             // A state the kernel let expire (hard limit) is gone already.
-            let _ = self.netlink.request(
-                XFRM_MSG_DELSA,
-                0,
-                &Self::state_of(&sa, inbound),
-            );
+            let _ = self
+                .netlink
+                .request(XFRM_MSG_DELSA, 0, &Self::state_of(&sa, inbound));
         }
         for key in &sa.policies {
             if let Some(policy) = self.policies.get_mut(key) {
@@ -631,9 +618,7 @@ impl SaSink for Xfrm {
 
     fn traffic(&self, spi_in: u32) -> Option<((u64, u64), (u64, u64))> {
         let sa = self.installed.get(&spi_in)?;
-        let inbound = self
-            .counters(&Self::state_of(sa, true))
-            .unwrap_or_default();
+        let inbound = self.counters(&Self::state_of(sa, true)).unwrap_or_default();
         let outbound = if sa.active {
             self.counters(&Self::state_of(sa, false))
                 .unwrap_or_default()
@@ -811,12 +796,12 @@ fn u64_at(body: &[u8], at: usize) -> u64 {
 /// An address in an xfrm_address_t of `family`.
 fn address(family: u16, bytes: &[u8]) -> Option<IpAddr> {
     match family {
-        AF_INET => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(
-            bytes.get(..4)?,
-        ).ok()?))),
-        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(
-            bytes.get(..16)?,
-        ).ok()?))),
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(bytes.get(..4)?).ok()?,
+        ))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(bytes.get(..16)?).ok()?,
+        ))),
         _ => None,
     }
 }
@@ -871,7 +856,12 @@ fn lifetime_cfg(soft: &Limits, hard: &Limits) -> [u8; 64] {
 
 /// NEWSA for the inbound or outbound state of `sa`, with `carried` attributes
 /// (replay state, counters) in place of fresh ones.
-fn state_message(sa: &Sa, inbound: bool, replay_window: u32, carried: &[(u16, Vec<u8>)]) -> Vec<u8> {
+fn state_message(
+    sa: &Sa,
+    inbound: bool,
+    replay_window: u32,
+    carried: &[(u16, Vec<u8>)],
+) -> Vec<u8> {
     let (src, dst, spi, keys) = if inbound {
         (sa.remote, sa.local, sa.spi_in, &sa.keys_in)
     } else {
@@ -893,8 +883,11 @@ fn state_message(sa: &Sa, inbound: bool, replay_window: u32, carried: &[(u16, Ve
     } else {
         XFRM_MODE_TUNNEL
     };
-    body[216] = if sa.transport { 0 } else { XFRM_STATE_AF_UNSPEC }
-        | if sa.esn { XFRM_STATE_ESN } else { 0 };
+    body[216] = if sa.transport {
+        0
+    } else {
+        XFRM_STATE_AF_UNSPEC
+    } | if sa.esn { XFRM_STATE_ESN } else { 0 };
     let (encryption, integrity) = (keys.0.expose(), keys.1.expose());
     let key_bits = |key: &[u8]| ((key.len() * 8) as u32).to_ne_bytes();
     match (sa.encr, sa.integ) {
@@ -1121,4 +1114,223 @@ fn describe_key(key: &PolicyKey) -> String {
         "{}/{} -> {}/{} proto {} dir {dir}",
         key.src.prefix.0, key.src.prefix.1, key.dst.prefix.0, key.dst.prefix.1, key.proto
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: &str, dst: &str, proto: u8, dir: u8) -> PolicyKey {
+        let end = |s: &str| {
+            let (addr, len) = s.split_once('/').unwrap();
+            End {
+                prefix: (addr.parse().unwrap(), len.parse().unwrap()),
+                port: (0, 0),
+            }
+        };
+        PolicyKey {
+            src: end(src),
+            dst: end(dst),
+            proto,
+            dir,
+        }
+    }
+
+    fn sa(encr: Encr, integ: Option<Integ>, encap: bool, transport: bool) -> Sa {
+        Sa {
+            name: "lan".into(),
+            spi_in: 0x1111_2222,
+            spi_out: 0x3333_4444,
+            reqid: REQID_TAG | 1,
+            encr,
+            integ,
+            esn: true,
+            keys_in: (Secret::new(vec![1; 20]), Secret::new(vec![2; 32])),
+            keys_out: (Secret::new(vec![3; 20]), Secret::new(vec![4; 32])),
+            local: "192.0.2.1:4500".parse().unwrap(),
+            remote: "198.51.100.7:31000".parse().unwrap(),
+            encap,
+            transport,
+            lifetime: Lifetime {
+                soft: Limits {
+                    bytes: Some(1000),
+                    ..Limits::default()
+                },
+                hard: Limits::default(),
+            },
+            active: false,
+            policies: Vec::new(),
+            reported: (false, false),
+            seen: 0,
+        }
+    }
+
+    fn attrs(body: &[u8], header: usize) -> HashMap<u16, Vec<u8>> {
+        attributes(body, header)
+            .map(|(k, v)| (k, v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn port_ranges_become_aligned_masked_blocks() {
+        assert_eq!(port_blocks(0, 65535), vec![(0, 0)]);
+        assert_eq!(port_blocks(80, 80), vec![(80, 0xffff)]);
+        assert_eq!(port_blocks(1024, 2047), vec![(1024, 0xfc00)]);
+        assert_eq!(port_blocks(5, 7), vec![(5, 0xffff), (6, 0xfffe)]);
+        assert_eq!(port_blocks(65535, 65535), vec![(65535, 0xffff)]);
+    }
+
+    #[test]
+    fn selector_has_the_kernels_layout() {
+        let mut k = key("10.1.0.0/24", "10.2.0.7/32", 6, XFRM_POLICY_OUT);
+        k.dst.port = (443, 0xffff);
+        let sel = selector(&k);
+        assert_eq!(&sel[..4], &[10, 2, 0, 7]);
+        assert_eq!(&sel[16..20], &[10, 1, 0, 0]);
+        assert_eq!(&sel[32..36], &[1, 187, 0xff, 0xff]);
+        assert_eq!(&sel[36..40], &[0, 0, 0, 0]);
+        assert_eq!(u16_at(&sel, 40), AF_INET);
+        assert_eq!((sel[42], sel[43], sel[44]), (32, 24, 6));
+        let id = policy_id(&k);
+        assert_eq!((&id[..SELECTOR], id[60]), (&sel[..], XFRM_POLICY_OUT));
+    }
+
+    #[test]
+    fn policies_carry_our_priority_band_the_template_and_prefer_specific_selectors() {
+        let wide = key("10.0.0.0/8", "10.2.0.0/16", 0, XFRM_POLICY_IN);
+        let narrow = key("10.1.0.0/24", "10.2.0.0/24", 0, XFRM_POLICY_IN);
+        let tmpl = Xfrm::tmpl(
+            &narrow,
+            REQID_TAG | 7,
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.7".parse().unwrap(),
+            false,
+        );
+        let body = policy_message(&narrow, tmpl);
+        assert_eq!(body[160], XFRM_POLICY_IN);
+        assert_eq!(body[161], XFRM_POLICY_ALLOW);
+        let p = u32_at(&body, 152);
+        assert!(is_our_priority(p));
+        assert!(p < priority(&wide, tmpl));
+        assert!(priority(&wide, tmpl) < priority(&wide, Action::Block));
+        assert!(is_our_priority(priority(&wide, Action::Block)));
+        let t = &attrs(&body, USERPOLICY_INFO)[&XFRMA_TMPL];
+        // Inbound: from the peer to us.
+        assert_eq!(&t[..4], &[192, 0, 2, 1]);
+        assert_eq!(&t[28..32], &[198, 51, 100, 7]);
+        assert_eq!(t[20], IPPROTO_ESP);
+        assert_eq!(u32_at(t, 44), REQID_TAG | 7);
+        assert_eq!(t[48], XFRM_MODE_TUNNEL);
+        let block = policy_message(&wide, Action::Block);
+        assert_eq!(block[161], XFRM_POLICY_BLOCK);
+        assert!(attrs(&block, USERPOLICY_INFO).is_empty());
+    }
+
+    #[test]
+    fn an_aead_state_in_udp_has_key_and_salt_icv_encap_ports_esn_and_limits() {
+        let sa = sa(Encr::AesGcm16 { key_len: 16 }, None, true, false);
+        let body = state_message(&sa, false, 1024, &[]);
+        assert_eq!(&body[56..60], &[198, 51, 100, 7]);
+        assert_eq!(u32::from_be_bytes(array_at(&body, 72)), 0x3333_4444);
+        assert_eq!(body[76], IPPROTO_ESP);
+        assert_eq!(&body[80..84], &[192, 0, 2, 1]);
+        assert_eq!(u64_at(&body, 96), 1000, "soft byte limit");
+        assert_eq!(u64_at(&body, 104), XFRM_INF, "no hard byte limit");
+        assert_eq!(u32_at(&body, 208), REQID_TAG | 1);
+        assert_eq!(body[214], XFRM_MODE_TUNNEL);
+        assert_eq!(body[215], 0, "the window is in the ESN attribute");
+        assert_eq!(body[216], XFRM_STATE_AF_UNSPEC | XFRM_STATE_ESN);
+        let a = attrs(&body, USERSA_INFO);
+        let aead = &a[&XFRMA_ALG_AEAD];
+        assert!(aead.starts_with(b"rfc4106(gcm(aes))\0"));
+        assert_eq!((u32_at(aead, 64), u32_at(aead, 68)), (160, 128));
+        assert_eq!(&aead[72..], &[3; 20]);
+        let encap = &a[&XFRMA_ENCAP];
+        assert_eq!(u16_at(encap, 0), 2);
+        assert_eq!(&encap[2..6], &[0x11, 0x94, 0x79, 0x18], "4500 -> 31000");
+        let esn = &a[&XFRMA_REPLAY_ESN_VAL];
+        assert_eq!((u32_at(esn, 0), u32_at(esn, 20)), (32, 1024));
+        assert_eq!(esn.len(), 24 + 32 * 4);
+        assert!(!a.contains_key(&XFRMA_ALG_CRYPT));
+    }
+
+    #[test]
+    fn a_cbc_state_in_transport_mode_has_cipher_and_truncated_hmac() {
+        let mut sa = sa(
+            Encr::AesCbc { key_len: 16 },
+            Some(Integ::HmacSha256),
+            false,
+            true,
+        );
+        sa.keys_in.0 = Secret::new(vec![5; 16]);
+        let body = state_message(&sa, true, 64, &[]);
+        assert_eq!(u32::from_be_bytes(array_at(&body, 72)), 0x1111_2222);
+        assert_eq!(&body[56..60], &[192, 0, 2, 1], "inbound: to us");
+        assert_eq!(body[214], XFRM_MODE_TRANSPORT);
+        assert_eq!(u16_at(&body, 40), AF_INET, "transport: a selector family");
+        let a = attrs(&body, USERSA_INFO);
+        let crypt = &a[&XFRMA_ALG_CRYPT];
+        assert!(crypt.starts_with(b"cbc(aes)\0"));
+        assert_eq!(u32_at(crypt, 64), 128);
+        let auth = &a[&XFRMA_ALG_AUTH_TRUNC];
+        assert!(auth.starts_with(b"hmac(sha256)\0"));
+        assert_eq!((u32_at(auth, 64), u32_at(auth, 68)), (256, 128));
+        assert_eq!(&auth[72..], &[2; 32]);
+        assert!(!a.contains_key(&XFRMA_ENCAP));
+    }
+
+    #[test]
+    fn a_moved_state_carries_its_replay_state_and_counters() {
+        let sa = sa(Encr::ChaCha20Poly1305, None, true, false);
+        let mut replay = vec![0u8; 24 + 4];
+        replay[..4].copy_from_slice(&1u32.to_ne_bytes());
+        replay[4..8].copy_from_slice(&77u32.to_ne_bytes());
+        let mut info = state_message(&sa, false, 32, &[]);
+        info[160..168].copy_from_slice(&5000u64.to_ne_bytes());
+        info.truncate(USERSA_INFO);
+        attribute(&mut info, XFRMA_REPLAY_ESN_VAL, &replay);
+        let carried = carried_attributes(&info);
+        let body = state_message(&sa, false, 32, &carried);
+        let a = attrs(&body, USERSA_INFO);
+        assert_eq!(a[&XFRMA_REPLAY_ESN_VAL], replay);
+        assert_eq!(u64_at(&a[&XFRMA_LTIME_VAL], 0), 5000);
+        assert!(a[&XFRMA_ALG_AEAD].starts_with(b"rfc7539esp(chacha20,poly1305)\0"));
+    }
+
+    #[test]
+    fn expires_and_acquires_are_read_when_ours() {
+        let sa = sa(Encr::AesGcm16 { key_len: 16 }, None, false, false);
+        let mut expire = state_message(&sa, true, 32, &[]);
+        expire.truncate(USERSA_INFO);
+        expire[160..168].copy_from_slice(&1200u64.to_ne_bytes());
+        expire.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+        let e = expire_of(&expire).unwrap();
+        assert_eq!(
+            (e.spi, e.daddr, e.hard, e.cause),
+            (0x1111_2222, sa.local.ip(), false, "bytes")
+        );
+        expire[208..212].copy_from_slice(&7u32.to_ne_bytes());
+        assert!(expire_of(&expire).is_none(), "someone else's reqid");
+        let mut acquire = vec![0u8; USER_ACQUIRE];
+        let mut tmpl = [0u8; USER_TMPL];
+        tmpl[44..48].copy_from_slice(&(REQID_TAG | 3).to_ne_bytes());
+        attribute(&mut acquire, XFRMA_TMPL, &tmpl);
+        assert_eq!(acquired_reqid(&acquire), Some(REQID_TAG | 3));
+        assert_eq!(acquired_reqid(&acquire[..USER_ACQUIRE]), None);
+    }
+
+    #[test]
+    fn kernel_counters_map_to_our_drop_reasons() {
+        let stats = "XfrmInNoStates           \t3\nXfrmOutNoStates \t4\nXfrmInStateSeqError\t5\nXfrmInStateProtoError\t6\n";
+        let drops: HashMap<_, _> = kernel_drops(stats).into_iter().collect();
+        assert_eq!(
+            (
+                drops["no_sa"],
+                drops["replay"],
+                drops["bad_icv"],
+                drops["io"]
+            ),
+            (7, 5, 6, 0)
+        );
+    }
 }

@@ -64,9 +64,10 @@ conf() {
     else
         me=192.0.2.2 peer=192.0.2.1 mine='"10.2.0.0/24", "fd00:2::/64"' theirs='"10.1.0.0/24", "fd00:1::/64"'
     fi
-    if [ "$child_mode" = transport ]; then
-        mine='"dynamic"' theirs='"dynamic"'
-    fi
+    selectors="local_ts = [$mine]
+remote_ts = [$theirs]"
+    # Transport mode: the selectors are the IKE addresses (left out).
+    [ "$child_mode" = transport ] && selectors=
     printf '%s\n' '0x000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f' >$W/psk
     chmod 600 $W/psk
     cat >$W/$ns.toml <<CONF
@@ -97,8 +98,7 @@ id = "$([ "$ns" = xa ] && echo xb || echo xa).example"
 [[connection.children]]
 name = "lan"
 mode = "$child_mode"
-local_ts = [$mine]
-remote_ts = [$theirs]
+$selectors
 esp_proposals = ["$esp"]
 ${CHILD_EXTRA:-}
 CONF
@@ -199,6 +199,16 @@ run_case() {
     else
         traffic "$name" 10.1.0.1 10.2.0.1 fd00:1::1 fd00:2::1 || ok=0
     fi
+    if [ "$child_mode" = transport ] && ! ip -n xa xfrm state | grep -q "mode transport"; then
+        fail "$name: the kernel's states are not in transport mode"
+        ok=0
+    fi
+    # What `esptun status` shows is read from the kernel's states.
+    status_packets=$(ip netns exec xa esptun status --tun txa --json | grep -o '"packets_in": *[0-9]*' | grep -o '[0-9]*$' | head -1)
+    if [ "${status_packets:-0}" -lt 5 ]; then
+        fail "$name: esptun status counts ${status_packets:-no} packets in"
+        ok=0
+    fi
     packets=$(esp_packets xa)
     if [ "$ok" = 1 ] && [ "$packets" -lt 12 ]; then
         fail "$name: the kernel's SAs counted $packets packets"
@@ -236,7 +246,38 @@ rekey_check() {
     return 0
 }
 
+# trap_case NAME: a trap child's first packet raises the kernel's ACQUIRE, which
+# has esptun negotiate; the packets then go through the SA.
+trap_case() {
+    name=$1
+    if [ -n "${ONLY:-}" ] && ! echo "$name" | grep -q "$ONLY"; then return 0; fi
+    CHILD_EXTRA='start_action = "trap"' conf xa xfrm false aes128gcm16 tunnel false
+    conf xb userspace false aes128gcm16 tunnel false
+    unroute
+    route_other xa
+    ok=1
+    ip netns exec xb esptun run --config $W/xb.toml >$W/xb.log 2>&1 &
+    echo $! >$W/xb.pid
+    ip netns exec xa esptun run --config $W/xa.toml >$W/xa.log 2>&1 &
+    echo $! >$W/xa.pid
+    wait_for $W/xb.log "data plane:" && wait_for $W/xa.log "data plane:" || ok=0
+    sleep 1
+    if grep -q "CHILD_SA .* UP" $W/xa.log; then
+        fail "$name: a Child SA came up before any traffic"
+        ok=0
+    fi
+    # The first pings are held by the kernel's larval state while IKE runs.
+    ip netns exec xa ping -c 1 -W 1 -I 10.1.0.1 10.2.0.1 >/dev/null 2>&1
+    wait_for $W/xa.log "CHILD_SA .* UP" 20 || { fail "$name: no Child SA after the ACQUIRE"; ok=0; }
+    [ "$ok" = 1 ] && { traffic "$name" 10.1.0.1 10.2.0.1 fd00:1::1 fd00:2::1 || ok=0; }
+    stop_pair
+    left=$(xfrm_left xa)
+    [ -z "$left" ] || { fail "$name: xa left XFRM state or policy behind"; ok=0; }
+    [ "$ok" = 1 ] && pass "$name"
+}
+
 setup
+trap_case "trap: ACQUIRE starts the SA"
 # esptun(xfrm) <-> esptun(userspace): our ESP byte for byte against the kernel's.
 run_case "gcm128 esp" userspace "aes128gcm16" tunnel false
 run_case "gcm128 udp" userspace "aes128gcm16" tunnel true
