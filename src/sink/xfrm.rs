@@ -13,7 +13,8 @@
 //!   ACQUIRE, which becomes [`DataplaneEvent::Acquire`]. Where the peer is not
 //!   known in advance (road warriors), blocking policies stand in until an SA
 //!   brings its own.
-//! - Soft and hard EXPIREs come back through [`SaSink::expiries`].
+//! - Soft and hard EXPIREs come back through [`SaSink::expiries`]; MAPPINGs (ESP in
+//!   UDP from a new NAT mapping of the peer) as [`DataplaneEvent::PeerMoved`].
 //!
 //! What is ours is told by number: reqids carry [`REQID_TAG`] and policy
 //! priorities lie within [`PRIORITY_BASE`]'s band. Start-up deletes the states an
@@ -47,6 +48,7 @@ const XFRM_MSG_GETPOLICY: u16 = 21;
 const XFRM_MSG_ACQUIRE: u16 = 23;
 const XFRM_MSG_EXPIRE: u16 = 24;
 const XFRM_MSG_UPDPOLICY: u16 = 25;
+const XFRM_MSG_MAPPING: u16 = 38;
 const XFRMA_ALG_CRYPT: u16 = 2;
 const XFRMA_ENCAP: u16 = 4;
 const XFRMA_TMPL: u16 = 5;
@@ -56,6 +58,7 @@ const XFRMA_ALG_AUTH_TRUNC: u16 = 20;
 const XFRMA_REPLAY_ESN_VAL: u16 = 23;
 const XFRMNLGRP_ACQUIRE: u32 = 1;
 const XFRMNLGRP_EXPIRE: u32 = 2;
+const XFRMNLGRP_MAPPING: u32 = 8;
 const IPPROTO_ESP: u8 = 50;
 const XFRM_MODE_TRANSPORT: u8 = 0;
 const XFRM_MODE_TUNNEL: u8 = 1;
@@ -234,7 +237,9 @@ impl Xfrm {
         let netlink = Netlink::open(libc::NETLINK_XFRM)?;
         let listener = Netlink::subscribe(
             libc::NETLINK_XFRM,
-            1 << (XFRMNLGRP_ACQUIRE - 1) | 1 << (XFRMNLGRP_EXPIRE - 1),
+            [XFRMNLGRP_ACQUIRE, XFRMNLGRP_EXPIRE, XFRMNLGRP_MAPPING]
+                .iter()
+                .fold(0, |groups, g| groups | 1 << (g - 1)),
         )?;
         let mut stale_states = Vec::new();
         netlink.dump(XFRM_MSG_GETSA, &[], |body| {
@@ -721,6 +726,11 @@ fn listen(
                     let _ = expired.send(e);
                 }
             }
+            XFRM_MSG_MAPPING => {
+                if let Some((spi_in, remote)) = mapping_of(body) {
+                    let _ = events.send(DataplaneEvent::PeerMoved { spi_in, remote });
+                }
+            }
             _ => {}
         });
         if let Err(e) = received {
@@ -738,6 +748,18 @@ fn acquired_reqid(body: &[u8]) -> Option<u32> {
     let (_, tmpl) = attributes(body, USER_ACQUIRE).find(|&(kind, _)| kind == XFRMA_TMPL)?;
     let reqid = u32::from_ne_bytes(tmpl.get(44..48)?.try_into().ok()?);
     is_our_reqid(reqid).then_some(reqid)
+}
+
+/// A MAPPING (authentic ESP in UDP from a new address or port: the peer's NAT
+/// mapped it anew) of one of our inbound states: its SPI and the new address.
+fn mapping_of(body: &[u8]) -> Option<(u32, SocketAddr)> {
+    // struct xfrm_user_mapping: id, reqid, old and new address, old and new port.
+    if body.len() < 64 || !is_our_reqid(u32_at(body, 24)) {
+        return None;
+    }
+    let ip = address(u16_at(body, 20), &body[44..60])?;
+    let port = u16::from_be_bytes(array_at(body, 62));
+    Some((u32::from_be_bytes(array_at(body, 16)), SocketAddr::new(ip, port)))
 }
 
 /// An EXPIRE of one of our states: which, whether hard, and which limit.
@@ -1317,6 +1339,22 @@ mod tests {
         attribute(&mut acquire, XFRMA_TMPL, &tmpl);
         assert_eq!(acquired_reqid(&acquire), Some(REQID_TAG | 3));
         assert_eq!(acquired_reqid(&acquire[..USER_ACQUIRE]), None);
+    }
+
+    #[test]
+    fn a_mapping_names_the_inbound_spi_and_the_peers_new_address() {
+        let mut mapping = usersa_id("192.0.2.1".parse().unwrap(), 0x1111_2222);
+        mapping.extend((REQID_TAG | 1).to_ne_bytes());
+        mapping.extend(xfrm_address("198.51.100.7".parse().unwrap()));
+        mapping.extend(xfrm_address("198.51.100.9".parse().unwrap()));
+        mapping.extend(4500u16.to_be_bytes());
+        mapping.extend(31001u16.to_be_bytes());
+        assert_eq!(
+            mapping_of(&mapping),
+            Some((0x1111_2222, "198.51.100.9:31001".parse().unwrap()))
+        );
+        mapping[24..28].copy_from_slice(&1u32.to_ne_bytes());
+        assert_eq!(mapping_of(&mapping), None, "someone else's reqid");
     }
 
     #[test]

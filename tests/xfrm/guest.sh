@@ -70,9 +70,12 @@ remote_ts = [$theirs]"
     [ "$child_mode" = transport ] && selectors=
     printf '%s\n' '0x000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f' >$W/psk
     chmod 600 $W/psk
+    listen="addrs = [\"$me\"]" local="local_addrs = [\"$me\"]"
+    # ROAM: xa binds wildcards and sends from whichever address routes to its peer.
+    [ -n "${ROAM:-}" ] && [ "$ns" = xa ] && listen= local=
     cat >$W/$ns.toml <<CONF
 [listen]
-addrs = ["$me"]
+$listen
 
 [dataplane]
 tun = "t$ns"
@@ -81,7 +84,7 @@ workers = 1
 
 [[connection]]
 name = "site"
-local_addrs = ["$me"]
+$local
 remote_addrs = ["$peer"]
 start = $start
 encap = $encap
@@ -125,18 +128,18 @@ xfrm_left() {
 
 # traffic CASE SRC4 DST4 SRC6 DST6: pings, and 1 MiB over TCP from xa to xb.
 traffic() {
-    name=$1
+    what=$1
     ip netns exec xa ping -c 3 -A -W 2 -w 8 -I "$2" "$3" >$W/ping4 2>&1 ||
-        { cat $W/ping4; fail "$name: ping $2 -> $3"; return 1; }
+        { cat $W/ping4; fail "$what: ping $2 -> $3"; return 1; }
     ip netns exec xa ping6 -c 3 -A -W 2 -w 8 -I "$4" "$5" >$W/ping6 2>&1 ||
-        { cat $W/ping6; fail "$name: ping $4 -> $5"; return 1; }
+        { cat $W/ping6; fail "$what: ping $4 -> $5"; return 1; }
     ip netns exec xb xfer listen "$3:5001" >$W/got 2>&1 &
     listener=$!
     sleep 0.3
     ip netns exec xa xfer send "$3:5001" 1048576 >$W/sent 2>&1
     wait $listener
     if [ "$(cat $W/sent)" != "$(cat $W/got)" ]; then
-        fail "$name: TCP transfer: sent $(cat $W/sent), received $(cat $W/got)"
+        fail "$what: TCP transfer: sent $(cat $W/sent), received $(cat $W/got)"
         ip netns exec xb esptun counters --tun txb 2>&1 | sed 's/^/ESPTUN-XFRM   xb counters: /'
         for n in xa xb; do
             ip netns exec $n cat /proc/net/xfrm_stat | grep -v "[^0-9]0$" | sed "s/^/ESPTUN-XFRM   $n xfrm_stat: /"
@@ -276,7 +279,44 @@ trap_case() {
     [ "$ok" = 1 ] && pass "$name"
 }
 
+# mobike_case NAME: xa's address changes under an SA; MOBIKE moves the IKE SA, and
+# esptun moves the kernel's states and policies to the new address, keeping their
+# sequence numbers.
+mobike_case() {
+    name=$1
+    if [ -n "${ONLY:-}" ] && ! echo "$name" | grep -q "$ONLY"; then return 0; fi
+    ROAM=1 conf xa xfrm true aes128gcm16 tunnel true
+    conf xb userspace false aes128gcm16 tunnel true
+    unroute
+    route_other xa
+    ok=1
+    start_pair || { fail "$name: no Child SA"; ok=0; }
+    [ "$ok" = 1 ] && { traffic "$name before" 10.1.0.1 10.2.0.1 fd00:1::1 fd00:2::1 || ok=0; }
+    ip netns exec xa sh -c 'echo 1 >/proc/sys/net/ipv4/conf/wan/promote_secondaries'
+    ip -n xa addr add 192.0.2.11/24 dev wan
+    ip -n xa addr del 192.0.2.1/24 dev wan
+    route_other xa
+    if [ "$ok" = 1 ]; then
+        wait_for $W/xa.log "MOVED to 192.0.2.11" 20 || { fail "$name: no MOBIKE move"; ok=0; }
+    fi
+    [ "$ok" = 1 ] && { traffic "$name after" 10.1.0.1 10.2.0.1 fd00:1::1 fd00:2::1 || ok=0; }
+    if [ "$ok" = 1 ]; then
+        ip -n xa xfrm state | grep -q "^src 192.0.2.11 dst 192.0.2.2" &&
+            ip -n xa xfrm state | grep -q "^src 192.0.2.2 dst 192.0.2.11" &&
+            ip -n xa xfrm policy | grep -q "tmpl src 192.0.2.11 dst 192.0.2.2" ||
+            { ip -n xa xfrm state | grep "^src"; fail "$name: states or policies not moved"; ok=0; }
+        [ "$(ip -n xa xfrm state | grep -c '^src')" -eq 2 ] || { fail "$name: old states left"; ok=0; }
+    fi
+    stop_pair
+    left=$(xfrm_left xa)
+    [ -z "$left" ] || { fail "$name: xa left XFRM state or policy behind"; ok=0; }
+    ip -n xa addr add 192.0.2.1/24 dev wan
+    ip -n xa addr del 192.0.2.11/24 dev wan
+    [ "$ok" = 1 ] && pass "$name"
+}
+
 setup
+mobike_case "mobike: states and policies follow the address"
 trap_case "trap: ACQUIRE starts the SA"
 # esptun(xfrm) <-> esptun(userspace): our ESP byte for byte against the kernel's.
 run_case "gcm128 esp" userspace "aes128gcm16" tunnel false
