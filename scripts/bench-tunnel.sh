@@ -3,6 +3,8 @@
 # from alice's host to bob's, 1 and 4 streams, through
 #   - raw veth: the gateways only route, no tunnel (the ceiling),
 #   - esptun <-> esptun (AES-128-GCM, UDP-encapsulated unless ESP=raw),
+#   - esptun <-> esptun in kernel mode (dataplane.mode = "xfrm"), where this kernel has ESP
+#     (CPU s/GB "-": the kernel's softirqs do the work, not the daemons),
 #   - strongSwan <-> strongSwan with kernel-libipsec (its userspace ESP), when installed,
 # and the gateways' CPU seconds (user + system, both gateways) per GB carried.
 #
@@ -92,6 +94,31 @@ encap="encap = true"; [[ ${ESP:-udp} == raw ]] && encap=""
 sites_start "$ESPTUN" "$RUN/esptun" alice "$encap"
 measure "esptun <-> esptun (${ESP:-udp})" "$ALICE_PID" "$BOB_PID"
 sites_stop
+
+# kernel_has_esp: whether an ESP state can be added here (in a scratch namespace).
+kernel_has_esp() {
+    local ns=esptun-espprobe-$$ rc=0
+    ip netns add $ns || return 1
+    ip -n $ns xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x100 mode tunnel \
+        aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f1011121314 128 2>/dev/null || rc=1
+    ip netns del $ns
+    return $rc
+}
+
+if kernel_has_esp; then
+    echo "== esptun <-> esptun, kernel mode (dataplane.mode = \"xfrm\")"
+    mkdir -p "$RUN/xfrm"; ln -s "$RUN/pki" "$RUN/xfrm/pki"
+    # The host's routing reaches the far LAN; the kernel's policies take the packets.
+    ip -n "$NS_AG" route add 10.2.0.0/24 via $WAN_B
+    ip -n "$NS_BG" route add 10.1.0.0/24 via $WAN_A
+    SITES_DATAPLANE='mode = "xfrm"' sites_start "$ESPTUN" "$RUN/xfrm" alice "$encap"
+    measure "esptun xfrm, kernel ESP (${ESP:-udp})"
+    sites_stop
+    ip -n "$NS_AG" route del 10.2.0.0/24 via $WAN_B
+    ip -n "$NS_BG" route del 10.1.0.0/24 via $WAN_A
+else
+    echo "== this kernel has no ESP (ip xfrm state add ... proto esp fails): kernel mode skipped"
+fi
 
 # charon_gateway alice|bob ns my-wan peer-wan my-nets peer-nets: a charon with
 # kernel-libipsec in a namespace (scripts/lib/charon.sh), using the same certificates;

@@ -759,7 +759,10 @@ fn mapping_of(body: &[u8]) -> Option<(u32, SocketAddr)> {
     }
     let ip = address(u16_at(body, 20), &body[44..60])?;
     let port = u16::from_be_bytes(array_at(body, 62));
-    Some((u32::from_be_bytes(array_at(body, 16)), SocketAddr::new(ip, port)))
+    Some((
+        u32::from_be_bytes(array_at(body, 16)),
+        SocketAddr::new(ip, port),
+    ))
 }
 
 /// An EXPIRE of one of our states: which, whether hard, and which limit.

@@ -315,7 +315,60 @@ mobike_case() {
     [ "$ok" = 1 ] && pass "$name"
 }
 
+# out_no_states NS: packets the namespace's policies dropped for want of a state.
+out_no_states() {
+    ip netns exec "$1" cat /proc/net/xfrm_stat | sed -n 's/^XfrmOutNoStates[[:space:]]*//p'
+}
+
+# crash_case NAME: esptun killed with SIGKILL leaves its policies, so the LAN stays
+# blocked, never in clear; the next run removes the dead run's states, takes the
+# policies over, and leaves nothing when it stops.
+crash_case() {
+    name=$1
+    if [ -n "${ONLY:-}" ] && ! echo "$name" | grep -q "$ONLY"; then return 0; fi
+    conf xa xfrm true aes128gcm16 tunnel false
+    conf xb userspace false aes128gcm16 tunnel false
+    unroute
+    route_other xa
+    ok=1
+    start_pair || { fail "$name: no Child SA"; ok=0; }
+    sleep 1
+    kill -KILL "$(cat /run/esptun/*-txa.pid)"
+    sleep 0.5
+    old=$(ip -n xa xfrm state | sed -n 's/.*proto esp spi \(0x[0-9a-f]*\).*/\1/p')
+    policies=$(ip -n xa xfrm policy | grep -c 'tmpl src')
+    [ "$policies" -eq 6 ] || { fail "$name: $policies policies left after SIGKILL, not 6"; ok=0; }
+    ip netns exec xa esptun run --config $W/xa.toml >$W/xa2.log 2>&1 &
+    echo $! >$W/xa.pid
+    wait_for $W/xa2.log "CHILD_SA .* UP" 30 || ok=0
+    sleep 1
+    states=$(ip -n xa xfrm state | grep -c '^src')
+    [ "$states" -eq 2 ] || { fail "$name: $states states after the restart, not 2"; ok=0; }
+    for spi in $old; do
+        ip -n xa xfrm state | grep -q "spi $spi " && { fail "$name: the dead run's state $spi is still there"; ok=0; }
+    done
+    [ "$ok" = 1 ] && { traffic "$name" 10.1.0.1 10.2.0.1 fd00:1::1 fd00:2::1 || ok=0; }
+    # Dead again, and its SAs gone too: the policies alone drop the LAN's packets.
+    kill -KILL "$(cat /run/esptun/*-txa.pid)"
+    sleep 0.5
+    ip -n xa xfrm state flush
+    blocked=$(out_no_states xa)
+    if ip netns exec xa ping -c 2 -W 1 -I 10.1.0.1 10.2.0.1 >/dev/null 2>&1; then
+        fail "$name: a ping went through with no esptun and no SA"
+        ok=0
+    fi
+    [ "$(out_no_states xa)" -gt "$blocked" ] || { fail "$name: no packet met a policy without state"; ok=0; }
+    ip netns exec xa esptun run --config $W/xa.toml >$W/xa3.log 2>&1 &
+    echo $! >$W/xa.pid
+    wait_for $W/xa3.log "CHILD_SA .* UP" 30 || ok=0
+    stop_pair
+    left=$(xfrm_left xa)
+    [ -z "$left" ] || { fail "$name: xa left XFRM state or policy behind"; ok=0; }
+    [ "$ok" = 1 ] && pass "$name ($policies policies survived SIGKILL; the dead run's states $(echo $old) went)"
+}
+
 setup
+crash_case "crash: policies stay closed, the next run takes over"
 mobike_case "mobike: states and policies follow the address"
 trap_case "trap: ACQUIRE starts the SA"
 # esptun(xfrm) <-> esptun(userspace): our ESP byte for byte against the kernel's.
