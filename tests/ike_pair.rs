@@ -1020,6 +1020,28 @@ fn forced_encapsulation_floats_both_sides_to_4500() {
 }
 
 #[test]
+fn forced_encapsulation_on_the_responder_has_the_initiator_encapsulate_too() {
+    // The responder's NAT_DETECTION_SOURCE_IP cannot match: the initiator believes it
+    // translated and floats, and both sides put ESP in UDP. Without that, the
+    // responder would encapsulate alone and its peer's kernel drop what it sends.
+    let forced = Spec {
+        encap: true,
+        ..Spec::default()
+    };
+    let mut pair = Pair::psk(Spec::default(), forced);
+    pair.initiate();
+    pair.drive();
+    pair.assert_tunnel();
+    for child in Pair::children(&pair.events_a)
+        .into_iter()
+        .chain(Pair::children(&pair.events_b))
+    {
+        assert!(child.encap);
+        assert_eq!((child.local.port(), child.remote.port()), (4500, 4500));
+    }
+}
+
+#[test]
 fn delete_ends_the_sa_on_both_sides() {
     let mut pair = Pair::psk(Spec::default(), Spec::default());
     pair.initiate();

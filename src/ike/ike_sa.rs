@@ -638,6 +638,13 @@ impl IkeSa {
         }
     }
 
+    /// Whether its Child SAs encapsulate ESP in UDP (RFC 3948): when a NAT was
+    /// detected or the connection forces it — not merely because the IKE SA is on
+    /// the NAT-T port, where MOBIKE (RFC 4555 §3.5) moves it without any NAT.
+    pub fn esp_in_udp(&self) -> bool {
+        self.nat_detected || self.policy.encap
+    }
+
     /// Takes the outcome of NAT detection (RFC 7296 §2.23) on the SA's path.
     pub fn note_nat(&mut self, ours: bool, theirs: bool) {
         self.nat_detected = ours || theirs;
@@ -664,7 +671,7 @@ impl IkeSa {
             spi_i: self.spi_i,
             local,
             remote,
-            encap: local.port() == ctx.settings.natt_port,
+            encap: self.esp_in_udp(),
             behind_nat: self.behind_nat,
             children: self.children.iter().map(|c| c.spi_in).collect(),
         });

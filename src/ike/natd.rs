@@ -1,6 +1,7 @@
 //! NAT detection (RFC 7296 §2.23): each side hashes the addresses it believes it
 //! sends from and to; a mismatch on arrival means a NAT rewrote them.
 
+use crate::crypto::Random;
 use crate::wire::payload::{NotifyPayload, Payload};
 use crate::wire::{IkeSpi, NotifyType};
 use aws_lc_rs::digest;
@@ -20,16 +21,33 @@ pub(super) fn hash(spi_i: IkeSpi, spi_r: IkeSpi, addr: SocketAddr) -> Vec<u8> {
 }
 
 /// Our NAT_DETECTION_SOURCE_IP and _DESTINATION_IP notifies for the path `local` ->
-/// `remote`, hashed with the SPIs `spi_i`, `spi_r`.
+/// `remote`, hashed with the SPIs `spi_i`, `spi_r`. When `forced` (the connection
+/// forces UDP encapsulation, `encap = true`) the source hash is random: it cannot
+/// match, so the peer believes us translated and encapsulates too, as strongSwan's
+/// `encap = yes` has it.
 pub(super) fn notifies(
     (spi_i, spi_r): (IkeSpi, IkeSpi),
     local: SocketAddr,
     remote: SocketAddr,
+    forced: bool,
+    rng: &mut dyn Random,
 ) -> [Payload; 2] {
-    let notify = |kind, addr| Payload::Notify(NotifyPayload::new(kind, hash(spi_i, spi_r, addr)));
+    let source = if forced {
+        let mut fake = vec![0; 20];
+        rng.fill(&mut fake);
+        fake
+    } else {
+        hash(spi_i, spi_r, local)
+    };
     [
-        notify(NotifyType::NAT_DETECTION_SOURCE_IP, local),
-        notify(NotifyType::NAT_DETECTION_DESTINATION_IP, remote),
+        Payload::Notify(NotifyPayload::new(
+            NotifyType::NAT_DETECTION_SOURCE_IP,
+            source,
+        )),
+        Payload::Notify(NotifyPayload::new(
+            NotifyType::NAT_DETECTION_DESTINATION_IP,
+            hash(spi_i, spi_r, remote),
+        )),
     ]
 }
 

@@ -207,7 +207,8 @@ run_case() {
         ok=0
     fi
     # What `esptun status` shows is read from the kernel's states.
-    status_packets=$(ip netns exec xa esptun status --tun txa --json | grep -o '"packets_in": *[0-9]*' | grep -o '[0-9]*$' | head -1)
+    # (Summed over the Child SAs: a rekey may have replaced the one that carried it.)
+    status_packets=$(ip netns exec xa esptun status --tun txa --json | grep -o '"packets_in": *[0-9]*' | grep -o '[0-9]*$' | awk '{s+=$1} END {print s+0}')
     if [ "${status_packets:-0}" -lt 5 ]; then
         fail "$name: esptun status counts ${status_packets:-no} packets in"
         ok=0
@@ -367,7 +368,138 @@ crash_case() {
     [ "$ok" = 1 ] && pass "$name ($policies policies survived SIGKILL; the dead run's states $(echo $old) went)"
 }
 
+# charon_conf INITIATE CHILD_MODE ESP: strongSwan (charon with kernel-netlink: the
+# kernel's IPsec too) in xb, as xb.toml would configure esptun.
+charon_conf() {
+    d=$W/charon
+    mkdir -p $d/swanctl
+    cat >$d/strongswan.conf <<CONF
+charon-systemd {
+    load = random nonce openssl aes gcm sha1 sha2 hmac kdf pubkey pem kernel-netlink socket-default vici
+    load_modular = no
+    journal {
+        default = -1
+    }
+    filelog {
+        charon {
+            path = $d/charon.log
+            default = 1
+            ike = 2
+        }
+    }
+    plugins {
+        vici {
+            socket = unix://$d/charon.vici
+        }
+    }
+}
+CONF
+    if [ "$2" = transport ]; then
+        ts=""
+    else
+        ts="local_ts = 10.2.0.0/24,fd00:2::/64
+                remote_ts = 10.1.0.0/24,fd00:1::/64"
+    fi
+    cat >$d/swanctl/swanctl.conf <<CONF
+connections {
+    site {
+        local_addrs = 192.0.2.2
+        remote_addrs = 192.0.2.1
+        local {
+            auth = psk
+            id = xb.example
+        }
+        remote {
+            auth = psk
+            id = xa.example
+        }
+        children {
+            lan {
+                $ts
+                mode = $2
+                esp_proposals = $3
+                start_action = $([ "$1" = yes ] && echo start || echo none)
+            }
+        }
+    }
+}
+secrets {
+    ike-site {
+        id-1 = xa.example
+        id-2 = xb.example
+        secret = 0x000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
+    }
+}
+CONF
+}
+
+# strongswan_case NAME INITIATOR CHILD_MODE ESP ENCAP: esptun (xfrm) in xa against
+# strongSwan's charon with kernel-netlink in xb; INITIATOR is xa or xb.
+strongswan_case() {
+    name=$1 initiator=$2 child_mode=$3 esp=$4 encap=$5
+    if [ -n "${ONLY:-}" ] && ! echo "$name" | grep -q "$ONLY"; then return 0; fi
+    command -v charon-systemd >/dev/null || { say "SKIP $name: no strongSwan in the VM"; return 0; }
+    conf xa xfrm "$([ "$initiator" = xa ] && echo true || echo false)" "$esp" "$child_mode" "$encap"
+    charon_conf "$([ "$initiator" = xb ] && echo yes || echo no)" "$child_mode" "$esp"
+    unroute
+    route_other xa
+    route_other xb
+    ok=1
+    d=$W/charon
+    rm -f $d/charon.vici $d/charon.log
+    ip netns exec xa esptun run --config $W/xa.toml >$W/xa.log 2>&1 &
+    echo $! >$W/xa.pid
+    wait_for $W/xa.log "data plane:" || ok=0
+    ip netns exec xb env STRONGSWAN_CONF=$d/strongswan.conf charon-systemd >$d/stdout 2>&1 &
+    charon=$!
+    i=0
+    while [ $i -lt 50 ] && ! STRONGSWAN_CONF=$d/strongswan.conf ip netns exec xb swanctl --stats --uri unix://$d/charon.vici >/dev/null 2>&1; do
+        sleep 0.2
+        i=$((i + 1))
+    done
+    STRONGSWAN_CONF=$d/strongswan.conf SWANCTL_DIR=$d/swanctl ip netns exec xb \
+        swanctl --load-all --noprompt --uri unix://$d/charon.vici >$d/load.log 2>&1 ||
+        { sed 's/^/ESPTUN-XFRM   /' $d/load.log; ok=0; }
+    wait_for $W/xa.log "CHILD_SA .* UP" 30 ||
+        { cat $d/stdout $d/load.log; tail -n 20 $d/charon.log; } 2>&1 | sed 's/^/ESPTUN-XFRM   charon: /'
+    grep -q "CHILD_SA .* UP" $W/xa.log || ok=0
+    if [ "$ok" = 1 ]; then
+        if [ "$child_mode" = transport ]; then
+            traffic "$name" 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2 || ok=0
+        else
+            traffic "$name" 10.1.0.1 10.2.0.1 fd00:1::1 fd00:2::1 || ok=0
+        fi
+        if [ "$ok" = 0 ]; then
+            grep "CHILD_SA\|MOVED\|float" $W/xa.log | sed 's/^/ESPTUN-XFRM   xa.log: /'
+            for n in xa xb; do
+                ip -n $n -s xfrm state | grep -E "^src|encap|packets|mode" | sed "s/^/ESPTUN-XFRM   $n state: /"
+            done
+            grep -i "nat\|CHILD_SA\|installed\|encap" $d/charon.log | tail -n 15 | sed 's/^/ESPTUN-XFRM   charon: /'
+        fi
+    fi
+    [ "$(esp_packets xb)" -ge 12 ] || { fail "$name: strongSwan's kernel SAs counted $(esp_packets xb) packets"; ok=0; }
+    # `ip netns exec` forks: the daemon is charon-systemd itself.
+    kill -TERM $(pidof charon-systemd) 2>/dev/null
+    stop_pair
+    i=0
+    while pidof charon-systemd >/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+    kill -KILL $(pidof charon-systemd) 2>/dev/null
+    wait $charon 2>/dev/null
+    left=$(xfrm_left xa)
+    [ -z "$left" ] || { echo "$left" | sed 's/^/ESPTUN-XFRM   xa left: /'; fail "$name: xa left XFRM state or policy behind"; ok=0; }
+    ip -n xb xfrm state flush
+    ip -n xb xfrm policy flush
+    [ "$ok" = 1 ] && pass "$name"
+}
+
 setup
+# strongSwan in the VM, if run.sh could bring it: a true kernel-IPsec peer.
+if [ -f /usr/local/bin/strongswan.tar ]; then
+    tar -xf /usr/local/bin/strongswan.tar -C /
+fi
+strongswan_case "strongswan: esptun initiates, tunnel" xa tunnel aes128gcm16 false
+strongswan_case "strongswan: strongswan initiates, tunnel in udp" xb tunnel aes256gcm16 true
+strongswan_case "strongswan: transport" xa transport chacha20poly1305 false
 crash_case "crash: policies stay closed, the next run takes over"
 mobike_case "mobike: states and policies follow the address"
 trap_case "trap: ACQUIRE starts the SA"

@@ -34,12 +34,32 @@ fi
 mkdir -p "$W/bin"
 cp "$ESPTUN" "$W/bin/esptun"
 cp "$XFER" "$W/bin/xfer"
+# strongSwan (charon with kernel-netlink) as a third peer, where the host has it:
+# charon-systemd and swanctl with their libraries, and the plugins it loads with
+# theirs, in a tarball the guest unpacks (GUEST_BINS copies executables only).
+bins="$W/bin/esptun $W/bin/xfer"
+if command -v charon-systemd >/dev/null && command -v swanctl >/dev/null; then
+    files=$(mktemp)
+    plugins="random nonce openssl aes gcm sha1 sha2 hmac kdf pubkey pem kernel-netlink socket-default vici"
+    for p in $plugins; do echo "/usr/lib/ipsec/plugins/libstrongswan-$p.so"; done >"$files"
+    for f in $(cat "$files") $(command -v charon-systemd) $(command -v swanctl); do
+        ldd "$f" 2>/dev/null | grep -o '/[^ )]*' || true
+    done | sort -u >>"$files"
+    { command -v charon-systemd; command -v swanctl; } >>"$files"
+    # The libraries as files at their own paths, whatever links lead there.
+    if tar -chf "$W/bin/strongswan.tar" -T "$files" 2>"$W/strongswan-tar.err"; then
+        bins="$bins $W/bin/strongswan.tar"
+    else
+        echo "xfrm: strongSwan left out of the VM: $(head -1 "$W/strongswan-tar.err")"
+    fi
+    rm -f "$files"
+fi
 # The guest sees no host environment: ONLY travels in the script itself.
 test_script=$W/guest-test.sh
 { echo '#!/bin/sh'; echo "ONLY='${ONLY:-}'"; tail -n +2 "$HERE/guest.sh"; } >"$test_script"
 start=$(date +%s)
 rc=0
-W=$W SKIP_BUILTIN=1 GUEST_BINS="$W/bin/esptun $W/bin/xfer" GUEST_TEST=$test_script BOOT_TIMEOUT=${BOOT_TIMEOUT:-1200} \
+W=$W SKIP_BUILTIN=1 GUEST_BINS="$bins" GUEST_TEST=$test_script BOOT_TIMEOUT=${BOOT_TIMEOUT:-1200} \
     bash "$BOOT" >"$W/boot.log" 2>&1 || rc=$?
 sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g' "$W/serial.log" 2>/dev/null | grep "ESPTUN-XFRM" | sed 's/^ESPTUN-XFRM /xfrm: /' || true
 echo "xfrm: VM run took $(($(date +%s) - start)) s (log: $W/serial.log, $W/boot.log)"

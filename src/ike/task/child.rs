@@ -524,7 +524,7 @@ fn up(sa: &mut IkeSa, ctx: &mut Ctx<'_>, n: Negotiated<'_>) -> Result<(), Error>
         local_ts: n.local_ts,
         remote_ts: n.remote_ts,
         transport: n.transport,
-        encap: sa.local.port() == ctx.settings.natt_port,
+        encap: sa.esp_in_udp(),
         local: sa.local,
         remote: sa.remote,
         lifetime,

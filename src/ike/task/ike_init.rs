@@ -49,14 +49,13 @@ pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), E
     if let Some(cookie) = &sa.cookie {
         payloads.push(notify(NotifyType::COOKIE, cookie.clone()));
     }
-    // Forced encapsulation: a source hash that cannot match makes both sides float.
-    let source_hash = if sa.policy.encap {
-        let mut fake = vec![0; 20];
-        ctx.rng.fill(&mut fake);
-        fake
-    } else {
-        natd::hash(sa.spi_i, IkeSpi(0), sa.local)
-    };
+    let natd = natd::notifies(
+        (sa.spi_i, IkeSpi(0)),
+        sa.local,
+        sa.remote,
+        sa.policy.encap,
+        ctx.rng,
+    );
     payloads.extend([
         Payload::Sa(SaPayload {
             proposals: sa.policy.proposals.clone(),
@@ -68,11 +67,9 @@ pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), E
         Payload::Nonce(NoncePayload {
             data: sa.nonce_i.clone(),
         }),
-        notify(NotifyType::NAT_DETECTION_SOURCE_IP, source_hash),
-        notify(
-            NotifyType::NAT_DETECTION_DESTINATION_IP,
-            natd::hash(sa.spi_i, IkeSpi(0), sa.remote),
-        ),
+    ]);
+    payloads.extend(natd);
+    payloads.extend([
         notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, Vec::new()),
         signature_hashes(),
     ]);
@@ -346,7 +343,13 @@ pub(in super::super) fn respond(
             data: sa.nonce_r.clone(),
         }),
     ];
-    out.extend(natd::notifies((sa.spi_i, sa.spi_r), local, remote));
+    out.extend(natd::notifies(
+        (sa.spi_i, sa.spi_r),
+        local,
+        remote,
+        sa.policy.encap,
+        ctx.rng,
+    ));
     if sa.peer_fragmentation {
         out.push(notify(
             NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,

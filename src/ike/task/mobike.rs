@@ -58,7 +58,14 @@ pub(super) fn update_requested(
         sa.note_nat(ours, theirs);
     }
     sa.move_to(ctx, local, remote);
-    let mut out = natd::notifies((sa.spi_i, sa.spi_r), local, remote).to_vec();
+    let mut out = natd::notifies(
+        (sa.spi_i, sa.spi_r),
+        local,
+        remote,
+        sa.policy.encap,
+        ctx.rng,
+    )
+    .to_vec();
     if let Some(cookie2) = find_notify(payloads, NotifyType::COOKIE2) {
         out.push(notify(NotifyType::COOKIE2, cookie2.data.clone()));
     }
@@ -79,7 +86,13 @@ pub(in super::super) fn start_update(sa: &mut IkeSa, ctx: &mut Ctx<'_>, local: S
     let mut cookie2 = vec![0; 16];
     ctx.rng.fill(&mut cookie2);
     let mut payloads = vec![notify(NotifyType::UPDATE_SA_ADDRESSES, Vec::new())];
-    payloads.extend(natd::notifies((sa.spi_i, sa.spi_r), local, sa.remote));
+    payloads.extend(natd::notifies(
+        (sa.spi_i, sa.spi_r),
+        local,
+        sa.remote,
+        sa.policy.encap,
+        ctx.rng,
+    ));
     payloads.push(notify(NotifyType::COOKIE2, cookie2.clone()));
     let task = Task::UpdateAddresses(Update { cookie2 });
     if let Err(e) = sa.send_request(ctx, ExchangeType::INFORMATIONAL, payloads, task) {
