@@ -28,7 +28,7 @@ pub const NLM_F_CREATE: u16 = 0x400;
 pub const NLMSG_HDRLEN: usize = 16;
 /// Room for any answer: the kernel splits dumps into datagrams of at most a page or
 /// two, and a datagram read into less is cut short.
-const ANSWER: usize = 65536;
+pub const ANSWER: usize = 65536;
 
 /// A netlink socket for requests, or one subscribed to multicast groups.
 pub struct Netlink {
@@ -62,11 +62,10 @@ impl Netlink {
         Ok(netlink)
     }
 
-    /// Waits for the next datagram and hands each message in it to `each` as
-    /// (type, body).
-    pub fn receive(&self, mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
-        let mut buf = vec![0u8; ANSWER];
-        let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+    /// Waits for the next datagram, read into `buf` (of [`ANSWER`] bytes, reused by
+    /// the caller), and hands each message in it to `each` as (type, body).
+    pub fn receive(&self, buf: &mut [u8], mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+        let n = recv(self.fd.as_raw_fd(), buf, MsgFlags::empty())?;
         for (kind, _, body) in messages(&buf[..n]) {
             each(kind, body);
         }

@@ -700,15 +700,20 @@ fn kernel_drops(stats: &str) -> Vec<(&'static str, u64)> {
     ]
 }
 
-/// Reads ACQUIREs and EXPIREs until the daemon exits.
+/// Reads ACQUIREs, EXPIREs and MAPPINGs until the daemon exits.
 fn listen(
     netlink: &Netlink,
     children: &Mutex<HashMap<u32, (usize, usize)>>,
     events: &UnboundedSender<DataplaneEvent>,
     expired: &crossbeam_channel::Sender<Expire>,
 ) {
+    // Its socket is bound already: reading it needs no capability.
+    if let Err(e) = crate::privilege::restrict(&[]) {
+        crate::warn!("XFRM events: {e}");
+    }
+    let mut buf = vec![0u8; crate::netlink::ANSWER];
     loop {
-        let received = netlink.receive(|kind, body| match kind {
+        let received = netlink.receive(&mut buf, |kind, body| match kind {
             XFRM_MSG_ACQUIRE => {
                 let child = acquired_reqid(body).and_then(|reqid| {
                     children
@@ -733,12 +738,16 @@ fn listen(
             }
             _ => {}
         });
-        if let Err(e) = received {
-            // ENOBUFS: the kernel dropped messages for us; the next ones still come.
-            if e.raw_os_error() != Some(libc::ENOBUFS) {
+        // ENOBUFS: the kernel dropped messages for us (an EXPIRE lost is seen again at
+        // the hard limit, an ACQUIRE when the larval state times out); the next ones
+        // still come. Nothing else is expected, but giving up would lose them all.
+        match received {
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+            Err(e) => {
                 crate::warn!("XFRM events: {e}");
-                return;
+                std::thread::sleep(std::time::Duration::from_secs(1));
             }
+            Ok(()) => {}
         }
     }
 }
