@@ -9,6 +9,7 @@ use nix::sys::socket::{MsgFlags, NetlinkAddr, bind, recv, sendto};
 use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use zeroize::{Zeroize, Zeroizing};
 
 /// An error or acknowledgement.
 pub const NLMSG_ERROR: u16 = 2;
@@ -75,13 +76,16 @@ impl Netlink {
     fn send(&self, kind: u16, flags: u16, body: &[u8]) -> io::Result<u32> {
         let seq = self.seq.get().wrapping_add(1);
         self.seq.set(seq);
-        let msg = message(kind, flags, seq, body);
-        sendto(
+        let mut msg = message(kind, flags, seq, body);
+        let sent = sendto(
             self.fd.as_raw_fd(),
             &msg,
             &NetlinkAddr::new(0, 0),
             MsgFlags::empty(),
-        )?;
+        );
+        // An XFRM state's message carries its keys.
+        msg.zeroize();
+        sent?;
         Ok(seq)
     }
 
@@ -95,12 +99,13 @@ impl Netlink {
     }
 
     /// Sends a request the kernel answers with one message (a GET of one object)
-    /// and returns that message's body.
-    pub fn query(&self, kind: u16, body: &[u8]) -> io::Result<Vec<u8>> {
+    /// and returns that message's body, zeroed when dropped (an XFRM state's holds
+    /// its keys).
+    pub fn query(&self, kind: u16, body: &[u8]) -> io::Result<Zeroizing<Vec<u8>>> {
         let seq = self.send(kind, NLM_F_REQUEST, body)?;
         self.answers(seq, |kind, body| match kind {
             NLMSG_ERROR => Some(errno(body).and_then(|()| Err(io::Error::other("no answer")))),
-            _ => Some(Ok(body.to_vec())),
+            _ => Some(Ok(Zeroizing::new(body.to_vec()))),
         })
     }
 
@@ -117,13 +122,15 @@ impl Netlink {
         })
     }
 
-    /// Reads the answers to request `seq` until `done` returns a result.
+    /// Reads the answers to request `seq` until `done` returns a result. The buffer
+    /// is zeroed when dropped: XFRM dumps and errors (which echo the request) carry
+    /// keys.
     fn answers<T>(
         &self,
         seq: u32,
         mut done: impl FnMut(u16, &[u8]) -> Option<io::Result<T>>,
     ) -> io::Result<T> {
-        let mut answer = vec![0u8; ANSWER];
+        let mut answer = Zeroizing::new(vec![0u8; ANSWER]);
         loop {
             let n = recv(self.fd.as_raw_fd(), &mut answer, MsgFlags::empty())?;
             for (kind, got, body) in messages(&answer[..n]) {

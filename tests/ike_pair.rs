@@ -1001,43 +1001,26 @@ fn half_open_sa_expires_on_the_responder() {
 }
 
 #[test]
-fn forced_encapsulation_floats_both_sides_to_4500() {
-    let spec = || Spec {
-        encap: true,
+fn forced_encapsulation_on_either_side_floats_both_to_4500_in_udp() {
+    // The forcing side's NAT_DETECTION_SOURCE_IP cannot match: its peer believes it
+    // translated, and both put ESP in UDP. Were the responder to encapsulate alone,
+    // its peer's kernel would drop what it sends.
+    let spec = |encap| Spec {
+        encap,
         ..Spec::default()
     };
-    let mut pair = Pair::psk(spec(), Spec::default());
-    pair.initiate();
-    pair.drive();
-    pair.assert_tunnel();
-    for child in Pair::children(&pair.events_a)
-        .into_iter()
-        .chain(Pair::children(&pair.events_b))
-    {
-        assert!(child.encap);
-        assert_eq!((child.local.port(), child.remote.port()), (4500, 4500));
-    }
-}
-
-#[test]
-fn forced_encapsulation_on_the_responder_has_the_initiator_encapsulate_too() {
-    // The responder's NAT_DETECTION_SOURCE_IP cannot match: the initiator believes it
-    // translated and floats, and both sides put ESP in UDP. Without that, the
-    // responder would encapsulate alone and its peer's kernel drop what it sends.
-    let forced = Spec {
-        encap: true,
-        ..Spec::default()
-    };
-    let mut pair = Pair::psk(Spec::default(), forced);
-    pair.initiate();
-    pair.drive();
-    pair.assert_tunnel();
-    for child in Pair::children(&pair.events_a)
-        .into_iter()
-        .chain(Pair::children(&pair.events_b))
-    {
-        assert!(child.encap);
-        assert_eq!((child.local.port(), child.remote.port()), (4500, 4500));
+    for (a, b) in [(true, false), (false, true)] {
+        let mut pair = Pair::psk(spec(a), spec(b));
+        pair.initiate();
+        pair.drive();
+        pair.assert_tunnel();
+        for child in Pair::children(&pair.events_a)
+            .into_iter()
+            .chain(Pair::children(&pair.events_b))
+        {
+            assert!(child.encap, "forced by {}", if a { "a" } else { "b" });
+            assert_eq!((child.local.port(), child.remote.port()), (4500, 4500));
+        }
     }
 }
 

@@ -39,6 +39,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use zeroize::Zeroizing;
 
 const XFRM_MSG_NEWSA: u16 = 16;
 const XFRM_MSG_DELSA: u16 = 17;
@@ -325,7 +326,7 @@ impl Xfrm {
     /// Adds the inbound (`inbound`) or outbound state of `sa`, carrying on from
     /// `carried` (the replay state and counters of the state it replaces) if given.
     fn add_state(&self, sa: &Sa, inbound: bool, carried: &[(u16, Vec<u8>)]) -> io::Result<()> {
-        let body = state_message(sa, inbound, self.replay_window, carried);
+        let body = Zeroizing::new(state_message(sa, inbound, self.replay_window, carried));
         self.netlink.request(XFRM_MSG_NEWSA, 0, &body)
     }
 
@@ -901,7 +902,10 @@ fn state_message(
     } else {
         (sa.local, sa.remote, sa.spi_out, &sa.keys_out)
     };
-    let mut body = vec![0u8; USERSA_INFO];
+    // Room for every attribute (the replay bitmap is at most 4 KiB): growing would
+    // leave a copy of the keys behind in the old allocation.
+    let mut body = Vec::with_capacity(USERSA_INFO + 8192);
+    body.resize(USERSA_INFO, 0);
     if sa.transport {
         body[40..42].copy_from_slice(&family(dst.ip()).to_ne_bytes());
     }
@@ -982,9 +986,11 @@ fn state_message(
     body
 }
 
-/// alg_name[64], NUL-padded.
+/// alg_name[64], NUL-padded, with room for the lengths and a key to follow (so
+/// that no copy of the key is left behind by growing).
 fn algorithm_name(name: &str) -> Vec<u8> {
-    let mut out = vec![0u8; 64];
+    let mut out = Vec::with_capacity(64 + 8 + 64);
+    out.resize(64, 0);
     out[..name.len()].copy_from_slice(name.as_bytes());
     out
 }
