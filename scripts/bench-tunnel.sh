@@ -1,32 +1,50 @@
 #!/usr/bin/env bash
-# Tunnel throughput in one run on the same namespaces (scripts/lib/sites.sh): iperf3 TCP
-# from alice's host to bob's, 1 and 4 streams, through
+# Tunnel benchmark in one run on the same namespaces (scripts/lib/sites.sh), iperf3 from
+# alice's host to bob's, through
 #   - raw veth: the gateways only route, no tunnel (the ceiling),
-#   - esptun <-> esptun (AES-128-GCM, UDP-encapsulated unless ESP=raw),
-#   - esptun <-> esptun in kernel mode (dataplane.mode = "xfrm"), where this kernel has ESP
-#     (CPU s/GB "-": the kernel's softirqs do the work, not the daemons),
-#   - strongSwan <-> strongSwan with kernel-libipsec (its userspace ESP), when installed,
-# and the gateways' CPU seconds (user + system, both gateways) per GB carried.
+#   - esptun <-> esptun, ESP in UDP and raw ESP (AES-128-GCM),
+#   - esptun <-> esptun in kernel mode (dataplane.mode = "xfrm"), where this kernel has ESP,
+#   - strongSwan <-> strongSwan with kernel-libipsec (its userspace ESP),
+#   - boringtun <-> boringtun (userspace WireGuard, for those choosing between the two),
+# each measured with TCP (1, 4 and 8 streams), UDP at fixed rates (loss and jitter), and
+# 64-byte UDP packets (packets per second delivered), with each gateway's CPU seconds per
+# GB carried (user + system of its daemon; "-" where the kernel does the work) and its RSS.
+# Results: a table on stdout, OUT/bench.json, and OUT/bench.png (gnuplot).
 #
-# usage: scripts/bench-tunnel.sh [--esptun PATH] [seconds per run, default 10]   (as root,
-# or with sudo; installs what the demo uses first, scripts/deps.sh demo; strongSwan comes
-# with scripts/deps.sh test). Without --esptun it builds and runs target/release/esptun;
-# with it, that binary (to compare two builds on the same machine).
+# usage: scripts/bench-tunnel.sh [--esptun PATH] [--out DIR] [--quick] [seconds per run]
+#   (as root or with sudo; installs what it uses first: scripts/deps.sh bench, and
+#   boringtun-cli with cargo). Without --esptun it builds target/release/esptun; with it,
+#   that binary (to compare builds). --quick: 1 s runs, 1 TCP stream, one UDP rate — a
+#   check that every setup works (what CI runs), no figures worth quoting. Default
+#   seconds per run 10, OUT target/bench-tunnel.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/sites.sh
 source "$ROOT/scripts/lib/sites.sh"
 # shellcheck source=lib/charon.sh
 source "$ROOT/scripts/lib/charon.sh"
-ESPTUN=
-if [[ ${1:-} == --esptun ]]; then
-    ESPTUN=$2
-    shift 2
-    [[ -x $ESPTUN ]] || { echo "no esptun binary at $ESPTUN" >&2; exit 2; }
-fi
+ESPTUN= OUT=$ROOT/target/bench-tunnel QUICK=0
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --esptun) ESPTUN=$2; shift 2; [[ -x $ESPTUN ]] || { echo "no esptun binary at $ESPTUN" >&2; exit 2; } ;;
+    --out) OUT=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    -*) echo "usage: $0 [--esptun PATH] [--out DIR] [--quick] [seconds per run]" >&2; exit 2 ;;
+    *) break ;;
+    esac
+done
 DURATION=${1:-10}
+STREAMS=(1 4 8) UDP_RATES=(100M 1G)
+if [[ $QUICK == 1 ]]; then DURATION=1 STREAMS=(1) UDP_RATES=(100M); fi
 [[ $(id -u) == 0 ]] || { echo "run as root: sudo scripts/bench-tunnel.sh, or as root scripts/bench-tunnel.sh" >&2; exit 1; }
-"$ROOT/scripts/deps.sh" demo
+"$ROOT/scripts/deps.sh" bench
+# boringtun is a crate, not a Debian package: the same version every time.
+BORINGTUN_VERSION=0.7.1
+if ! boringtun-cli --version 2>/dev/null | grep -q " $BORINGTUN_VERSION"; then
+    echo "installing boringtun-cli $BORINGTUN_VERSION (cargo install, a minute or two)"
+    cargo install --quiet --locked boringtun-cli --version "$BORINGTUN_VERSION"
+fi
+BORINGTUN=$(command -v boringtun-cli || echo "$HOME/.cargo/bin/boringtun-cli")
 
 RUN=$(mktemp -d /tmp/esptun-bench.XXXXXX)
 cleanup() {
@@ -41,6 +59,8 @@ if [[ -z $ESPTUN ]]; then
     (cd "$ROOT" && cargo build --release --quiet)
     ESPTUN=$ROOT/target/release/esptun
 fi
+mkdir -p "$OUT"
+: >"$RUN/results.jsonl"
 sites_pki "$RUN/pki" "$ESPTUN"
 sites_up
 ip netns exec "$NS_BH" iperf3 -s -B "$HOST_B" >"$RUN/iperf3-server.log" 2>&1 &
@@ -59,41 +79,86 @@ cpu_ticks() {
     echo $total
 }
 
-ROWS=()
-# measure label pids...: one iperf3 run per stream count; appends table rows.
-measure() {
-    local label=$1 streams; shift
-    for streams in 1 4; do
-        local before after out gbits
-        before=$(cpu_ticks "$@")
-        out=$(ip netns exec "$NS_AH" iperf3 -c "$HOST_B" -t "$DURATION" -P "$streams" -f m)
-        after=$(cpu_ticks "$@")
-        # The receiver's total (SUM with several streams).
-        gbits=$(grep receiver <<<"$out" | tail -1 | awk '{for (i = 1; i < NF; i++) if ($(i+1) == "Mbits/sec") print $i / 1000}')
-        local cpu="-"
-        if (( $# > 0 )); then
-            local ticks=$((after - before)) hz; hz=$(getconf CLK_TCK)
-            cpu=$(awk -v t="$ticks" -v hz="$hz" -v g="$gbits" -v d="$DURATION" \
-                'BEGIN { gb = g * d / 8; printf "%.2f", (t / hz) / gb }')
-        fi
-        ROWS+=("$(printf '%-34s %7s %9.2f %14s' "$label" "$streams" "$gbits" "$cpu")")
-        echo "${ROWS[-1]}"
-    done
+# rss_kib pid: resident memory of a process, KiB (null if there is none).
+rss_kib() {
+    [[ -n ${1:-} ]] && awk '/^VmRSS:/ {print $2; found = 1} END {if (!found) print "null"}' "/proc/$1/status" 2>/dev/null || echo null
 }
 
-echo "== raw veth (gateways route, no tunnel)"
-ip -n "$NS_AG" route add 10.2.0.0/24 via $WAN_B
-ip -n "$NS_BG" route add 10.1.0.0/24 via $WAN_A
-measure "raw veth, no tunnel"
-ip -n "$NS_AG" route del 10.2.0.0/24 via $WAN_B
-ip -n "$NS_BG" route del 10.1.0.0/24 via $WAN_A
+# iperf test-args...: one iperf3 run from alice's host, its JSON in RUN/iperf.json.
+iperf() {
+    ip netns exec "$NS_AH" iperf3 -c "$HOST_B" -t "$DURATION" -J "$@" >"$RUN/iperf.json" 2>/dev/null || true
+}
 
-echo "== esptun <-> esptun"
-mkdir -p "$RUN/esptun"; ln -s "$RUN/pki" "$RUN/esptun/pki"
-encap="encap = true"; [[ ${ESP:-udp} == raw ]] && encap=""
-sites_start "$ESPTUN" "$RUN/esptun" alice "$encap"
-measure "esptun <-> esptun (${ESP:-udp})" "$ALICE_PID" "$BOB_PID"
-sites_stop
+# measure setup alice-pid bob-pid: every test through one setup; appends JSON lines
+# to RUN/results.jsonl and table rows to ROWS. Empty pids: CPU and RSS are the kernel's.
+ROWS=()
+measure() {
+    local setup=$1 a=${2:-} b=${3:-} hz
+    hz=$(getconf CLK_TCK)
+    # cpu_per_gb ticks gbits: CPU seconds per GB carried, null without a daemon.
+    cpu_per_gb() {
+        awk -v t="$1" -v hz="$hz" -v g="$2" -v d="$DURATION" -v pid="$3" \
+            'BEGIN { if (pid == "" || g <= 0) print "null"; else printf "%.2f", (t / hz) / (g * d / 8) }'
+    }
+    run() { # kind param a0 b0: one record from RUN/iperf.json
+        local kind=$1 param=$2 a0=$3 b0=$4 a1 b1 gbits row
+        a1=$(cpu_ticks $a) b1=$(cpu_ticks $b)
+        # What the receiver got (an iperf3 that failed left no JSON: zero).
+        jq -e . "$RUN/iperf.json" >/dev/null 2>&1 || echo '{}' >"$RUN/iperf.json"
+        gbits=$(jq -r '(.end.sum_received // .end.sum // {}).bits_per_second // 0 | . / 1e9' "$RUN/iperf.json")
+        jq -nc --arg setup "$setup" --arg kind "$kind" --arg param "$param" \
+            --argjson gbits "$gbits" \
+            --argjson cpu_a "$(cpu_per_gb $((a1 - a0)) "$gbits" "$a")" \
+            --argjson cpu_b "$(cpu_per_gb $((b1 - b0)) "$gbits" "$b")" \
+            --argjson rss_a "$(rss_kib "$a")" --argjson rss_b "$(rss_kib "$b")" \
+            --slurpfile iperf "$RUN/iperf.json" '
+            ($iperf[0].end.sum_received // {}) as $r |
+            {setup: $setup, test: $kind, param: $param, gbit_s: $gbits,
+             cpu_s_per_gb: {alice: $cpu_a, bob: $cpu_b}, rss_kib: {alice: $rss_a, bob: $rss_b}}
+            + (if $kind == "tcp" then {} else
+               {loss_percent: ($r.lost_percent // null), jitter_ms: ($r.jitter_ms // null),
+                packets_per_s: (if $r.packets then (($r.packets - $r.lost_packets) / $r.seconds | floor) else null end)} end)' \
+            >>"$RUN/results.jsonl"
+        row=$(tail -n 1 "$RUN/results.jsonl" | jq -r '[.setup, .test, .param, (.gbit_s * 100 | round / 100),
+            (.cpu_s_per_gb.alice // "-"), (.cpu_s_per_gb.bob // "-"), (.rss_kib.alice // "-"),
+            (.loss_percent // "-" | tostring | .[0:6]), (.packets_per_s // "-")] | @tsv')
+        ROWS+=("$row")
+        awk -F'\t' '{printf "%-30s %-5s %-5s %7s %8s %8s %8s %8s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}' <<<"$row"
+    }
+    local streams rate a0 b0
+    for streams in "${STREAMS[@]}"; do
+        a0=$(cpu_ticks $a) b0=$(cpu_ticks $b)
+        iperf -P "$streams"
+        run tcp "$streams" "$a0" "$b0"
+    done
+    for rate in "${UDP_RATES[@]}"; do
+        a0=$(cpu_ticks $a) b0=$(cpu_ticks $b)
+        iperf -u -b "$rate" -l 1400
+        run udp "$rate" "$a0" "$b0"
+    done
+    # As fast as the sender goes: what the path delivers of 64-byte datagrams.
+    a0=$(cpu_ticks $a) b0=$(cpu_ticks $b)
+    iperf -u -b 0 -l 64
+    run udp64 max "$a0" "$b0"
+}
+
+gateway_routes() { # add|del: the gateways route between the LANs themselves
+    ip -n "$NS_AG" route "$1" 10.2.0.0/24 via $WAN_B
+    ip -n "$NS_BG" route "$1" 10.1.0.0/24 via $WAN_A
+}
+
+echo "setup                          test  param  Gbit/s  CPU s/GB (alice, bob)  RSS KiB  loss %  pkt/s"
+gateway_routes add
+measure "raw veth, no tunnel"
+gateway_routes del
+
+for esp in udp raw; do
+    mkdir -p "$RUN/esptun-$esp"; ln -s "$RUN/pki" "$RUN/esptun-$esp/pki"
+    encap="encap = true"; [[ $esp == raw ]] && encap=""
+    sites_start "$ESPTUN" "$RUN/esptun-$esp" alice "$encap"
+    measure "esptun userspace ($esp)" "$ALICE_PID" "$BOB_PID"
+    sites_stop
+done
 
 # kernel_has_esp: whether an ESP state can be added here (in a scratch namespace).
 kernel_has_esp() {
@@ -106,18 +171,15 @@ kernel_has_esp() {
 }
 
 if kernel_has_esp; then
-    echo "== esptun <-> esptun, kernel mode (dataplane.mode = \"xfrm\")"
     mkdir -p "$RUN/xfrm"; ln -s "$RUN/pki" "$RUN/xfrm/pki"
     # The host's routing reaches the far LAN; the kernel's policies take the packets.
-    ip -n "$NS_AG" route add 10.2.0.0/24 via $WAN_B
-    ip -n "$NS_BG" route add 10.1.0.0/24 via $WAN_A
-    SITES_DATAPLANE='mode = "xfrm"' sites_start "$ESPTUN" "$RUN/xfrm" alice "$encap"
-    measure "esptun xfrm, kernel ESP (${ESP:-udp})"
+    gateway_routes add
+    SITES_DATAPLANE='mode = "xfrm"' sites_start "$ESPTUN" "$RUN/xfrm" alice "encap = true"
+    measure "esptun xfrm (kernel ESP, udp)"
     sites_stop
-    ip -n "$NS_AG" route del 10.2.0.0/24 via $WAN_B
-    ip -n "$NS_BG" route del 10.1.0.0/24 via $WAN_A
+    gateway_routes del
 else
-    echo "== this kernel has no ESP (ip xfrm state add ... proto esp fails): kernel mode skipped"
+    echo "(this kernel has no ESP: ip xfrm state add ... proto esp fails; kernel mode skipped)"
 fi
 
 # charon_gateway alice|bob ns my-wan peer-wan my-nets peer-nets: a charon with
@@ -134,18 +196,74 @@ charon_gateway() {
     return $rc
 }
 
-if command -v charon-systemd >/dev/null; then
-    echo "== strongSwan <-> strongSwan (kernel-libipsec)"
-    charon_gateway bob "$NS_BG" $WAN_B $WAN_A "$NETS_B" "$NETS_A"; BOB_CHARON=$CHARON_PID
-    charon_gateway alice "$NS_AG" $WAN_A $WAN_B "$NETS_A" "$NETS_B"; ALICE_CHARON=$CHARON_PID
-    charon_sw "$RUN/charon-alice" --initiate --child lan --timeout 20 >/dev/null 2>&1
-    measure "strongSwan <-> strongSwan (libipsec)" "$ALICE_CHARON" "$BOB_CHARON"
-    sites_stop
-else
-    echo "== strongSwan not installed (scripts/deps.sh test installs it): skipped"
-fi
+charon_gateway bob "$NS_BG" $WAN_B $WAN_A "$NETS_B" "$NETS_A"; BOB_CHARON=$CHARON_PID
+charon_gateway alice "$NS_AG" $WAN_A $WAN_B "$NETS_A" "$NETS_B"; ALICE_CHARON=$CHARON_PID
+charon_sw "$RUN/charon-alice" --initiate --child lan --timeout 20 >/dev/null 2>&1
+measure "strongSwan libipsec (udp)" "$ALICE_CHARON" "$BOB_CHARON"
+sites_stop
+
+# boringtun_gateway ns name my-key peer-pub peer-wan peer-nets: userspace WireGuard on
+# interface NAME (each its own name: the UAPI sockets share /var/run/wireguard), routing
+# the peer's LAN into it; appends its PID to SITES_PIDS and sets WG_PID.
+boringtun_gateway() {
+    local ns=$1 name=$2 net
+    ip netns exec "$ns" "$BORINGTUN" --foreground --disable-drop-privileges --log "$RUN/$name.log" \
+        "$name" >>"$RUN/$name.stdout" 2>&1 &
+    WG_PID=$!
+    SITES_PIDS+=("$WG_PID")
+    for _ in $(seq 50); do [[ -S /var/run/wireguard/$name.sock ]] && break; sleep 0.1; done
+    ip netns exec "$ns" wg set "$name" private-key "$3" listen-port 51820 \
+        peer "$4" endpoint "$5:51820" allowed-ips "${6// /,}"
+    ip -n "$ns" link set "$name" up mtu 1420
+    for net in $6; do ip -n "$ns" route add "$net" dev "$name"; done
+}
+
+for side in a b; do
+    (umask 077 && wg genkey >"$RUN/wg-$side.key")
+    wg pubkey <"$RUN/wg-$side.key" >"$RUN/wg-$side.pub"
+done
+boringtun_gateway "$NS_AG" bta "$RUN/wg-a.key" "$(cat "$RUN/wg-b.pub")" $WAN_B "$NETS_B"; WG_A=$WG_PID
+boringtun_gateway "$NS_BG" btb "$RUN/wg-b.key" "$(cat "$RUN/wg-a.pub")" $WAN_A "$NETS_A"; WG_B=$WG_PID
+for _ in $(seq 50); do ip netns exec "$NS_AH" ping -c1 -W1 -q "$HOST_B" >/dev/null 2>&1 && break; done
+measure "boringtun (WireGuard)" "$WG_A" "$WG_B"
+sites_stop
+
+jq -s --arg host "$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)" --argjson seconds "$DURATION" \
+    '{machine: $host, seconds_per_run: $seconds, results: .}' "$RUN/results.jsonl" >"$OUT/bench.json"
+
+# The chart: TCP throughput per setup and stream count, and 64-byte packets per second.
+# One row per setup (in the order measured), one column per stream count.
+jq -r '[.results[] | select(.test == "tcp")] as $tcp
+    | ($tcp | map(.param | tonumber) | unique) as $streams
+    | ($tcp | reduce .[].setup as $s ([]; if index([$s]) then . else . + [$s] end)) as $setups
+    | (["setup"] + ($streams | map("\(.) stream" + (if . == 1 then "" else "s" end)))),
+      ($setups[] as $s | ["\"\($s)\""] + ($streams | map(tostring as $n
+          | ($tcp | map(select(.setup == $s and .param == $n) | .gbit_s) | first // 0))))
+    | @tsv' "$OUT/bench.json" >"$RUN/tcp.dat"
+jq -r '.results[] | select(.test == "udp64") | ["\"\(.setup)\"", (.packets_per_s // 0) / 1000] | @tsv' \
+    "$OUT/bench.json" >"$RUN/pps.tsv"
+columns=$(head -1 "$RUN/tcp.dat" | awk -F'\t' '{print NF}')
+gnuplot <<PLOT
+set terminal pngcairo size 1200,700 font ",10"
+set output "$OUT/bench.png"
+set multiplot layout 1,2 title "esptun tunnel benchmark ($(nproc) cores, $DURATION s per run)"
+set datafile separator "\t"
+set style data histogram
+set style histogram cluster gap 1
+set style fill solid 0.8 border -1
+set xtics rotate by -30
+set key top right
+set ylabel "TCP Gbit/s"
+set yrange [0:*]
+set title "TCP, alice host -> bob host"
+plot for [i=2:$columns] "$RUN/tcp.dat" using i:xtic(1) title columnhead(i)
+set ylabel "thousand packets/s delivered"
+set yrange [0:*]
+set title "64-byte UDP"
+unset key
+plot "$RUN/pps.tsv" using 2:xtic(1) lc rgb "#4477aa"
+unset multiplot
+PLOT
 
 echo
-echo "$(nproc) cores, $DURATION s per run, iperf3 TCP alice host -> bob host"
-printf '%-34s %7s %9s %14s\n' "setup" "streams" "Gbit/s" "CPU s/GB"
-printf '%s\n' "${ROWS[@]}"
+echo "$(nproc) cores, $DURATION s per run; results in $OUT/bench.json, chart in $OUT/bench.png"

@@ -4,8 +4,9 @@
 # Prints nothing when everything is there, and otherwise what it installs. Installing
 # needs root (no sudo is used). scripts/demo.sh and scripts/test.sh run it first.
 #
-# usage: scripts/deps.sh demo|test|unit|fuzz
-#   demo  scripts/demo.sh and scripts/bench-tunnel.sh: the build, the namespaces, iperf3
+# usage: scripts/deps.sh demo|test|bench|unit|fuzz
+#   demo  scripts/demo.sh: the build, the namespaces, iperf3
+#   bench scripts/bench-tunnel.sh: demo's, strongSwan, jq, wg for boringtun, gnuplot
 #   test  scripts/test.sh: demo's, rustfmt and clippy, and the tunnel and interop tests' tools
 #   unit  scripts/test.sh with ESPTUN_SKIP_NETNS=1: the build, rustfmt and clippy
 #   fuzz  scripts/fuzz.sh: the build (g++ also compiles libFuzzer)
@@ -32,12 +33,18 @@ TUNNELS="netcat-openbsd tcpdump nftables charon-systemd charon-cmd strongswan-sw
     libcharon-extra-plugins libstrongswan-standard-plugins jq perl curl
     python3-prometheus-client kmod cpio"
 
+# scripts/bench-tunnel.sh: jq reads iperf3's JSON and writes the results, wg configures
+# boringtun (userspace WireGuard), gnuplot draws the chart; strongSwan as in TUNNELS.
+BENCH="jq wireguard-tools gnuplot-nox charon-systemd strongswan-swanctl libcharon-extra-plugins
+    libstrongswan-standard-plugins"
+
 case ${1:-} in
     demo) packages="$BUILD $DEMO" components="" ;;
-    test) packages="$BUILD $DEMO $TUNNELS" components="rustfmt clippy" ;;
+    bench) packages="$BUILD $DEMO $BENCH" components="" ;;
+    test) packages="$BUILD $DEMO $TUNNELS $BENCH" components="rustfmt clippy" ;;
     unit) packages="$BUILD" components="rustfmt clippy" ;;
     fuzz) packages="$BUILD" components="" ;;
-    *) echo "usage: $0 demo|test|unit|fuzz" >&2; exit 2 ;;
+    *) echo "usage: $0 demo|test|bench|unit|fuzz" >&2; exit 2 ;;
 esac
 
 missing=()

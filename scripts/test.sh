@@ -5,8 +5,9 @@
 # the strongSwan interop tests, road warriors (virtual IPs, many clients, MOBIKE) with
 # strongSwan and esptun clients, a 40-second rekey soak with the fault cases, against
 # esptun and strongSwan, and a short IKE_SA_INIT flood while esptun and strongSwan
-# connect, and kernel ESP (dataplane.mode = "xfrm") in a VM whose kernel has it
-# (ESPTUN_SKIP_NETNS=1 leaves those six out, and says so). Root, but for
+# connect, the tunnel benchmark for a second per run (function, not figures), and
+# kernel ESP (dataplane.mode = "xfrm") in a VM whose kernel has it
+# (ESPTUN_SKIP_NETNS=1 leaves those seven out, and says so). Root, but for
 # ESPTUN_SKIP_NETNS=1; installs what it uses first (scripts/deps.sh).
 # Run from anywhere; exits non-zero on the first failure.
 set -euo pipefail
@@ -34,7 +35,7 @@ scripts/deny.sh
 step "fuzz targets, 10 s each (scripts/fuzz.sh --seconds 10)"
 scripts/fuzz.sh --seconds 10
 if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
-    step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, road-warrior, lifecycle, flood and xfrm tests did not run"
+    step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, road-warrior, lifecycle, flood, benchmark and xfrm tests did not run"
 else
     cargo build --locked --release --bins --example flood --example xfer
     step "esptun <-> esptun tunnels (tests/e2e/run.sh)"
@@ -47,6 +48,12 @@ else
     tests/lifecycle/run.sh --seconds 40
     step "an IKE_SA_INIT flood while peers connect (tests/flood/run.sh --short)"
     tests/flood/run.sh --short
+    step "the tunnel benchmark, 1 s per run, for function only (scripts/bench-tunnel.sh --quick)"
+    scripts/bench-tunnel.sh --quick --esptun target/release/esptun --out target/bench-quick
+    # Every setup carried TCP: raw veth, esptun in UDP and raw, strongSwan, boringtun.
+    jq -e '[.results[] | select(.test == "tcp" and .gbit_s > 0) | .setup] | unique | length >= 5' \
+        target/bench-quick/bench.json >/dev/null ||
+        { echo "bench-tunnel.sh: a setup carried nothing (target/bench-quick/bench.json)" >&2; exit 1; }
     step "kernel ESP: esptun in xfrm mode against esptun in both modes, in a VM (tests/xfrm/run.sh)"
     tests/xfrm/run.sh --xfer target/release/examples/xfer
 fi
