@@ -52,6 +52,7 @@ fn policy(me: &str, peer: Option<&str>) -> Arc<Policy> {
             esp_proposals: proposal::parse_all(&strings(&["aes128gcm16"]), ProtocolId::ESP)
                 .expect("proposal"),
             transport: false,
+            per_resource: false,
             lifetime: Lifetime::default(),
             rand_time: Duration::ZERO,
             start_action: Action::None,

@@ -309,6 +309,7 @@ struct RawChild {
     remote_ts: Vec<Spanned<String>>,
     esp_proposals: Option<List>,
     mode: Option<Spanned<String>>,
+    per_resource_sas: Option<Spanned<bool>>,
     rekey_time: Option<Spanned<Value>>,
     life_time: Option<Spanned<Value>>,
     rand_time: Option<Spanned<Value>>,
@@ -1686,6 +1687,17 @@ fn connection(
                 }
             },
         };
+        let per_resource = match &ch.per_resource_sas {
+            Some(on) if *on.get_ref() && dataplane == DataplaneMode::Xfrm => {
+                return Err(src.error(
+                    on,
+                    format!("{k}.per_resource_sas"),
+                    "needs dataplane.mode = \"userspace\": the kernel's per-CPU SAs are not used",
+                ));
+            }
+            Some(on) => *on.get_ref(),
+            None => false,
+        };
         let start_action = match (start, &ch.start_action) {
             (Some(start), Some(at)) => {
                 return Err(src.error(
@@ -1722,6 +1734,7 @@ fn connection(
                 &mut weak,
             )?,
             transport,
+            per_resource,
             lifetime,
             rand_time,
             start_action,

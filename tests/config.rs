@@ -1468,6 +1468,9 @@ fn transport_children_need_xfrm_host_selectors_and_no_virtual_ips() {
     assert!(config.connections[0].policy.children[0].transport);
     let tunnel = dir.load(&file("", "mode = \"tunnel\"", xfrm)).unwrap();
     assert!(!tunnel.connections[0].policy.children[0].transport);
+    let spread = dir.load(&file("", "per_resource_sas = true", "")).unwrap();
+    assert!(spread.connections[0].policy.children[0].per_resource);
+    assert!(!tunnel.connections[0].policy.children[0].per_resource);
     let cases = [
         (
             file("", "mode = \"transport\"", ""),
@@ -1515,6 +1518,10 @@ fn transport_children_need_xfrm_host_selectors_and_no_virtual_ips() {
         (
             file("", "", "mode = \"kernel\""),
             "site.toml:14: dataplane.mode: \"kernel\": expected \"userspace\" or \"xfrm\"",
+        ),
+        (
+            file("", "per_resource_sas = true", xfrm),
+            "site.toml:12: connection[0].children[0].per_resource_sas: needs dataplane.mode = \"userspace\": the kernel's per-CPU SAs are not used",
         ),
     ];
     for (text, expected) in cases {

@@ -89,6 +89,7 @@ fn policy(c: Conn) -> Arc<Policy> {
             remote_ts: Vec::new(),
             esp_proposals: proposal::parse_all(&strings(c.esp), ProtocolId::ESP).unwrap(),
             transport: false,
+            per_resource: false,
             lifetime: Lifetime::default(),
             rand_time: Duration::ZERO,
             start_action: Action::None,

@@ -63,6 +63,8 @@ struct Spec {
     mobike: bool,
     /// Every child asks for (and grants) transport mode.
     transport: bool,
+    /// Every child asks for (and grants) per-resource SAs.
+    per_resource: bool,
 }
 
 impl Default for Spec {
@@ -89,6 +91,7 @@ impl Default for Spec {
             second_child: false,
             mobike: true,
             transport: false,
+            per_resource: false,
         }
     }
 }
@@ -112,6 +115,7 @@ fn policy(spec: Spec, left: bool) -> Arc<Policy> {
         remote_ts,
         esp_proposals: esp_proposals.clone(),
         transport: spec.transport,
+        per_resource: spec.per_resource,
         lifetime: spec.lifetime,
         rand_time: Duration::ZERO,
         start_action: spec.start_action,
@@ -340,10 +344,21 @@ impl Pair {
 
     /// A pair whose random generators are seeded from `seed`.
     fn seeded(a: Arc<Policy>, b: Arc<Policy>, settings_b: Settings, seed: u64) -> Self {
+        Self::with_settings(a, b, settings(), settings_b, seed)
+    }
+
+    /// A pair with its own settings for A too.
+    fn with_settings(
+        a: Arc<Policy>,
+        b: Arc<Policy>,
+        settings_a: Settings,
+        settings_b: Settings,
+        seed: u64,
+    ) -> Self {
         Self {
             now: Instant::default(),
             a: Endpoint::new(
-                settings(),
+                settings_a,
                 vec![a],
                 Box::new(SeededRandom::new(2 * seed - 1)),
             ),
@@ -3267,4 +3282,131 @@ fn rekeys_of_a_transport_child_sa_by_either_side_stay_in_transport_mode() {
             "the answer to {side:?}'s rekey"
         );
     }
+}
+
+// ---- Per-resource Child SAs (RFC 9611). ----
+
+/// A pair whose data planes have `a` and `b` resources (workers), the children as
+/// `spec(true)` for A and `spec(false)` for B make them.
+fn with_resources(a: u32, b: u32, spec: impl Fn(bool) -> Spec) -> Pair {
+    let resources = |r| Settings {
+        resources: r,
+        ..settings()
+    };
+    Pair::with_settings(
+        policy(spec(true), true),
+        policy(spec(false), false),
+        resources(a),
+        resources(b),
+        1,
+    )
+}
+
+/// Each installed inbound SPI's resource (`SPI % resources`), sorted.
+fn resources_of(spis: &[u32], resources: u32) -> Vec<u32> {
+    let mut r: Vec<u32> = spis.iter().map(|s| s % resources).collect();
+    r.sort_unstable();
+    r
+}
+
+#[test]
+fn peers_that_both_offer_per_resource_sas_get_one_per_worker_and_rekeys_keep_the_worker() {
+    let spec = |_| Spec {
+        lifetime: soft_hard(600, 660),
+        per_resource: true,
+        ..Spec::default()
+    };
+    let mut pair = with_resources(3, 3, spec);
+    pair.initiate();
+    pair.run_until(secs(5));
+    assert_eq!(pair.assert_converged(), 3, "one Child SA per worker");
+    assert_eq!(resources_of(&pair.live(Side::A), 3), [0, 1, 2]);
+    assert_eq!(resources_of(&pair.live(Side::B), 3), [0, 1, 2]);
+    assert!(
+        Pair::children(&pair.events_a)
+            .iter()
+            .all(|c| c.per_resource)
+    );
+    assert!(
+        Pair::children(&pair.events_b)
+            .iter()
+            .all(|c| c.per_resource)
+    );
+    let sent = |m: &MessageRecord| m.exchange == ExchangeType::CREATE_CHILD_SA && m.sent;
+    let created = pair
+        .events_a
+        .iter()
+        .filter(|e| matches!(e, Event::Message(m) if sent(m) && !m.response))
+        .count();
+    assert_eq!(created, 2, "the initiator adds two SAs to the first");
+    // Each SA is rekeyed on its own, into an SA for the same worker on both sides.
+    pair.run_until(secs(700));
+    assert_eq!(pair.assert_converged(), 3);
+    assert_eq!(resources_of(&pair.live(Side::A), 3), [0, 1, 2]);
+    assert_eq!(resources_of(&pair.live(Side::B), 3), [0, 1, 2]);
+    // Both sides rekey at their soft limits; collisions make some SAs twice.
+    assert!(
+        Pair::children(&pair.events_a).len() >= 6,
+        "every SA rekeyed"
+    );
+    assert!(
+        Pair::children(&pair.events_a)
+            .iter()
+            .all(|c| c.per_resource)
+    );
+}
+
+#[test]
+fn a_peer_without_per_resource_sas_gets_one_child_sa() {
+    // (A's resources, B's, A's child asks for them, B's child grants them)
+    for (a, b, on_a, on_b) in [
+        (4, 1, true, true),
+        (1, 4, true, true),
+        (4, 4, true, false),
+        (4, 4, false, true),
+    ] {
+        let spec = |is_a| Spec {
+            per_resource: if is_a { on_a } else { on_b },
+            ..Spec::default()
+        };
+        let mut pair = with_resources(a, b, spec);
+        pair.initiate();
+        pair.drive();
+        pair.assert_tunnel();
+        assert!(!Pair::children(&pair.events_a)[0].per_resource);
+        assert!(!Pair::children(&pair.events_b)[0].per_resource);
+    }
+}
+
+#[test]
+fn a_responder_refuses_per_resource_sas_beyond_its_limit_with_ts_max_queue() {
+    let spec = |_| Spec {
+        per_resource: true,
+        ..Spec::default()
+    };
+    let mut pair = with_resources(70, 2, spec);
+    pair.initiate();
+    pair.drive();
+    assert_eq!(pair.assert_converged(), 64, "the responder's limit");
+    let refused = |e: &Event| {
+        matches!(e, Event::Message(m) if m.sent && m.response
+            && m.payloads.iter().any(|p| matches!(p, Payload::Notify(n)
+                if n.notify_type == NotifyType::TS_MAX_QUEUE)))
+    };
+    assert!(pair.events_b.iter().any(refused));
+    assert!(
+        logs(&pair.events_a)
+            .iter()
+            .any(|l| l.contains("no further per-resource SA: the peer keeps no more of them"))
+    );
+    assert!(
+        !pair
+            .events_a
+            .iter()
+            .any(|e| matches!(e, Event::ChildSaFailed { .. })),
+        "the child is up"
+    );
+    // Its SAs spread over the responder's two workers evenly.
+    let on_b = resources_of(&pair.live(Side::B), 2);
+    assert_eq!(on_b.iter().filter(|&&r| r == 0).count(), 32);
 }

@@ -110,6 +110,13 @@ impl Metrics {
         for (reason, n) in dataplane.drops() {
             counter!("esptun_dropped_packets_total", "reason" => reason).absolute(n);
         }
+        for (worker, (out, r#in)) in dataplane.worker_packets().into_iter().enumerate() {
+            let worker = worker.to_string();
+            for (direction, n) in [("outbound", out), ("inbound", r#in)] {
+                counter!("esptun_worker_packets_total", "worker" => worker.clone(), "direction" => direction)
+                    .absolute(n);
+            }
+        }
         for (direction, now) in ["outbound", "inbound"]
             .into_iter()
             .zip(dataplane.batch_sizes())
@@ -148,6 +155,10 @@ fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("esptun_ike_sas", "IKE SAs by state");
     describe_gauge!("esptun_child_sas_installed", "Child SAs in the data plane");
+    describe_counter!(
+        "esptun_worker_packets_total",
+        "Packets each ESP worker read from the TUN (outbound) or received (inbound)"
+    );
     describe_gauge!(
         "esptun_virtual_ips",
         "Virtual IP leases: online (an IKE SA holds it), offline (kept for its identity)"

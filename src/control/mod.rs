@@ -306,6 +306,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         retransmit: config.ike.retransmit,
         unix_time_at_start,
         pools: config.pools.clone(),
+        resources: resources(&config.dataplane),
     };
     let keylog = match &options.keylog {
         Some(dir) => Some(KeyLog::create(dir).map_err(|e| format!("{}: {e}", dir.display()))?),
@@ -459,6 +460,17 @@ fn start_dataplane(
             crate::info!("data plane: the kernel's IPsec (XFRM)");
             Ok((Box::new(xfrm), events))
         }
+    }
+}
+
+/// How many per-resource Child SAs (RFC 9611) a child with `per_resource_sas` gets:
+/// one per worker, whose steering (`SPI % workers`) the engine's SPIs then follow.
+/// The kernel's per-CPU SAs (XFRMA_SA_PCPU) are newer than the kernels we install
+/// into: one there.
+fn resources(settings: &DataplaneSettings) -> u32 {
+    match settings.mode {
+        DataplaneMode::Userspace => u32::try_from(settings.workers).unwrap_or(1),
+        DataplaneMode::Xfrm => 1,
     }
 }
 

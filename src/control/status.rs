@@ -91,6 +91,7 @@ impl Registry {
             "spi_out": format!("{:08x}", c.spi_out),
             "algorithms": super::log::esp_algorithms(c),
             "mode": if c.transport { "transport" } else { "tunnel" },
+            "per_resource": c.per_resource,
             "encap": c.encap,
             "outbound": c.outbound,
             "local_ts": c.local_ts.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -174,7 +175,12 @@ impl Registry {
                 facts
             })
             .collect();
-        json!({ "ike_sas": ike_sas })
+        let workers: Vec<Value> = dataplane
+            .worker_packets()
+            .into_iter()
+            .map(|(out, r#in)| json!({ "packets_out": out, "packets_in": r#in }))
+            .collect();
+        json!({ "ike_sas": ike_sas, "workers": workers })
     }
 }
 
@@ -249,9 +255,14 @@ pub fn text(status: &Value) -> String {
             } else {
                 "ESP"
             };
+            let per_resource = if c["per_resource"].as_bool() == Some(true) {
+                ", per-resource"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "  {}: {}, {}, {encap} SPIs: {}_i {}_o",
+                "  {}: {}, {}{per_resource}, {encap} SPIs: {}_i {}_o",
                 s(&c["name"]),
                 s(&c["state"]),
                 s(&c["mode"]).to_uppercase(),
@@ -293,6 +304,18 @@ pub fn text(status: &Value) -> String {
             let _ = writeln!(out, "    local  {}", list(&c["local_ts"]));
             let _ = writeln!(out, "    remote {}", list(&c["remote_ts"]));
         }
+    }
+    for (i, w) in status["workers"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .enumerate()
+    {
+        let _ = writeln!(
+            out,
+            "worker {i}: {} packets from the TUN, {} from the network",
+            w["packets_out"], w["packets_in"]
+        );
     }
     out
 }
@@ -340,15 +363,19 @@ mod tests {
     fn the_text_names_each_child_sas_mode() {
         let status = json!({ "ike_sas": [{ "child_sas": [
             { "name": "host", "state": "INSTALLED", "mode": "transport" },
-            { "name": "net", "state": "INSTALLED", "mode": "tunnel" },
-        ] }] });
+            { "name": "net", "state": "INSTALLED", "mode": "tunnel", "per_resource": true },
+        ] }], "workers": [{ "packets_out": 5, "packets_in": 7 }] });
         let text = super::text(&status);
         assert!(
             text.contains("\n  host: INSTALLED, TRANSPORT, ESP SPIs"),
             "{text}"
         );
         assert!(
-            text.contains("\n  net: INSTALLED, TUNNEL, ESP SPIs"),
+            text.contains("\n  net: INSTALLED, TUNNEL, per-resource, ESP SPIs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nworker 0: 5 packets from the TUN, 7 from the network\n"),
             "{text}"
         );
     }

@@ -252,6 +252,10 @@ pub struct Outbound {
     local: IpAddr,
     /// The largest inner packet that fits the path MTU once sealed.
     max_inner: usize,
+    /// The worker that sends with it ahead of unpinned SAs: for a per-resource SA
+    /// (RFC 9611), the one its inbound SPI is steered to, so each flow's packets stay
+    /// on one worker both ways.
+    pinned: Option<usize>,
     /// Bytes and packets after which it must not be used.
     hard: Limits,
     traffic: Arc<Traffic>,
@@ -451,7 +455,7 @@ impl Dataplane {
                             batches: w_batches,
                             events: w_events,
                         };
-                        worker::Worker::new(queue, sockets, channels, hold_size).run()
+                        worker::Worker::new(index, queue, sockets, channels, hold_size).run()
                     });
                 })?;
             workers.push(WorkerHandle {
@@ -690,6 +694,9 @@ impl SaSink for Dataplane {
         .map_err(|e| e.to_string())?;
         let outbound = Arc::new(Outbound {
             max_inner: path.max_inner(&out_sa, self.settings.path_mtu),
+            pinned: c
+                .per_resource
+                .then(|| socket::owner(c.spi_in, self.workers.len())),
             sa: Arc::new(out_sa),
             spi: c.spi_out,
             id: c.spi_in,
@@ -869,6 +876,19 @@ impl SaSink for Dataplane {
                 })
                 .collect()
         })
+    }
+
+    fn worker_packets(&self) -> Vec<(u64, u64)> {
+        let packets = |w: &WorkerHandle, inbound: bool| -> u64 {
+            let sizes = &w.batches.0[usize::from(inbound)];
+            (0..=worker::BATCH)
+                .map(|size| size as u64 * sizes[size].load(Ordering::Relaxed))
+                .sum()
+        };
+        self.workers
+            .iter()
+            .map(|w| (packets(w, false), packets(w, true)))
+            .collect()
     }
 
     fn report(&self) -> String {

@@ -101,12 +101,15 @@ pub struct Worker {
 
 /// The security policy database: outbound SAs, among those that cover a packet
 /// the one activated last first, so that it carries what older SAs with the same
-/// selectors would. SAs whose remote selectors are single addresses (a gateway's
-/// road warriors, by their virtual IPs) are found by the packet's destination, so
-/// thousands of them cost one hash lookup; they come before the others, being the
-/// most specific.
+/// selectors would; SAs pinned to this worker (per-resource SAs) come before all
+/// others, so each worker sends with its own. SAs whose remote selectors are single
+/// addresses (a gateway's road warriors, by their virtual IPs) are found by the
+/// packet's destination, so thousands of them cost one hash lookup; they come
+/// before the others, being the most specific.
 #[derive(Default)]
 struct Spd {
+    /// This worker's index, which pinned SAs name.
+    worker: usize,
     /// Every SA, in a slot that stays its own until it is removed.
     slots: Vec<Option<Arc<Outbound>>>,
     free: Vec<usize>,
@@ -119,10 +122,18 @@ struct Spd {
 }
 
 impl Spd {
+    fn new(worker: usize) -> Self {
+        Self {
+            worker,
+            ..Self::default()
+        }
+    }
+
     fn activate(&mut self, sa: Arc<Outbound>) {
         self.remove(sa.id);
         let hosts = single_addresses(&sa.remote_ts);
         let id = sa.id;
+        let mine = sa.pinned == Some(self.worker);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot] = Some(sa);
@@ -137,10 +148,15 @@ impl Spd {
         match hosts {
             Some(addrs) => {
                 for addr in addrs {
-                    self.hosts.entry(addr).or_default().insert(0, slot);
+                    let order = self.hosts.entry(addr).or_default();
+                    let at = place(&self.slots, self.worker, order, mine);
+                    order.insert(at, slot);
                 }
             }
-            None => self.ranges.insert(0, slot),
+            None => {
+                let at = place(&self.slots, self.worker, &self.ranges, mine);
+                self.ranges.insert(at, slot);
+            }
         }
     }
 
@@ -197,6 +213,18 @@ impl Spd {
             .as_deref()
             .expect("lookup returns occupied slots")
     }
+}
+
+/// Where a newly activated SA goes in `order` (slots, the one to send with first):
+/// first if pinned to `worker`, else after the SAs that are.
+fn place(slots: &[Option<Arc<Outbound>>], worker: usize, order: &[usize], mine: bool) -> usize {
+    if mine {
+        return 0;
+    }
+    order
+        .iter()
+        .position(|&s| slots[s].as_ref().is_none_or(|sa| sa.pinned != Some(worker)))
+        .unwrap_or(order.len())
 }
 
 /// The addresses of selectors that each cover a single address; None if any covers more.
@@ -340,9 +368,15 @@ struct Sealed {
 }
 
 impl Worker {
-    /// Sets a worker up, holding packets of up to `hold_size` bytes for protected
+    /// Sets worker `index` up, holding packets of up to `hold_size` bytes for protected
     /// children; nothing runs until `run`.
-    pub fn new(tun: SyncDevice, sockets: EspSockets, channels: Channels, hold_size: usize) -> Self {
+    pub fn new(
+        index: usize,
+        tun: SyncDevice,
+        sockets: EspSockets,
+        channels: Channels,
+        hold_size: usize,
+    ) -> Self {
         let buffers = || {
             (0..BATCH)
                 .map(|_| PacketBuf::new(BUF_LEN))
@@ -356,7 +390,7 @@ impl Worker {
             drops: channels.drops,
             batches: channels.batches,
             events: channels.events,
-            spd: Spd::default(),
+            spd: Spd::new(index),
             held: Vec::new(),
             hold_size,
             spi_reports: SpiReports::new(),
@@ -819,8 +853,17 @@ mod tests {
             peer: "192.0.2.2:0".parse().unwrap(),
             local: "192.0.2.1".parse().unwrap(),
             max_inner: 1400,
+            pinned: None,
             hard: Limits::default(),
             traffic: Arc::default(),
+        })
+    }
+
+    fn pinned(id: u32, worker: usize) -> Arc<Outbound> {
+        let sa = outbound(id, id, net([10, 2, 0, 0], [10, 2, 255, 255]));
+        Arc::new(Outbound {
+            pinned: Some(worker),
+            ..Outbound::clone(&sa)
         })
     }
 
@@ -846,7 +889,7 @@ mod tests {
 
     #[test]
     fn the_sa_activated_last_carries_what_older_ones_cover() {
-        let mut spd = Spd::default();
+        let mut spd = Spd::new(0);
         spd.activate(outbound(1, 0x100, net([10, 2, 0, 0], [10, 2, 0, 255])));
         spd.activate(outbound(2, 0x200, net([10, 2, 0, 0], [10, 2, 255, 255])));
         assert_eq!(found(&spd, [10, 2, 0, 5]), Some(2));
@@ -861,8 +904,28 @@ mod tests {
     }
 
     #[test]
+    fn each_worker_sends_with_its_own_per_resource_sa_and_falls_back_to_the_newest() {
+        // Worker 1 of two; the child has a plain SA and one per-resource SA per worker.
+        let mut spd = Spd::new(1);
+        spd.activate(outbound(1, 0x100, net([10, 2, 0, 0], [10, 2, 255, 255])));
+        spd.activate(pinned(3, 1));
+        spd.activate(pinned(2, 0));
+        assert_eq!(ids(&spd), [3, 2, 1]);
+        assert_eq!(found(&spd, [10, 2, 0, 5]), Some(3));
+        // A rekey of the fallback SA does not take over from the worker's own SA...
+        spd.activate(outbound(4, 0x400, net([10, 2, 0, 0], [10, 2, 255, 255])));
+        assert_eq!(ids(&spd), [3, 4, 2, 1]);
+        // ...a rekey of the worker's own SA does, and without one the newest serves.
+        spd.activate(pinned(5, 1));
+        assert_eq!(found(&spd, [10, 2, 0, 5]), Some(5));
+        spd.remove(5);
+        spd.remove(3);
+        assert_eq!(found(&spd, [10, 2, 0, 5]), Some(4));
+    }
+
+    #[test]
     fn clients_are_found_by_their_address_before_wider_selectors() {
-        let mut spd = Spd::default();
+        let mut spd = Spd::new(0);
         spd.activate(outbound(1, 0x100, net([10, 3, 0, 0], [10, 3, 0, 255])));
         for client in 2..1002u32 {
             let [_, _, hi, lo] = (client - 2).to_be_bytes();
@@ -893,7 +956,7 @@ mod tests {
 
     #[test]
     fn removal_is_by_install_id_even_when_peers_share_an_outbound_spi() {
-        let mut spd = Spd::default();
+        let mut spd = Spd::new(0);
         // Two peers chose the same SPI for their inbound SAs (our outbound ones).
         spd.activate(outbound(1, 0xabcd, net([10, 2, 0, 0], [10, 2, 0, 255])));
         spd.activate(outbound(2, 0xabcd, net([10, 3, 0, 0], [10, 3, 0, 255])));
@@ -909,7 +972,7 @@ mod tests {
     /// packet, large or small, must come out whole, and no buffer may grow or shrink.
     #[test]
     fn buffers_are_reused_for_every_packet_with_explicit_lengths() {
-        let mut spd = Spd::default();
+        let mut spd = Spd::new(0);
         let Ok(mut sa) = Arc::try_unwrap(outbound(1, 0x100, net([10, 2, 0, 0], [10, 2, 0, 255])))
         else {
             unreachable!("not shared yet");

@@ -41,6 +41,10 @@ pub struct Settings {
     pub unix_time_at_start: Duration,
     /// Virtual IP pools that connections' `pools` name.
     pub pools: Vec<AddressPool>,
+    /// The data plane's resources (ESP workers), each of which may carry its own
+    /// Child SA of a child with [`ChildPolicy::per_resource`] (RFC 9611); inbound SPIs
+    /// are steered by `SPI % resources`. 1 turns per-resource Child SAs off.
+    pub resources: u32,
 }
 
 impl Default for Settings {
@@ -54,6 +58,7 @@ impl Default for Settings {
             retransmit: RetransmitPolicy::default(),
             unix_time_at_start: Duration::ZERO,
             pools: Vec::new(),
+            resources: 1,
         }
     }
 }

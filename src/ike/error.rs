@@ -40,6 +40,9 @@ pub enum Error {
         "the peer declined transport mode (no USE_TRANSPORT_MODE in its answer): its tunnel-mode CHILD_SA is deleted"
     )]
     TransportModeDeclined,
+    /// The child has as many per-resource SAs (RFC 9611) as we keep.
+    #[error("no more per-resource Child SAs for this child")]
+    TsMaxQueue,
     /// The peer answered with an error notify.
     #[error("peer sent {0}")]
     Notified(NotifyType),
@@ -60,6 +63,7 @@ impl Error {
             Self::AddressFailure(_) => NotifyType::INTERNAL_ADDRESS_FAILURE,
             Self::CpRequired => NotifyType::FAILED_CP_REQUIRED,
             Self::TransportModeDeclined => NotifyType::NO_PROPOSAL_CHOSEN,
+            Self::TsMaxQueue => NotifyType::TS_MAX_QUEUE,
             Self::Notified(n) => *n,
             Self::Internal(_) => NotifyType::NO_PROPOSAL_CHOSEN,
         }

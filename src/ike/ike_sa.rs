@@ -80,6 +80,9 @@ pub(super) struct ChildSa {
     pub remote_ts: Vec<TsRange>,
     /// Transport mode, which its rekeys keep.
     pub transport: bool,
+    /// One of its child's per-resource SAs (RFC 9611): its rekeys say so again, and
+    /// keep `spi_in % resources`, the resource it belongs to.
+    pub per_resource: bool,
     pub state: ChildState,
     /// When its soft time limit fires (once), and its hard one.
     pub soft_at: Option<Instant>,
@@ -114,6 +117,9 @@ pub(super) struct PeerRekey {
 pub(super) enum Work {
     /// Create child `index` of the policy.
     CreateChild(usize),
+    /// Create another per-resource SA (RFC 9611) for child `index`, with an
+    /// inbound SPI for the resource `.1` (`SPI % resources`).
+    AddResource(usize, u32),
     /// Rekey the Child SA with this inbound SPI.
     RekeyChild(u32),
     /// Delete these Child SAs (our inbound SPIs).
@@ -198,16 +204,32 @@ impl Ctx<'_> {
         (self.settings.unix_time_at_start + self.now.0).as_secs()
     }
 
-    /// A fresh inbound ESP SPI (≥ 256: lower values are reserved, RFC 4303 §2.1).
-    pub fn alloc_child_spi(&mut self) -> u32 {
+    /// A fresh inbound ESP SPI (≥ 256: lower values are reserved, RFC 4303 §2.1),
+    /// for `resource` if given: the data plane steers SPIs by `SPI % resources`.
+    pub fn alloc_child_spi(&mut self, resource: Option<u32>) -> u32 {
+        let resources = self.settings.resources.max(1);
         loop {
             let mut b = [0; 4];
             self.rng.fill(&mut b);
             let spi = u32::from_be_bytes(b);
-            if spi >= 256 && self.child_spis.insert(spi) {
+            if spi >= 256
+                && resource.is_none_or(|r| spi % resources == r)
+                && self.child_spis.insert(spi)
+            {
                 return spi;
             }
         }
+    }
+
+    /// The resource whose worker the data plane steers inbound SPI `spi` to.
+    pub fn resource_of(&self, spi: u32) -> u32 {
+        spi % self.settings.resources.max(1)
+    }
+
+    /// Per-resource Child SAs (RFC 9611) are on for `child`: it asks for them and
+    /// the data plane has several resources.
+    pub fn per_resource(&self, child: &super::ChildPolicy) -> bool {
+        child.per_resource && self.settings.resources > 1
     }
 
     /// A fresh IKE SPI of ours, not zero and not in use.

@@ -201,6 +201,8 @@ pub struct ChildPolicy {
     pub esp_proposals: Vec<Proposal>,
     /// Ask for (and grant) transport mode with USE_TRANSPORT_MODE instead of tunnel mode.
     pub transport: bool,
+    /// Offer (and grant) a Child SA per data plane resource (RFC 9611, SA_RESOURCE_INFO).
+    pub per_resource: bool,
     /// When its Child SAs should be rekeyed (soft) and must end (hard).
     pub lifetime: Lifetime,
     /// Up to this much is taken off the soft time limit at random (swanctl's `rand_time`).
@@ -459,6 +461,9 @@ pub struct ChildSaUp {
     pub remote_ts: Vec<TsRange>,
     /// Transport mode (both sides sent USE_TRANSPORT_MODE); tunnel mode otherwise.
     pub transport: bool,
+    /// One of its child's per-resource SAs (RFC 9611: both sides sent
+    /// SA_RESOURCE_INFO): the worker its inbound SPI is steered to sends with it.
+    pub per_resource: bool,
     /// True for UDP encapsulation (RFC 3948) on the IKE SA's NAT-T ports.
     pub encap: bool,
     /// Our outer address and port.

@@ -95,6 +95,10 @@ pub trait SaSink {
     /// then inbound; empty where the kernel does the batching.
     fn batch_sizes(&self) -> [Vec<u64>; 2];
 
+    /// Packets each worker moved: (read from the TUN, received from the network);
+    /// empty where the kernel carries them.
+    fn worker_packets(&self) -> Vec<(u64, u64)>;
+
     /// Per-SA traffic and the drop counters, one line each.
     fn report(&self) -> String;
 }

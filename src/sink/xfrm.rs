@@ -647,6 +647,10 @@ impl SaSink for Xfrm {
         [Vec::new(), Vec::new()]
     }
 
+    fn worker_packets(&self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+
     fn report(&self) -> String {
         let mut out = String::new();
         let mut spis: Vec<u32> = self.installed.keys().copied().collect();

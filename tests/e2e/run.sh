@@ -733,5 +733,46 @@ trap_case() {
 }
 want trap && trap_case
 
+# --- per-resource Child SAs (RFC 9611): one tunnel over both workers of each gateway ---
+# Without them every ESP packet of the tunnel carries one SPI and lands on one of bob's
+# workers; with them each of alice's workers seals with its own SA, whose SPI bob
+# steers to a worker of its own. 64 UDP flows reach both of alice's TUN queues
+# (the kernel picks a queue by flow hash) with odds of 1 - 2^-63.
+per_resource() {
+    CASE=$RUN/per-resource; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE="workers = 2" SITES_CHILD="per_resource_sas = true"
+    log "case per-resource: workers = 2, per_resource_sas = true on both gateways, 64 UDP flows"
+    sites_start "$ESPTUN" "$CASE" alice "encap = true" || { fail per-resource "no Child SA"; sites_stop; return; }
+    SITES_DATAPLANE="" SITES_CHILD=""
+    local why="" gw a b ns
+    for _ in $(seq 50); do
+        [[ $(ip netns exec "$NS_BG" "$ESPTUN" status --json | jq '.ike_sas[0].child_sas | length') == 2 ]] && break
+        sleep 0.1
+    done
+    for gw in alice bob; do
+        ns=$NS_AG; [[ $gw == bob ]] && ns=$NS_BG
+        local status spis resources=""
+        status=$(ip netns exec "$ns" "$ESPTUN" status --json)
+        jq -e '.ike_sas | length == 1 and (.[0].child_sas | length == 2 and all(.per_resource))' <<<"$status" >/dev/null ||
+            why+="${why:+; }$gw: not two per-resource SAs: $(jq -c '[.ike_sas[].child_sas[] | {spi_in, per_resource}]' <<<"$status")"
+        spis=$(jq -r '.ike_sas[0].child_sas[].spi_in' <<<"$status")
+        for spi in $spis; do resources+="$(( 16#$spi % 2 ))"; done
+        [[ $resources == 01 || $resources == 10 ]] || why+="${why:+; }$gw's inbound SPIs $(echo $spis) are not one per worker"
+        ip netns exec "$ns" "$ESPTUN" status | grep -q "^  lan: INSTALLED, TUNNEL, per-resource, " ||
+            why+="${why:+; }$gw's status text does not say per-resource"
+    done
+    ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }no ping"
+    ip netns exec "$NS_AH" bash -c "for p in \$(seq 20001 20064); do echo x | nc -u -w0 -p \$p $HOST_B 9; done"
+    sleep 0.5
+    a=$(ip netns exec "$NS_AG" "$ESPTUN" status --json | jq -c '[.workers[] | .packets_out]')
+    b=$(ip netns exec "$NS_BG" "$ESPTUN" status --json | jq -c '[.workers[] | .packets_in]')
+    jq -e 'length == 2 and all(. >= 10)' <<<"$b" >/dev/null ||
+        why+="${why:+; }bob's workers received $b packets: not both of them"
+    log "  alice's workers read $a packets from the TUN, bob's received $b from alice"
+    if [[ -z $why ]]; then pass per-resource; else fail per-resource "$why"; fi
+    sites_stop
+}
+want per-resource && per_resource
+
 log "$PASSED passed, ${#FAILED[@]} failed${FAILED[*]:+: ${FAILED[*]}}"
 (( ${#FAILED[@]} == 0 ))

@@ -2,7 +2,7 @@
 //! CREATE_CHILD_SA (further Child SAs and rekeys, §1.3): ESP proposals, the optional
 //! PFS key exchange, traffic selectors and KEYMAT (§2.17).
 
-use super::super::ike_sa::{ChildSa, ChildState, Ctx, IkeSa};
+use super::super::ike_sa::{ChildSa, ChildState, Ctx, IkeSa, Work};
 use super::super::{ChildPolicy, ChildSaUp, Error, Event, Lifetime, Limits, proposal, ts};
 use super::cp;
 use crate::crypto::{ChildKeys, Encr, Integ, KeyExchange, Secret};
@@ -16,6 +16,11 @@ use crate::wire::{EncrId, EsnId, IntegId, KeGroup, NotifyType, ProtocolId, Trans
 /// Without ESN, sequence numbers run out after 2^32 packets (RFC 4303 §3.3.3): rekey
 /// this many packets before, and stop at the last one.
 const SEQ_SOFT_MARGIN: u64 = 1 << 22;
+
+/// Per-resource SAs (RFC 9611) a responder keeps for one child of one IKE SA; more
+/// are refused with TS_MAX_QUEUE. Each costs memory, and no machine we serve has
+/// more workers than this.
+const MAX_RESOURCE_SAS: usize = 64;
 
 /// What the initiator asked for, to check the answer against.
 pub(in super::super) struct ChildRequest {
@@ -33,8 +38,19 @@ pub(in super::super) struct ChildRequest {
     pub rekeys: Option<u32>,
     /// We asked for transport mode.
     pub transport: bool,
+    /// We sent SA_RESOURCE_INFO: the SA may be one of several per-resource SAs.
+    pub per_resource: bool,
+    /// The resource (`SPI % resources`) our inbound SPI was drawn for, kept on restarts.
+    pub resource: Option<u32>,
     /// INVALID_KE_PAYLOAD retries so far.
     pub restarts: u8,
+}
+
+impl ChildRequest {
+    /// Another per-resource SA of a child that has one: its failure is not the child's.
+    pub fn is_extra(&self) -> bool {
+        self.rekeys.is_none() && self.resource.is_some()
+    }
 }
 
 /// `p` without key exchange transforms: IKE_AUTH carries no KE payload (§1.2).
@@ -108,21 +124,30 @@ pub(super) fn find_ke(payloads: &[Payload]) -> Option<&KePayload> {
 }
 
 /// Initiator: a request for child `index` of the policy, rekeying `rekeys` (our
-/// inbound SPI) if given; returns it with its payloads. Inside IKE_AUTH (`in_auth`)
-/// there is no nonce or KE; in CREATE_CHILD_SA the payloads are those of §1.3.1/§1.3.3.
+/// inbound SPI) if given, or adding a per-resource SA for `resource`; returns it
+/// with its payloads. Inside IKE_AUTH (`in_auth`) there is no nonce or KE; in
+/// CREATE_CHILD_SA the payloads are those of §1.3.1/§1.3.3.
 pub(in super::super) fn request(
     sa: &IkeSa,
     ctx: &mut Ctx<'_>,
     index: usize,
     rekeys: Option<&ChildSa>,
     in_auth: bool,
+    resource: Option<u32>,
 ) -> Result<(ChildRequest, Vec<Payload>), Error> {
     let child = sa
         .policy
         .children
         .get(index)
         .ok_or_else(|| Error::Internal(format!("no child {index}")))?;
-    let spi_in = ctx.alloc_child_spi();
+    // A rekey keeps its SA's resource: the new SA must reach the same worker.
+    let per_resource = ctx.per_resource(child) && rekeys.is_none_or(|old| old.per_resource);
+    let resource = match rekeys {
+        Some(old) if old.per_resource => Some(ctx.resource_of(old.spi_in)),
+        Some(_) => None,
+        None => resource,
+    };
+    let spi_in = ctx.alloc_child_spi(resource);
     let (local_ts, remote_ts) = match rekeys {
         Some(old) => (old.local_ts.clone(), old.remote_ts.clone()),
         None => (
@@ -141,6 +166,8 @@ pub(in super::super) fn request(
         kex: None,
         rekeys: rekeys.map(|c| c.spi_in),
         transport: rekeys.map_or(child.transport, |old| old.transport),
+        per_resource,
+        resource,
         restarts: 0,
     };
     if !in_auth {
@@ -164,6 +191,9 @@ pub(super) fn payloads(req: &ChildRequest) -> Vec<Payload> {
     }
     if req.transport {
         out.push(super::notify(NotifyType::USE_TRANSPORT_MODE, Vec::new()));
+    }
+    if req.per_resource {
+        out.push(super::notify(NotifyType::SA_RESOURCE_INFO, Vec::new()));
     }
     out.push(Payload::Sa(SaPayload {
         proposals: req.proposals.clone(),
@@ -265,6 +295,8 @@ pub(in super::super) fn accept(
         (req.nonce.clone(), nr.to_vec())
     };
     let spi_out = esp_spi(chosen)?;
+    let per_resource =
+        req.per_resource && find_notify(payloads, NotifyType::SA_RESOURCE_INFO).is_some();
     up(
         sa,
         ctx,
@@ -281,8 +313,54 @@ pub(in super::super) fn accept(
             outbound,
             rekeys: req.rekeys,
             transport: req.transport,
+            per_resource,
         },
     )
+}
+
+/// Initiator: child `index` got a per-resource SA from a peer that supports them:
+/// queues one more for each resource that has none, so that every worker sends
+/// and receives with its own SA.
+pub(in super::super) fn add_resources(sa: &mut IkeSa, ctx: &Ctx<'_>, index: usize) {
+    let of_child = |c: &&ChildSa| c.index == index && c.is_active();
+    if !sa.children.iter().filter(of_child).any(|c| c.per_resource) {
+        return;
+    }
+    for resource in 0..ctx.settings.resources {
+        let covered = sa
+            .children
+            .iter()
+            .filter(of_child)
+            .any(|c| ctx.resource_of(c.spi_in) == resource);
+        let work = Work::AddResource(index, resource);
+        if !covered && !sa.queue.contains(&work) {
+            sa.queue.push_back(work);
+        }
+    }
+}
+
+/// Responder: the resource for a new per-resource SA of child `index`: the one with
+/// the fewest of its SAs; None for its first (any will do). Refuses beyond
+/// [`MAX_RESOURCE_SAS`].
+fn least_used_resource(sa: &IkeSa, ctx: &Ctx<'_>, index: usize) -> Result<Option<u32>, Error> {
+    let resources = ctx.settings.resources;
+    let mut used = vec![0usize; resources as usize];
+    for c in sa
+        .children
+        .iter()
+        .filter(|c| c.index == index && c.is_active())
+    {
+        used[ctx.resource_of(c.spi_in) as usize] += 1;
+    }
+    let total: usize = used.iter().sum();
+    if total >= MAX_RESOURCE_SAS {
+        return Err(Error::TsMaxQueue);
+    }
+    Ok((total > 0).then(|| {
+        (0..resources)
+            .min_by_key(|&r| used[r as usize])
+            .unwrap_or(0)
+    }))
 }
 
 /// What a responder answers: the Child SA's payloads and its inbound SPI.
@@ -317,6 +395,7 @@ pub(in super::super) fn respond(
         .collect();
     let (tsi, tsr) = (ts::ranges(&tsi.selectors), ts::ranges(&tsr.selectors));
     let wants_transport = find_notify(payloads, NotifyType::USE_TRANSPORT_MODE).is_some();
+    let asks_per_resource = find_notify(payloads, NotifyType::SA_RESOURCE_INFO).is_some();
     let ni = if in_auth {
         sa.nonce_i.clone()
     } else {
@@ -341,6 +420,13 @@ pub(in super::super) fn respond(
             error = Error::TsUnacceptable;
             continue;
         }
+        // Before any key exchange: a refused per-resource SA costs nothing.
+        let per_resource = asks_per_resource && ctx.per_resource(&child);
+        let resource = match rekeys {
+            _ if !per_resource => None,
+            Some(old) => Some(ctx.resource_of(old.spi_in)),
+            None => least_used_resource(sa, ctx, index)?,
+        };
         let mut kex = None;
         if let Some(group) = proposal::group(&chosen) {
             match find_ke(payloads).filter(|k| k.group == group) {
@@ -375,7 +461,7 @@ pub(in super::super) fn respond(
             );
         }
         let spi_out = esp_spi(&chosen)?;
-        let spi_in = ctx.alloc_child_spi();
+        let spi_in = ctx.alloc_child_spi(resource);
         let nr = if in_auth {
             sa.nonce_r.clone()
         } else {
@@ -397,6 +483,7 @@ pub(in super::super) fn respond(
                 outbound: rekeys.is_none(),
                 rekeys: rekeys.map(|c| c.spi_in),
                 transport,
+                per_resource,
             },
         )?;
         let answer = Proposal {
@@ -406,6 +493,9 @@ pub(in super::super) fn respond(
         let mut out = Vec::new();
         if transport {
             out.push(super::notify(NotifyType::USE_TRANSPORT_MODE, Vec::new()));
+        }
+        if per_resource {
+            out.push(super::notify(NotifyType::SA_RESOURCE_INFO, Vec::new()));
         }
         out.push(Payload::Sa(SaPayload {
             proposals: vec![answer],
@@ -444,6 +534,8 @@ struct Negotiated<'a> {
     outbound: bool,
     rekeys: Option<u32>,
     transport: bool,
+    /// Both sides sent SA_RESOURCE_INFO.
+    per_resource: bool,
 }
 
 /// `lifetime` with the packet limits that keep a 32-bit sequence number from wrapping.
@@ -503,6 +595,7 @@ fn up(sa: &mut IkeSa, ctx: &mut Ctx<'_>, n: Negotiated<'_>) -> Result<(), Error>
         local_ts: n.local_ts.clone(),
         remote_ts: n.remote_ts.clone(),
         transport: n.transport,
+        per_resource: n.per_resource,
         state: ChildState::Installed,
         soft_at,
         hard_at: lifetime.hard.time.map(|t| ctx.now + t),
@@ -524,6 +617,7 @@ fn up(sa: &mut IkeSa, ctx: &mut Ctx<'_>, n: Negotiated<'_>) -> Result<(), Error>
         local_ts: n.local_ts,
         remote_ts: n.remote_ts,
         transport: n.transport,
+        per_resource: n.per_resource,
         encap: sa.esp_in_udp(),
         local: sa.local,
         remote: sa.remote,

@@ -18,12 +18,13 @@ const RETRY_DELAY: Duration = Duration::from_secs(2);
 const MAX_RESTARTS: u8 = 2;
 
 /// Initiator: sends CREATE_CHILD_SA for child `index`, rekeying the Child SA with
-/// inbound SPI `rekeys` if given.
+/// inbound SPI `rekeys` if given, or adding a per-resource SA for `resource`.
 pub(in super::super) fn start(
     sa: &mut IkeSa,
     ctx: &mut Ctx<'_>,
     index: usize,
     rekeys: Option<u32>,
+    resource: Option<u32>,
 ) -> Result<(), Error> {
     let old = match rekeys {
         Some(spi) => {
@@ -37,7 +38,7 @@ pub(in super::super) fn start(
         }
         None => None,
     };
-    let (req, payloads) = child::request(sa, ctx, index, old.as_ref(), false)?;
+    let (req, payloads) = child::request(sa, ctx, index, old.as_ref(), false, resource)?;
     send(sa, ctx, req, payloads)?;
     if let Some(c) = rekeys.and_then(|spi| sa.children.iter_mut().find(|c| c.spi_in == spi)) {
         c.state = ChildState::Rekeying;
@@ -86,7 +87,7 @@ pub(super) fn response(
         let index = req.index;
         ctx.child_spis.remove(&req.spi_in);
         sa.log(ctx, format!("peer wants {group} for PFS, retrying"));
-        let spi_in = ctx.alloc_child_spi();
+        let spi_in = ctx.alloc_child_spi(req.resource);
         let req = ChildRequest {
             spi_in,
             proposals: req
@@ -127,6 +128,9 @@ pub(super) fn response(
         Ok(()) => {
             sa.child_failures = 0;
             let Some(old) = old else {
+                if !req.is_extra() {
+                    child::add_resources(sa, ctx, req.index);
+                }
                 return;
             };
             if won {
@@ -172,6 +176,20 @@ pub(super) fn response(
             if !matches!(e, Error::Notified(_)) && child::find_sa(&payloads).is_some() {
                 // The peer installed what we refuse: ask it to remove it (§1.4.1).
                 sa.queue.push_back(Work::DeleteChildren(vec![req.spi_in]));
+            }
+            if req.is_extra() {
+                // The child has its SA; this worker sends with it (RFC 9611 §4).
+                let name = &sa.policy.children[req.index].name;
+                let why = if e == Error::Notified(NotifyType::TS_MAX_QUEUE) {
+                    "the peer keeps no more of them".to_string()
+                } else {
+                    e.to_string()
+                };
+                sa.log(
+                    ctx,
+                    format!("CHILD_SA {name}: no further per-resource SA: {why}"),
+                );
+                return;
             }
             failed(sa, ctx, req.index, old, e);
         }

@@ -156,7 +156,7 @@ pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), E
         let first = (0..policy.children.len())
             .find(|&i| !ctx.is_held(&policy, i))
             .unwrap_or(0);
-        let (req, child_payloads) = child::request(sa, ctx, first, None, true)?;
+        let (req, child_payloads) = child::request(sa, ctx, first, None, true, None)?;
         payloads.extend(child_payloads);
         Some(req)
     };
@@ -252,7 +252,11 @@ pub(super) fn response(
     let Some(req) = child else {
         return;
     };
-    if let Err(e) = child::accept(sa, ctx, &req, &payloads, true) {
+    let accepted = child::accept(sa, ctx, &req, &payloads, true);
+    if accepted.is_ok() {
+        child::add_resources(sa, ctx, req.index);
+    }
+    if let Err(e) = accepted {
         sa.child_failures += 1;
         ctx.child_spis.remove(&req.spi_in);
         let installed_by_peer = payloads.iter().any(|p| matches!(p, Payload::Sa(_)));

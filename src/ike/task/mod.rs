@@ -51,13 +51,24 @@ impl Task {
                 if create_child::has_active(sa, index) || ctx.is_held(&sa.policy, index) {
                     Ok(())
                 } else {
-                    create_child::start(sa, ctx, index, None)
+                    create_child::start(sa, ctx, index, None, None)
+                }
+            }
+            Work::AddResource(index, resource) => {
+                let covered = sa.children.iter().any(|c| {
+                    c.index == index && c.is_active() && ctx.resource_of(c.spi_in) == resource
+                });
+                if covered || !create_child::has_active(sa, index) || ctx.is_held(&sa.policy, index)
+                {
+                    Ok(())
+                } else {
+                    create_child::start(sa, ctx, index, None, Some(resource))
                 }
             }
             Work::RekeyChild(spi_in) => match sa.children.iter().find(|c| c.spi_in == spi_in) {
                 Some(c) => {
                     let index = c.index;
-                    create_child::start(sa, ctx, index, Some(spi_in))
+                    create_child::start(sa, ctx, index, Some(spi_in), None)
                 }
                 None => Ok(()),
             },
