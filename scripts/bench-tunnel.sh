@@ -89,19 +89,26 @@ iperf() {
     ip netns exec "$NS_AH" iperf3 -c "$HOST_B" -t "$DURATION" -J "$@" >"$RUN/iperf.json" 2>/dev/null || true
 }
 
-# measure setup alice-pid bob-pid: every test through one setup; appends JSON lines
-# to RUN/results.jsonl and table rows to ROWS. Empty pids: CPU and RSS are the kernel's.
+# worker_packets ns: packets each of the esptun gateway's workers moved so far, as a
+# JSON array (null for other gateways).
+worker_packets() {
+    ip netns exec "$1" "$ESPTUN" status --json 2>/dev/null | jq -c '[.workers[] | .packets_out + .packets_in]' 2>/dev/null || echo null
+}
+
+# measure setup alice-pid bob-pid [esptun]: every test through one setup; appends JSON
+# lines to RUN/results.jsonl and table rows to ROWS. Empty pids: CPU and RSS are the
+# kernel's. With "esptun", TCP records also carry each worker's share of the packets.
 ROWS=()
 measure() {
-    local setup=$1 a=${2:-} b=${3:-} hz
+    local setup=$1 a=${2:-} b=${3:-} esptun=${4:-} hz
     hz=$(getconf CLK_TCK)
     # cpu_per_gb ticks gbits: CPU seconds per GB carried, null without a daemon.
     cpu_per_gb() {
         awk -v t="$1" -v hz="$hz" -v g="$2" -v d="$DURATION" -v pid="$3" \
             'BEGIN { if (pid == "" || g <= 0) print "null"; else printf "%.2f", (t / hz) / (g * d / 8) }'
     }
-    run() { # kind param a0 b0: one record from RUN/iperf.json
-        local kind=$1 param=$2 a0=$3 b0=$4 a1 b1 gbits row
+    run() { # kind param a0 b0 [shares]: one record from RUN/iperf.json
+        local kind=$1 param=$2 a0=$3 b0=$4 shares=${5:-null} a1 b1 gbits row
         a1=$(cpu_ticks $a) b1=$(cpu_ticks $b)
         # What the receiver got (an iperf3 that failed left no JSON: zero).
         jq -e . "$RUN/iperf.json" >/dev/null 2>&1 || echo '{}' >"$RUN/iperf.json"
@@ -111,10 +118,12 @@ measure() {
             --argjson cpu_a "$(cpu_per_gb $((a1 - a0)) "$gbits" "$a")" \
             --argjson cpu_b "$(cpu_per_gb $((b1 - b0)) "$gbits" "$b")" \
             --argjson rss_a "$(rss_kib "$a")" --argjson rss_b "$(rss_kib "$b")" \
+            --argjson shares "$shares" \
             --slurpfile iperf "$RUN/iperf.json" '
             ($iperf[0].end.sum_received // {}) as $r |
             {setup: $setup, test: $kind, param: $param, gbit_s: $gbits,
              cpu_s_per_gb: {alice: $cpu_a, bob: $cpu_b}, rss_kib: {alice: $rss_a, bob: $rss_b}}
+            + (if $shares then {worker_share_percent: $shares} else {} end)
             + (if $kind == "tcp" then {} else
                {loss_percent: ($r.lost_percent // null), jitter_ms: ($r.jitter_ms // null),
                 packets_per_s: (if $r.packets then (($r.packets - $r.lost_packets) / $r.seconds | floor) else null end)} end)' \
@@ -124,12 +133,22 @@ measure() {
             (.loss_percent // "-" | tostring | .[0:6]), (.packets_per_s // "-")] | @tsv')
         ROWS+=("$row")
         awk -F'\t' '{printf "%-30s %-5s %-5s %7s %8s %8s %8s %8s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}' <<<"$row"
+        [[ $shares == null ]] || echo "    each worker's share of the packets, %: $(jq -c . <<<"$shares")"
     }
-    local streams rate a0 b0
+    local streams rate a0 b0 wa wb shares
     for streams in "${STREAMS[@]}"; do
         a0=$(cpu_ticks $a) b0=$(cpu_ticks $b)
+        [[ -n $esptun ]] && { wa=$(worker_packets "$NS_AG"); wb=$(worker_packets "$NS_BG"); }
         iperf -P "$streams"
-        run tcp "$streams" "$a0" "$b0"
+        shares=null
+        if [[ -n $esptun ]]; then
+            shares=$(jq -nc --argjson a0 "$wa" --argjson a1 "$(worker_packets "$NS_AG")" \
+                --argjson b0 "$wb" --argjson b1 "$(worker_packets "$NS_BG")" '
+                def share(x; y): [range(x | length) | y[.] - x[.]] as $d | ($d | add) as $t
+                    | $d | map(if $t > 0 then (. * 100 / $t | round) else 0 end);
+                {alice: share($a0; $a1), bob: share($b0; $b1)}')
+        fi
+        run tcp "$streams" "$a0" "$b0" "$shares"
     done
     for rate in "${UDP_RATES[@]}"; do
         a0=$(cpu_ticks $a) b0=$(cpu_ticks $b)
@@ -156,9 +175,15 @@ for esp in udp raw; do
     mkdir -p "$RUN/esptun-$esp"; ln -s "$RUN/pki" "$RUN/esptun-$esp/pki"
     encap="encap = true"; [[ $esp == raw ]] && encap=""
     sites_start "$ESPTUN" "$RUN/esptun-$esp" alice "$encap"
-    measure "esptun userspace ($esp)" "$ALICE_PID" "$BOB_PID"
+    measure "esptun userspace ($esp)" "$ALICE_PID" "$BOB_PID" esptun
     sites_stop
 done
+# One Child SA per worker (RFC 9611): the tunnel's flows spread over both workers.
+mkdir -p "$RUN/esptun-spread"; ln -s "$RUN/pki" "$RUN/esptun-spread/pki"
+SITES_CHILD="per_resource_sas = true" sites_start "$ESPTUN" "$RUN/esptun-spread" alice "encap = true"
+sleep 1 # the initiator adds the second SA right after the first
+measure "esptun per-resource SAs (udp)" "$ALICE_PID" "$BOB_PID" esptun
+sites_stop
 
 # kernel_has_esp: whether an ESP state can be added here (in a scratch namespace).
 kernel_has_esp() {
