@@ -244,9 +244,9 @@ show_logs() { # dir
     echo "----- charon -----"; tail -n 30 "$1/charon.log" 2>/dev/null || true
 }
 
-# run_case initiator auth proposal
+# run_case initiator auth proposal [label]: the label names a variant (ESPTUN_CHILD set)
 run_case() {
-    local who=$1 auth=$2 prop=$3 name="$1-initiates/$2/$3" d=$RUN/case-$1-$2-$3
+    local who=$1 auth=$2 prop=$3 name="$1-initiates/$2/$3${4:+/$4}" d=$RUN/case-$1-$2-$3${4:+-$4}
     mkdir -p "$d"
     esptun_conf "$d" "$auth" "$prop" "$([[ $who == esptun ]] && echo true || echo false)"
     charon_conf "$d" "$auth" "$prop"
@@ -450,6 +450,13 @@ for who in esptun charon; do
             [[ "$who-initiates/$auth/$prop" =~ $ONLY ]] && run_case "$who" "$auth" "$prop"
         done
     done
+done
+# esptun offering per-resource Child SAs (RFC 9611) to a charon 5.9, which knows no
+# SA_RESOURCE_INFO: one Child SA, the same on both sides (run_case compares them).
+for who in esptun charon; do
+    prop=aes128gcm16-prfsha256-x25519
+    [[ "$who-initiates/psk/$prop/per-resource" =~ $ONLY ]] || continue
+    ESPTUN_CHILD="per_resource_sas = true" run_case "$who" psk $prop per-resource
 done
 for who in esptun charon; do
     [[ "$who-initiates/failures" =~ $ONLY ]] || continue
