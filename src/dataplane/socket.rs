@@ -187,13 +187,16 @@ const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65_000;
 
 /// How many packets from the start of `packets` one GSO send can carry: all of one
-/// size, except that the last may be shorter.
+/// size, except that the last may be shorter, and of one SPI. The peer's kernel
+/// steers a GSO train (and a GRO train built from it) by its first segment alone, so
+/// a train of one SA reaches the worker that owns it whole.
 fn gso_run(packets: &[&[u8]]) -> usize {
     let segment = packets[0].len();
+    let spi = packets[0].get(..4);
     let mut bytes = 0;
     let mut n = 0;
     for p in packets.iter().take(GSO_MAX_SEGMENTS) {
-        if p.len() > segment || bytes + p.len() > GSO_MAX_BYTES {
+        if p.len() > segment || bytes + p.len() > GSO_MAX_BYTES || p.get(..4) != spi {
             break;
         }
         bytes += p.len();
@@ -357,5 +360,18 @@ mod tests {
         assert_eq!(gso_run(&many), GSO_MAX_BYTES / 1400);
         let tiny = [0u8; 10];
         assert_eq!(gso_run(&vec![&tiny[..]; 100]), GSO_MAX_SEGMENTS);
+    }
+
+    #[test]
+    fn gso_runs_never_mix_spis() {
+        let sa = |spi: u32| {
+            let mut p = vec![0u8; 1400];
+            p[..4].copy_from_slice(&spi.to_be_bytes());
+            p
+        };
+        let (a, b) = (sa(0x100), sa(0x101));
+        assert_eq!(gso_run(&[&a, &a, &b, &b]), 2);
+        assert_eq!(gso_run(&[&b, &b]), 2);
+        assert_eq!(gso_run(&[&a, &b, &a]), 1);
     }
 }
