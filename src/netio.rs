@@ -50,6 +50,17 @@ pub fn bind_udp(
     Ok(fd)
 }
 
+/// One IKE datagram for the control thread, as its sockets received it (or a worker,
+/// in a GSO or GRO train).
+pub struct Received {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// The sender.
+    pub remote: SocketAddr,
+    /// The address and port it was sent to.
+    pub local: SocketAddr,
+}
+
 /// The source address of a datagram sent from a wildcard-bound socket.
 pub enum PacketInfo {
     /// IPv4.

@@ -14,11 +14,12 @@ use crate::crypto::Random;
 use crate::dataplane::{Dataplane, DataplaneEvent};
 use crate::ike::{self, AddressPool, Endpoint, Event, Settings, ts};
 use crate::logging::Level;
+use crate::netio::Received;
 use crate::sink::{Protected, SaSink, xfrm::Xfrm};
 use crate::wire::IkeSpi;
 use log::KeyLog;
 use nix::fcntl::{Flock, FlockArg};
-use socket::{IkeSocket, MAX_DATAGRAM, Received};
+use socket::{IkeSocket, MAX_DATAGRAM};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -279,8 +280,8 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
             sockets.push(Arc::new(socket));
         }
     }
-    let (dataplane, mut dataplane_events) = start_dataplane(&config.dataplane, &listen)?;
     let (tx, mut rx) = mpsc::channel::<Received>(1024);
+    let (dataplane, mut dataplane_events) = start_dataplane(&config.dataplane, &listen, &tx)?;
     for socket in &sockets {
         let (socket, tx) = (socket.clone(), tx.clone());
         tokio::spawn(async move {
@@ -435,15 +436,17 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
 }
 
 /// Starts the data plane `settings.mode` names. The userspace one comes after the
-/// IKE sockets: the NAT-T port's group must have the control socket first.
+/// IKE sockets: the NAT-T port's group must have the control socket first; and it
+/// adds to their queue, `ike`, the IKE its workers receive in GSO or GRO trains.
 #[allow(clippy::type_complexity, reason = "said once, here")]
 fn start_dataplane(
     settings: &DataplaneSettings,
     listen: &Listen,
+    ike: &mpsc::Sender<Received>,
 ) -> Result<(Box<dyn SaSink>, mpsc::UnboundedReceiver<DataplaneEvent>), String> {
     match settings.mode {
         DataplaneMode::Userspace => {
-            let (dataplane, events) = Dataplane::start(settings, listen)
+            let (dataplane, events) = Dataplane::start(settings, listen, ike.clone())
                 .map_err(|e| format!("data plane ({}): {e}", settings.tun))?;
             crate::info!(
                 "data plane: TUN {} (path MTU {}, offload {}), {} workers",
@@ -491,12 +494,16 @@ async fn sleep_until(wake: Option<tokio::time::Instant>) {
 impl Daemon {
     /// Hands a datagram to the engine; on the NAT-T port only those behind the non-ESP
     /// marker are IKE (RFC 3948 §2.2). The workers' steering program sends ESP to
-    /// them, so what else arrives here is a keepalive (0xff) and carries nothing.
+    /// them, so what else arrives here is a keepalive (0xff), which the data plane
+    /// drops, or ESP that followed IKE in a GSO or GRO train, which it takes.
     fn handle(&mut self, now: ike::Instant, r: Received) {
         let ike = if r.local.port() == self.natt_port {
             match r.data.strip_prefix(&crate::wire::NON_ESP_MARKER) {
                 Some(ike) => ike,
-                None => return,
+                None => {
+                    self.dataplane.stray_esp(r.local, r.remote, &r.data);
+                    return;
+                }
             }
         } else {
             &r.data

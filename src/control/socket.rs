@@ -2,7 +2,7 @@
 //! choose each reply's source address, so a wildcard-bound gateway still answers
 //! from the address the peer used and NAT detection hashes the right one.
 
-use crate::netio::{self, PacketInfo};
+use crate::netio::{self, PacketInfo, Received};
 use nix::libc;
 use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg, sendmsg, setsockopt, sockopt};
 use std::io::{self, IoSlice, IoSliceMut};
@@ -25,16 +25,6 @@ pub struct IkeSocket {
     socket: UdpSocket,
     /// The address it is bound to (possibly a wildcard).
     pub bound: SocketAddr,
-}
-
-/// One datagram as received.
-pub struct Received {
-    /// The bytes.
-    pub data: Vec<u8>,
-    /// The sender.
-    pub remote: SocketAddr,
-    /// The address and port it was sent to.
-    pub local: SocketAddr,
 }
 
 impl IkeSocket {

@@ -8,7 +8,9 @@
 //! is one atomic. Inbound, the kernel steers each ESP packet to the worker that owns
 //! its SPI (a classic BPF program on the sockets, `SPI % workers`), so every replay
 //! window has exactly one owner and the fast path takes no lock. The non-ESP marker
-//! steers IKE on the NAT-T port to the control thread's socket instead.
+//! steers IKE on the NAT-T port to the control thread's socket instead. A train of
+//! datagrams (a peer's GSO run, or the kernel's GRO) is steered by its first; what in
+//! it belongs to another worker or the control thread goes on to it ([`relay`]).
 //!
 //! The control thread installs and removes SAs with messages that workers apply
 //! between batches.
@@ -24,6 +26,7 @@
 
 mod buf;
 mod packet;
+mod relay;
 mod route;
 mod socket;
 mod worker;
@@ -34,10 +37,12 @@ pub use packet::Flow;
 use crate::config::{DataplaneSettings, Listen};
 use crate::esp::{InboundSa, OutboundSa, SaKeys};
 use crate::ike::{ChildSaUp, Lifetime, Limits};
+use crate::netio::Received;
 use crate::sink::{Protected, SaSink};
 use crate::wire::payload::{AddrRange, TsRange};
 use crossbeam_channel::Sender;
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use relay::{Owner, Relay};
 use route::Routes;
 use socket::{EspSockets, Transport};
 use std::collections::HashMap;
@@ -47,7 +52,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 /// Outer IPv6 header, UDP header, ESP header, an 8-byte IV, at most 3 bytes of
@@ -80,11 +85,14 @@ pub enum DropReason {
     HoldOverflow,
     /// Outbound: held for a protected child longer than an SA took to come (30 s).
     HoldExpired,
+    /// Inbound: in a GSO or GRO train that reached another worker or the control
+    /// thread than its own, and no room on the way to it (see `relay`).
+    Handoff,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::NoSa,
         DropReason::Replay,
         DropReason::BadIcv,
@@ -95,6 +103,7 @@ impl DropReason {
         DropReason::Io,
         DropReason::HoldOverflow,
         DropReason::HoldExpired,
+        DropReason::Handoff,
     ];
 
     /// The name in reports.
@@ -110,6 +119,7 @@ impl DropReason {
             DropReason::Io => "io",
             DropReason::HoldOverflow => "hold_overflow",
             DropReason::HoldExpired => "hold_expired",
+            DropReason::Handoff => "handoff",
         }
     }
 }
@@ -363,6 +373,8 @@ pub struct Dataplane {
     routes: Routes,
     /// Whether the TUN carries virtio-net headers (GSO/GRO).
     pub offload: bool,
+    /// Passes ESP that reached the control thread's socket to its worker.
+    relay: Arc<Relay>,
 }
 
 /// Packets each worker holds per protected child while no SA covers them.
@@ -372,10 +384,13 @@ impl Dataplane {
     /// Takes over the routing table, creates the TUN device and starts the workers;
     /// returns with it the receiver of the workers' events. The control thread must
     /// already have bound the NAT-T port with SO_REUSEPORT: its socket is the first of
-    /// the port's group, where the steering program sends IKE.
+    /// the port's group, where the steering program sends IKE. IKE that reaches a
+    /// worker anyway (in a GSO or GRO train) goes to `ike`, where the control thread's
+    /// sockets put theirs.
     pub fn start(
         settings: &DataplaneSettings,
         listen: &Listen,
+        ike: mpsc::Sender<Received>,
     ) -> io::Result<(Self, UnboundedReceiver<DataplaneEvent>)> {
         let routes = Routes::claim(settings.route_table, settings.fwmark).map_err(|e| {
             io::Error::new(
@@ -427,18 +442,27 @@ impl Dataplane {
             worker_sockets.push(EspSockets::open(&sockets, index, n, settings.fwmark)?);
         }
         let (events, receiver) = unbounded_channel();
+        let wakes = (0..n)
+            .map(|_| {
+                EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                    .map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (relay, inboxes) = Relay::new(wakes.clone(), worker::RX_OFFSET, ike);
+        let relay = Arc::new(relay);
         let mut workers = Vec::new();
-        for (index, (queue, sockets)) in queues.into_iter().zip(worker_sockets).enumerate() {
+        let each = queues
+            .into_iter()
+            .zip(worker_sockets)
+            .zip(wakes.into_iter().zip(inboxes));
+        for (index, ((queue, sockets), (wake, inbox))) in each.enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
-            let wake = Arc::new(EventFd::from_value_and_flags(
-                0,
-                EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-            )?);
             let drops = Arc::new(Drops::default());
             let batches = Arc::new(Batches::default());
             queue.set_nonblocking(true)?;
             let (w_wake, w_drops, w_events) = (wake.clone(), drops.clone(), events.clone());
             let w_batches = batches.clone();
+            let w_relay = relay.clone();
             let supervisor = events.clone();
             let hold_size = usize::from(mtu);
             // Built on its own thread: the batch headers hold raw pointers (not Send).
@@ -454,6 +478,8 @@ impl Dataplane {
                             drops: w_drops,
                             batches: w_batches,
                             events: w_events,
+                            relay: w_relay,
+                            inbox,
                         };
                         worker::Worker::new(index, queue, sockets, channels, hold_size).run()
                     });
@@ -476,6 +502,7 @@ impl Dataplane {
             route_users: HashMap::new(),
             routes,
             offload,
+            relay,
         };
         Ok((dataplane, receiver))
     }
@@ -889,6 +916,18 @@ impl SaSink for Dataplane {
             .iter()
             .map(|w| (packets(w, false), packets(w, true)))
             .collect()
+    }
+
+    fn stray_esp(&mut self, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) {
+        let Owner::Worker(to) = relay::owner(datagram, self.workers.len()) else {
+            return;
+        };
+        let Ok(path) = self.path(local, remote, true) else {
+            return;
+        };
+        if !self.relay.copy_to_worker(to, datagram, path.socket, remote) {
+            self.workers[to].drops.count(DropReason::Handoff);
+        }
     }
 
     fn report(&self) -> String {

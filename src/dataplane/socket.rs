@@ -10,8 +10,8 @@ use crate::netio::{self, PacketInfo};
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::{
-    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, bind, recvmmsg, sendmmsg, sendmsg,
-    setsockopt, sockopt,
+    ControlMessage, MsgFlags, MultiHeaders, RecvMsg, SockaddrStorage, bind, recvmmsg, sendmmsg,
+    sendmsg, setsockopt, sockopt,
 };
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -133,6 +133,34 @@ fn steer_raw(fd: &OwnedFd, v4: bool, index: usize, workers: usize) -> io::Result
     Ok(())
 }
 
+#[cfg(test)]
+impl EspSocket {
+    /// A worker's UDP socket on loopback, on a port of the kernel's choice (no mark,
+    /// no steering: no privileges).
+    pub(super) fn loopback() -> Self {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+        let bound = socket.local_addr().expect("bound");
+        let fd = OwnedFd::from(socket);
+        setsockopt(&fd, sockopt::Ipv4PacketInfo, &true).expect("IP_PKTINFO");
+        Self {
+            fd,
+            transport: Transport::Udp,
+            bound,
+        }
+    }
+
+    /// Waits up to a second for a datagram.
+    pub(super) fn wait_readable(&self) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(
+            poll(&mut fds, PollTimeout::from(1000u16)),
+            Ok(1),
+            "nothing came"
+        );
+    }
+}
+
 impl EspSockets {
     /// Opens worker `index`'s sockets, marked `mark` so that ESP leaves by the main
     /// routing table. Workers must open theirs in index order, after the control
@@ -208,9 +236,31 @@ fn gso_run(packets: &[&[u8]]) -> usize {
     n
 }
 
+/// A received datagram's length and addresses (where it lies is the caller's).
+#[derive(Clone, Copy)]
+pub struct Datagram {
+    /// Its length.
+    pub len: usize,
+    /// The sender.
+    pub sender: Option<SockaddrStorage>,
+    /// The address it was sent to (IP_PKTINFO; UDP sockets only).
+    pub local: Option<IpAddr>,
+}
+
+/// The IP_PKTINFO address of a received datagram, if it carries one.
+fn local_address(msg: &RecvMsg<'_, '_, SockaddrStorage>) -> Option<IpAddr> {
+    msg.cmsgs()
+        .ok()?
+        .find_map(|c| netio::packet_info_address(&c))
+}
+
 /// Reusable headers for batched receive and send.
 pub struct Batch {
-    recv: MultiHeaders<SockaddrStorage>,
+    /// recvmmsg headers, one set per socket: nix never gives a header back the room
+    /// for control messages that the kernel shrank to what it wrote, so a UDP
+    /// socket's IP_PKTINFO must not meet headers a raw socket (none) or the other
+    /// family (a smaller one) used last.
+    recv: Vec<MultiHeaders<SockaddrStorage>>,
     send: MultiHeaders<SockaddrStorage>,
     /// The destination of each datagram of a sendmmsg (kept for its capacity; an
     /// array on the stack would mean writing 16 KiB to send one datagram).
@@ -221,26 +271,35 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Room for `size` datagrams per call.
-    pub fn new(size: usize) -> Self {
+    /// Room for `size` datagrams per call on each of `sockets`.
+    pub fn new(size: usize, sockets: &EspSockets) -> Self {
         Self {
-            recv: MultiHeaders::preallocate(size, None),
+            recv: sockets
+                .0
+                .iter()
+                .map(|s| {
+                    let pktinfo = s.transport == Transport::Udp;
+                    MultiHeaders::preallocate(
+                        size,
+                        pktinfo.then(|| nix::cmsg_space!(libc::in6_pktinfo)),
+                    )
+                })
+                .collect(),
             send: MultiHeaders::preallocate(size, Some(nix::cmsg_space!(libc::in6_pktinfo))),
             dests: Vec::with_capacity(size),
             gso: true,
         }
     }
 
-    /// Receives up to `bufs.len()` datagrams without blocking, each into
-    /// `bufs[i][offset..]`; appends each one's length and sender to `received`. (The
-    /// sender only matters for an unknown SPI: the SPI names the SA, and IKE alone may
-    /// move a peer.)
+    /// Receives up to `bufs.len()` datagrams without blocking from socket `index`,
+    /// each into `bufs[i][offset..]`, and appends each one to `received`.
     pub fn recv(
         &mut self,
+        index: usize,
         socket: &EspSocket,
         bufs: &mut [PacketBuf],
         offset: usize,
-        received: &mut Vec<(usize, Option<SockaddrStorage>)>,
+        received: &mut Vec<Datagram>,
     ) -> io::Result<()> {
         // On the stack: this runs for every batch.
         let n = bufs.len().min(BATCH);
@@ -253,12 +312,16 @@ impl Batch {
         });
         let results = recvmmsg(
             socket.fd.as_raw_fd(),
-            &mut self.recv,
+            &mut self.recv[index],
             iovs[..n].iter_mut(),
             MsgFlags::MSG_DONTWAIT,
             None,
         )?;
-        received.extend(results.map(|r| (r.bytes, r.address)));
+        received.extend(results.map(|r| Datagram {
+            len: r.bytes,
+            sender: r.address,
+            local: local_address(&r),
+        }));
         Ok(())
     }
 
@@ -348,6 +411,56 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ESP-looking packet of `len` bytes: SPI `spi`, then `fill`.
+    fn esp(spi: u32, len: usize, fill: u8) -> Vec<u8> {
+        let mut p = vec![fill; len];
+        p[..4].copy_from_slice(&spi.to_be_bytes());
+        p
+    }
+
+    /// Five datagrams of 1000 bytes and a shorter last one, of one SA, then two of
+    /// another SA.
+    fn two_runs() -> [Vec<Vec<u8>>; 2] {
+        let mut first: Vec<Vec<u8>> = (0..5).map(|i| esp(0x100, 1000, i)).collect();
+        first.push(esp(0x100, 300, 5));
+        [first, vec![esp(0x101, 1000, 6), esp(0x101, 1000, 7)]]
+    }
+
+    fn send_runs(batch: &mut Batch, from: &EspSocket, to: SocketAddr, runs: &[Vec<Vec<u8>>]) {
+        let packets: Vec<&[u8]> = runs.iter().flatten().map(Vec::as_slice).collect();
+        assert_eq!(batch.send(from, &packets, to, from.bound.ip()), 0);
+    }
+
+    #[test]
+    fn recvmmsg_takes_a_gso_run_datagram_by_datagram_with_local_addresses() {
+        let sockets = EspSockets(vec![EspSocket::loopback(), EspSocket::loopback()]);
+        let [tx, rx] = &sockets.0[..] else {
+            unreachable!()
+        };
+        let mut batch = Batch::new(BATCH, &sockets);
+        let mut bufs: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new(2048)).collect();
+        // Twice: the headers must keep their room for IP_PKTINFO from one call to the next.
+        for _ in 0..2 {
+            let runs = two_runs();
+            send_runs(&mut batch, tx, rx.bound, &runs);
+            let sent: Vec<Vec<u8>> = runs.into_iter().flatten().collect();
+            let mut received = Vec::new();
+            while received.len() < sent.len() {
+                rx.wait_readable();
+                let n = received.len();
+                batch.recv(1, rx, &mut bufs[n..], 8, &mut received).unwrap();
+            }
+            for (i, (d, p)) in received.iter().zip(&sent).enumerate() {
+                assert_eq!(&bufs[i].as_ref()[8..8 + d.len], &p[..], "datagram {i}");
+                assert_eq!(d.local, Some(rx.bound.ip()), "datagram {i}");
+                assert_eq!(
+                    d.sender.as_ref().and_then(netio::socket_addr),
+                    Some(tx.bound)
+                );
+            }
+        }
+    }
 
     #[test]
     fn gso_runs_are_equal_sized_but_for_a_shorter_last() {

@@ -2,7 +2,8 @@
 
 use super::buf::PacketBuf;
 use super::packet::{self, Flow};
-use super::socket::{Batch, EspSockets, Transport};
+use super::relay::{Handoff, Relay, Route};
+use super::socket::{Batch, Datagram, EspSockets, Transport};
 use super::{
     Batches, Command, DataplaneEvent, DropReason, Drops, HOLD_PACKETS, Inbound, Outbound,
     Protection,
@@ -31,7 +32,7 @@ const GSO_SEGMENTS: usize = 64;
 const BUF_LEN: usize = HEADROOM + 65_535 + 64;
 /// Where a received datagram is written: the inner packet that opening leaves in it
 /// must have room in front for the virtio-net header the TUN wants with offload.
-const RX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+pub(super) const RX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
 /// Held packets of a child go out in one batch when its SA is activated.
 const _: () = assert!(HOLD_PACKETS <= BATCH);
 /// The least time between two reports of one kind (an acquire for one child, one
@@ -60,10 +61,16 @@ pub struct Channels {
     pub batches: Arc<Batches>,
     /// Acquires and unknown SPIs.
     pub events: UnboundedSender<DataplaneEvent>,
+    /// Datagrams of trains that belong to other workers or the control thread.
+    pub relay: Arc<Relay>,
+    /// Datagrams others received for this worker's SPIs.
+    pub inbox: Receiver<Handoff>,
 }
 
 /// A worker's state; `run` consumes it on its own thread.
 pub struct Worker {
+    /// Its place among the workers, which says whose SPIs it owns.
+    index: usize,
     tun: SyncDevice,
     sockets: EspSockets,
     commands: Receiver<Command>,
@@ -71,6 +78,10 @@ pub struct Worker {
     drops: Arc<Drops>,
     batches: Arc<Batches>,
     events: UnboundedSender<DataplaneEvent>,
+    relay: Arc<Relay>,
+    inbox: Receiver<Handoff>,
+    /// The workers handed datagrams in this batch, to be woken once each.
+    handed: Vec<bool>,
     spd: Spd,
     /// Protected children, each with the packets this worker holds for it.
     held: Vec<Held>,
@@ -93,8 +104,8 @@ pub struct Worker {
     ready: Vec<usize>,
     gso: Vec<u8>,
     gro: GROTable,
-    /// Each received datagram's length and sender.
-    received: Vec<(usize, Option<SockaddrStorage>)>,
+    /// Each received datagram's length and addresses.
+    received: Vec<Datagram>,
     /// Told to stop (possibly in the middle of a batch).
     stopping: bool,
 }
@@ -382,20 +393,25 @@ impl Worker {
                 .map(|_| PacketBuf::new(BUF_LEN))
                 .collect::<Vec<_>>()
         };
+        channels.relay.contribute(BUF_LEN);
         Self {
+            index,
             tun,
+            batch: Batch::new(BATCH, &sockets),
             sockets,
             commands: channels.commands,
             wake: channels.wake,
             drops: channels.drops,
             batches: channels.batches,
             events: channels.events,
+            handed: vec![false; channels.relay.workers()],
+            relay: channels.relay,
+            inbox: channels.inbox,
             spd: Spd::new(index),
             held: Vec::new(),
             hold_size,
             spi_reports: SpiReports::new(),
             inbound: HashMap::new(),
-            batch: Batch::new(BATCH),
             tx: buffers(),
             rx: buffers(),
             to_tun: buffers(),
@@ -444,6 +460,7 @@ impl Worker {
                 if !self.apply_commands() {
                     return Ok(());
                 }
+                self.take_handoffs();
             }
             if ready[1] {
                 self.outbound_batch()?;
@@ -631,42 +648,93 @@ impl Worker {
         }
     }
 
-    /// Receives a batch of ESP, opens what is ours, writes the inner packets to the TUN.
+    /// Receives a batch from socket `index` and opens it.
     fn inbound_batch(&mut self, index: usize) {
         self.received.clear();
         let socket = &self.sockets.0[index];
         if self
             .batch
-            .recv(socket, &mut self.rx, RX_OFFSET, &mut self.received)
+            .recv(index, socket, &mut self.rx, RX_OFFSET, &mut self.received)
             .is_err()
         {
             return;
         }
         self.batches.count(true, self.received.len());
+        self.open_received(index);
+    }
+
+    /// Opens the datagrams other workers (or the control thread) handed over, in runs
+    /// from one socket.
+    fn take_handoffs(&mut self) {
+        self.received.clear();
+        let mut socket = 0;
+        // What is there now: whatever comes later wakes the worker again.
+        for _ in 0..self.inbox.len() {
+            let Ok(h) = self.inbox.try_recv() else {
+                break;
+            };
+            if !self.received.is_empty() && (h.socket != socket || self.received.len() == BATCH) {
+                self.open_received(socket);
+            }
+            socket = h.socket;
+            let i = self.received.len();
+            self.relay
+                .recycle(std::mem::replace(&mut self.rx[i], h.buf));
+            self.received.push(h.datagram);
+        }
+        if !self.received.is_empty() {
+            self.open_received(socket);
+        }
+    }
+
+    /// Opens the datagrams in `rx[..received.len()]`, which came in on socket
+    /// `index`, writes the inner packets to the TUN, and passes on what belongs to
+    /// another worker or the control thread; empties `received`.
+    fn open_received(&mut self, index: usize) {
         // The control thread hands over an inbound SA before it sends the answer that
         // lets the peer use it, so what it sent before these packets came must apply
         // to them (a rekey's first packets would otherwise find no SA).
         if !self.commands.is_empty() && !self.apply_commands() {
+            self.received.clear();
             return;
         }
         let socket = &self.sockets.0[index];
-        let raw_v4 = socket.transport == Transport::Raw && socket.bound.is_ipv4();
+        let udp = socket.transport == Transport::Udp;
+        let raw_v4 = !udp && socket.bound.is_ipv4();
         let mut now = None;
         // Where each inner packet in to_tun[..ready.len()] starts.
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
-        for (i, (len, sender)) in self.received.iter().enumerate() {
-            let len = *len;
-            let buf = self.rx[i].as_mut();
+        for i in 0..self.received.len() {
+            let datagram = self.received[i];
+            let len = datagram.len;
             let mut esp = RX_OFFSET..RX_OFFSET + len;
             if raw_v4 {
                 // Raw IPv4 sockets deliver the IP header too.
-                let ihl = usize::from(buf[RX_OFFSET] & 0x0f) * 4;
+                let ihl = usize::from(self.rx[i].as_ref()[RX_OFFSET] & 0x0f) * 4;
                 esp.start += ihl.min(len);
             }
-            let from = sender
-                .as_ref()
-                .filter(|_| socket.transport == Transport::Udp);
+            // A train (GSO or GRO) was steered by its first datagram alone.
+            if udp {
+                let route = self.relay.route(
+                    self.index,
+                    &mut self.rx[i],
+                    index,
+                    socket.bound,
+                    datagram,
+                    &mut self.handed,
+                );
+                match route {
+                    Route::Open => {}
+                    Route::Done => continue,
+                    Route::NoRoom => {
+                        self.drops.count(DropReason::Handoff);
+                        continue;
+                    }
+                }
+            }
+            let buf = self.rx[i].as_mut();
+            let from = datagram.sender.as_ref().filter(|_| udp);
             match open(&mut self.inbound, &mut buf[esp.clone()], from) {
                 Ok((inner, moved)) => {
                     if let Some((spi_in, remote)) = moved {
@@ -688,7 +756,7 @@ impl Worker {
                         buf[esp.start + 2],
                         buf[esp.start + 3],
                     ]);
-                    let Some(remote) = sender.as_ref().and_then(netio::socket_addr) else {
+                    let Some(remote) = datagram.sender.as_ref().and_then(netio::socket_addr) else {
                         continue;
                     };
                     let now = *now.get_or_insert_with(clock);
@@ -701,6 +769,12 @@ impl Worker {
                     }
                 }
                 Err(why) => self.drops.count(why),
+            }
+        }
+        self.received.clear();
+        for (w, handed) in self.handed.iter_mut().enumerate() {
+            if std::mem::take(handed) {
+                self.relay.wake(w);
             }
         }
         // tun-rs writes every buffer of a call from one offset: one call per run of

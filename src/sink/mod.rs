@@ -99,6 +99,11 @@ pub trait SaSink {
     /// empty where the kernel carries them.
     fn worker_packets(&self) -> Vec<(u64, u64)>;
 
+    /// ESP that reached the control thread's NAT-T socket (`local`, from `remote`):
+    /// the rest of a GSO or GRO train whose first datagram was IKE, which the kernel
+    /// delivers to the socket that one is steered to.
+    fn stray_esp(&mut self, local: SocketAddr, remote: SocketAddr, datagram: &[u8]);
+
     /// Per-SA traffic and the drop counters, one line each.
     fn report(&self) -> String;
 }

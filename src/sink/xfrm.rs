@@ -651,6 +651,9 @@ impl SaSink for Xfrm {
         Vec::new()
     }
 
+    /// None comes: the kernel takes ESP off the socket (UDP_ENCAP) before we see it.
+    fn stray_esp(&mut self, _: SocketAddr, _: SocketAddr, _: &[u8]) {}
+
     fn report(&self) -> String {
         let mut out = String::new();
         let mut spis: Vec<u32> = self.installed.keys().copied().collect();

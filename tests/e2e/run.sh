@@ -4,20 +4,22 @@
 # over IPv4 and IPv6, a 200 MB TCP transfer whose SHA-256 must match on arrival, and
 # a capture of the WAN link that must hold nothing but IKE and ESP. Then a peer
 # sends garbage, a replayed packet and a wrong SPI at the ESP port: only the drop
-# counters may change. Last, a soft packet lifetime must rekey the Child SA without
-# losing a ping, a DF packet too big for a CBC SA must get ICMP "fragmentation needed", and
-# behind a source NAT (nftables) both sides must float to 4500 and the translated side
-# must send NAT keepalives. Fail closed: with bob's gateway down, nothing of alice's
-# sites leaves in clear (though her main table has a route for it) and the packets are
-# held and counted; host to host, the gateways' own traffic to each other goes in ESP
-# while their IKE still flows; no route of the main table is ever touched; and a
-# trapped child is negotiated by its first packet, which arrives (and a second daemon
-# for the same TUN is refused). A gateway whose TUN is deleted exits saying why, and
-# one that is gone (deleted TUN, SIGKILL) leaves its prefixes blackholed, not open.
-# Once up, the control thread keeps only its network capabilities, the workers none;
-# `esptun status` shows on each side the SAs the logs name; `esptun reload` and SIGHUP
-# leave an unchanged connection's SAs alone, refuse a broken file, replace a changed
-# connection's SAs, and remove and add connections with their routes.
+# counters may change; and one GSO train of two Child SAs' ESP and IKE must reach
+# each datagram's owner (worker or control thread). Last, a soft packet lifetime must
+# rekey the Child SA without losing a ping, a DF packet too big for a CBC SA must get
+# ICMP "fragmentation needed", and behind a source NAT (nftables) both sides must
+# float to 4500 and the translated side must send NAT keepalives. Fail closed: with
+# bob's gateway down, nothing of alice's sites leaves in clear (though her main table
+# has a route for it) and the packets are held and counted; host to host, the
+# gateways' own traffic to each other goes in ESP while their IKE still flows; no
+# route of the main table is ever touched; and a trapped child is negotiated by its
+# first packet, which arrives (and a second daemon for the same TUN is refused). A
+# gateway whose TUN is deleted exits saying why, and one that is gone (deleted TUN,
+# SIGKILL) leaves its prefixes blackholed, not open. Once up, the control thread
+# keeps only its network capabilities, the workers none; `esptun status` shows on
+# each side the SAs the logs name; `esptun reload` and SIGHUP leave an unchanged
+# connection's SAs alone, refuse a broken file, replace a changed connection's SAs,
+# and remove and add connections with their routes.
 # Root only; traffic stays in the namespaces.
 #
 # usage: tests/e2e/run.sh [--esptun PATH] [--keep]   (exit 1 if any case fails)
@@ -186,6 +188,94 @@ hostile() {
     sites_stop
 }
 want hostile && hostile
+
+# --- a train that mixes two Child SAs and IKE ----------------------------------------
+# The kernel hands a train (a GSO run, or what GRO coalesced by addresses and ports
+# alone) to the socket its first datagram is steered to: bob's worker that owns the
+# first SPI must pass the other SA's ESP to the worker that owns it, and IKE to the
+# control thread. Alice's ESP of two Child SAs (IPv4 and IPv6 pings of one size; SPIs
+# of different workers) is captured and kept from bob; alice is killed and the packets
+# go again from her address and port as one GSO train with IKE (garbage behind the
+# non-ESP marker) in the middle. Both SAs must count theirs, nothing be dropped, and
+# the engine see the IKE message (as malformed).
+mixed_train() {
+    CASE=$RUN/mixed-train; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    log "case mixed-train: two SAs' ESP and IKE in one train to bob's NAT-T port"
+    local try spis="" lan6=$'[[connection.children]]\nname = "lan6"\nesp_proposals = ["aes128gcm16"]'
+    for try in 1 2 3 4 5 6 7 8; do
+        SITES_DATAPLANE="workers = 2" SITES_NETS_A=10.1.0.0/24 SITES_NETS_B=10.2.0.0/24 \
+            sites_configs "$CASE" alice "encap = true"
+        printf '%s\nlocal_ts = ["fd00:2::/64"]\nremote_ts = ["fd00:1::/64"]\n' "$lan6" >>"$CASE/bob.toml"
+        printf '%s\nlocal_ts = ["fd00:1::/64"]\nremote_ts = ["fd00:2::/64"]\n' "$lan6" >>"$CASE/alice.toml"
+        sites_gateway "$ESPTUN" "$CASE" bob && sites_wait "$CASE/bob.log" "data plane:" &&
+            sites_gateway "$ESPTUN" "$CASE" alice && sites_wait "$CASE/bob.log" "CHILD_SA site/lan UP" &&
+            sites_wait "$CASE/bob.log" "CHILD_SA site/lan6 UP" ||
+            { fail mixed-train "no Child SAs"; sites_stop; return; }
+        # Bob's inbound SPIs, one per worker (SPI % 2) or try again.
+        spis=$(grep -o 'CHILD_SA site/lan6\? UP spi_in [0-9a-f]*' "$CASE/bob.log" | awk '{print $NF}')
+        (( ($(head -1 <<<"$spis" | sed 's/^/0x/') ^ $(tail -1 <<<"$spis" | sed 's/^/0x/')) & 1 )) && break
+        sites_stop; rm -f "$CASE"/*.log; spis=""
+    done
+    [[ -n $spis ]] || { fail mixed-train "no two SAs of different workers in 8 tries"; return; }
+    ip netns exec "$NS_BG" nft -f - <<'NFT'
+table inet esptun_train {
+    chain input { type filter hook input priority 0; udp sport 4500 udp dport 4500 drop; }
+}
+NFT
+    ip netns exec "$NS_BG" tcpdump -i wan -n -w "$CASE/esp.pcap" "src host $WAN_A and udp port 4500 and greater 100" 2>/dev/null &
+    local dump=$!
+    sleep 0.5
+    # 104-byte inner packets both: an ICMP echo of 76 bytes, an ICMPv6 one of 56 (no
+    # answers: bob drops them).
+    ip netns exec "$NS_AH" ping -c 2 -i 0.2 -W 1 -s 76 -q "$HOST_B" >/dev/null || true
+    ip netns exec "$NS_AH" ping -6 -c 2 -i 0.2 -W 1 -s 56 -q "$HOST6_B" >/dev/null || true
+    sleep 0.3; kill $dump; wait $dump 2>/dev/null || true
+    kill -KILL "$ALICE_PID"; wait "$ALICE_PID" 2>/dev/null || true
+    ip netns exec "$NS_BG" nft delete table inet esptun_train
+    local before after why="" sent
+    before=$(sites_report "$CASE/bob.log" "$BOB_PID")
+    local malformed0; malformed0=$(ip netns exec "$NS_BG" "$ESPTUN" counters --json | jq .ike_malformed)
+    # The captured ESP, alternating between the SAs, an IKE datagram of their size in
+    # the middle, as one GSO send from alice's NAT-T address.
+    sent=$(ip netns exec "$NS_AG" python3 - "$CASE/esp.pcap" "$WAN_A" "$WAN_B" <<'PY'
+import socket, struct, sys
+data = open(sys.argv[1], "rb").read()
+at, esp = 24, {}
+while at + 16 <= len(data):
+    n = struct.unpack_from("<I", data, at + 8)[0]
+    frame = data[at + 16 : at + 16 + n]
+    at += 16 + n
+    ip = frame[14:]
+    payload = ip[(ip[0] & 15) * 4 + 8 :]
+    esp.setdefault(payload[:4], []).append(payload)
+(a, b) = esp.values()
+assert len(a) == len(b) == 2 and len({len(p) for p in a + b}) == 1, [len(p) for p in a + b]
+ike = bytes(4) + b"\xee" * (len(a[0]) - 4)
+train = [a[0], b[0], ike, a[1], b[1]]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[2], 4500))
+s.sendmsg(train, [(socket.SOL_UDP, 103, struct.pack("H", len(ike)))], 0, (sys.argv[3], 4500))
+print(len(train), "datagrams of", len(ike), "bytes")
+PY
+) || why="the train was not sent: $sent"
+    sleep 0.5
+    after=$(sites_report "$CASE/bob.log" "$BOB_PID")
+    log "  sent $sent; bob before: ${before//$'\n'/ | }"
+    log "  bob after: ${after//$'\n'/ | }"
+    local spi n0 n1
+    for spi in $spis; do
+        n0=$(grep -o "${spi}_i .*: in [0-9]*" <<<"$before" | awk '{print $NF}')
+        n1=$(grep -o "${spi}_i .*: in [0-9]*" <<<"$after" | awk '{print $NF}')
+        (( n1 == n0 + 2 )) || why+="${why:+; }SA ${spi}_i opened $((n1 - n0)) of its 2"
+    done
+    [[ $(grep '^drops:' <<<"$before") == "$(grep '^drops:' <<<"$after")" ]] || why+="${why:+; }bob dropped some"
+    (( $(ip netns exec "$NS_BG" "$ESPTUN" counters --json | jq .ike_malformed) == malformed0 + 1 )) ||
+        why+="${why:+; }the IKE datagram did not reach the engine"
+    if [[ -z $why ]]; then pass mixed-train; else fail mixed-train "$why"; fi
+    sites_stop
+}
+want mixed-train && mixed_train
 
 # --- lifetimes: the soft packet limit rekeys, make-before-break, before the hard one --
 lifetime() {
