@@ -18,13 +18,13 @@ use std::time::Duration;
 /// (everything else is updated every second).
 const IDLE: Duration = Duration::from_secs(10);
 
-/// The worker batch size histogram's buckets, in packets.
+/// The worker batch size histograms' buckets, in packets.
 const BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 /// What the exporter has been given so far of the counters it cannot watch itself.
 pub struct Metrics {
-    /// Batches per size already recorded, outbound then inbound.
-    batches: [Vec<u64>; 2],
+    /// Batches per size already recorded, as [`SaSink::batch_sizes`] gives them.
+    batches: [Vec<u64>; 3],
 }
 
 impl Metrics {
@@ -33,15 +33,12 @@ impl Metrics {
         PrometheusBuilder::new()
             .with_http_listener(listen)
             .idle_timeout(MetricKindMask::COUNTER | MetricKindMask::GAUGE, Some(IDLE))
-            .set_buckets_for_metric(
-                Matcher::Full("esptun_worker_batch_packets".into()),
-                &BATCH_BUCKETS,
-            )
+            .set_buckets_for_metric(Matcher::Prefix("esptun_worker_".into()), &BATCH_BUCKETS)
             .and_then(PrometheusBuilder::install)
             .map_err(|e| format!("metrics on {listen}: {e}"))?;
         describe();
         Ok(Self {
-            batches: [Vec::new(), Vec::new()],
+            batches: Default::default(),
         })
     }
 
@@ -117,13 +114,17 @@ impl Metrics {
                     .absolute(n);
             }
         }
-        for (direction, now) in ["outbound", "inbound"]
-            .into_iter()
+        let histograms = [
+            histogram!("esptun_worker_batch_packets", "direction" => "outbound"),
+            histogram!("esptun_worker_batch_packets", "direction" => "inbound"),
+            histogram!("esptun_worker_gro_train_packets"),
+        ];
+        for ((batches, now), seen) in histograms
+            .iter()
             .zip(dataplane.batch_sizes())
+            .zip(&mut self.batches)
         {
-            let seen = &mut self.batches[usize::from(direction == "inbound")];
             seen.resize(now.len(), 0);
-            let batches = histogram!("esptun_worker_batch_packets", "direction" => direction);
             for (size, (&total, before)) in now.iter().zip(seen.iter_mut()).enumerate() {
                 if total > *before {
                     batches.record_many(
@@ -201,5 +202,9 @@ fn describe() {
     describe_histogram!(
         "esptun_worker_batch_packets",
         "Packets an ESP worker moved per batch"
+    );
+    describe_histogram!(
+        "esptun_worker_gro_train_packets",
+        "Datagrams an ESP worker received per UDP GRO train"
     );
 }

@@ -8,9 +8,10 @@
 //! is one atomic. Inbound, the kernel steers each ESP packet to the worker that owns
 //! its SPI (a classic BPF program on the sockets, `SPI % workers`), so every replay
 //! window has exactly one owner and the fast path takes no lock. The non-ESP marker
-//! steers IKE on the NAT-T port to the control thread's socket instead. A train of
-//! datagrams (a peer's GSO run, or the kernel's GRO) is steered by its first; what in
-//! it belongs to another worker or the control thread goes on to it ([`relay`]).
+//! steers IKE on the NAT-T port to the control thread's socket instead. UDP sockets
+//! receive with GRO. A train of datagrams (a peer's GSO run, or the kernel's GRO) is
+//! steered by its first; what in it belongs to another worker or the control thread
+//! goes on to it ([`relay`]).
 //!
 //! The control thread installs and removes SAs with messages that workers apply
 //! between batches.
@@ -138,20 +139,29 @@ impl Drops {
     }
 }
 
-/// The batches one worker moved, by size, for each direction (outbound: packets read
-/// from the TUN at once; inbound: datagrams received at once). Only that worker
-/// writes them, once a batch; the control thread sums them for metrics.
-pub struct Batches([[AtomicU64; worker::BATCH + 1]; 2]);
+/// The batches one worker moved, by size: [`Batches::OUTBOUND`], packets read from
+/// the TUN at once; [`Batches::INBOUND`], datagrams received at once (from one or two
+/// trains with UDP GRO); [`Batches::TRAINS`], datagrams per UDP GRO receive (1 when
+/// nothing was coalesced). Only that worker writes them, once a batch; the control
+/// thread sums them for metrics.
+pub struct Batches([[AtomicU64; worker::BATCH + 1]; 3]);
 
 impl Default for Batches {
     fn default() -> Self {
-        Self([const { [const { AtomicU64::new(0) }; worker::BATCH + 1] }; 2])
+        Self([const { [const { AtomicU64::new(0) }; worker::BATCH + 1] }; 3])
     }
 }
 
 impl Batches {
-    fn count(&self, inbound: bool, size: usize) {
-        self.0[usize::from(inbound)][size.min(worker::BATCH)].fetch_add(1, Ordering::Relaxed);
+    /// Packets read from the TUN at once.
+    const OUTBOUND: usize = 0;
+    /// Datagrams received at once.
+    const INBOUND: usize = 1;
+    /// Datagrams per UDP GRO receive.
+    const TRAINS: usize = 2;
+
+    fn count(&self, kind: usize, size: usize) {
+        self.0[kind][size.min(worker::BATCH)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -892,13 +902,13 @@ impl SaSink for Dataplane {
             .collect()
     }
 
-    fn batch_sizes(&self) -> [Vec<u64>; 2] {
-        [false, true].map(|inbound| {
+    fn batch_sizes(&self) -> [Vec<u64>; 3] {
+        [Batches::OUTBOUND, Batches::INBOUND, Batches::TRAINS].map(|kind| {
             (0..=worker::BATCH)
                 .map(|size| {
                     self.workers
                         .iter()
-                        .map(|w| w.batches.0[usize::from(inbound)][size].load(Ordering::Relaxed))
+                        .map(|w| w.batches.0[kind][size].load(Ordering::Relaxed))
                         .sum()
                 })
                 .collect()
@@ -906,15 +916,15 @@ impl SaSink for Dataplane {
     }
 
     fn worker_packets(&self) -> Vec<(u64, u64)> {
-        let packets = |w: &WorkerHandle, inbound: bool| -> u64 {
-            let sizes = &w.batches.0[usize::from(inbound)];
+        let packets = |w: &WorkerHandle, kind: usize| -> u64 {
+            let sizes = &w.batches.0[kind];
             (0..=worker::BATCH)
                 .map(|size| size as u64 * sizes[size].load(Ordering::Relaxed))
                 .sum()
         };
         self.workers
             .iter()
-            .map(|w| (packets(w, false), packets(w, true)))
+            .map(|w| (packets(w, Batches::OUTBOUND), packets(w, Batches::INBOUND)))
             .collect()
     }
 

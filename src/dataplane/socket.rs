@@ -10,11 +10,12 @@ use crate::netio::{self, PacketInfo};
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::{
-    ControlMessage, MsgFlags, MultiHeaders, RecvMsg, SockaddrStorage, bind, recvmmsg, sendmmsg,
-    sendmsg, setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, RecvMsg, SockaddrStorage, bind,
+    recvmmsg, recvmsg, sendmmsg, sendmsg, setsockopt, sockopt,
 };
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// How ESP travels.
@@ -53,6 +54,8 @@ pub struct EspSocket {
     pub transport: Transport,
     /// The address it is bound to.
     pub bound: SocketAddr,
+    /// UDP GRO is on: receive with [`Batch::recv_train`].
+    pub gro: bool,
 }
 
 impl AsFd for EspSocket {
@@ -63,6 +66,28 @@ impl AsFd for EspSocket {
 
 /// A worker's sockets, in [`addresses`] order.
 pub struct EspSockets(pub Vec<EspSocket>);
+
+/// The largest UDP GRO train: the kernel coalesces no more than 64 KiB, and a
+/// sender's GSO run is no larger.
+pub const MAX_TRAIN: usize = 65_535;
+
+/// Turns UDP GRO on: the datagrams of one flow that arrive together then stay one
+/// buffer, a train, which the kernel queues once and we take with one system call.
+/// Without it (kernels before 5.0) they come one by one, which `tell` logs (once for
+/// all workers).
+fn enable_gro(fd: &OwnedFd, bound: SocketAddr, tell: bool) -> bool {
+    match setsockopt(fd, sockopt::UdpGroSegment, &true) {
+        Ok(()) => true,
+        Err(e) => {
+            if tell {
+                crate::warn!(
+                    "UDP GRO unavailable on {bound} ({e}): receiving datagrams one by one"
+                );
+            }
+            false
+        }
+    }
+}
 
 nix::setsockopt_impl!(
     AttachFilter,
@@ -136,16 +161,18 @@ fn steer_raw(fd: &OwnedFd, v4: bool, index: usize, workers: usize) -> io::Result
 #[cfg(test)]
 impl EspSocket {
     /// A worker's UDP socket on loopback, on a port of the kernel's choice (no mark,
-    /// no steering: no privileges).
-    pub(super) fn loopback() -> Self {
+    /// no steering: no privileges), with UDP GRO if `gro`.
+    pub(super) fn loopback(gro: bool) -> Self {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
         let bound = socket.local_addr().expect("bound");
         let fd = OwnedFd::from(socket);
         setsockopt(&fd, sockopt::Ipv4PacketInfo, &true).expect("IP_PKTINFO");
+        let gro = gro && enable_gro(&fd, bound, true);
         Self {
             fd,
             transport: Transport::Udp,
             bound,
+            gro,
         }
     }
 
@@ -174,12 +201,14 @@ impl EspSockets {
     ) -> io::Result<Self> {
         let mut out = Vec::new();
         for &(transport, bound) in addrs {
+            let mut gro = false;
             let fd = match transport {
                 Transport::Udp => {
                     let fd = netio::bind_udp(bound, true, true, mark)?;
                     if index == 0 {
                         steer_udp(&fd, workers)?;
                     }
+                    gro = enable_gro(&fd, bound, index == 0);
                     fd
                 }
                 Transport::Raw => {
@@ -204,6 +233,7 @@ impl EspSockets {
                 fd,
                 transport,
                 bound,
+                gro,
             });
         }
         Ok(Self(out))
@@ -247,6 +277,15 @@ pub struct Datagram {
     pub local: Option<IpAddr>,
 }
 
+/// The ranges of a train's datagrams: `segment` bytes each, the last possibly
+/// shorter; one datagram if `segment` is 0 (nothing was coalesced).
+pub fn segments(len: usize, segment: usize) -> impl Iterator<Item = Range<usize>> {
+    let size = if segment == 0 { len.max(1) } else { segment };
+    (0..len)
+        .step_by(size)
+        .map(move |start| start..len.min(start + size))
+}
+
 /// The IP_PKTINFO address of a received datagram, if it carries one.
 fn local_address(msg: &RecvMsg<'_, '_, SockaddrStorage>) -> Option<IpAddr> {
     msg.cmsgs()
@@ -261,6 +300,8 @@ pub struct Batch {
     /// socket's IP_PKTINFO must not meet headers a raw socket (none) or the other
     /// family (a smaller one) used last.
     recv: Vec<MultiHeaders<SockaddrStorage>>,
+    /// Room for one train's control messages: IP_PKTINFO and UDP_GRO.
+    cmsg: Vec<u8>,
     send: MultiHeaders<SockaddrStorage>,
     /// The destination of each datagram of a sendmmsg (kept for its capacity; an
     /// array on the stack would mean writing 16 KiB to send one datagram).
@@ -285,6 +326,7 @@ impl Batch {
                     )
                 })
                 .collect(),
+            cmsg: nix::cmsg_space!(libc::in6_pktinfo, libc::c_int),
             send: MultiHeaders::preallocate(size, Some(nix::cmsg_space!(libc::in6_pktinfo))),
             dests: Vec::with_capacity(size),
             gso: true,
@@ -323,6 +365,34 @@ impl Batch {
             local: local_address(&r),
         }));
         Ok(())
+    }
+
+    /// Receives one datagram or UDP GRO train without blocking into `train` (of
+    /// [`MAX_TRAIN`] bytes); returns it and its segment size for [`segments`]. With
+    /// recvmsg, not recvmmsg: the latter's headers would lose the UDP_GRO message
+    /// after any datagram that came without one (see `recv`).
+    pub fn recv_train(
+        &mut self,
+        socket: &EspSocket,
+        train: &mut [u8],
+    ) -> io::Result<(Datagram, usize)> {
+        let mut iov = [IoSliceMut::new(train)];
+        let msg = recvmsg::<SockaddrStorage>(
+            socket.fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut self.cmsg),
+            MsgFlags::MSG_DONTWAIT,
+        )?;
+        let segment = msg.cmsgs()?.find_map(|c| match c {
+            ControlMessageOwned::UdpGroSegments(size) => usize::try_from(size).ok(),
+            _ => None,
+        });
+        let datagram = Datagram {
+            len: msg.bytes,
+            sender: msg.address,
+            local: local_address(&msg),
+        };
+        Ok((datagram, segment.unwrap_or(0)))
     }
 
     /// Sends each of `packets` to `to` from `source`, in as few calls as the kernel
@@ -433,8 +503,37 @@ mod tests {
     }
 
     #[test]
+    fn a_gso_run_per_sa_arrives_as_a_train_and_splits_into_its_datagrams() {
+        let sockets = EspSockets(vec![EspSocket::loopback(false), EspSocket::loopback(true)]);
+        let [tx, rx] = &sockets.0[..] else {
+            unreachable!()
+        };
+        assert!(rx.gro, "UDP GRO (Linux 5.0) refused");
+        let mut batch = Batch::new(BATCH, &sockets);
+        let runs = two_runs();
+        send_runs(&mut batch, tx, rx.bound, &runs);
+        let mut train = vec![0; MAX_TRAIN];
+        for run in &runs {
+            rx.wait_readable();
+            let (datagram, segment) = batch.recv_train(rx, &mut train).unwrap();
+            assert_eq!(segment, 1000, "one train per SA, coalesced");
+            assert_eq!(datagram.local, Some(rx.bound.ip()));
+            assert_eq!(
+                datagram.sender.as_ref().and_then(netio::socket_addr),
+                Some(tx.bound)
+            );
+            let got: Vec<&[u8]> = segments(datagram.len, segment).map(|r| &train[r]).collect();
+            assert_eq!(got, *run);
+        }
+        assert_eq!(
+            batch.recv_train(rx, &mut train).err().map(|e| e.kind()),
+            Some(io::ErrorKind::WouldBlock)
+        );
+    }
+
+    #[test]
     fn recvmmsg_takes_a_gso_run_datagram_by_datagram_with_local_addresses() {
-        let sockets = EspSockets(vec![EspSocket::loopback(), EspSocket::loopback()]);
+        let sockets = EspSockets(vec![EspSocket::loopback(false), EspSocket::loopback(false)]);
         let [tx, rx] = &sockets.0[..] else {
             unreachable!()
         };
@@ -460,6 +559,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn segments_split_a_train_and_leave_a_lone_datagram_whole() {
+        assert_eq!(segments(300, 0).collect::<Vec<_>>(), vec![0..300]);
+        assert_eq!(
+            segments(2500, 1000).collect::<Vec<_>>(),
+            [0..1000, 1000..2000, 2000..2500]
+        );
+        assert_eq!(segments(2000, 1000).count(), 2);
+        assert_eq!(segments(0, 0).count(), 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::buf::PacketBuf;
 use super::packet::{self, Flow};
 use super::relay::{Handoff, Relay, Route};
-use super::socket::{Batch, Datagram, EspSockets, Transport};
+use super::socket::{self, Batch, Datagram, EspSockets, MAX_TRAIN, Transport};
 use super::{
     Batches, Command, DataplaneEvent, DropReason, Drops, HOLD_PACKETS, Inbound, Outbound,
     Protection,
@@ -33,6 +33,7 @@ const BUF_LEN: usize = HEADROOM + 65_535 + 64;
 /// Where a received datagram is written: the inner packet that opening leaves in it
 /// must have room in front for the virtio-net header the TUN wants with offload.
 pub(super) const RX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+const _: () = assert!(RX_OFFSET + MAX_TRAIN <= BUF_LEN);
 /// Held packets of a child go out in one batch when its SA is activated.
 const _: () = assert!(HOLD_PACKETS <= BATCH);
 /// The least time between two reports of one kind (an acquire for one child, one
@@ -104,6 +105,8 @@ pub struct Worker {
     ready: Vec<usize>,
     gso: Vec<u8>,
     gro: GROTable,
+    /// A UDP GRO train as received, before it is split into `rx`.
+    train: Box<[u8]>,
     /// Each received datagram's length and addresses.
     received: Vec<Datagram>,
     /// Told to stop (possibly in the middle of a batch).
@@ -420,6 +423,7 @@ impl Worker {
             ready: Vec::with_capacity(BATCH),
             gso: vec![0; VIRTIO_NET_HDR_LEN + 65_535],
             gro: GROTable::default(),
+            train: vec![0; MAX_TRAIN].into_boxed_slice(),
             received: Vec::with_capacity(BATCH),
             stopping: false,
         }
@@ -544,7 +548,7 @@ impl Worker {
             }
         }
         if count > 0 {
-            self.batches.count(false, count);
+            self.batches.count(Batches::OUTBOUND, count);
         }
         self.seal_and_send(count, true);
         Ok(())
@@ -648,9 +652,14 @@ impl Worker {
         }
     }
 
-    /// Receives a batch from socket `index` and opens it.
+    /// Receives from socket `index` and opens what came: a recvmmsg batch, or with
+    /// UDP GRO the datagrams of a train or two.
     fn inbound_batch(&mut self, index: usize) {
         self.received.clear();
+        if self.sockets.0[index].gro {
+            self.receive_trains(index);
+            return;
+        }
         let socket = &self.sockets.0[index];
         if self
             .batch
@@ -659,7 +668,47 @@ impl Worker {
         {
             return;
         }
-        self.batches.count(true, self.received.len());
+        self.open_batch(index);
+    }
+
+    /// Receives UDP GRO trains from socket `index` and splits each into its
+    /// datagrams, laid out in `rx` as recvmmsg leaves them (one copy each, which
+    /// opening then finds in the cache), opening them whenever `rx` is full; reads
+    /// another train only while a full one still fits.
+    fn receive_trains(&mut self, index: usize) {
+        loop {
+            let socket = &self.sockets.0[index];
+            let Ok((datagram, segment)) = self.batch.recv_train(socket, &mut self.train) else {
+                break;
+            };
+            let mut count = 0;
+            for range in socket::segments(datagram.len, segment) {
+                if self.received.len() == BATCH {
+                    self.open_batch(index);
+                }
+                let buf = &mut self.rx[self.received.len()];
+                buf.reset();
+                buf.storage_mut()[RX_OFFSET..RX_OFFSET + range.len()]
+                    .copy_from_slice(&self.train[range.clone()]);
+                self.received.push(Datagram {
+                    len: range.len(),
+                    ..datagram
+                });
+                count += 1;
+            }
+            self.batches.count(Batches::TRAINS, count);
+            if BATCH - self.received.len() < GSO_SEGMENTS {
+                break;
+            }
+        }
+        if !self.received.is_empty() {
+            self.open_batch(index);
+        }
+    }
+
+    /// Counts the datagrams received from socket `index` as a batch and opens them.
+    fn open_batch(&mut self, index: usize) {
+        self.batches.count(Batches::INBOUND, self.received.len());
         self.open_received(index);
     }
 

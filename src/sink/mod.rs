@@ -92,8 +92,9 @@ pub trait SaSink {
     fn drops(&self) -> Vec<(&'static str, u64)>;
 
     /// How many batches of each size (the index) the data plane moved: outbound,
-    /// then inbound; empty where the kernel does the batching.
-    fn batch_sizes(&self) -> [Vec<u64>; 2];
+    /// inbound, and datagrams per UDP GRO receive; empty where the kernel does the
+    /// batching.
+    fn batch_sizes(&self) -> [Vec<u64>; 3];
 
     /// Packets each worker moved: (read from the TUN, received from the network);
     /// empty where the kernel carries them.

@@ -643,8 +643,8 @@ impl SaSink for Xfrm {
         kernel_drops(&stats)
     }
 
-    fn batch_sizes(&self) -> [Vec<u64>; 2] {
-        [Vec::new(), Vec::new()]
+    fn batch_sizes(&self) -> [Vec<u64>; 3] {
+        [Vec::new(), Vec::new(), Vec::new()]
     }
 
     fn worker_packets(&self) -> Vec<(u64, u64)> {
