@@ -465,7 +465,7 @@ crash() {
                 fi
             done
         done
-        ip -n "$NS_AG" route show table 4500 | grep -q '^blackhole 10.2.0.0/24' ||
+        grep -q '^blackhole 10.2.0.0/24' <<<"$(ip -n "$NS_AG" route show table 4500)" ||
             why+="${why:+; }no blackhole for 10.2.0.0/24 $1"
     }
     for round in tun-deleted killed; do
@@ -559,7 +559,7 @@ routes_untouched() {
     fi
     grep -q 'remote_ts 10.2.0.0/24,10.1.0.0/24' "$CASE/alice.log" || why="bob did not narrow as expected"
     [[ $(main_routes) == "$before" ]] || why+="${why:+; }main table changed with the tunnel up"
-    ip -n "$NS_AG" route show table 4500 | grep -q '^10.0.0.0/8 dev esptun0' || why+="${why:+; }10.0.0.0/8 not in table 4500"
+    grep -q '^10.0.0.0/8 dev esptun0' <<<"$(ip -n "$NS_AG" route show table 4500)" || why+="${why:+; }10.0.0.0/8 not in table 4500"
     kill "$BOB_PID"; wait "$BOB_PID" 2>/dev/null || true
     sites_wait "$CASE/alice.log" "DOWN" >/dev/null || why+="${why:+; }alice kept the SA"
     [[ $(main_routes) == "$before" ]] || why+="${why:+; }main table changed after the deletion"
@@ -747,7 +747,7 @@ CONF
     cp "$conf" "$orig"
     out=$(reload) || why="adding reload failed: $out"
     grep -q "added spare; changed none; removed none; 1 unchanged" <<<"$out" || why+="${why:+; }add: $out"
-    ip netns exec "$NS_AG" ip route show table 4500 | grep -q '^10.9.0.0/24 dev esptun0' || why+="${why:+; }spare not routed"
+    grep -q '^10.9.0.0/24 dev esptun0' <<<"$(ip -n "$NS_AG" route show table 4500)" || why+="${why:+; }spare not routed"
     # The same connections, laid out differently: nothing happens to their SAs.
     sed -i 's/^name = "site"$/name   =   "site"   # the far site/' "$conf"
     out=$(reload) || why+="${why:+; }unchanged reload failed: $out"
