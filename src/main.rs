@@ -1,6 +1,7 @@
 //! The `esptun` command line.
 
 use clap::{Parser, Subcommand};
+use esptun::control::OsRandom;
 use esptun::inspect::{self, KeyLog};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -343,19 +344,6 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The operating system's random generator, for salts, IVs and passwords.
-struct OsRandom;
-
-impl esptun::crypto::Random for OsRandom {
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the command line is a driver: real randomness enters here"
-    )]
-    fn fill(&mut self, out: &mut [u8]) {
-        aws_lc_rs::rand::fill(out).expect("the OS random generator failed");
-    }
 }
 
 fn run_pki(what: PkiCommand) -> Result<(), String> {

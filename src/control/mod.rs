@@ -39,13 +39,14 @@ pub struct Options {
     pub keylog: Option<PathBuf>,
 }
 
-/// The operating system's random generator.
-struct OsRandom;
+/// The operating system's random generator, for the drivers (the daemon, the command
+/// line, the examples) to hand the sans-IO core.
+pub struct OsRandom;
 
 impl Random for OsRandom {
     #[allow(
         clippy::disallowed_methods,
-        reason = "the driver is where real randomness enters"
+        reason = "the drivers are where real randomness enters"
     )]
     fn fill(&mut self, out: &mut [u8]) {
         // Failing to read the OS RNG leaves no safe way to go on.
