@@ -2343,6 +2343,37 @@ fn initial_contact_from_a_restarted_peer_replaces_the_stale_ike_sa() {
     );
 }
 
+/// The KE value of each IKE_SA_INIT request a side sent.
+fn ke_values(events: &[Event]) -> Vec<Vec<u8>> {
+    messages(events, true, ExchangeType::IKE_SA_INIT, false)
+        .iter()
+        .filter_map(|m| {
+            m.payloads.iter().find_map(|p| match p {
+                Payload::Ke(k) => Some(k.data.clone()),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_first_ike_sa_of_a_connection_sends_initial_contact() {
+    let mut pair = Pair::psk(Spec::default(), Spec::default());
+    for _ in 0..2 {
+        pair.initiate();
+        pair.drive();
+    }
+    let auth = messages(&pair.events_a, true, ExchangeType::IKE_AUTH, false);
+    let contact: Vec<bool> = auth
+        .iter()
+        .map(|m| notify_types(m).contains(&NotifyType::INITIAL_CONTACT))
+        .collect();
+    assert_eq!(contact, [true, false]);
+    assert_eq!((pair.a.established(), pair.b.established()), (2, 2));
+    let [first, second] = <[Vec<u8>; 2]>::try_from(ke_values(&pair.events_a)).unwrap();
+    assert_ne!(first, second, "a fresh KE value per IKE SA by default");
+}
+
 #[test]
 fn invalid_ike_spi_from_a_restarted_peer_ends_the_sa_and_it_reconnects() {
     let a = Spec {

@@ -74,6 +74,11 @@ pub struct Endpoint {
     /// half-open SAs pile up, cost time quadratic in their number.
     timers: BTreeSet<(Instant, IkeSpi)>,
     deadlines: HashMap<IkeSpi, Instant>,
+    /// The established SAs of each connection (by policy index): whether an initiation
+    /// is the first with its peer (INITIAL_CONTACT) and how many are up, without a walk
+    /// over every SA, which made a load generator's initiations cost time linear in
+    /// its SAs.
+    up: HashMap<usize, HashSet<IkeSpi>>,
     /// Responder SAs by the initiator's SPI and address, to spot retransmitted IKE_SA_INIT.
     by_initiator: HashMap<(IkeSpi, SocketAddr), IkeSpi>,
     /// Its keys by our SPI, so a responder SA that goes takes its entry with it
@@ -180,6 +185,7 @@ impl Endpoint {
             sas: HashMap::new(),
             timers: BTreeSet::new(),
             deadlines: HashMap::new(),
+            up: HashMap::new(),
             by_initiator: HashMap::new(),
             initiator_of: HashMap::new(),
             half_open: HalfOpen::default(),
@@ -262,10 +268,7 @@ impl Endpoint {
 
     /// IKE SAs that completed IKE_AUTH.
     pub fn established(&self) -> usize {
-        self.sas
-            .values()
-            .filter(|sa| sa.state == State::Established)
-            .count()
+        self.up.values().map(HashSet::len).sum()
     }
 
     fn fresh_spi(&mut self) -> IkeSpi {
@@ -310,10 +313,14 @@ impl Endpoint {
             if let Some(key) = self.initiator_of.remove(&spi) {
                 self.by_initiator.remove(&key);
             }
+            // A responder's SA has its policy for good once established.
+            if let Some(up) = self.index_of(&sa.policy).and_then(|i| self.up.get_mut(&i)) {
+                up.remove(&spi);
+            }
             self.after_down(now, &sa);
         } else {
             if sa.state == State::Established {
-                self.connected(&sa.policy);
+                self.connected(spi, &sa.policy);
             }
             self.schedule(spi, sa.deadline());
             self.sas.insert(spi, sa);
@@ -395,14 +402,21 @@ impl Endpoint {
         }
     }
 
-    /// An IKE SA of `policy` is up: its connection counts keying tries afresh.
-    fn connected(&mut self, policy: &Arc<Policy>) {
-        let index = self
-            .shared
+    /// The index of `policy` among the endpoint's.
+    fn index_of(&self, policy: &Arc<Policy>) -> Option<usize> {
+        self.shared
             .policies
             .iter()
-            .position(|p| Arc::ptr_eq(p, policy));
-        if let Some(conn) = index.and_then(|i| self.conns.get_mut(&i)) {
+            .position(|p| Arc::ptr_eq(p, policy))
+    }
+
+    /// IKE SA `spi` of `policy` is up: its connection counts keying tries afresh.
+    fn connected(&mut self, spi: IkeSpi, policy: &Arc<Policy>) {
+        let Some(index) = self.index_of(policy) else {
+            return;
+        };
+        self.up.entry(index).or_default().insert(spi);
+        if let Some(conn) = self.conns.get_mut(&index) {
             conn.failures = 0;
         }
     }
@@ -413,12 +427,7 @@ impl Endpoint {
         if sa.superseded || self.stopping {
             return;
         }
-        let Some(index) = self
-            .shared
-            .policies
-            .iter()
-            .position(|p| Arc::ptr_eq(p, &sa.policy))
-        else {
+        let Some(index) = self.index_of(&sa.policy) else {
             return;
         };
         let all_held = self.all_children_held(index);
@@ -521,19 +530,17 @@ impl Endpoint {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Result<IkeSpi, Error> {
+        let index = policy;
         let policy = self
             .shared
             .policies
-            .get(policy)
+            .get(index)
             .cloned()
-            .ok_or_else(|| Error::Internal(format!("no policy {policy}")))?;
+            .ok_or_else(|| Error::Internal(format!("no policy {index}")))?;
         let spi = self.fresh_spi();
         let mut sa = IkeSa::new(policy, true, spi, local, remote, &self.shared.settings);
         // INITIAL_CONTACT only when no other IKE SA with this peer exists (§2.4).
-        sa.initial_contact = !self
-            .sas
-            .values()
-            .any(|o| Arc::ptr_eq(&o.policy, &sa.policy) && o.state == State::Established);
+        sa.initial_contact = self.up.get(&index).is_none_or(HashSet::is_empty);
         self.sas.insert(spi, sa);
         let mut result = Ok(());
         self.with_sa(now, spi, |sa, ctx| {
