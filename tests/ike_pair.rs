@@ -2375,6 +2375,35 @@ fn only_the_first_ike_sa_of_a_connection_sends_initial_contact() {
 }
 
 #[test]
+fn an_initiator_told_to_reuse_its_ke_value_and_each_sa_still_has_its_own_keys() {
+    let mut pair = Pair::psk(Spec::default(), Spec::default());
+    pair.a = Endpoint::new(
+        Settings {
+            initiator_reuses_ke: true,
+            ..settings()
+        },
+        pair.a.policies().to_vec(),
+        Box::new(SeededRandom::new(7)),
+    );
+    // At once: a value is reused for 30 s at most, and `drive` runs the clock on.
+    pair.initiate();
+    pair.initiate();
+    pair.drive();
+    let [first, second] = <[Vec<u8>; 2]>::try_from(ke_values(&pair.events_a)).unwrap();
+    assert_eq!(first, second);
+    let ups: Vec<&IkeSaUp> = pair
+        .events_a
+        .iter()
+        .filter_map(|e| match e {
+            Event::IkeSaUp(up) => Some(&**up),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ups.len(), 2);
+    assert_ne!(ups[0].keys.sk_d, ups[1].keys.sk_d);
+}
+
+#[test]
 fn invalid_ike_spi_from_a_restarted_peer_ends_the_sa_and_it_reconnects() {
     let a = Spec {
         dpd_delay: Some(Duration::from_secs(30)),

@@ -309,6 +309,7 @@ async fn serve(config: Config, options: Options) -> Result<(), String> {
         unix_time_at_start,
         pools: config.pools.clone(),
         resources: resources(&config.dataplane),
+        initiator_reuses_ke: false,
     };
     let keylog = match &options.keylog {
         Some(dir) => Some(KeyLog::create(dir).map_err(|e| format!("{}: {e}", dir.display()))?),

@@ -10,6 +10,7 @@ use super::pool::Pools;
 use super::task::{create_child, ike_init, informational};
 use super::{
     Action, AddressPool, ChildPolicy, DownReason, Error, Event, Instant, Policy, Stats, Transmit,
+    proposal,
 };
 use crate::crypto::Random;
 use crate::wire::payload::{NotifyPayload, Payload};
@@ -45,6 +46,11 @@ pub struct Settings {
     /// Child SA of a child with [`ChildPolicy::per_resource`] (RFC 9611); inbound SPIs
     /// are steered by `SPI % resources`. 1 turns per-resource Child SAs off.
     pub resources: u32,
+    /// Our IKE_SA_INITs take their key exchange value from the responder's reuse (one
+    /// per group for 30 s or 256 IKE SAs, RFC 7296 §2.12) instead of a fresh one each:
+    /// for a load generator, which must spend less per handshake than the responder it
+    /// measures. Off, every IKE SA we start has a value of its own.
+    pub initiator_reuses_ke: bool,
 }
 
 impl Default for Settings {
@@ -59,6 +65,7 @@ impl Default for Settings {
             unix_time_at_start: Duration::ZERO,
             pools: Vec::new(),
             resources: 1,
+            initiator_reuses_ke: false,
         }
     }
 }
@@ -541,6 +548,12 @@ impl Endpoint {
         let mut sa = IkeSa::new(policy, true, spi, local, remote, &self.shared.settings);
         // INITIAL_CONTACT only when no other IKE SA with this peer exists (§2.4).
         sa.initial_contact = self.up.get(&index).is_none_or(HashSet::is_empty);
+        if self.shared.settings.initiator_reuses_ke
+            && let Some(group) = sa.policy.proposals.first().and_then(proposal::group)
+        {
+            let kex = self.ephemerals.take(group, now, self.shared.rng.as_mut())?;
+            sa.kex = Some(kex.clone());
+        }
         self.sas.insert(spi, sa);
         let mut result = Ok(());
         self.with_sa(now, spi, |sa, ctx| {

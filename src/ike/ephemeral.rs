@@ -1,5 +1,5 @@
 //! The responder's IKE_SA_INIT key exchange values, one per group, reused for a
-//! short time (RFC 7296 §2.12 allows it). Computing our public value is the
+//! short time (RFC 7296 §2.12 allows it); an initiator's too when its settings say so. Computing our public value is the
 //! expensive half of a MODP exchange (an exponentiation of up to 4096 bits); reused,
 //! an IKE_SA_INIT costs one shared-secret computation, and only after the peer's
 //! value passed its checks. Each IKE SA still gets its own keys: the initiator's
@@ -9,6 +9,7 @@ use super::Instant;
 use crate::crypto::{CryptoError, KeyExchange, Random};
 use crate::wire::KeGroup;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long one private value may serve: the forward secrecy given up is the
@@ -19,7 +20,8 @@ pub(super) const REUSE_TIME: Duration = Duration::from_secs(30);
 pub(super) const REUSE_COUNT: u32 = 256;
 
 struct Ephemeral {
-    kex: KeyExchange,
+    /// Shared with the initiator SAs that took it, which keep it until their answer.
+    kex: Arc<KeyExchange>,
     expires: Instant,
     uses: u32,
 }
@@ -38,14 +40,14 @@ impl Ephemerals {
         group: KeGroup,
         now: Instant,
         rng: &mut dyn Random,
-    ) -> Result<&KeyExchange, CryptoError> {
+    ) -> Result<&Arc<KeyExchange>, CryptoError> {
         self.forget_expired(now);
         if self
             .by_group
             .get(&group)
             .is_none_or(|e| e.uses >= REUSE_COUNT)
         {
-            let kex = KeyExchange::generate(group, rng)?;
+            let kex = Arc::new(KeyExchange::generate(group, rng)?);
             let expires = now + REUSE_TIME;
             self.by_group.insert(
                 group,

@@ -293,7 +293,8 @@ pub(super) struct IkeSa {
     pub responder: Responder,
     /// The exchange our outstanding request belongs to.
     pub pending: Option<Task>,
-    pub kex: Option<KeyExchange>,
+    /// Initiator: our half of the IKE_SA_INIT key exchange (perhaps a reused one).
+    pub kex: Option<Arc<KeyExchange>>,
     pub nonce_i: Vec<u8>,
     pub nonce_r: Vec<u8>,
     /// IKE_SA_INIT request and response as sent and received: signed by AUTH.

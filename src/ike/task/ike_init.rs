@@ -37,7 +37,7 @@ pub(in super::super) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> Result<(), E
             .first()
             .and_then(proposal::group)
             .ok_or(Error::NoProposalChosen)?;
-        sa.kex = Some(KeyExchange::generate(group, ctx.rng)?);
+        sa.kex = Some(Arc::new(KeyExchange::generate(group, ctx.rng)?));
     }
     if sa.nonce_i.is_empty() {
         sa.nonce_i = ctx.nonce();
@@ -119,7 +119,7 @@ pub(super) fn response(
         match ours.map(|g| KeyExchange::generate(g, ctx.rng)) {
             Some(Ok(kex)) if sa.restarts < MAX_RESTARTS => {
                 sa.log(ctx, format!("responder wants {}, retrying", kex.group()));
-                sa.kex = Some(kex);
+                sa.kex = Some(Arc::new(kex));
                 restart(sa, ctx);
             }
             _ => sa.down(ctx, DownReason::Refused(NotifyType::INVALID_KE_PAYLOAD)),
