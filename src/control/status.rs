@@ -7,7 +7,7 @@ use crate::ike::{ChildSaUp, Event, IkeSaUp};
 use crate::sink::SaSink;
 use crate::wire::IkeSpi;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// An IKE SA that is up.
@@ -144,34 +144,29 @@ impl Registry {
     /// Every IKE SA with its Child SAs, their ages, the time each Child SA has left
     /// and its traffic.
     pub fn status(&self, now: Duration, dataplane: &dyn SaSink) -> Value {
+        // Sorted out once: a walk over every Child SA per IKE SA took seconds at 50 000.
+        let mut children: HashMap<u64, Vec<Value>> = HashMap::new();
+        for (&spi_in, c) in &self.children {
+            let mut facts = c.facts.clone();
+            let age = now.saturating_sub(c.since);
+            facts["installed_secs"] = json!(age.as_secs());
+            facts["rekey_secs"] = json!(c.rekey.map(|r| r.saturating_sub(age).as_secs()));
+            facts["expires_secs"] = json!(c.life.map(|l| l.saturating_sub(age).as_secs()));
+            let ((packets_in, bytes_in), (packets_out, bytes_out)) =
+                dataplane.traffic(spi_in).unwrap_or_default();
+            facts["packets_in"] = json!(packets_in);
+            facts["bytes_in"] = json!(bytes_in);
+            facts["packets_out"] = json!(packets_out);
+            facts["bytes_out"] = json!(bytes_out);
+            children.entry(c.spi_i.0).or_default().push(facts);
+        }
         let ike_sas: Vec<Value> = self
             .ike
             .iter()
-            .map(|(&spi_i, ike)| {
+            .map(|(spi_i, ike)| {
                 let mut facts = ike.facts.clone();
                 facts["established_secs"] = json!(now.saturating_sub(ike.since).as_secs());
-                let children: Vec<Value> = self
-                    .children
-                    .iter()
-                    .filter(|(_, c)| c.spi_i.0 == spi_i)
-                    .map(|(&spi_in, c)| {
-                        let mut facts = c.facts.clone();
-                        let age = now.saturating_sub(c.since);
-                        facts["installed_secs"] = json!(age.as_secs());
-                        facts["rekey_secs"] =
-                            json!(c.rekey.map(|r| r.saturating_sub(age).as_secs()));
-                        facts["expires_secs"] =
-                            json!(c.life.map(|l| l.saturating_sub(age).as_secs()));
-                        let ((packets_in, bytes_in), (packets_out, bytes_out)) =
-                            dataplane.traffic(spi_in).unwrap_or_default();
-                        facts["packets_in"] = json!(packets_in);
-                        facts["bytes_in"] = json!(bytes_in);
-                        facts["packets_out"] = json!(packets_out);
-                        facts["bytes_out"] = json!(bytes_out);
-                        facts
-                    })
-                    .collect();
-                facts["child_sas"] = json!(children);
+                facts["child_sas"] = json!(children.remove(spi_i).unwrap_or_default());
                 facts
             })
             .collect();
