@@ -1,15 +1,18 @@
 //! IKE load generator for scripts/bench-ike.sh: the crate's own engine as the
 //! initiator of many clients, one per source address, each with its own identity (the
-//! address) and its own UDP sockets on ports 500 and 4500. It keeps `--in-flight`
+//! address), its own UDP sockets on ports 500 and 4500, and its own inner address (from
+//! `--inner` on) whose Child SAs join it to the responder's `--lan`. It keeps `--in-flight`
 //! handshakes going against one responder until that holds `--sas` IKE+Child SAs, and
 //! keeps them: nothing is deleted or rekeyed, and what the engine retransmits it
 //! retransmits. One process, one thread, epoll over the sockets.
 //!
 //! usage: loadgen --to ADDR --from ADDR [--sources N] [--sas N] [--in-flight N]
 //!                [--auth psk|ecdsa|modp] [--psk TEXT] [--pki DIR] [--gateway-id ID]
-//!                [--timeout S] [--json FILE]
+//!                [--inner ADDR] [--lan CIDR] [--timeout S] [--json FILE]
 //!   --from ADDR     the first source address (IPv4); the others follow it, --sources in
 //!                   all (1000), each already on an interface
+//!   --inner ADDR    the first client's inner address, the others following (10.128.0.1);
+//!                   --lan the responder's side (10.0.0.0/24): nothing is sent through them
 //!   --auth          psk: PSK and x25519 (default); ecdsa: ECDSA P-256 certificates, one
 //!                   per source issued here by the CA in --pki DIR (ca.crt and ca.key, as
 //!                   `esptun pki ca` writes them), and x25519; modp: PSK and MODP-2048
@@ -33,11 +36,11 @@ use esptun::control::OsRandom;
 use esptun::crypto::Secret;
 use esptun::ike::{
     Action, ChildPolicy, Endpoint, Event, IkeLifetime, Instant, Lifetime, LocalAuth, Policy,
-    RemoteAuth, Settings, proposal,
+    RemoteAuth, Settings, proposal, ts,
 };
 use esptun::pki::{self, Host, KeyType, Profile};
 use esptun::wire::ProtocolId;
-use esptun::wire::payload::Identity;
+use esptun::wire::payload::{AddrRange, Identity, TsRange};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -90,6 +93,12 @@ struct Options {
     pki: Option<PathBuf>,
     #[arg(long, default_value = "gw.example")]
     gateway_id: String,
+    /// The first client's inner address.
+    #[arg(long, default_value = "10.128.0.1")]
+    inner: Ipv4Addr,
+    /// The responder's side of the Child SAs, ADDR/LEN.
+    #[arg(long, default_value = "10.0.0.0/24", value_parser = prefix)]
+    lan: TsRange,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600.0)]
     timeout: f64,
@@ -109,9 +118,22 @@ enum Credentials {
     },
 }
 
+/// An IPv4 prefix as a traffic selector.
+fn prefix(text: &str) -> Result<TsRange, String> {
+    let bad = || format!("{text}: not ADDR/LEN");
+    let (addr, len) = text.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let len: u32 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(bad)?;
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    let first = u32::from(addr) & mask;
+    Ok(ts::of(AddrRange::V4(first.into(), (first | !mask).into())))
+}
+
+/// The policy of client `index`, who comes from `addr`.
 fn client_policy(
     o: &Options,
     creds: &Credentials,
+    index: u32,
     addr: Ipv4Addr,
     gateway: &Identity,
 ) -> Result<Policy, String> {
@@ -172,10 +194,11 @@ fn client_policy(
         local,
         remote,
         children: vec![ChildPolicy {
-            name: "host".into(),
-            // Our address to the responder's: it accepts what it narrows to.
-            local_ts: Vec::new(),
-            remote_ts: Vec::new(),
+            name: "inner".into(),
+            local_ts: vec![ts::host(IpAddr::V4(Ipv4Addr::from(
+                u32::from(o.inner).wrapping_add(index),
+            )))],
+            remote_ts: vec![o.lan],
             esp_proposals: proposal::parse_all(&strings(&["aes128gcm16"]), ProtocolId::ESP)
                 .map_err(|e| e.to_string())?,
             transport: false,
@@ -395,9 +418,9 @@ fn run(o: &Options) -> Result<bool, String> {
         .map(|i| Ipv4Addr::from(first.wrapping_add(i)))
         .collect();
     let clock = std::time::Instant::now();
-    let policies = addrs
-        .iter()
-        .map(|&a| client_policy(o, &creds, a, &gateway).map(Arc::new))
+    let policies = (0..o.sources)
+        .zip(&addrs)
+        .map(|(i, &a)| client_policy(o, &creds, i, a, &gateway).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     if matches!(creds, Credentials::Certificates { .. }) {
         println!(
