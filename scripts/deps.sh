@@ -4,9 +4,10 @@
 # Prints nothing when everything is there, and otherwise what it installs. Installing
 # needs root (no sudo is used). scripts/demo.sh and scripts/test.sh run it first.
 #
-# usage: scripts/deps.sh demo|test|bench|unit|fuzz
+# usage: scripts/deps.sh demo|test|bench|bench-ike|unit|fuzz
 #   demo  scripts/demo.sh: the build, the namespaces, iperf3
 #   bench scripts/bench-tunnel.sh: demo's, strongSwan, jq, wg for boringtun, gnuplot
+#   bench-ike scripts/bench-ike.sh: the build, the namespaces, strongSwan, jq, taskset
 #   test  scripts/test.sh: demo's, rustfmt and clippy, and the tunnel and interop tests' tools
 #   unit  scripts/test.sh with ESPTUN_SKIP_NETNS=1: the build, rustfmt and clippy
 #   fuzz  scripts/fuzz.sh: the build (g++ also compiles libFuzzer)
@@ -38,13 +39,19 @@ TUNNELS="netcat-openbsd tcpdump nftables charon-systemd charon-cmd strongswan-sw
 BENCH="jq wireguard-tools gnuplot-nox charon-systemd strongswan-swanctl libcharon-extra-plugins
     libstrongswan-standard-plugins"
 
+# scripts/bench-ike.sh: taskset (util-linux) pins the responder and the generator, jq
+# reads the generator's summary; strongSwan as in TUNNELS.
+BENCH_IKE="jq util-linux charon-systemd strongswan-swanctl libcharon-extra-plugins
+    libstrongswan-standard-plugins"
+
 case ${1:-} in
     demo) packages="$BUILD $DEMO" components="" ;;
     bench) packages="$BUILD $DEMO $BENCH" components="" ;;
-    test) packages="$BUILD $DEMO $TUNNELS $BENCH" components="rustfmt clippy" ;;
+    bench-ike) packages="$BUILD $DEMO $BENCH_IKE" components="" ;;
+    test) packages="$BUILD $DEMO $TUNNELS $BENCH $BENCH_IKE" components="rustfmt clippy" ;;
     unit) packages="$BUILD" components="rustfmt clippy" ;;
     fuzz) packages="$BUILD" components="" ;;
-    *) echo "usage: $0 demo|test|bench|unit|fuzz" >&2; exit 2 ;;
+    *) echo "usage: $0 demo|test|bench|bench-ike|unit|fuzz" >&2; exit 2 ;;
 esac
 
 missing=()

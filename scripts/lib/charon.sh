@@ -12,6 +12,7 @@
 # charon_strongswan_conf dir [lines] [daemon]: strongswan.conf for a charon-systemd (or
 # `daemon`, e.g. charon-cmd) whose log is dir/charon.log and control socket
 # dir/charon.vici; `lines` go into the daemon's section (e.g. "retransmit_tries = 2").
+# CHARON_LOG_LEVEL, when set, is every subsystem's log level (-1: nothing).
 charon_strongswan_conf() {
     local d=$1 sub
     for sub in x509 x509ca private; do mkdir -p "$d/swanctl/$sub"; done
@@ -31,9 +32,9 @@ ${3:-charon-systemd} {
             time_add_ms = yes
             ike_name = yes
             flush_line = yes
-            default = 1
-            ike = 2
-            enc = 1
+            default = ${CHARON_LOG_LEVEL:-1}
+            ike = ${CHARON_LOG_LEVEL:-2}
+            enc = ${CHARON_LOG_LEVEL:-1}
         }
     }
     plugins {
