@@ -6,7 +6,7 @@
 //! associated data, or, with CBC, the start of what the ICV covers (which goes on
 //! through IV and ciphertext).
 
-use super::cipher::{Cipher, nonce};
+use super::cipher::{CbcKeys, Cipher, nonce};
 use super::suite::{Encr, Integ};
 use super::{CryptoError, Random, Secret};
 use crate::wire::payload::{Payload, SkPayload, decode_chain, encode_chain, first_type};
@@ -139,7 +139,8 @@ impl SkKey {
                     .map_err(|_| failed())?;
                 icv.copy_from_slice(tag.as_ref());
             }
-            Cipher::Cbc { encrypt, mac, .. } => {
+            Cipher::Cbc(cbc) => {
+                let CbcKeys { encrypt, mac, .. } = &**cbc;
                 let mut iv = [0u8; 16];
                 rng.fill(&mut iv);
                 msg[body_start..body_start + iv_len].copy_from_slice(&iv);
@@ -180,7 +181,8 @@ impl SkKey {
                 in_out.truncate(len);
                 in_out
             }
-            Cipher::Cbc { decrypt, mac, .. } => {
+            Cipher::Cbc(cbc) => {
+                let CbcKeys { decrypt, mac, .. } = &**cbc;
                 if !ciphertext.len().is_multiple_of(block) {
                     return Err(SkError::NotBlockAligned(ciphertext.len()));
                 }

@@ -9,7 +9,7 @@
 
 pub mod replay;
 
-use crate::crypto::cipher::{Cipher, nonce};
+use crate::crypto::cipher::{CbcKeys, Cipher, nonce};
 use crate::crypto::{CryptoError, Encr, Integ, Secret};
 use aws_lc_rs::aead::Aad;
 use aws_lc_rs::cipher::{DecryptionContext, EncryptionContext};
@@ -61,7 +61,7 @@ pub enum EspError {
 fn iv_len(cipher: &Cipher) -> usize {
     match cipher {
         Cipher::Aead { .. } => 8,
-        Cipher::Cbc { .. } => 16,
+        Cipher::Cbc(_) => 16,
     }
 }
 
@@ -69,7 +69,7 @@ fn iv_len(cipher: &Cipher) -> usize {
 fn align(cipher: &Cipher) -> usize {
     match cipher {
         Cipher::Aead { .. } => 4,
-        Cipher::Cbc { .. } => 16,
+        Cipher::Cbc(_) => 16,
     }
 }
 
@@ -198,12 +198,13 @@ impl OutboundSa {
                     .map_err(|_| EspError::BadIcv)?;
                 buf[payload_end..end].copy_from_slice(tag.as_ref());
             }
-            Cipher::Cbc {
-                encrypt,
-                integ,
-                mac,
-                ..
-            } => {
+            Cipher::Cbc(cbc) => {
+                let CbcKeys {
+                    encrypt,
+                    integ,
+                    mac,
+                    ..
+                } = &**cbc;
                 // The IV is the sequence number encrypted under the SA's own key (one
                 // CBC block from a zero IV is the block cipher itself): unpredictable
                 // and never repeated, as SP 800-38A appendix C recommends.
@@ -279,7 +280,8 @@ impl InboundSa {
                     .map_err(|_| EspError::BadIcv)?;
                 body + plain.len()
             }
-            Cipher::Cbc { decrypt, mac, .. } => {
+            Cipher::Cbc(cbc) => {
+                let CbcKeys { decrypt, mac, .. } = &**cbc;
                 let icv_start = packet.len() - icv_len;
                 let mut ctx = hmac::Context::with_key(mac);
                 ctx.update(&packet[..icv_start]);
