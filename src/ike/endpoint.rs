@@ -73,8 +73,10 @@ impl Default for Settings {
 /// All IKE SAs of one gateway, driven as described in [the module](super).
 pub struct Endpoint {
     shared: Shared,
-    /// Keyed by our SPI.
-    sas: HashMap<IkeSpi, IkeSa>,
+    /// Keyed by our SPI; boxed, for an IkeSa is large (its SK keys and messages): inline,
+    /// the table's spare capacity cost as much as the SAs, and every removal and
+    /// reinsertion copied one.
+    sas: HashMap<IkeSpi, Box<IkeSa>>,
     /// Each SA's deadline, refreshed whenever the SA may have changed (`with_sa`, a
     /// new responder SA, ESP seen), so that the next timeout is the first entry: a
     /// walk over every SA per datagram made a flood of full IKE_SA_INITs, whose
@@ -131,7 +133,7 @@ impl Shared {
     fn ctx<'a>(
         &'a mut self,
         now: Instant,
-        others: &'a HashMap<IkeSpi, IkeSa>,
+        others: &'a HashMap<IkeSpi, Box<IkeSa>>,
         requests: &'a mut Vec<Request>,
     ) -> Ctx<'a> {
         Ctx {
@@ -341,7 +343,7 @@ impl Endpoint {
         match request {
             Request::Spawn(sa) => {
                 let spi = sa.our_spi();
-                self.sas.insert(spi, *sa);
+                self.sas.insert(spi, sa);
                 self.with_sa(now, spi, |_, _| {});
             }
             Request::Redundant(spi) => self.with_sa(now, spi, |sa, ctx| {
@@ -382,7 +384,7 @@ impl Endpoint {
                 }
             },
             Request::Announce { spi, old } => {
-                if let Some(up) = self.sas.get(&spi).and_then(IkeSa::summary) {
+                if let Some(up) = self.sas.get(&spi).and_then(|sa| sa.summary()) {
                     self.shared.events.push_back(Event::IkeSaRekeyed {
                         old,
                         up: Box::new(up),
@@ -554,7 +556,7 @@ impl Endpoint {
             let kex = self.ephemerals.take(group, now, self.shared.rng.as_mut())?;
             sa.kex = Some(kex.clone());
         }
-        self.sas.insert(spi, sa);
+        self.sas.insert(spi, Box::new(sa));
         let mut result = Ok(());
         self.with_sa(now, spi, |sa, ctx| {
             ctx.stats.handshakes_started += 1;
@@ -1112,7 +1114,7 @@ impl Endpoint {
                 self.half_open.add(spi_r, source);
                 self.shared.stats.handshakes_started += 1;
                 self.schedule(spi_r, sa.deadline());
-                self.sas.insert(spi_r, sa);
+                self.sas.insert(spi_r, Box::new(sa));
             }
             Err(e) => {
                 let (kind, data) = match &e {

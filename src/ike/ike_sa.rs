@@ -180,7 +180,7 @@ pub(super) struct Ctx<'a> {
     /// Every policy, in configuration order.
     pub policies: &'a [Arc<Policy>],
     /// The endpoint's other IKE SAs, by our SPI (to pick SPIs not in use).
-    pub others: &'a HashMap<IkeSpi, IkeSa>,
+    pub others: &'a HashMap<IkeSpi, Box<IkeSa>>,
     /// What the endpoint is asked to do once the SA is back in its table.
     pub requests: &'a mut Vec<Request>,
 }
