@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The control plane's handshake rate and memory per SA (issue 15): examples/loadgen.rs,
-# the crate's own engine as --sources clients (one address and identity each), keeps
-# --in-flight handshakes going against one responder until it holds --sas IKE+Child SAs,
-# which stay up (no rekeys, no DPD, no traffic). The responders: esptun, and strongSwan's
+# the crate's own engine as --sources clients (one address, identity and inner address
+# each, whose Child SA joins it to the responder's 10.0.0.0/24), keeps --in-flight
+# handshakes going against one responder until it holds --sas IKE+Child SAs, which stay up
+# (no rekeys, no DPD, no traffic). The responders: esptun, and strongSwan's
 # charon (kernel-libipsec, as in tests/interop), each pinned to one core with taskset and
 # the generator to another, in two network namespaces joined by a veth (198.18.0.0/15,
 # the benchmarking range: the clients are 198.19.0.1 on, on the generator's lo). For each

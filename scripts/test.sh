@@ -5,9 +5,9 @@
 # the strongSwan interop tests, road warriors (virtual IPs, many clients, MOBIKE) with
 # strongSwan and esptun clients, a 40-second rekey soak with the fault cases, against
 # esptun and strongSwan, and a short IKE_SA_INIT flood while esptun and strongSwan
-# connect, the tunnel benchmark for a second per run (function, not figures), and
-# kernel ESP (dataplane.mode = "xfrm") in a VM whose kernel has it
-# (ESPTUN_SKIP_NETNS=1 leaves those seven out, and says so). Root, but for
+# connect, the tunnel benchmark for a second per run and the handshake benchmark for
+# 40 SAs (function, not figures), and kernel ESP (dataplane.mode = "xfrm") in a VM
+# whose kernel has it (ESPTUN_SKIP_NETNS=1 leaves those eight out, and says so). Root, but for
 # ESPTUN_SKIP_NETNS=1; installs what it uses first (scripts/deps.sh).
 # Run from anywhere; exits non-zero on the first failure.
 set -euo pipefail
@@ -37,7 +37,7 @@ scripts/fuzz.sh --seconds 10
 if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
     step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, road-warrior, lifecycle, flood, benchmark and xfrm tests did not run"
 else
-    cargo build --locked --release --bins --example flood --example xfer
+    cargo build --locked --release --bins --example flood --example xfer --example loadgen
     step "esptun <-> esptun tunnels (tests/e2e/run.sh)"
     tests/e2e/run.sh
     step "interop with strongSwan (tests/interop/run.sh)"
@@ -54,6 +54,10 @@ else
     jq -e '[.results[] | select(.test == "tcp" and .gbit_s > 0) | .setup] | unique | length >= 5' \
         target/bench-quick/bench.json >/dev/null ||
         { echo "bench-tunnel.sh: a setup carried nothing (target/bench-quick/bench.json)" >&2; exit 1; }
+    step "the handshake benchmark, 40 SAs, for function only (scripts/bench-ike.sh --quick)"
+    # Fails unless each responder reports every IKE and Child SA the generator made.
+    scripts/bench-ike.sh --quick --esptun target/release/esptun --loadgen target/release/examples/loadgen \
+        --out target/bench-ike-quick
     step "kernel ESP: esptun in xfrm mode against esptun in both modes, in a VM (tests/xfrm/run.sh)"
     tests/xfrm/run.sh --xfer target/release/examples/xfer
 fi
