@@ -9,8 +9,8 @@
 use esptun::auth::identity::{self, RemoteId};
 use esptun::crypto::{Secret, SeededRandom};
 use esptun::ike::{
-    Action, ChildPolicy, Endpoint, Event, IkeLifetime, Instant, Lifetime, LocalAuth, Policy,
-    RemoteAuth, Settings, proposal,
+    ChildPolicy, Endpoint, Event, IkeLifetime, Instant, LocalAuth, Policy, RemoteAuth, Settings,
+    proposal,
 };
 use esptun::wire::ProtocolId;
 use std::collections::VecDeque;
@@ -47,17 +47,9 @@ fn policy(me: &str, peer: Option<&str>) -> Arc<Policy> {
         },
         children: vec![ChildPolicy {
             name: "net".into(),
-            local_ts: Vec::new(),
-            remote_ts: Vec::new(),
             esp_proposals: proposal::parse_all(&strings(&["aes128gcm16"]), ProtocolId::ESP)
                 .expect("proposal"),
-            transport: false,
-            per_resource: false,
-            lifetime: Lifetime::default(),
-            rand_time: Duration::ZERO,
-            start_action: Action::None,
-            dpd_action: Action::None,
-            close_action: Action::None,
+            ..ChildPolicy::default()
         }],
         // No rekeys: the SAs only pile up.
         ike_lifetime: IkeLifetime {

@@ -35,8 +35,8 @@ use esptun::auth::x509::{TrustAnchors, read_certificates};
 use esptun::control::OsRandom;
 use esptun::crypto::Secret;
 use esptun::ike::{
-    Action, ChildPolicy, Endpoint, Event, IkeLifetime, Instant, Lifetime, LocalAuth, Policy,
-    RemoteAuth, Settings, proposal, ts,
+    ChildPolicy, Endpoint, Event, IkeLifetime, Instant, LocalAuth, Policy, RemoteAuth, Settings,
+    proposal, ts,
 };
 use esptun::pki::{self, Host, KeyType, Profile};
 use esptun::wire::ProtocolId;
@@ -201,13 +201,7 @@ fn client_policy(
             remote_ts: vec![o.lan],
             esp_proposals: proposal::parse_all(&strings(&["aes128gcm16"]), ProtocolId::ESP)
                 .map_err(|e| e.to_string())?,
-            transport: false,
-            per_resource: false,
-            lifetime: Lifetime::default(),
-            rand_time: Duration::ZERO,
-            start_action: Action::None,
-            dpd_action: Action::None,
-            close_action: Action::None,
+            ..ChildPolicy::default()
         }],
         ike_lifetime: IkeLifetime {
             rekey_time: None,

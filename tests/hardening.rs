@@ -10,8 +10,8 @@ use esptun::crypto::sk::{open_message, seal_message};
 use esptun::crypto::{Random, SeededRandom, SkKey};
 use esptun::ike::exchange::RetransmitPolicy;
 use esptun::ike::{
-    Action, ChildPolicy, DownReason, Endpoint, Error, Event, IkeLifetime, IkeSaUp, Instant,
-    Lifetime, LocalAuth, Policy, RemoteAuth, Settings, Transmit, proposal,
+    ChildPolicy, DownReason, Endpoint, Error, Event, IkeLifetime, IkeSaUp, Instant, LocalAuth,
+    Policy, RemoteAuth, Settings, Transmit, proposal,
 };
 use esptun::wire::payload::{NotifyPayload, Payload, Transform};
 use esptun::wire::{
@@ -85,16 +85,8 @@ fn policy(c: Conn) -> Arc<Policy> {
         },
         children: vec![ChildPolicy {
             name: "net".into(),
-            local_ts: Vec::new(),
-            remote_ts: Vec::new(),
             esp_proposals: proposal::parse_all(&strings(c.esp), ProtocolId::ESP).unwrap(),
-            transport: false,
-            per_resource: false,
-            lifetime: Lifetime::default(),
-            rand_time: Duration::ZERO,
-            start_action: Action::None,
-            dpd_action: Action::None,
-            close_action: Action::None,
+            ..ChildPolicy::default()
         }],
         ike_lifetime: c.ike_lifetime,
         dpd_delay: None,

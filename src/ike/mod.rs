@@ -188,8 +188,9 @@ impl RemoteAuth {
     }
 }
 
-/// One Child SA to negotiate.
-#[derive(Debug, Clone)]
+/// One Child SA to negotiate. The default has no proposals, selects the IKE
+/// addresses, and has no lifetimes or actions: a base for what differs.
+#[derive(Debug, Clone, Default)]
 pub struct ChildPolicy {
     /// Name for logs and events.
     pub name: String,

@@ -322,21 +322,41 @@ pub(in super::super) fn accept(
 /// queues one more for each resource that has none, so that every worker sends
 /// and receives with its own SA.
 pub(in super::super) fn add_resources(sa: &mut IkeSa, ctx: &Ctx<'_>, index: usize) {
-    let of_child = |c: &&ChildSa| c.index == index && c.is_active();
-    if !sa.children.iter().filter(of_child).any(|c| c.per_resource) {
+    let per_resource = sa
+        .children
+        .iter()
+        .any(|c| c.index == index && c.is_active() && c.per_resource);
+    if !per_resource {
         return;
     }
     for resource in 0..ctx.settings.resources {
-        let covered = sa
-            .children
-            .iter()
-            .filter(of_child)
-            .any(|c| ctx.resource_of(c.spi_in) == resource);
         let work = Work::AddResource(index, resource);
-        if !covered && !sa.queue.contains(&work) {
+        if !has_resource(sa, ctx, index, resource) && !sa.queue.contains(&work) {
             sa.queue.push_back(work);
         }
     }
+}
+
+/// The resource of each active SA of child `index`, one per SA.
+fn resources_in_use<'a>(
+    sa: &'a IkeSa,
+    ctx: &'a Ctx<'_>,
+    index: usize,
+) -> impl Iterator<Item = u32> + 'a {
+    sa.children
+        .iter()
+        .filter(move |c| c.index == index && c.is_active())
+        .map(|c| ctx.resource_of(c.spi_in))
+}
+
+/// Whether child `index` has an active SA on `resource`.
+pub(in super::super) fn has_resource(
+    sa: &IkeSa,
+    ctx: &Ctx<'_>,
+    index: usize,
+    resource: u32,
+) -> bool {
+    resources_in_use(sa, ctx, index).any(|r| r == resource)
 }
 
 /// Responder: the resource for a new per-resource SA of child `index`: the one with
@@ -345,12 +365,8 @@ pub(in super::super) fn add_resources(sa: &mut IkeSa, ctx: &Ctx<'_>, index: usiz
 fn least_used_resource(sa: &IkeSa, ctx: &Ctx<'_>, index: usize) -> Result<Option<u32>, Error> {
     let resources = ctx.settings.resources;
     let mut used = vec![0usize; resources as usize];
-    for c in sa
-        .children
-        .iter()
-        .filter(|c| c.index == index && c.is_active())
-    {
-        used[ctx.resource_of(c.spi_in) as usize] += 1;
+    for r in resources_in_use(sa, ctx, index) {
+        used[r as usize] += 1;
     }
     let total: usize = used.iter().sum();
     if total >= MAX_RESOURCE_SAS {

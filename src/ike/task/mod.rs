@@ -55,10 +55,9 @@ impl Task {
                 }
             }
             Work::AddResource(index, resource) => {
-                let covered = sa.children.iter().any(|c| {
-                    c.index == index && c.is_active() && ctx.resource_of(c.spi_in) == resource
-                });
-                if covered || !create_child::has_active(sa, index) || ctx.is_held(&sa.policy, index)
+                if child::has_resource(sa, ctx, index, resource)
+                    || !create_child::has_active(sa, index)
+                    || ctx.is_held(&sa.policy, index)
                 {
                     Ok(())
                 } else {
