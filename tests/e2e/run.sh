@@ -497,7 +497,7 @@ crash() {
     sites_stop
     [[ -z $(ip -n "$NS_AG" route show table 4500; ip -n "$NS_AG" -6 route show table 4500) ]] ||
         why+="${why:+; }table 4500 left behind by a clean stop"
-    ip -n "$NS_AG" rule | grep -q 'lookup 4500' && why+="${why:+; }rule left behind by a clean stop"
+    ip -n "$NS_AG" rule | grep 'lookup 4500' >/dev/null && why+="${why:+; }rule left behind by a clean stop"
     sleep 0.5; kill $dump 2>/dev/null || true; wait $dump 2>/dev/null || true
     local inner
     inner=$(tcpdump -r "$CASE/wan.pcap" -n "not (udp port 500 or udp port 4500 or esp)" 2>/dev/null | grep -c -E '10\.[12]\.0\.|fd00:' || true)
@@ -566,7 +566,7 @@ routes_untouched() {
     sites_stop
     [[ $(main_routes) == "$before" ]] || why+="${why:+; }main table changed after alice stopped"
     [[ -z $(ip -n "$NS_AG" route show table 4500) ]] || why+="${why:+; }table 4500 left behind"
-    ! ip -n "$NS_AG" rule | grep -q 'lookup 4500' || why+="${why:+; }rule left behind"
+    ! ip -n "$NS_AG" rule | grep 'lookup 4500' >/dev/null || why+="${why:+; }rule left behind"
     if [[ -z $why ]]; then pass routes-untouched; else
         diff <(echo "$before") <(main_routes) || true
         fail routes-untouched "$why"
@@ -630,7 +630,7 @@ status_case() {
     local keys=$CASE/alice.keys/keys.json inspected
     [[ $(stat -c %a "$keys") == 600 ]] || why="$keys is mode $(stat -c %a "$keys"), not 600"
     inspected=$("$ESPTUN" inspect "$CASE/ike.pcap" --keys "$keys" 2>&1) || why+="${why:+; }inspect --keys failed: $inspected"
-    grep -q "IDi type=FQDN id=alice.example" <<<"$inspected" && ! grep ' SK ' <<<"$inspected" | grep -q -v 'integrity=ok' ||
+    grep -q "IDi type=FQDN id=alice.example" <<<"$inspected" && ! grep ' SK ' <<<"$inspected" | grep -v 'integrity=ok' >/dev/null ||
         why+="${why:+; }inspect --keys $keys did not decrypt alice's IKE_AUTH: $(grep -m3 ' SK ' <<<"$inspected")"
     ip netns exec "$NS_AH" ping -c 5 -i 0.1 -W 2 -q "$HOST_B" >/dev/null || why="no ping"
     a=$(ip netns exec "$NS_AG" "$ESPTUN" status --json) || why+="${why:+; }alice's status failed"
@@ -651,7 +651,7 @@ status_case() {
     grep -q "^site: ESTABLISHED, IKEv2, " <<<"$text" && grep -q -E "^  lan: INSTALLED, TUNNEL, ESP( in UDP)? SPIs: ${spi_in}_i ${spi_out}_o" <<<"$text" ||
         why+="${why:+; }status text: $text"
     log "  alice: $(grep -E '^ +(lan|in |out )' <<<"$text" | tr -s ' ' | paste -sd';')"
-    ip netns exec "$NS_AG" "$ESPTUN" counters | grep -q '^drops: no_sa=' || why+="${why:+; }no counters"
+    ip netns exec "$NS_AG" "$ESPTUN" counters | grep '^drops: no_sa=' >/dev/null || why+="${why:+; }no counters"
     # Metrics: scraped over HTTP and parsed by prometheus_client's parser. The data
     # plane's counters reach the exporter once a second.
     sleep 1.2
@@ -673,7 +673,7 @@ status_case() {
     sleep 3.5
     [[ $(ip netns exec "$NS_AG" "$ESPTUN" status --json | jq '[.ike_sas | length, (.[0].child_sas | length)]' -c) == "[1,0]" ]] ||
         why+="${why:+; }after down site/lan: $(ip netns exec "$NS_AG" "$ESPTUN" status)"
-    ip netns exec "$NS_AG" "$ESPTUN" conns | grep -q '^site: up (1 IKE SA); peer 192.0.2.2; children lan (lan down: esptun down)' ||
+    ip netns exec "$NS_AG" "$ESPTUN" conns | grep '^site: up (1 IKE SA); peer 192.0.2.2; children lan (lan down: esptun down)' >/dev/null ||
         why+="${why:+; }conns after down site/lan: $(ip netns exec "$NS_AG" "$ESPTUN" conns)"
     ip netns exec "$NS_AH" ping -c 2 -i 0.2 -W 1 -q "$HOST_B" >/dev/null 2>&1 && why+="${why:+; }a ping passed with lan down"
     ip netns exec "$NS_AG" "$ESPTUN" up site/lan >/dev/null || why+="${why:+; }up site/lan failed"
@@ -688,7 +688,7 @@ status_case() {
     [[ $(ip netns exec "$NS_AG" "$ESPTUN" status --json | jq '.ike_sas | length') == 0 &&
         $(ip netns exec "$NS_BG" "$ESPTUN" status --json | jq '.ike_sas | length') == 0 ]] ||
         why+="${why:+; }SAs 4 s after esptun down: $(ip netns exec "$NS_AG" "$ESPTUN" status)"
-    ip netns exec "$NS_AG" "$ESPTUN" conns | grep -q '^site: down (esptun down); peer 192.0.2.2; children lan' ||
+    ip netns exec "$NS_AG" "$ESPTUN" conns | grep '^site: down (esptun down); peer 192.0.2.2; children lan' >/dev/null ||
         why+="${why:+; }conns: $(ip netns exec "$NS_AG" "$ESPTUN" conns)"
     ip netns exec "$NS_AH" ping -c 2 -i 0.2 -W 1 -q "$HOST_B" >/dev/null 2>&1 && why+="${why:+; }a ping passed while down"
     m=$(scrape)
@@ -699,7 +699,7 @@ status_case() {
     ip netns exec "$NS_AG" "$ESPTUN" up site >/dev/null || why+="${why:+; }up failed"
     local i
     for i in $(seq 50); do
-        ip netns exec "$NS_AG" "$ESPTUN" conns | grep -q '^site: up (1 IKE SA)' && break
+        ip netns exec "$NS_AG" "$ESPTUN" conns | grep '^site: up (1 IKE SA)' >/dev/null && break
         sleep 0.1
     done
     ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }no ping after esptun up"
@@ -848,7 +848,7 @@ per_resource() {
         spis=$(jq -r '.ike_sas[0].child_sas[].spi_in' <<<"$status")
         for spi in $spis; do resources+="$(( 16#$spi % 2 ))"; done
         [[ $resources == 01 || $resources == 10 ]] || why+="${why:+; }$gw's inbound SPIs $(echo $spis) are not one per worker"
-        ip netns exec "$ns" "$ESPTUN" status | grep -q "^  lan: INSTALLED, TUNNEL, per-resource, " ||
+        ip netns exec "$ns" "$ESPTUN" status | grep "^  lan: INSTALLED, TUNNEL, per-resource, " >/dev/null ||
             why+="${why:+; }$gw's status text does not say per-resource"
     done
     ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }no ping"

@@ -474,7 +474,7 @@ charon_vips() {
     charon_sw "$1" --list-sas --raw 2>/dev/null | tr -d '\n' | grep -o 'local-vips=\[[^]]*\]' | head -1 \
         | sed 's/^local-vips=\[//; s/\]$//'
 }
-charon_installed() { charon_sw "$1" --list-sas --raw 2>/dev/null | grep -q 'state=INSTALLED'; }
+charon_installed() { charon_sw "$1" --list-sas --raw 2>/dev/null | grep 'state=INSTALLED' >/dev/null; }
 
 # initiate dir...: swanctl --initiate in each dir at once (output in dir/initiate.log);
 # fails naming the ones that did not come up
