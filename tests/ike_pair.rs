@@ -3417,6 +3417,26 @@ fn peers_that_both_offer_per_resource_sas_get_one_per_worker_and_rekeys_keep_the
 }
 
 #[test]
+fn a_per_resource_sa_the_peer_deletes_outright_is_replaced_on_its_worker() {
+    let spec = |_| Spec {
+        per_resource: true,
+        ..Spec::default()
+    };
+    let mut pair = with_resources(3, 3, spec);
+    pair.initiate();
+    pair.run_until(secs(5));
+    assert_eq!(pair.assert_converged(), 3);
+    // B's data plane ends one SA at its hard limit: B deletes it, A adds one back.
+    let gone = pair.live(Side::B)[0];
+    pair.expire(Side::B, gone, true);
+    pair.run_until(secs(10));
+    assert_eq!(child_downs(&pair.events_b), vec![gone]);
+    assert_eq!(pair.assert_converged(), 3, "one Child SA per worker again");
+    assert_eq!(resources_of(&pair.live(Side::A), 3), [0, 1, 2]);
+    assert_eq!(resources_of(&pair.live(Side::B), 3), [0, 1, 2]);
+}
+
+#[test]
 fn a_peer_without_per_resource_sas_gets_one_child_sa() {
     // (A's resources, B's, A's child asks for them, B's child grants them)
     for (a, b, on_a, on_b) in [

@@ -40,6 +40,7 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
                         continue;
                     };
                     let (spi_in, index, was_active) = (c.spi_in, c.index, c.is_active());
+                    let per_resource = c.per_resource;
                     // Deletes that cross are not answered with the same SAs (§1.4.1).
                     if c.state != ChildState::Deleting {
                         ours.push(spi_in);
@@ -47,6 +48,10 @@ pub(super) fn respond(sa: &mut IkeSa, ctx: &mut Ctx<'_>, message_id: u32, payloa
                     retire(sa, ctx, spi_in);
                     if was_active && !has_active(sa, index) {
                         closed_by_peer(sa, index);
+                    } else if was_active && per_resource {
+                        // One of several per-resource SAs went without a successor:
+                        // its worker would send with another's SA from now on.
+                        super::child::add_resources(sa, ctx, index);
                     }
                 }
                 if !ours.is_empty() {
