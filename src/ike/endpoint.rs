@@ -13,7 +13,7 @@ use super::{
     proposal,
 };
 use crate::crypto::Random;
-use crate::wire::payload::{NotifyPayload, Payload};
+use crate::wire::payload::{Identity, NotifyPayload, Payload};
 use crate::wire::{ExchangeType, Flags, Header, IkeSpi, Message, NotifyType};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -88,6 +88,10 @@ pub struct Endpoint {
     /// over every SA, which made a load generator's initiations cost time linear in
     /// its SAs.
     up: HashMap<usize, HashSet<IkeSpi>>,
+    /// The established SAs by the peer's authenticated identity: the ones an
+    /// INITIAL_CONTACT from it replaces, found without a walk over every SA (each
+    /// road warrior that connects sends one).
+    by_peer_id: HashMap<Identity, HashSet<IkeSpi>>,
     /// Responder SAs by the initiator's SPI and address, to spot retransmitted IKE_SA_INIT.
     by_initiator: HashMap<(IkeSpi, SocketAddr), IkeSpi>,
     /// Its keys by our SPI, so a responder SA that goes takes its entry with it
@@ -195,6 +199,7 @@ impl Endpoint {
             timers: BTreeSet::new(),
             deadlines: HashMap::new(),
             up: HashMap::new(),
+            by_peer_id: HashMap::new(),
             by_initiator: HashMap::new(),
             initiator_of: HashMap::new(),
             half_open: HalfOpen::default(),
@@ -326,10 +331,16 @@ impl Endpoint {
             if let Some(up) = self.index_of(&sa.policy).and_then(|i| self.up.get_mut(&i)) {
                 up.remove(&spi);
             }
+            if let Some(id) = &sa.remote_id {
+                let spis = self.by_peer_id.get_mut(id);
+                if spis.is_some_and(|spis| spis.remove(&spi) && spis.is_empty()) {
+                    self.by_peer_id.remove(id);
+                }
+            }
             self.after_down(now, &sa);
         } else {
             if sa.state == State::Established {
-                self.connected(spi, &sa.policy);
+                self.connected(spi, &sa);
             }
             self.schedule(spi, sa.deadline());
             self.sas.insert(spi, sa);
@@ -393,10 +404,12 @@ impl Endpoint {
             }
             Request::InitialContact { keep, remote_id } => {
                 let stale: Vec<IkeSpi> = self
-                    .sas
-                    .iter()
-                    .filter(|(spi, sa)| **spi != keep && sa.remote_id.as_ref() == Some(&remote_id))
-                    .map(|(spi, _)| *spi)
+                    .by_peer_id
+                    .get(&remote_id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|spi| **spi != keep)
+                    .copied()
                     .collect();
                 for spi in stale {
                     self.with_sa(now, spi, |sa, ctx| {
@@ -420,8 +433,19 @@ impl Endpoint {
     }
 
     /// IKE SA `spi` of `policy` is up: its connection counts keying tries afresh.
-    fn connected(&mut self, spi: IkeSpi, policy: &Arc<Policy>) {
-        let Some(index) = self.index_of(policy) else {
+    fn connected(&mut self, spi: IkeSpi, sa: &IkeSa) {
+        if let Some(id) = &sa.remote_id {
+            // Called on every turn of an established SA: no clone once it is in.
+            match self.by_peer_id.get_mut(id) {
+                Some(spis) => {
+                    spis.insert(spi);
+                }
+                None => {
+                    self.by_peer_id.insert(id.clone(), HashSet::from([spi]));
+                }
+            }
+        }
+        let Some(index) = self.index_of(&sa.policy) else {
             return;
         };
         self.up.entry(index).or_default().insert(spi);
