@@ -17,6 +17,8 @@
 #   that binary (to compare builds). --quick: 1 s runs, 1 TCP stream, one UDP rate — a
 #   check that every setup works (what CI runs), no figures worth quoting. Default
 #   seconds per run 10, OUT target/bench-tunnel.
+#   SETUPS="esptun-udp ..." runs only those setups (default all): veth, esptun-udp,
+#   esptun-raw, esptun-spread, xfrm, strongswan, boringtun.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/sites.sh
@@ -36,11 +38,13 @@ done
 DURATION=${1:-10}
 STREAMS=(1 4 8) UDP_RATES=(100M 1G)
 if [[ $QUICK == 1 ]]; then DURATION=1 STREAMS=(1) UDP_RATES=(100M); fi
+# want setup: whether SETUPS (a space-separated list; empty: all) names it.
+want() { [[ -z ${SETUPS:-} || " $SETUPS " == *" $1 "* ]]; }
 [[ $(id -u) == 0 ]] || { echo "run as root: sudo scripts/bench-tunnel.sh, or as root scripts/bench-tunnel.sh" >&2; exit 1; }
 "$ROOT/scripts/deps.sh" bench
 # boringtun is a crate, not a Debian package: the same version every time.
 BORINGTUN_VERSION=0.7.1
-if ! boringtun-cli --version 2>/dev/null | grep -q " $BORINGTUN_VERSION"; then
+if want boringtun && ! boringtun-cli --version 2>/dev/null | grep -q " $BORINGTUN_VERSION"; then
     echo "installing boringtun-cli $BORINGTUN_VERSION (cargo install, a minute or two)"
     cargo install --quiet --locked boringtun-cli --version "$BORINGTUN_VERSION"
 fi
@@ -167,11 +171,14 @@ gateway_routes() { # add|del: the gateways route between the LANs themselves
 }
 
 echo "setup                          test  param  Gbit/s  CPU s/GB (alice, bob)  RSS KiB  loss %  pkt/s"
-gateway_routes add
-measure "raw veth, no tunnel"
-gateway_routes del
+if want veth; then
+    gateway_routes add
+    measure "raw veth, no tunnel"
+    gateway_routes del
+fi
 
 for esp in udp raw; do
+    want esptun-$esp || continue
     mkdir -p "$RUN/esptun-$esp"; ln -s "$RUN/pki" "$RUN/esptun-$esp/pki"
     encap="encap = true"; [[ $esp == raw ]] && encap=""
     sites_start "$ESPTUN" "$RUN/esptun-$esp" alice "$encap"
@@ -179,11 +186,13 @@ for esp in udp raw; do
     sites_stop
 done
 # One Child SA per worker (RFC 9611): the tunnel's flows spread over both workers.
-mkdir -p "$RUN/esptun-spread"; ln -s "$RUN/pki" "$RUN/esptun-spread/pki"
-SITES_CHILD="per_resource_sas = true" sites_start "$ESPTUN" "$RUN/esptun-spread" alice "encap = true"
-sleep 1 # the initiator adds the second SA right after the first
-measure "esptun per-resource SAs (udp)" "$ALICE_PID" "$BOB_PID" esptun
-sites_stop
+if want esptun-spread; then
+    mkdir -p "$RUN/esptun-spread"; ln -s "$RUN/pki" "$RUN/esptun-spread/pki"
+    SITES_CHILD="per_resource_sas = true" sites_start "$ESPTUN" "$RUN/esptun-spread" alice "encap = true"
+    sleep 1 # the initiator adds the second SA right after the first
+    measure "esptun per-resource SAs (udp)" "$ALICE_PID" "$BOB_PID" esptun
+    sites_stop
+fi
 
 # kernel_has_esp: whether an ESP state can be added here (in a scratch namespace).
 kernel_has_esp() {
@@ -195,7 +204,9 @@ kernel_has_esp() {
     return $rc
 }
 
-if kernel_has_esp; then
+if ! want xfrm; then
+    :
+elif kernel_has_esp; then
     mkdir -p "$RUN/xfrm"; ln -s "$RUN/pki" "$RUN/xfrm/pki"
     # The host's routing reaches the far LAN; the kernel's policies take the packets.
     gateway_routes add
@@ -221,11 +232,13 @@ charon_gateway() {
     return $rc
 }
 
-charon_gateway bob "$NS_BG" $WAN_B $WAN_A "$NETS_B" "$NETS_A"; BOB_CHARON=$CHARON_PID
-charon_gateway alice "$NS_AG" $WAN_A $WAN_B "$NETS_A" "$NETS_B"; ALICE_CHARON=$CHARON_PID
-charon_sw "$RUN/charon-alice" --initiate --child lan --timeout 20 >/dev/null 2>&1
-measure "strongSwan libipsec (udp)" "$ALICE_CHARON" "$BOB_CHARON"
-sites_stop
+if want strongswan; then
+    charon_gateway bob "$NS_BG" $WAN_B $WAN_A "$NETS_B" "$NETS_A"; BOB_CHARON=$CHARON_PID
+    charon_gateway alice "$NS_AG" $WAN_A $WAN_B "$NETS_A" "$NETS_B"; ALICE_CHARON=$CHARON_PID
+    charon_sw "$RUN/charon-alice" --initiate --child lan --timeout 20 >/dev/null 2>&1
+    measure "strongSwan libipsec (udp)" "$ALICE_CHARON" "$BOB_CHARON"
+    sites_stop
+fi
 
 # boringtun_gateway ns name my-key peer-pub peer-wan peer-nets: userspace WireGuard on
 # interface NAME (each its own name: the UAPI sockets share /var/run/wireguard), routing
@@ -243,15 +256,17 @@ boringtun_gateway() {
     for net in $6; do ip -n "$ns" route add "$net" dev "$name"; done
 }
 
-for side in a b; do
-    (umask 077 && wg genkey >"$RUN/wg-$side.key")
-    wg pubkey <"$RUN/wg-$side.key" >"$RUN/wg-$side.pub"
-done
-boringtun_gateway "$NS_AG" bta "$RUN/wg-a.key" "$(cat "$RUN/wg-b.pub")" $WAN_B "$NETS_B"; WG_A=$WG_PID
-boringtun_gateway "$NS_BG" btb "$RUN/wg-b.key" "$(cat "$RUN/wg-a.pub")" $WAN_A "$NETS_A"; WG_B=$WG_PID
-for _ in $(seq 50); do ip netns exec "$NS_AH" ping -c1 -W1 -q "$HOST_B" >/dev/null 2>&1 && break; done
-measure "boringtun (WireGuard)" "$WG_A" "$WG_B"
-sites_stop
+if want boringtun; then
+    for side in a b; do
+        (umask 077 && wg genkey >"$RUN/wg-$side.key")
+        wg pubkey <"$RUN/wg-$side.key" >"$RUN/wg-$side.pub"
+    done
+    boringtun_gateway "$NS_AG" bta "$RUN/wg-a.key" "$(cat "$RUN/wg-b.pub")" $WAN_B "$NETS_B"; WG_A=$WG_PID
+    boringtun_gateway "$NS_BG" btb "$RUN/wg-b.key" "$(cat "$RUN/wg-a.pub")" $WAN_A "$NETS_A"; WG_B=$WG_PID
+    for _ in $(seq 50); do ip netns exec "$NS_AH" ping -c1 -W1 -q "$HOST_B" >/dev/null 2>&1 && break; done
+    measure "boringtun (WireGuard)" "$WG_A" "$WG_B"
+    sites_stop
+fi
 
 jq -s --arg host "$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)" --argjson seconds "$DURATION" \
     '{machine: $host, seconds_per_run: $seconds, results: .}' "$RUN/results.jsonl" >"$OUT/bench.json"
