@@ -29,6 +29,7 @@ mod buf;
 mod packet;
 mod relay;
 mod route;
+mod segment;
 mod socket;
 mod worker;
 

@@ -3,6 +3,7 @@
 use super::buf::PacketBuf;
 use super::packet::{self, Flow};
 use super::relay::{Handoff, Relay, Route};
+use super::segment::{SegmentError, Segments};
 use super::socket::{self, Batch, Datagram, EspSockets, MAX_TRAIN, Transport};
 use super::{
     Batches, Command, DataplaneEvent, DropReason, Drops, HOLD_PACKETS, Inbound, Outbound,
@@ -30,6 +31,9 @@ pub(super) const BATCH: usize = IDEAL_BATCH_SIZE;
 const GSO_SEGMENTS: usize = 64;
 /// Every buffer holds the largest IP packet plus the room sealing adds around it.
 const BUF_LEN: usize = HEADROOM + 65_535 + 64;
+/// With offload the TUN writes its virtio-net header right before the packet, which
+/// a read puts at HEADROOM: the header lands in the room sealing writes over later.
+const _: () = assert!(VIRTIO_NET_HDR_LEN <= HEADROOM);
 /// Where a received datagram is written: the inner packet that opening leaves in it
 /// must have room in front for the virtio-net header the TUN wants with offload.
 pub(super) const RX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
@@ -73,6 +77,8 @@ pub struct Worker {
     /// Its place among the workers, which says whose SPIs it owns.
     index: usize,
     tun: SyncDevice,
+    /// Whether the TUN carries virtio-net headers (GSO/GRO).
+    offload: bool,
     sockets: EspSockets,
     commands: Receiver<Command>,
     wake: Arc<EventFd>,
@@ -99,11 +105,15 @@ pub struct Worker {
     /// Inner packets for the TUN, swapped out of `rx` (keeps `rx` whole for the next batch).
     to_tun: Vec<PacketBuf>,
     sizes: Vec<usize>,
+    /// Whether each packet in `tx` is a later segment of the super-packet before it,
+    /// which the first segment's policy verdict covers.
+    follows: Vec<bool>,
     /// The batch's sealed packets, in `tx` order (kept between batches for its capacity).
     sealed: Vec<Sealed>,
     /// Where each inner packet in `to_tun` starts (kept for its capacity, as `sealed`).
     ready: Vec<usize>,
-    gso: Vec<u8>,
+    /// A super-packet with more segments than `tx` has buffers left, while they go out.
+    spare: PacketBuf,
     gro: GROTable,
     /// A UDP GRO train as received, before it is split into `rx`.
     train: Box<[u8]>,
@@ -399,6 +409,7 @@ impl Worker {
         channels.relay.contribute(BUF_LEN);
         Self {
             index,
+            offload: tun.tcp_gso(),
             tun,
             batch: Batch::new(BATCH, &sockets),
             sockets,
@@ -419,9 +430,10 @@ impl Worker {
             rx: buffers(),
             to_tun: buffers(),
             sizes: vec![0; BATCH],
+            follows: vec![false; BATCH],
             sealed: Vec::with_capacity(BATCH),
             ready: Vec::with_capacity(BATCH),
-            gso: vec![0; VIRTIO_NET_HDR_LEN + 65_535],
+            spare: PacketBuf::new(BUF_LEN),
             gro: GROTable::default(),
             train: vec![0; MAX_TRAIN].into_boxed_slice(),
             received: Vec::with_capacity(BATCH),
@@ -520,38 +532,85 @@ impl Worker {
     }
 
     /// Reads a batch from the TUN queue, seals what policy covers, sends it. Fails
-    /// when the device does (not for a packet tun-rs cannot split).
+    /// when the device does (not for a packet it cannot segment).
     fn outbound_batch(&mut self) -> Result<(), String> {
         let mut count = 0;
-        // With offload one read can split into a segment per buffer: read only while a
-        // full-size GSO packet (64 KiB, ≥ 1 KiB segments) is sure to fit.
+        // One read can make a packet per buffer: read only while a full-size GSO
+        // packet (64 KiB, ≥ 1 KiB segments) is sure to fit.
         while count == 0 || BATCH - count >= GSO_SEGMENTS {
-            // tun-rs reads into each buffer's whole length: give it the whole storage.
-            for buf in &mut self.tx[count..] {
-                buf.reset();
-            }
-            let got = self.tun.recv_multiple(
-                &mut self.gso,
-                &mut self.tx[count..],
-                &mut self.sizes[count..],
-                HEADROOM,
-            );
-            match got {
-                Ok(n) => count += n,
+            match self.read_tun(count) {
+                Ok(n) => count = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.raw_os_error().is_some() => return Err(format!("TUN read: {e}")),
-                Err(_) => {
-                    // A GSO packet tun-rs could not split; the rest of the queue is fine.
-                    self.drops.count(DropReason::Malformed);
-                    break;
-                }
+                Err(e) => return Err(format!("TUN read: {e}")),
             }
         }
+        self.send_outbound(count);
+        Ok(())
+    }
+
+    /// Reads a packet from the TUN into `tx[count]` and lays out its segments from
+    /// there on; returns how many packets `tx` holds now (a full batch goes out on
+    /// the way when they do not all fit).
+    fn read_tun(&mut self, count: usize) -> io::Result<usize> {
+        let at = if self.offload {
+            HEADROOM - VIRTIO_NET_HDR_LEN
+        } else {
+            HEADROOM
+        };
+        let read = self.tun.recv(&mut self.tx[count].storage_mut()[at..])?;
+        self.follows[count] = false;
+        if !self.offload {
+            self.sizes[count] = read;
+            return Ok(count + 1);
+        }
+        let buf = self.tx[count].storage_mut();
+        let (vnet, packet) = buf[at..at + read].split_at(read.min(VIRTIO_NET_HDR_LEN));
+        let segments = vnet
+            .try_into()
+            .map_err(|_| SegmentError::Truncated)
+            .and_then(|vnet| Segments::parse(vnet, packet));
+        let Ok(segments) = segments else {
+            self.drops.count(DropReason::Malformed);
+            return Ok(count);
+        };
+        let (len, n) = (packet.len(), segments.count());
+        if n <= BATCH - count {
+            // The later segments are written out before the first is made in place.
+            let (head, tail) = self.tx.split_at_mut(count + 1);
+            let packet = &head[count].storage_mut()[HEADROOM..HEADROOM + len];
+            for (i, out) in (1..n).zip(tail.iter_mut()) {
+                self.sizes[count + i] =
+                    segments.write(packet, i, &mut out.storage_mut()[HEADROOM..]);
+                self.follows[count + i] = true;
+            }
+            self.sizes[count] = segments.first_in_place(&mut head[count].storage_mut()[HEADROOM..]);
+            return Ok(count + n);
+        }
+        // A small MSS: more segments than buffers left. Kept aside while they go out.
+        let mut spare = std::mem::replace(&mut self.spare, PacketBuf::new(0));
+        std::mem::swap(&mut self.tx[count], &mut spare);
+        let packet = &spare.storage_mut()[HEADROOM..HEADROOM + len];
+        let mut count = count;
+        for i in 0..n {
+            if count == BATCH {
+                self.send_outbound(count);
+                count = 0;
+            }
+            self.sizes[count] =
+                segments.write(packet, i, &mut self.tx[count].storage_mut()[HEADROOM..]);
+            self.follows[count] = i > 0 && count > 0;
+            count += 1;
+        }
+        self.spare = spare;
+        Ok(count)
+    }
+
+    /// Counts the packets in `tx[..count]` as a batch and sends them.
+    fn send_outbound(&mut self, count: usize) {
         if count > 0 {
             self.batches.count(Batches::OUTBOUND, count);
         }
         self.seal_and_send(count, true);
-        Ok(())
     }
 
     /// Sends the packets held for child `child` of `policy` through the policy
@@ -568,6 +627,7 @@ impl Worker {
         while let Some(packet) = held.queue.pop(now, &mut stale) {
             self.tx[count].storage_mut()[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
             self.sizes[count] = packet.len();
+            self.follows[count] = false;
             count += 1;
         }
         for _ in 0..stale {
@@ -584,26 +644,32 @@ impl Worker {
         // Taken out so that `self` stays free to borrow; put back, with its capacity.
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.clear();
+        let mut verdict = Verdict::Drop(DropReason::Malformed);
         for i in 0..count {
             let buf = &mut self.tx[i];
             buf.set_len(HEADROOM + self.sizes[i]);
-            match seal(&self.spd, buf) {
-                Ok((head, sa)) => sealed.push(Sealed { buf: i, head, sa }),
-                Err(Refused::NoSa(flow)) if hold => self.hold(i, &flow, &mut now),
-                Err(Refused::NoSa(_)) => self.drops.count(DropReason::NoSa),
-                Err(Refused::Drop(why)) => self.drops.count(why),
-                Err(Refused::TooBig(icmp)) => {
-                    self.drops.count(DropReason::TooBig);
-                    // Through send_multiple, which adds the virtio-net header offload needs.
-                    let mut one = [[&[0; VIRTIO_NET_HDR_LEN][..], &icmp].concat()];
-                    if self
-                        .tun
-                        .send_multiple(&mut self.gro, &mut one, VIRTIO_NET_HDR_LEN)
-                        .is_err()
-                    {
-                        self.drops.count(DropReason::Io);
+            if !self.follows[i] {
+                verdict = match route(&self.spd, &buf.as_ref()[HEADROOM..]) {
+                    Ok((sa, next_header)) => Verdict::Seal(sa, next_header),
+                    Err(Refused::NoSa(flow)) => Verdict::NoSa(flow),
+                    Err(Refused::Drop(why)) => Verdict::Drop(why),
+                    Err(Refused::TooBig(icmp)) => {
+                        // One error for a super-packet: its segments are as long.
+                        self.send_icmp(&icmp);
+                        Verdict::Drop(DropReason::TooBig)
+                    }
+                };
+            }
+            match verdict {
+                Verdict::Seal(sa, next_header) => {
+                    match seal(self.spd.get(sa), &mut self.tx[i], next_header) {
+                        Ok(head) => sealed.push(Sealed { buf: i, head, sa }),
+                        Err(why) => self.drops.count(why),
                     }
                 }
+                Verdict::NoSa(flow) if hold => self.hold(i, &flow, &mut now),
+                Verdict::NoSa(_) => self.drops.count(DropReason::NoSa),
+                Verdict::Drop(why) => self.drops.count(why),
             }
         }
         // One send per run of packets with the same SA (usually the whole batch).
@@ -622,6 +688,19 @@ impl Worker {
             }
         }
         self.sealed = sealed;
+    }
+
+    /// Writes an ICMP error for a packet that does not fit the tunnel back into the TUN.
+    fn send_icmp(&mut self, icmp: &[u8]) {
+        // Through send_multiple, which adds the virtio-net header offload needs.
+        let mut one = [[&[0; VIRTIO_NET_HDR_LEN][..], icmp].concat()];
+        if self
+            .tun
+            .send_multiple(&mut self.gro, &mut one, VIRTIO_NET_HDR_LEN)
+            .is_err()
+        {
+            self.drops.count(DropReason::Io);
+        }
     }
 
     /// Holds the packet in `tx[i]` for the protected child `flow` belongs to, and asks
@@ -853,18 +932,28 @@ enum Refused {
     TooBig(Vec<u8>),
 }
 
-/// Finds the SA for the packet at `buf[HEADROOM..]` and seals it in place, leaving
-/// `buf` as long as the ESP packet's end; returns where ESP starts and the SA's slot.
-fn seal(spd: &Spd, buf: &mut PacketBuf) -> Result<(usize, usize), Refused> {
-    let packet = &buf.as_ref()[HEADROOM..];
+/// What becomes of the packets of one read from the TUN: the first segment's
+/// verdict holds for the others, which share the headers policy looks at and are
+/// no longer than it.
+#[derive(Clone, Copy)]
+enum Verdict {
+    /// Sealed with the SA in this slot, with this ESP next header.
+    Seal(usize, u8),
+    /// No SA covers it; it may be held for a protected child.
+    NoSa(Flow),
+    Drop(DropReason),
+}
+
+/// Finds the SA for `packet` and checks that it may go: the SA's hard limit, and
+/// its size if DF is set. Returns the SA's slot and the ESP next header.
+fn route(spd: &Spd, packet: &[u8]) -> Result<(usize, u8), Refused> {
     let flow = Flow::parse(packet).ok_or(Refused::Drop(DropReason::Malformed))?;
     let index = spd.lookup(&flow).ok_or(Refused::NoSa(flow))?;
     let sa = spd.get(index);
     if sa.traffic.reached(&sa.hard).is_some() {
         return Err(Refused::Drop(DropReason::Expired));
     }
-    let len = packet.len();
-    if len > sa.max_inner && flow.dont_fragment {
+    if packet.len() > sa.max_inner && flow.dont_fragment {
         let mtu = u16::try_from(sa.max_inner).unwrap_or(u16::MAX);
         return Err(packet::too_big(packet, &flow, mtu)
             .map_or(Refused::Drop(DropReason::TooBig), Refused::TooBig));
@@ -873,17 +962,24 @@ fn seal(spd: &Spd, buf: &mut PacketBuf) -> Result<(usize, usize), Refused> {
         IpAddr::V4(_) => NEXT_HEADER_IPV4,
         IpAddr::V6(_) => NEXT_HEADER_IPV6,
     };
+    Ok((index, next_header))
+}
+
+/// Seals the packet at `buf[HEADROOM..]` with `sa` in place, leaving `buf` as long
+/// as the ESP packet's end; returns where ESP starts.
+fn seal(sa: &Outbound, buf: &mut PacketBuf, next_header: u8) -> Result<usize, DropReason> {
+    let len = buf.len() - HEADROOM;
     let esp = sa
         .sa
         .seal(buf.storage_mut(), HEADROOM, len, next_header)
         .map_err(|e| match e {
             // Not with BUF_LEN's room after the largest IP packet.
-            EspError::NoRoom | EspError::NoHeadroom => Refused::Drop(DropReason::TooBig),
-            _ => Refused::Drop(DropReason::Expired),
+            EspError::NoRoom | EspError::NoHeadroom => DropReason::TooBig,
+            _ => DropReason::Expired,
         })?;
     buf.set_len(esp.end);
     sa.traffic.add(len);
-    Ok((esp.start, index))
+    Ok(esp.start)
 }
 
 /// An opened packet: the inner packet's range, and (SPI, sender) when its peer moved.
@@ -1142,7 +1238,10 @@ mod tests {
             tx.reset();
             tx.storage_mut()[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
             tx.set_len(HEADROOM + packet.len());
-            let Ok((head, _)) = seal(&spd, &mut tx) else {
+            let Ok((slot, next_header)) = route(&spd, &tx.as_ref()[HEADROOM..]) else {
+                panic!("packet {i} refused");
+            };
+            let Ok(head) = seal(spd.get(slot), &mut tx, next_header) else {
                 panic!("packet {i} not sealed");
             };
             let esp = &tx.as_ref()[head..];
