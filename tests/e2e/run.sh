@@ -2,7 +2,8 @@
 # esptun <-> esptun end to end, in network namespaces (scripts/lib/sites.sh): for raw
 # ESP and UDP encapsulation, each side initiating, and with TUN offload off: ping
 # over IPv4 and IPv6, a 200 MB TCP transfer whose SHA-256 must match on arrival, and
-# a capture of the WAN link that must hold nothing but IKE and ESP. Then a peer
+# a capture of the WAN link that must hold nothing but IKE and ESP; TCP over IPv6 and
+# with a 500-byte MSS, whose super-packets the gateway must segment. Then a peer
 # sends garbage, a replayed packet and a wrong SPI at the ESP port: only the drop
 # counters may change; and one GSO train of two Child SAs' ESP and IKE must reach
 # each datagram's owner (worker or control thread). Last, a soft packet lifetime must
@@ -63,12 +64,14 @@ head -c 200M /dev/urandom >"$RUN/payload"
 SUM=$(sha256sum <"$RUN/payload" | cut -d' ' -f1)
 sites_pki "$RUN/pki" "$ESPTUN"
 
-# transfer: 200 MB alice host -> bob host over TCP; prints the received SHA-256.
+# transfer [address]: 200 MB alice host -> bob host (HOST_B unless given) over TCP;
+# prints the received SHA-256.
 transfer() {
-    ip netns exec "$NS_BH" sh -c "nc -l $HOST_B 5001 | sha256sum | cut -d' ' -f1 >'$CASE/received'" &
+    local to=${1:-$HOST_B}
+    ip netns exec "$NS_BH" sh -c "nc -l $to 5001 | sha256sum | cut -d' ' -f1 >'$CASE/received'" &
     local listener=$!
     for _ in $(seq 50); do ip netns exec "$NS_BH" ss -ltn | grep -q ":5001" && break; sleep 0.1; done
-    timeout 120 ip netns exec "$NS_AH" nc -N "$HOST_B" 5001 <"$RUN/payload" || true
+    timeout 120 ip netns exec "$NS_AH" nc -N "$to" 5001 <"$RUN/payload" || true
     wait $listener || true
     cat "$CASE/received"
 }
@@ -139,6 +142,30 @@ WAN_A=$WAN6_A WAN_B=$WAN6_B
 run_case raw-ipv6-outer alice raw
 run_case udp-ipv6-outer bob udp
 WAN_A=$WAN4_A WAN_B=$WAN4_B
+
+# --- TSO super-packets of every shape -------------------------------------------------
+# The gateway segments what the TUN hands it (dataplane::segment): TCP over IPv6 (TSO
+# for IPv6), and TCP with a 500-byte MSS (bob's host advertises it), whose 64 KiB
+# super-packets have more segments than a batch has buffers. Each transfer must arrive
+# whole, and alice's gateway must count nothing malformed.
+segments() {
+    CASE=$RUN/segments; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE=""
+    log "case segments: TCP over IPv6, and with a 500-byte MSS"
+    sites_start "$ESPTUN" "$CASE" alice "encap = true" || { fail segments "no Child SA"; sites_stop; return; }
+    local got why="" malformed
+    got=$(transfer "$HOST6_B")
+    [[ $got == "$SUM" ]] || why="IPv6 transfer: SHA-256 $got, sent $SUM"
+    ip -n "$NS_BH" route change default via 10.2.0.1 advmss 500
+    got=$(transfer)
+    ip -n "$NS_BH" route change default via 10.2.0.1
+    [[ -n $why || $got == "$SUM" ]] || why="MSS 500 transfer: SHA-256 $got, sent $SUM"
+    malformed=$(sites_report "$CASE/alice.log" "$ALICE_PID" | grep -o ' malformed=[0-9]*' | cut -d= -f2)
+    [[ -n $why || $malformed == 0 ]] || why="alice counted $malformed malformed packets"
+    if [[ -z $why ]]; then pass segments; else fail segments "$why"; fi
+    sites_stop
+}
+want segments && segments
 
 # --- hostile traffic at bob's ESP port ----------------------------------------------
 # drops: the named counter of bob's last report.
