@@ -20,6 +20,8 @@ const GSO_TCPV6: u8 = 4;
 const GSO_UDP_L4: u8 = 5;
 /// Set with a TCP type when the first segment carries CWR (SKB_GSO_TCP_ECN).
 const GSO_ECN: u8 = 0x80;
+const TCPV4_ECN: u8 = GSO_TCPV4 | GSO_ECN;
+const TCPV6_ECN: u8 = GSO_TCPV6 | GSO_ECN;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
@@ -96,13 +98,11 @@ impl Segments {
             }
             _ => return Err(SegmentError::Version),
         };
-        let base = gso_type & !GSO_ECN;
-        let ecn = gso_type & GSO_ECN != 0;
-        let kind = match base {
+        let kind = match gso_type {
             GSO_NONE if flags & F_NEEDS_CSUM == 0 => return Ok(Self::plain(len)),
             GSO_NONE => {
                 let at = csum_start + csum_offset;
-                if ecn || at + 2 > len {
+                if at + 2 > len {
                     return Err(SegmentError::Checksum);
                 }
                 return Ok(Self {
@@ -113,11 +113,15 @@ impl Segments {
                     ..Self::plain(len)
                 });
             }
-            GSO_TCPV4 | GSO_TCPV6 if v6 != (base == GSO_TCPV6) => {
-                return Err(SegmentError::Version);
+            GSO_TCPV4 | GSO_TCPV6 | TCPV4_ECN | TCPV6_ECN => {
+                if v6 != (gso_type & !GSO_ECN == GSO_TCPV6) {
+                    return Err(SegmentError::Version);
+                }
+                Kind::Tcp {
+                    ecn: gso_type & GSO_ECN != 0,
+                }
             }
-            GSO_TCPV4 | GSO_TCPV6 => Kind::Tcp { ecn },
-            GSO_UDP_L4 if !ecn => Kind::Udp,
+            GSO_UDP_L4 => Kind::Udp,
             _ => return Err(SegmentError::GsoType(gso_type)),
         };
         if size == 0 {
@@ -513,6 +517,11 @@ mod tests {
             Err(SegmentError::GsoType(0x85))
         );
         assert_eq!(typed(0x42), Err(SegmentError::GsoType(0x42)));
+        assert_eq!(
+            typed(GSO_ECN),
+            Err(SegmentError::GsoType(0x80)),
+            "ECN without TCP"
+        );
         assert_eq!(
             Segments::parse(&h, &packet[..30]),
             Err(SegmentError::Truncated)
