@@ -2,8 +2,8 @@
 # esptun <-> esptun end to end, in network namespaces (scripts/lib/sites.sh): for raw
 # ESP and UDP encapsulation, each side initiating, and with TUN offload off: ping
 # over IPv4 and IPv6, a 200 MB TCP transfer whose SHA-256 must match on arrival, and
-# a capture of the WAN link that must hold nothing but IKE and ESP; TCP over IPv6 and
-# with a 500-byte MSS, whose super-packets the gateway must segment. Then a peer
+# a capture of the WAN link that must hold nothing but IKE and ESP; TCP over IPv6, TCP
+# with a 500-byte MSS and UDP GSO, whose super-packets the gateway must segment. Then a peer
 # sends garbage, a replayed packet and a wrong SPI at the ESP port: only the drop
 # counters may change; and one GSO train of two Child SAs' ESP and IKE must reach
 # each datagram's owner (worker or control thread). Last, a soft packet lifetime must
@@ -145,13 +145,13 @@ WAN_A=$WAN4_A WAN_B=$WAN4_B
 
 # --- TSO super-packets of every shape -------------------------------------------------
 # The gateway segments what the TUN hands it (dataplane::segment): TCP over IPv6 (TSO
-# for IPv6), and TCP with a 500-byte MSS (bob's host advertises it), whose 64 KiB
-# super-packets have more segments than a batch has buffers. Each transfer must arrive
-# whole, and alice's gateway must count nothing malformed.
+# for IPv6), TCP with a 500-byte MSS (bob's host advertises it), whose 64 KiB
+# super-packets have more segments than a batch has buffers, and UDP GSO. Each transfer
+# must arrive whole, and alice's gateway must count nothing malformed.
 segments() {
     CASE=$RUN/segments; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
     SITES_DATAPLANE=""
-    log "case segments: TCP over IPv6, and with a 500-byte MSS"
+    log "case segments: TCP over IPv6, TCP with a 500-byte MSS, UDP GSO"
     sites_start "$ESPTUN" "$CASE" alice "encap = true" || { fail segments "no Child SA"; sites_stop; return; }
     local got why="" malformed
     got=$(transfer "$HOST6_B")
@@ -160,6 +160,35 @@ segments() {
     got=$(transfer)
     ip -n "$NS_BH" route change default via 10.2.0.1
     [[ -n $why || $got == "$SUM" ]] || why="MSS 500 transfer: SHA-256 $got, sent $SUM"
+    # UDP GSO (USO): 50 sends of ten 1200-byte datagrams each reach the TUN as 12 000-byte
+    # super-packets; bob's host counts what arrives whole (its kernel drops a datagram
+    # whose checksum is wrong).
+    ip netns exec "$NS_BH" python3 - "$HOST_B" >"$CASE/udp" <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 5002))
+s.settimeout(3)
+whole = 0
+try:
+    while True:
+        d = s.recv(65535)
+        whole += len(d) == 1200 and d == d[:1] * 1200
+except socket.timeout:
+    print(whole)
+PY
+    local listener=$!
+    sleep 0.5
+    ip netns exec "$NS_AH" python3 - "$HOST_B" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, 1200)  # UDP_SEGMENT
+for k in range(50):
+    s.sendto(b"".join(bytes([(k * 10 + i) % 256]) * 1200 for i in range(10)), (sys.argv[1], 5002))
+    time.sleep(0.002)
+PY
+    wait $listener || true
+    got=$(cat "$CASE/udp")
+    [[ -n $why || $got == 500 ]] || why="UDP GSO: $got of 500 datagrams arrived whole"
     malformed=$(sites_report "$CASE/alice.log" "$ALICE_PID" | grep -o ' malformed=[0-9]*' | cut -d= -f2)
     [[ -n $why || $malformed == 0 ]] || why="alice counted $malformed malformed packets"
     if [[ -z $why ]]; then pass segments; else fail segments "$why"; fi
