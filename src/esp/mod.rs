@@ -14,7 +14,7 @@ use crate::crypto::{CryptoError, Encr, Integ, Secret};
 use aws_lc_rs::aead::Aad;
 use aws_lc_rs::cipher::{DecryptionContext, EncryptionContext};
 use aws_lc_rs::hmac;
-use replay::ReplayWindow;
+use replay::{Class, ReplayWindow};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use subtle::ConstantTimeEq;
@@ -236,10 +236,16 @@ impl OutboundSa {
 impl InboundSa {
     /// Keys an inbound SA with a replay window of at least `window` packets.
     pub fn new(keys: &SaKeys<'_>, window: u64) -> Result<Self, CryptoError> {
+        Self::of_class(keys, window, Class::ALL)
+    }
+
+    /// Keys one worker's part of an SA spread over several: it opens the packets of
+    /// sequence number class `class` and refuses the others as replays.
+    pub fn of_class(keys: &SaKeys<'_>, window: u64, class: Class) -> Result<Self, CryptoError> {
         Ok(Self {
             spi: keys.spi,
             esn: keys.esn,
-            window: ReplayWindow::new(window),
+            window: ReplayWindow::of_class(window, class),
             cipher: Cipher::new(keys.encr, keys.integ, keys.encryption, keys.integrity)?,
         })
     }
