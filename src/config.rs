@@ -310,6 +310,7 @@ struct RawChild {
     esp_proposals: Option<List>,
     mode: Option<Spanned<String>>,
     per_resource_sas: Option<Spanned<bool>>,
+    spread_inbound: Option<Spanned<bool>>,
     rekey_time: Option<Spanned<Value>>,
     life_time: Option<Spanned<Value>>,
     rand_time: Option<Spanned<Value>>,
@@ -1698,6 +1699,17 @@ fn connection(
             Some(on) => *on.get_ref(),
             None => false,
         };
+        let spread = match &ch.spread_inbound {
+            Some(on) if *on.get_ref() && dataplane == DataplaneMode::Xfrm => {
+                return Err(src.error(
+                    on,
+                    format!("{k}.spread_inbound"),
+                    "needs dataplane.mode = \"userspace\": the kernel steers ESP by SPI",
+                ));
+            }
+            Some(on) => *on.get_ref(),
+            None => false,
+        };
         let start_action = match (start, &ch.start_action) {
             (Some(start), Some(at)) => {
                 return Err(src.error(
@@ -1735,6 +1747,7 @@ fn connection(
             )?,
             transport,
             per_resource,
+            spread,
             lifetime,
             rand_time,
             start_action,

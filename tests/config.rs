@@ -1471,6 +1471,9 @@ fn transport_children_need_xfrm_host_selectors_and_no_virtual_ips() {
     let spread = dir.load(&file("", "per_resource_sas = true", "")).unwrap();
     assert!(spread.connections[0].policy.children[0].per_resource);
     assert!(!tunnel.connections[0].policy.children[0].per_resource);
+    let spread = dir.load(&file("", "spread_inbound = true", "")).unwrap();
+    assert!(spread.connections[0].policy.children[0].spread);
+    assert!(!tunnel.connections[0].policy.children[0].spread);
     let cases = [
         (
             file("", "mode = \"transport\"", ""),
@@ -1522,6 +1525,10 @@ fn transport_children_need_xfrm_host_selectors_and_no_virtual_ips() {
         (
             file("", "per_resource_sas = true", xfrm),
             "site.toml:12: connection[0].children[0].per_resource_sas: needs dataplane.mode = \"userspace\": the kernel's per-CPU SAs are not used",
+        ),
+        (
+            file("", "spread_inbound = true", xfrm),
+            "site.toml:12: connection[0].children[0].spread_inbound: needs dataplane.mode = \"userspace\": the kernel steers ESP by SPI",
         ),
     ];
     for (text, expected) in cases {

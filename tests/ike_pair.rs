@@ -65,6 +65,8 @@ struct Spec {
     transport: bool,
     /// Every child asks for (and grants) per-resource SAs.
     per_resource: bool,
+    /// Every child's SAs that are not per-resource are spread.
+    spread: bool,
 }
 
 impl Default for Spec {
@@ -92,6 +94,7 @@ impl Default for Spec {
             mobike: true,
             transport: false,
             per_resource: false,
+            spread: false,
         }
     }
 }
@@ -116,6 +119,7 @@ fn policy(spec: Spec, left: bool) -> Arc<Policy> {
         esp_proposals: esp_proposals.clone(),
         transport: spec.transport,
         per_resource: spec.per_resource,
+        spread: spec.spread,
         lifetime: spec.lifetime,
         rand_time: Duration::ZERO,
         start_action: spec.start_action,
@@ -3456,6 +3460,78 @@ fn a_peer_without_per_resource_sas_gets_one_child_sa() {
         assert!(!Pair::children(&pair.events_a)[0].per_resource);
         assert!(!Pair::children(&pair.events_b)[0].per_resource);
     }
+}
+
+#[test]
+fn spread_children_mark_their_inbound_spis_and_rekeys_keep_the_mark() {
+    // A spreads, B does not; both have two workers.
+    let spec = |is_a| Spec {
+        lifetime: soft_hard(600, 660),
+        spread: is_a,
+        ..Spec::default()
+    };
+    let mut pair = with_resources(2, 2, spec);
+    pair.initiate();
+    pair.run_until(secs(5));
+    assert_eq!(pair.assert_converged(), 1);
+    let marked = |spis: &[u32]| {
+        spis.iter()
+            .map(|&s| esptun::ike::is_spread(s))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(marked(&pair.live(Side::A)), [true]);
+    assert_eq!(marked(&pair.live(Side::B)), [false]);
+    pair.run_until(secs(700));
+    assert_eq!(pair.assert_converged(), 1);
+    assert!(Pair::children(&pair.events_a).len() >= 2, "rekeyed");
+    assert_eq!(marked(&pair.live(Side::A)), [true]);
+    assert_eq!(marked(&pair.live(Side::B)), [false]);
+    // B spreads, as the responder: the SPIs it answers with are marked too.
+    let mut pair = with_resources(2, 2, |is_a| Spec {
+        spread: !is_a,
+        ..spec(true)
+    });
+    pair.initiate();
+    pair.run_until(secs(700));
+    assert_eq!(pair.assert_converged(), 1);
+    assert_eq!(marked(&pair.live(Side::A)), [false]);
+    assert_eq!(marked(&pair.live(Side::B)), [true]);
+}
+
+#[test]
+fn spreading_needs_several_resources_and_yields_to_per_resource_sas() {
+    // One worker: nothing to spread over.
+    let mut pair = with_resources(1, 1, |_| Spec {
+        spread: true,
+        ..Spec::default()
+    });
+    pair.initiate();
+    pair.drive();
+    pair.assert_tunnel();
+    assert!(!esptun::ike::is_spread(pair.live(Side::A)[0]));
+    // Both do RFC 9611: the responder's SAs are per-resource, none spread; the
+    // initiator's first was spread before it knew, its added ones are not.
+    let mut pair = with_resources(2, 2, |_| Spec {
+        spread: true,
+        per_resource: true,
+        ..Spec::default()
+    });
+    pair.initiate();
+    pair.run_until(secs(5));
+    assert_eq!(pair.assert_converged(), 2);
+    assert!(
+        !pair
+            .live(Side::B)
+            .iter()
+            .any(|&s| esptun::ike::is_spread(s))
+    );
+    let spread_a = pair
+        .live(Side::A)
+        .iter()
+        .filter(|&&s| esptun::ike::is_spread(s))
+        .count();
+    assert_eq!(spread_a, 1);
+    assert_eq!(resources_of(&pair.live(Side::A), 2), [0, 1]);
 }
 
 #[test]

@@ -205,13 +205,15 @@ impl Ctx<'_> {
     }
 
     /// A fresh inbound ESP SPI (≥ 256: lower values are reserved, RFC 4303 §2.1),
-    /// for `resource` if given: the data plane steers SPIs by `SPI % resources`.
-    pub fn alloc_child_spi(&mut self, resource: Option<u32>) -> u32 {
+    /// for `resource` if given: the data plane steers SPIs by `SPI % resources`;
+    /// with [`super::SPREAD_SPI_BIT`] set if `spread`, clear otherwise.
+    pub fn alloc_child_spi(&mut self, resource: Option<u32>, spread: bool) -> u32 {
         let resources = self.settings.resources.max(1);
+        let bit = if spread { super::SPREAD_SPI_BIT } else { 0 };
         loop {
             let mut b = [0; 4];
             self.rng.fill(&mut b);
-            let spi = u32::from_be_bytes(b);
+            let spi = (u32::from_be_bytes(b) & !super::SPREAD_SPI_BIT) | bit;
             if spi >= 256
                 && resource.is_none_or(|r| spi % resources == r)
                 && self.child_spis.insert(spi)
@@ -230,6 +232,11 @@ impl Ctx<'_> {
     /// the data plane has several resources.
     pub fn per_resource(&self, child: &super::ChildPolicy) -> bool {
         child.per_resource && self.settings.resources > 1
+    }
+
+    /// `child`'s SAs that are not per-resource are spread over the resources.
+    pub fn spreads(&self, child: &super::ChildPolicy) -> bool {
+        child.spread && self.settings.resources > 1
     }
 
     /// A fresh IKE SPI of ours, not zero and not in use.

@@ -24,6 +24,16 @@ pub use endpoint::{Endpoint, Settings};
 pub use error::Error;
 pub use pool::AddressPool;
 
+/// Our inbound SPIs of spread Child SAs have this bit set, all others clear: the
+/// data plane spreads a spread SA's packets over its workers by sequence number, and
+/// its steering programs see only the SPI to tell.
+pub const SPREAD_SPI_BIT: u32 = 1 << 31;
+
+/// True if our inbound SPI `spi` is a spread Child SA's ([`ChildPolicy::spread`]).
+pub fn is_spread(spi: u32) -> bool {
+    spi & SPREAD_SPI_BIT != 0
+}
+
 use crate::auth::identity::RemoteId;
 use crate::auth::private_key::PrivateKey;
 use crate::auth::x509::TrustAnchors;
@@ -204,6 +214,10 @@ pub struct ChildPolicy {
     pub transport: bool,
     /// Offer (and grant) a Child SA per data plane resource (RFC 9611, SA_RESOURCE_INFO).
     pub per_resource: bool,
+    /// Its SAs that are not per-resource are spread: their inbound SPIs carry
+    /// [`SPREAD_SPI_BIT`], and the data plane shares their packets out among its
+    /// resources by sequence number (for peers without RFC 9611).
+    pub spread: bool,
     /// When its Child SAs should be rekeyed (soft) and must end (hard).
     pub lifetime: Lifetime,
     /// Up to this much is taken off the soft time limit at random (swanctl's `rand_time`).

@@ -147,7 +147,10 @@ pub(in super::super) fn request(
         Some(_) => None,
         None => resource,
     };
-    let spi_in = ctx.alloc_child_spi(resource);
+    // A first SA is spread before the answer says whether the peer does RFC 9611:
+    // one that does then adds per-resource SAs beside it.
+    let spread = resource.is_none() && ctx.spreads(child);
+    let spi_in = ctx.alloc_child_spi(resource, spread);
     let (local_ts, remote_ts) = match rekeys {
         Some(old) => (old.local_ts.clone(), old.remote_ts.clone()),
         None => (
@@ -477,7 +480,7 @@ pub(in super::super) fn respond(
             );
         }
         let spi_out = esp_spi(&chosen)?;
-        let spi_in = ctx.alloc_child_spi(resource);
+        let spi_in = ctx.alloc_child_spi(resource, !per_resource && ctx.spreads(&child));
         let nr = if in_auth {
             sa.nonce_r.clone()
         } else {

@@ -87,7 +87,7 @@ pub(super) fn response(
         let index = req.index;
         ctx.child_spis.remove(&req.spi_in);
         sa.log(ctx, format!("peer wants {group} for PFS, retrying"));
-        let spi_in = ctx.alloc_child_spi(req.resource);
+        let spi_in = ctx.alloc_child_spi(req.resource, crate::ike::is_spread(req.spi_in));
         let req = ChildRequest {
             spi_in,
             proposals: req
