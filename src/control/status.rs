@@ -92,6 +92,7 @@ impl Registry {
             "algorithms": super::log::esp_algorithms(c),
             "mode": if c.transport { "transport" } else { "tunnel" },
             "per_resource": c.per_resource,
+            "spread": crate::ike::is_spread(c.spi_in),
             "encap": c.encap,
             "outbound": c.outbound,
             "local_ts": c.local_ts.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -255,9 +256,14 @@ pub fn text(status: &Value) -> String {
             } else {
                 ""
             };
+            let spread = if c["spread"].as_bool() == Some(true) {
+                ", spread"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "  {}: {}, {}{per_resource}, {encap} SPIs: {}_i {}_o",
+                "  {}: {}, {}{per_resource}{spread}, {encap} SPIs: {}_i {}_o",
                 s(&c["name"]),
                 s(&c["state"]),
                 s(&c["mode"]).to_uppercase(),
@@ -359,6 +365,7 @@ mod tests {
         let status = json!({ "ike_sas": [{ "child_sas": [
             { "name": "host", "state": "INSTALLED", "mode": "transport" },
             { "name": "net", "state": "INSTALLED", "mode": "tunnel", "per_resource": true },
+            { "name": "wide", "state": "INSTALLED", "mode": "tunnel", "spread": true },
         ] }], "workers": [{ "packets_out": 5, "packets_in": 7 }] });
         let text = super::text(&status);
         assert!(
@@ -367,6 +374,10 @@ mod tests {
         );
         assert!(
             text.contains("\n  net: INSTALLED, TUNNEL, per-resource, ESP SPIs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  wide: INSTALLED, TUNNEL, spread, ESP SPIs"),
             "{text}"
         );
         assert!(

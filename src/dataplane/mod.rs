@@ -7,7 +7,11 @@
 //! sendmmsg. Outbound SAs are shared (`Arc`) by all workers: their sequence number
 //! is one atomic. Inbound, the kernel steers each ESP packet to the worker that owns
 //! its SPI (a classic BPF program on the sockets, `SPI % workers`), so every replay
-//! window has exactly one owner and the fast path takes no lock. The non-ESP marker
+//! window has exactly one owner and the fast path takes no lock. A spread SA (for a
+//! peer without per-resource SAs, its SPI says so) has a part on every worker, each
+//! with the keys and a replay window over its own class of sequence numbers, and the
+//! program steers its packets by sequence number: one tunnel's decryption uses every
+//! core, though a flow's packets may reach the TUN out of order. The non-ESP marker
 //! steers IKE on the NAT-T port to the control thread's socket instead. UDP sockets
 //! receive with GRO. A train of datagrams (a peer's GSO run, or the kernel's GRO) is
 //! steered by its first; what in it belongs to another worker or the control thread
@@ -37,8 +41,9 @@ pub use buf::PacketBuf;
 pub use packet::Flow;
 
 use crate::config::{DataplaneSettings, Listen};
+use crate::esp::replay::Class;
 use crate::esp::{InboundSa, OutboundSa, SaKeys};
-use crate::ike::{ChildSaUp, Lifetime, Limits};
+use crate::ike::{ChildSaUp, Lifetime, Limits, is_spread};
 use crate::netio::Received;
 use crate::sink::{Protected, SaSink};
 use crate::wire::payload::{AddrRange, TsRange};
@@ -282,7 +287,7 @@ pub struct Outbound {
     traffic: Arc<Traffic>,
 }
 
-/// An inbound Child SA, owned by one worker.
+/// An inbound Child SA, owned by one worker; a spread SA's part on one worker.
 pub struct Inbound {
     sa: InboundSa,
     local_ts: Vec<TsRange>,
@@ -303,12 +308,14 @@ enum Command {
     /// Send with this SA, ahead of every older one, starting with the packets held
     /// for its child (every worker).
     Outbound(Arc<Outbound>),
-    /// Take ownership of an inbound SA (the worker its SPI is steered to).
+    /// Take ownership of an inbound SA (the worker its SPI is steered to), or of
+    /// the worker's part of a spread one.
     Inbound(u32, Box<Inbound>),
     /// Send with this SA instead of the one with its install id, if that one is in
     /// use (every worker).
     Move(Arc<Outbound>),
-    /// The peer of this inbound SA now sends from here (its owner).
+    /// The peer of this inbound SA now sends from here (its owner, or every worker
+    /// for a spread SA).
     InboundPeer(u32, SocketAddr),
     /// Forget both directions of the Child SA with this inbound SPI.
     Remove(u32),
@@ -518,6 +525,17 @@ impl Dataplane {
         Ok((dataplane, receiver))
     }
 
+    /// The workers that hold inbound SA `spi` (or a part of it).
+    fn inbound_workers(&self, spi: u32) -> std::ops::Range<usize> {
+        let n = self.workers.len();
+        if is_spread(spi) {
+            0..n
+        } else {
+            let owner = socket::owner(spi, n);
+            owner..owner + 1
+        }
+    }
+
     /// Whether a protected child of some connection routes `prefix`.
     fn is_protected(&self, prefix: (IpAddr, u8)) -> bool {
         self.protected.iter().any(|&(p, _)| p == prefix)
@@ -725,11 +743,22 @@ impl SaSink for Dataplane {
         };
         let out_sa = OutboundSa::new(&keys(c.spi_out, (&c.keys_out.0, &c.keys_out.1)))
             .map_err(|e| e.to_string())?;
-        let in_sa = InboundSa::new(
-            &keys(c.spi_in, (&c.keys_in.0, &c.keys_in.1)),
-            self.settings.replay_window,
-        )
-        .map_err(|e| e.to_string())?;
+        let workers = self.inbound_workers(c.spi_in);
+        let count = workers.len() as u32;
+        let in_sas = workers
+            .clone()
+            .map(|w| {
+                // One worker: the whole SA, whichever worker it is.
+                let class = Class::new(w as u32, count);
+                InboundSa::of_class(
+                    &keys(c.spi_in, (&c.keys_in.0, &c.keys_in.1)),
+                    self.settings.replay_window,
+                    class,
+                )
+                .map(|sa| (w, sa))
+                .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let outbound = Arc::new(Outbound {
             max_inner: path.max_inner(&out_sa, self.settings.path_mtu),
             pinned: c
@@ -748,18 +777,20 @@ impl SaSink for Dataplane {
             hard: c.lifetime.hard,
             traffic: Arc::default(),
         });
+        // Shared by a spread SA's parts: lifetimes and `status` count the whole SA.
         let traffic = Arc::new(Traffic::default());
-        let inbound = Box::new(Inbound {
-            sa: in_sa,
-            local_ts: c.local_ts.clone(),
-            remote_ts: c.remote_ts.clone(),
-            hard: c.lifetime.hard,
-            traffic: traffic.clone(),
-            peer: c.encap.then_some(c.remote),
-        });
         // Inbound first: the peer may send as soon as it has installed its side.
-        self.workers[socket::owner(c.spi_in, self.workers.len())]
-            .send(Command::Inbound(c.spi_in, inbound));
+        for (w, sa) in in_sas {
+            let inbound = Box::new(Inbound {
+                sa,
+                local_ts: c.local_ts.clone(),
+                remote_ts: c.remote_ts.clone(),
+                hard: c.lifetime.hard,
+                traffic: traffic.clone(),
+                peer: c.encap.then_some(c.remote),
+            });
+            self.workers[w].send(Command::Inbound(c.spi_in, inbound));
+        }
         if c.outbound {
             for w in &self.workers {
                 w.send(Command::Outbound(outbound.clone()));
@@ -819,8 +850,9 @@ impl SaSink for Dataplane {
             }
         }
         if encap {
-            self.workers[socket::owner(spi_in, self.workers.len())]
-                .send(Command::InboundPeer(spi_in, remote));
+            for w in self.inbound_workers(spi_in) {
+                self.workers[w].send(Command::InboundPeer(spi_in, remote));
+            }
         }
         if let Some(installed) = self.installed.get_mut(&spi_in) {
             installed.outbound = moved;

@@ -58,7 +58,9 @@ pub fn owner(datagram: &[u8], workers: usize) -> Owner {
     match datagram.first_chunk::<4>() {
         None => Owner::Nobody,
         Some([0, 0, 0, 0]) => Owner::Control,
-        Some(&spi) => Owner::Worker(socket::owner(u32::from_be_bytes(spi), workers)),
+        // The program gives a spread SA's datagram too short for its sequence number
+        // to the control thread, which has no use for it.
+        Some(_) => socket::steer(datagram, workers).map_or(Owner::Nobody, Owner::Worker),
     }
 }
 
@@ -315,6 +317,17 @@ mod tests {
         assert_eq!(owner(&[0, 0, 0, 0, 0x21], 3), Owner::Control);
         assert_eq!(owner(&[0, 0, 1, 0, 9, 9], 3), Owner::Worker(256 % 3));
         assert_eq!(owner(&esp(7), 3), Owner::Worker(1));
+        // A spread SA's: by the block of its sequence number, whatever its SPI.
+        let spread = |seq: u32| {
+            let mut p = esp(0x8000_0007);
+            p[4..8].copy_from_slice(&seq.to_be_bytes());
+            owner(&p, 3)
+        };
+        assert_eq!(spread(5), Owner::Worker(0));
+        assert_eq!(spread(64), Owner::Worker(1));
+        assert_eq!(spread(2 * 64 + 63), Owner::Worker(2));
+        assert_eq!(spread(3 * 64), Owner::Worker(0));
+        assert_eq!(owner(&[0x80, 0, 0, 7, 0, 0, 0], 3), Owner::Nobody);
     }
 
     /// What `rx`, socket 1, received of `count` datagrams sent as one train, each in

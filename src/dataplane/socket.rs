@@ -1,11 +1,15 @@
 //! The workers' ESP sockets: UDP on the NAT-T port (RFC 3948), in one SO_REUSEPORT
 //! group with the control thread's socket, and raw IP protocol 50 sockets for ESP
 //! without NAT. Classic BPF programs steer each packet to the worker that owns its
-//! SPI, and IKE (behind the non-ESP marker) to the control thread.
+//! SPI, and IKE (behind the non-ESP marker) to the control thread. A spread SA's
+//! packets (its SPI has [`SPREAD_SPI_BIT`]) go by sequence number instead, in blocks
+//! of 2^[`SPREAD_SHIFT`], to the worker whose part of the SA checks them.
 
 use super::buf::PacketBuf;
 use super::worker::BATCH;
 use crate::config::Listen;
+use crate::esp::replay::{Class, SPREAD_SHIFT};
+use crate::ike::{SPREAD_SPI_BIT, is_spread};
 use crate::netio::{self, PacketInfo};
 use nix::errno::Errno;
 use nix::libc;
@@ -42,9 +46,22 @@ pub fn addresses(listen: &Listen) -> Vec<(Transport, SocketAddr)> {
         .collect()
 }
 
-/// The worker whose sockets the steering programs hand packets for `spi`.
+/// The worker whose sockets the steering programs hand packets for `spi`, if it is
+/// not spread.
 pub fn owner(spi: u32, workers: usize) -> usize {
     spi as usize % workers
+}
+
+/// The worker the steering programs hand the ESP packet starting `esp` to, as they
+/// compute it: by SPI, or for a spread SA by sequence number; None if it is too short
+/// to tell.
+pub fn steer(esp: &[u8], workers: usize) -> Option<usize> {
+    let spi = u32::from_be_bytes(*esp.first_chunk::<4>()?);
+    if !is_spread(spi) {
+        return Some(owner(spi, workers));
+    }
+    let seq = u32::from_be_bytes(*esp.get(4..8)?.first_chunk::<4>()?);
+    Some(Class::of(seq, workers as u32) as usize)
 }
 
 /// One socket of a worker.
@@ -107,7 +124,9 @@ const LD_W_IND: u16 = 0x40;
 const LDX_B_MSH: u16 = 0xb1;
 const ALU_MOD_K: u16 = 0x94;
 const ALU_ADD_K: u16 = 0x04;
+const ALU_RSH_K: u16 = 0x74;
 const JEQ_K: u16 = 0x15;
+const JSET_K: u16 = 0x45;
 const RET_A: u16 = 0x16;
 const RET_K: u16 = 0x06;
 
@@ -122,38 +141,48 @@ fn program(filter: &mut [libc::sock_filter]) -> libc::sock_fprog {
     }
 }
 
+/// With the SPI in A, leaves in A the worker [`steer`] names: for a spread SPI it
+/// loads the sequence number (4 bytes on, by `load`) and takes its block's class.
+fn worker_in_a(load: u16, workers: usize) -> [libc::sock_filter; 4] {
+    [
+        insn(JSET_K, 0, 2, SPREAD_SPI_BIT),
+        insn(load, 0, 0, 4),
+        insn(ALU_RSH_K, 0, 0, SPREAD_SHIFT),
+        insn(ALU_MOD_K, 0, 0, workers as u32),
+    ]
+}
+
 /// The NAT-T group's steering: the first four payload bytes are zero for IKE (the
 /// non-ESP marker) and go to socket 0, the control thread's; anything too short to
-/// hold an SPI (keepalives) also yields 0, since a failed load returns 0. ESP goes to
-/// socket 1 + SPI % workers, the owner's.
+/// hold an SPI (keepalives), or a spread SA's sequence number, also yields 0, since a
+/// failed load returns 0. ESP goes to socket 1 + the worker [`steer`] names.
 fn steer_udp(fd: &OwnedFd, workers: usize) -> io::Result<()> {
-    let mut filter = [
-        insn(LD_W_ABS, 0, 0, 0),
-        insn(JEQ_K, 3, 0, 0),
-        insn(ALU_MOD_K, 0, 0, workers as u32),
+    let mut filter = vec![insn(LD_W_ABS, 0, 0, 0), insn(JEQ_K, 6, 0, 0)];
+    filter.extend(worker_in_a(LD_W_ABS, workers));
+    filter.extend([
         insn(ALU_ADD_K, 0, 0, 1),
         insn(RET_A, 0, 0, 0),
         insn(RET_K, 0, 0, 0),
-    ];
+    ]);
     setsockopt(fd, sockopt::AttachReusePortCbpf, &program(&mut filter))?;
     Ok(())
 }
 
-/// A raw ESP socket sees every ESP packet; this keeps those of SPIs `index` owns.
-/// IPv4 raw sockets see the IP header first, IPv6 ones start at the ESP header.
+/// A raw ESP socket sees every ESP packet; this keeps those [`steer`] names worker
+/// `index` for. IPv4 raw sockets see the IP header first, IPv6 ones start at the ESP
+/// header.
 fn steer_raw(fd: &OwnedFd, v4: bool, index: usize, workers: usize) -> io::Result<()> {
-    let keep = [
-        insn(ALU_MOD_K, 0, 0, workers as u32),
-        insn(JEQ_K, 0, 1, index as u32),
-        insn(RET_K, 0, 0, u32::MAX),
-        insn(RET_K, 0, 0, 0),
-    ];
     let mut filter: Vec<libc::sock_filter> = if v4 {
         vec![insn(LDX_B_MSH, 0, 0, 0), insn(LD_W_IND, 0, 0, 0)]
     } else {
         vec![insn(LD_W_ABS, 0, 0, 0)]
     };
-    filter.extend(keep);
+    filter.extend(worker_in_a(if v4 { LD_W_IND } else { LD_W_ABS }, workers));
+    filter.extend([
+        insn(JEQ_K, 0, 1, index as u32),
+        insn(RET_K, 0, 0, u32::MAX),
+        insn(RET_K, 0, 0, 0),
+    ]);
     setsockopt(fd, AttachFilter, &program(&mut filter))?;
     Ok(())
 }
@@ -558,6 +587,71 @@ mod tests {
                     Some(tx.bound)
                 );
             }
+        }
+    }
+
+    /// A NAT-T group on loopback as the daemon makes it: the control thread's socket,
+    /// then three workers', the first with the steering program. Each datagram must
+    /// reach the socket `steer` names (IKE and the too short the control thread's).
+    #[test]
+    fn the_steering_program_picks_the_worker_steer_names() {
+        let workers = 3;
+        let group: Vec<std::net::UdpSocket> = {
+            let first = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+                .expect("socket");
+            first.set_reuse_port(true).expect("SO_REUSEPORT");
+            first
+                .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+                .expect("bind");
+            let port = first.local_addr().unwrap().as_socket().unwrap();
+            let mut group = vec![std::net::UdpSocket::from(first)];
+            for i in 0..workers {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+                    .expect("socket");
+                s.set_reuse_port(true).expect("SO_REUSEPORT");
+                s.bind(&port.into()).expect("bind");
+                let fd = OwnedFd::from(s);
+                if i == 0 {
+                    steer_udp(&fd, workers).expect("attach the program");
+                }
+                group.push(std::net::UdpSocket::from(fd));
+            }
+            group
+        };
+        let to = group[0].local_addr().unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sent: Vec<Vec<u8>> = vec![vec![0, 0, 0, 0, 1, 2, 3], vec![0x80, 0, 0, 1, 0]];
+        for spi in [0x100u32, 0x101, 0x102, 0x8000_0100, 0xffff_ffff] {
+            for seq in [1u32, 63, 64, 130, 200, 0xffff_ffc0] {
+                let mut p = vec![0; 40];
+                p[..4].copy_from_slice(&spi.to_be_bytes());
+                p[4..8].copy_from_slice(&seq.to_be_bytes());
+                sent.push(p);
+            }
+        }
+        for p in &sent {
+            tx.send_to(p, to).unwrap();
+        }
+        let mut got = vec![Vec::new(); workers + 1];
+        let mut buf = [0u8; 64];
+        for (i, s) in group.iter().enumerate() {
+            s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+                .unwrap();
+            while let Ok(n) = s.recv(&mut buf) {
+                got[i].push(buf[..n].to_vec());
+            }
+        }
+        for (i, received) in got.iter().enumerate() {
+            let want: Vec<Vec<u8>> = sent
+                .iter()
+                .filter(|p| {
+                    let control = p.len() < 8 || p[..4] == [0; 4];
+                    let worker = if control { None } else { steer(p, workers) };
+                    worker.map_or(0, |w| w + 1) == i
+                })
+                .cloned()
+                .collect();
+            assert_eq!(received, &want, "socket {i}");
         }
     }
 

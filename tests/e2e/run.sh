@@ -920,5 +920,43 @@ per_resource() {
 }
 want per-resource && per_resource
 
+# --- a spread SA: one Child SA of a peer without per-resource SAs over both of bob's workers ---
+# Bob spreads its inbound SAs (spread_inbound = true); alice is a plain peer: one SA,
+# no RFC 9611. Bob's steering programs hand alice's ESP to his workers by sequence
+# number in blocks of 64, and each worker checks its own class of numbers: one TCP
+# stream's 200 MB must arrive whole, each of bob's workers must receive its share
+# (within 25 % of half) and none may be dropped as a replay.
+spread() {
+    CASE=$RUN/spread; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    log "case spread: workers = 2, bob spreads his inbound SA, alice is a plain peer; one TCP stream"
+    SITES_DATAPLANE="workers = 2" sites_configs "$CASE" alice "encap = true"
+    sed -i 's/^esp_proposals = .*/&\nspread_inbound = true/' "$CASE/bob.toml"
+    { sites_gateway "$ESPTUN" "$CASE" bob && sites_wait "$CASE/bob.log" "data plane:" &&
+        sites_gateway "$ESPTUN" "$CASE" alice && sites_wait "$CASE/alice.log" "CHILD_SA .* UP" &&
+        sites_wait "$CASE/bob.log" "CHILD_SA .* UP"; } || { fail spread "no Child SA"; sites_stop; return; }
+    local why="" status b0 b got
+    status=$(ip netns exec "$NS_BG" "$ESPTUN" status --json)
+    jq -e '.ike_sas[0].child_sas | length == 1 and (.[0] | .spread and (.per_resource | not))' <<<"$status" >/dev/null ||
+        why+="${why:+; }bob's SA is not one spread SA: $(jq -c '[.ike_sas[].child_sas[] | {spi_in, spread}]' <<<"$status")"
+    (( 16#$(jq -r '.ike_sas[0].child_sas[0].spi_in' <<<"$status") >= 0x80000000 )) ||
+        why+="${why:+; }bob's inbound SPI has no spread bit"
+    ip netns exec "$NS_BG" "$ESPTUN" status | grep -q "^  lan: INSTALLED, TUNNEL, spread, " ||
+        why+="${why:+; }bob's status text does not say spread"
+    ip netns exec "$NS_AG" "$ESPTUN" status --json | jq -e '[.ike_sas[].child_sas[] | .spread] == [false]' >/dev/null ||
+        why+="${why:+; }alice's SA is spread"
+    b0=$(ip netns exec "$NS_BG" "$ESPTUN" status --json | jq -c '[.workers[] | .packets_in]')
+    got=$(transfer)
+    [[ $got == "$SUM" ]] || why+="${why:+; }transfer SHA-256 $got, want $SUM"
+    b=$(ip netns exec "$NS_BG" "$ESPTUN" status --json | jq -c --argjson b0 "$b0" '[.workers[] | .packets_in] as $b1
+        | [range($b1 | length) | $b1[.] - $b0[.]]')
+    jq -e 'length == 2 and (add / 2) as $half | all(. >= $half * 0.75 and . <= $half * 1.25)' <<<"$b" >/dev/null ||
+        why+="${why:+; }bob's workers received $b packets of the transfer: not within 25 % of half each"
+    [[ $(drops replay) == 0 ]] || why+="${why:+; }bob dropped $(drops replay) packets as replays"
+    log "  bob's workers received $b packets of the transfer"
+    if [[ -z $why ]]; then pass spread; else fail spread "$why"; fi
+    sites_stop
+}
+want spread && spread
+
 log "$PASSED passed, ${#FAILED[@]} failed${FAILED[*]:+: ${FAILED[*]}}"
 (( ${#FAILED[@]} == 0 ))
