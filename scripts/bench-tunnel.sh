@@ -18,7 +18,7 @@
 #   check that every setup works (what CI runs), no figures worth quoting. Default
 #   seconds per run 10, OUT target/bench-tunnel.
 #   SETUPS="esptun-udp ..." runs only those setups (default all): veth, esptun-udp,
-#   esptun-raw, esptun-spread, xfrm, strongswan, boringtun.
+#   esptun-raw, esptun-per-resource, esptun-spread, xfrm, strongswan, boringtun.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/sites.sh
@@ -128,7 +128,7 @@ measure() {
             {setup: $setup, test: $kind, param: $param, gbit_s: $gbits,
              cpu_s_per_gb: {alice: $cpu_a, bob: $cpu_b}, rss_kib: {alice: $rss_a, bob: $rss_b}}
             + (if $shares then {worker_share_percent: $shares} else {} end)
-            + (if $kind == "tcp" then {} else
+            + (if $kind == "tcp" then {retransmits: ($iperf[0].end.sum_sent.retransmits // null)} else
                {loss_percent: ($r.lost_percent // null), jitter_ms: ($r.jitter_ms // null),
                 packets_per_s: (if $r.packets then (($r.packets - $r.lost_packets) / $r.seconds | floor) else null end)} end)' \
             >>"$RUN/results.jsonl"
@@ -137,6 +137,7 @@ measure() {
             (.loss_percent // "-" | tostring | .[0:6]), (.packets_per_s // "-")] | @tsv')
         ROWS+=("$row")
         awk -F'\t' '{printf "%-30s %-5s %-5s %7s %8s %8s %8s %8s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}' <<<"$row"
+        [[ $kind != tcp ]] || echo "    TCP retransmits: $(tail -n 1 "$RUN/results.jsonl" | jq '.retransmits')"
         [[ $shares == null ]] || echo "    each worker's share of the packets, %: $(jq -c . <<<"$shares")"
     }
     local streams rate a0 b0 wa wb shares
@@ -186,11 +187,19 @@ for esp in udp raw; do
     sites_stop
 done
 # One Child SA per worker (RFC 9611): the tunnel's flows spread over both workers.
-if want esptun-spread; then
-    mkdir -p "$RUN/esptun-spread"; ln -s "$RUN/pki" "$RUN/esptun-spread/pki"
-    SITES_CHILD="per_resource_sas = true" sites_start "$ESPTUN" "$RUN/esptun-spread" alice "encap = true"
+if want esptun-per-resource; then
+    mkdir -p "$RUN/esptun-per-resource"; ln -s "$RUN/pki" "$RUN/esptun-per-resource/pki"
+    SITES_CHILD="per_resource_sas = true" sites_start "$ESPTUN" "$RUN/esptun-per-resource" alice "encap = true"
     sleep 1 # the initiator adds the second SA right after the first
     measure "esptun per-resource SAs (udp)" "$ALICE_PID" "$BOB_PID" esptun
+    sites_stop
+fi
+# One Child SA, each side's inbound packets spread over its workers by sequence number
+# (spread_inbound, for peers without RFC 9611).
+if want esptun-spread; then
+    mkdir -p "$RUN/esptun-spread"; ln -s "$RUN/pki" "$RUN/esptun-spread/pki"
+    SITES_CHILD="spread_inbound = true" sites_start "$ESPTUN" "$RUN/esptun-spread" alice "encap = true"
+    measure "esptun spread SA (udp)" "$ALICE_PID" "$BOB_PID" esptun
     sites_stop
 fi
 
