@@ -255,7 +255,7 @@ run_case() {
     if [[ $who == charon ]]; then
         sw "$d" --initiate --child net --timeout 20 >"$d/initiate.log" 2>&1 || true
     fi
-    local theirs="" ours="" why
+    local theirs="" ours="" why spread=""
     for _ in $(seq 100); do
         theirs=$(charon_sa "$d" || true); ours=$(esptun_sa "$d" || true)
         [[ -n $theirs && -n $ours ]] && break
@@ -267,10 +267,12 @@ run_case() {
         fail "$name" "views differ: charon '$theirs' vs esptun '$ours'"; show_logs "$d"
     elif ! why=$(traffic "$d" "$auth/$prop"); then
         fail "$name" "$why"; show_logs "$d"
+    elif [[ ${4:-} == spread ]] && ! spread=$(spread_check); then
+        fail "$name" "$spread"; show_logs "$d"
     else
         local frag=""
         grep -q 'fragments)' "$d/esptun.log" && frag="IKE_AUTH fragmented"
-        pass "$name" "${frag:+$frag, }SPIs $(cut -d' ' -f3-4 <<<"$ours"), $why"
+        pass "$name" "${frag:+$frag, }SPIs $(cut -d' ' -f3-4 <<<"$ours"), $why${spread:+, $spread}"
     fi
     stop_all
 }
@@ -293,6 +295,16 @@ traffic() {
     local ms=$((($(date +%s%N) - start) / 1000000))
     [[ $(cat "$d/received") == "$(cat "$RUN/payload.sum")" ]] || { echo "200 MB transfer: SHA-256 differs"; return 1; }
     echo "pings v4/v6, 200 MB TCP intact in $ms ms"
+}
+
+# spread_check: esptun's one SA is spread, and both of its workers received ESP.
+spread_check() {
+    local status; status=$(ip netns exec "$NS_E" "$ESPTUN" status --json)
+    jq -e '[.ike_sas[].child_sas[] | .spread] == [true]' <<<"$status" >/dev/null ||
+        { echo "esptun's SA is not spread"; return 1; }
+    jq -e '[.workers[] | .packets_in] | length == 2 and all(. > 100)' <<<"$status" >/dev/null ||
+        { echo "esptun's workers received $(jq -c '[.workers[] | .packets_in]' <<<"$status") packets: not both"; return 1; }
+    echo "esptun's workers received $(jq -c '[.workers[] | .packets_in]' <<<"$status") packets"
 }
 
 # run_failure initiator variant auth expected-notify
@@ -457,6 +469,14 @@ for who in esptun charon; do
     prop=aes128gcm16-prfsha256-x25519
     [[ "$who-initiates/psk/$prop/per-resource" =~ $ONLY ]] || continue
     ESPTUN_CHILD="per_resource_sas = true" run_case "$who" psk $prop per-resource
+done
+# esptun spreading its inbound SA over two workers by sequence number (spread_inbound),
+# with a charon 5.9 that sends with one SA: the same SA on both sides, and the pings and
+# the 200 MB transfer's ACKs through it.
+for who in esptun charon; do
+    prop=aes128gcm16-prfsha256-x25519
+    [[ "$who-initiates/ecdsa/$prop/spread" =~ $ONLY ]] || continue
+    ESPTUN_CHILD="spread_inbound = true" ESPTUN_TOP=$'[dataplane]\nworkers = 2' run_case "$who" ecdsa $prop spread
 done
 for who in esptun charon; do
     [[ "$who-initiates/failures" =~ $ONLY ]] || continue
