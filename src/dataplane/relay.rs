@@ -323,10 +323,11 @@ mod tests {
             p[4..8].copy_from_slice(&seq.to_be_bytes());
             owner(&p, 3)
         };
+        let block = 1 << crate::esp::replay::SPREAD_SHIFT;
         assert_eq!(spread(5), Owner::Worker(0));
-        assert_eq!(spread(64), Owner::Worker(1));
-        assert_eq!(spread(2 * 64 + 63), Owner::Worker(2));
-        assert_eq!(spread(3 * 64), Owner::Worker(0));
+        assert_eq!(spread(block), Owner::Worker(1));
+        assert_eq!(spread(3 * block - 1), Owner::Worker(2));
+        assert_eq!(spread(3 * block), Owner::Worker(0));
         assert_eq!(owner(&[0x80, 0, 0, 7, 0, 0, 0], 3), Owner::Nobody);
     }
 

@@ -621,8 +621,17 @@ mod tests {
         let to = group[0].local_addr().unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut sent: Vec<Vec<u8>> = vec![vec![0, 0, 0, 0, 1, 2, 3], vec![0x80, 0, 0, 1, 0]];
+        let block = 1u32 << SPREAD_SHIFT;
+        let seqs = [
+            1,
+            block - 1,
+            block,
+            2 * block + 3,
+            3 * block + 9,
+            u32::MAX - 5,
+        ];
         for spi in [0x100u32, 0x101, 0x102, 0x8000_0100, 0xffff_ffff] {
-            for seq in [1u32, 63, 64, 130, 200, 0xffff_ffc0] {
+            for seq in seqs {
                 let mut p = vec![0; 40];
                 p[..4].copy_from_slice(&spi.to_be_bytes());
                 p[4..8].copy_from_slice(&seq.to_be_bytes());
