@@ -923,7 +923,7 @@ want per-resource && per_resource
 # --- a spread SA: one Child SA of a peer without per-resource SAs over both of bob's workers ---
 # Bob spreads its inbound SAs (spread_inbound = true); alice is a plain peer: one SA,
 # no RFC 9611. Bob's steering programs hand alice's ESP to his workers by sequence
-# number in blocks of 64, and each worker checks its own class of numbers: one TCP
+# number in blocks of 1024, and each worker checks its own class of numbers: one TCP
 # stream's 200 MB must arrive whole, each of bob's workers must receive its share
 # (within 25 % of half) and none may be dropped as a replay.
 spread() {
