@@ -5,9 +5,7 @@
 //! worker's CPU. The storage here is zeroed once, at allocation; afterwards only the
 //! length moves, and growing it exposes earlier packets' bytes, which every user
 //! writes over before they go anywhere (reads fill the buffer, sealing writes the
-//! header, padding, trailer and ICV, GRO copies the segments it appends).
-
-use tun_rs::ExpandBuffer;
+//! header, padding, trailer and ICV).
 
 /// Fixed storage and the length of the packet in it; never reallocates.
 pub struct PacketBuf {
@@ -70,53 +68,19 @@ impl AsMut<[u8]> for PacketBuf {
     }
 }
 
-/// What tun-rs's GRO needs to coalesce segments into one of our buffers. It checks
-/// `buf_capacity` before it grows a buffer, so growing past it is a bug and panics,
-/// as indexing would.
-impl ExpandBuffer for PacketBuf {
-    fn buf_capacity(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Like `Vec::resize`: only the bytes that join the packet get `value`.
-    fn buf_resize(&mut self, new_len: usize, value: u8) {
-        if new_len > self.len {
-            self.bytes[self.len..new_len].fill(value);
-        }
-        self.len = new_len;
-    }
-
-    fn buf_extend_from_slice(&mut self, src: &[u8]) {
-        let end = self.len + src.len();
-        self.bytes[self.len..end].copy_from_slice(src);
-        self.len = end;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn only_the_bytes_that_join_the_packet_are_written() {
+    fn only_the_length_moves() {
         let mut b = PacketBuf::new(64);
         b.storage_mut().fill(0xaa);
         b.set_len(10);
-        assert_eq!(b.as_ref().len(), 10);
-        b.buf_resize(20, 0);
-        assert_eq!(&b.storage_mut()[10..20], &[0; 10]);
-        assert_eq!(&b.storage_mut()[20..], &[0xaa; 44], "the rest is untouched");
-        b.buf_extend_from_slice(&[1, 2, 3]);
-        assert_eq!((b.len(), &b.as_ref()[20..]), (23, &[1, 2, 3][..]));
-        b.buf_resize(5, 0);
-        assert_eq!(
-            &b.storage_mut()[5..8],
-            &[0xaa; 3],
-            "shrinking writes nothing"
-        );
+        assert_eq!(b.as_ref(), &[0xaa; 10]);
         b.reset();
-        assert_eq!((b.len(), b.capacity(), b.buf_capacity()), (64, 64, 64));
-        assert_eq!(b.as_mut()[5], 0xaa, "a reset writes nothing either");
+        assert_eq!((b.len(), b.capacity()), (64, 64));
+        assert_eq!(b.as_mut()[5], 0xaa, "a reset writes nothing");
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //! stragglers until it is removed.
 
 mod buf;
+mod coalesce;
 mod packet;
 mod relay;
 mod route;

@@ -1,6 +1,7 @@
 //! One ESP worker: a loop over its TUN queue, its sockets and its command channel.
 
 use super::buf::PacketBuf;
+use super::coalesce::{Coalescer, VNET_HDR_LEN, VNET_HDR_NONE};
 use super::packet::{self, Flow};
 use super::relay::{Handoff, Relay, Route};
 use super::segment::{SegmentError, Segments};
@@ -17,13 +18,13 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EventFd;
 use nix::sys::socket::SockaddrStorage;
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
-use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 /// Packets per batch, from the TUN and from each socket.
 pub(super) const BATCH: usize = IDEAL_BATCH_SIZE;
@@ -33,10 +34,11 @@ const GSO_SEGMENTS: usize = 64;
 const BUF_LEN: usize = HEADROOM + 65_535 + 64;
 /// With offload the TUN writes its virtio-net header right before the packet, which
 /// a read puts at HEADROOM: the header lands in the room sealing writes over later.
-const _: () = assert!(VIRTIO_NET_HDR_LEN <= HEADROOM);
+const _: () = assert!(VNET_HDR_LEN <= HEADROOM);
 /// Where a received datagram is written: the inner packet that opening leaves in it
 /// must have room in front for the virtio-net header the TUN wants with offload.
-pub(super) const RX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+pub(super) const RX_OFFSET: usize = VNET_HDR_LEN;
+const _: () = assert!(VNET_HDR_LEN == VIRTIO_NET_HDR_LEN);
 const _: () = assert!(RX_OFFSET + MAX_TRAIN <= BUF_LEN);
 /// Held packets of a child go out in one batch when its SA is activated.
 const _: () = assert!(HOLD_PACKETS <= BATCH);
@@ -114,7 +116,7 @@ pub struct Worker {
     ready: Vec<usize>,
     /// A super-packet with more segments than `tx` has buffers left, while they go out.
     spare: PacketBuf,
-    gro: GROTable,
+    coalescer: Coalescer,
     /// A UDP GRO train as received, before it is split into `rx`.
     train: Box<[u8]>,
     /// Each received datagram's length and addresses.
@@ -410,6 +412,7 @@ impl Worker {
         Self {
             index,
             offload: tun.tcp_gso(),
+            coalescer: Coalescer::new(BATCH),
             tun,
             batch: Batch::new(BATCH, &sockets),
             sockets,
@@ -434,7 +437,6 @@ impl Worker {
             sealed: Vec::with_capacity(BATCH),
             ready: Vec::with_capacity(BATCH),
             spare: PacketBuf::new(BUF_LEN),
-            gro: GROTable::default(),
             train: vec![0; MAX_TRAIN].into_boxed_slice(),
             received: Vec::with_capacity(BATCH),
             stopping: false,
@@ -553,7 +555,7 @@ impl Worker {
     /// the way when they do not all fit).
     fn read_tun(&mut self, count: usize) -> io::Result<usize> {
         let at = if self.offload {
-            HEADROOM - VIRTIO_NET_HDR_LEN
+            HEADROOM - VNET_HDR_LEN
         } else {
             HEADROOM
         };
@@ -564,7 +566,7 @@ impl Worker {
             return Ok(count + 1);
         }
         let buf = self.tx[count].storage_mut();
-        let (vnet, packet) = buf[at..at + read].split_at(read.min(VIRTIO_NET_HDR_LEN));
+        let (vnet, packet) = buf[at..at + read].split_at(read.min(VNET_HDR_LEN));
         let segments = vnet
             .try_into()
             .map_err(|_| SegmentError::Truncated)
@@ -692,13 +694,12 @@ impl Worker {
 
     /// Writes an ICMP error for a packet that does not fit the tunnel back into the TUN.
     fn send_icmp(&mut self, icmp: &[u8]) {
-        // Through send_multiple, which adds the virtio-net header offload needs.
-        let mut one = [[&[0; VIRTIO_NET_HDR_LEN][..], icmp].concat()];
-        if self
-            .tun
-            .send_multiple(&mut self.gro, &mut one, VIRTIO_NET_HDR_LEN)
-            .is_err()
-        {
+        let hdr = if self.offload {
+            &VNET_HDR_NONE[..]
+        } else {
+            &[]
+        };
+        if writev(&self.tun, &[IoSlice::new(hdr), IoSlice::new(icmp)]).is_err() {
             self.drops.count(DropReason::Io);
         }
     }
@@ -905,22 +906,70 @@ impl Worker {
                 self.relay.wake(w);
             }
         }
-        // tun-rs writes every buffer of a call from one offset: one call per run of
-        // equal offsets (a batch of one SA has one).
-        let mut start = 0;
-        for run in ready.chunk_by(|a, b| a == b) {
-            let end = start + run.len();
-            if self
-                .tun
-                .send_multiple(&mut self.gro, &mut self.to_tun[start..end], run[0])
-                .is_err()
-            {
-                self.drops.count(DropReason::Io);
-            }
-            start = end;
+        let failed = write_to_tun(
+            &self.tun,
+            self.offload.then_some(&mut self.coalescer),
+            &mut self.to_tun,
+            &ready,
+        );
+        for _ in 0..failed {
+            self.drops.count(DropReason::Io);
         }
         self.ready = ready;
     }
+}
+
+/// Writes the inner packets `bufs[k][starts[k]..]` (k < `starts.len()` ≤ BATCH) to
+/// the TUN, a flow's TCP segments coalesced when it takes offload (a `coalescer`),
+/// each write's virtio-net header in the room in front of its first packet;
+/// returns how many writes failed.
+fn write_to_tun(
+    tun: &SyncDevice,
+    coalescer: Option<&mut Coalescer>,
+    bufs: &mut [PacketBuf],
+    starts: &[usize],
+) -> usize {
+    let Some(coalescer) = coalescer else {
+        let failed = starts
+            .iter()
+            .zip(bufs.iter())
+            .map(|(&s, b)| writev(tun, &[IoSlice::new(&b.as_ref()[s..])]).is_err());
+        return failed.filter(|&f| f).count();
+    };
+    let mut packets: [&[u8]; BATCH] = [&[]; BATCH];
+    for ((p, &s), b) in packets.iter_mut().zip(starts).zip(bufs.iter()) {
+        *p = &b.as_ref()[s..];
+    }
+    coalescer.plan(&packets[..starts.len()]);
+    for write in coalescer.writes() {
+        let start = starts[usize::from(write.first)];
+        let packet = bufs[usize::from(write.first)].as_mut();
+        let hdr = write.finish(&mut packet[start..]);
+        packet[start - VNET_HDR_LEN..start].copy_from_slice(&hdr);
+    }
+    let mut failed = 0;
+    let mut slices = [IoSlice::new(&[]); BATCH];
+    for write in coalescer.writes() {
+        let first = usize::from(write.first);
+        let payload = write.payload_start();
+        for (slice, k) in slices.iter_mut().zip(coalescer.members(write)) {
+            let from = if k == first {
+                starts[k] - VNET_HDR_LEN
+            } else {
+                starts[k] + payload
+            };
+            *slice = IoSlice::new(&bufs[k].as_ref()[from..]);
+        }
+        if writev(tun, &slices[..usize::from(write.count)]).is_err() {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+/// One write of `slices` to the TUN, which takes it as one packet.
+fn writev(tun: &SyncDevice, slices: &[IoSlice]) -> nix::Result<usize> {
+    nix::sys::uio::writev(tun, slices)
 }
 
 /// Why an outbound packet was not sealed.
