@@ -17,18 +17,13 @@
 //! before it joins one, and a segment that fails is written alone, for the stack
 //! to drop as it would have.
 
-/// The virtio-net header the TUN wants in front of each packet with offload.
-pub(super) const VNET_HDR_LEN: usize = 10;
+use super::segment::{F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, TCP_PSH};
+use tun_rs::{VIRTIO_NET_HDR_LEN, checksum, checksum_no_fold};
 
 /// A virtio-net header for a packet that needs nothing done (no GSO, checksum as is).
-pub(super) const VNET_HDR_NONE: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+pub(super) const VNET_HDR_NONE: [u8; VIRTIO_NET_HDR_LEN] = [0; VIRTIO_NET_HDR_LEN];
 
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
-const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
-const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 const TCP_ACK: u8 = 0x10;
-const TCP_PSH: u8 = 0x08;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 /// Where the TCP checksum is, from the start of the TCP header.
@@ -241,7 +236,7 @@ impl Write {
     /// Rewrites the headers in `first` (the write's first packet) for the whole
     /// group and returns the virtio-net header to write in front of it; a packet
     /// alone is left as it is, with a header that asks for nothing.
-    pub fn finish(&self, first: &mut [u8]) -> [u8; VNET_HDR_LEN] {
+    pub fn finish(&self, first: &mut [u8]) -> [u8; VIRTIO_NET_HDR_LEN] {
         let Some(g) = self.group.filter(|_| self.count > 1) else {
             return VNET_HDR_NONE;
         };
@@ -254,33 +249,29 @@ impl Write {
         } else {
             first[2..4].copy_from_slice(&total.to_be_bytes());
             first[10..12].fill(0);
-            let sum = fold(sum(&first[..iph], 0));
+            let sum = checksum(&first[..iph], 0);
             first[10..12].copy_from_slice(&(!sum).to_be_bytes());
             12..20
         };
         let (gso_type, csum_offset) = match (g.proto, g.v6) {
             (PROTO_UDP, _) => {
                 first[iph + 4..iph + 6].copy_from_slice(&(total - g.iph).to_be_bytes());
-                (VIRTIO_NET_HDR_GSO_UDP_L4, UDP_CSUM_OFFSET)
+                (GSO_UDP_L4, UDP_CSUM_OFFSET)
             }
             (_, v6) => {
                 if g.psh {
                     first[iph + 13] |= TCP_PSH;
                 }
-                let gso = if v6 {
-                    VIRTIO_NET_HDR_GSO_TCPV6
-                } else {
-                    VIRTIO_NET_HDR_GSO_TCPV4
-                };
+                let gso = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
                 (gso, TCP_CSUM_OFFSET)
             }
         };
         // The kernel adds the transport header and payload to this when it segments.
         let pseudo = pseudo_header(&first[addresses], g.proto, total - g.iph);
         let csum = iph + csum_offset;
-        first[csum..csum + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
-        let mut hdr = [0; VNET_HDR_LEN];
-        hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        first[csum..csum + 2].copy_from_slice(&checksum(&[], pseudo).to_be_bytes());
+        let mut hdr = [0; VIRTIO_NET_HDR_LEN];
+        hdr[0] = F_NEEDS_CSUM;
         hdr[1] = gso_type;
         hdr[2..4].copy_from_slice(&g.hdr_len.to_le_bytes());
         hdr[4..6].copy_from_slice(&g.gso_size.to_le_bytes());
@@ -399,35 +390,12 @@ fn checksum_valid(packet: &[u8], segment: &Segment) -> bool {
     // Less than 65 536: the packet's length is its IP length.
     let len = (packet.len() - iph) as u16;
     let pseudo = pseudo_header(&packet[addresses], segment.proto, len);
-    fold(sum(&packet[iph..], pseudo)) == 0xffff
+    checksum(&packet[iph..], pseudo) == 0xffff
 }
 
 /// The ones' complement sum, not folded, of a pseudo-header.
 fn pseudo_header(addresses: &[u8], proto: u8, len: u16) -> u64 {
-    sum(addresses, u64::from(proto) + u64::from(len))
-}
-
-/// Adds `bytes`, as big-endian 16-bit words (an odd last byte padded with zero), to
-/// the unfolded ones' complement sum `initial`. Summing 32-bit words into 64 bits
-/// needs no carry handling for any IP packet and lets the compiler vectorise.
-fn sum(bytes: &[u8], initial: u64) -> u64 {
-    let words = bytes.chunks_exact(4);
-    let rest = words.remainder();
-    let mut acc = initial;
-    for w in words {
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-    }
-    let mut tail = [0; 4];
-    tail[..rest.len()].copy_from_slice(rest);
-    acc + u64::from(u32::from_be_bytes(tail))
-}
-
-/// Folds an unfolded sum to 16 bits (2^16 ≡ 1 modulo 0xffff).
-fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
+    checksum_no_fold(addresses, u64::from(proto) + u64::from(len))
 }
 
 #[cfg(test)]
@@ -554,7 +522,7 @@ mod tests {
     }
 
     /// What the TUN would be handed: each write's virtio-net header and its bytes.
-    fn writes(packets: &mut [Vec<u8>]) -> Vec<([u8; VNET_HDR_LEN], Vec<u8>)> {
+    fn writes(packets: &mut [Vec<u8>]) -> Vec<([u8; VIRTIO_NET_HDR_LEN], Vec<u8>)> {
         let mut c = Coalescer::new(packets.len());
         c.plan(&packets.iter().map(Vec::as_slice).collect::<Vec<_>>());
         let mut out = Vec::new();
@@ -581,11 +549,11 @@ mod tests {
 
     /// What the kernel makes of a write: the segments of a GSO packet (checking its
     /// header against its bytes), or the packet as it is.
-    fn segment(hdr: [u8; VNET_HDR_LEN], packet: &[u8]) -> Vec<Vec<u8>> {
+    fn segment(hdr: [u8; VIRTIO_NET_HDR_LEN], packet: &[u8]) -> Vec<Vec<u8>> {
         if hdr == VNET_HDR_NONE {
             return vec![packet.to_vec()];
         }
-        if hdr[1] == VIRTIO_NET_HDR_GSO_UDP_L4 {
+        if hdr[1] == GSO_UDP_L4 {
             return segment_udp(hdr, packet);
         }
         let le = |i: usize| usize::from(u16::from_le_bytes([hdr[i], hdr[i + 1]]));
@@ -636,7 +604,7 @@ mod tests {
     }
 
     /// What the kernel makes of a UDP GSO packet over IPv4.
-    fn segment_udp(hdr: [u8; VNET_HDR_LEN], packet: &[u8]) -> Vec<Vec<u8>> {
+    fn segment_udp(hdr: [u8; VIRTIO_NET_HDR_LEN], packet: &[u8]) -> Vec<Vec<u8>> {
         let le = |i: usize| usize::from(u16::from_le_bytes([hdr[i], hdr[i + 1]]));
         assert_eq!((hdr[0], le(2), le(6), le(8)), (1, 28, 20, 6));
         let pseudo = naive_sum(&packet[12..20], 17 + (packet.len() - 20) as u32);
@@ -996,7 +964,7 @@ mod tests {
         let data: Vec<u8> = (0..1001u32).map(|i| (i * 7 + 3) as u8).collect();
         for len in [0, 1, 2, 3, 4, 5, 999, 1000, 1001] {
             assert_eq!(
-                fold(sum(&data[..len], 0x1_2345)),
+                checksum(&data[..len], 0x1_2345),
                 naive_sum(&data[..len], 0x1_2345)
             );
         }

@@ -12,19 +12,19 @@ use std::ops::Range;
 use tun_rs::{VIRTIO_NET_HDR_LEN, checksum, checksum_no_fold};
 
 /// virtio_net_hdr.flags: the checksum from `csum_start` on is left to us.
-const F_NEEDS_CSUM: u8 = 1;
+pub(super) const F_NEEDS_CSUM: u8 = 1;
 /// virtio_net_hdr.gso_type values (include/uapi/linux/virtio_net.h).
 const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
-const GSO_UDP_L4: u8 = 5;
+pub(super) const GSO_TCPV4: u8 = 1;
+pub(super) const GSO_TCPV6: u8 = 4;
+pub(super) const GSO_UDP_L4: u8 = 5;
 /// Set with a TCP type when the first segment carries CWR (SKB_GSO_TCP_ECN).
 const GSO_ECN: u8 = 0x80;
 const TCPV4_ECN: u8 = GSO_TCPV4 | GSO_ECN;
 const TCPV6_ECN: u8 = GSO_TCPV6 | GSO_ECN;
 
 const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
+pub(super) const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
 /// Why a packet from the TUN cannot be segmented (the kernel never sends one such;

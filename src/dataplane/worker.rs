@@ -1,7 +1,7 @@
 //! One ESP worker: a loop over its TUN queue, its sockets and its command channel.
 
 use super::buf::PacketBuf;
-use super::coalesce::{Coalescer, VNET_HDR_LEN, VNET_HDR_NONE};
+use super::coalesce::{Coalescer, VNET_HDR_NONE};
 use super::packet::{self, Flow};
 use super::relay::{Handoff, Relay, Route};
 use super::segment::{SegmentError, Segments};
@@ -34,11 +34,10 @@ const GSO_SEGMENTS: usize = 64;
 const BUF_LEN: usize = HEADROOM + 65_535 + 64;
 /// With offload the TUN writes its virtio-net header right before the packet, which
 /// a read puts at HEADROOM: the header lands in the room sealing writes over later.
-const _: () = assert!(VNET_HDR_LEN <= HEADROOM);
+const _: () = assert!(VIRTIO_NET_HDR_LEN <= HEADROOM);
 /// Where a received datagram is written: the inner packet that opening leaves in it
 /// must have room in front for the virtio-net header the TUN wants with offload.
-pub(super) const RX_OFFSET: usize = VNET_HDR_LEN;
-const _: () = assert!(VNET_HDR_LEN == VIRTIO_NET_HDR_LEN);
+pub(super) const RX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
 const _: () = assert!(RX_OFFSET + MAX_TRAIN <= BUF_LEN);
 /// Held packets of a child go out in one batch when its SA is activated.
 const _: () = assert!(HOLD_PACKETS <= BATCH);
@@ -555,7 +554,7 @@ impl Worker {
     /// the way when they do not all fit).
     fn read_tun(&mut self, count: usize) -> io::Result<usize> {
         let at = if self.offload {
-            HEADROOM - VNET_HDR_LEN
+            HEADROOM - VIRTIO_NET_HDR_LEN
         } else {
             HEADROOM
         };
@@ -566,7 +565,7 @@ impl Worker {
             return Ok(count + 1);
         }
         let buf = self.tx[count].storage_mut();
-        let (vnet, packet) = buf[at..at + read].split_at(read.min(VNET_HDR_LEN));
+        let (vnet, packet) = buf[at..at + read].split_at(read.min(VIRTIO_NET_HDR_LEN));
         let segments = vnet
             .try_into()
             .map_err(|_| SegmentError::Truncated)
@@ -945,7 +944,7 @@ fn write_to_tun(
         let start = starts[usize::from(write.first)];
         let packet = bufs[usize::from(write.first)].as_mut();
         let hdr = write.finish(&mut packet[start..]);
-        packet[start - VNET_HDR_LEN..start].copy_from_slice(&hdr);
+        packet[start - VIRTIO_NET_HDR_LEN..start].copy_from_slice(&hdr);
     }
     let mut failed = 0;
     let mut slices = [IoSlice::new(&[]); BATCH];
@@ -954,7 +953,7 @@ fn write_to_tun(
         let payload = write.payload_start();
         for (slice, k) in slices.iter_mut().zip(coalescer.members(write)) {
             let from = if k == first {
-                starts[k] - VNET_HDR_LEN
+                starts[k] - VIRTIO_NET_HDR_LEN
             } else {
                 starts[k] + payload
             };
