@@ -7,16 +7,20 @@
 #   - strongSwan <-> strongSwan with kernel-libipsec (its userspace ESP),
 #   - boringtun <-> boringtun (userspace WireGuard, for those choosing between the two),
 # each measured with TCP (1, 4 and 8 streams), UDP at fixed rates (loss and jitter), and
-# 64-byte UDP packets (packets per second delivered), with each gateway's CPU seconds per
-# GB carried (user + system of its daemon; "-" where the kernel does the work) and its RSS.
+# 64-byte UDP packets as fast as examples/udpflood offers them (sendmmsg; iperf3's one
+# syscall per datagram is slower than the gateways), with each gateway's CPU seconds per
+# GB carried (user + system of its daemon; "-" where the kernel does the work) and its RSS;
+# for 64-byte UDP also packets offered and delivered, each gateway's CPU seconds per
+# million packets and the packets its interfaces dropped (a full TUN queue counts there).
 # Results: a table on stdout, OUT/bench.json, and OUT/bench.png (gnuplot).
 #
-# usage: scripts/bench-tunnel.sh [--esptun PATH] [--out DIR] [--quick] [seconds per run]
+# usage: scripts/bench-tunnel.sh [--esptun PATH] [--udpflood PATH] [--out DIR] [--quick]
+#                                [seconds per run]
 #   (as root or with sudo; installs what it uses first: scripts/deps.sh bench, and
-#   boringtun-cli with cargo). Without --esptun it builds target/release/esptun; with it,
-#   that binary (to compare builds). --quick: 1 s runs, 1 TCP stream, one UDP rate — a
-#   check that every setup works (what CI runs), no figures worth quoting. Default
-#   seconds per run 10, OUT target/bench-tunnel.
+#   boringtun-cli with cargo). Without --esptun it builds esptun; with it, that binary (to
+#   compare builds); likewise examples/udpflood without --udpflood. --quick: 1 s runs,
+#   1 TCP stream, one UDP rate — a check that every setup works (what CI runs), no
+#   figures worth quoting. Default seconds per run 10, OUT target/bench-tunnel.
 #   SETUPS="esptun-udp ..." runs only those setups (default all): veth, esptun-udp,
 #   esptun-raw, esptun-per-resource, esptun-spread, xfrm, strongswan, boringtun.
 set -euo pipefail
@@ -25,13 +29,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/scripts/lib/sites.sh"
 # shellcheck source=lib/charon.sh
 source "$ROOT/scripts/lib/charon.sh"
-ESPTUN= OUT=$ROOT/target/bench-tunnel QUICK=0
+ESPTUN= UDPFLOOD= OUT=$ROOT/target/bench-tunnel QUICK=0
 while [[ $# -gt 0 ]]; do
     case $1 in
     --esptun) ESPTUN=$2; shift 2; [[ -x $ESPTUN ]] || { echo "no esptun binary at $ESPTUN" >&2; exit 2; } ;;
+    --udpflood) UDPFLOOD=$2; shift 2; [[ -x $UDPFLOOD ]] || { echo "no udpflood binary at $UDPFLOOD" >&2; exit 2; } ;;
     --out) OUT=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    -*) echo "usage: $0 [--esptun PATH] [--out DIR] [--quick] [seconds per run]" >&2; exit 2 ;;
+    -*) echo "usage: $0 [--esptun PATH] [--udpflood PATH] [--out DIR] [--quick] [seconds per run]" >&2; exit 2 ;;
     *) break ;;
     esac
 done
@@ -59,9 +64,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
 if [[ -z $ESPTUN ]]; then
-    (cd "$ROOT" && cargo build --release --quiet)
-    ESPTUN=$ROOT/target/release/esptun
+    (cd "$ROOT" && cargo build --release --quiet --bins)
+    ESPTUN=$TARGET/esptun
+fi
+if [[ -z $UDPFLOOD ]]; then
+    (cd "$ROOT" && cargo build --release --quiet --example udpflood)
+    UDPFLOOD=$TARGET/examples/udpflood
 fi
 mkdir -p "$OUT"
 : >"$RUN/results.jsonl"
@@ -99,6 +109,16 @@ worker_packets() {
     ip netns exec "$1" "$ESPTUN" status --json 2>/dev/null | jq -c '[.workers[] | .packets_out + .packets_in]' 2>/dev/null || echo null
 }
 
+# table_row: the last record of RUN/results.jsonl as a row of the table, printed and kept in ROWS.
+table_row() {
+    local row
+    row=$(tail -n 1 "$RUN/results.jsonl" | jq -r '[.setup, .test, .param, (.gbit_s * 100 | round / 100),
+        (.cpu_s_per_gb.alice // "-"), (.cpu_s_per_gb.bob // "-"), (.rss_kib.alice // "-"),
+        (.loss_percent // "-" | tostring | .[0:6]), (.packets_per_s // "-")] | @tsv')
+    ROWS+=("$row")
+    awk -F'\t' '{printf "%-30s %-5s %-5s %7s %8s %8s %8s %8s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}' <<<"$row"
+}
+
 # measure setup alice-pid bob-pid [esptun]: every test through one setup; appends JSON
 # lines to RUN/results.jsonl and table rows to ROWS. Empty pids: CPU and RSS are the
 # kernel's. With "esptun", TCP records also carry each worker's share of the packets.
@@ -112,7 +132,7 @@ measure() {
             'BEGIN { if (pid == "" || g <= 0) print "null"; else printf "%.2f", (t / hz) / (g * d / 8) }'
     }
     run() { # kind param a0 b0 [shares]: one record from RUN/iperf.json
-        local kind=$1 param=$2 a0=$3 b0=$4 shares=${5:-null} a1 b1 gbits row
+        local kind=$1 param=$2 a0=$3 b0=$4 shares=${5:-null} a1 b1 gbits
         a1=$(cpu_ticks $a) b1=$(cpu_ticks $b)
         # What the receiver got (an iperf3 that failed left no JSON: zero).
         jq -e . "$RUN/iperf.json" >/dev/null 2>&1 || echo '{}' >"$RUN/iperf.json"
@@ -132,11 +152,7 @@ measure() {
                {loss_percent: ($r.lost_percent // null), jitter_ms: ($r.jitter_ms // null),
                 packets_per_s: (if $r.packets then (($r.packets - $r.lost_packets) / $r.seconds | floor) else null end)} end)' \
             >>"$RUN/results.jsonl"
-        row=$(tail -n 1 "$RUN/results.jsonl" | jq -r '[.setup, .test, .param, (.gbit_s * 100 | round / 100),
-            (.cpu_s_per_gb.alice // "-"), (.cpu_s_per_gb.bob // "-"), (.rss_kib.alice // "-"),
-            (.loss_percent // "-" | tostring | .[0:6]), (.packets_per_s // "-")] | @tsv')
-        ROWS+=("$row")
-        awk -F'\t' '{printf "%-30s %-5s %-5s %7s %8s %8s %8s %8s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}' <<<"$row"
+        table_row
         [[ $kind != tcp ]] || echo "    TCP retransmits: $(tail -n 1 "$RUN/results.jsonl" | jq '.retransmits')"
         [[ $shares == null ]] || echo "    each worker's share of the packets, %: $(jq -c . <<<"$shares")"
     }
@@ -161,10 +177,49 @@ measure() {
         run udp "$rate" "$a0" "$b0"
     done
     # As fast as the sender goes: what the path delivers of 64-byte datagrams.
-    a0=$(cpu_ticks $a) b0=$(cpu_ticks $b)
-    iperf -u -b 0 -l 64
-    run udp64 max "$a0" "$b0"
+    local da0 db0 rpid
+    ip netns exec "$NS_BH" "$UDPFLOOD" recv --bind "$HOST_B:$FLOOD_PORT" --secs $((DURATION + 5)) \
+        >"$RUN/flood-recv.json" 2>"$RUN/flood-recv.err" &
+    rpid=$!
+    for _ in $(seq 50); do ip netns exec "$NS_BH" ss -lun | grep -q ":$FLOOD_PORT" && break; sleep 0.1; done
+    a0=$(cpu_ticks $a) b0=$(cpu_ticks $b) da0=$(iface_drops "$NS_AG") db0=$(iface_drops "$NS_BG")
+    ip netns exec "$NS_AH" "$UDPFLOOD" send --to "$HOST_B:$FLOOD_PORT" --secs "$DURATION" \
+        >"$RUN/flood-send.json" 2>/dev/null || true
+    wait "$rpid" || true
+    local a1 b1 da1 db1
+    a1=$(cpu_ticks $a) b1=$(cpu_ticks $b) da1=$(iface_drops "$NS_AG") db1=$(iface_drops "$NS_BG")
+    for f in send recv; do jq -e . "$RUN/flood-$f.json" >/dev/null 2>&1 || echo '{}' >"$RUN/flood-$f.json"; done
+    # Gbit/s of payload; CPU seconds per GB of payload and per million packets delivered.
+    jq -nc --arg setup "$setup" --slurpfile s "$RUN/flood-send.json" --slurpfile r "$RUN/flood-recv.json" \
+        --argjson hz "$hz" --arg a "$a" --arg b "$b" --argjson ta $((a1 - a0)) --argjson tb $((b1 - b0)) \
+        --argjson da $((da1 - da0)) --argjson db $((db1 - db0)) \
+        --argjson rss_a "$(rss_kib "$a")" --argjson rss_b "$(rss_kib "$b")" '
+        ($s[0].sent // 0) as $sent | ($r[0].received // 0) as $got | ($s[0].seconds // 0) as $secs
+        | (if $secs > 0 then $got / $secs else 0 end) as $pps
+        | def per_m(t; pid): if pid == "" or $got == 0 then null
+              else (t / $hz / ($got / 1e6) * 1000 | round / 1000) end;
+        def per_gb(t; pid): if pid == "" or $got == 0 then null
+              else (t / $hz / ($got * 64 / 1e9) * 100 | round / 100) end;
+        {setup: $setup, test: "udp64", param: "max", gbit_s: ($pps * 64 * 8 / 1e9),
+         cpu_s_per_gb: {alice: per_gb($ta; $a), bob: per_gb($tb; $b)},
+         rss_kib: {alice: $rss_a, bob: $rss_b},
+         loss_percent: (if $sent > 0 then (($sent - $got) * 100 / $sent * 100 | round / 100) else null end),
+         packets_per_s: ($pps | floor),
+         offered_per_s: (if $secs > 0 then ($sent / $secs | floor) else 0 end),
+         cpu_s_per_mpkt: {alice: per_m($ta; $a), bob: per_m($tb; $b)},
+         interface_drops: {alice: $da, bob: $db}}' >>"$RUN/results.jsonl"
+    table_row
+    tail -n 1 "$RUN/results.jsonl" | jq -r 'def per_s(m): if m then (1e6 / m | floor) else "-" end;
+        "    offered \(.offered_per_s) pkt/s; CPU s per million packets: alice \(.cpu_s_per_mpkt.alice // "-"), bob \(.cpu_s_per_mpkt.bob // "-")"
+        + " (packets per gateway CPU-second: alice \(per_s(.cpu_s_per_mpkt.alice)), bob \(per_s(.cpu_s_per_mpkt.bob))); interface drops: alice \(.interface_drops.alice), bob \(.interface_drops.bob)"'
 }
+
+# iface_drops ns: packets the namespace's interfaces dropped on transmit so far (a TUN
+# whose reader falls behind drops here, its queue full).
+iface_drops() {
+    ip netns exec "$1" sh -c 'cat /sys/class/net/*/statistics/tx_dropped' 2>/dev/null | awk '{s += $1} END {print s + 0}'
+}
+FLOOD_PORT=5301
 
 gateway_routes() { # add|del: the gateways route between the LANs themselves
     ip -n "$NS_AG" route "$1" 10.2.0.0/24 via $WAN_B

@@ -37,7 +37,7 @@ scripts/fuzz.sh --seconds 10
 if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
     step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, road-warrior, lifecycle, flood, benchmark and xfrm tests did not run"
 else
-    cargo build --locked --release --bins --example flood --example xfer --example loadgen
+    cargo build --locked --release --bins --example flood --example xfer --example loadgen --example udpflood
     step "esptun <-> esptun tunnels (tests/e2e/run.sh)"
     tests/e2e/run.sh
     step "interop with strongSwan (tests/interop/run.sh)"
@@ -49,11 +49,15 @@ else
     step "an IKE_SA_INIT flood while peers connect (tests/flood/run.sh --short)"
     tests/flood/run.sh --short
     step "the tunnel benchmark, 1 s per run, for function only (scripts/bench-tunnel.sh --quick)"
-    scripts/bench-tunnel.sh --quick --esptun target/release/esptun --out target/bench-quick
-    # Every setup carried TCP: raw veth, esptun in UDP and raw, strongSwan, boringtun.
+    scripts/bench-tunnel.sh --quick --esptun target/release/esptun --udpflood target/release/examples/udpflood \
+        --out target/bench-quick
+    # Every setup carried TCP and 64-byte UDP: raw veth, esptun in UDP and raw, strongSwan, boringtun.
     jq -e '[.results[] | select(.test == "tcp" and .gbit_s > 0) | .setup] | unique | length >= 5' \
         target/bench-quick/bench.json >/dev/null ||
         { echo "bench-tunnel.sh: a setup carried nothing (target/bench-quick/bench.json)" >&2; exit 1; }
+    jq -e '[.results[] | select(.test == "udp64" and .packets_per_s > 0) | .setup] | unique | length >= 5' \
+        target/bench-quick/bench.json >/dev/null ||
+        { echo "bench-tunnel.sh: a setup carried no 64-byte UDP (target/bench-quick/bench.json)" >&2; exit 1; }
     step "the handshake benchmark, 40 SAs, for function only (scripts/bench-ike.sh --quick)"
     # Fails unless each responder reports every IKE and Child SA the generator made.
     scripts/bench-ike.sh --quick --esptun target/release/esptun --loadgen target/release/examples/loadgen \
