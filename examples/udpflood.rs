@@ -163,8 +163,6 @@ fn recv(bind: SocketAddr, secs: f64, idle: Duration) -> Result<(), String> {
         .set_read_timeout(Some(Duration::from_millis(50)))
         .map_err(|e| format!("{e}"))?;
     let mut storage = vec![0u8; RECV_BATCH * TRAIN];
-    let mut headers =
-        MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, Some(nix::cmsg_space!(i32)));
     let begin = clock();
     let limit = begin + Duration::from_secs_f64(secs);
     let (mut received, mut first, mut last) = (0u64, None, begin);
@@ -177,6 +175,11 @@ fn recv(bind: SocketAddr, secs: f64, idle: Duration) -> Result<(), String> {
             .chunks_mut(TRAIN)
             .map(|c| [IoSliceMut::new(c)])
             .collect();
+        // Made afresh for each call: nix's recvmmsg leaves each header's msg_controllen
+        // as the last call shrank it, so a datagram that came without a GRO cmsg would
+        // hide the next one's segment size, and its train would count as one datagram.
+        let mut headers =
+            MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, Some(nix::cmsg_space!(i32)));
         let results = match recvmmsg(
             socket.as_raw_fd(),
             &mut headers,
