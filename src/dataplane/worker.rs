@@ -919,9 +919,9 @@ impl Worker {
 }
 
 /// Writes the inner packets `bufs[k][starts[k]..]` (k < `starts.len()` ≤ BATCH) to
-/// the TUN, a flow's TCP segments coalesced when it takes offload (a `coalescer`),
-/// each write's virtio-net header in the room in front of its first packet;
-/// returns how many writes failed.
+/// the TUN, a flow's TCP segments or UDP datagrams coalesced when it takes offload
+/// (a `coalescer`), each write's virtio-net header in the room in front of its first
+/// packet; returns how many writes failed.
 fn write_to_tun(
     tun: &SyncDevice,
     coalescer: Option<&mut Coalescer>,
