@@ -17,8 +17,11 @@
 //! before it joins one, and a segment that fails is written alone, for the stack
 //! to drop as it would have.
 
-use super::segment::{F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, TCP_PSH};
-use tun_rs::{VIRTIO_NET_HDR_LEN, checksum, checksum_no_fold};
+use super::segment::{
+    F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, TCP_PSH, pseudo_header_sum,
+    set_ipv4_header_checksum,
+};
+use tun_rs::{VIRTIO_NET_HDR_LEN, checksum};
 
 /// A virtio-net header for a packet that needs nothing done (no GSO, checksum as is).
 pub(super) const VNET_HDR_NONE: [u8; VIRTIO_NET_HDR_LEN] = [0; VIRTIO_NET_HDR_LEN];
@@ -178,39 +181,39 @@ impl Coalescer {
         let w = usize::from(self.open[at]);
         let write = self.writes[w];
         let first = packets[usize::from(write.first)];
-        let mut tcp = write.group.expect("open writes are groups");
-        let fits = tcp.total + u32::from(segment.payload) <= 65_535
-            && (segment.proto == PROTO_UDP || segment.seq == tcp.next_seq)
-            && segment.payload <= tcp.gso_size
+        let mut group = write.group.expect("open writes are groups");
+        let fits = group.total + u32::from(segment.payload) <= 65_535
+            && (segment.proto == PROTO_UDP || segment.seq == group.next_seq)
+            && segment.payload <= group.gso_size
             && may_follow(first, packet, segment, write.count);
         if !fits {
             self.close(at);
             return Joined::No;
         }
-        if !tcp.verified {
+        if !group.verified {
             if !checksum_valid(first, segment) {
                 self.close(at);
                 return Joined::No;
             }
-            tcp.verified = true;
+            group.verified = true;
         }
         if !checksum_valid(packet, segment) {
-            self.writes[w].group = Some(tcp);
+            self.writes[w].group = Some(group);
             self.close(at);
             return Joined::Alone;
         }
-        tcp.total += u32::from(segment.payload);
-        tcp.next_seq = segment.seq.wrapping_add(u32::from(segment.payload));
-        tcp.psh = segment.psh;
-        tcp.closed = segment.psh || segment.payload < tcp.gso_size;
+        group.total += u32::from(segment.payload);
+        group.next_seq = segment.seq.wrapping_add(u32::from(segment.payload));
+        group.psh = segment.psh;
+        group.closed = segment.psh || segment.payload < group.gso_size;
         self.next[usize::from(write.last)] = i;
         self.writes[w] = Write {
             count: write.count + 1,
             last: i,
-            group: Some(tcp),
+            group: Some(group),
             ..write
         };
-        if tcp.closed {
+        if group.closed {
             self.open.remove(at);
         }
         Joined::Yes
@@ -248,9 +251,7 @@ impl Write {
             8..40
         } else {
             first[2..4].copy_from_slice(&total.to_be_bytes());
-            first[10..12].fill(0);
-            let sum = checksum(&first[..iph], 0);
-            first[10..12].copy_from_slice(&(!sum).to_be_bytes());
+            set_ipv4_header_checksum(&mut first[..iph]);
             12..20
         };
         let (gso_type, csum_offset) = match (g.proto, g.v6) {
@@ -267,7 +268,7 @@ impl Write {
             }
         };
         // The kernel adds the transport header and payload to this when it segments.
-        let pseudo = pseudo_header(&first[addresses], g.proto, total - g.iph);
+        let pseudo = pseudo_header_sum(&first[addresses], g.proto, total - g.iph);
         let csum = iph + csum_offset;
         first[csum..csum + 2].copy_from_slice(&checksum(&[], pseudo).to_be_bytes());
         let mut hdr = [0; VIRTIO_NET_HDR_LEN];
@@ -389,13 +390,8 @@ fn checksum_valid(packet: &[u8], segment: &Segment) -> bool {
     let addresses = if segment.v6 { 8..40 } else { 12..20 };
     // Less than 65 536: the packet's length is its IP length.
     let len = (packet.len() - iph) as u16;
-    let pseudo = pseudo_header(&packet[addresses], segment.proto, len);
+    let pseudo = pseudo_header_sum(&packet[addresses], segment.proto, len);
     checksum(&packet[iph..], pseudo) == 0xffff
-}
-
-/// The ones' complement sum, not folded, of a pseudo-header.
-fn pseudo_header(addresses: &[u8], proto: u8, len: u16) -> u64 {
-    checksum_no_fold(addresses, u64::from(proto) + u64::from(len))
 }
 
 #[cfg(test)]

@@ -255,13 +255,10 @@ impl Segments {
             let id = u16::from_be_bytes([seg[4], seg[5]]).wrapping_add(i as u16);
             seg[4..6].copy_from_slice(&id.to_be_bytes());
             seg[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            seg[10..12].fill(0);
-            let sum = !checksum(&seg[..l4], 0);
-            seg[10..12].copy_from_slice(&sum.to_be_bytes());
+            set_ipv4_header_checksum(&mut seg[..l4]);
             12..20
         };
-        let l4_len = (len - l4) as u64;
-        let pseudo = checksum_no_fold(&seg[addrs], (protocol << 16) + l4_len);
+        let pseudo = pseudo_header_sum(&seg[addrs], protocol, (len - l4) as u16);
         seg[at..at + 2].fill(0);
         let mut sum = !checksum(&seg[l4..], pseudo);
         if protocol == 17 && sum == 0 {
@@ -270,6 +267,20 @@ impl Segments {
         }
         seg[at..at + 2].copy_from_slice(&sum.to_be_bytes());
     }
+}
+
+/// Writes an IPv4 header's checksum (of `header`, the whole header, options too).
+pub(super) fn set_ipv4_header_checksum(header: &mut [u8]) {
+    header[10..12].fill(0);
+    let sum = !checksum(header, 0);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The ones' complement sum, not folded, of a TCP or UDP pseudo-header: the
+/// `addresses` (source and destination, as they stand in the IP header), the
+/// protocol and the transport length.
+pub(super) fn pseudo_header_sum(addresses: &[u8], protocol: u8, len: u16) -> u64 {
+    checksum_no_fold(addresses, u64::from(protocol) + u64::from(len))
 }
 
 #[cfg(test)]
