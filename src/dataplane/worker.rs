@@ -14,7 +14,8 @@ use crate::esp::{EspError, HEADROOM, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use crate::netio;
 use crate::wire::payload::{AddrRange, TsRange};
 use crossbeam_channel::Receiver;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
 use nix::sys::socket::SockaddrStorage;
 use std::collections::HashMap;
@@ -445,32 +446,40 @@ impl Worker {
     /// Serves until told to stop; an error says why it cannot go on (the TUN device
     /// is gone or broken), which the caller must not survive silently.
     pub fn run(mut self) -> Result<(), String> {
-        let mut ready = vec![false; 2 + self.sockets.0.len()];
+        // Registered once, not per wake-up as poll(2) wants its array: a wake-up then
+        // neither allocates nor hooks into every descriptor's wait queue again.
+        let epoll =
+            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| format!("epoll: {e}"))?;
+        let fds = [self.wake.as_fd(), self.tun.as_fd()]
+            .into_iter()
+            .chain(self.sockets.0.iter().map(|s| s.as_fd()));
+        for (i, fd) in fds.enumerate() {
+            epoll
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
+                .map_err(|e| format!("epoll: {e}"))?;
+        }
+        let mut events = vec![EpollEvent::empty(); 2 + self.sockets.0.len()];
+        let mut ready = vec![false; events.len()];
         loop {
-            {
-                let mut fds: Vec<PollFd> = [self.wake.as_fd(), self.tun.as_fd()]
-                    .into_iter()
-                    .chain(self.sockets.0.iter().map(|s| s.as_fd()))
-                    .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
-                    .collect();
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(format!("poll: {e}")),
-                }
+            let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(format!("epoll_wait: {e}")),
+            };
+            ready.fill(false);
+            for event in &events[..n] {
+                let (i, flags) = (event.data() as usize, event.events());
                 // A TUN device deleted under us reports an error forever and reads
                 // fail: serving on would spin without moving a packet.
-                let broken = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
-                if let Some(r) = fds[1].revents().filter(|r| r.intersects(broken)) {
-                    let names: Vec<&str> = (r & broken).iter_names().map(|(n, _)| n).collect();
+                let broken = EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP;
+                if i == 1 && flags.intersects(broken) {
+                    let names: Vec<&str> = (flags & broken).iter_names().map(|(n, _)| n).collect();
                     return Err(format!(
-                        "TUN device deleted or broken (poll: {})",
+                        "TUN device deleted or broken (epoll: {})",
                         names.join("|")
                     ));
                 }
-                for (ready, fd) in ready.iter_mut().zip(fds.iter()) {
-                    *ready = fd.revents().is_some_and(|r| !r.is_empty());
-                }
+                ready[i] = true;
             }
             if ready[0] {
                 let _ = self.wake.read();
