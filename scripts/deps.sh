@@ -35,8 +35,9 @@ TUNNELS="netcat-openbsd tcpdump nftables charon-systemd charon-cmd strongswan-sw
     python3-prometheus-client kmod cpio"
 
 # scripts/bench-tunnel.sh: jq reads iperf3's JSON and writes the results, wg configures
-# boringtun (userspace WireGuard), gnuplot draws the chart; strongSwan as in TUNNELS.
-BENCH="jq wireguard-tools gnuplot-nox charon-systemd strongswan-swanctl libcharon-extra-plugins
+# boringtun (userspace WireGuard), gnuplot draws the chart, ethtool turns on GRO on the
+# gateways' LAN links; strongSwan as in TUNNELS.
+BENCH="jq wireguard-tools gnuplot-nox ethtool charon-systemd strongswan-swanctl libcharon-extra-plugins
     libstrongswan-standard-plugins"
 
 # scripts/bench-ike.sh: taskset (util-linux) pins the responder and the generator, jq
