@@ -26,7 +26,7 @@ trap 'echo; echo "demo: interrupted, cleaning up"; exit 130' INT TERM
 
 say "building esptun (release)"
 (cd "$ROOT" && cargo build --release --quiet)
-ESPTUN=$ROOT/target/release/esptun
+ESPTUN=${CARGO_TARGET_DIR:-$ROOT/target}/release/esptun
 
 say "a CA and certificates for alice.example and bob.example (esptun pki)"
 sites_pki "$RUN/pki" "$ESPTUN"

@@ -38,6 +38,8 @@ if [[ ${ESPTUN_SKIP_NETNS:-0} == 1 ]]; then
     step "SKIPPED by ESPTUN_SKIP_NETNS=1: the tunnel, interop, road-warrior, lifecycle, flood, benchmark and xfrm tests did not run"
 else
     cargo build --locked --release --bins --example flood --example xfer --example loadgen --example udpflood
+    # Where cargo put them (the test scripts look there too).
+    release=${CARGO_TARGET_DIR:-target}/release
     step "esptun <-> esptun tunnels (tests/e2e/run.sh)"
     tests/e2e/run.sh
     step "interop with strongSwan (tests/interop/run.sh)"
@@ -49,7 +51,7 @@ else
     step "an IKE_SA_INIT flood while peers connect (tests/flood/run.sh --short)"
     tests/flood/run.sh --short
     step "the tunnel benchmark, 1 s per run, for function only (scripts/bench-tunnel.sh --quick)"
-    scripts/bench-tunnel.sh --quick --esptun target/release/esptun --udpflood target/release/examples/udpflood \
+    scripts/bench-tunnel.sh --quick --esptun "$release/esptun" --udpflood "$release/examples/udpflood" \
         --out target/bench-quick
     # Every setup carried TCP and 64-byte UDP: raw veth, esptun in UDP and raw, strongSwan, boringtun.
     jq -e '[.results[] | select(.test == "tcp" and .gbit_s > 0) | .setup] | unique | length >= 5' \
@@ -60,9 +62,9 @@ else
         { echo "bench-tunnel.sh: a setup carried no 64-byte UDP (target/bench-quick/bench.json)" >&2; exit 1; }
     step "the handshake benchmark, 40 SAs, for function only (scripts/bench-ike.sh --quick)"
     # Fails unless each responder reports every IKE and Child SA the generator made.
-    scripts/bench-ike.sh --quick --esptun target/release/esptun --loadgen target/release/examples/loadgen \
+    scripts/bench-ike.sh --quick --esptun "$release/esptun" --loadgen "$release/examples/loadgen" \
         --out target/bench-ike-quick
     step "kernel ESP: esptun in xfrm mode against esptun in both modes, in a VM (tests/xfrm/run.sh)"
-    tests/xfrm/run.sh --xfer target/release/examples/xfer
+    tests/xfrm/run.sh --xfer "$release/examples/xfer"
 fi
 echo "all tests passed"

@@ -29,7 +29,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../../scripts/lib/sites.sh
 source "$HERE/../../scripts/lib/sites.sh"
-ESPTUN=${ESPTUN:-$HERE/../../target/release/esptun}
+ESPTUN=${ESPTUN:-${CARGO_TARGET_DIR:-$HERE/../../target}/release/esptun}
 KEEP=0
 while [[ $# -gt 0 ]]; do case $1 in
     --esptun) ESPTUN=$2; shift 2 ;;

@@ -41,8 +41,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../../scripts/lib/sites.sh"
 # shellcheck source=../../scripts/lib/charon.sh
 source "$HERE/../../scripts/lib/charon.sh"
-ESPTUN=${ESPTUN:-$HERE/../../target/release/esptun}
-FLOOD=${FLOOD:-$HERE/../../target/release/examples/flood}
+ESPTUN=${ESPTUN:-${CARGO_TARGET_DIR:-$HERE/../../target}/release/esptun}
+FLOOD=${FLOOD:-${CARGO_TARGET_DIR:-$HERE/../../target}/release/examples/flood}
 SECONDS_FLOOD=20 RATE=20000 PEERS=both KEEP=0 RAMP=0 RAMP_RATES="2000 4000 8000 16000" RAMP_STEP=4
 CONNECT_LIMIT=${CONNECT_LIMIT:-2} MIN_RATE=${MIN_RATE:-10000}
 usage() { sed -n '/^# usage:/,/^# Root only/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }

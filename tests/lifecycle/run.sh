@@ -54,7 +54,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../../scripts/lib/sites.sh"
 # shellcheck source=../../scripts/lib/charon.sh
 source "$HERE/../../scripts/lib/charon.sh"
-ESPTUN=${ESPTUN:-$HERE/../../target/release/esptun}
+ESPTUN=${ESPTUN:-${CARGO_TARGET_DIR:-$HERE/../../target}/release/esptun}
 SOAK=180 PEERS=both KEEP=0 ONLY=. CHILD_REKEY=10 IKE_REKEY=30 RAND="" RATE="" RSS_EVERY=30
 RSS_LIMIT_MB=${RSS_LIMIT_MB:-4} DROP_SLACK=${DROP_SLACK:-2} DEAD_SLACK=${DEAD_SLACK:-1.5}
 usage() { sed -n '/^# usage:/,/^# Root only/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }

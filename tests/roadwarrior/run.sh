@@ -83,7 +83,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../../scripts/lib/charon.sh
 source "$HERE/../../scripts/lib/charon.sh"
-ESPTUN=${ESPTUN:-$HERE/../../target/release/esptun}
+ESPTUN=${ESPTUN:-${CARGO_TARGET_DIR:-$HERE/../../target}/release/esptun}
 CLIENTS=8 KEEP=0
 usage() { sed -n '/^# usage:/,/^# Exits/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [[ $# -gt 0 ]]; do case $1 in

@@ -12,7 +12,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ESPTUN=$ROOT/target/release/esptun
+ESPTUN=${CARGO_TARGET_DIR:-$ROOT/target}/release/esptun
 XFER=
 while [[ $# -gt 0 ]]; do
     case $1 in
