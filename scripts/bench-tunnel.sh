@@ -23,6 +23,7 @@
 #   figures worth quoting. Default seconds per run 10, OUT target/bench-tunnel.
 #   SETUPS="esptun-udp ..." runs only those setups (default all): veth, esptun-udp,
 #   esptun-raw, esptun-per-resource, esptun-spread, xfrm, strongswan, boringtun.
+#   LAN_GRO=0 runs the 64-byte test on plain veth LAN links too (see lan_batches).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/sites.sh
@@ -258,30 +259,22 @@ if want veth; then
     gateway_routes del
 fi
 
-for esp in udp raw; do
-    want esptun-$esp || continue
-    mkdir -p "$RUN/esptun-$esp"; ln -s "$RUN/pki" "$RUN/esptun-$esp/pki"
-    encap="encap = true"; [[ $esp == raw ]] && encap=""
-    sites_start "$ESPTUN" "$RUN/esptun-$esp" alice "$encap"
-    measure "esptun userspace ($esp)" "$ALICE_PID" "$BOB_PID" esptun
+# esptun_setup setup label encap [child toml]: esptun at both ends, measured as `label`.
+esptun_setup() {
+    want "$1" || return 0
+    mkdir -p "$RUN/$1"; ln -s "$RUN/pki" "$RUN/$1/pki"
+    SITES_CHILD=${4:-} sites_start "$ESPTUN" "$RUN/$1" alice "$3"
+    sleep 1 # with per_resource_sas the initiator adds the second SA right after the first
+    measure "$2" "$ALICE_PID" "$BOB_PID" esptun
     sites_stop
-done
+}
+esptun_setup esptun-udp "esptun userspace (udp)" "encap = true"
+esptun_setup esptun-raw "esptun userspace (raw)" ""
 # One Child SA per worker (RFC 9611): the tunnel's flows spread over both workers.
-if want esptun-per-resource; then
-    mkdir -p "$RUN/esptun-per-resource"; ln -s "$RUN/pki" "$RUN/esptun-per-resource/pki"
-    SITES_CHILD="per_resource_sas = true" sites_start "$ESPTUN" "$RUN/esptun-per-resource" alice "encap = true"
-    sleep 1 # the initiator adds the second SA right after the first
-    measure "esptun per-resource SAs (udp)" "$ALICE_PID" "$BOB_PID" esptun
-    sites_stop
-fi
+esptun_setup esptun-per-resource "esptun per-resource SAs (udp)" "encap = true" "per_resource_sas = true"
 # One Child SA, each side's inbound packets spread over its workers by sequence number
 # (spread_inbound, for peers without RFC 9611).
-if want esptun-spread; then
-    mkdir -p "$RUN/esptun-spread"; ln -s "$RUN/pki" "$RUN/esptun-spread/pki"
-    SITES_CHILD="spread_inbound = true" sites_start "$ESPTUN" "$RUN/esptun-spread" alice "encap = true"
-    measure "esptun spread SA (udp)" "$ALICE_PID" "$BOB_PID" esptun
-    sites_stop
-fi
+esptun_setup esptun-spread "esptun spread SA (udp)" "encap = true" "spread_inbound = true"
 
 # kernel_has_esp: whether an ESP state can be added here (in a scratch namespace).
 kernel_has_esp() {
