@@ -1688,28 +1688,26 @@ fn connection(
                 }
             },
         };
-        let per_resource = match &ch.per_resource_sas {
-            Some(on) if *on.get_ref() && dataplane == DataplaneMode::Xfrm => {
-                return Err(src.error(
-                    on,
-                    format!("{k}.per_resource_sas"),
-                    "needs dataplane.mode = \"userspace\": the kernel's per-CPU SAs are not used",
-                ));
-            }
-            Some(on) => *on.get_ref(),
-            None => false,
+        // A switch only the userspace data plane carries out; on in xfrm mode, an error.
+        let userspace_only = |flag: &Option<Spanned<bool>>, key: &str, why: &str| match flag {
+            Some(on) if *on.get_ref() && dataplane == DataplaneMode::Xfrm => Err(src.error(
+                on,
+                format!("{k}.{key}"),
+                format!("needs dataplane.mode = \"userspace\": {why}"),
+            )),
+            Some(on) => Ok(*on.get_ref()),
+            None => Ok(false),
         };
-        let spread = match &ch.spread_inbound {
-            Some(on) if *on.get_ref() && dataplane == DataplaneMode::Xfrm => {
-                return Err(src.error(
-                    on,
-                    format!("{k}.spread_inbound"),
-                    "needs dataplane.mode = \"userspace\": the kernel steers ESP by SPI",
-                ));
-            }
-            Some(on) => *on.get_ref(),
-            None => false,
-        };
+        let per_resource = userspace_only(
+            &ch.per_resource_sas,
+            "per_resource_sas",
+            "the kernel's per-CPU SAs are not used",
+        )?;
+        let spread = userspace_only(
+            &ch.spread_inbound,
+            "spread_inbound",
+            "the kernel steers ESP by SPI",
+        )?;
         let start_action = match (start, &ch.start_action) {
             (Some(start), Some(at)) => {
                 return Err(src.error(
