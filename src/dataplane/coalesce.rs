@@ -18,8 +18,8 @@
 //! to drop as it would have.
 
 use super::segment::{
-    F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, TCP_PSH, pseudo_header_sum,
-    set_ipv4_header_checksum,
+    F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, PROTO_TCP, PROTO_UDP, TCP_CSUM_OFFSET, TCP_PSH,
+    UDP_CSUM_OFFSET, pseudo_header_sum, set_ipv4_header_checksum,
 };
 use tun_rs::{VIRTIO_NET_HDR_LEN, checksum};
 
@@ -27,12 +27,6 @@ use tun_rs::{VIRTIO_NET_HDR_LEN, checksum};
 pub(super) const VNET_HDR_NONE: [u8; VIRTIO_NET_HDR_LEN] = [0; VIRTIO_NET_HDR_LEN];
 
 const TCP_ACK: u8 = 0x10;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-/// Where the TCP checksum is, from the start of the TCP header.
-const TCP_CSUM_OFFSET: usize = 16;
-/// Where the UDP checksum is, from the start of the UDP header.
-const UDP_CSUM_OFFSET: usize = 6;
 /// No further member (a group's last packet).
 const END: u16 = u16::MAX;
 
@@ -714,6 +708,15 @@ mod tests {
             [2],
             "the pair that joins"
         );
+        // b with its TCP or IPv4 header edited.
+        let tcp = |tcp_edit: fn(&mut TcpHeader)| Seg {
+            tcp_edit,
+            ..b.clone()
+        };
+        let ip = |ip_edit: fn(&mut Ipv4Header)| Seg {
+            ip_edit,
+            ..b.clone()
+        };
         let refusals: Vec<(&str, Seg, Seg)> = vec![
             (
                 "sequence gap",
@@ -790,79 +793,20 @@ mod tests {
                 },
                 b.clone(),
             ),
-            (
-                "SYN",
-                a.clone(),
-                Seg {
-                    tcp_edit: |t| t.syn = true,
-                    ..b.clone()
-                },
-            ),
-            (
-                "FIN",
-                a.clone(),
-                Seg {
-                    tcp_edit: |t| t.fin = true,
-                    ..b.clone()
-                },
-            ),
-            (
-                "RST",
-                a.clone(),
-                Seg {
-                    tcp_edit: |t| t.rst = true,
-                    ..b.clone()
-                },
-            ),
-            (
-                "URG",
-                a.clone(),
-                Seg {
-                    tcp_edit: |t| t.urg = true,
-                    ..b.clone()
-                },
-            ),
-            (
-                "ECE",
-                a.clone(),
-                Seg {
-                    tcp_edit: |t| t.ece = true,
-                    ..b.clone()
-                },
-            ),
-            (
-                "CWR",
-                a.clone(),
-                Seg {
-                    tcp_edit: |t| t.cwr = true,
-                    ..b.clone()
-                },
-            ),
-            (
-                "no ACK",
-                a.clone(),
-                Seg {
-                    tcp_edit: |t| t.ack = false,
-                    ..b.clone()
-                },
-            ),
+            ("SYN", a.clone(), tcp(|t| t.syn = true)),
+            ("FIN", a.clone(), tcp(|t| t.fin = true)),
+            ("RST", a.clone(), tcp(|t| t.rst = true)),
+            ("URG", a.clone(), tcp(|t| t.urg = true)),
+            ("ECE", a.clone(), tcp(|t| t.ece = true)),
+            ("CWR", a.clone(), tcp(|t| t.cwr = true)),
+            ("no ACK", a.clone(), tcp(|t| t.ack = false)),
             ("no payload", a.clone(), b.next(0)),
             (
                 "IP options",
                 a.clone(),
-                Seg {
-                    ip_edit: |ip| ip.options = [1, 1, 1, 0].into(),
-                    ..b.clone()
-                },
+                ip(|ip| ip.options = [1, 1, 1, 0].into()),
             ),
-            (
-                "fragment",
-                a.clone(),
-                Seg {
-                    ip_edit: |ip| ip.more_fragments = true,
-                    ..b.clone()
-                },
-            ),
+            ("fragment", a.clone(), ip(|ip| ip.more_fragments = true)),
             (
                 "IPv6 and IPv4",
                 a.clone(),

@@ -26,6 +26,12 @@ const TCPV6_ECN: u8 = GSO_TCPV6 | GSO_ECN;
 const TCP_FIN: u8 = 0x01;
 pub(super) const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
+pub(super) const PROTO_TCP: u8 = 6;
+pub(super) const PROTO_UDP: u8 = 17;
+/// Where the TCP checksum is, from the start of the TCP header.
+pub(super) const TCP_CSUM_OFFSET: usize = 16;
+/// Where the UDP checksum is, from the start of the UDP header.
+pub(super) const UDP_CSUM_OFFSET: usize = 6;
 
 /// Why a packet from the TUN cannot be segmented (the kernel never sends one such;
 /// each is counted as malformed and dropped).
@@ -241,11 +247,11 @@ impl Segments {
                 if ecn && i > 0 {
                     seg[l4 + 13] &= !TCP_CWR;
                 }
-                (l4 + 16, 6)
+                (l4 + TCP_CSUM_OFFSET, PROTO_TCP)
             }
             Kind::Udp => {
                 seg[l4 + 4..l4 + 6].copy_from_slice(&((len - l4) as u16).to_be_bytes());
-                (l4 + 6, 17)
+                (l4 + UDP_CSUM_OFFSET, PROTO_UDP)
             }
         };
         let addrs = if self.v6 {
@@ -261,7 +267,7 @@ impl Segments {
         let pseudo = pseudo_header_sum(&seg[addrs], protocol, (len - l4) as u16);
         seg[at..at + 2].fill(0);
         let mut sum = !checksum(&seg[l4..], pseudo);
-        if protocol == 17 && sum == 0 {
+        if protocol == PROTO_UDP && sum == 0 {
             // UDP sends "no checksum" as zero, a computed zero as all ones.
             sum = 0xffff;
         }
