@@ -4,9 +4,11 @@
 //! sequence number and flags, and a complete checksum (the inner packet travels as
 //! is, and the far end's TUN expects a valid one).
 //!
-//! The super-packet is read straight into a transmit buffer; its first segment is
-//! finished there in place and the others are written into buffers of their own, so
-//! a packet that needs no segmenting is never copied at all.
+//! The super-packet is read straight into a transmit buffer and never copied: each
+//! segment in turn is made in place there, its headers written over the end of the
+//! segment before (sealed by then), and sealed from there into a buffer of its own.
+//! Only where that cannot be (a packet held for an SA, a suite that seals in place
+//! only, more segments than buffers) are the segments written out first.
 
 use std::ops::Range;
 use tun_rs::{VIRTIO_NET_HDR_LEN, checksum, checksum_no_fold};
@@ -213,6 +215,24 @@ impl Segments {
         len
     }
 
+    /// The IP and transport headers' length, which every segment starts with.
+    pub fn header_len(&self) -> usize {
+        self.hdr_len
+    }
+
+    /// Makes segment `i` in place inside the super-packet `packet` (as long as
+    /// [`Segments::parse`] saw it), its headers (`headers`, the super-packet's as
+    /// read) written right before its payload; returns the segment's range. Made in
+    /// order, from the first: a segment's headers overwrite the end of the payloads
+    /// before it (the first's, the super-packet's own headers), which must be done with.
+    pub fn place(&self, packet: &mut [u8], i: usize, headers: &[u8]) -> Range<usize> {
+        let payload = self.range(i);
+        let start = payload.start - self.hdr_len;
+        packet[start..payload.start].copy_from_slice(headers);
+        self.finish(&mut packet[start..payload.end], i);
+        start..payload.end
+    }
+
     /// Writes segment `i` of `packet` to the start of `out`; returns its length.
     /// `out` must hold the first segment's length (that of any segment).
     pub fn write(&self, packet: &[u8], i: usize, out: &mut [u8]) -> usize {
@@ -358,29 +378,30 @@ mod tests {
         out
     }
 
-    /// Every segment, the first one made in place and the others written out; also
-    /// checks that writing out the first one gives the same bytes.
+    /// Every segment, written out; also checks that making them in place inside the
+    /// super-packet, one after the other, and the first alone, give the same bytes.
     fn split(vnet: &[u8; VIRTIO_NET_HDR_LEN], packet: &[u8]) -> Result<Vec<Vec<u8>>, SegmentError> {
         let s = Segments::parse(vnet, packet)?;
-        let mut segments = vec![Vec::new()];
-        for i in 1..s.count() {
-            let mut out = vec![0xee; packet.len()];
-            let len = s.write(packet, i, &mut out);
-            out.truncate(len);
-            segments.push(out);
+        let written: Vec<Vec<u8>> = (0..s.count())
+            .map(|i| {
+                let mut out = vec![0xee; packet.len()];
+                let len = s.write(packet, i, &mut out);
+                out.truncate(len);
+                out
+            })
+            .collect();
+        let (headers, mut placed) = (packet[..s.header_len()].to_vec(), packet.to_vec());
+        for (i, segment) in written.iter().enumerate() {
+            let range = s.place(&mut placed, i, &headers);
+            assert_eq!(
+                &placed[range], segment,
+                "segment {i} in place and written out"
+            );
         }
-        let mut written = vec![0xee; packet.len()];
-        let len = s.write(packet, 0, &mut written);
-        written.truncate(len);
         let mut first = packet.to_vec();
         let len = s.first_in_place(&mut first);
-        first.truncate(len);
-        assert_eq!(
-            first, written,
-            "the first segment, in place and written out"
-        );
-        segments[0] = first;
-        Ok(segments)
+        assert_eq!(first[..len], written[0], "the first segment alone in place");
+        Ok(written)
     }
 
     /// A super-packet of `payload` bytes in segments of `mss`, and what the kernel
@@ -575,6 +596,12 @@ mod tests {
                     payload += s.write(&packet, i, &mut out) - s.hdr_len;
                 }
                 prop_assert_eq!(payload, packet.len() - s.hdr_len);
+                let (headers, mut placed) = (packet[..s.hdr_len].to_vec(), packet.clone());
+                for i in 0..s.count() {
+                    let len = s.write(&packet, i, &mut out);
+                    let range = s.place(&mut placed, i, &headers);
+                    prop_assert_eq!(&placed[range], &out[..len]);
+                }
                 s.first_in_place(&mut packet);
             }
         }

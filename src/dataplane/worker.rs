@@ -107,9 +107,8 @@ pub struct Worker {
     /// Inner packets for the TUN, swapped out of `rx` (keeps `rx` whole for the next batch).
     to_tun: Vec<PacketBuf>,
     sizes: Vec<usize>,
-    /// Whether each packet in `tx` is a later segment of the super-packet before it,
-    /// which the first segment's policy verdict covers.
-    follows: Vec<bool>,
+    /// What each buffer in `tx` holds.
+    slots: Vec<Slot>,
     /// The batch's sealed packets, in `tx` order (kept between batches for its capacity).
     sealed: Vec<Sealed>,
     /// Where each inner packet in `to_tun` starts (kept for its capacity, as `sealed`).
@@ -393,6 +392,21 @@ struct Sealed {
     sa: usize,
 }
 
+/// What a transmit buffer holds after the TUN reads (with `sizes`, how much).
+#[derive(Clone, Copy)]
+enum Slot {
+    /// An inner packet, sealed in place; `follows`: a later segment of the
+    /// super-packet before it, written out here, which that one's verdict covers.
+    Packet { follows: bool },
+    /// A super-packet, never sent itself: its segments are sealed from here into the
+    /// buffers after it, one each.
+    Super(Segments),
+}
+
+/// The most header bytes (IP, its extensions, transport) a super-packet may have
+/// for its segments to be made in place; one with more is written out instead.
+const PLACED_HEADERS: usize = 256;
+
 impl Worker {
     /// Sets worker `index` up, holding packets of up to `hold_size` bytes for protected
     /// children; nothing runs until `run`.
@@ -433,7 +447,7 @@ impl Worker {
             rx: buffers(),
             to_tun: buffers(),
             sizes: vec![0; BATCH],
-            follows: vec![false; BATCH],
+            slots: vec![Slot::Packet { follows: false }; BATCH],
             sealed: Vec::with_capacity(BATCH),
             ready: Vec::with_capacity(BATCH),
             spare: PacketBuf::new(BUF_LEN),
@@ -545,9 +559,9 @@ impl Worker {
     /// when the device does (not for a packet it cannot segment).
     fn outbound_batch(&mut self) -> Result<(), String> {
         let mut count = 0;
-        // One read can make a packet per buffer: read only while a full-size GSO
-        // packet (64 KiB, ≥ 1 KiB segments) is sure to fit.
-        while count == 0 || BATCH - count >= GSO_SEGMENTS {
+        // One read can take a buffer per segment and one for itself: read only while
+        // a full-size GSO packet (64 KiB, ≥ 1 KiB segments) is sure to fit.
+        while count == 0 || BATCH - count > GSO_SEGMENTS {
             match self.read_tun(count) {
                 Ok(n) => count = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -558,9 +572,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Reads a packet from the TUN into `tx[count]` and lays out its segments from
-    /// there on; returns how many packets `tx` holds now (a full batch goes out on
-    /// the way when they do not all fit).
+    /// Reads a packet from the TUN into `tx[count]`, where a super-packet stays with
+    /// a buffer kept for each of its segments after it; returns how many buffers `tx`
+    /// uses now (a full batch goes out on the way when they do not all fit).
     fn read_tun(&mut self, count: usize) -> io::Result<usize> {
         let at = if self.offload {
             HEADROOM - VIRTIO_NET_HDR_LEN
@@ -568,7 +582,7 @@ impl Worker {
             HEADROOM
         };
         let read = self.tun.recv(&mut self.tx[count].storage_mut()[at..])?;
-        self.follows[count] = false;
+        self.slots[count] = Slot::Packet { follows: false };
         if !self.offload {
             self.sizes[count] = read;
             return Ok(count + 1);
@@ -584,17 +598,14 @@ impl Worker {
             return Ok(count);
         };
         let (len, n) = (packet.len(), segments.count());
-        if n <= BATCH - count {
-            // The later segments are written out before the first is made in place.
-            let (head, tail) = self.tx.split_at_mut(count + 1);
-            let packet = &head[count].storage_mut()[HEADROOM..HEADROOM + len];
-            for (i, out) in (1..n).zip(tail.iter_mut()) {
-                self.sizes[count + i] =
-                    segments.write(packet, i, &mut out.storage_mut()[HEADROOM..]);
-                self.follows[count + i] = true;
-            }
-            self.sizes[count] = segments.first_in_place(&mut head[count].storage_mut()[HEADROOM..]);
-            return Ok(count + n);
+        if n == 1 {
+            self.sizes[count] = segments.first_in_place(&mut buf[HEADROOM..]);
+            return Ok(count + 1);
+        }
+        if n < BATCH - count {
+            self.sizes[count] = len;
+            self.slots[count] = Slot::Super(segments);
+            return Ok(count + 1 + n);
         }
         // A small MSS: more segments than buffers left. Kept aside while they go out.
         let mut spare = std::mem::replace(&mut self.spare, PacketBuf::new(0));
@@ -608,7 +619,9 @@ impl Worker {
             }
             self.sizes[count] =
                 segments.write(packet, i, &mut self.tx[count].storage_mut()[HEADROOM..]);
-            self.follows[count] = i > 0 && count > 0;
+            self.slots[count] = Slot::Packet {
+                follows: i > 0 && count > 0,
+            };
             count += 1;
         }
         self.spare = spare;
@@ -637,7 +650,7 @@ impl Worker {
         while let Some(packet) = held.queue.pop(now, &mut stale) {
             self.tx[count].storage_mut()[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
             self.sizes[count] = packet.len();
-            self.follows[count] = false;
+            self.slots[count] = Slot::Packet { follows: false };
             count += 1;
         }
         for _ in 0..stale {
@@ -646,19 +659,33 @@ impl Worker {
         self.seal_and_send(count, false);
     }
 
-    /// Seals the packets in `tx[..count]` (each `sizes[i]` bytes after HEADROOM) and
-    /// sends them. One that no SA covers is held for its protected child if `hold`
-    /// (else, or without such a child, dropped): never sent in clear.
+    /// Seals the packets in `tx[..count]` (each `sizes[i]` bytes after HEADROOM, or
+    /// the segments of a super-packet) and sends them. One that no SA covers is held
+    /// for its protected child if `hold` (else, or without such a child, dropped):
+    /// never sent in clear.
     fn seal_and_send(&mut self, count: usize, hold: bool) {
         let mut now = None;
         // Taken out so that `self` stays free to borrow; put back, with its capacity.
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.clear();
         let mut verdict = Verdict::Drop(DropReason::Malformed);
-        for i in 0..count {
+        let mut i = 0;
+        while i < count {
+            let follows = match self.slots[i] {
+                Slot::Packet { follows } => follows,
+                Slot::Super(segments) => {
+                    if self.seal_segments(i, segments, &mut sealed) {
+                        i += 1 + segments.count();
+                    } else {
+                        // Written out into the buffers after it: they go as packets.
+                        i += 1;
+                    }
+                    continue;
+                }
+            };
             let buf = &mut self.tx[i];
             buf.set_len(HEADROOM + self.sizes[i]);
-            if !self.follows[i] {
+            if !follows {
                 verdict = match route(&self.spd, &buf.as_ref()[HEADROOM..]) {
                     Ok((sa, next_header)) => Verdict::Seal(sa, next_header),
                     Err(Refused::NoSa(flow)) => Verdict::NoSa(flow),
@@ -672,7 +699,7 @@ impl Worker {
             }
             match verdict {
                 Verdict::Seal(sa, next_header) => {
-                    match seal(self.spd.get(sa), &mut self.tx[i], next_header) {
+                    match seal(self.spd.get(sa), &mut self.tx[i], None, next_header) {
                         Ok(head) => sealed.push(Sealed { buf: i, head, sa }),
                         Err(why) => self.drops.count(why),
                     }
@@ -681,6 +708,7 @@ impl Worker {
                 Verdict::NoSa(_) => self.drops.count(DropReason::NoSa),
                 Verdict::Drop(why) => self.drops.count(why),
             }
+            i += 1;
         }
         // One send per run of packets with the same SA (usually the whole batch).
         let mut packets: [&[u8]; BATCH] = [&[]; BATCH];
@@ -698,6 +726,47 @@ impl Worker {
             }
         }
         self.sealed = sealed;
+    }
+
+    /// Seals each segment of the super-packet in `tx[at]` straight from there into
+    /// the buffer after it with the SA its first segment goes to; true when done.
+    /// False when not to be done so (no SA, or refused; headers too long to keep
+    /// aside): then the segments are written out into those buffers as packets, for
+    /// the usual way to hold, refuse or seal them.
+    fn seal_segments(&mut self, at: usize, segments: Segments, sealed: &mut Vec<Sealed>) -> bool {
+        let header_len = segments.header_len();
+        let (head, tail) = self.tx.split_at_mut(at + 1);
+        let packet = &mut head[at].storage_mut()[HEADROOM..HEADROOM + self.sizes[at]];
+        if header_len <= PLACED_HEADERS {
+            let mut kept = [0; PLACED_HEADERS];
+            let headers = &mut kept[..header_len];
+            headers.copy_from_slice(&packet[..header_len]);
+            let mut segment = segments.place(packet, 0, headers);
+            if let Ok((sa, next_header)) = route(&self.spd, &packet[segment.clone()]) {
+                let outbound = self.spd.get(sa);
+                for (i, out) in tail[..segments.count()].iter_mut().enumerate() {
+                    if i > 0 {
+                        segment = segments.place(packet, i, headers);
+                    }
+                    match seal(outbound, out, Some(&packet[segment.clone()]), next_header) {
+                        Ok(head) => sealed.push(Sealed {
+                            buf: at + 1 + i,
+                            head,
+                            sa,
+                        }),
+                        Err(why) => self.drops.count(why),
+                    }
+                }
+                return true;
+            }
+            // As read, for the segments to be written out.
+            packet[..header_len].copy_from_slice(headers);
+        }
+        for (i, out) in tail[..segments.count()].iter_mut().enumerate() {
+            self.sizes[at + 1 + i] = segments.write(packet, i, &mut out.storage_mut()[HEADROOM..]);
+            self.slots[at + 1 + i] = Slot::Packet { follows: i > 0 };
+        }
+        false
     }
 
     /// Writes an ICMP error for a packet that does not fit the tunnel back into the TUN.
@@ -1022,18 +1091,27 @@ fn route(spd: &Spd, packet: &[u8]) -> Result<(usize, u8), Refused> {
     Ok((index, next_header))
 }
 
-/// Seals the packet at `buf[HEADROOM..]` with `sa` in place, leaving `buf` as long
-/// as the ESP packet's end; returns where ESP starts.
-fn seal(sa: &Outbound, buf: &mut PacketBuf, next_header: u8) -> Result<usize, DropReason> {
-    let len = buf.len() - HEADROOM;
-    let esp = sa
-        .sa
-        .seal(buf.storage_mut(), HEADROOM, len, next_header)
-        .map_err(|e| match e {
-            // Not with BUF_LEN's room after the largest IP packet.
-            EspError::NoRoom | EspError::NoHeadroom => DropReason::TooBig,
-            _ => DropReason::Expired,
-        })?;
+/// Seals `inner` (None: the packet at `buf[HEADROOM..]`, in place) with `sa` into
+/// `buf` after HEADROOM, leaving `buf` as long as the ESP packet's end; returns
+/// where ESP starts.
+fn seal(
+    sa: &Outbound,
+    buf: &mut PacketBuf,
+    inner: Option<&[u8]>,
+    next_header: u8,
+) -> Result<usize, DropReason> {
+    let len = inner.map_or(buf.len() - HEADROOM, <[u8]>::len);
+    let esp = match inner {
+        Some(inner) => sa
+            .sa
+            .seal_from(inner, buf.storage_mut(), HEADROOM, next_header),
+        None => sa.sa.seal(buf.storage_mut(), HEADROOM, len, next_header),
+    }
+    .map_err(|e| match e {
+        // Not with BUF_LEN's room after the largest IP packet.
+        EspError::NoRoom | EspError::NoHeadroom => DropReason::TooBig,
+        _ => DropReason::Expired,
+    })?;
     buf.set_len(esp.end);
     sa.traffic.add(len);
     Ok(esp.start)
@@ -1291,14 +1369,19 @@ mod tests {
                 .udp(1000, 2000)
                 .write(&mut packet, &payload)
                 .unwrap();
-            // As the TUN read and seal_and_send leave it.
+            // As the TUN read and seal_and_send leave it; every other one sealed from
+            // where it is (as a segment inside its super-packet), over the last one.
+            let from = i % 2 == 1;
             tx.reset();
-            tx.storage_mut()[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
+            if !from {
+                tx.storage_mut()[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
+            }
             tx.set_len(HEADROOM + packet.len());
-            let Ok((slot, next_header)) = route(&spd, &tx.as_ref()[HEADROOM..]) else {
+            let Ok((slot, next_header)) = route(&spd, &packet) else {
                 panic!("packet {i} refused");
             };
-            let Ok(head) = seal(spd.get(slot), &mut tx, next_header) else {
+            let inner = from.then_some(&packet[..]);
+            let Ok(head) = seal(spd.get(slot), &mut tx, inner, next_header) else {
                 panic!("packet {i} not sealed");
             };
             let esp = &tx.as_ref()[head..];

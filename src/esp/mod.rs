@@ -152,6 +152,31 @@ impl OutboundSa {
         len: usize,
         next_header: u8,
     ) -> Result<Range<usize>, EspError> {
+        self.seal_into(None, buf, start, len, next_header)
+    }
+
+    /// Seals `inner` into ESP in `buf` as [`OutboundSa::seal`] lays it out with the
+    /// inner packet at `start`. AEAD suites encrypt straight out of `inner` (a
+    /// segment inside a super-packet) into `buf`: no copy of the plaintext first.
+    pub fn seal_from(
+        &self,
+        inner: &[u8],
+        buf: &mut [u8],
+        start: usize,
+        next_header: u8,
+    ) -> Result<Range<usize>, EspError> {
+        self.seal_into(Some(inner), buf, start, inner.len(), next_header)
+    }
+
+    /// Both seals: the inner packet is `source`, or `buf[start..start + len]` in place.
+    fn seal_into(
+        &self,
+        source: Option<&[u8]>,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        next_header: u8,
+    ) -> Result<Range<usize>, EspError> {
         let iv_len = iv_len(&self.cipher);
         let head = start
             .checked_sub(ESP_HEADER_LEN + iv_len)
@@ -175,12 +200,14 @@ impl OutboundSa {
         if seq > limit {
             return Err(EspError::SequenceExhausted);
         }
-        let trailer = &mut buf[start + len..payload_end];
-        for (b, i) in trailer.iter_mut().zip(1u8..) {
+        // Padding (1, 2, 3, ...), pad length and next header: less than a block and two.
+        let mut trailer = [0u8; 16 + 1];
+        for (b, i) in trailer[..pad].iter_mut().zip(1u8..) {
             *b = i;
         }
         trailer[pad] = pad as u8;
         trailer[pad + 1] = next_header;
+        let trailer = &trailer[..pad + 2];
         buf[head..head + 4].copy_from_slice(&self.spi.to_be_bytes());
         buf[head + 4..head + 8].copy_from_slice(&(seq as u32).to_be_bytes());
         let seq_hi = ((seq >> 32) as u32).to_be_bytes();
@@ -189,16 +216,27 @@ impl OutboundSa {
                 let iv = seq.to_be_bytes();
                 buf[head + 8..start].copy_from_slice(&iv);
                 let (aad, aad_len) = aead_aad(self.esn, &buf[head..head + 8], seq_hi);
-                let tag = key
-                    .seal_in_place_separate_tag(
-                        nonce(salt, &iv),
-                        Aad::from(&aad[..aad_len]),
-                        &mut buf[start..payload_end],
-                    )
-                    .map_err(|_| EspError::BadIcv)?;
-                buf[payload_end..end].copy_from_slice(tag.as_ref());
+                let (nonce, aad) = (nonce(salt, &iv), Aad::from(&aad[..aad_len]));
+                // The trailer is encrypted from the stack, after the packet.
+                let (body, trailer_and_icv) = buf[start..end].split_at_mut(len);
+                match source {
+                    Some(inner) => key.seal_out_of_place_scatter(
+                        nonce,
+                        aad,
+                        inner,
+                        body,
+                        trailer,
+                        trailer_and_icv,
+                    ),
+                    None => key.seal_in_place_scatter(nonce, aad, body, trailer, trailer_and_icv),
+                }
+                .map_err(|_| EspError::BadIcv)?;
             }
             Cipher::Cbc(cbc) => {
+                if let Some(inner) = source {
+                    buf[start..start + len].copy_from_slice(inner);
+                }
+                buf[start + len..payload_end].copy_from_slice(trailer);
                 let CbcKeys {
                     encrypt,
                     integ,
@@ -423,6 +461,29 @@ mod tests {
                     "{encr}"
                 );
                 assert_eq!(inb.open(&mut [0u8; 10]).unwrap_err(), EspError::Truncated);
+            }
+        }
+    }
+
+    #[test]
+    fn every_suite_seals_from_elsewhere_the_bytes_it_seals_in_place() {
+        for (encr, integ) in SUITES {
+            for esn in [false, true] {
+                // Two SAs with the same keys spend the same sequence numbers.
+                let ((in_place, _), (from, mut inb)) =
+                    (pair(encr, integ, esn), pair(encr, integ, esn));
+                // Stale bytes where the ESP packet goes: none of them may show.
+                let mut buf = vec![0xa5; HEADROOM + 1400 + TAILROOM];
+                for len in [0usize, 1, 3, 20, 1400] {
+                    let inner: Vec<u8> = (0..len).map(|i| (i * 3) as u8).collect();
+                    let expected = sealed(&in_place, &inner, NEXT_HEADER_IPV6);
+                    let esp = from
+                        .seal_from(&inner, &mut buf, HEADROOM, NEXT_HEADER_IPV6)
+                        .unwrap();
+                    assert_eq!(buf[esp.clone()], expected, "{encr} esn {esn} len {len}");
+                    let (range, nh, _) = inb.open(&mut buf[esp.clone()]).unwrap();
+                    assert_eq!((&buf[esp][range], nh), (&inner[..], NEXT_HEADER_IPV6));
+                }
             }
         }
     }
