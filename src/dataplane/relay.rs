@@ -53,6 +53,15 @@ pub enum Route {
     NoRoom,
 }
 
+/// Where a received datagram is: a buffer of its own (at the relay's offset), which
+/// it goes on in, or a slice of a GRO train, which it goes on as a copy of.
+pub enum DatagramAt<'a> {
+    /// In its own buffer.
+    Own(&'a mut PacketBuf),
+    /// Inside a train.
+    InTrain(&'a [u8]),
+}
+
 /// Decides as the steering program does for a train's first segment (`steer_udp`).
 pub fn owner(datagram: &[u8], workers: usize) -> Owner {
     match datagram.first_chunk::<4>() {
@@ -122,26 +131,38 @@ impl Relay {
     }
 
     /// Passes on a datagram worker `index` received on UDP socket `socket` (bound to
-    /// `bound`), in `buf` at the relay's offset, unless it is the worker's own. A
-    /// datagram for another worker leaves an empty buffer in its place, and that
-    /// worker is marked in `handed`, to be woken ([`Relay::wake`]) once for the batch.
+    /// `bound`), unless it is the worker's own. A datagram in a buffer of its own
+    /// goes on to another worker in it, leaving an empty buffer in its place, and
+    /// that worker is marked in `handed`, to be woken ([`Relay::wake`]) once for the
+    /// batch; one in a train goes on as a copy, and wakes its worker at once.
     pub fn route(
         &self,
         index: usize,
-        buf: &mut PacketBuf,
+        at: DatagramAt<'_>,
         socket: usize,
         bound: SocketAddr,
         datagram: Datagram,
         handed: &mut [bool],
     ) -> Route {
-        let data = &buf.as_ref()[self.offset..self.offset + datagram.len];
+        let data = match &at {
+            DatagramAt::Own(buf) => &buf.as_ref()[self.offset..self.offset + datagram.len],
+            DatagramAt::InTrain(data) => data,
+        };
         let done = match owner(data, self.workers()) {
             Owner::Worker(w) if w == index => return Route::Open,
-            Owner::Worker(w) => {
-                let sent = self.to_worker(w, buf, socket, datagram);
-                handed[w] |= sent;
-                sent
-            }
+            Owner::Worker(w) => match at {
+                DatagramAt::Own(buf) => {
+                    let sent = self.to_worker(w, buf, socket, datagram);
+                    handed[w] |= sent;
+                    sent
+                }
+                // A train steered by its first datagram, with another SA's further on.
+                DatagramAt::InTrain(data) => datagram
+                    .sender
+                    .as_ref()
+                    .and_then(netio::socket_addr)
+                    .is_some_and(|sender| self.copy_to_worker(w, data, socket, sender)),
+            },
             Owner::Control => {
                 let local = SocketAddr::new(datagram.local.unwrap_or(bound.ip()), bound.port());
                 datagram
@@ -332,8 +353,8 @@ mod tests {
     }
 
     /// What `rx`, socket 1, received of `count` datagrams sent as one train, each in
-    /// a buffer at OFFSET, as a worker lays them out: split from the train with GRO,
-    /// as the kernel split it without.
+    /// a buffer at OFFSET: split from the train with GRO, as the kernel split it
+    /// without.
     fn receive(batch: &mut Batch, rx: &EspSocket, count: usize) -> Vec<(PacketBuf, Datagram)> {
         let mut bufs: Vec<PacketBuf> = (0..count).map(|_| PacketBuf::new(2048)).collect();
         let mut received = Vec::new();
@@ -394,15 +415,25 @@ mod tests {
             let mut handed = [false; 2];
             let mut kept = Vec::new();
             for ((mut buf, d), p) in receive(&mut batch, rx, sent.len()).into_iter().zip(&sent) {
-                assert_eq!(&buf.as_ref()[OFFSET..OFFSET + d.len], &p[..]);
-                match s.relay.route(0, &mut buf, 1, rx.bound, d, &mut handed) {
-                    Route::Open => kept.push(buf.as_ref()[OFFSET..OFFSET + d.len].to_vec()),
+                let data = buf.as_ref()[OFFSET..OFFSET + d.len].to_vec();
+                assert_eq!(data, p[..]);
+                // A worker opens a train's datagrams where they are, and each
+                // datagram the kernel split in a buffer of its own.
+                let at = if gro {
+                    DatagramAt::InTrain(&data)
+                } else {
+                    DatagramAt::Own(&mut buf)
+                };
+                match s.relay.route(0, at, 1, rx.bound, d, &mut handed) {
+                    Route::Open => kept.push(data),
                     Route::Done => {}
                     Route::NoRoom => panic!("no room"),
                 }
             }
             assert_eq!(kept, [esp(2), esp(4)], "worker 0 opens its own");
-            assert_eq!(handed, [false, true], "worker 1 is to be woken");
+            // Woken once for the batch, or at once for a copy out of a train.
+            assert_eq!(handed, [false, !gro], "worker 1 is to be woken");
+            assert_eq!(s.wakes[1].read().is_ok(), gro);
             let h = s.inboxes[1].try_recv().expect("worker 1's ESP");
             assert_eq!(
                 &h.buf.as_ref()[OFFSET..OFFSET + h.datagram.len],
@@ -432,7 +463,9 @@ mod tests {
         let route = |s: &Setup, data: &[u8], handed: &mut [bool; 2]| {
             let mut buf = holding(data);
             let d = datagram(data.len(), peer);
-            let r = s.relay.route(0, &mut buf, 0, bound, d, handed);
+            let r = s
+                .relay
+                .route(0, DatagramAt::Own(&mut buf), 0, bound, d, handed);
             (r, buf.as_ref()[OFFSET..OFFSET + data.len()].to_vec())
         };
         for _ in 0..pool {

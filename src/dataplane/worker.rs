@@ -3,7 +3,7 @@
 use super::buf::PacketBuf;
 use super::coalesce::{Coalescer, VNET_HDR_NONE};
 use super::packet::{self, Flow};
-use super::relay::{Handoff, Relay, Route};
+use super::relay::{DatagramAt, Handoff, Relay, Route};
 use super::segment::{SegmentError, Segments};
 use super::socket::{self, Batch, Datagram, EspSockets, MAX_TRAIN, Transport};
 use super::{
@@ -116,8 +116,11 @@ pub struct Worker {
     /// A super-packet with more segments than `tx` has buffers left, while they go out.
     spare: PacketBuf,
     coalescer: Coalescer,
-    /// A UDP GRO train as received, before it is split into `rx`.
+    /// A UDP GRO train as received, whose datagrams are opened from there into `rx`.
     train: Box<[u8]>,
+    /// Where each received datagram starts in `train`, when they came in one
+    /// (else empty: each is in its `rx` buffer).
+    train_at: Vec<usize>,
     /// Each received datagram's length and addresses.
     received: Vec<Datagram>,
     /// Told to stop (possibly in the middle of a batch).
@@ -452,6 +455,7 @@ impl Worker {
             ready: Vec::with_capacity(BATCH),
             spare: PacketBuf::new(BUF_LEN),
             train: vec![0; MAX_TRAIN].into_boxed_slice(),
+            train_at: Vec::with_capacity(BATCH),
             received: Vec::with_capacity(BATCH),
             stopping: false,
         }
@@ -828,12 +832,12 @@ impl Worker {
         self.open_batch(index);
     }
 
-    /// Receives UDP GRO trains from socket `index` and splits each into its
-    /// datagrams, laid out in `rx` as recvmmsg leaves them (one copy each, which
-    /// opening then finds in the cache), opening them whenever `rx` is full; reads
-    /// another train only while a full one still fits.
+    /// Receives UDP GRO trains from socket `index` and opens each one's datagrams
+    /// where they are, into `rx` (no copy of the ciphertext first); reads another
+    /// train only while a full one would still have fitted a batch.
     fn receive_trains(&mut self, index: usize) {
-        loop {
+        let mut taken = 0;
+        while taken + GSO_SEGMENTS <= BATCH {
             let socket = &self.sockets.0[index];
             let Ok((datagram, segment)) = self.batch.recv_train(socket, &mut self.train) else {
                 break;
@@ -843,10 +847,7 @@ impl Worker {
                 if self.received.len() == BATCH {
                     self.open_batch(index);
                 }
-                let buf = &mut self.rx[self.received.len()];
-                buf.reset();
-                buf.storage_mut()[RX_OFFSET..RX_OFFSET + range.len()]
-                    .copy_from_slice(&self.train[range.clone()]);
+                self.train_at.push(range.start);
                 self.received.push(Datagram {
                     len: range.len(),
                     ..datagram
@@ -854,11 +855,7 @@ impl Worker {
                 count += 1;
             }
             self.batches.count(Batches::TRAINS, count);
-            if BATCH - self.received.len() < GSO_SEGMENTS {
-                break;
-            }
-        }
-        if !self.received.is_empty() {
+            taken += count;
             self.open_batch(index);
         }
     }
@@ -893,15 +890,17 @@ impl Worker {
         }
     }
 
-    /// Opens the datagrams in `rx[..received.len()]`, which came in on socket
-    /// `index`, writes the inner packets to the TUN, and passes on what belongs to
-    /// another worker or the control thread; empties `received`.
+    /// Opens the datagrams in `rx[..received.len()]` (or in `train`, at `train_at`),
+    /// which came in on socket `index`, writes the inner packets to the TUN, and
+    /// passes on what belongs to another worker or the control thread; empties
+    /// `received` and `train_at`.
     fn open_received(&mut self, index: usize) {
         // The control thread hands over an inbound SA before it sends the answer that
         // lets the peer use it, so what it sent before these packets came must apply
         // to them (a rekey's first packets would otherwise find no SA).
         if !self.commands.is_empty() && !self.apply_commands() {
             self.received.clear();
+            self.train_at.clear();
             return;
         }
         let socket = &self.sockets.0[index];
@@ -914,6 +913,7 @@ impl Worker {
         for i in 0..self.received.len() {
             let datagram = self.received[i];
             let len = datagram.len;
+            let in_train = self.train_at.get(i).map(|&at| &self.train[at..at + len]);
             let mut esp = RX_OFFSET..RX_OFFSET + len;
             if raw_v4 {
                 // Raw IPv4 sockets deliver the IP header too.
@@ -922,9 +922,13 @@ impl Worker {
             }
             // A train (GSO or GRO) was steered by its first datagram alone.
             if udp {
+                let at = match in_train {
+                    Some(data) => DatagramAt::InTrain(data),
+                    None => DatagramAt::Own(&mut self.rx[i]),
+                };
                 let route = self.relay.route(
                     self.index,
-                    &mut self.rx[i],
+                    at,
                     index,
                     socket.bound,
                     datagram,
@@ -939,9 +943,12 @@ impl Worker {
                     }
                 }
             }
+            if in_train.is_some() {
+                self.rx[i].reset();
+            }
             let buf = self.rx[i].as_mut();
             let from = datagram.sender.as_ref().filter(|_| udp);
-            match open(&mut self.inbound, &mut buf[esp.clone()], from) {
+            match open(&mut self.inbound, in_train, &mut buf[esp.clone()], from) {
                 Ok((inner, moved)) => {
                     if let Some((spi_in, remote)) = moved {
                         let _ = self
@@ -956,12 +963,8 @@ impl Worker {
                 }
                 Err(DropReason::NoSa) => {
                     self.drops.count(DropReason::NoSa);
-                    let spi = u32::from_be_bytes([
-                        buf[esp.start],
-                        buf[esp.start + 1],
-                        buf[esp.start + 2],
-                        buf[esp.start + 3],
-                    ]);
+                    let esp = in_train.unwrap_or(&buf[esp]);
+                    let spi = u32::from_be_bytes([esp[0], esp[1], esp[2], esp[3]]);
                     let Some(remote) = datagram.sender.as_ref().and_then(netio::socket_addr) else {
                         continue;
                     };
@@ -978,6 +981,7 @@ impl Worker {
             }
         }
         self.received.clear();
+        self.train_at.clear();
         for (w, handed) in self.handed.iter_mut().enumerate() {
             if std::mem::take(handed) {
                 self.relay.wake(w);
@@ -1120,16 +1124,19 @@ fn seal(
 /// An opened packet: the inner packet's range, and (SPI, sender) when its peer moved.
 type Opened = (std::ops::Range<usize>, Option<(u32, SocketAddr)>);
 
-/// Opens an ESP packet in place; returns the inner packet's range within it, and
-/// (SPI, sender) when it came in UDP from elsewhere than its SA's peer (a NAT
-/// mapped the peer anew; reported once per new address). NoSa means an SPI (the
-/// first four bytes) no SA of this worker has.
+/// Opens an ESP packet into `esp`: in place, or from `source` (as long, decrypted
+/// into it); returns the inner packet's range within `esp`, and (SPI, sender) when
+/// it came in UDP from elsewhere than its SA's peer (a NAT mapped the peer anew;
+/// reported once per new address). NoSa means an SPI (the first four bytes) no SA
+/// of this worker has.
 fn open(
     inbound: &mut HashMap<u32, Box<Inbound>>,
+    source: Option<&[u8]>,
     esp: &mut [u8],
     sender: Option<&SockaddrStorage>,
 ) -> Result<Opened, DropReason> {
-    let spi = esp
+    let spi = source
+        .unwrap_or(esp)
         .get(..4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or(DropReason::Malformed)?;
@@ -1137,7 +1144,11 @@ fn open(
     if sa.traffic.reached(&sa.hard).is_some() {
         return Err(DropReason::Expired);
     }
-    let (inner, next_header, _) = sa.sa.open(esp).map_err(|e| match e {
+    let opened = match source {
+        Some(source) => sa.sa.open_from(source, esp),
+        None => sa.sa.open(esp),
+    };
+    let (inner, next_header, _) = opened.map_err(|e| match e {
         EspError::Replay(_) => DropReason::Replay,
         EspError::BadIcv => DropReason::BadIcv,
         _ => DropReason::Malformed,
@@ -1385,11 +1396,17 @@ mod tests {
                 panic!("packet {i} not sealed");
             };
             let esp = &tx.as_ref()[head..];
-            // As the socket read leaves it.
+            // As the socket read leaves it; every third one opened from where it is (as
+            // a datagram inside its GRO train), over the last one.
             rx.reset();
-            rx.storage_mut()[RX_OFFSET..RX_OFFSET + esp.len()].copy_from_slice(esp);
-            let esp = RX_OFFSET..RX_OFFSET + esp.len();
-            let Ok((inner, _)) = open(&mut inbound, &mut rx.as_mut()[esp.clone()], None) else {
+            let source = (i % 3 == 0).then_some(esp);
+            let at = RX_OFFSET..RX_OFFSET + esp.len();
+            if source.is_none() {
+                rx.storage_mut()[at.clone()].copy_from_slice(esp);
+            }
+            let esp = at;
+            let Ok((inner, _)) = open(&mut inbound, source, &mut rx.as_mut()[esp.clone()], None)
+            else {
                 panic!("packet {i} not opened");
             };
             std::mem::swap(&mut rx, &mut to_tun);

@@ -294,16 +294,44 @@ impl InboundSa {
         &mut self,
         packet: &mut [u8],
     ) -> Result<(std::ops::Range<usize>, u8, u64), EspError> {
+        self.open_into(None, packet)
+    }
+
+    /// Opens the ESP packet `packet` as [`InboundSa::open`] does, decrypting into
+    /// `out` (as long or longer) where it would have decrypted in place; AEAD suites
+    /// read the ciphertext where it is (a datagram inside a GRO train): no copy first.
+    /// The range returned is within `out`, whose header bytes are left as they were.
+    pub fn open_from(
+        &mut self,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> Result<(std::ops::Range<usize>, u8, u64), EspError> {
+        let out = out.get_mut(..packet.len()).ok_or(EspError::Truncated)?;
+        if let Cipher::Cbc(_) = self.cipher {
+            out.copy_from_slice(packet);
+            return self.open_into(None, out);
+        }
+        self.open_into(Some(packet), out)
+    }
+
+    /// Both opens: the ESP packet is `source` (AEAD only), decrypted into `packet`,
+    /// or `packet` itself, in place.
+    fn open_into(
+        &mut self,
+        source: Option<&[u8]>,
+        packet: &mut [u8],
+    ) -> Result<(std::ops::Range<usize>, u8, u64), EspError> {
         let iv_len = iv_len(&self.cipher);
         let icv_len = self.cipher.icv_len();
-        if packet.len() < ESP_HEADER_LEN + iv_len + 2 + icv_len {
+        let esp: &[u8] = source.unwrap_or(packet);
+        if esp.len() < ESP_HEADER_LEN + iv_len + 2 + icv_len {
             return Err(EspError::Truncated);
         }
-        let spi = u32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]);
+        let spi = u32::from_be_bytes([esp[0], esp[1], esp[2], esp[3]]);
         if spi != self.spi {
             return Err(EspError::WrongSpi(spi));
         }
-        let low = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+        let low = u32::from_be_bytes([esp[4], esp[5], esp[6], esp[7]]);
         let seq = if self.esn {
             self.window.infer_esn(low)
         } else {
@@ -317,12 +345,28 @@ impl InboundSa {
         let body = ESP_HEADER_LEN + iv_len;
         let end = match &self.cipher {
             Cipher::Aead { key, salt } => {
-                let (aad, aad_len) = aead_aad(self.esn, &packet[..8], seq_hi);
-                let n = nonce(salt, &packet[8..16]);
-                let plain = key
-                    .open_in_place(n, Aad::from(&aad[..aad_len]), &mut packet[body..])
-                    .map_err(|_| EspError::BadIcv)?;
-                body + plain.len()
+                let (aad, aad_len) = aead_aad(self.esn, &esp[..8], seq_hi);
+                let (n, aad) = (nonce(salt, &esp[8..16]), Aad::from(&aad[..aad_len]));
+                match source {
+                    Some(esp) => {
+                        let icv_start = esp.len() - icv_len;
+                        key.open_separate_gather(
+                            n,
+                            aad,
+                            &esp[body..icv_start],
+                            &esp[icv_start..],
+                            &mut packet[body..icv_start],
+                        )
+                        .map_err(|_| EspError::BadIcv)?;
+                        icv_start
+                    }
+                    None => {
+                        let plain = key
+                            .open_in_place(n, aad, &mut packet[body..])
+                            .map_err(|_| EspError::BadIcv)?;
+                        body + plain.len()
+                    }
+                }
             }
             Cipher::Cbc(cbc) => {
                 let CbcKeys { decrypt, mac, .. } = &**cbc;
@@ -466,11 +510,11 @@ mod tests {
     }
 
     #[test]
-    fn every_suite_seals_from_elsewhere_the_bytes_it_seals_in_place() {
+    fn every_suite_seals_and_opens_from_elsewhere_as_in_place() {
         for (encr, integ) in SUITES {
             for esn in [false, true] {
                 // Two SAs with the same keys spend the same sequence numbers.
-                let ((in_place, _), (from, mut inb)) =
+                let ((in_place, mut inb_from), (from, mut inb)) =
                     (pair(encr, integ, esn), pair(encr, integ, esn));
                 // Stale bytes where the ESP packet goes: none of them may show.
                 let mut buf = vec![0xa5; HEADROOM + 1400 + TAILROOM];
@@ -483,6 +527,16 @@ mod tests {
                     assert_eq!(buf[esp.clone()], expected, "{encr} esn {esn} len {len}");
                     let (range, nh, _) = inb.open(&mut buf[esp.clone()]).unwrap();
                     assert_eq!((&buf[esp][range], nh), (&inner[..], NEXT_HEADER_IPV6));
+                    // Opened from where it is into stale bytes; tampered, replayed.
+                    let mut out = vec![0x5a; expected.len() + 7];
+                    let mut tampered = expected.clone();
+                    tampered[expected.len() / 2] ^= 1;
+                    let bad = inb_from.open_from(&tampered, &mut out);
+                    assert_eq!(bad.unwrap_err(), EspError::BadIcv, "{encr}");
+                    let (range, nh, _) = inb_from.open_from(&expected, &mut out).unwrap();
+                    assert_eq!((&out[range], nh), (&inner[..], NEXT_HEADER_IPV6));
+                    let again = inb_from.open_from(&expected, &mut out);
+                    assert!(matches!(again, Err(EspError::Replay(_))));
                 }
             }
         }
