@@ -1,8 +1,9 @@
 //! ESP per-packet cost: sealing and opening in place for each suite and packet size,
-//! next to the raw AEAD seal of the crypto crate (`cargo bench --bench esp`).
+//! next to the raw AEAD seal of the crypto crate, and a super-packet's worth sealed and
+//! opened out of place or copied first (`cargo bench --bench esp`).
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use esptun::crypto::{Encr, Integ, Secret};
 use esptun::esp::{HEADROOM, InboundSa, NEXT_HEADER_IPV4, OutboundSa, SaKeys};
 use std::hint::black_box;
@@ -95,5 +96,85 @@ fn raw_aead(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, seal_open, raw_aead);
+/// A 64 KiB TSO super-packet or GRO train of 1400-byte packets, as a worker has it:
+/// each segment sealed from inside the super-packet, or copied into its own buffer
+/// and sealed there; each datagram opened from inside the train, or copied out and
+/// opened in place. Buffers are a worker's size, one per packet.
+fn trains(c: &mut Criterion) {
+    const SIZE: usize = 1400;
+    const COUNT: usize = 46;
+    const BUF: usize = HEADROOM + 65_535 + 64;
+    let (ek, ik) = keys(Encr::AesGcm16 { key_len: 16 }, None);
+    let sa_keys = SaKeys {
+        spi: 0x1000,
+        encr: Encr::AesGcm16 { key_len: 16 },
+        integ: None,
+        esn: false,
+        encryption: &ek,
+        integrity: &ik,
+    };
+    let out = OutboundSa::new(&sa_keys).expect("keys");
+    let mut bufs: Vec<Vec<u8>> = (0..COUNT).map(|_| vec![0u8; BUF]).collect();
+    let super_packet = vec![0x5au8; SIZE * COUNT];
+    let mut group = c.benchmark_group(format!("train/aes128gcm16/{COUNT}x{SIZE}"));
+    group.throughput(Throughput::Bytes((SIZE * COUNT) as u64));
+    group.bench_function("copy+seal", |b| {
+        b.iter(|| {
+            for (chunk, buf) in super_packet.chunks(SIZE).zip(&mut bufs) {
+                buf[HEADROOM..HEADROOM + SIZE].copy_from_slice(chunk);
+                black_box(
+                    out.seal(buf, HEADROOM, SIZE, NEXT_HEADER_IPV4)
+                        .expect("seals"),
+                );
+            }
+        })
+    });
+    group.bench_function("seal_from", |b| {
+        b.iter(|| {
+            for (chunk, buf) in super_packet.chunks(SIZE).zip(&mut bufs) {
+                black_box(
+                    out.seal_from(chunk, buf, HEADROOM, NEXT_HEADER_IPV4)
+                        .expect("seals"),
+                );
+            }
+        })
+    });
+    // A train of ESP datagrams as UDP GRO leaves it.
+    let mut train = Vec::new();
+    for buf in &mut bufs {
+        let esp = out
+            .seal(buf, HEADROOM, SIZE, NEXT_HEADER_IPV4)
+            .expect("seals");
+        train.extend_from_slice(&buf[esp]);
+    }
+    let len = train.len() / COUNT;
+    // A fresh SA for each round (not timed): the replay window refuses repeats.
+    let fresh = || InboundSa::new(&sa_keys, 1024).expect("keys");
+    group.bench_function("copy+open", |b| {
+        b.iter_batched(
+            fresh,
+            |mut inbound| {
+                for (esp, buf) in train.chunks(len).zip(&mut bufs) {
+                    buf[..len].copy_from_slice(esp);
+                    black_box(inbound.open(&mut buf[..len]).expect("opens"));
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("open_from", |b| {
+        b.iter_batched(
+            fresh,
+            |mut inbound| {
+                for (esp, buf) in train.chunks(len).zip(&mut bufs) {
+                    black_box(inbound.open_from(esp, buf).expect("opens"));
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, seal_open, raw_aead, trains);
 criterion_main!(benches);
