@@ -23,7 +23,8 @@
 #   figures worth quoting. Default seconds per run 10, OUT target/bench-tunnel.
 #   SETUPS="esptun-udp ..." runs only those setups (default all): veth, esptun-udp,
 #   esptun-raw, esptun-per-resource, esptun-spread, xfrm, strongswan, boringtun.
-#   LAN_GRO=0 runs the 64-byte test on plain veth LAN links too (see lan_batches).
+#   LAN_GRO=0 runs the 64-byte test on plain veth LAN links too (see lan_batches);
+#   LAN_MODERATION_US sets how often those links poll (default 20, 0 per packet).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/sites.sh
@@ -230,6 +231,10 @@ iface_drops() {
 # does. On for the 64-byte test of every setup (LAN_GRO=0: never); TCP keeps the veth's
 # way: the sender's TSO batches already, and the thread between cost one stream
 # through esptun 5.35 -> 4.28 Gbit/s in an A/B (raw veth 12.4 -> 13.2).
+# A NIC also moderates its interrupts (tens of microseconds as shipped): the LAN links
+# poll every LAN_MODERATION_US (20) while packets keep coming (gro_flush_timeout with
+# napi_defer_hard_irqs), where a veth would wake its thread for each packet; 0 wakes
+# per packet. See the README for what it changes.
 # (GRO is on in a veth's features but off in fact: off and on again turns its NAPI on.)
 lan_batches() {
     [[ ${LAN_GRO:-1} == 1 ]] || return 0
@@ -239,8 +244,12 @@ lan_batches() {
             ip netns exec "$ns" ethtool -K lan gro off
             ip netns exec "$ns" ethtool -K lan gro on rx-udp-gro-forwarding on
             ip netns exec "$ns" sh -c 'echo 1 >/sys/class/net/lan/threaded'
+            ip netns exec "$ns" sh -c "echo $((${LAN_MODERATION_US:-20} * 1000)) >/sys/class/net/lan/gro_flush_timeout
+                echo 2 >/sys/class/net/lan/napi_defer_hard_irqs"
         else
-            ip netns exec "$ns" sh -c 'echo 0 >/sys/class/net/lan/threaded'
+            ip netns exec "$ns" sh -c 'echo 0 >/sys/class/net/lan/gro_flush_timeout
+                echo 0 >/sys/class/net/lan/napi_defer_hard_irqs
+                echo 0 >/sys/class/net/lan/threaded'
             ip netns exec "$ns" ethtool -K lan gro off rx-udp-gro-forwarding off
         fi
     done
