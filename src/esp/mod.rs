@@ -1,5 +1,5 @@
 //! Sans-IO ESP (RFC 4303) for tunnel mode: one SA per direction, sealing and opening
-//! in place. AES-GCM-16 (RFC 4106) and ChaCha20-Poly1305 (RFC 7634) use the sequence
+//! in place, or from where the packet is into another buffer. AES-GCM-16 (RFC 4106) and ChaCha20-Poly1305 (RFC 7634) use the sequence
 //! number as IV; AES-CBC (RFC 3602) with HMAC-SHA2 (RFC 4868) uses an IV that is the
 //! sequence number encrypted under the SA's key (unpredictable without any RNG).
 //!
