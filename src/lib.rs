@@ -19,6 +19,7 @@
 //! - [`privilege`]: the capabilities the threads keep once everything is open.
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod auth;
 pub mod config;

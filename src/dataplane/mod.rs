@@ -36,6 +36,7 @@ mod relay;
 mod route;
 mod segment;
 mod socket;
+mod steer;
 mod worker;
 
 pub use buf::PacketBuf;
@@ -454,6 +455,13 @@ impl Dataplane {
         let mut queues: Vec<SyncDevice> = vec![first];
         for _ in 1..n {
             queues.push(queues[0].try_clone()?);
+        }
+        if n > 1
+            && let Err(e) = steer::attach(&queues[0], n)
+        {
+            crate::warn!(
+                "TUN steering program unavailable ({e}): the kernel places each flow on a worker by its hash"
+            );
         }
         let sockets = socket::addresses(listen);
         let mut worker_sockets: Vec<EspSockets> = Vec::new();

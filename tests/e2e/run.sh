@@ -76,6 +76,21 @@ transfer() {
     cat "$CASE/received"
 }
 
+# worker_packets NS FIELD: each worker's packets_out or packets_in, as a JSON array.
+worker_packets() {
+    ip netns exec "$1" "$ESPTUN" status --json | jq -c "[.workers[] | .$2]"
+}
+
+# since BEFORE AFTER: each worker's count between two worker_packets.
+since() {
+    jq -nc --argjson a "$1" --argjson b "$2" '[range($b | length) | $b[.] - $a[.]]'
+}
+
+# even COUNTS: two workers' counts, each within 25 % of half their sum.
+even() {
+    jq -e 'length == 2 and (add / 2) as $half | all(. >= $half * 0.75 and . <= $half * 1.25)' <<<"$1" >/dev/null
+}
+
 # The WAN link's own IPv6 chatter (neighbour discovery, MLD), not tunnel traffic.
 LINK_LOCAL="(icmp6 or src net fe80::/10 or dst net ff02::/16)"
 
@@ -882,15 +897,18 @@ want trap && trap_case
 # --- per-resource Child SAs (RFC 9611): one tunnel over both workers of each gateway ---
 # Without them every ESP packet of the tunnel carries one SPI and lands on one of bob's
 # workers; with them each of alice's workers seals with its own SA, whose SPI bob
-# steers to a worker of its own. 64 UDP flows reach both of alice's TUN queues
-# (the kernel picks a queue by flow hash) with odds of 1 - 2^-63.
+# steers to a worker of its own. Eight TCP streams of 25 MB: the TUN's steering
+# program gives alice's new flows her workers in turn, so each worker reads four and
+# each of bob's opens what one of alice's sealed. Both counters must split within 25 %
+# of half (the kernel's own flow hash would leave one worker idle in 1 tunnel of 128
+# and split 6/2 or worse in 29 %).
 per_resource() {
     CASE=$RUN/per-resource; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
     SITES_DATAPLANE="workers = 2" SITES_CHILD="per_resource_sas = true"
-    log "case per-resource: workers = 2, per_resource_sas = true on both gateways, 64 UDP flows"
+    log "case per-resource: workers = 2, per_resource_sas = true on both gateways, 8 TCP streams"
     sites_start "$ESPTUN" "$CASE" alice "encap = true" || { fail per-resource "no Child SA"; sites_stop; return; }
     SITES_DATAPLANE="" SITES_CHILD=""
-    local why="" gw a b ns
+    local why="" gw a0 b0 a b ns
     for _ in $(seq 50); do
         [[ $(ip netns exec "$NS_BG" "$ESPTUN" status --json | jq '.ike_sas[0].child_sas | length') == 2 ]] && break
         sleep 0.1
@@ -907,13 +925,32 @@ per_resource() {
         ip netns exec "$ns" "$ESPTUN" status | grep "^  lan: INSTALLED, TUNNEL, per-resource, " >/dev/null ||
             why+="${why:+; }$gw's status text does not say per-resource"
     done
+    grep -q "TUN steering program unavailable" "$CASE/alice.log" && why+="${why:+; }alice has no TUN steering program"
     ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }no ping"
-    ip netns exec "$NS_AH" bash -c "for p in \$(seq 20001 20064); do echo x | nc -u -w0 -p \$p $HOST_B 9; done"
-    sleep 0.5
-    a=$(ip netns exec "$NS_AG" "$ESPTUN" status --json | jq -c '[.workers[] | .packets_out]')
-    b=$(ip netns exec "$NS_BG" "$ESPTUN" status --json | jq -c '[.workers[] | .packets_in]')
-    jq -e 'length == 2 and all(. >= 10)' <<<"$b" >/dev/null ||
-        why+="${why:+; }bob's workers received $b packets: not both of them"
+    head -c 25000000 "$RUN/payload" >"$CASE/part"
+    local part port listeners=() senders=()
+    part=$(sha256sum <"$CASE/part" | cut -d' ' -f1)
+    a0=$(worker_packets "$NS_AG" packets_out); b0=$(worker_packets "$NS_BG" packets_in)
+    for port in $(seq 5101 5108); do
+        ip netns exec "$NS_BH" sh -c "nc -l $HOST_B $port | sha256sum | cut -d' ' -f1 >'$CASE/received-$port'" &
+        listeners+=($!)
+    done
+    for _ in $(seq 50); do
+        (( $(ip netns exec "$NS_BH" ss -ltnH "sport >= :5101 and sport <= :5108" | wc -l) == 8 )) && break
+        sleep 0.1
+    done
+    for port in $(seq 5101 5108); do
+        timeout 60 ip netns exec "$NS_AH" nc -N "$HOST_B" "$port" <"$CASE/part" &
+        senders+=($!)
+    done
+    wait "${senders[@]}" "${listeners[@]}" || true
+    for port in $(seq 5101 5108); do
+        [[ $(cat "$CASE/received-$port") == "$part" ]] || why+="${why:+; }stream $port arrived damaged or short"
+    done
+    a=$(since "$a0" "$(worker_packets "$NS_AG" packets_out)")
+    b=$(since "$b0" "$(worker_packets "$NS_BG" packets_in)")
+    even "$a" || why+="${why:+; }alice's workers read $a packets of the streams from the TUN: not within 25 % of half each"
+    even "$b" || why+="${why:+; }bob's workers received $b packets of the streams: not within 25 % of half each"
     log "  alice's workers read $a packets from the TUN, bob's received $b from alice"
     if [[ -z $why ]]; then pass per-resource; else fail per-resource "$why"; fi
     sites_stop
@@ -944,12 +981,11 @@ spread() {
         why+="${why:+; }bob's status text does not say spread"
     ip netns exec "$NS_AG" "$ESPTUN" status --json | jq -e '[.ike_sas[].child_sas[] | .spread] == [false]' >/dev/null ||
         why+="${why:+; }alice's SA is spread"
-    b0=$(ip netns exec "$NS_BG" "$ESPTUN" status --json | jq -c '[.workers[] | .packets_in]')
+    b0=$(worker_packets "$NS_BG" packets_in)
     got=$(transfer)
     [[ $got == "$SUM" ]] || why+="${why:+; }transfer SHA-256 $got, want $SUM"
-    b=$(ip netns exec "$NS_BG" "$ESPTUN" status --json | jq -c --argjson b0 "$b0" '[.workers[] | .packets_in] as $b1
-        | [range($b1 | length) | $b1[.] - $b0[.]]')
-    jq -e 'length == 2 and (add / 2) as $half | all(. >= $half * 0.75 and . <= $half * 1.25)' <<<"$b" >/dev/null ||
+    b=$(since "$b0" "$(worker_packets "$NS_BG" packets_in)")
+    even "$b" ||
         why+="${why:+; }bob's workers received $b packets of the transfer: not within 25 % of half each"
     [[ $(drops replay) == 0 ]] || why+="${why:+; }bob dropped $(drops replay) packets as replays"
     log "  bob's workers received $b packets of the transfer"

@@ -1,0 +1,477 @@
+//! The TUN's steering program: which worker reads each packet routed into the tunnel.
+//!
+//! Left to itself the kernel gives a flow the TUN queue its first packet hashes to,
+//! then the queue that last wrote one of its packets. With a handful of flows that is
+//! luck: 8 flows over 2 workers split 6/2 or worse in 29 % of tunnels and all land on
+//! one worker in 1 of 128. This program (TUNSETSTEERINGEBPF, an eBPF socket filter)
+//! gives each new flow the next worker in turn and keeps it there, so flows that start
+//! together are shared as evenly as their number allows and a flow is never reordered
+//! by moving. A flow is its addresses, protocol and (TCP, UDP, unfragmented) ports,
+//! remembered in an LRU map; one forgotten after [`FLOWS`] newer ones is placed anew.
+//!
+//! The program is a few dozen instructions assembled here: no BPF compiler in the
+//! build and no object file to ship. The bpf(2) and ioctl(2) calls are the crate's only
+//! unsafe code; no safe crate loads raw eBPF instructions.
+#![allow(unsafe_code)]
+
+use nix::libc;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Flows remembered (about 100 bytes of kernel memory each).
+const FLOWS: u32 = 16384;
+
+/// One eBPF instruction (struct bpf_insn).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    code: u8,
+    /// Destination register in the low nibble, source in the high.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+// Opcodes (linux/bpf.h): class | size or operation | mode or source.
+const LD_ABS_B: u8 = 0x30;
+const LD_ABS_H: u8 = 0x28;
+const LD_ABS_W: u8 = 0x20;
+const LD_IND_W: u8 = 0x40;
+const LD_IMM_DW: u8 = 0x18;
+const LDX_MEM_W: u8 = 0x61;
+const ST_MEM_W: u8 = 0x62;
+const ST_MEM_DW: u8 = 0x7a;
+const STX_MEM_B: u8 = 0x73;
+const STX_MEM_W: u8 = 0x63;
+const STX_ATOMIC_DW: u8 = 0xdb;
+const ALU64_MOV_X: u8 = 0xbf;
+const ALU64_MOV_K: u8 = 0xb7;
+const ALU64_ADD_K: u8 = 0x07;
+const ALU64_AND_K: u8 = 0x57;
+const ALU64_LSH_K: u8 = 0x67;
+const ALU64_RSH_K: u8 = 0x77;
+const ALU64_MOD_K: u8 = 0x97;
+const JMP_JA: u8 = 0x05;
+const JMP_JEQ_K: u8 = 0x15;
+const JMP_JNE_K: u8 = 0x55;
+const JMP_CALL: u8 = 0x85;
+const JMP_EXIT: u8 = 0x95;
+/// `imm` of an atomic add that also returns the old value in the source register.
+const ATOMIC_FETCH_ADD: i32 = 0x01;
+/// `src` of a 64-bit immediate load that names a map by its file descriptor.
+const PSEUDO_MAP_FD: u8 = 1;
+const HELPER_MAP_LOOKUP: i32 = 1;
+const HELPER_MAP_UPDATE: i32 = 2;
+/// map_update_elem's flag: only if the key is absent.
+const NOEXIST: i32 = 1;
+
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R3: u8 = 3;
+const R4: u8 = 4;
+const R6: u8 = 6;
+const R7: u8 = 7;
+const R8: u8 = 8;
+const FP: u8 = 10;
+
+// The stack: the flow key at FP-40 (source address at -40, destination at -24, each
+// IPv4 address in the first 4 of its 16 bytes; ports at -8; protocol at -4), the
+// worker to store at -44, the turn counter's index at -48.
+const KEY: i16 = -40;
+const SRC: i16 = -40;
+const DST: i16 = -24;
+const PORTS: i16 = -8;
+const PROTO: i16 = -4;
+const WORKER: i16 = -44;
+const TURN_INDEX: i16 = -48;
+const KEY_SIZE: u32 = 40;
+
+/// Jump targets.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Label {
+    V6,
+    V4Ports,
+    V6Ports,
+    Lookup,
+    New,
+    Placed,
+    First,
+}
+
+/// Emits instructions, jumps by label.
+#[derive(Default)]
+struct Asm {
+    insns: Vec<Insn>,
+    labels: Vec<(Label, usize)>,
+    jumps: Vec<(usize, Label)>,
+}
+
+impl Asm {
+    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        self.insns.push(Insn {
+            code,
+            regs: dst | src << 4,
+            off,
+            imm,
+        });
+    }
+
+    /// r0 = the packet's byte, half-word or word at `at` (or at src + `at`),
+    /// big-endian; a packet too short ends the program with 0.
+    fn load(&mut self, code: u8, src: u8, at: i32) {
+        self.op(code, 0, src, 0, at);
+    }
+
+    fn map(&mut self, dst: u8, fd: &OwnedFd) {
+        self.op(LD_IMM_DW, dst, PSEUDO_MAP_FD, 0, fd.as_raw_fd());
+        self.op(0, 0, 0, 0, 0);
+    }
+
+    /// r2 (and r3) = FP + offset: pointers to the stack for a helper.
+    fn stack_ptr(&mut self, dst: u8, offset: i16) {
+        self.op(ALU64_MOV_X, dst, FP, 0, 0);
+        self.op(ALU64_ADD_K, dst, 0, 0, offset.into());
+    }
+
+    fn jump(&mut self, code: u8, dst: u8, imm: i32, to: Label) {
+        self.jumps.push((self.insns.len(), to));
+        self.op(code, dst, 0, 0, imm);
+    }
+
+    fn label(&mut self, label: Label) {
+        self.labels.push((label, self.insns.len()));
+    }
+
+    fn ret(&mut self, src: u8) {
+        self.op(ALU64_MOV_X, R0, src, 0, 0);
+        self.op(JMP_EXIT, 0, 0, 0, 0);
+    }
+
+    fn finish(mut self) -> Vec<Insn> {
+        for (at, to) in self.jumps {
+            let target = self.labels.iter().find(|(l, _)| *l == to).expect("label").1;
+            self.insns[at].off = i16::try_from(target as isize - at as isize - 1).expect("jump");
+        }
+        self.insns
+    }
+}
+
+/// The program: the worker (TUN queue) of the packet's flow, a new flow taking the
+/// next in turn.
+fn program(flows: &OwnedFd, turn: &OwnedFd, workers: u32) -> Vec<Insn> {
+    use Label::*;
+    let mut a = Asm::default();
+    // LD_ABS reads the packet from the context in r6.
+    a.op(ALU64_MOV_X, R6, R1, 0, 0);
+    for off in (KEY..0).step_by(8) {
+        a.op(ST_MEM_DW, FP, 0, off, 0);
+    }
+    a.load(LD_ABS_B, 0, 0);
+    a.op(ALU64_RSH_K, R0, 0, 0, 4);
+    a.jump(JMP_JEQ_K, R0, 6, V6);
+    a.jump(JMP_JNE_K, R0, 4, First);
+    for (at, off) in [(12, SRC), (16, DST)] {
+        a.load(LD_ABS_W, 0, at);
+        a.op(STX_MEM_W, FP, R0, off, 0);
+    }
+    a.load(LD_ABS_B, 0, 9);
+    a.op(STX_MEM_B, FP, R0, PROTO, 0);
+    a.op(ALU64_MOV_X, R7, R0, 0, 0);
+    // A fragment (more-fragments or an offset) has no ports in every piece: none at all.
+    a.load(LD_ABS_H, 0, 6);
+    a.op(ALU64_AND_K, R0, 0, 0, 0x3fff);
+    a.jump(JMP_JNE_K, R0, 0, Lookup);
+    a.jump(JMP_JEQ_K, R7, libc::IPPROTO_TCP, V4Ports);
+    a.jump(JMP_JNE_K, R7, libc::IPPROTO_UDP, Lookup);
+    a.label(V4Ports);
+    a.load(LD_ABS_B, 0, 0);
+    a.op(ALU64_AND_K, R0, 0, 0, 0x0f);
+    a.op(ALU64_LSH_K, R0, 0, 0, 2);
+    a.op(ALU64_MOV_X, R8, R0, 0, 0);
+    a.load(LD_IND_W, R8, 0);
+    a.op(STX_MEM_W, FP, R0, PORTS, 0);
+    a.jump(JMP_JA, 0, 0, Lookup);
+    a.label(V6);
+    for word in 0..8i16 {
+        a.load(LD_ABS_W, 0, 8 + 4 * i32::from(word));
+        a.op(STX_MEM_W, FP, R0, SRC + 4 * word, 0);
+    }
+    // Ports only right after the fixed header: an extension header leaves them out.
+    a.load(LD_ABS_B, 0, 6);
+    a.op(STX_MEM_B, FP, R0, PROTO, 0);
+    a.jump(JMP_JEQ_K, R0, libc::IPPROTO_TCP, V6Ports);
+    a.jump(JMP_JNE_K, R0, libc::IPPROTO_UDP, Lookup);
+    a.label(V6Ports);
+    a.load(LD_ABS_W, 0, 40);
+    a.op(STX_MEM_W, FP, R0, PORTS, 0);
+    a.label(Lookup);
+    a.map(R1, flows);
+    a.stack_ptr(R2, KEY);
+    a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
+    a.jump(JMP_JEQ_K, R0, 0, New);
+    a.op(LDX_MEM_W, R0, R0, 0, 0);
+    a.op(JMP_EXIT, 0, 0, 0, 0);
+    a.label(New);
+    a.op(ST_MEM_W, FP, 0, TURN_INDEX, 0);
+    a.map(R1, turn);
+    a.stack_ptr(R2, TURN_INDEX);
+    a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
+    a.jump(JMP_JEQ_K, R0, 0, First);
+    a.op(ALU64_MOV_K, R7, 0, 0, 1);
+    a.op(STX_ATOMIC_DW, R0, R7, 0, ATOMIC_FETCH_ADD);
+    a.op(ALU64_MOD_K, R7, 0, 0, workers as i32);
+    a.op(STX_MEM_W, FP, R7, WORKER, 0);
+    a.map(R1, flows);
+    a.stack_ptr(R2, KEY);
+    a.stack_ptr(R3, WORKER);
+    a.op(ALU64_MOV_K, R4, 0, 0, NOEXIST);
+    a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_UPDATE);
+    a.jump(JMP_JEQ_K, R0, 0, Placed);
+    // Another CPU placed the flow between the lookup and now: follow it.
+    a.map(R1, flows);
+    a.stack_ptr(R2, KEY);
+    a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
+    a.jump(JMP_JEQ_K, R0, 0, Placed);
+    a.op(LDX_MEM_W, R0, R0, 0, 0);
+    a.op(JMP_EXIT, 0, 0, 0, 0);
+    a.label(Placed);
+    a.ret(R7);
+    a.label(First);
+    a.op(ALU64_MOV_K, R0, 0, 0, 0);
+    a.op(JMP_EXIT, 0, 0, 0, 0);
+    a.finish()
+}
+
+/// bpf(2) with one command's attributes.
+fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is one command's `union bpf_attr` prefix, passed with its size;
+    // the pointers in it name buffers that outlive the call.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+fn fd(ret: libc::c_long) -> OwnedFd {
+    let raw = i32::try_from(ret).expect("bpf(2) returns a file descriptor");
+    // SAFETY: bpf(2) just returned this new descriptor, owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+#[repr(C)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+#[repr(C)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+}
+
+const MAP_CREATE: libc::c_int = 0;
+const PROG_LOAD: libc::c_int = 5;
+const MAP_TYPE_ARRAY: u32 = 2;
+const MAP_TYPE_LRU_HASH: u32 = 9;
+const PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const LICENSE: &[u8] = b"MIT OR Apache-2.0\0";
+
+fn map(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
+    let mut attr = MapCreate {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+    };
+    bpf(MAP_CREATE, &mut attr).map(fd)
+}
+
+/// Loads the steering program for `workers` queues; the verifier's last words on refusal.
+fn load(workers: usize) -> io::Result<OwnedFd> {
+    let workers = u32::try_from(workers).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let flows = map(MAP_TYPE_LRU_HASH, KEY_SIZE, 4, FLOWS)?;
+    let turn = map(MAP_TYPE_ARRAY, 4, 8, 1)?;
+    let insns = program(&flows, &turn, workers);
+    let mut log = Vec::new();
+    loop {
+        let mut attr = ProgLoad {
+            prog_type: PROG_TYPE_SOCKET_FILTER,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: LICENSE.as_ptr() as u64,
+            log_level: u32::from(!log.is_empty()),
+            log_size: log.len() as u32,
+            log_buf: log.as_mut_ptr() as u64,
+        };
+        match bpf(PROG_LOAD, &mut attr) {
+            Ok(ret) => return Ok(fd(ret)),
+            Err(e) if log.is_empty() && e.raw_os_error() != Some(libc::EPERM) => {
+                log = vec![0u8; 1 << 16];
+            }
+            Err(e) if log.is_empty() => return Err(e),
+            Err(e) => {
+                let text = String::from_utf8_lossy(&log);
+                // The error is the last line before the statistics.
+                let last = text
+                    .trim_end_matches('\0')
+                    .lines()
+                    .rev()
+                    .find(|l| {
+                        !l.is_empty()
+                            && !l.starts_with("processed")
+                            && !l.starts_with("verification time")
+                    })
+                    .unwrap_or("");
+                return Err(io::Error::new(e.kind(), format!("{e}: verifier: {last}")));
+            }
+        }
+    }
+}
+
+/// Gives the TUN device of `queue` the steering program for `workers` queues.
+pub fn attach(queue: &impl AsRawFd, workers: usize) -> io::Result<()> {
+    let prog = load(workers)?;
+    let raw = prog.as_raw_fd();
+    // SAFETY: TUNSETSTEERINGEBPF reads one int through the pointer, which is live; the
+    // device keeps its own reference to the program.
+    let ret = unsafe { libc::ioctl(queue.as_raw_fd(), libc::TUNSETSTEERINGEBPF, &raw) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[repr(C)]
+    struct TestRun {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        /// Written back by the kernel whatever the size passed.
+        duration: u32,
+    }
+
+    const PROG_TEST_RUN: libc::c_int = 10;
+
+    /// The program's answer for one IP packet (after the Ethernet header the test run
+    /// strips, as a TUN has none).
+    fn run(prog: &OwnedFd, ip: &[u8]) -> u32 {
+        let ethertype: [u8; 2] = if ip[0] >> 4 == 6 {
+            [0x86, 0xdd]
+        } else {
+            [0x08, 0x00]
+        };
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&ethertype);
+        frame.extend_from_slice(ip);
+        let mut attr = TestRun {
+            prog_fd: prog.as_raw_fd() as u32,
+            retval: 0,
+            data_size_in: frame.len() as u32,
+            data_size_out: 0,
+            data_in: frame.as_ptr() as u64,
+            data_out: 0,
+            repeat: 1,
+            duration: 0,
+        };
+        bpf(PROG_TEST_RUN, &mut attr).expect("BPF_PROG_TEST_RUN");
+        attr.retval
+    }
+
+    fn v4(proto: u8, src: [u8; 4], sport: u16, frag: u16) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 48, 0, 0, 0, 0, 64, proto, 0, 0];
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&[10, 2, 0, 1]);
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&5201u16.to_be_bytes());
+        p.resize(48, 0);
+        p
+    }
+
+    fn v6(next: u8, sport: u16) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0, 0, 8, next, 64];
+        p.extend_from_slice(&[0x20, 1, 0xd, 0xb8].repeat(4));
+        p.extend_from_slice(&[0xfd, 0, 0, 2].repeat(4));
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&5201u16.to_be_bytes());
+        p.resize(48, 0);
+        p
+    }
+
+    fn loaded(workers: usize) -> Option<OwnedFd> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: loading eBPF needs root (CAP_BPF)");
+            return None;
+        }
+        Some(load(workers).expect("the steering program loads"))
+    }
+
+    #[test]
+    fn new_flows_take_workers_in_turn_and_keep_them() {
+        let Some(prog) = loaded(2) else { return };
+        let flows: Vec<Vec<u8>> = (0..8)
+            .map(|i| v4(libc::IPPROTO_TCP as u8, [10, 1, 0, 1], 40000 + i, 0))
+            .chain((0..4).map(|i| v6(libc::IPPROTO_UDP as u8, 50000 + i)))
+            .collect();
+        let first: Vec<u32> = flows.iter().map(|p| run(&prog, p)).collect();
+        let expected: Vec<u32> = (0..12).map(|i| i % 2).collect();
+        assert_eq!(first, expected, "new flows alternate between the 2 workers");
+        for _ in 0..3 {
+            let again: Vec<u32> = flows.iter().rev().map(|p| run(&prog, p)).collect();
+            assert!(
+                again.iter().eq(first.iter().rev()),
+                "a flow stays on its worker"
+            );
+        }
+    }
+
+    #[test]
+    fn flows_are_addresses_protocol_and_ports() {
+        let Some(prog) = loaded(3) else { return };
+        let tcp = libc::IPPROTO_TCP as u8;
+        let udp = libc::IPPROTO_UDP as u8;
+        let icmp = libc::IPPROTO_ICMP as u8;
+        // Each a new flow: another port, protocol or source address.
+        let packets = [
+            v4(tcp, [10, 1, 0, 1], 1000, 0),
+            v4(udp, [10, 1, 0, 1], 1000, 0),
+            v4(tcp, [10, 1, 0, 1], 1001, 0),
+            v4(tcp, [10, 1, 0, 2], 1000, 0),
+            v4(icmp, [10, 1, 0, 1], 1000, 0),
+            v6(tcp, 1000),
+        ];
+        let placed: Vec<u32> = packets.iter().map(|p| run(&prog, p)).collect();
+        assert_eq!(placed, [0, 1, 2, 0, 1, 2]);
+        // ICMP has no ports: other bytes there are the same flow.
+        assert_eq!(run(&prog, &v4(icmp, [10, 1, 0, 1], 7, 0)), 1);
+        // The fragments of one datagram are one flow whatever their first bytes, and
+        // not the unfragmented datagrams of its ports.
+        let more_fragments = 0x2000;
+        let first = run(&prog, &v4(udp, [10, 1, 0, 9], 1000, more_fragments));
+        assert_eq!(first, 0);
+        assert_eq!(run(&prog, &v4(udp, [10, 1, 0, 9], 2000, 185)), first);
+        assert_eq!(run(&prog, &v4(udp, [10, 1, 0, 9], 1000, 0)), 1);
+        // Cut short of its ports: the first worker, nothing remembered.
+        assert_eq!(run(&prog, &v4(tcp, [10, 1, 0, 5], 1, 0)[..22]), 0);
+        assert_eq!(run(&prog, &v4(tcp, [10, 1, 0, 5], 1, 0)), 2);
+    }
+}
