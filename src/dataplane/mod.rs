@@ -395,6 +395,8 @@ pub struct Dataplane {
     pub offload: bool,
     /// Passes ESP that reached the control thread's socket to its worker.
     relay: Arc<Relay>,
+    /// Shares new flows among the workers in turn (see [`Dataplane::steer`]).
+    steering: Option<steer::Steering>,
 }
 
 /// Packets each worker holds per protected child while no SA covers them.
@@ -456,13 +458,13 @@ impl Dataplane {
         for _ in 1..n {
             queues.push(queues[0].try_clone()?);
         }
-        if n > 1
-            && let Err(e) = steer::attach(&queues[0], n)
-        {
-            crate::warn!(
-                "TUN steering program unavailable ({e}): the kernel places each flow on a worker by its hash"
-            );
-        }
+        let steering = if n > 1 {
+            steer::Steering::attach(&queues[0], n)
+                .map_err(|e| crate::warn!("TUN steering program unavailable ({e}): the kernel places each flow on a worker by its hash"))
+                .ok()
+        } else {
+            None
+        };
         let sockets = socket::addresses(listen);
         let mut worker_sockets: Vec<EspSockets> = Vec::new();
         for index in 0..n {
@@ -530,8 +532,28 @@ impl Dataplane {
             routes,
             offload,
             relay,
+            steering,
         };
         Ok((dataplane, receiver))
+    }
+
+    /// Shares new flows among the workers while every installed SA is per-resource.
+    /// Each worker takes an SA's sequence numbers as it seals, so an SA sealed by two
+    /// workers reaches the peer out of order by up to a batch and by any delay of one
+    /// worker, beyond a replay window (strongSwan's is 32 packets): one SA's flows
+    /// must stay on one worker. The kernel's own placement gives them that (a flow
+    /// goes to the queue that wrote its last reply, the worker of the SA's inbound
+    /// SPI), the program alternates them.
+    fn steer(&mut self) {
+        let share = self
+            .installed
+            .values()
+            .all(|sa| sa.outbound.pinned.is_some());
+        if let Some(steering) = &mut self.steering
+            && let Err(e) = steering.share(share)
+        {
+            crate::warn!("TUN steering program: {e}");
+        }
     }
 
     /// The workers that hold inbound SA `spi` (or a part of it).
@@ -819,6 +841,7 @@ impl SaSink for Dataplane {
                 seen: 0,
             },
         );
+        self.steer();
         Ok(())
     }
 
@@ -870,6 +893,7 @@ impl SaSink for Dataplane {
 
     fn remove(&mut self, spi_in: u32) -> Option<String> {
         let sa = self.installed.remove(&spi_in)?;
+        self.steer();
         for w in &self.workers {
             w.send(Command::Remove(spi_in));
         }

@@ -8,6 +8,8 @@
 //! together are shared as evenly as their number allows and a flow is never reordered
 //! by moving. A flow is its addresses, protocol and (TCP, UDP, unfragmented) ports,
 //! remembered in an LRU map; one forgotten after [`FLOWS`] newer ones is placed anew.
+//! It is attached only while every SA is per-resource: one SA's flows must stay on one
+//! worker, where the kernel's placement keeps them (`Dataplane::steer`).
 //!
 //! The program is a few dozen instructions assembled here: no BPF compiler in the
 //! build and no object file to ship. The bpf(2) and ioctl(2) calls are the crate's only
@@ -16,7 +18,7 @@
 
 use nix::libc;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 /// Flows remembered (about 100 bytes of kernel memory each).
 const FLOWS: u32 = 16384;
@@ -339,17 +341,42 @@ fn load(workers: usize) -> io::Result<OwnedFd> {
     }
 }
 
-/// Gives the TUN device of `queue` the steering program for `workers` queues.
-pub fn attach(queue: &impl AsRawFd, workers: usize) -> io::Result<()> {
-    let prog = load(workers)?;
-    let raw = prog.as_raw_fd();
-    // SAFETY: TUNSETSTEERINGEBPF reads one int through the pointer, which is live; the
-    // device keeps its own reference to the program.
-    let ret = unsafe { libc::ioctl(queue.as_raw_fd(), libc::TUNSETSTEERINGEBPF, &raw) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
+/// The steering program of a TUN device, attached while flows may be shared.
+pub struct Steering {
+    /// One of the device's queues (a duplicate descriptor), to attach and detach through.
+    queue: OwnedFd,
+    program: OwnedFd,
+    attached: bool,
+}
+
+impl Steering {
+    /// Loads the program for `workers` queues and attaches it to `queue`'s device.
+    pub fn attach(queue: &impl AsFd, workers: usize) -> io::Result<Self> {
+        let mut steering = Self {
+            queue: queue.as_fd().try_clone_to_owned()?,
+            program: load(workers)?,
+            attached: false,
+        };
+        steering.share(true)?;
+        Ok(steering)
     }
-    Ok(())
+
+    /// Attaches the program (`true`) or leaves placement to the kernel (`false`).
+    /// Kept loaded, it needs no privilege to attach again.
+    pub fn share(&mut self, share: bool) -> io::Result<()> {
+        if share == self.attached {
+            return Ok(());
+        }
+        let fd: libc::c_int = if share { self.program.as_raw_fd() } else { -1 };
+        // SAFETY: TUNSETSTEERINGEBPF reads one int through the pointer, which is live; the
+        // device keeps its own reference to the program.
+        let ret = unsafe { libc::ioctl(self.queue.as_raw_fd(), libc::TUNSETSTEERINGEBPF, &fd) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.attached = share;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,32 @@ even() {
     jq -e 'length == 2 and (add / 2) as $half | all(. >= $half * 0.75 and . <= $half * 1.25)' <<<"$1" >/dev/null
 }
 
+# streams: eight TCP streams of 25 MB at once, alice's host to bob's; fails, naming
+# the streams in STREAMS_DAMAGED, unless each arrives whole.
+streams() {
+    head -c 25000000 "$RUN/payload" >"$CASE/part"
+    local part port listeners=() senders=()
+    part=$(sha256sum <"$CASE/part" | cut -d' ' -f1)
+    for port in $(seq 5101 5108); do
+        ip netns exec "$NS_BH" sh -c "nc -l $HOST_B $port | sha256sum | cut -d' ' -f1 >'$CASE/received-$port'" &
+        listeners+=($!)
+    done
+    for _ in $(seq 50); do
+        (( $(ip netns exec "$NS_BH" ss -ltnH "sport >= :5101 and sport <= :5108" | wc -l) == 8 )) && break
+        sleep 0.1
+    done
+    for port in $(seq 5101 5108); do
+        timeout 60 ip netns exec "$NS_AH" nc -N "$HOST_B" "$port" <"$CASE/part" &
+        senders+=($!)
+    done
+    wait "${senders[@]}" "${listeners[@]}" || true
+    STREAMS_DAMAGED=""
+    for port in $(seq 5101 5108); do
+        [[ $(cat "$CASE/received-$port") == "$part" ]] || STREAMS_DAMAGED+="${STREAMS_DAMAGED:+, }$port"
+    done
+    [[ -z $STREAMS_DAMAGED ]] || { STREAMS_DAMAGED="streams $STREAMS_DAMAGED arrived damaged or short"; return 1; }
+}
+
 # The WAN link's own IPv6 chatter (neighbour discovery, MLD), not tunnel traffic.
 LINK_LOCAL="(icmp6 or src net fe80::/10 or dst net ff02::/16)"
 
@@ -927,26 +953,8 @@ per_resource() {
     done
     grep -q "TUN steering program unavailable" "$CASE/alice.log" && why+="${why:+; }alice has no TUN steering program"
     ip netns exec "$NS_AH" ping -c 3 -i 0.2 -W 2 -q "$HOST_B" >/dev/null || why+="${why:+; }no ping"
-    head -c 25000000 "$RUN/payload" >"$CASE/part"
-    local part port listeners=() senders=()
-    part=$(sha256sum <"$CASE/part" | cut -d' ' -f1)
     a0=$(worker_packets "$NS_AG" packets_out); b0=$(worker_packets "$NS_BG" packets_in)
-    for port in $(seq 5101 5108); do
-        ip netns exec "$NS_BH" sh -c "nc -l $HOST_B $port | sha256sum | cut -d' ' -f1 >'$CASE/received-$port'" &
-        listeners+=($!)
-    done
-    for _ in $(seq 50); do
-        (( $(ip netns exec "$NS_BH" ss -ltnH "sport >= :5101 and sport <= :5108" | wc -l) == 8 )) && break
-        sleep 0.1
-    done
-    for port in $(seq 5101 5108); do
-        timeout 60 ip netns exec "$NS_AH" nc -N "$HOST_B" "$port" <"$CASE/part" &
-        senders+=($!)
-    done
-    wait "${senders[@]}" "${listeners[@]}" || true
-    for port in $(seq 5101 5108); do
-        [[ $(cat "$CASE/received-$port") == "$part" ]] || why+="${why:+; }stream $port arrived damaged or short"
-    done
+    streams || why+="${why:+; }$STREAMS_DAMAGED"
     a=$(since "$a0" "$(worker_packets "$NS_AG" packets_out)")
     b=$(since "$b0" "$(worker_packets "$NS_BG" packets_in)")
     even "$a" || why+="${why:+; }alice's workers read $a packets of the streams from the TUN: not within 25 % of half each"
@@ -956,6 +964,32 @@ per_resource() {
     sites_stop
 }
 want per-resource && per_resource
+
+# --- one SA over two workers: its flows stay on one worker ---
+# Each worker takes an SA's sequence numbers as it seals, so one SA sealed by both of
+# alice's workers would reach bob out of order by more than a replay window. Without
+# per-resource SAs the TUN's steering program stays detached and the kernel keeps each
+# flow with the worker that writes its replies, the one of the SA's inbound SPI: eight
+# TCP streams must be read by one of alice's workers (all but their first packets) and
+# bob must drop none as a replay.
+one_sa() {
+    CASE=$RUN/one-sa; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
+    SITES_DATAPLANE="workers = 2"
+    log "case one-sa: workers = 2, one SA (no per-resource SAs), 8 TCP streams"
+    sites_start "$ESPTUN" "$CASE" alice "encap = true" || { fail one-sa "no Child SA"; sites_stop; return; }
+    SITES_DATAPLANE=""
+    local why="" a0 a
+    a0=$(worker_packets "$NS_AG" packets_out)
+    streams || why+="${why:+; }$STREAMS_DAMAGED"
+    a=$(since "$a0" "$(worker_packets "$NS_AG" packets_out)")
+    jq -e 'length == 2 and max >= add * 0.99' <<<"$a" >/dev/null ||
+        why+="${why:+; }alice's workers read $a packets of the streams from the TUN: not one worker"
+    [[ $(drops replay) == 0 ]] || why+="${why:+; }bob dropped $(drops replay) packets as replays"
+    log "  alice's workers read $a packets from the TUN"
+    if [[ -z $why ]]; then pass one-sa; else fail one-sa "$why"; fi
+    sites_stop
+}
+want one-sa && one_sa
 
 # --- a spread SA: one Child SA of a peer without per-resource SAs over both of bob's workers ---
 # Bob spreads its inbound SAs (spread_inbound = true); alice is a plain peer: one SA,
