@@ -133,8 +133,8 @@ measure() {
         awk -v t="$1" -v hz="$hz" -v g="$2" -v d="$DURATION" -v pid="$3" \
             'BEGIN { if (pid == "" || g <= 0) print "null"; else printf "%.2f", (t / hz) / (g * d / 8) }'
     }
-    run() { # kind param a0 b0 [shares]: one record from RUN/iperf.json
-        local kind=$1 param=$2 a0=$3 b0=$4 shares=${5:-null} a1 b1 gbits
+    run() { # kind param a0 b0 [shares [more]]: one record from RUN/iperf.json (and the JSON object more)
+        local kind=$1 param=$2 a0=$3 b0=$4 shares=${5:-null} more=${6:-"{}"} a1 b1 gbits
         a1=$(cpu_ticks $a) b1=$(cpu_ticks $b)
         # What the receiver got (an iperf3 that failed left no JSON: zero).
         jq -e . "$RUN/iperf.json" >/dev/null 2>&1 || echo '{}' >"$RUN/iperf.json"
@@ -144,7 +144,7 @@ measure() {
             --argjson cpu_a "$(cpu_per_gb $((a1 - a0)) "$gbits" "$a")" \
             --argjson cpu_b "$(cpu_per_gb $((b1 - b0)) "$gbits" "$b")" \
             --argjson rss_a "$(rss_kib "$a")" --argjson rss_b "$(rss_kib "$b")" \
-            --argjson shares "$shares" \
+            --argjson shares "$shares" --argjson more "$more" \
             --slurpfile iperf "$RUN/iperf.json" '
             ($iperf[0].end.sum_received // {}) as $r |
             {setup: $setup, test: $kind, param: $param, gbit_s: $gbits,
@@ -152,11 +152,13 @@ measure() {
             + (if $shares then {worker_share_percent: $shares} else {} end)
             + (if $kind == "tcp" then {retransmits: ($iperf[0].end.sum_sent.retransmits // null)} else
                {loss_percent: ($r.lost_percent // null), jitter_ms: ($r.jitter_ms // null),
-                packets_per_s: (if $r.packets then (($r.packets - $r.lost_packets) / $r.seconds | floor) else null end)} end)' \
+                packets_per_s: (if $r.packets then (($r.packets - $r.lost_packets) / $r.seconds | floor) else null end)} end)
+            + $more' \
             >>"$RUN/results.jsonl"
         table_row
         [[ $kind != tcp ]] || echo "    TCP retransmits: $(tail -n 1 "$RUN/results.jsonl" | jq '.retransmits')"
         [[ $shares == null ]] || echo "    each worker's share of the packets, %: $(jq -c . <<<"$shares")"
+        [[ $kind != udp ]] || tail -n 1 "$RUN/results.jsonl" | jq -r '"    datagrams dropped: at the receiving iperf3 (its socket buffer full) \(.drops.receiver_socket), at the gateways: alice \(.drops.alice), bob \(.drops.bob)"'
     }
     local streams rate a0 b0 wa wb shares
     for streams in "${STREAMS[@]}"; do
@@ -173,10 +175,19 @@ measure() {
         fi
         run tcp "$streams" "$a0" "$b0" "$shares"
     done
+    # 1300-byte datagrams fit every tunnel's MTU (esptun's TUN 1415, boringtun 1420,
+    # libipsec 1400): the test measures the tunnels, not IP fragmentation. Its drops
+    # say where datagrams were lost: at the receiving iperf3's socket (its buffer, the
+    # default 208 KiB, full: the receiver shares the cores with the gateways, which
+    # deliver in batches), or at the gateways (interfaces and UDP sockets).
+    local r0 ga0 gb0
     for rate in "${UDP_RATES[@]}"; do
-        a0=$(cpu_ticks $a) b0=$(cpu_ticks $b)
-        iperf -u -b "$rate" -l 1400
-        run udp "$rate" "$a0" "$b0"
+        a0=$(cpu_ticks $a) b0=$(cpu_ticks $b) r0=$(rcvbuf_drops "$NS_BH")
+        ga0=$(($(iface_drops "$NS_AG") + $(rcvbuf_drops "$NS_AG"))) gb0=$(($(iface_drops "$NS_BG") + $(rcvbuf_drops "$NS_BG")))
+        iperf -u -b "$rate" -l 1300
+        run udp "$rate" "$a0" "$b0" null "{\"drops\": {\"receiver_socket\": $(($(rcvbuf_drops "$NS_BH") - r0)),
+            \"alice\": $(($(iface_drops "$NS_AG") + $(rcvbuf_drops "$NS_AG") - ga0)),
+            \"bob\": $(($(iface_drops "$NS_BG") + $(rcvbuf_drops "$NS_BG") - gb0))}}"
     done
     # As fast as the sender goes: what the path delivers of 64-byte datagrams.
     local da0 db0 dh0 rpid
@@ -222,6 +233,15 @@ measure() {
 # whose reader falls behind drops here, its queue full).
 iface_drops() {
     ip netns exec "$1" sh -c 'cat /sys/class/net/*/statistics/tx_dropped' 2>/dev/null | awk '{s += $1} END {print s + 0}'
+}
+# rcvbuf_drops ns: UDP datagrams the namespace's sockets dropped so far, their
+# receive buffers full (RcvbufErrors, IPv4 and IPv6).
+rcvbuf_drops() {
+    ip netns exec "$1" cat /proc/net/snmp /proc/net/snmp6 | awk '
+        $1 == "Udp:" && $2 !~ /^[0-9]/ { for (i = 2; i <= NF; i++) if ($i == "RcvbufErrors") col = i; next }
+        $1 == "Udp:" && col { s += $col }
+        $1 == "Udp6RcvbufErrors" { s += $2 }
+        END { print s + 0 }'
 }
 # lan_batches on|off: whether the gateways' LAN links receive as a NIC does, in NAPI
 # batches (threaded, as a NIC's interrupt comes on another core than the sender) where
