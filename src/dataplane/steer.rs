@@ -98,7 +98,7 @@ enum Label {
     Lookup,
     New,
     Placed,
-    First,
+    WorkerZero,
 }
 
 /// Emits instructions, jumps by label.
@@ -119,7 +119,7 @@ impl Asm {
         });
     }
 
-    /// r0 = the packet's byte, half-word or word at `at` (or at src + `at`),
+    /// r0 = the packet's byte, half-word or word at `at` (or at src + `at`), read
     /// big-endian; a packet too short ends the program with 0.
     fn load(&mut self, code: u8, src: u8, at: i32) {
         self.op(code, 0, src, 0, at);
@@ -130,10 +130,17 @@ impl Asm {
         self.op(0, 0, 0, 0, 0);
     }
 
-    /// r2 (and r3) = FP + offset: pointers to the stack for a helper.
+    /// `dst` = FP + `offset`: a pointer into the stack, for a helper.
     fn stack_ptr(&mut self, dst: u8, offset: i16) {
         self.op(ALU64_MOV_X, dst, FP, 0, 0);
         self.op(ALU64_ADD_K, dst, 0, 0, offset.into());
+    }
+
+    /// r0 = the value `map` holds for the key on the stack at `key`, or 0.
+    fn lookup(&mut self, map: &OwnedFd, key: i16) {
+        self.map(R1, map);
+        self.stack_ptr(R2, key);
+        self.op(JMP_CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
     }
 
     fn jump(&mut self, code: u8, dst: u8, imm: i32, to: Label) {
@@ -172,7 +179,7 @@ fn program(flows: &OwnedFd, turn: &OwnedFd, workers: u32) -> Vec<Insn> {
     a.load(LD_ABS_B, 0, 0);
     a.op(ALU64_RSH_K, R0, 0, 0, 4);
     a.jump(JMP_JEQ_K, R0, 6, V6);
-    a.jump(JMP_JNE_K, R0, 4, First);
+    a.jump(JMP_JNE_K, R0, 4, WorkerZero);
     for (at, off) in [(12, SRC), (16, DST)] {
         a.load(LD_ABS_W, 0, at);
         a.op(STX_MEM_W, FP, R0, off, 0);
@@ -180,7 +187,8 @@ fn program(flows: &OwnedFd, turn: &OwnedFd, workers: u32) -> Vec<Insn> {
     a.load(LD_ABS_B, 0, 9);
     a.op(STX_MEM_B, FP, R0, PROTO, 0);
     a.op(ALU64_MOV_X, R7, R0, 0, 0);
-    // A fragment (more-fragments or an offset) has no ports in every piece: none at all.
+    // Only the first piece of a fragmented datagram (more-fragments or an offset) has
+    // its ports: the key of every piece leaves them out.
     a.load(LD_ABS_H, 0, 6);
     a.op(ALU64_AND_K, R0, 0, 0, 0x3fff);
     a.jump(JMP_JNE_K, R0, 0, Lookup);
@@ -208,18 +216,14 @@ fn program(flows: &OwnedFd, turn: &OwnedFd, workers: u32) -> Vec<Insn> {
     a.load(LD_ABS_W, 0, 40);
     a.op(STX_MEM_W, FP, R0, PORTS, 0);
     a.label(Lookup);
-    a.map(R1, flows);
-    a.stack_ptr(R2, KEY);
-    a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
+    a.lookup(flows, KEY);
     a.jump(JMP_JEQ_K, R0, 0, New);
     a.op(LDX_MEM_W, R0, R0, 0, 0);
     a.op(JMP_EXIT, 0, 0, 0, 0);
     a.label(New);
     a.op(ST_MEM_W, FP, 0, TURN_INDEX, 0);
-    a.map(R1, turn);
-    a.stack_ptr(R2, TURN_INDEX);
-    a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
-    a.jump(JMP_JEQ_K, R0, 0, First);
+    a.lookup(turn, TURN_INDEX);
+    a.jump(JMP_JEQ_K, R0, 0, WorkerZero);
     a.op(ALU64_MOV_K, R7, 0, 0, 1);
     a.op(STX_ATOMIC_DW, R0, R7, 0, ATOMIC_FETCH_ADD);
     a.op(ALU64_MOD_K, R7, 0, 0, workers as i32);
@@ -231,15 +235,13 @@ fn program(flows: &OwnedFd, turn: &OwnedFd, workers: u32) -> Vec<Insn> {
     a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_UPDATE);
     a.jump(JMP_JEQ_K, R0, 0, Placed);
     // Another CPU placed the flow between the lookup and now: follow it.
-    a.map(R1, flows);
-    a.stack_ptr(R2, KEY);
-    a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
+    a.lookup(flows, KEY);
     a.jump(JMP_JEQ_K, R0, 0, Placed);
     a.op(LDX_MEM_W, R0, R0, 0, 0);
     a.op(JMP_EXIT, 0, 0, 0, 0);
     a.label(Placed);
     a.ret(R7);
-    a.label(First);
+    a.label(WorkerZero);
     a.op(ALU64_MOV_K, R0, 0, 0, 0);
     a.op(JMP_EXIT, 0, 0, 0, 0);
     a.finish()
