@@ -4,7 +4,9 @@
 //!
 //! Outbound, a worker reads a batch from its TUN queue, finds each packet's Child SA
 //! by its traffic selectors, seals it in place and sends the batch with one
-//! sendmmsg. Outbound SAs are shared (`Arc`) by all workers: their sequence number
+//! sendmmsg. Which worker reads a packet is the TUN's steering program's choice
+//! ([`steer`]): the flows of per-resource tunnels take turns, all those of another SA
+//! go to the worker of its inbound SPI. Outbound SAs are shared (`Arc`) by all workers: their sequence number
 //! is one atomic. Inbound, the kernel steers each ESP packet to the worker that owns
 //! its SPI (a classic BPF program on the sockets, `SPI % workers`), so every replay
 //! window has exactly one owner and the fast path takes no lock. A spread SA (for a
@@ -395,8 +397,12 @@ pub struct Dataplane {
     pub offload: bool,
     /// Passes ESP that reached the control thread's socket to its worker.
     relay: Arc<Relay>,
-    /// Shares new flows among the workers in turn (see [`Dataplane::steer`]).
+    /// Shares new flows among the workers in turn, but those of an SA's destinations
+    /// that one worker must seal (see [`Dataplane::home`]).
     steering: Option<steer::Steering>,
+    /// Prefixes whose flows go to one worker, each with the SAs that send them there
+    /// (inbound SPI and worker), the one activated last deciding.
+    homes: HashMap<(IpAddr, u8), Vec<(u32, usize)>>,
 }
 
 /// Packets each worker holds per protected child while no SA covers them.
@@ -533,26 +539,50 @@ impl Dataplane {
             offload,
             relay,
             steering,
+            homes: HashMap::new(),
         };
         Ok((dataplane, receiver))
     }
 
-    /// Shares new flows among the workers while every installed SA is per-resource.
-    /// Each worker takes an SA's sequence numbers as it seals, so an SA sealed by two
-    /// workers reaches the peer out of order by up to a batch and by any delay of one
-    /// worker, beyond a replay window (strongSwan's is 32 packets): one SA's flows
-    /// must stay on one worker. The kernel's own placement gives them that (a flow
-    /// goes to the queue that wrote its last reply, the worker of the SA's inbound
-    /// SPI), the program alternates them.
-    fn steer(&mut self) {
-        let share = self
-            .installed
-            .values()
-            .all(|sa| sa.outbound.pinned.is_some());
-        if let Some(steering) = &mut self.steering
-            && let Err(e) = steering.share(share)
-        {
-            crate::warn!("TUN steering program: {e}");
+    /// Sends the flows to the remote selectors of SA `spi_in` to `worker` (Some) or stops
+    /// (None). Each worker takes an SA's sequence numbers as it seals, so an SA sealed by
+    /// two workers reaches the peer out of order by up to a batch and by any delay of one
+    /// worker, beyond a replay window (strongSwan's is 32 packets): every flow of an SA
+    /// that is not per-resource must go to one worker, the one its inbound SPI is
+    /// steered to. Where the program's map cannot be written (before Linux 6.5 it takes
+    /// CAP_BPF, given up after start-up), the program is dropped and the kernel places
+    /// flows, keeping each with the queue that wrote its last reply.
+    fn home(&mut self, spi_in: u32, remote_ts: &[TsRange], worker: Option<usize>) {
+        let Some(steering) = &self.steering else {
+            return;
+        };
+        let mut failed = None;
+        for prefix in remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
+            let homes = self.homes.entry(prefix).or_default();
+            homes.retain(|&(spi, _)| spi != spi_in);
+            homes.extend(worker.map(|w| (spi_in, w)));
+            let now = homes.last().map(|&(_, w)| w);
+            if homes.is_empty() {
+                self.homes.remove(&prefix);
+            }
+            if let Err(e) = steering.home(prefix, now) {
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            crate::warn!(
+                "TUN steering program: {e}; the kernel places each flow on a worker from now on"
+            );
+            self.steering = None;
+        }
+    }
+
+    /// Sends the flows of outbound SA `sa`, as it starts to carry them, to the worker of
+    /// its inbound SPI, unless it is per-resource (each worker has its own).
+    fn home_of(&mut self, sa: &Outbound) {
+        if sa.pinned.is_none() {
+            let worker = socket::owner(sa.id, self.workers.len());
+            self.home(sa.id, &sa.remote_ts, Some(worker));
         }
     }
 
@@ -823,6 +853,7 @@ impl SaSink for Dataplane {
             self.workers[w].send(Command::Inbound(c.spi_in, inbound));
         }
         if c.outbound {
+            self.home_of(&outbound);
             for w in &self.workers {
                 w.send(Command::Outbound(outbound.clone()));
             }
@@ -841,7 +872,6 @@ impl SaSink for Dataplane {
                 seen: 0,
             },
         );
-        self.steer();
         Ok(())
     }
 
@@ -851,8 +881,10 @@ impl SaSink for Dataplane {
         };
         if !sa.active {
             sa.active = true;
+            let outbound = sa.outbound.clone();
+            self.home_of(&outbound);
             for w in &self.workers {
-                w.send(Command::Outbound(sa.outbound.clone()));
+                w.send(Command::Outbound(outbound.clone()));
             }
         }
     }
@@ -893,7 +925,7 @@ impl SaSink for Dataplane {
 
     fn remove(&mut self, spi_in: u32) -> Option<String> {
         let sa = self.installed.remove(&spi_in)?;
-        self.steer();
+        self.home(spi_in, &sa.outbound.remote_ts, None);
         for w in &self.workers {
             w.send(Command::Remove(spi_in));
         }

@@ -8,8 +8,9 @@
 //! together are shared as evenly as their number allows and a flow is never reordered
 //! by moving. A flow is its addresses, protocol and (TCP, UDP, unfragmented) ports,
 //! remembered in an LRU map; one forgotten after [`FLOWS`] newer ones is placed anew.
-//! It is attached only while every SA is per-resource: one SA's flows must stay on one
-//! worker, where the kernel's placement keeps them (`Dataplane::steer`).
+//! Destinations whose flows must all stay on one worker (those of an SA that is not
+//! per-resource, whose sequence numbers one worker must take: `Dataplane::home`) have
+//! a home there instead, found first, by longest prefix, in a trie per family.
 //!
 //! The program is a few dozen instructions assembled here: no BPF compiler in the
 //! build and no object file to ship. The bpf(2) and ioctl(2) calls are the crate's only
@@ -18,6 +19,7 @@
 
 use nix::libc;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 /// Flows remembered (about 100 bytes of kernel memory each).
@@ -53,6 +55,8 @@ const ALU64_AND_K: u8 = 0x57;
 const ALU64_LSH_K: u8 = 0x67;
 const ALU64_RSH_K: u8 = 0x77;
 const ALU64_MOD_K: u8 = 0x97;
+/// To big-endian (`imm` bits): undoes LD_ABS's conversion to host order.
+const ALU_END_TO_BE: u8 = 0xdc;
 const JMP_JA: u8 = 0x05;
 const JMP_JEQ_K: u8 = 0x15;
 const JMP_JNE_K: u8 = 0x55;
@@ -75,18 +79,22 @@ const R4: u8 = 4;
 const R6: u8 = 6;
 const R7: u8 = 7;
 const R8: u8 = 8;
+const R9: u8 = 9;
 const FP: u8 = 10;
 
-// The stack: the flow key at FP-40 (source address at -40, destination at -24, each
-// IPv4 address in the first 4 of its 16 bytes; ports at -8; protocol at -4), the
-// worker to store at -44, the turn counter's index at -48.
+// The stack: the flow key at FP-40 (destination address at -40, source at -24, each
+// IPv4 address in the first 4 of its 16 bytes; ports at -8; protocol at -4; all in
+// the packet's byte order), and before it the key of a destination's home (the prefix
+// length a trie lookup takes, then the destination); the worker to store at -48, the
+// turn counter's index at -52.
+const HOME_KEY: i16 = -44;
 const KEY: i16 = -40;
-const SRC: i16 = -40;
-const DST: i16 = -24;
+const DST: i16 = -40;
+const SRC: i16 = -24;
 const PORTS: i16 = -8;
 const PROTO: i16 = -4;
-const WORKER: i16 = -44;
-const TURN_INDEX: i16 = -48;
+const WORKER: i16 = -48;
+const TURN_INDEX: i16 = -52;
 const KEY_SIZE: u32 = 40;
 
 /// Jump targets.
@@ -96,6 +104,9 @@ enum Label {
     V4Ports,
     V6Ports,
     Lookup,
+    HomeV6,
+    Home,
+    Flow,
     New,
     Placed,
     WorkerZero,
@@ -136,6 +147,14 @@ impl Asm {
         self.op(ALU64_ADD_K, dst, 0, 0, offset.into());
     }
 
+    /// The packet's word at `at` (or at src + `at`) into the stack at `off`, as it is
+    /// in the packet.
+    fn word(&mut self, code: u8, src: u8, at: i32, off: i16) {
+        self.load(code, src, at);
+        self.op(ALU_END_TO_BE, R0, 0, 0, 32);
+        self.op(STX_MEM_W, FP, R0, off, 0);
+    }
+
     /// r0 = the value `map` holds for the key on the stack at `key`, or 0.
     fn lookup(&mut self, map: &OwnedFd, key: i16) {
         self.map(R1, map);
@@ -166,9 +185,9 @@ impl Asm {
     }
 }
 
-/// The program: the worker (TUN queue) of the packet's flow, a new flow taking the
-/// next in turn.
-fn program(flows: &OwnedFd, turn: &OwnedFd, workers: u32) -> Vec<Insn> {
+/// The program: the worker (TUN queue) of the packet's destination if it has a home,
+/// else of its flow, a new flow taking the next in turn.
+fn program(maps: &Maps, workers: u32) -> Vec<Insn> {
     use Label::*;
     let mut a = Asm::default();
     // LD_ABS reads the packet from the context in r6.
@@ -180,10 +199,10 @@ fn program(flows: &OwnedFd, turn: &OwnedFd, workers: u32) -> Vec<Insn> {
     a.op(ALU64_RSH_K, R0, 0, 0, 4);
     a.jump(JMP_JEQ_K, R0, 6, V6);
     a.jump(JMP_JNE_K, R0, 4, WorkerZero);
-    for (at, off) in [(12, SRC), (16, DST)] {
-        a.load(LD_ABS_W, 0, at);
-        a.op(STX_MEM_W, FP, R0, off, 0);
-    }
+    // r9: the home key's prefix length, all of the destination address.
+    a.op(ALU64_MOV_K, R9, 0, 0, 32);
+    a.word(LD_ABS_W, 0, 12, SRC);
+    a.word(LD_ABS_W, 0, 16, DST);
     a.load(LD_ABS_B, 0, 9);
     a.op(STX_MEM_B, FP, R0, PROTO, 0);
     a.op(ALU64_MOV_X, R7, R0, 0, 0);
@@ -199,13 +218,13 @@ fn program(flows: &OwnedFd, turn: &OwnedFd, workers: u32) -> Vec<Insn> {
     a.op(ALU64_AND_K, R0, 0, 0, 0x0f);
     a.op(ALU64_LSH_K, R0, 0, 0, 2);
     a.op(ALU64_MOV_X, R8, R0, 0, 0);
-    a.load(LD_IND_W, R8, 0);
-    a.op(STX_MEM_W, FP, R0, PORTS, 0);
+    a.word(LD_IND_W, R8, 0, PORTS);
     a.jump(JMP_JA, 0, 0, Lookup);
     a.label(V6);
-    for word in 0..8i16 {
-        a.load(LD_ABS_W, 0, 8 + 4 * i32::from(word));
-        a.op(STX_MEM_W, FP, R0, SRC + 4 * word, 0);
+    a.op(ALU64_MOV_K, R9, 0, 0, 128);
+    for word in 0..4i16 {
+        a.word(LD_ABS_W, 0, 8 + 4 * i32::from(word), SRC + 4 * word);
+        a.word(LD_ABS_W, 0, 24 + 4 * i32::from(word), DST + 4 * word);
     }
     // Ports only right after the fixed header: an extension header leaves them out.
     a.load(LD_ABS_B, 0, 6);
@@ -213,29 +232,39 @@ fn program(flows: &OwnedFd, turn: &OwnedFd, workers: u32) -> Vec<Insn> {
     a.jump(JMP_JEQ_K, R0, libc::IPPROTO_TCP, V6Ports);
     a.jump(JMP_JNE_K, R0, libc::IPPROTO_UDP, Lookup);
     a.label(V6Ports);
-    a.load(LD_ABS_W, 0, 40);
-    a.op(STX_MEM_W, FP, R0, PORTS, 0);
+    a.word(LD_ABS_W, 0, 40, PORTS);
     a.label(Lookup);
-    a.lookup(flows, KEY);
+    a.op(STX_MEM_W, FP, R9, HOME_KEY, 0);
+    a.jump(JMP_JEQ_K, R9, 128, HomeV6);
+    a.lookup(&maps.homes[0], HOME_KEY);
+    a.jump(JMP_JA, 0, 0, Home);
+    a.label(HomeV6);
+    a.lookup(&maps.homes[1], HOME_KEY);
+    a.label(Home);
+    a.jump(JMP_JEQ_K, R0, 0, Flow);
+    a.op(LDX_MEM_W, R0, R0, 0, 0);
+    a.op(JMP_EXIT, 0, 0, 0, 0);
+    a.label(Flow);
+    a.lookup(&maps.flows, KEY);
     a.jump(JMP_JEQ_K, R0, 0, New);
     a.op(LDX_MEM_W, R0, R0, 0, 0);
     a.op(JMP_EXIT, 0, 0, 0, 0);
     a.label(New);
     a.op(ST_MEM_W, FP, 0, TURN_INDEX, 0);
-    a.lookup(turn, TURN_INDEX);
+    a.lookup(&maps.turn, TURN_INDEX);
     a.jump(JMP_JEQ_K, R0, 0, WorkerZero);
     a.op(ALU64_MOV_K, R7, 0, 0, 1);
     a.op(STX_ATOMIC_DW, R0, R7, 0, ATOMIC_FETCH_ADD);
     a.op(ALU64_MOD_K, R7, 0, 0, workers as i32);
     a.op(STX_MEM_W, FP, R7, WORKER, 0);
-    a.map(R1, flows);
+    a.map(R1, &maps.flows);
     a.stack_ptr(R2, KEY);
     a.stack_ptr(R3, WORKER);
     a.op(ALU64_MOV_K, R4, 0, 0, NOEXIST);
     a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_UPDATE);
     a.jump(JMP_JEQ_K, R0, 0, Placed);
     // Another CPU placed the flow between the lookup and now: follow it.
-    a.lookup(flows, KEY);
+    a.lookup(&maps.flows, KEY);
     a.jump(JMP_JEQ_K, R0, 0, Placed);
     a.op(LDX_MEM_W, R0, R0, 0, 0);
     a.op(JMP_EXIT, 0, 0, 0, 0);
@@ -271,6 +300,16 @@ struct MapCreate {
     key_size: u32,
     value_size: u32,
     max_entries: u32,
+    map_flags: u32,
+}
+
+#[repr(C)]
+struct MapElem {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
 }
 
 #[repr(C)]
@@ -285,28 +324,90 @@ struct ProgLoad {
 }
 
 const MAP_CREATE: libc::c_int = 0;
+const MAP_UPDATE_ELEM: libc::c_int = 2;
+const MAP_DELETE_ELEM: libc::c_int = 3;
 const PROG_LOAD: libc::c_int = 5;
 const MAP_TYPE_ARRAY: u32 = 2;
 const MAP_TYPE_LRU_HASH: u32 = 9;
+const MAP_TYPE_LPM_TRIE: u32 = 11;
+/// map_flags an LPM trie requires: entries allocated as added.
+const NO_PREALLOC: u32 = 1;
+/// Destinations with a home, per family.
+const HOMES: u32 = 65536;
 const PROG_TYPE_SOCKET_FILTER: u32 = 1;
 const LICENSE: &[u8] = b"MIT OR Apache-2.0\0";
 
 fn map(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
+    let map_flags = if map_type == MAP_TYPE_LPM_TRIE {
+        NO_PREALLOC
+    } else {
+        0
+    };
     let mut attr = MapCreate {
         map_type,
         key_size,
         value_size,
         max_entries,
+        map_flags,
     };
     bpf(MAP_CREATE, &mut attr).map(fd)
 }
 
+/// The program's maps.
+struct Maps {
+    /// Each flow's worker.
+    flows: OwnedFd,
+    /// The count of new flows, whose next worker it names.
+    turn: OwnedFd,
+    /// Destinations whose flows all go to one worker, by longest prefix: IPv4, IPv6.
+    homes: [OwnedFd; 2],
+}
+
+impl Maps {
+    fn new() -> io::Result<Self> {
+        Ok(Self {
+            flows: map(MAP_TYPE_LRU_HASH, KEY_SIZE, 4, FLOWS)?,
+            turn: map(MAP_TYPE_ARRAY, 4, 8, 1)?,
+            homes: [
+                map(MAP_TYPE_LPM_TRIE, 4 + 4, 4, HOMES)?,
+                map(MAP_TYPE_LPM_TRIE, 4 + 16, 4, HOMES)?,
+            ],
+        })
+    }
+
+    /// Sends the flows to `prefix` to `worker`, or (None) back to taking turns.
+    fn home(&self, (addr, len): (IpAddr, u8), worker: Option<usize>) -> io::Result<()> {
+        let (map, octets) = match addr {
+            IpAddr::V4(a) => (&self.homes[0], a.octets().to_vec()),
+            IpAddr::V6(a) => (&self.homes[1], a.octets().to_vec()),
+        };
+        let mut key = u32::from(len).to_ne_bytes().to_vec();
+        key.extend_from_slice(&octets);
+        let value = worker.map(|w| w as u32);
+        let mut attr = MapElem {
+            map_fd: map.as_raw_fd() as u32,
+            pad: 0,
+            key: key.as_ptr() as u64,
+            // A delete must leave it zero.
+            value: value.as_ref().map_or(0, |v| v as *const u32 as u64),
+            flags: 0,
+        };
+        let cmd = if worker.is_some() {
+            MAP_UPDATE_ELEM
+        } else {
+            MAP_DELETE_ELEM
+        };
+        match bpf(cmd, &mut attr) {
+            Err(e) if worker.is_none() && e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+}
+
 /// Loads the steering program for `workers` queues; the verifier's last words on refusal.
-fn load(workers: usize) -> io::Result<OwnedFd> {
+fn load(maps: &Maps, workers: usize) -> io::Result<OwnedFd> {
     let workers = u32::try_from(workers).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let flows = map(MAP_TYPE_LRU_HASH, KEY_SIZE, 4, FLOWS)?;
-    let turn = map(MAP_TYPE_ARRAY, 4, 8, 1)?;
-    let insns = program(&flows, &turn, workers);
+    let insns = program(maps, workers);
     let mut log = Vec::new();
     loop {
         let mut attr = ProgLoad {
@@ -343,42 +444,46 @@ fn load(workers: usize) -> io::Result<OwnedFd> {
     }
 }
 
-/// The steering program of a TUN device, attached while flows may be shared.
+/// The steering program of a TUN device, attached until dropped.
 pub struct Steering {
-    /// One of the device's queues (a duplicate descriptor), to attach and detach through.
+    /// One of the device's queues (a duplicate descriptor), to detach through.
     queue: OwnedFd,
-    program: OwnedFd,
-    attached: bool,
+    maps: Maps,
 }
 
 impl Steering {
     /// Loads the program for `workers` queues and attaches it to `queue`'s device.
     pub fn attach(queue: &impl AsFd, workers: usize) -> io::Result<Self> {
-        let mut steering = Self {
-            queue: queue.as_fd().try_clone_to_owned()?,
-            program: load(workers)?,
-            attached: false,
-        };
-        steering.share(true)?;
-        Ok(steering)
+        let maps = Maps::new()?;
+        let program = load(&maps, workers)?;
+        let queue = queue.as_fd().try_clone_to_owned()?;
+        set_steering(&queue, program.as_raw_fd())?;
+        Ok(Self { queue, maps })
     }
 
-    /// Attaches the program (`true`) or leaves placement to the kernel (`false`).
-    /// Kept loaded, it needs no privilege to attach again.
-    pub fn share(&mut self, share: bool) -> io::Result<()> {
-        if share == self.attached {
-            return Ok(());
-        }
-        let fd: libc::c_int = if share { self.program.as_raw_fd() } else { -1 };
-        // SAFETY: TUNSETSTEERINGEBPF reads one int through the pointer, which is live; the
-        // device keeps its own reference to the program.
-        let ret = unsafe { libc::ioctl(self.queue.as_raw_fd(), libc::TUNSETSTEERINGEBPF, &fd) };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        self.attached = share;
-        Ok(())
+    /// From now on the flows to `prefix` all go to `worker` (the destinations of an SA
+    /// that one worker must seal), or with None take turns again.
+    pub fn home(&self, prefix: (IpAddr, u8), worker: Option<usize>) -> io::Result<()> {
+        self.maps.home(prefix, worker)
     }
+}
+
+impl Drop for Steering {
+    /// Detaches the program: the kernel places flows again.
+    fn drop(&mut self) {
+        let _ = set_steering(&self.queue, -1);
+    }
+}
+
+/// Attaches program `fd` to `queue`'s device, or with -1 detaches its program.
+fn set_steering(queue: &OwnedFd, fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: TUNSETSTEERINGEBPF reads one int through the pointer, which is live; the
+    // device keeps its own reference to the program.
+    let ret = unsafe { libc::ioctl(queue.as_raw_fd(), libc::TUNSETSTEERINGEBPF, &fd) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -446,17 +551,21 @@ mod tests {
         p
     }
 
-    fn loaded(workers: usize) -> Option<OwnedFd> {
+    fn loaded(workers: usize) -> Option<(Maps, OwnedFd)> {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("SKIPPED: loading eBPF needs root (CAP_BPF)");
             return None;
         }
-        Some(load(workers).expect("the steering program loads"))
+        let maps = Maps::new().expect("the maps are created");
+        let prog = load(&maps, workers).expect("the steering program loads");
+        Some((maps, prog))
     }
 
     #[test]
     fn new_flows_take_workers_in_turn_and_keep_them() {
-        let Some(prog) = loaded(2) else { return };
+        let Some((_maps, prog)) = loaded(2) else {
+            return;
+        };
         let flows: Vec<Vec<u8>> = (0..8)
             .map(|i| v4(libc::IPPROTO_TCP as u8, [10, 1, 0, 1], 40000 + i, 0))
             .chain((0..4).map(|i| v6(libc::IPPROTO_UDP as u8, 50000 + i)))
@@ -475,7 +584,9 @@ mod tests {
 
     #[test]
     fn flows_are_addresses_protocol_and_ports() {
-        let Some(prog) = loaded(3) else { return };
+        let Some((_maps, prog)) = loaded(3) else {
+            return;
+        };
         let tcp = libc::IPPROTO_TCP as u8;
         let udp = libc::IPPROTO_UDP as u8;
         let icmp = libc::IPPROTO_ICMP as u8;
@@ -502,5 +613,41 @@ mod tests {
         // Cut short of its ports: the first worker, nothing remembered.
         assert_eq!(run(&prog, &v4(tcp, [10, 1, 0, 5], 1, 0)[..22]), 0);
         assert_eq!(run(&prog, &v4(tcp, [10, 1, 0, 5], 1, 0)), 2);
+    }
+
+    #[test]
+    fn a_destination_with_a_home_sends_every_flow_there() {
+        let Some((maps, prog)) = loaded(2) else {
+            return;
+        };
+        let tcp = libc::IPPROTO_TCP as u8;
+        let to = |dst: [u8; 4], sport: u16| {
+            let mut p = v4(tcp, [10, 1, 0, 1], sport, 0);
+            p[16..20].copy_from_slice(&dst);
+            p
+        };
+        let net = (IpAddr::from([10, 2, 0, 0]), 24);
+        maps.home(net, Some(1)).unwrap();
+        maps.home((IpAddr::from([10, 2, 0, 7]), 32), Some(0))
+            .unwrap();
+        let v6_net = (IpAddr::from([0xfd00, 2, 0xfd00, 2, 0, 0, 0, 0]), 64);
+        maps.home(v6_net, Some(1)).unwrap();
+        for sport in 1..=6 {
+            assert_eq!(run(&prog, &to([10, 2, 0, 9], sport)), 1, "the /24's home");
+            assert_eq!(
+                run(&prog, &to([10, 2, 0, 7], sport)),
+                0,
+                "the longer prefix's"
+            );
+            assert_eq!(run(&prog, &v6(tcp, sport)), 1, "the IPv6 /64's");
+        }
+        // Without a home, new flows take turns; with it gone, so do the net's.
+        let elsewhere: Vec<u32> = (1..=4).map(|p| run(&prog, &to([10, 3, 0, 1], p))).collect();
+        assert_eq!(elsewhere, [0, 1, 0, 1]);
+        maps.home(net, None).unwrap();
+        maps.home(net, None).unwrap();
+        let freed: Vec<u32> = (1..=4).map(|p| run(&prog, &to([10, 2, 0, 9], p))).collect();
+        assert_eq!(freed, [0, 1, 0, 1]);
+        assert_eq!(run(&prog, &to([10, 2, 0, 7], 9)), 0);
     }
 }

@@ -967,11 +967,10 @@ want per-resource && per_resource
 
 # --- one SA over two workers: its flows stay on one worker ---
 # Each worker takes an SA's sequence numbers as it seals, so one SA sealed by both of
-# alice's workers would reach bob out of order by more than a replay window. Without
-# per-resource SAs the TUN's steering program stays detached and the kernel keeps each
-# flow with the worker that writes its replies, the one of the SA's inbound SPI: eight
-# TCP streams must be read by one of alice's workers (all but their first packets) and
-# bob must drop none as a replay.
+# alice's workers would reach bob out of order by more than a replay window. The TUN's
+# steering program sends every flow to an SA's remote selectors that is not
+# per-resource to one worker, the one of its inbound SPI: eight TCP streams must be read
+# by one of alice's workers and bob must drop none as a replay.
 one_sa() {
     CASE=$RUN/one-sa; mkdir -p "$CASE"; ln -s "$RUN/pki" "$CASE/pki"
     SITES_DATAPLANE="workers = 2"
@@ -985,6 +984,7 @@ one_sa() {
     jq -e 'length == 2 and max >= add * 0.99' <<<"$a" >/dev/null ||
         why+="${why:+; }alice's workers read $a packets of the streams from the TUN: not one worker"
     [[ $(drops replay) == 0 ]] || why+="${why:+; }bob dropped $(drops replay) packets as replays"
+    grep -q "TUN steering program" "$CASE/alice.log" && why+="${why:+; }alice: $(grep -m1 "TUN steering program" "$CASE/alice.log")"
     log "  alice's workers read $a packets from the TUN"
     if [[ -z $why ]]; then pass one-sa; else fail one-sa "$why"; fi
     sites_stop
