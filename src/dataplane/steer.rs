@@ -5,9 +5,9 @@
 //! luck: 8 flows over 2 workers split 6/2 or worse in 29 % of tunnels and all land on
 //! one worker in 1 of 128. This program (TUNSETSTEERINGEBPF, an eBPF socket filter)
 //! gives each new flow the next worker in turn and keeps it there, so flows that start
-//! together are shared as evenly as their number allows and a flow is never reordered
-//! by moving. A flow is its addresses, protocol and (TCP, UDP, unfragmented) ports,
-//! remembered in an LRU map; one forgotten after [`FLOWS`] newer ones is placed anew.
+//! together are shared as evenly as their number allows. A flow is its addresses,
+//! protocol and (TCP, UDP, unfragmented) ports, remembered in an LRU map; one
+//! forgotten after [`FLOWS`] newer ones is placed anew.
 //! Destinations whose flows must all stay on one worker (those of an SA that is not
 //! per-resource, whose sequence numbers one worker must take: `Dataplane::home`) have
 //! a home there instead, found first, by longest prefix, in a trie per family.
@@ -155,7 +155,7 @@ impl Asm {
         self.op(STX_MEM_W, FP, R0, off, 0);
     }
 
-    /// r0 = the value `map` holds for the key on the stack at `key`, or 0.
+    /// r0 = a pointer to the value `map` holds for the key on the stack at `key`, or 0.
     fn lookup(&mut self, map: &OwnedFd, key: i16) {
         self.map(R1, map);
         self.stack_ptr(R2, key);
