@@ -183,11 +183,10 @@ measure() {
     local r0 ga0 gb0
     for rate in "${UDP_RATES[@]}"; do
         a0=$(cpu_ticks $a) b0=$(cpu_ticks $b) r0=$(rcvbuf_drops "$NS_BH")
-        ga0=$(($(iface_drops "$NS_AG") + $(rcvbuf_drops "$NS_AG"))) gb0=$(($(iface_drops "$NS_BG") + $(rcvbuf_drops "$NS_BG")))
+        ga0=$(gateway_drops "$NS_AG") gb0=$(gateway_drops "$NS_BG")
         iperf -u -b "$rate" -l 1300
         run udp "$rate" "$a0" "$b0" null "{\"drops\": {\"receiver_socket\": $(($(rcvbuf_drops "$NS_BH") - r0)),
-            \"alice\": $(($(iface_drops "$NS_AG") + $(rcvbuf_drops "$NS_AG") - ga0)),
-            \"bob\": $(($(iface_drops "$NS_BG") + $(rcvbuf_drops "$NS_BG") - gb0))}}"
+            \"alice\": $(($(gateway_drops "$NS_AG") - ga0)), \"bob\": $(($(gateway_drops "$NS_BG") - gb0))}}"
     done
     # As fast as the sender goes: what the path delivers of 64-byte datagrams.
     local da0 db0 dh0 rpid
@@ -229,6 +228,11 @@ measure() {
         + " (packets per gateway CPU-second: alice \(per_s(.cpu_s_per_mpkt.alice)), bob \(per_s(.cpu_s_per_mpkt.bob))); interface drops: sender \(.interface_drops.sender) (its link to alice full), alice \(.interface_drops.alice), bob \(.interface_drops.bob)"'
 }
 
+# gateway_drops ns: packets a gateway's namespace dropped so far, on transmit or in
+# its sockets' receive buffers.
+gateway_drops() {
+    echo $(($(iface_drops "$1") + $(rcvbuf_drops "$1")))
+}
 # iface_drops ns: packets the namespace's interfaces dropped on transmit so far (a TUN
 # whose reader falls behind drops here, its queue full).
 iface_drops() {

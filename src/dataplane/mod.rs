@@ -2,22 +2,22 @@
 //! owning one queue of a multi-queue TUN device, one ESP socket per family and
 //! transport, and its buffers.
 //!
-//! Outbound, a worker reads a batch from its TUN queue, finds each packet's Child SA
-//! by its traffic selectors, seals it in place and sends the batch with one
-//! sendmmsg. Which worker reads a packet is the TUN's steering program's choice
-//! ([`steer`]): the flows of per-resource tunnels take turns, all those of another SA
-//! go to the worker of its inbound SPI. Outbound SAs are shared (`Arc`) by all workers: their sequence number
-//! is one atomic. Inbound, the kernel steers each ESP packet to the worker that owns
-//! its SPI (a classic BPF program on the sockets, `SPI % workers`), so every replay
-//! window has exactly one owner and the fast path takes no lock. A spread SA (for a
-//! peer without per-resource SAs, its SPI says so) has a part on every worker, each
-//! with the keys and a replay window over its own class of sequence numbers, and the
-//! program steers its packets by sequence number: one tunnel's decryption uses every
-//! core, though a flow's packets may reach the TUN out of order. The non-ESP marker
-//! steers IKE on the NAT-T port to the control thread's socket instead. UDP sockets
-//! receive with GRO. A train of datagrams (a peer's GSO run, or the kernel's GRO) is
-//! steered by its first; what in it belongs to another worker or the control thread
-//! goes on to it ([`relay`]).
+//! Outbound, a worker reads a batch from its TUN queue, finds each packet's Child SA by
+//! its traffic selectors, seals it in place and sends the batch with one sendmmsg.
+//! Which worker reads a packet is the TUN's steering program's choice ([`steer`]): the
+//! flows of per-resource tunnels take turns, all those of another SA go to the worker
+//! of its inbound SPI. Outbound SAs are shared (`Arc`) by all workers: their sequence
+//! number is one atomic. Inbound, the kernel steers each ESP packet to the worker that
+//! owns its SPI (a classic BPF program on the sockets, `SPI % workers`), so every
+//! replay window has exactly one owner and the fast path takes no lock. A spread SA
+//! (for a peer without per-resource SAs, its SPI says so) has a part on every worker,
+//! each with the keys and a replay window over its own class of sequence numbers, and
+//! the program steers its packets by sequence number: one tunnel's decryption uses
+//! every core, though a flow's packets may reach the TUN out of order. The non-ESP
+//! marker steers IKE on the NAT-T port to the control thread's socket instead. UDP
+//! sockets receive with GRO. A train of datagrams (a peer's GSO run, or the kernel's
+//! GRO) is steered by its first; what in it belongs to another worker or the control
+//! thread goes on to it ([`relay`]).
 //!
 //! The control thread installs and removes SAs with messages that workers apply
 //! between batches.
@@ -400,9 +400,6 @@ pub struct Dataplane {
     /// Shares new flows among the workers in turn, but those of an SA's destinations
     /// that one worker must seal (see [`Dataplane::home`]).
     steering: Option<steer::Steering>,
-    /// Prefixes whose flows go to one worker, each with the SAs that send them there
-    /// (inbound SPI and worker), the one activated last deciding.
-    homes: HashMap<(IpAddr, u8), Vec<(u32, usize)>>,
 }
 
 /// Packets each worker holds per protected child while no SA covers them.
@@ -539,7 +536,6 @@ impl Dataplane {
             offload,
             relay,
             steering,
-            homes: HashMap::new(),
         };
         Ok((dataplane, receiver))
     }
@@ -553,23 +549,11 @@ impl Dataplane {
     /// CAP_BPF, given up after start-up), the program is dropped and the kernel places
     /// flows, keeping each with the queue that wrote its last reply.
     fn home(&mut self, spi_in: u32, remote_ts: &[TsRange], worker: Option<usize>) {
-        let Some(steering) = &self.steering else {
+        let Some(steering) = &mut self.steering else {
             return;
         };
-        let mut failed = None;
-        for prefix in remote_ts.iter().flat_map(|t| t.addrs.cidrs()) {
-            let homes = self.homes.entry(prefix).or_default();
-            homes.retain(|&(spi, _)| spi != spi_in);
-            homes.extend(worker.map(|w| (spi_in, w)));
-            let now = homes.last().map(|&(_, w)| w);
-            if homes.is_empty() {
-                self.homes.remove(&prefix);
-            }
-            if let Err(e) = steering.home(prefix, now) {
-                failed = Some(e);
-            }
-        }
-        if let Some(e) = failed {
+        let prefixes = remote_ts.iter().flat_map(|t| t.addrs.cidrs());
+        if let Err(e) = steering.home(spi_in, prefixes, worker) {
             crate::warn!(
                 "TUN steering program: {e}; the kernel places each flow on a worker from now on"
             );

@@ -18,6 +18,7 @@
 #![allow(unsafe_code)]
 
 use nix::libc;
+use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -449,6 +450,34 @@ pub struct Steering {
     /// One of the device's queues (a duplicate descriptor), to detach through.
     queue: OwnedFd,
     maps: Maps,
+    /// What the homes trie holds.
+    homes: Homes,
+}
+
+/// Prefixes with a home, each with the SAs that want it there (inbound SPI and
+/// worker), the one set last deciding.
+#[derive(Default)]
+struct Homes(HashMap<(IpAddr, u8), Vec<(u32, usize)>>);
+
+impl Homes {
+    /// Sets (Some) or clears (None) SA `spi_in`'s wish for `prefix`; the prefix's new
+    /// home (None: turns) if that changed it.
+    fn set(
+        &mut self,
+        spi_in: u32,
+        prefix: (IpAddr, u8),
+        worker: Option<usize>,
+    ) -> Option<Option<usize>> {
+        let stack = self.0.entry(prefix).or_default();
+        let before = stack.last().map(|&(_, w)| w);
+        stack.retain(|&(spi, _)| spi != spi_in);
+        stack.extend(worker.map(|w| (spi_in, w)));
+        let now = stack.last().map(|&(_, w)| w);
+        if stack.is_empty() {
+            self.0.remove(&prefix);
+        }
+        (now != before).then_some(now)
+    }
 }
 
 impl Steering {
@@ -458,13 +487,28 @@ impl Steering {
         let program = load(&maps, workers)?;
         let queue = queue.as_fd().try_clone_to_owned()?;
         set_steering(&queue, program.as_raw_fd())?;
-        Ok(Self { queue, maps })
+        Ok(Self {
+            queue,
+            maps,
+            homes: Homes::default(),
+        })
     }
 
-    /// From now on the flows to `prefix` all go to `worker` (the destinations of an SA
-    /// that one worker must seal), or with None take turns again.
-    pub fn home(&self, prefix: (IpAddr, u8), worker: Option<usize>) -> io::Result<()> {
-        self.maps.home(prefix, worker)
+    /// From now on the flows to `prefixes` all go to `worker` for SA `spi_in` (the
+    /// destinations of an SA that one worker must seal), or with None no longer for
+    /// it: to the worker of the SA that set the prefix before, or in turns again.
+    pub fn home(
+        &mut self,
+        spi_in: u32,
+        prefixes: impl IntoIterator<Item = (IpAddr, u8)>,
+        worker: Option<usize>,
+    ) -> io::Result<()> {
+        for prefix in prefixes {
+            if let Some(now) = self.homes.set(spi_in, prefix, worker) {
+                self.maps.home(prefix, now)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -649,5 +693,22 @@ mod tests {
         let freed: Vec<u32> = (1..=4).map(|p| run(&prog, &to([10, 2, 0, 9], p))).collect();
         assert_eq!(freed, [0, 1, 0, 1]);
         assert_eq!(run(&prog, &to([10, 2, 0, 7], 9)), 0);
+    }
+
+    #[test]
+    fn the_sa_set_last_decides_a_prefix_and_only_changes_are_written() {
+        let mut homes = Homes::default();
+        let net = (IpAddr::from([10, 2, 0, 0]), 24);
+        assert_eq!(homes.set(1, net, Some(0)), Some(Some(0)));
+        assert_eq!(homes.set(2, net, Some(1)), Some(Some(1)));
+        // Set again where it already is: nothing to write.
+        assert_eq!(homes.set(2, net, Some(1)), None);
+        assert_eq!(homes.set(3, net, Some(1)), None);
+        // An SA that never set it (a per-resource one) clears nothing.
+        assert_eq!(homes.set(9, net, None), None);
+        assert_eq!(homes.set(3, net, None), None);
+        assert_eq!(homes.set(2, net, None), Some(Some(0)));
+        assert_eq!(homes.set(1, net, None), Some(None));
+        assert!(homes.0.is_empty());
     }
 }
