@@ -545,9 +545,9 @@ impl Dataplane {
     /// two workers reaches the peer out of order by up to a batch and by any delay of one
     /// worker, beyond a replay window (strongSwan's is 32 packets): every flow of an SA
     /// that is not per-resource must go to one worker, the one its inbound SPI is
-    /// steered to. Where the program's map cannot be written (before Linux 6.5 it takes
-    /// CAP_BPF, given up after start-up), the program is dropped and the kernel places
-    /// flows, keeping each with the queue that wrote its last reply.
+    /// steered to. Where the program's map cannot be written, the program is dropped
+    /// and the kernel places flows, keeping each with the queue that wrote its last
+    /// reply.
     fn home(&mut self, spi_in: u32, remote_ts: &[TsRange], worker: Option<usize>) {
         let Some(steering) = &mut self.steering else {
             return;

@@ -10,14 +10,16 @@
 //! forgotten after [`FLOWS`] newer ones is placed anew.
 //! Destinations whose flows must all stay on one worker (those of an SA that is not
 //! per-resource, whose sequence numbers one worker must take: `Dataplane::home`) have
-//! a home there instead, found first, by longest prefix, in a trie per family.
+//! a home there instead, found first, by longest prefix, in a trie per family, which
+//! a second program writes on esptun's behalf ([`writer_program`]).
 //!
-//! The program is a few dozen instructions assembled here: no BPF compiler in the
-//! build and no object file to ship. The bpf(2) and ioctl(2) calls are the crate's only
-//! unsafe code; no safe crate loads raw eBPF instructions.
+//! The programs are a few dozen instructions assembled here: no BPF compiler in the
+//! build and no object file to ship. The bpf(2), ioctl(2) and SO_ATTACH_BPF calls are
+//! the crate's only unsafe code; no safe crate loads raw eBPF instructions.
 #![allow(unsafe_code)]
 
 use nix::libc;
+use nix::sys::socket::MsgFlags;
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
@@ -55,6 +57,7 @@ const ALU64_ADD_K: u8 = 0x07;
 const ALU64_AND_K: u8 = 0x57;
 const ALU64_LSH_K: u8 = 0x67;
 const ALU64_RSH_K: u8 = 0x77;
+const ALU64_NEG: u8 = 0x87;
 const ALU64_MOD_K: u8 = 0x97;
 /// To big-endian (`imm` bits): undoes LD_ABS's conversion to host order.
 const ALU_END_TO_BE: u8 = 0xdc;
@@ -69,6 +72,7 @@ const ATOMIC_FETCH_ADD: i32 = 0x01;
 const PSEUDO_MAP_FD: u8 = 1;
 const HELPER_MAP_LOOKUP: i32 = 1;
 const HELPER_MAP_UPDATE: i32 = 2;
+const HELPER_MAP_DELETE: i32 = 3;
 /// map_update_elem's flag: only if the key is absent.
 const NOEXIST: i32 = 1;
 
@@ -111,6 +115,11 @@ enum Label {
     New,
     Placed,
     WorkerZero,
+    TrieV6,
+    Write,
+    Delete,
+    Written,
+    Answer,
 }
 
 /// Emits instructions, jumps by label.
@@ -277,6 +286,123 @@ fn program(maps: &Maps, workers: u32) -> Vec<Insn> {
     a.finish()
 }
 
+// The trie writer's message, which its program copies to the stack at WRITE as it is:
+// the worker (host order), the operation (a byte: 1 set, 0 delete; 2 for IPv6), then a
+// trie key: the prefix length (host order) and the address. Padding makes it longer
+// than any errno, which a refused write trims it to.
+const WRITE: i16 = -28;
+const WRITE_WORDS: i16 = 7;
+const WRITE_OP: i32 = 4;
+const WRITE_KEY: i16 = WRITE + 8;
+const WRITE_LEN: usize = 4096;
+const OP_SET: i32 = 1;
+const OP_V6: i32 = 2;
+
+/// The trie writer's program, a socket filter on one end of a socket pair: it writes
+/// or deletes the home a message names and lets the message through whole, or
+/// trimmed to the errno if the kernel refused. Map writes from a program need no
+/// capability when it runs, only when it is loaded, whereas bpf(2) before Linux 5.19
+/// takes CAP_BPF for anything where unprivileged BPF is off, and esptun gives CAP_BPF
+/// up after start-up.
+fn writer_program(maps: &Maps) -> Vec<Insn> {
+    use Label::*;
+    let mut a = Asm::default();
+    a.op(ALU64_MOV_X, R6, R1, 0, 0);
+    for word in 0..WRITE_WORDS {
+        a.word(LD_ABS_W, 0, 4 * i32::from(word), WRITE + 4 * word);
+    }
+    a.load(LD_ABS_B, 0, WRITE_OP);
+    a.op(ALU64_MOV_X, R7, R0, 0, 0);
+    a.op(ALU64_AND_K, R0, 0, 0, OP_V6);
+    a.jump(JMP_JNE_K, R0, 0, TrieV6);
+    a.map(R1, &maps.homes[0]);
+    a.jump(JMP_JA, 0, 0, Write);
+    a.label(TrieV6);
+    a.map(R1, &maps.homes[1]);
+    a.label(Write);
+    a.stack_ptr(R2, WRITE_KEY);
+    a.op(ALU64_AND_K, R7, 0, 0, OP_SET);
+    a.jump(JMP_JEQ_K, R7, 0, Delete);
+    a.stack_ptr(R3, WRITE);
+    a.op(ALU64_MOV_K, R4, 0, 0, 0);
+    a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_UPDATE);
+    a.jump(JMP_JA, 0, 0, Written);
+    a.label(Delete);
+    a.op(JMP_CALL, 0, 0, 0, HELPER_MAP_DELETE);
+    a.label(Written);
+    // 0 written, else the errno.
+    a.op(ALU64_NEG, R0, 0, 0, 0);
+    a.jump(JMP_JNE_K, R0, 0, Answer);
+    a.op(ALU64_MOV_K, R0, 0, 0, WRITE_LEN as i32);
+    a.label(Answer);
+    a.op(JMP_EXIT, 0, 0, 0, 0);
+    a.finish()
+}
+
+/// Writes the homes trie through the writer program (see [`writer_program`]).
+struct TrieWriter {
+    /// Where messages are sent from.
+    send: OwnedFd,
+    /// Where they arrive, through the program.
+    receive: OwnedFd,
+}
+
+impl TrieWriter {
+    fn new(maps: &Maps) -> io::Result<Self> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let program = load(&writer_program(maps))?;
+        let (send, receive) = socketpair(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )?;
+        let fd: libc::c_int = program.as_raw_fd();
+        // SAFETY: SO_ATTACH_BPF reads one int, a live local; the socket keeps its own
+        // reference to the program.
+        let ret = unsafe {
+            libc::setsockopt(
+                receive.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_BPF,
+                (&fd as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { send, receive })
+    }
+
+    /// Sends the flows to `prefix` to `worker`, or (None) back to taking turns.
+    fn home(&self, (addr, len): (IpAddr, u8), worker: Option<usize>) -> io::Result<()> {
+        let mut message = vec![0u8; WRITE_LEN];
+        let worker = worker.map(|w| u32::try_from(w).map_err(|_| io::ErrorKind::InvalidInput));
+        if let Some(w) = worker.transpose()? {
+            message[..4].copy_from_slice(&w.to_ne_bytes());
+            message[WRITE_OP as usize] = OP_SET as u8;
+        }
+        message[8..12].copy_from_slice(&u32::from(len).to_ne_bytes());
+        match addr {
+            IpAddr::V4(a) => message[12..16].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => {
+                message[WRITE_OP as usize] |= OP_V6 as u8;
+                message[12..28].copy_from_slice(&a.octets());
+            }
+        }
+        nix::sys::socket::send(self.send.as_raw_fd(), &message, MsgFlags::empty())?;
+        let mut back = vec![0u8; WRITE_LEN];
+        match nix::sys::socket::recv(self.receive.as_raw_fd(), &mut back, MsgFlags::empty()) {
+            Ok(WRITE_LEN) => Ok(()),
+            Ok(errno) => Err(io::Error::from_raw_os_error(errno as i32)),
+            Err(e) => Err(io::Error::other(format!(
+                "the trie writer passed nothing back ({e})"
+            ))),
+        }
+    }
+}
+
 /// bpf(2) with one command's attributes.
 fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is one command's `union bpf_attr` prefix, passed with its size;
@@ -305,15 +431,6 @@ struct MapCreate {
 }
 
 #[repr(C)]
-struct MapElem {
-    map_fd: u32,
-    pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-#[repr(C)]
 struct ProgLoad {
     prog_type: u32,
     insn_cnt: u32,
@@ -325,8 +442,6 @@ struct ProgLoad {
 }
 
 const MAP_CREATE: libc::c_int = 0;
-const MAP_UPDATE_ELEM: libc::c_int = 2;
-const MAP_DELETE_ELEM: libc::c_int = 3;
 const PROG_LOAD: libc::c_int = 5;
 const MAP_TYPE_ARRAY: u32 = 2;
 const MAP_TYPE_LRU_HASH: u32 = 9;
@@ -375,40 +490,10 @@ impl Maps {
             ],
         })
     }
-
-    /// Sends the flows to `prefix` to `worker`, or (None) back to taking turns.
-    fn home(&self, (addr, len): (IpAddr, u8), worker: Option<usize>) -> io::Result<()> {
-        let (map, octets) = match addr {
-            IpAddr::V4(a) => (&self.homes[0], a.octets().to_vec()),
-            IpAddr::V6(a) => (&self.homes[1], a.octets().to_vec()),
-        };
-        let mut key = u32::from(len).to_ne_bytes().to_vec();
-        key.extend_from_slice(&octets);
-        let value = worker.map(|w| w as u32);
-        let mut attr = MapElem {
-            map_fd: map.as_raw_fd() as u32,
-            pad: 0,
-            key: key.as_ptr() as u64,
-            // A delete must leave it zero.
-            value: value.as_ref().map_or(0, |v| v as *const u32 as u64),
-            flags: 0,
-        };
-        let cmd = if worker.is_some() {
-            MAP_UPDATE_ELEM
-        } else {
-            MAP_DELETE_ELEM
-        };
-        match bpf(cmd, &mut attr) {
-            Err(e) if worker.is_none() && e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            other => other.map(drop),
-        }
-    }
 }
 
-/// Loads the steering program for `workers` queues; the verifier's last words on refusal.
-fn load(maps: &Maps, workers: usize) -> io::Result<OwnedFd> {
-    let workers = u32::try_from(workers).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let insns = program(maps, workers);
+/// Loads a socket filter program; the verifier's last words on refusal.
+fn load(insns: &[Insn]) -> io::Result<OwnedFd> {
     let mut log = Vec::new();
     loop {
         let mut attr = ProgLoad {
@@ -449,7 +534,8 @@ fn load(maps: &Maps, workers: usize) -> io::Result<OwnedFd> {
 pub struct Steering {
     /// One of the device's queues (a duplicate descriptor), to detach through.
     queue: OwnedFd,
-    maps: Maps,
+    /// Writes the program's homes trie.
+    writer: TrieWriter,
     /// What the homes trie holds.
     homes: Homes,
 }
@@ -483,13 +569,15 @@ impl Homes {
 impl Steering {
     /// Loads the program for `workers` queues and attaches it to `queue`'s device.
     pub fn attach(queue: &impl AsFd, workers: usize) -> io::Result<Self> {
+        let workers = u32::try_from(workers).map_err(|_| io::ErrorKind::InvalidInput)?;
         let maps = Maps::new()?;
-        let program = load(&maps, workers)?;
+        let program = load(&program(&maps, workers))?;
+        let writer = TrieWriter::new(&maps)?;
         let queue = queue.as_fd().try_clone_to_owned()?;
         set_steering(&queue, program.as_raw_fd())?;
         Ok(Self {
             queue,
-            maps,
+            writer,
             homes: Homes::default(),
         })
     }
@@ -505,7 +593,7 @@ impl Steering {
     ) -> io::Result<()> {
         for prefix in prefixes {
             if let Some(now) = self.homes.set(spi_in, prefix, worker) {
-                self.maps.home(prefix, now)?;
+                self.writer.home(prefix, now)?;
             }
         }
         Ok(())
@@ -601,7 +689,8 @@ mod tests {
             return None;
         }
         let maps = Maps::new().expect("the maps are created");
-        let prog = load(&maps, workers).expect("the steering program loads");
+        let workers = u32::try_from(workers).unwrap();
+        let prog = load(&program(&maps, workers)).expect("the steering program loads");
         Some((maps, prog))
     }
 
@@ -664,6 +753,7 @@ mod tests {
         let Some((maps, prog)) = loaded(2) else {
             return;
         };
+        let trie = TrieWriter::new(&maps).expect("the trie writer loads");
         let tcp = libc::IPPROTO_TCP as u8;
         let to = |dst: [u8; 4], sport: u16| {
             let mut p = v4(tcp, [10, 1, 0, 1], sport, 0);
@@ -671,11 +761,11 @@ mod tests {
             p
         };
         let net = (IpAddr::from([10, 2, 0, 0]), 24);
-        maps.home(net, Some(1)).unwrap();
-        maps.home((IpAddr::from([10, 2, 0, 7]), 32), Some(0))
+        trie.home(net, Some(1)).unwrap();
+        trie.home((IpAddr::from([10, 2, 0, 7]), 32), Some(0))
             .unwrap();
         let v6_net = (IpAddr::from([0xfd00, 2, 0xfd00, 2, 0, 0, 0, 0]), 64);
-        maps.home(v6_net, Some(1)).unwrap();
+        trie.home(v6_net, Some(1)).unwrap();
         for sport in 1..=6 {
             assert_eq!(run(&prog, &to([10, 2, 0, 9], sport)), 1, "the /24's home");
             assert_eq!(
@@ -688,8 +778,13 @@ mod tests {
         // Without a home, new flows take turns; with it gone, so do the net's.
         let elsewhere: Vec<u32> = (1..=4).map(|p| run(&prog, &to([10, 3, 0, 1], p))).collect();
         assert_eq!(elsewhere, [0, 1, 0, 1]);
-        maps.home(net, None).unwrap();
-        maps.home(net, None).unwrap();
+        trie.home(net, None).unwrap();
+        let again = trie.home(net, None).expect_err("deleted already");
+        assert_eq!(
+            again.raw_os_error(),
+            Some(libc::ENOENT),
+            "the kernel's errno comes back"
+        );
         let freed: Vec<u32> = (1..=4).map(|p| run(&prog, &to([10, 2, 0, 9], p))).collect();
         assert_eq!(freed, [0, 1, 0, 1]);
         assert_eq!(run(&prog, &to([10, 2, 0, 7], 9)), 0);
@@ -710,5 +805,30 @@ mod tests {
         assert_eq!(homes.set(2, net, None), Some(Some(0)));
         assert_eq!(homes.set(1, net, None), Some(None));
         assert!(homes.0.is_empty());
+    }
+
+    #[test]
+    fn the_trie_is_written_without_privilege() {
+        let Some((maps, prog)) = loaded(2) else {
+            return;
+        };
+        let trie = TrieWriter::new(&maps).expect("the trie writer loads");
+        // Capabilities are a thread's: this one gives up what bpf(2) wants before
+        // Linux 5.19, as the control thread does after start-up.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                use caps::{CapSet, Capability};
+                for cap in [Capability::CAP_BPF, Capability::CAP_SYS_ADMIN] {
+                    caps::drop(None, CapSet::Effective, cap).unwrap();
+                }
+                trie.home((IpAddr::from([10, 2, 0, 0]), 16), Some(1))
+                    .expect("written by the program");
+            });
+        });
+        let mut p = v4(libc::IPPROTO_UDP as u8, [10, 1, 0, 1], 7, 0);
+        for sport in 1..=3u16 {
+            p[20..22].copy_from_slice(&sport.to_be_bytes());
+            assert_eq!(run(&prog, &p), 1);
+        }
     }
 }

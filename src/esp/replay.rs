@@ -108,7 +108,7 @@ impl ReplayWindow {
     }
 
     /// A window as [`ReplayWindow::new`] over the sequence numbers of `class` only,
-    /// with [`SPREAD_SLACK`] more of them if it is one of several.
+    /// with `SPREAD_SLACK` more of them if it is one of several.
     pub fn of_class(size: u64, class: Class) -> Self {
         let size = size.max(BLOCK_BITS).div_ceil(BLOCK_BITS) * BLOCK_BITS;
         let size = if class.count > 1 {
