@@ -127,7 +127,7 @@ pub fn signed_octets(
     [first_message, peer_nonce, maced_id.expose()].concat()
 }
 
-/// AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>).
+/// `AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>)`.
 pub fn psk_auth_data(prf: Prf, psk: &Secret, signed_octets: &[u8]) -> Secret {
     let key = prf.compute(psk.expose(), &[KEY_PAD]);
     prf.compute(key.expose(), &[signed_octets])

@@ -53,7 +53,7 @@ impl Prf {
         }
     }
 
-    /// prf(key, data[0] | data[1] | ...).
+    /// `prf(key, data[0] | data[1] | ...)`.
     pub fn compute(self, key: &[u8], data: &[&[u8]]) -> Secret {
         let mut ctx = hmac::Context::with_key(&hmac::Key::new(self.algorithm(), key));
         for part in data {

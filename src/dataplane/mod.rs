@@ -4,7 +4,7 @@
 //!
 //! Outbound, a worker reads a batch from its TUN queue, finds each packet's Child SA by
 //! its traffic selectors, seals it in place and sends the batch with one sendmmsg.
-//! Which worker reads a packet is the TUN's steering program's choice ([`steer`]): the
+//! Which worker reads a packet is the TUN's steering program's choice (`steer`): the
 //! flows of per-resource tunnels take turns, all those of another SA go to the worker
 //! of its inbound SPI. Outbound SAs are shared (`Arc`) by all workers: their sequence
 //! number is one atomic. Inbound, the kernel steers each ESP packet to the worker that
@@ -17,14 +17,14 @@
 //! marker steers IKE on the NAT-T port to the control thread's socket instead. UDP
 //! sockets receive with GRO. A train of datagrams (a peer's GSO run, or the kernel's
 //! GRO) is steered by its first; what in it belongs to another worker or the control
-//! thread goes on to it ([`relay`]).
+//! thread goes on to it (`relay`).
 //!
 //! The control thread installs and removes SAs with messages that workers apply
 //! between batches.
 //!
-//! Fail closed: every configured child is [`SaSink::protect`](crate::sink::SaSink::protect)ed from start-up to
+//! Fail closed: every configured child is [`SaSink::protect`]ed from start-up to
 //! shutdown. Its remote selectors are routed into the TUN (in esptun's own table, see
-//! [`route`]) whether or not it has an SA, and a packet for it without an SA is held
+//! `route`) whether or not it has an SA, and a packet for it without an SA is held
 //! in a small queue and an SA asked for ([`DataplaneEvent::Acquire`]), never sent in
 //! clear. When several SAs match a packet, the one activated last carries it, so a
 //! rekey is make-before-break: the new inbound SA is installed first, the outbound
@@ -149,9 +149,9 @@ impl Drops {
     }
 }
 
-/// The batches one worker moved, by size: [`Batches::OUTBOUND`], packets read from
-/// the TUN at once; [`Batches::INBOUND`], datagrams received at once (from one or two
-/// trains with UDP GRO); [`Batches::TRAINS`], datagrams per UDP GRO receive (1 when
+/// The batches one worker moved, by size: `OUTBOUND`, packets read from
+/// the TUN at once; `INBOUND`, datagrams received at once (from one or two
+/// trains with UDP GRO); `TRAINS`, datagrams per UDP GRO receive (1 when
 /// nothing was coalesced). Only that worker writes them, once a batch; the control
 /// thread sums them for metrics.
 pub struct Batches([[AtomicU64; worker::BATCH + 1]; 3]);
