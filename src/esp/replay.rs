@@ -66,6 +66,10 @@ impl Class {
     /// class's blocks laid end to end, those of each 2^32 (which has at most
     /// 2^22 / `count` rounded up of them) after the one before.
     fn own_number(&self, seq: u64) -> u64 {
+        // No division on the path of every SA that is not spread.
+        if self.count == 1 {
+            return seq;
+        }
         let count = u64::from(self.count);
         let low = seq as u32;
         let blocks_per_wrap = (1u64 << (32 - SPREAD_SHIFT)).div_ceil(count);
@@ -93,6 +97,8 @@ pub struct ReplayWindow {
     class: Class,
     /// Highest sequence number accepted so far (0: none yet).
     top: u64,
+    /// `top` in the class's own numbering.
+    top_own: u64,
     /// Window size in packets of the class: a multiple of 64.
     size: u64,
     /// How far behind `top`, in the SA's numbers, the window's oldest packet can be.
@@ -119,6 +125,7 @@ impl ReplayWindow {
         Self {
             class,
             top: 0,
+            top_own: 0,
             size,
             span: class.span(size),
             blocks: vec![0; (size / BLOCK_BITS + 1) as usize],
@@ -168,7 +175,7 @@ impl ReplayWindow {
             return true;
         }
         let own = self.class.own_number(seq);
-        if own + self.size <= self.class.own_number(self.top) {
+        if own + self.size <= self.top_own {
             return false;
         }
         let (block, bit) = self.bit(own);
@@ -182,7 +189,7 @@ impl ReplayWindow {
         }
         let own = self.class.own_number(seq);
         if seq > self.top {
-            let old_block = self.class.own_number(self.top) / BLOCK_BITS;
+            let old_block = self.top_own / BLOCK_BITS;
             let new_block = own / BLOCK_BITS;
             let stale = (new_block - old_block).min(self.blocks.len() as u64);
             for i in 1..=stale {
@@ -190,6 +197,7 @@ impl ReplayWindow {
                 self.blocks[b] = 0;
             }
             self.top = seq;
+            self.top_own = own;
         }
         let (block, bit) = self.bit(own);
         self.blocks[block] |= bit;
